@@ -1,0 +1,1 @@
+"""rtcxfer's built-in transport plugins, registered like any third-party plugin."""

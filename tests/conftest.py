@@ -1,0 +1,20 @@
+"""Shared pytest configuration: hypothesis profiles and small fixtures.
+
+Profiles (select with ``HYPOTHESIS_PROFILE=name``):
+
+* ``default``: quick, for every test run.
+* ``fuzz``: at least 20,000 examples per property, for the dedicated fuzzing run.
+"""
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("default", max_examples=200, deadline=None)
+settings.register_profile(
+    "fuzz",
+    max_examples=20_000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

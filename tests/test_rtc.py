@@ -1,0 +1,447 @@
+"""Integration tests of rtcxfer.rtc: two real aiortc peers on 127.0.0.1 in one process.
+
+pytest-asyncio is not used: each test runs its coroutine with ``asyncio.run`` under an overall
+``wait_for`` bound, and the awaits that could block (recv, opening) carry their own bound, so a
+failure reports where it stuck instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import aioice.ice
+import pytest
+from aiortc import RTCIceServer
+
+from rtcxfer.errors import (
+    ConnectionClosedError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from rtcxfer.rtc import (
+    CHANNEL_LABEL,
+    DEFAULT_HIGH_WATERMARK,
+    DataChannel,
+    PeerConnection,
+    PeerOptions,
+    connect_pair_in_process,
+    connect_via,
+    install_uvloop_if_available,
+    restrict_host_candidates_to_loopback,
+    signaling_adapter,
+    strip_non_loopback_candidates,
+)
+
+STEP = 10.0  # seconds any single await may take before the test fails
+
+
+def run(coro, timeout: float = 30.0):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def recv(channel: DataChannel, timeout: float = STEP):
+    return await asyncio.wait_for(channel.recv(), timeout)
+
+
+def candidate_addresses(sdp: str) -> list[str]:
+    # a=candidate:<foundation> <component> <transport> <priority> <address> <port> typ <type>
+    return [
+        line.split()[4] for line in sdp.splitlines() if line.startswith("a=candidate:")
+    ]
+
+
+# --------------------------------------------------------------------------- loopback mode
+
+
+def test_default_options_use_no_ice_server():
+    assert PeerOptions().loopback_only is True
+    assert PeerOptions().rtc_configuration().iceServers == []
+
+
+def test_ice_servers_refused_in_loopback_mode_and_kept_otherwise():
+    with pytest.raises(ValueError):
+        PeerOptions(ice_servers=("stun:stun.example.org:3478",))
+    options = PeerOptions(
+        loopback_only=False, ice_servers=["stun:stun.example.org:3478"]
+    )
+    servers = options.rtc_configuration().iceServers
+    assert [s.urls for s in servers] == ["stun:stun.example.org:3478"]
+    assert all(isinstance(s, RTCIceServer) for s in servers)
+    assert PeerOptions(loopback_only=False).rtc_configuration().iceServers == []
+
+
+def test_restriction_is_idempotent():
+    restrict_host_candidates_to_loopback()
+    patched = aioice.ice.get_host_addresses
+    restrict_host_candidates_to_loopback()
+    assert aioice.ice.get_host_addresses is patched
+    assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True) == ["127.0.0.1"]
+
+
+def test_remote_candidates_off_loopback_are_dropped():
+    sdp = (
+        "v=0\r\n"
+        "a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host\r\n"
+        "a=candidate:2 1 udp 2130706431 192.0.2.7 5000 typ host\r\n"
+        "a=candidate:3 1 udp 2130706431 0b1c2d3e-aaaa.local 5000 typ host\r\n"
+        "a=candidate:4 1 udp 1694498815 203.0.113.9 6000 typ srflx raddr 127.0.0.1 rport 5000\r\n"
+        "a=end-of-candidates\r\n"
+    )
+    kept = strip_non_loopback_candidates(sdp)
+    assert candidate_addresses(kept) == ["127.0.0.1"]
+    assert kept.endswith("a=end-of-candidates\r\n")
+
+
+def test_local_sdp_candidates_are_all_loopback():
+    async def main():
+        offerer, answerer = PeerConnection(), PeerConnection()
+        try:
+            offer = await offerer.create_offer()
+            answer = await answerer.accept_offer(offer)
+            await offerer.accept_answer(answer)
+            for sdp in (offer, answer, offerer.local_sdp, answerer.local_sdp):
+                addresses = candidate_addresses(sdp)
+                assert addresses, "aiortc should put its candidates in the SDP"
+                assert set(addresses) == {"127.0.0.1"}
+            await asyncio.gather(
+                offerer.wait_channel_open(STEP), answerer.wait_channel_open(STEP)
+            )
+        finally:
+            await asyncio.gather(offerer.close(), answerer.close())
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def test_text_and_binary_both_ways_in_order():
+    messages = []
+    for i in range(100):
+        messages.append(f"text {i} ünïcødé")
+        messages.append(os.urandom(i * 37))
+    # aiortc sends empty messages with payload protocol ids of their own.
+    messages += ["", b""]
+
+    async def main():
+        a, b, close = await connect_pair_in_process()
+        try:
+            assert a.label == b.label == CHANNEL_LABEL
+            for sender, receiver in ((a, b), (b, a)):
+                for message in messages:
+                    if isinstance(message, str):
+                        await sender.send_text(message)
+                    else:
+                        await sender.send_bytes(message)
+                received = [await recv(receiver) for _ in messages]
+                assert received == messages
+                assert [type(m) for m in received] == [type(m) for m in messages]
+        finally:
+            await close()
+
+    run(main())
+
+
+def test_memoryview_and_bytearray_are_sent():
+    async def main():
+        a, b, close = await connect_pair_in_process()
+        try:
+            payload = bytes(range(256)) * 10
+            await a.send_bytes(memoryview(payload)[10:1000])
+            await a.send_bytes(bytearray(b"abc"))
+            assert await recv(b) == payload[10:1000]
+            assert await recv(b) == b"abc"
+        finally:
+            await close()
+
+    run(main())
+
+
+def test_message_sent_right_after_open_is_not_lost():
+    async def main():
+        offerer, answerer = PeerConnection(), PeerConnection()
+        try:
+            await offerer.accept_answer(
+                await answerer.accept_offer(await offerer.create_offer())
+            )
+            # Only the offerer waits: the answerer's application is "busy" and asks for its
+            # channel late, after the messages have arrived.
+            channel = await offerer.wait_channel_open(STEP)
+            await channel.send_text("first")
+            await channel.send_bytes(b"second")
+            await channel.drain(STEP)
+            await asyncio.sleep(0.3)
+            late = await answerer.wait_channel_open(STEP)
+            assert await recv(late) == "first"
+            assert await recv(late) == b"second"
+        finally:
+            await asyncio.gather(offerer.close(), answerer.close())
+
+    run(main())
+
+
+def test_large_transfer_with_backpressure():
+    total = 32 * 1024 * 1024
+    chunk_size = 64 * 1024
+
+    async def main():
+        a, b, close = await connect_pair_in_process()
+        try:
+            assert a.high_watermark == DEFAULT_HIGH_WATERMARK
+            block = os.urandom(chunk_size)
+            sent_digest = hashlib.sha256()
+            peak = 0
+
+            async def send():
+                nonlocal peak
+                for i in range(total // chunk_size):
+                    # Vary the chunks cheaply so reordering or duplication would be detected.
+                    chunk = i.to_bytes(8, "big") + block[8:]
+                    sent_digest.update(chunk)
+                    await a.send_bytes(chunk)
+                    peak = max(peak, a.buffered_amount)
+
+            async def receive():
+                digest = hashlib.sha256()
+                received = 0
+                while received < total:
+                    chunk = await recv(b)
+                    assert isinstance(chunk, bytes)
+                    digest.update(chunk)
+                    received += len(chunk)
+                assert received == total
+                return digest.hexdigest()
+
+            _, received_digest = await asyncio.gather(send(), receive())
+            assert received_digest == sent_digest.hexdigest()
+            assert peak <= a.high_watermark + chunk_size
+            assert peak > a.high_watermark // 2, "backpressure never engaged"
+            await a.drain(STEP)
+            assert a.buffered_amount == 0
+        finally:
+            await close()
+
+    run(main(), timeout=45.0)
+
+
+def test_oversize_message_is_refused_before_sending():
+    async def main():
+        a, b, close = await connect_pair_in_process()
+        try:
+            limit = a.max_message_size
+            assert limit == 262144  # aiortc's advertised a=max-message-size
+            with pytest.raises(LocalProtocolError):
+                await a.send_bytes(b"x" * (limit + 1))
+            with pytest.raises(LocalProtocolError):
+                await a.send_bytes(memoryview(b"x" * (limit + 1)))
+            with pytest.raises(LocalProtocolError):
+                # Fits in characters, not in UTF-8 bytes.
+                await a.send_text("é" * (limit // 2 + 1))
+            # The channel is still usable, and a message of exactly the limit goes through.
+            await a.send_bytes(b"y" * limit)
+            assert await recv(b) == b"y" * limit
+        finally:
+            await close()
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- closing
+
+
+def test_closing_one_peer_wakes_the_other():
+    async def main():
+        a, b, close = await connect_pair_in_process()
+        try:
+            await a.send_text("before close")
+            await a.drain(STEP)
+            assert await recv(b) == "before close"
+            waiting = asyncio.ensure_future(b.recv())
+            await asyncio.sleep(0.05)
+            await close.offerer.close()
+            with pytest.raises(ConnectionClosedError):
+                await asyncio.wait_for(waiting, STEP)
+            with pytest.raises(ConnectionClosedError):
+                await recv(b)  # and every later call
+            assert a.closed and b.closed
+            with pytest.raises(ConnectionClosedError):
+                await a.send_text("after close")
+            with pytest.raises(ConnectionClosedError):
+                await b.send_bytes(b"after close")
+        finally:
+            await close()
+
+    run(main())
+
+
+def test_queued_messages_are_delivered_before_the_close_error():
+    async def main():
+        a, b, close = await connect_pair_in_process()
+        try:
+            for i in range(5):
+                await a.send_text(str(i))
+            await a.drain(STEP)
+            # Let them all arrive without reading, then close the receiving side's peer.
+            await asyncio.sleep(0.2)
+            await close.answerer.close()
+            assert [await recv(b) for _ in range(5)] == [str(i) for i in range(5)]
+            with pytest.raises(ConnectionClosedError):
+                await recv(b)
+        finally:
+            await close()
+
+    run(main())
+
+
+def test_channel_close_wakes_a_blocked_sender():
+    async def main():
+        options = PeerOptions(high_watermark=64 * 1024)
+        a, _b, close = await connect_pair_in_process(options)
+        try:
+            block = b"z" * 60_000
+
+            async def flood():
+                while True:
+                    await a.send_bytes(block)
+
+            sender = asyncio.ensure_future(flood())
+            await asyncio.sleep(0.1)
+            assert not sender.done()
+            a.close()
+            with pytest.raises(ConnectionClosedError):
+                await asyncio.wait_for(sender, STEP)
+        finally:
+            await close()
+
+    run(main())
+
+
+def test_connection_failure_wakes_the_waiters():
+    async def main():
+        async with PeerConnection() as offerer, PeerConnection() as answerer:
+            answer = await answerer.accept_offer(await offerer.create_offer())
+            # Loopback mode drops candidates that are not 127.0.0.1, so ICE has no pair
+            # to try and fails at once (and nothing is ever sent to 192.0.2.1).
+            await offerer.accept_answer(answer.replace(" 127.0.0.1 ", " 192.0.2.1 "))
+            with pytest.raises(ConnectionClosedError):
+                await offerer.wait_channel_open(STEP)
+            assert offerer.connection_state == "failed"
+            assert offerer.channel is not None and offerer.channel.closed
+            with pytest.raises(ConnectionClosedError):
+                await recv(offerer.channel)
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- signaling glue
+
+
+def test_connect_via_queues():
+    async def main():
+        to_answerer: asyncio.Queue = asyncio.Queue()
+        to_offerer: asyncio.Queue = asyncio.Queue()
+        (pc_a, a), (pc_b, b) = await asyncio.gather(
+            connect_via(to_answerer.put, to_offerer.get, "offerer", timeout=STEP),
+            connect_via(to_offerer.put, to_answerer.get, "answerer", timeout=STEP),
+        )
+        try:
+            await a.send_text("ping")
+            assert await recv(b) == "ping"
+            await b.send_bytes(b"pong")
+            assert await recv(a) == b"pong"
+        finally:
+            await asyncio.gather(pc_a.close(), pc_b.close())
+
+    run(main())
+
+
+def test_connect_via_rejects_wrong_message():
+    async def main():
+        async def send(payload):
+            pass
+
+        async def receive():
+            return {"kind": "offer", "sdp": "v=0"}  # an offerer expects an answer
+
+        with pytest.raises(RemoteProtocolError):
+            await connect_via(send, receive, "offerer", timeout=STEP)
+        with pytest.raises(ValueError):
+            await connect_via(send, receive, "observer", timeout=STEP)
+
+    run(main())
+
+
+class FakeSignalingClient:
+    """Duck-types SignalingClient: relays wrapped in events, peer events interleaved."""
+
+    def __init__(self, peer_id: str) -> None:
+        self.peer_id = peer_id
+        self.inbox: asyncio.Queue = asyncio.Queue()
+        self.other: FakeSignalingClient | None = None
+
+    async def send_to(self, peer_id: str, payload) -> None:
+        assert self.other is not None and peer_id == self.other.peer_id
+        await self.other.inbox.put(
+            {"type": "relay", "from": self.peer_id, "payload": payload}
+        )
+
+    async def receive(self):
+        return await self.inbox.get()
+
+
+def test_connect_via_signaling_adapter():
+    async def main():
+        alice, bob = FakeSignalingClient("alice"), FakeSignalingClient("bob")
+        alice.other, bob.other = bob, alice
+        # Noise the adapter must skip: a join and a relay from a stranger.
+        await bob.inbox.put(
+            {"type": "peer-joined", "peer_id": "alice", "role": "client"}
+        )
+        await bob.inbox.put(
+            {"type": "relay", "from": "eve", "payload": {"kind": "answer"}}
+        )
+        (pc_a, a), (pc_b, b) = await asyncio.gather(
+            connect_via(*signaling_adapter(alice, "bob"), "offerer", timeout=STEP),
+            connect_via(*signaling_adapter(bob, "alice"), "answerer", timeout=STEP),
+        )
+        try:
+            await a.send_text("hello bob")
+            assert await recv(b) == "hello bob"
+        finally:
+            await asyncio.gather(pc_a.close(), pc_b.close())
+
+        carol = FakeSignalingClient("carol")
+        await carol.inbox.put(
+            {"type": "peer-left", "peer_id": "dave", "role": "worker"}
+        )
+        _, receive = signaling_adapter(carol, "dave")
+        with pytest.raises(ConnectionClosedError):
+            await asyncio.wait_for(receive(), STEP)
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- uvloop
+
+
+def test_uvloop_policy_and_pair_under_uvloop():
+    uvloop = pytest.importorskip("uvloop")
+    previous = asyncio.get_event_loop_policy()
+    try:
+        assert install_uvloop_if_available() is True
+        assert isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy)
+
+        async def main():
+            assert "uvloop" in type(asyncio.get_running_loop()).__module__
+            a, b, close = await connect_pair_in_process()
+            try:
+                await a.send_bytes(b"fast")
+                assert await recv(b) == b"fast"
+            finally:
+                await close()
+
+        run(main())
+    finally:
+        asyncio.set_event_loop_policy(previous)
