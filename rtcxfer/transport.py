@@ -9,9 +9,17 @@ This module imports no asyncio, aiortc, fsspec or loguru.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
 
 from rtcxfer.frames import Frame
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rtcxfer.engine import ChunkReceived
+    from rtcxfer.link import Link
 
 
 class Transport:
@@ -30,3 +38,72 @@ class Transport:
     def claims(cls, frame: Frame) -> bool:
         """Whether a frame received from the peer belongs to this transport."""
         return isinstance(frame, cls.frame_types)
+
+    @classmethod
+    def usable(cls, context: TransportContext) -> bool:
+        """Whether this side can offer the transport at all (e.g. a shared root is mounted)."""
+        return True
+
+    # The I/O part of the contract: one instance per session, made by the worker or client.
+
+    def __init__(self, link: Link, context: TransportContext) -> None:
+        self.link = link
+        self.context = context
+
+    async def on_frame(self, frame: Frame) -> None:
+        """Handle a frame the engine dispatched to this transport."""
+        raise NotImplementedError
+
+    async def on_chunk(self, event: ChunkReceived) -> None:
+        """Handle bytes of a transfer this transport opened (byte-moving transports only)."""
+        raise NotImplementedError
+
+    def on_closed(self) -> None:
+        """The session ended: drop partial state (never present a partial file as complete)."""
+
+    async def send_file(self, path: Path, name: str) -> Delivery:
+        """Deliver the local file ``path`` to the peer as ``name``; return once confirmed."""
+        raise NotImplementedError
+
+
+@attrs.frozen
+class ReceivedFile:
+    """A file that arrived from the peer and is complete and verified at ``path``."""
+
+    name: str
+    path: Path
+    size: int
+    transport: str
+    sha256: str | None = None
+    transfer_id: str | None = None
+
+
+@attrs.frozen
+class Delivery:
+    """A file this side delivered to the peer, as the peer confirmed it."""
+
+    name: str
+    size: int
+    transport: str
+    sha256: str | None = None
+    #: How the peer refers to it: a relative path for shared-fs, a transfer id for rtc-chunked.
+    reference: str = ""
+
+
+@attrs.define
+class TransportContext:
+    """What a transport's per-session object needs to know about its side of the session."""
+
+    #: ``"client"`` or ``"worker"``.
+    role: str
+    #: Where files received by bytes-moving transports are placed (the application may change
+    #: it between jobs).
+    incoming_dir: Path
+    #: The shared storage root on this side, if any.
+    shared_root: Path | None = None
+    #: Called with every :class:`ReceivedFile` once it is complete and verified.
+    on_file: Callable[[ReceivedFile], Awaitable[None] | None] | None = None
+    #: Largest file a peer may announce.
+    max_file_bytes: int = 1 << 40
+    #: Transport-specific settings, by transport name.
+    options: dict[str, Any] = attrs.field(factory=dict)
