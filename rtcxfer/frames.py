@@ -300,6 +300,100 @@ class FileError(Frame):
     reason: str = text(greedy=True)
 
 
+# Verified sharing: before the first path is trusted in a session, the client writes a probe
+# file under its root and the worker confirms it reads the same bytes under its own root.
+
+
+@frame_type("SHARED_PROBE")
+class SharedProbe(Frame):
+    """Client -> worker: a probe file with this SHA-256 lies at ``relative_path``."""
+
+    sha256: str = hex_digits(64)
+    relative_path: str = text(greedy=True)
+
+
+@frame_type("SHARED_PROBE_RESULT")
+class SharedProbeResult(Frame):
+    """Worker -> client: ``verified``, ``mismatch``, ``missing`` or ``unavailable``."""
+
+    verdict: str = token()
+
+
+# Session and job control.
+
+
+@frame_type("HELLO")
+class Hello(Frame):
+    """Client -> worker, first frame of a session: protocol version, token, transports offered."""
+
+    version: int = integer()
+    auth_token: str = token()
+    transports: str = token()
+
+
+@frame_type("WELCOME")
+class Welcome(Frame):
+    """Worker -> client: authenticated; the transports the worker offers too."""
+
+    version: int = integer()
+    transports: str = token()
+
+
+@frame_type("AUTH_FAILED")
+class AuthFailed(Frame):
+    """Worker -> client: the session is refused; the worker closes it."""
+
+    reason: str = text(greedy=True)
+
+
+@frame_type("JOB_SUBMIT")
+class JobSubmit(Frame):
+    """Client -> worker: a job is coming; its input follows by some transport, and results
+    come back by ``results_via`` (a transport name)."""
+
+    job_id: str = token()
+    results_via: str = token()
+
+
+@frame_type("JOB_ACCEPTED")
+class JobAccepted(Frame):
+    """Worker -> client: the job is registered and waits for its input."""
+
+    job_id: str = token()
+
+
+@frame_type("JOB_STATUS")
+class JobStatus(Frame):
+    """Worker -> client: the job moved to ``state`` (extracting, running, sending-results)."""
+
+    job_id: str = token()
+    state: str = token()
+
+
+@frame_type("JOB_LOG")
+class JobLog(Frame):
+    """Worker -> client: one line the job printed."""
+
+    job_id: str = token()
+    line: str = text(greedy=True)
+
+
+@frame_type("JOB_PROGRESS")
+class JobProgress(Frame):
+    """Worker -> client: the job's own progress report, ``done`` of ``total`` units."""
+
+    job_id: str = token()
+    done: int = integer()
+    total: int = integer()
+
+
+@frame_type("JOB_CANCEL")
+class JobCancel(Frame):
+    """Client -> worker: stop the job (its process group gets a grace period)."""
+
+    job_id: str = token()
+
+
 @frame_type("PROTOCOL_ERROR")
 class ProtocolErrorFrame(Frame):
     """Either side: the last frame received could not be understood or was not claimed."""
@@ -319,6 +413,17 @@ BUILTIN_FRAME_TYPES: tuple[type[Frame], ...] = (
     FileEnd,
     FileAck,
     FileError,
+    SharedProbe,
+    SharedProbeResult,
+    Hello,
+    Welcome,
+    AuthFailed,
+    JobSubmit,
+    JobAccepted,
+    JobStatus,
+    JobLog,
+    JobProgress,
+    JobCancel,
     ProtocolErrorFrame,
 )
 

@@ -50,6 +50,12 @@ class Transport:
         self.link = link
         self.context = context
 
+    async def negotiate(self) -> bool:
+        """Client side, once per session after both peers listed this transport: check it
+        really works between them (shared-fs writes a probe the worker must read back).
+        ``False`` means the transport is not used in this session."""
+        return True
+
     async def on_frame(self, frame: Frame) -> None:
         """Handle a frame the engine dispatched to this transport."""
         raise NotImplementedError
