@@ -87,6 +87,10 @@ class PathPermissionError(PathError):
     """The worker's process may not read or write the path."""
 
 
+class PathExistsError(PathError):
+    """Something already exists where a new file was to be created exclusively."""
+
+
 class NotARegularFileError(PathNotFoundError):
     """The path exists but is a directory, device, FIFO or similar where a file was expected."""
 

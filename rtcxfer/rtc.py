@@ -46,13 +46,13 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.exceptions import InvalidStateError
-from loguru import logger
 
 from rtcxfer.errors import (
     ConnectionClosedError,
     LocalProtocolError,
     RemoteProtocolError,
 )
+from rtcxfer.log import logger
 
 if TYPE_CHECKING:  # pragma: no cover - typing.Self is 3.11+, never imported at run time
     from typing import Self

@@ -64,12 +64,12 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from loguru import logger
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from rtcxfer.errors import SignalingError, describe
+from rtcxfer.log import logger
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",

@@ -10,6 +10,11 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+import rtcxfer.log
+
+# The library is quiet by default; tests want its records (captured, shown on failure).
+rtcxfer.log.logger.enable("rtcxfer")
+
 settings.register_profile("default", max_examples=200, deadline=None)
 settings.register_profile(
     "fuzz",
