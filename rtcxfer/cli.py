@@ -1,12 +1,89 @@
-"""The ``rtcxfer`` command."""
+"""The ``rtcxfer`` command: signal, worker, submit, plugins, doctor and demo."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sys
+from pathlib import Path
 
 import click
 
 from rtcxfer import __version__, log
+
+#: Exit codes of ``rtcxfer submit``.
+EXIT_OK, EXIT_JOB_FAILED, EXIT_CONNECTION, EXIT_CANCELLED = 0, 1, 3, 130
+
+
+def _run(coroutine):
+    """Run a coroutine with uvloop when installed (faster data channels)."""
+    from rtcxfer.rtc import install_uvloop_if_available
+
+    install_uvloop_if_available()
+    return asyncio.run(coroutine)
+
+
+def _peer_options(ice_servers: tuple[str, ...], any_interface: bool):
+    from rtcxfer.rtc import PeerOptions
+
+    if ice_servers or any_interface:
+        return PeerOptions(loopback_only=False, ice_servers=ice_servers)
+    return PeerOptions()
+
+
+network_options = [
+    click.option(
+        "--ice-server",
+        "ice_servers",
+        multiple=True,
+        metavar="URL",
+        help="A STUN/TURN server (repeatable). Implies --any-interface. None by default.",
+    ),
+    click.option(
+        "--any-interface",
+        is_flag=True,
+        help="Offer host candidates on every interface. Default: 127.0.0.1 only (same machine).",
+    ),
+]
+
+connection_options = [
+    click.option(
+        "--signal",
+        "signal_url",
+        envvar="RTCXFER_SIGNAL_URL",
+        default="ws://127.0.0.1:8765",
+        show_default=True,
+        help="Signaling server URL [env RTCXFER_SIGNAL_URL].",
+    ),
+    click.option(
+        "--room",
+        envvar="RTCXFER_ROOM",
+        default="default",
+        show_default=True,
+        help="Room shared by the worker and its clients [env RTCXFER_ROOM].",
+    ),
+    click.option(
+        "--token",
+        envvar="RTCXFER_TOKEN",
+        default=None,
+        help="The worker's token; also presented to the signaling server [env RTCXFER_TOKEN].",
+    ),
+    click.option(
+        "--shared-root",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Shared storage root on this machine (default: $SHARED_STORAGE_ROOT or a known mount).",
+    ),
+]
+
+
+def _apply(options):
+    def decorate(function):
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,16 +92,183 @@ from rtcxfer import __version__, log
     "--log-level",
     default="WARNING",
     show_default=True,
+    envvar="RTCXFER_LOG_LEVEL",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-    help="How much rtcxfer logs to stderr.",
+    help="How much rtcxfer logs to stderr [env RTCXFER_LOG_LEVEL].",
 )
 def main(log_level: str) -> None:
     """Send a job to a remote worker over WebRTC and get its results back.
 
     Files travel by the best transport both peers offer: a shared filesystem, chunks over
-    the data channel, or any transport plugin you install.
+    the data channel, or any transport plugin you install. Start with `rtcxfer demo`.
     """
     log.enable(log_level)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
+@click.option(
+    "--token",
+    envvar="RTCXFER_TOKEN",
+    default=None,
+    help="Token every peer must present (all rooms) [env RTCXFER_TOKEN].",
+)
+def signal(host: str, port: int, token: str | None) -> None:
+    """Run the signaling server that lets workers and clients find each other."""
+    from rtcxfer.signaling import run_signaling_server
+
+    def ready(server) -> None:
+        click.echo(f"signaling server listening on {server.url}", err=True)
+
+    try:
+        _run(run_signaling_server(host, port, default_token=token, on_ready=ready))
+    except KeyboardInterrupt:
+        click.echo("signaling server stopped", err=True)
+    except OSError as error:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+
+
+@main.command()
+@_apply(connection_options)
+@_apply(network_options)
+@click.option("--peer-id", default="worker", show_default=True, help="This worker's id in the room.")
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where jobs are extracted and run (default: a temporary directory).",
+)
+@click.option("--job-timeout", type=float, default=None, help="Seconds a job may run (default: the manifest's).")
+def worker(signal_url, room, token, shared_root, ice_servers, any_interface, peer_id, work_dir, job_timeout) -> None:
+    """Serve jobs: run each package's command and send its results back."""
+    from rtcxfer.errors import SignalingError, describe
+    from rtcxfer.worker import RTCWorkerClient
+
+    runner = RTCWorkerClient(token=token, shared_storage_root=shared_root, work_dir=work_dir, job_timeout=job_timeout)
+    shared = runner.shared_storage_root or "none"
+    click.echo(
+        f"worker {peer_id}: shared storage {shared}; transports {', '.join(runner.offered_transports())}", err=True
+    )
+
+    def ready() -> None:
+        click.echo(f"worker {peer_id} waiting for jobs in room {room!r} on {signal_url}", err=True)
+
+    try:
+        _run(
+            runner.serve(
+                signal_url,
+                room,
+                peer_id=peer_id,
+                signaling_token=token,
+                peer_options=_peer_options(ice_servers, any_interface),
+                on_ready=ready,
+            )
+        )
+    except KeyboardInterrupt:
+        click.echo("worker stopped", err=True)
+    except SignalingError as error:
+        raise click.ClickException(f"signaling: {describe(error)}") from None
+
+
+@main.command()
+@click.argument("package", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_apply(connection_options)
+@_apply(network_options)
+@click.option("--transport", default=None, help="Force one transport (see `rtcxfer plugins`); default: automatic.")
+@click.option(
+    "--results",
+    "results_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("rtcxfer-results"),
+    show_default=True,
+    help="Where results are placed.",
+)
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for a worker.")
+@click.option("--quiet", is_flag=True, help="No progress bars or job output; just the result.")
+def submit(
+    package, signal_url, room, token, shared_root, ice_servers, any_interface, transport, results_dir, timeout, quiet
+) -> None:
+    """Run PACKAGE (a ZIP with rtcxfer.json) on a worker and download its results.
+
+    Exits 0 when the job succeeded, 1 when it failed, 3 when no worker could be reached,
+    130 when cancelled with Ctrl-C (the job is cancelled on the worker too).
+    """
+    from rtcxfer.progress import ProgressDisplay
+
+    display = ProgressDisplay(enabled=not quiet)
+    try:
+        code = _run(
+            _submit(
+                package,
+                signal_url,
+                room,
+                token,
+                shared_root,
+                ice_servers,
+                any_interface,
+                transport,
+                results_dir,
+                timeout,
+                display,
+            )
+        )
+    except KeyboardInterrupt:
+        display.close()
+        click.echo("cancelled", err=True)
+        code = EXIT_CANCELLED
+    sys.exit(code)
+
+
+async def _submit(
+    package, signal_url, room, token, shared_root, ice_servers, any_interface, transport, results_dir, timeout, display
+) -> int:
+    from rtcxfer.client import RTCClient
+    from rtcxfer.errors import AuthenticationError, PluginError, RtcxferError, describe
+
+    try:
+        client = RTCClient(
+            token=token,
+            shared_storage_root=shared_root,
+            results_dir=results_dir,
+            transport=transport,
+            on_event=display.handle,
+            peer_options=_peer_options(ice_servers, any_interface),
+        )
+    except PluginError as error:
+        click.echo(f"error: {error}", err=True)
+        return 2
+    try:
+        async with client:
+            try:
+                await client.connect(signal_url, room, signaling_token=token, timeout=timeout)
+            except AuthenticationError as error:
+                click.echo(f"error: {error}", err=True)
+                return EXIT_CONNECTION
+            except (RtcxferError, asyncio.TimeoutError, OSError) as error:
+                click.echo(
+                    f"error: cannot reach a worker in room {room!r} via {signal_url}: {describe(error)}", err=True
+                )
+                return EXIT_CONNECTION
+            result = await client.submit(package)
+    except PluginError as error:
+        display.close()
+        click.echo(f"error: {error}", err=True)
+        return 2
+    except RtcxferError as error:
+        display.close()
+        click.echo(f"error: {describe(error)}", err=True)
+        return EXIT_JOB_FAILED
+    display.close()
+    if result.ok:
+        click.echo(
+            f"job {result.job_id} complete: {result.file_count} files, {result.total_mb} MiB "
+            f"(input via {result.input_transport}, results via {result.results_transport})"
+        )
+        click.echo(f"results: {result.results_dir}")
+        return EXIT_OK
+    click.echo(f"job {result.job_id} failed: {result.failure}", err=True)
+    return EXIT_JOB_FAILED
 
 
 @main.command()
@@ -50,19 +294,85 @@ def plugins() -> None:
 
 
 @main.command()
-def demo() -> None:
-    """Run a local demo on loopback (for now: control frames between two real WebRTC peers).
+@click.option(
+    "--shared-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Check this directory instead of the detected one.",
+)
+def doctor(shared_root: Path | None) -> None:
+    """Show what shared storage this machine sees and whether a peer could verify it."""
+    from rtcxfer.frames import SharedProbe
+    from rtcxfer.plugins import PluginHost
+    from rtcxfer.shared_storage import KNOWN_MOUNT_POINTS, detect_shared_root, write_probe
+    from rtcxfer.transports.shared_fs import check_probe
 
-    The whole job round trip (signaling server, worker, client, both transports) replaces this
-    preview once the worker and client land.
+    choice = detect_shared_root(shared_root)
+    click.echo(f"rtcxfer {__version__} on Python {sys.version.split()[0]}")
+    click.echo(f"shared storage root: {choice.root or 'none'} ({choice.source})")
+    click.echo(f"  checked: --shared-root, ${'SHARED_STORAGE_ROOT'}, then {', '.join(KNOWN_MOUNT_POINTS)}")
+    healthy = True
+    if choice.root is not None:
+        writable = os.access(choice.root, os.W_OK)
+        click.echo(f"  writable: {'yes' if writable else 'no'}")
+        if writable:
+            probe = write_probe(choice.root)
+            try:
+                verdict = check_probe(choice.root, SharedProbe(probe.sha256, probe.relative_path))
+            finally:
+                probe.remove()
+            click.echo(f"  probe written and read back through the worker's validator: {verdict}")
+            click.echo("  a peer mounting the same storage will verify it at the start of each session")
+            healthy = verdict == "verified"
+        else:
+            healthy = False
+    host = PluginHost()
+    click.echo("transports: " + ", ".join(f"{i.name} ({i.distribution} {i.version})" for i in host.transports()))
+    try:
+        import uvloop  # noqa: F401
+
+        click.echo("event loop: uvloop available (used by the rtcxfer command)")
+    except ImportError:
+        click.echo("event loop: asyncio (install rtcxfer[fast] for uvloop)")
+    sys.exit(0 if healthy else 1)
+
+
+@main.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to put the demo's files (default: a new temporary directory).",
+)
+def demo(directory: Path | None) -> None:
+    """Run a whole job round trip on 127.0.0.1: over shared-fs, then over rtc-chunked.
+
+    Starts a signaling server, a worker and a client in this process, runs the sample job
+    package once per transport, and prints which transport moved what, how long it took and
+    where the results are. Needs nothing configured and no network but loopback.
     """
-    import asyncio
+    from rtcxfer.demo import run_demo
+    from rtcxfer.progress import ProgressDisplay
 
-    from rtcxfer.demo import run_frame_preview
-
-    for line in asyncio.run(run_frame_preview()):
-        click.echo(line)
+    display = ProgressDisplay(enabled=sys.stderr.isatty())
+    where, runs = _run(run_demo(directory, on_event=display.handle))
+    display.close()
+    click.echo(f"demo directory: {where}")
+    ok = True
+    for run in runs:
+        result = run.result
+        if result.ok:
+            click.echo(
+                f"{run.transport:>12}: input via {result.input_transport}, results via "
+                f"{result.results_transport}; {result.file_count} files, {result.total_mb} MiB "
+                f"in {run.seconds:.2f} s -> {result.results_dir}"
+            )
+        else:
+            ok = False
+            click.echo(f"{run.transport:>12}: FAILED: {result.failure}")
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -1,35 +1,65 @@
-"""The local demo behind ``rtcxfer demo``; everything runs on 127.0.0.1."""
+"""The local demo behind ``rtcxfer demo``: a whole job round trip, twice, on 127.0.0.1.
+
+It starts a signaling server, a worker and a client in this process, builds the sample job
+package on a temporary "shared storage" directory that both sides see, and runs it once over
+``shared-fs`` and once over ``rtc-chunked``.
+"""
 
 from __future__ import annotations
 
-from rtcxfer import rtc
-from rtcxfer.engine import FrameReceived, Session
-from rtcxfer.frames import FileMeta, JobComplete, PathValidated, SharedInputPath, SharedOutputPath
-from rtcxfer.plugins import PluginHost
+import asyncio
+import secrets
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
 
-PREVIEW_FRAMES = (
-    ("client", SharedInputPath("jobs/demo/package.zip")),
-    ("client", SharedOutputPath("jobs/demo/results")),
-    ("worker", PathValidated("input")),
-    ("client", FileMeta("0" * 32, "package.zip", 1024, "0" * 64, 65536)),
-    ("worker", JobComplete("demo", "jobs/demo/results", 2, 0.01)),
-)
+import attrs
+
+from rtcxfer.client import ClientEvent, JobResult, RTCClient
+from rtcxfer.sample import build_sample_package
+from rtcxfer.signaling import SignalingServer
+from rtcxfer.worker import RTCWorkerClient
 
 
-async def run_frame_preview() -> list[str]:
-    """Send each preview frame between two real aiortc peers; report who claimed what."""
-    host = PluginHost()
-    client_channel, worker_channel, close = await rtc.connect_pair_in_process()
-    channels = {"client": client_channel, "worker": worker_channel}
-    sessions = {side: Session(host.claim, catalogue=host.catalogue) for side in channels}
-    lines = ["two aiortc peers connected on 127.0.0.1"]
-    try:
-        for sender, frame in PREVIEW_FRAMES:
-            receiver = "worker" if sender == "client" else "client"
-            await channels[sender].send_text(sessions[sender].send(frame))
-            event = sessions[receiver].receive(await channels[receiver].recv())
-            handler = event.handler if isinstance(event, FrameReceived) else "nobody"
-            lines.append(f"{sender} -> {receiver}: {frame.encode()}  [claimed by {handler}]")
-    finally:
-        await close()
-    return lines
+@attrs.frozen
+class DemoRun:
+    transport: str
+    result: JobResult
+    seconds: float
+
+
+async def run_demo(
+    directory: Path | None = None,
+    transports: tuple[str, ...] = ("shared-fs", "rtc-chunked"),
+    on_event: Callable[[ClientEvent], None] | None = None,
+) -> tuple[Path, list[DemoRun]]:
+    """Run the sample job once per transport; returns the demo directory and the runs."""
+    directory = Path(directory or tempfile.mkdtemp(prefix="rtcxfer-demo-"))
+    shared = directory / "shared"
+    package = build_sample_package(shared / "jobs" / "sample-package.zip")
+    token = secrets.token_urlsafe(16)
+    runs: list[DemoRun] = []
+    async with SignalingServer("127.0.0.1", 0, default_token=token) as signaling:
+        worker = RTCWorkerClient(token=token, shared_storage_root=shared, work_dir=directory / "worker")
+        ready = asyncio.Event()
+        serving = asyncio.create_task(worker.serve(signaling.url, "demo", signaling_token=token, on_ready=ready.set))
+        try:
+            await asyncio.wait_for(ready.wait(), 30)
+            for transport in transports:
+                client = RTCClient(
+                    token=token,
+                    shared_storage_root=shared,
+                    results_dir=directory / "results",
+                    transport=transport,
+                    on_event=on_event,
+                )
+                async with client:
+                    await client.connect(signaling.url, "demo", signaling_token=token)
+                    started = time.perf_counter()
+                    result = await client.submit(package, job_id=f"demo-{transport}")
+                    runs.append(DemoRun(transport, result, time.perf_counter() - started))
+        finally:
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+    return directory, runs

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 import attrs
 
@@ -82,6 +82,12 @@ class ReceivedFile:
     transport: str
     sha256: str | None = None
     transfer_id: str | None = None
+    #: How to open it for reading; by default a plain open of ``path``.
+    opener: Callable[[], BinaryIO] | None = attrs.field(default=None, eq=False, repr=False)
+
+    def open(self) -> BinaryIO:
+        """Open the file for reading (binary)."""
+        return self.opener() if self.opener is not None else open(self.path, "rb")
 
 
 @attrs.frozen
@@ -109,6 +115,9 @@ class TransportContext:
     shared_root: Path | None = None
     #: Called with every :class:`ReceivedFile` once it is complete and verified.
     on_file: Callable[[ReceivedFile], Awaitable[None] | None] | None = None
+    #: Called with frames a transport received but did not expect (e.g. a PATH_ERROR about a
+    #: package the worker already accepted), so the application can react.
+    on_notice: Callable[[Frame], None] | None = None
     #: Largest file a peer may announce.
     max_file_bytes: int = 1 << 40
     #: Transport-specific settings, by transport name.

@@ -1,18 +1,305 @@
 """The ``shared-fs`` transport: both peers mount the same storage, so only a relative path
-crosses the wire (``SHARED_INPUT_PATH::jobs/123/data.zip``)."""
+crosses the wire (``SHARED_INPUT_PATH::jobs/123/data.zip``).
+
+Worker side, as the worker specification says: resolve the path under the worker's own root,
+validate it (text checks, symlinks resolved, inside the root), answer ``PATH_VALIDATED::input``
+or ``PATH_ERROR::<the spec's text>: <the peer's path>``, and hand the file on to be read in
+place. The worker's absolute paths are logged, never sent.
+
+Client side: prove once per session that the worker sees the same storage (a probe file with
+random content), then send paths instead of bytes.
+"""
 
 from __future__ import annotations
 
-from rtcxfer.frames import Frame, PathErrorFrame, PathValidated, SharedInputPath, SharedOutputPath
+import asyncio
+import hashlib
+import inspect
+import secrets
+import shutil
+import time
+from pathlib import Path, PurePosixPath
+
+from rtcxfer import security
+from rtcxfer.errors import (
+    PathError,
+    PathNotFoundError,
+    PathOutsideRootError,
+    PathPermissionError,
+    TransferError,
+    UnsafePathError,
+)
+from rtcxfer.filesystem import FilesystemAdapter
+from rtcxfer.frames import (
+    Frame,
+    PathErrorFrame,
+    PathValidated,
+    SharedInputPath,
+    SharedOutputPath,
+    SharedProbe,
+    SharedProbeResult,
+    quote_for_reply,
+)
 from rtcxfer.hookspecs import hookimpl
-from rtcxfer.transport import Transport
+from rtcxfer.log import logger
+from rtcxfer.shared_storage import PROBE_BYTES, PROBE_DIR, write_probe
+from rtcxfer.transport import Delivery, ReceivedFile, Transport
+
+#: The spec's texts for PATH_ERROR, by the kind of failure.
+OUTSIDE_ROOT = "Path outside shared storage"
+INPUT_MISSING = "Input path does not exist"
+NOT_FOUND = "File not found"
+PERMISSION_DENIED = "Permission denied"
+CORRUPTED = "File corrupted or invalid format"
+NOT_SHARED = "Shared storage is not available on this worker"
+
+#: Where the client stages a file that is not already under its shared root.
+STAGING_DIR = PurePosixPath("rtcxfer-staging")
+
+#: How long the client waits for the worker to answer a path message.
+REPLY_TIMEOUT = 60.0
+#: Validation slower than this is logged as a warning (the spec's threshold).
+SLOW_VALIDATION_SECONDS = 1.0
+
+
+def path_error_text(error: PathError) -> str:
+    """The spec's PATH_ERROR text for ``error``, with the peer's own path."""
+    if isinstance(error, (UnsafePathError, PathOutsideRootError)):
+        prefix = OUTSIDE_ROOT
+    elif isinstance(error, PathPermissionError):
+        prefix = PERMISSION_DENIED
+    else:
+        prefix = NOT_FOUND
+    return f"{prefix}: {quote_for_reply(error.peer_path)}"
+
+
+def check_probe(root: Path | None, probe: SharedProbe) -> str:
+    """The worker's verdict on a probe: ``verified``, ``mismatch``, ``missing`` or ``unavailable``."""
+    if root is None:
+        return "unavailable"
+    if PurePosixPath(probe.relative_path).parent != PROBE_DIR:
+        # Only probe files may be hashed: anything else would let a peer test the content of
+        # arbitrary files against guessed hashes.
+        logger.warning("refused a probe outside {}: {!r}", PROBE_DIR, probe.relative_path)
+        return "missing"
+    try:
+        with security.open_peer_path(probe.relative_path, root) as handle:
+            content = handle.read(PROBE_BYTES + 1)
+    except PathError as error:
+        logger.info("shared storage probe not readable here: {}", error)
+        return "missing"
+    verdict = "verified" if hashlib.sha256(content).hexdigest() == probe.sha256 else "mismatch"
+    logger.info("shared storage probe: {}", verdict)
+    return verdict
+
+
+class SharedPathRefused(TransferError):
+    """The worker answered a path message with PATH_ERROR; ``message`` is its text."""
 
 
 class SharedFsTransport(Transport):
     name = "shared-fs"
     rank = 100
-    frame_types = (SharedInputPath, SharedOutputPath, PathValidated, PathErrorFrame)
+    frame_types = (SharedInputPath, SharedOutputPath, PathValidated, PathErrorFrame, SharedProbe, SharedProbeResult)
     description = "a relative path on storage both peers mount; no bytes cross the data channel"
+
+    @classmethod
+    def usable(cls, context) -> bool:
+        return context.shared_root is not None
+
+    def __init__(self, link, context) -> None:
+        super().__init__(link, context)
+        root = context.shared_root
+        self.root: Path | None = Path(root).resolve() if root is not None else None
+        self.fs_adapter: FilesystemAdapter | None = context.options.get("shared-fs", {}).get("fs_adapter")
+        if self.fs_adapter is None and self.root is not None:
+            self.fs_adapter = FilesystemAdapter(self.root)
+        #: Client side: whether the worker proved it sees our storage in this session.
+        self.verified = False
+        #: Worker side: the last output directory the client asked for (relative, absolute).
+        self.output: tuple[str, Path] | None = None
+        self._reply: asyncio.Future[Frame] | None = None
+        self._request_lock = asyncio.Lock()
+        self._staged: list[Path] = []
+
+    # --- worker side ------------------------------------------------------------------
+
+    async def on_frame(self, frame: Frame) -> None:
+        if isinstance(frame, (PathValidated, PathErrorFrame, SharedProbeResult)):
+            self._take_reply(frame)
+        elif isinstance(frame, SharedInputPath):
+            await self._receive_input(frame.relative_path)
+        elif isinstance(frame, SharedOutputPath):
+            await self._receive_output(frame.relative_path)
+        elif isinstance(frame, SharedProbe):
+            await self.link.send(SharedProbeResult(await asyncio.to_thread(check_probe, self.root, frame)))
+
+    async def _receive_input(self, relative: str) -> None:
+        if self.root is None:
+            await self.link.send(PathErrorFrame(f"{NOT_SHARED}: {relative}"))
+            return
+        try:
+            path, size = await asyncio.to_thread(self.validate_input, relative)
+        except PathError as error:
+            await self.link.send(PathErrorFrame(self._refusal(error, relative)))
+            return
+        await self.link.send(PathValidated("input"))
+        root = self.root
+        received = ReceivedFile(
+            name=relative,
+            path=path,
+            size=size,
+            transport=self.name,
+            # Read in place through the safe opener: a symlink swapped in since validation
+            # is refused at open time.
+            opener=lambda: security.open_peer_path(relative, root),
+        )
+        await _call(self.context.on_file, received)
+
+    def validate_input(self, relative: str) -> tuple[Path, int]:
+        """Resolve and validate an input path under the root; returns (path, size).
+
+        Raises the typed :class:`PathError` whose spec text :func:`path_error_text` gives.
+        """
+        assert self.root is not None and self.fs_adapter is not None
+        started = time.perf_counter()
+        path = security.resolve_peer_path(relative, self.root)
+        if not self.fs_adapter.exists(path):
+            logger.error("shared input {} does not exist (worker path {})", relative, path)
+            raise PathNotFoundError(INPUT_MISSING, peer_path=relative)
+        # Opening proves it is a readable regular file, with no symlink followed on the way.
+        with security.open_peer_path(relative, self.root) as handle:
+            size = handle.seek(0, 2)
+        elapsed = time.perf_counter() - started
+        log = logger.warning if elapsed > SLOW_VALIDATION_SECONDS else logger.info
+        log("validated shared input {} ({} bytes) in {:.4f} s", relative, size, elapsed)
+        return path, size
+
+    def _refusal(self, error: PathError, relative: str) -> str:
+        if isinstance(error, (UnsafePathError, PathOutsideRootError)):
+            logger.warning("security violation: peer path {!r} refused ({})", relative, error)
+        elif isinstance(error, PathPermissionError):
+            logger.error("permission denied on shared path {} under {}", relative, self.root)
+        else:
+            logger.error("shared path {} not usable under {}: {}", relative, self.root, error)
+        if str(error) == INPUT_MISSING:
+            return f"{INPUT_MISSING}: {quote_for_reply(relative)}"
+        return path_error_text(error)
+
+    async def _receive_output(self, relative: str) -> None:
+        if self.root is None:
+            await self.link.send(PathErrorFrame(f"{NOT_SHARED}: {relative}"))
+            return
+        try:
+            path = await asyncio.to_thread(self._make_output_dir, relative)
+        except PathError as error:
+            await self.link.send(PathErrorFrame(self._refusal(error, relative)))
+            return
+        self.output = (relative, path)
+        await self.link.send(PathValidated("output"))
+
+    def _make_output_dir(self, relative: str) -> Path:
+        assert self.root is not None
+        started = time.perf_counter()
+        # Created component by component with no symlink followed; an existing file or a
+        # symlink on the way is refused.
+        path = security.makedirs_beneath(self.root, relative)
+        security.validate_path_in_root(path, self.root)
+        logger.info("shared output directory {} ready in {:.4f} s", relative, time.perf_counter() - started)
+        return path
+
+    # --- client side ------------------------------------------------------------------
+
+    def _take_reply(self, frame: Frame) -> None:
+        if self._reply is not None and not self._reply.done():
+            self._reply.set_result(frame)
+        elif self.context.on_notice is not None:
+            self.context.on_notice(frame)
+        else:
+            logger.warning("unexpected {} from the worker", frame.encode())
+
+    async def _request(self, frame: Frame, timeout: float = REPLY_TIMEOUT) -> Frame:
+        """Send ``frame`` and wait for the worker's answer (the spec's replies carry no id,
+        so requests go one at a time)."""
+        async with self._request_lock:
+            self._reply = asyncio.get_running_loop().create_future()
+            try:
+                await self.link.send(frame)
+                return await asyncio.wait_for(self._reply, timeout)
+            finally:
+                self._reply = None
+
+    async def negotiate(self) -> bool:
+        """Prove that the worker reads what we write under our root."""
+        if self.root is None:
+            return False
+        probe = await asyncio.to_thread(write_probe, self.root)
+        try:
+            reply = await self._request(SharedProbe(probe.sha256, probe.relative_path))
+        finally:
+            await asyncio.to_thread(probe.remove)
+        self.verified = isinstance(reply, SharedProbeResult) and reply.verdict == "verified"
+        logger.info("shared storage verification: {}", getattr(reply, "verdict", reply))
+        return self.verified
+
+    def relative_to_root(self, path: Path) -> str | None:
+        """``path`` relative to our shared root, or ``None`` if it lies outside."""
+        if self.root is None:
+            return None
+        try:
+            return path.resolve().relative_to(self.root).as_posix()
+        except ValueError:
+            return None
+
+    async def send_file(self, path: Path, name: str) -> Delivery:
+        """Tell the worker where ``path`` lies on the shared storage (staging a copy under
+        the root first if it lies elsewhere) and wait for PATH_VALIDATED::input."""
+        if self.root is None:
+            raise TransferError("shared-fs has no shared root on this side")
+        relative = self.relative_to_root(path)
+        if relative is None:
+            relative = await asyncio.to_thread(self._stage, path, name)
+        size = path.stat().st_size
+        reply = await self._request(SharedInputPath(relative))
+        if not (isinstance(reply, PathValidated) and reply.which == "input"):
+            raise SharedPathRefused(getattr(reply, "message", f"unexpected reply {reply!r}"))
+        return Delivery(name=name, size=size, transport=self.name, reference=relative)
+
+    async def request_output(self, relative: str) -> None:
+        """Ask the worker to create ``relative`` under its root for the results."""
+        reply = await self._request(SharedOutputPath(relative))
+        if not (isinstance(reply, PathValidated) and reply.which == "output"):
+            raise SharedPathRefused(getattr(reply, "message", f"unexpected reply {reply!r}"))
+
+    def _stage(self, path: Path, name: str) -> str:
+        assert self.root is not None
+        relative = STAGING_DIR / secrets.token_hex(8) / PurePosixPath(name).name
+        target = self.root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        shutil.copyfile(path, target)
+        logger.info("staged {} on shared storage as {} in {:.2f} s", path, relative, time.perf_counter() - started)
+        self._staged.append(target.parent)
+        return relative.as_posix()
+
+    def remove_staged(self) -> None:
+        """Remove the copies this session staged on the shared storage."""
+        for directory in self._staged:
+            shutil.rmtree(directory, ignore_errors=True)
+        self._staged.clear()
+
+    def on_closed(self) -> None:
+        if self._reply is not None and not self._reply.done():
+            self._reply.cancel()
+        self.remove_staged()
+
+
+async def _call(callback, *args) -> None:
+    if callback is None:
+        return
+    result = callback(*args)
+    if inspect.isawaitable(result):
+        await result
 
 
 @hookimpl

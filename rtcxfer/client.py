@@ -1,0 +1,407 @@
+"""RTCClient: submits a job package to a worker, picks a transport per file, falls back when
+one fails, and brings the results home.
+
+::
+
+    async with RTCClient(token="s3cret", results_dir="results") as client:
+        await client.connect("ws://127.0.0.1:8765", room="lab")
+        result = await client.submit(Path("package.zip"))
+        print(result.results_dir)
+
+Results land in ``results_dir/<job id>/`` only once complete: they are gathered in a hidden
+staging directory beside it and renamed into place, so nothing half-written is ever shown there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from rtcxfer import security
+from rtcxfer.engine import APPLICATION, Session
+from rtcxfer.errors import (
+    AuthenticationError,
+    ConnectionClosedError,
+    JobError,
+    PathError,
+    PluginError,
+    RtcxferError,
+    TransferError,
+    describe,
+)
+from rtcxfer.frames import (
+    AuthFailed,
+    Frame,
+    Hello,
+    JobAccepted,
+    JobCancel,
+    JobComplete,
+    JobFailed,
+    JobLog,
+    JobProgress,
+    JobStatus,
+    JobSubmit,
+    PathErrorFrame,
+    ProtocolErrorFrame,
+    Welcome,
+)
+from rtcxfer.link import Link
+from rtcxfer.log import logger
+from rtcxfer.plugins import PluginHost
+from rtcxfer.shared_storage import detect_shared_root
+from rtcxfer.transport import Transport, TransportContext
+from rtcxfer.worker import PROTOCOL_VERSION
+
+#: Frames the client application handles itself.
+APPLICATION_FRAMES: tuple[type[Frame], ...] = (
+    Welcome,
+    AuthFailed,
+    JobAccepted,
+    JobStatus,
+    JobLog,
+    JobProgress,
+    JobComplete,
+    JobFailed,
+    ProtocolErrorFrame,
+)
+#: Where, under the shared root, the client asks the worker to write results.
+SHARED_RESULTS_DIR = "rtcxfer-results"
+BYTE_FALLBACK = "rtc-chunked"
+LOG_TAIL = 20
+
+
+@attrs.frozen
+class ClientEvent:
+    """Something to show the user: ``kind`` is one of ``status``, ``log``, ``progress``,
+    ``transfer`` (bytes of a file moving) or ``notice`` (a fallback, a retry)."""
+
+    kind: str
+    job_id: str | None
+    data: dict[str, Any]
+
+
+@attrs.frozen
+class JobResult:
+    """How a job ended and where its results are."""
+
+    job_id: str
+    ok: bool
+    results_dir: Path | None
+    file_count: int = 0
+    total_mb: float = 0.0
+    input_transport: str | None = None
+    results_transport: str | None = None
+    failure: str | None = None
+    log_tail: tuple[str, ...] = ()
+
+
+class RTCClient:
+    """The client. ``transport`` forces one transport for inputs and results."""
+
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        shared_storage_root: str | os.PathLike[str] | None = None,
+        results_dir: str | os.PathLike[str] = "rtcxfer-results",
+        plugins: PluginHost | None = None,
+        transport: str | None = None,
+        transport_options: dict | None = None,
+        on_event: Callable[[ClientEvent], None] | None = None,
+        peer_options=None,
+        detect_shared_storage: bool = True,
+    ) -> None:
+        choice = detect_shared_root(shared_storage_root) if (detect_shared_storage or shared_storage_root) else None
+        self.shared_storage_root: Path | None = choice.root if choice else None
+        self.token = token
+        self.results_dir = Path(results_dir)
+        self.plugins = plugins or PluginHost()
+        self.forced_transport = transport
+        if transport is not None:
+            self.plugins.transport(transport)  # an unknown name fails here, with what is installed
+        self.transport_options = dict(transport_options or {})
+        self.on_event = on_event
+        self.peer_options = peer_options
+        #: Transports both peers offer and that passed negotiation, best first.
+        self.session_transports: list[str] = []
+        self.link: Link | None = None
+        self.transports: dict[str, Transport] = {}
+        self._peer = None
+        self._signaling = None
+        self._run_task: asyncio.Task | None = None
+        self._reports: asyncio.Queue[Frame] = asyncio.Queue()
+        self._log_tail: list[str] = []
+        self.context = TransportContext(
+            role="client",
+            incoming_dir=self.results_dir,
+            shared_root=self.shared_storage_root,
+            options=self._transport_options_with_progress(),
+        )
+
+    def _transport_options_with_progress(self) -> dict:
+        options = {name: dict(value) for name, value in self.transport_options.items()}
+        for name in ("rtc-chunked", "s3"):
+            options.setdefault(name, {}).setdefault("progress", self._transfer_progress(name))
+        return options
+
+    def _transfer_progress(self, transport: str):
+        def report(name: str, done: int, total: int) -> None:
+            self._emit("transfer", None, name=name, done=done, total=total, transport=transport)
+
+        return report
+
+    def _emit(self, kind: str, job_id: str | None, **data: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(ClientEvent(kind, job_id, data))
+
+    # --- connecting -------------------------------------------------------------------
+
+    async def connect(
+        self,
+        signaling_url: str,
+        room: str,
+        *,
+        signaling_token: str | None = None,
+        worker_id: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        """Find the worker through the signaling server, connect, authenticate, negotiate."""
+        from rtcxfer import rtc
+        from rtcxfer.signaling import SignalingClient
+
+        self._signaling = SignalingClient(
+            signaling_url, room, "client", f"client-{secrets.token_hex(4)}", signaling_token
+        )
+        await self._signaling.connect()
+        try:
+            worker_id = worker_id or await self._signaling.wait_for_peer(role="worker", timeout=timeout)
+            send, receive = rtc.signaling_adapter(self._signaling, worker_id)
+            self._peer, channel = await rtc.connect_via(send, receive, "offerer", self.peer_options, timeout)
+        except BaseException:
+            await self._signaling.close()
+            raise
+        await self.attach(channel)
+
+    async def attach(self, channel) -> None:
+        """Use an already open data channel to the worker: authenticate and negotiate."""
+        engine = Session(self.plugins.claim, catalogue=self.plugins.catalogue, application_frames=APPLICATION_FRAMES)
+        self.link = Link(channel, engine, name="client")
+        self.context.on_notice = self._reports.put_nowait
+        for info in self.plugins.transports():
+            transport = info.transport(self.link, self.context)
+            self.transports[info.name] = transport
+            self.link.add_handler(info.name, transport)
+        self.link.add_handler(APPLICATION, self)
+        self._run_task = asyncio.create_task(self.link.run())
+        offered = [name for name, t in self.transports.items() if type(t).usable(self.context)]
+        reply = await self._ask(
+            Hello(PROTOCOL_VERSION, self.token or "anonymous", ",".join(offered) or "none"), (Welcome, AuthFailed)
+        )
+        if isinstance(reply, AuthFailed):
+            raise AuthenticationError(f"the worker refused this client: {reply.reason}")
+        theirs = set(reply.transports.split(","))
+        self.session_transports = []
+        for name in offered:
+            if name not in theirs:
+                continue
+            try:
+                usable = await self.transports[name].negotiate()
+            except (RtcxferError, asyncio.TimeoutError) as error:
+                logger.warning("transport {} failed to negotiate: {}", name, describe(error))
+                usable = False
+            if usable:
+                self.session_transports.append(name)
+            else:
+                self._emit("notice", None, message=f"{name} is not usable between these peers")
+        self._emit("notice", None, message=f"transports for this session: {', '.join(self.session_transports)}")
+
+    async def _ask(self, frame: Frame, answers: tuple[type[Frame], ...], timeout: float = 60.0) -> Frame:
+        assert self.link is not None
+        waiting = asyncio.create_task(self.link.wait_for(lambda f: isinstance(f, answers), timeout))
+        await asyncio.sleep(0)  # the waiter is registered before the question leaves
+        await self.link.send(frame)
+        return await waiting
+
+    async def close(self) -> None:
+        """Close the session (after every acknowledged transfer) and the signaling connection."""
+        if self.link is not None:
+            self.link.close()
+        if self._run_task is not None:
+            await asyncio.gather(self._run_task, return_exceptions=True)
+        if self._peer is not None:
+            await self._peer.close()
+        if self._signaling is not None:
+            await self._signaling.close()
+
+    async def __aenter__(self) -> RTCClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # --- application frames -----------------------------------------------------------
+
+    async def on_frame(self, frame: Frame) -> None:
+        if isinstance(frame, JobLog):
+            self._log_tail = (self._log_tail + [frame.line])[-LOG_TAIL:]
+            self._emit("log", frame.job_id, line=frame.line)
+        elif isinstance(frame, JobProgress):
+            self._emit("progress", frame.job_id, done=frame.done, total=frame.total)
+        elif isinstance(frame, JobStatus):
+            self._emit("status", frame.job_id, state=frame.state)
+        elif isinstance(frame, ProtocolErrorFrame):
+            logger.warning("worker reports a protocol error: {}", frame.reason)
+            self._reports.put_nowait(frame)
+        else:
+            self._reports.put_nowait(frame)
+
+    def on_closed(self) -> None:
+        self._reports.put_nowait(ProtocolErrorFrame("the connection to the worker closed"))
+
+    # --- jobs -------------------------------------------------------------------------
+
+    def choose(self, *, byte_moving: bool = False) -> str:
+        """The transport to use: the forced one, else the best negotiated for this session."""
+        if self.forced_transport is not None:
+            if self.forced_transport not in self.session_transports:
+                raise PluginError(
+                    f"transport {self.forced_transport!r} is not usable in this session "
+                    f"(usable: {', '.join(self.session_transports) or 'none'})"
+                )
+            return self.forced_transport
+        candidates = [n for n in self.session_transports if not (byte_moving and n == "shared-fs")]
+        if not candidates:
+            raise PluginError("no transport is usable between these peers")
+        return candidates[0]
+
+    async def submit(self, package: str | os.PathLike[str], *, job_id: str | None = None) -> JobResult:
+        """Run ``package`` (a ZIP with ``rtcxfer.json``) on the worker and fetch its results.
+
+        Cancelling the awaiting task cancels the job on the worker.
+        """
+        if self.link is None:
+            raise ConnectionClosedError("connect() first")
+        package = Path(package)
+        if not package.is_file():
+            raise JobError(f"package {package} does not exist or is not a file")
+        job_id = job_id or f"job-{secrets.token_hex(4)}"
+        input_via = self.choose()
+        try:
+            return await self._run(package, job_id, input_via)
+        except asyncio.CancelledError:
+            await self._cancel(job_id)
+            raise
+
+    async def _run(self, package: Path, job_id: str, input_via: str) -> JobResult:
+        results_via = input_via
+        attempted: set[str] = set()
+        while True:
+            attempted.add(input_via)
+            outcome = await self._attempt(package, job_id, input_via, results_via)
+            if isinstance(outcome, JobResult):
+                return outcome
+            can_fall_back = BYTE_FALLBACK in self.session_transports and BYTE_FALLBACK not in attempted
+            if self.forced_transport is not None or not can_fall_back:
+                return self._failed(job_id, input_via, results_via, outcome)
+            self._emit("notice", job_id, message=f"{input_via} failed ({outcome}); retrying over {BYTE_FALLBACK}")
+            input_via = results_via = BYTE_FALLBACK
+
+    async def _attempt(self, package: Path, job_id: str, input_via: str, results_via: str) -> JobResult | str:
+        """One try: a JobResult when the job ran (well or not), or the reason to retry."""
+        self._drain_reports()
+        self._log_tail = []
+        reply = await self._ask(JobSubmit(job_id, results_via), (JobAccepted, JobFailed, ProtocolErrorFrame))
+        if not isinstance(reply, JobAccepted):
+            return self._failed(job_id, input_via, results_via, _reason(reply))
+        staging = self.results_dir / f".{job_id}.partial"
+        await asyncio.to_thread(shutil.rmtree, staging, True)
+        staging.mkdir(parents=True)
+        self.context.incoming_dir = staging
+        shared_output = f"{SHARED_RESULTS_DIR}/{job_id}"
+        try:
+            if results_via == "shared-fs":
+                await self.transports["shared-fs"].request_output(shared_output)
+            self._emit("status", job_id, state=f"sending input via {input_via}")
+            await self.transports[input_via].send_file(package, package.name)
+            report = await self._reports.get()
+            if isinstance(report, JobComplete):
+                final = await self._collect(report, staging, results_via)
+                return JobResult(
+                    job_id,
+                    True,
+                    final,
+                    report.file_count or 0,
+                    report.total_mb or 0.0,
+                    input_via,
+                    results_via,
+                    None,
+                    tuple(self._log_tail),
+                )
+            if isinstance(report, PathErrorFrame):
+                return report.message  # e.g. a corrupted package read in place: retry with bytes
+            return self._failed(job_id, input_via, results_via, _reason(report))
+        except (TransferError, PathError) as error:
+            return f"{describe(error)}"
+        finally:
+            self.context.incoming_dir = self.results_dir
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+
+    def _failed(self, job_id: str, input_via: str, results_via: str, reason: str) -> JobResult:
+        return JobResult(job_id, False, None, 0, 0.0, input_via, results_via, reason, tuple(self._log_tail))
+
+    def _drain_reports(self) -> None:
+        while not self._reports.empty():
+            self._reports.get_nowait()
+
+    async def _collect(self, report: JobComplete, staging: Path, results_via: str) -> Path:
+        """Put the job's results in ``results_dir/<job id>`` (complete, or not at all)."""
+        if results_via == "shared-fs":
+            assert self.shared_storage_root is not None
+            await asyncio.to_thread(_copy_shared_results, self.shared_storage_root, report.relative_path, staging)
+        final = self.results_dir / report.job_id
+        if final.exists():
+            final = self.results_dir / f"{report.job_id}-{secrets.token_hex(3)}"
+        os.replace(staging, final)
+        return final
+
+    async def _cancel(self, job_id: str) -> None:
+        if self.link is None or self.link.closed:
+            return
+        self._emit("notice", job_id, message=f"cancelling {job_id}")
+        try:
+            await asyncio.shield(self.link.send(JobCancel(job_id)))
+        except RtcxferError as error:
+            logger.warning("could not cancel {}: {}", job_id, describe(error))
+
+
+def _reason(frame: Frame) -> str:
+    for field in ("reason", "message"):
+        if hasattr(frame, field):
+            return getattr(frame, field)
+    return frame.encode()
+
+
+def _copy_shared_results(root: Path, relative: str, destination: Path) -> None:
+    """Copy the worker's results from our shared root; the path came from the peer, so it is
+    validated like any other, and links inside it are not followed."""
+    source = security.resolve_peer_path(relative, root)
+    for directory, subdirs, names in os.walk(source, followlinks=False):
+        subdirs.sort()
+        for name in sorted(names):
+            path = Path(directory) / name
+            if not stat.S_ISREG(path.lstat().st_mode):
+                logger.warning("shared result {} is not a regular file; skipped", path)
+                continue
+            inside = path.relative_to(source).as_posix()
+            target = destination / inside
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with security.open_beneath(root, f"{relative}/{inside}") as handle, open(target, "xb") as out:
+                shutil.copyfileobj(handle, out, 1 << 20)

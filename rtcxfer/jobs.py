@@ -1,0 +1,239 @@
+"""Jobs: the package manifest, the context an executor gets, and the default command executor.
+
+A job package is a ZIP file with ``rtcxfer.json`` at its root::
+
+    {
+      "name": "train-resnet",
+      "command": ["python", "train.py", "--epochs", "3"],
+      "timeout_seconds": 3600,
+      "env": {"BATCH_SIZE": "64"}
+    }
+
+``command`` is a list of arguments (no shell) or a string split like a shell would split it;
+``python`` and ``python3`` as the program mean the worker's own interpreter. The command runs in
+the extracted package directory with these environment variables set:
+
+* ``RTCXFER_OUTPUT_DIR``: where to write result files (everything in it is sent back);
+* ``RTCXFER_JOB_ID`` and ``RTCXFER_PACKAGE_DIR``.
+
+Every line the job prints is streamed to the client. A line ``RTCXFER_PROGRESS <done> <total>``
+is sent as a progress report instead, and drawn as a bar by ``rtcxfer submit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+
+from rtcxfer.errors import JobError
+from rtcxfer.log import logger
+
+MANIFEST_NAME = "rtcxfer.json"
+MAX_MANIFEST_BYTES = 64 * 1024
+PROGRESS_LINE = re.compile(r"RTCXFER_PROGRESS\s+(\d{1,18})\s+(\d{1,18})\s*")
+#: Longest line forwarded as one log frame; longer output is cut into several.
+MAX_LINE_CHARS = 4000
+#: How many trailing lines a failure report quotes.
+TAIL_LINES = 10
+
+
+class ManifestError(JobError):
+    """The package has no usable ``rtcxfer.json``."""
+
+
+class JobFailedError(JobError):
+    """The job ran and failed; ``exit_code`` and ``tail`` (its last lines) say how."""
+
+    def __init__(self, message: str, exit_code: int | None = None, tail: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.tail = tail
+
+
+class JobTimeoutError(JobFailedError):
+    """The job ran past its time limit and was stopped."""
+
+
+@attrs.frozen
+class Manifest:
+    """What ``rtcxfer.json`` says about a job."""
+
+    command: tuple[str, ...]
+    name: str = "job"
+    timeout_seconds: float | None = None
+    env: Mapping[str, str] = attrs.field(factory=dict)
+
+    @classmethod
+    def load(cls, package_dir: Path) -> Manifest:
+        """Read and check the manifest at the root of an extracted package."""
+        path = package_dir / MANIFEST_NAME
+        if not path.is_file():
+            raise ManifestError(f"the package has no {MANIFEST_NAME} at its root")
+        raw = path.read_bytes()[: MAX_MANIFEST_BYTES + 1]
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"{MANIFEST_NAME} is larger than {MAX_MANIFEST_BYTES} bytes")
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ManifestError(f"{MANIFEST_NAME} is not valid JSON: {error}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Manifest:
+        if not isinstance(data, dict):
+            raise ManifestError(f"{MANIFEST_NAME} must hold a JSON object")
+        unknown = set(data) - {"name", "command", "timeout_seconds", "env"}
+        if unknown:
+            raise ManifestError(f"{MANIFEST_NAME} has unknown keys: {', '.join(sorted(unknown))}")
+        command = data.get("command")
+        if isinstance(command, str):
+            try:
+                command = shlex.split(command)
+            except ValueError as error:
+                raise ManifestError(f"command cannot be split: {error}") from None
+        if not (isinstance(command, list) and command and all(isinstance(a, str) and a for a in command)):
+            raise ManifestError("command must be a non-empty list of strings (or one string)")
+        name = data.get("name", "job")
+        if not isinstance(name, str) or not name:
+            raise ManifestError("name must be a non-empty string")
+        timeout = data.get("timeout_seconds")
+        is_number = isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+        if timeout is not None and not (is_number and math.isfinite(timeout) and timeout > 0):
+            raise ManifestError("timeout_seconds must be a positive number")
+        env = data.get("env", {})
+        if not (isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+            raise ManifestError("env must map strings to strings")
+        if any(not k or "=" in k or "\0" in k + v for k, v in env.items()):
+            raise ManifestError("env has an invalid variable name or value")
+        return cls(tuple(command), name, float(timeout) if timeout is not None else None, dict(env))
+
+
+@attrs.define
+class JobContext:
+    """What an executor gets: where the package is, where results go, how to report."""
+
+    job_id: str
+    package_dir: Path
+    output_dir: Path
+    manifest: Manifest | None
+    log: Callable[[str], None]
+    progress: Callable[[int, int], None]
+    timeout_seconds: float | None = None
+    kill_grace_seconds: float = 5.0
+
+
+class Executor(Protocol):
+    """Runs a job. Raise :class:`JobError` (or a subclass) to fail it."""
+
+    def __call__(self, context: JobContext) -> Awaitable[None]: ...
+
+
+def _program(command: tuple[str, ...]) -> list[str]:
+    if command[0] in ("python", "python3"):
+        return [sys.executable, *command[1:]]
+    return list(command)
+
+
+async def run_manifest_command(context: JobContext) -> None:
+    """The default executor: run the manifest's command and stream its output."""
+    manifest = context.manifest
+    if manifest is None:
+        raise ManifestError(f"the package has no {MANIFEST_NAME}")
+    env = {
+        **os.environ,
+        **manifest.env,
+        "RTCXFER_OUTPUT_DIR": str(context.output_dir),
+        "RTCXFER_JOB_ID": context.job_id,
+        "RTCXFER_PACKAGE_DIR": str(context.package_dir),
+        "PYTHONUNBUFFERED": "1",
+    }
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *_program(manifest.command),
+            cwd=context.package_dir,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so cancelling reaches children
+        )
+    except OSError as error:
+        raise JobFailedError(f"cannot start {manifest.command[0]!r}: {error.strerror or error}") from None
+    logger.info("job {} started: pid {} runs {}", context.job_id, process.pid, " ".join(manifest.command))
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    timeout = manifest.timeout_seconds or context.timeout_seconds
+    try:
+        await asyncio.wait_for(_pump_output(process, context, tail), timeout)
+        exit_code = await process.wait()
+    except asyncio.TimeoutError:
+        await stop_process_group(process, context.kill_grace_seconds)
+        raise JobTimeoutError(f"job timed out after {timeout:g} s and was stopped", None, tuple(tail)) from None
+    except asyncio.CancelledError:
+        await stop_process_group(process, context.kill_grace_seconds)
+        raise
+    if exit_code != 0:
+        last = " | ".join(tail) if tail else "(no output)"
+        raise JobFailedError(f"job exited with code {exit_code}; last output: {last}", exit_code, tuple(tail))
+
+
+async def _pump_output(process: asyncio.subprocess.Process, context: JobContext, tail: collections.deque[str]) -> None:
+    assert process.stdout is not None
+    pending = b""
+    while True:
+        block = await process.stdout.read(65536)
+        if not block:
+            break
+        pending += block
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            _emit(raw, context, tail)
+        while len(pending) > MAX_LINE_CHARS:  # a flood with no newline still streams
+            _emit(pending[:MAX_LINE_CHARS], context, tail)
+            pending = pending[MAX_LINE_CHARS:]
+    if pending:
+        _emit(pending, context, tail)
+
+
+def _emit(raw: bytes, context: JobContext, tail: collections.deque[str]) -> None:
+    line = raw.decode("utf-8", "replace").rstrip("\r")
+    match = PROGRESS_LINE.fullmatch(line)
+    if match:
+        context.progress(int(match.group(1)), int(match.group(2)))
+        return
+    for start in range(0, max(len(line), 1), MAX_LINE_CHARS):
+        piece = line[start : start + MAX_LINE_CHARS]
+        tail.append(piece)
+        context.log(piece)
+
+
+async def stop_process_group(process: asyncio.subprocess.Process, grace_seconds: float) -> None:
+    """SIGTERM the job's process group, then SIGKILL it if it is still there after the grace."""
+    if process.returncode is not None:
+        return
+    _signal_group(process.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), grace_seconds)
+    except asyncio.TimeoutError:
+        logger.warning("job process group {} ignored SIGTERM; killing it", process.pid)
+    # The leader may be gone while children that ignored SIGTERM live on: sweep the group.
+    _signal_group(process.pid, signal.SIGKILL)
+    await process.wait()
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,96 @@
+"""Finding the shared storage root on this machine, and proving that a peer sees the same one.
+
+Two mounts with the same name are not proof of the same storage, so a session verifies it:
+the client writes a probe file with random content under its root and the worker must read the
+same bytes under its own root (see the ``shared-fs`` transport).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from pathlib import Path, PurePosixPath
+
+import attrs
+
+from rtcxfer.log import logger
+
+ENV_VAR = "SHARED_STORAGE_ROOT"
+
+#: Mount points of the container platforms we know, checked in order.
+KNOWN_MOUNT_POINTS: tuple[str, ...] = (
+    "/home/jovyan/vast/amick",  # RunAI / Vast.ai containers of the spec
+    "/home/jovyan/shared",
+    "/workspace/shared",
+    "/mnt/shared",
+    "/shared",
+)
+
+#: Where probes live, relative to the shared root.
+PROBE_DIR = PurePosixPath(".rtcxfer") / "probes"
+PROBE_BYTES = 64
+
+
+@attrs.frozen
+class SharedRootChoice:
+    """The root found, and why it was chosen (for ``rtcxfer doctor`` and the logs)."""
+
+    root: Path | None
+    source: str
+
+
+def detect_shared_root(
+    explicit: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    candidates: Iterable[str] = KNOWN_MOUNT_POINTS,
+) -> SharedRootChoice:
+    """The shared storage root: an explicit option, else ``$SHARED_STORAGE_ROOT``, else the
+    first known container mount point that is a directory. ``root`` is ``None`` if none is."""
+    environ = os.environ if environ is None else environ
+    if explicit is not None:
+        return _checked(Path(explicit), "option")
+    from_env = environ.get(ENV_VAR, "").strip()
+    if from_env:
+        return _checked(Path(from_env), f"${ENV_VAR}")
+    for candidate in candidates:
+        path = Path(candidate)
+        if path.is_dir():
+            logger.info("shared storage detected at known mount point {}", path)
+            return SharedRootChoice(path.resolve(), f"mount point {candidate}")
+    return SharedRootChoice(None, "none found")
+
+
+def _checked(path: Path, source: str) -> SharedRootChoice:
+    if not path.is_dir():
+        logger.warning("shared storage root {} from {} is not a directory; shared-fs is off", path, source)
+        return SharedRootChoice(None, f"{source} (not a directory: {path})")
+    return SharedRootChoice(path.resolve(), source)
+
+
+@attrs.frozen
+class Probe:
+    """A probe file written under the client's root."""
+
+    relative_path: str
+    sha256: str
+    absolute: Path
+
+    def remove(self) -> None:
+        self.absolute.unlink(missing_ok=True)
+
+
+def write_probe(shared_root: Path) -> Probe:
+    """Write a fresh probe file with random content under ``shared_root``."""
+    directory = shared_root / PROBE_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    content = secrets.token_bytes(PROBE_BYTES)
+    relative = PROBE_DIR / f"{secrets.token_hex(16)}.probe"
+    absolute = shared_root / relative
+    with open(absolute, "xb") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return Probe(relative.as_posix(), hashlib.sha256(content).hexdigest(), absolute)
