@@ -268,23 +268,26 @@ class RTCClient:
 
     # --- jobs -------------------------------------------------------------------------
 
-    def choose(self, *, byte_moving: bool = False) -> str:
+    def choose(self, forced: str | None = None) -> str:
         """The transport to use: the forced one, else the best negotiated for this session."""
-        if self.forced_transport is not None:
-            if self.forced_transport not in self.session_transports:
+        forced = forced or self.forced_transport
+        if forced is not None:
+            if forced not in self.session_transports:
                 raise PluginError(
-                    f"transport {self.forced_transport!r} is not usable in this session "
+                    f"transport {forced!r} is not usable in this session "
                     f"(usable: {', '.join(self.session_transports) or 'none'})"
                 )
-            return self.forced_transport
-        candidates = [n for n in self.session_transports if not (byte_moving and n == "shared-fs")]
-        if not candidates:
+            return forced
+        if not self.session_transports:
             raise PluginError("no transport is usable between these peers")
-        return candidates[0]
+        return self.session_transports[0]
 
-    async def submit(self, package: str | os.PathLike[str], *, job_id: str | None = None) -> JobResult:
+    async def submit(
+        self, package: str | os.PathLike[str], *, job_id: str | None = None, transport: str | None = None
+    ) -> JobResult:
         """Run ``package`` (a ZIP with ``rtcxfer.json``) on the worker and fetch its results.
 
+        ``transport`` forces one transport for this job (default: the client's choice).
         Cancelling the awaiting task cancels the job on the worker.
         """
         if self.link is None:
@@ -293,14 +296,14 @@ class RTCClient:
         if not package.is_file():
             raise JobError(f"package {package} does not exist or is not a file")
         job_id = job_id or f"job-{secrets.token_hex(4)}"
-        input_via = self.choose()
+        input_via = self.choose(forced=transport)
         try:
-            return await self._run(package, job_id, input_via)
+            return await self._run(package, job_id, input_via, forced=bool(transport or self.forced_transport))
         except asyncio.CancelledError:
             await self._cancel(job_id)
             raise
 
-    async def _run(self, package: Path, job_id: str, input_via: str) -> JobResult:
+    async def _run(self, package: Path, job_id: str, input_via: str, *, forced: bool) -> JobResult:
         results_via = input_via
         attempted: set[str] = set()
         while True:
@@ -309,7 +312,7 @@ class RTCClient:
             if isinstance(outcome, JobResult):
                 return outcome
             can_fall_back = BYTE_FALLBACK in self.session_transports and BYTE_FALLBACK not in attempted
-            if self.forced_transport is not None or not can_fall_back:
+            if forced or not can_fall_back:
                 return self._failed(job_id, input_via, results_via, outcome)
             self._emit("notice", job_id, message=f"{input_via} failed ({outcome}); retrying over {BYTE_FALLBACK}")
             input_via = results_via = BYTE_FALLBACK

@@ -179,12 +179,16 @@ class SharedFsTransport(Transport):
         if isinstance(error, (UnsafePathError, PathOutsideRootError)):
             logger.warning("security violation: peer path {!r} refused ({})", relative, error)
         elif isinstance(error, PathPermissionError):
-            logger.error("permission denied on shared path {} under {}", relative, self.root)
+            logger.error("permission denied on shared path {} ({})", relative, self._absolute(relative))
         else:
-            logger.error("shared path {} not usable under {}: {}", relative, self.root, error)
+            logger.error("shared path {} not usable: {} ({})", relative, error, self._absolute(relative))
         if str(error) == INPUT_MISSING:
             return f"{INPUT_MISSING}: {quote_for_reply(relative)}"
         return path_error_text(error)
+
+    def _absolute(self, relative: str) -> Path | str:
+        """The worker-side absolute path, for local logs only (never sent to the peer)."""
+        return self.root / relative if self.root is not None else relative
 
     async def _receive_output(self, relative: str) -> None:
         if self.root is None:
