@@ -118,7 +118,7 @@ def test_installed_plugin_is_listed_with_its_distribution_and_version(plugin_env
     result = run_in(plugin_env, "-m", "rtcxfer.cli", "plugins")
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
-    assert set(lines) == {"shared-fs", "rtc-chunked", "echo"}
+    assert {"shared-fs", "rtc-chunked", "echo"} <= set(lines)  # other installed plugins may appear too
     assert "rtcxfer-echo 1.2.3" in lines["echo"]
     assert "rtcxfer 0.1.0" in lines["shared-fs"]
 
