@@ -231,7 +231,8 @@ def test_oversize_message_is_refused_before_sending():
         a, b, close = await connect_pair_in_process()
         try:
             limit = a.max_message_size
-            assert limit == 262144  # aiortc's advertised a=max-message-size
+            # The remote's a=max-message-size: 262144 for aiortc >= 1.16, 65536 before.
+            assert limit in (65536, 262144)
             with pytest.raises(LocalProtocolError):
                 await a.send_bytes(b"x" * (limit + 1))
             with pytest.raises(LocalProtocolError):
