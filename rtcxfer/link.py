@@ -138,6 +138,9 @@ class Link:
             # A handler refusing the peer's input: tell the peer, keep serving.
             logger.warning("{}: refused peer input: {}", self.name, describe(error))
             await self._send_quietly(error.reply_frame())
+        except ConnectionClosedError:
+            # The handler's own reply found the channel closed; the next recv ends the loop.
+            logger.debug("{}: channel closed while handling {}", self.name, type(event).__name__)
 
     async def _send_quietly(self, frame: Frame) -> None:
         try:

@@ -1,5 +1,17 @@
-"""Helpers for testing rtcxfer and transport plugins (importable by third parties)."""
+"""Helpers for testing rtcxfer and transport plugins (importable by third parties).
+
+``SessionPair`` is sans-IO; ``linked_peers`` (real aiortc peers through a real signaling
+server) is imported on first use, so importing this package does not load aiortc.
+"""
 
 from rtcxfer.testing.session_pair import SessionPair
 
-__all__ = ["SessionPair"]
+__all__ = ["LinkedPeers", "PeerSide", "SessionPair", "linked_peers"]
+
+
+def __getattr__(name: str):
+    if name in ("LinkedPeers", "PeerSide", "linked_peers"):
+        from rtcxfer.testing import peers
+
+        return getattr(peers, name)
+    raise AttributeError(name)
