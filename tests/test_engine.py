@@ -167,3 +167,16 @@ def test_no_sequence_of_messages_crashes_the_engine(messages):
             session.send(event.reply)  # every reply the engine proposes is writable
         if isinstance(event, ChunkReceived):
             assert event.transfer_id == TID_A
+
+
+def test_the_sans_io_core_imports_no_io_library():
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "import rtcxfer.frames, rtcxfer.engine, rtcxfer.hookspecs, rtcxfer.errors, rtcxfer.testing\n"
+        "print(sorted(m for m in ('asyncio', 'aiortc', 'fsspec', 'loguru') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
