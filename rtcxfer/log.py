@@ -15,10 +15,12 @@ logger.disable("rtcxfer")
 
 
 def enable(level: str = "INFO", sink=None) -> None:
-    """Send rtcxfer's log records at ``level`` and above to ``sink`` (stderr by default)."""
+    """Send log records (rtcxfer's and its plugins') at ``level`` and above to ``sink``
+    (stderr by default)."""
     logger.remove()
     logger.add(sink or sys.stderr, level=level.upper(), format="{time:HH:mm:ss.SSS} {level:<7} {name}: {message}")
-    logger.enable("rtcxfer")
+    # Every library that logs through loguru, so plugins (rtcxfer_s3, ...) show up too.
+    logger.enable("")
 
 
 __all__ = ["enable", "logger"]
