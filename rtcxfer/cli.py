@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -267,7 +268,12 @@ async def _submit(
         )
         click.echo(f"results: {result.results_dir}")
         return EXIT_OK
-    click.echo(f"job {result.job_id} failed: {result.failure}", err=True)
+    failure = result.failure or "no reason given"
+    # The worker's own text usually names the job already ("Job X failed: ..."); say it once.
+    if re.match(rf"job {re.escape(result.job_id)}\b", failure, re.IGNORECASE):
+        click.echo(f"error: {failure}", err=True)
+    else:
+        click.echo(f"error: job {result.job_id} failed: {failure}", err=True)
     return EXIT_JOB_FAILED
 
 

@@ -137,6 +137,8 @@ class RTCClient:
         self._peer = None
         self._signaling = None
         self._run_task: asyncio.Task | None = None
+        self._watch_task: asyncio.Task | None = None
+        self._closed_reason = "the connection to the worker closed"
         self._reports: asyncio.Queue[Frame] = asyncio.Queue()
         self._log_tail: list[str] = []
         self.context = TransportContext(
@@ -188,7 +190,33 @@ class RTCClient:
         except BaseException:
             await self._signaling.close()
             raise
+        self._watch_task = asyncio.create_task(self._watch_worker(worker_id))
         await self.attach(channel)
+
+    async def _watch_worker(self, worker_id: str) -> None:
+        """End the session as soon as the signaling server says the worker left the room.
+
+        A worker that dies sends nothing over the data channel; ICE would notice only when
+        consent expires, half a minute later, while the signaling server sees its socket close.
+        """
+        from rtcxfer.errors import SignalingError
+        from rtcxfer.signaling import SignalingServerError
+
+        assert self._signaling is not None
+        while True:
+            try:
+                event = await self._signaling.receive()
+            except SignalingServerError as error:
+                logger.debug("signaling: {}", describe(error))
+                continue
+            except SignalingError:
+                return  # signaling is gone, not necessarily the worker: the channel tells
+            if event.get("type") == "peer-left" and event.get("peer_id") == worker_id:
+                logger.warning("worker {} left the room", worker_id)
+                self._closed_reason = f"the worker ({worker_id}) went away: it stopped or lost its connection"
+                if self.link is not None:
+                    self.link.close()
+                return
 
     async def attach(self, channel) -> None:
         """Use an already open data channel to the worker: authenticate and negotiate."""
@@ -232,6 +260,9 @@ class RTCClient:
 
     async def close(self) -> None:
         """Close the session (after every acknowledged transfer) and the signaling connection."""
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
         if self.link is not None:
             self.link.close()
         if self._run_task is not None:
@@ -256,6 +287,10 @@ class RTCClient:
         elif isinstance(frame, JobProgress):
             self._emit("progress", frame.job_id, done=frame.done, total=frame.total)
         elif isinstance(frame, JobStatus):
+            if frame.state == "sending-results":
+                # Made only now, before the first result file is announced (frames are handled
+                # in order), so a client killed while its job runs leaves nothing behind.
+                self.context.incoming_dir.mkdir(parents=True, exist_ok=True)
             self._emit("status", frame.job_id, state=frame.state)
         elif isinstance(frame, ProtocolErrorFrame):
             logger.warning("worker reports a protocol error: {}", frame.reason)
@@ -264,7 +299,7 @@ class RTCClient:
             self._reports.put_nowait(frame)
 
     def on_closed(self) -> None:
-        self._reports.put_nowait(ProtocolErrorFrame("the connection to the worker closed"))
+        self._reports.put_nowait(ProtocolErrorFrame(self._closed_reason))
 
     # --- jobs -------------------------------------------------------------------------
 
@@ -326,7 +361,7 @@ class RTCClient:
             return self._failed(job_id, input_via, results_via, _reason(reply))
         staging = self.results_dir / f".{job_id}.partial"
         await asyncio.to_thread(shutil.rmtree, staging, True)
-        staging.mkdir(parents=True)
+        self.results_dir.mkdir(parents=True, exist_ok=True)  # an unusable one fails before the job runs
         self.context.incoming_dir = staging
         shared_output = f"{SHARED_RESULTS_DIR}/{job_id}"
         try:
@@ -356,6 +391,11 @@ class RTCClient:
         finally:
             self.context.incoming_dir = self.results_dir
             await asyncio.to_thread(shutil.rmtree, staging, True)
+            if results_via == "shared-fs" and self.shared_storage_root is not None:
+                # The worker's copy on shared storage is ours to remove once collected (or
+                # useless, if the job failed); left there, every job would leave a directory.
+                shared_copy = self.shared_storage_root / shared_output
+                await asyncio.to_thread(shutil.rmtree, shared_copy, True)
 
     def _failed(self, job_id: str, input_via: str, results_via: str, reason: str) -> JobResult:
         return JobResult(job_id, False, None, 0, 0.0, input_via, results_via, reason, tuple(self._log_tail))
@@ -366,6 +406,7 @@ class RTCClient:
 
     async def _collect(self, report: JobComplete, staging: Path, results_via: str) -> Path:
         """Put the job's results in ``results_dir/<job id>`` (complete, or not at all)."""
+        staging.mkdir(parents=True, exist_ok=True)
         if results_via == "shared-fs":
             assert self.shared_storage_root is not None
             await asyncio.to_thread(_copy_shared_results, self.shared_storage_root, report.relative_path, staging)

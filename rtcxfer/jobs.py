@@ -31,6 +31,7 @@ import re
 import shlex
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,6 +48,13 @@ PROGRESS_LINE = re.compile(r"RTCXFER_PROGRESS\s+(\d{1,18})\s+(\d{1,18})\s*")
 MAX_LINE_CHARS = 4000
 #: How many trailing lines a failure report quotes.
 TAIL_LINES = 10
+#: Output lines forwarded per second once the burst is spent. Every line costs a frame on the
+#: data channel and work on the client; a job printing in a tight loop would otherwise keep
+#: both busy long after it ended. Lines over the budget are counted and reported instead.
+LOG_LINES_PER_SECOND = 500.0
+LOG_BURST_LINES = 2000
+#: Progress reports forwarded per second at most; the latest one always gets through.
+PROGRESS_PER_SECOND = 20.0
 
 
 class ManifestError(JobError):
@@ -174,48 +182,136 @@ async def run_manifest_command(context: JobContext) -> None:
     logger.info("job {} started: pid {} runs {}", context.job_id, process.pid, " ".join(manifest.command))
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     timeout = manifest.timeout_seconds or context.timeout_seconds
+
+    async def run_to_end() -> int:
+        await _pump_output(process, context, tail)
+        return await process.wait()
+
     try:
-        await asyncio.wait_for(_pump_output(process, context, tail), timeout)
-        exit_code = await process.wait()
+        # One limit for both: a job may close its output and then hang.
+        exit_code = await asyncio.wait_for(run_to_end(), timeout)
     except asyncio.TimeoutError:
         await stop_process_group(process, context.kill_grace_seconds)
-        raise JobTimeoutError(f"job timed out after {timeout:g} s and was stopped", None, tuple(tail)) from None
+        raise JobTimeoutError(
+            f"job timed out after {timeout:g} s and was stopped; last output: {_quote_tail(tail)}", None, tuple(tail)
+        ) from None
     except asyncio.CancelledError:
         await stop_process_group(process, context.kill_grace_seconds)
         raise
+    # Children left in the job's group (a daemon that closed its output) must not outlive it.
+    _signal_group(process.pid, signal.SIGKILL)
     if exit_code != 0:
-        last = " | ".join(tail) if tail else "(no output)"
-        raise JobFailedError(f"job exited with code {exit_code}; last output: {last}", exit_code, tuple(tail))
+        raise JobFailedError(
+            f"job exited with code {exit_code}; last output: {_quote_tail(tail)}", exit_code, tuple(tail)
+        )
+
+
+def _quote_tail(tail: collections.deque[str]) -> str:
+    return " | ".join(tail) if tail else "(no output)"
+
+
+class OutputLimiter:
+    """Forwards a job's output lines and progress to its context within a rate budget.
+
+    Lines over the budget are dropped and counted; the count is reported as a line of its own
+    before the next forwarded line, and by :meth:`flush` at the end, which also forwards the
+    last dropped lines (the end of a job's output says most). Progress reports are thinned to
+    the latest one; the last is always delivered by :meth:`flush`.
+    """
+
+    def __init__(
+        self,
+        context: JobContext,
+        *,
+        lines_per_second: float = LOG_LINES_PER_SECOND,
+        burst: int = LOG_BURST_LINES,
+        progress_per_second: float = PROGRESS_PER_SECOND,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.context = context
+        self.rate = lines_per_second
+        self.burst = float(burst)
+        self.clock = clock
+        self.tokens = self.burst
+        self.dropped = 0
+        self._recently_dropped: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self._refilled = clock()
+        self._progress_gap = 1.0 / progress_per_second
+        self._progress_sent_at: float | None = None
+        self._progress_pending: tuple[int, int] | None = None
+
+    def line(self, text: str) -> None:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self._refilled) * self.rate)
+        self._refilled = now
+        if self.tokens < 1:
+            self.dropped += 1
+            self._recently_dropped.append(text)
+            return
+        self.tokens -= 1
+        self._report_dropped()
+        self.context.log(text)
+
+    def progress(self, done: int, total: int) -> None:
+        now = self.clock()
+        if self._progress_sent_at is not None and now - self._progress_sent_at < self._progress_gap:
+            self._progress_pending = (done, total)
+            return
+        self._progress_sent_at, self._progress_pending = now, None
+        self.context.progress(done, total)
+
+    def flush(self) -> None:
+        last = list(self._recently_dropped)
+        self.dropped -= len(last)
+        self._report_dropped()
+        for text in last:
+            self.context.log(text)
+        if self._progress_pending is not None:
+            self.context.progress(*self._progress_pending)
+            self._progress_pending = None
+
+    def _report_dropped(self) -> None:
+        self._recently_dropped.clear()
+        if self.dropped:
+            dropped, self.dropped = self.dropped, 0
+            self.context.log(
+                f"[rtcxfer] {dropped} lines of output were not forwarded (more than {self.rate:g} lines/s)"
+            )
 
 
 async def _pump_output(process: asyncio.subprocess.Process, context: JobContext, tail: collections.deque[str]) -> None:
     assert process.stdout is not None
+    output = OutputLimiter(context)
     pending = b""
-    while True:
-        block = await process.stdout.read(65536)
-        if not block:
-            break
-        pending += block
-        *lines, pending = pending.split(b"\n")
-        for raw in lines:
-            _emit(raw, context, tail)
-        while len(pending) > MAX_LINE_CHARS:  # a flood with no newline still streams
-            _emit(pending[:MAX_LINE_CHARS], context, tail)
-            pending = pending[MAX_LINE_CHARS:]
-    if pending:
-        _emit(pending, context, tail)
+    try:
+        while True:
+            block = await process.stdout.read(65536)
+            if not block:
+                break
+            pending += block
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                _emit(raw, output, tail)
+            while len(pending) > MAX_LINE_CHARS:  # a flood with no newline still streams
+                _emit(pending[:MAX_LINE_CHARS], output, tail)
+                pending = pending[MAX_LINE_CHARS:]
+        if pending:
+            _emit(pending, output, tail)
+    finally:
+        output.flush()
 
 
-def _emit(raw: bytes, context: JobContext, tail: collections.deque[str]) -> None:
+def _emit(raw: bytes, output: OutputLimiter, tail: collections.deque[str]) -> None:
     line = raw.decode("utf-8", "replace").rstrip("\r")
     match = PROGRESS_LINE.fullmatch(line)
     if match:
-        context.progress(int(match.group(1)), int(match.group(2)))
+        output.progress(int(match.group(1)), int(match.group(2)))
         return
     for start in range(0, max(len(line), 1), MAX_LINE_CHARS):
         piece = line[start : start + MAX_LINE_CHARS]
+        # The tail sees every line, so a failure report quotes what really came last.
         tail.append(piece)
-        context.log(piece)
+        output.line(piece)
 
 
 async def stop_process_group(process: asyncio.subprocess.Process, grace_seconds: float) -> None:

@@ -164,7 +164,7 @@ class RTCWorkerClient:
         from rtcxfer.signaling import SignalingClient
 
         options = peer_options or rtc.PeerOptions()
-        tasks: set[asyncio.Task] = set()
+        tasks: dict[asyncio.Task, str] = {}  # each session's task -> its client's peer id
         async with SignalingClient(signaling_url, room, "worker", peer_id, signaling_token) as signaling:
             logger.info("worker {} ready in room {} at {}", peer_id, room, signaling_url)
             if on_ready is not None:
@@ -175,8 +175,16 @@ class RTCWorkerClient:
                     payload = event.get("payload")
                     if event.get("type") == "relay" and isinstance(payload, dict) and payload.get("kind") == "offer":
                         task = asyncio.create_task(self._answer(signaling, event["from"], payload, options))
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
+                        tasks[task] = event["from"]
+                        task.add_done_callback(lambda done: tasks.pop(done, None))
+                    elif event.get("type") == "peer-left":
+                        # Clients stay in the room for their whole session, so leaving it ends
+                        # the session: a killed client is noticed now, not when ICE consent
+                        # expires half a minute later, and its job is stopped.
+                        for task, client_id in list(tasks.items()):
+                            if client_id == event.get("peer_id"):
+                                logger.info("client {} left the room; ending its session", client_id)
+                                task.cancel()
             finally:
                 for task in tasks:
                     task.cancel()
@@ -487,6 +495,8 @@ class WorkerSession:
 
     async def _report(self, frame: Frame) -> None:
         logger.info("{}: {}", self.name, frame.encode())
+        # The job's last lines first: the client stops listening once it has the report.
+        await self._log_queue.join()
         try:
             await self.link.send(frame)
         except RtcxferError as error:
