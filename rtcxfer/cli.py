@@ -13,7 +13,7 @@ import click
 from rtcxfer import __version__, log
 
 #: Exit codes of ``rtcxfer submit``.
-EXIT_OK, EXIT_JOB_FAILED, EXIT_CONNECTION, EXIT_CANCELLED = 0, 1, 3, 130
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_CONNECTION, EXIT_CANCELLED = 0, 1, 2, 3, 130
 
 
 def _run(coroutine):
@@ -192,8 +192,9 @@ def submit(
 ) -> None:
     """Run PACKAGE (a ZIP with rtcxfer.json) on a worker and download its results.
 
-    Exits 0 when the job succeeded, 1 when it failed, 3 when no worker could be reached,
-    130 when cancelled with Ctrl-C (the job is cancelled on the worker too).
+    Exits 0 when the job succeeded, 1 when it failed, 2 when a forced transport is not
+    installed or not usable, 3 when no worker could be reached or the token was refused, 130
+    when cancelled with Ctrl-C (the job is cancelled on the worker too).
     """
     from rtcxfer.progress import ProgressDisplay
 
@@ -238,7 +239,7 @@ async def _submit(
         )
     except PluginError as error:
         click.echo(f"error: {error}", err=True)
-        return 2
+        return EXIT_USAGE
     try:
         async with client:
             try:
@@ -255,7 +256,7 @@ async def _submit(
     except PluginError as error:
         display.close()
         click.echo(f"error: {error}", err=True)
-        return 2
+        return EXIT_USAGE
     except RtcxferError as error:
         display.close()
         click.echo(f"error: {describe(error)}", err=True)
