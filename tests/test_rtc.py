@@ -12,8 +12,9 @@ import hashlib
 import os
 
 import aioice.ice
+import aiortc.rtcsctptransport
 import pytest
-from aiortc import RTCIceServer
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from rtcxfer.errors import (
     ConnectionClosedError,
@@ -23,6 +24,8 @@ from rtcxfer.errors import (
 from rtcxfer.rtc import (
     CHANNEL_LABEL,
     DEFAULT_HIGH_WATERMARK,
+    FAST_LOOPBACK_ATTRIBUTE,
+    LOOPBACK_SCTP_PACKET_SIZE,
     DataChannel,
     PeerConnection,
     PeerOptions,
@@ -32,6 +35,7 @@ from rtcxfer.rtc import (
     restrict_host_candidates_to_loopback,
     signaling_adapter,
     strip_non_loopback_candidates,
+    tune_loopback_sctp,
 )
 
 STEP = 10.0  # seconds any single await may take before the test fails
@@ -47,9 +51,7 @@ async def recv(channel: DataChannel, timeout: float = STEP):
 
 def candidate_addresses(sdp: str) -> list[str]:
     # a=candidate:<foundation> <component> <transport> <priority> <address> <port> typ <type>
-    return [
-        line.split()[4] for line in sdp.splitlines() if line.startswith("a=candidate:")
-    ]
+    return [line.split()[4] for line in sdp.splitlines() if line.startswith("a=candidate:")]
 
 
 # --------------------------------------------------------------------------- loopback mode
@@ -63,9 +65,7 @@ def test_default_options_use_no_ice_server():
 def test_ice_servers_refused_in_loopback_mode_and_kept_otherwise():
     with pytest.raises(ValueError):
         PeerOptions(ice_servers=("stun:127.0.0.1:3478",))
-    options = PeerOptions(
-        loopback_only=False, ice_servers=["stun:127.0.0.1:3478"]
-    )
+    options = PeerOptions(loopback_only=False, ice_servers=["stun:127.0.0.1:3478"])
     servers = options.rtc_configuration().iceServers
     assert [s.urls for s in servers] == ["stun:127.0.0.1:3478"]
     assert all(isinstance(s, RTCIceServer) for s in servers)
@@ -105,9 +105,7 @@ def test_local_sdp_candidates_are_all_loopback():
                 addresses = candidate_addresses(sdp)
                 assert addresses, "aiortc should put its candidates in the SDP"
                 assert set(addresses) == {"127.0.0.1"}
-            await asyncio.gather(
-                offerer.wait_channel_open(STEP), answerer.wait_channel_open(STEP)
-            )
+            await asyncio.gather(offerer.wait_channel_open(STEP), answerer.wait_channel_open(STEP))
         finally:
             await asyncio.gather(offerer.close(), answerer.close())
 
@@ -163,9 +161,7 @@ def test_message_sent_right_after_open_is_not_lost():
     async def main():
         offerer, answerer = PeerConnection(), PeerConnection()
         try:
-            await offerer.accept_answer(
-                await answerer.accept_offer(await offerer.create_offer())
-            )
+            await offerer.accept_answer(await answerer.accept_offer(await offerer.create_offer()))
             # Only the offerer waits: the answerer's application is "busy" and asks for its
             # channel late, after the messages have arrived.
             channel = await offerer.wait_channel_open(STEP)
@@ -384,9 +380,7 @@ class FakeSignalingClient:
 
     async def send_to(self, peer_id: str, payload) -> None:
         assert self.other is not None and peer_id == self.other.peer_id
-        await self.other.inbox.put(
-            {"type": "relay", "from": self.peer_id, "payload": payload}
-        )
+        await self.other.inbox.put({"type": "relay", "from": self.peer_id, "payload": payload})
 
     async def receive(self):
         return await self.inbox.get()
@@ -397,12 +391,8 @@ def test_connect_via_signaling_adapter():
         alice, bob = FakeSignalingClient("alice"), FakeSignalingClient("bob")
         alice.other, bob.other = bob, alice
         # Noise the adapter must skip: a join and a relay from a stranger.
-        await bob.inbox.put(
-            {"type": "peer-joined", "peer_id": "alice", "role": "client"}
-        )
-        await bob.inbox.put(
-            {"type": "relay", "from": "eve", "payload": {"kind": "answer"}}
-        )
+        await bob.inbox.put({"type": "peer-joined", "peer_id": "alice", "role": "client"})
+        await bob.inbox.put({"type": "relay", "from": "eve", "payload": {"kind": "answer"}})
         (pc_a, a), (pc_b, b) = await asyncio.gather(
             connect_via(*signaling_adapter(alice, "bob"), "offerer", timeout=STEP),
             connect_via(*signaling_adapter(bob, "alice"), "answerer", timeout=STEP),
@@ -414,9 +404,7 @@ def test_connect_via_signaling_adapter():
             await asyncio.gather(pc_a.close(), pc_b.close())
 
         carol = FakeSignalingClient("carol")
-        await carol.inbox.put(
-            {"type": "peer-left", "peer_id": "dave", "role": "worker"}
-        )
+        await carol.inbox.put({"type": "peer-left", "peer_id": "dave", "role": "worker"})
         _, receive = signaling_adapter(carol, "dave")
         with pytest.raises(ConnectionClosedError):
             await asyncio.wait_for(receive(), STEP)
@@ -446,3 +434,147 @@ def test_uvloop_policy_and_pair_under_uvloop():
         run(main())
     finally:
         asyncio.set_event_loop_policy(previous)
+
+
+# --------------------------------------------------------------------------- loopback SCTP tuning
+
+STOCK_USERDATA = aiortc.rtcsctptransport.USERDATA_MAX_LENGTH
+
+
+def test_fast_loopback_is_only_offered_in_loopback_mode():
+    assert PeerOptions().fast_loopback is True
+    assert PeerConnection(PeerOptions())._fast_loopback is True
+    assert PeerConnection(PeerOptions(fast_loopback=False))._fast_loopback is False
+    # Off loopback the path MTU matters again: never offered, whatever the option says.
+    assert PeerConnection(PeerOptions(loopback_only=False))._fast_loopback is False
+
+
+def test_fast_loopback_attribute_is_advertised_in_the_application_section():
+    async def main():
+        fast, stock = PeerConnection(), PeerConnection(PeerOptions(fast_loopback=False))
+        try:
+            line = f"a={FAST_LOOPBACK_ATTRIBUTE}:{LOOPBACK_SCTP_PACKET_SIZE}"
+            sdp = await fast.create_offer()
+            assert sdp.count(line) == 1
+            assert sdp.index("m=application") < sdp.index(line)
+            assert FAST_LOOPBACK_ATTRIBUTE not in await stock.create_offer()
+        finally:
+            await asyncio.gather(fast.close(), stock.close())
+
+    run(main())
+
+
+def _send_and_check(total: int = 2 * 1024 * 1024, size: int = 65536):
+    async def transfer(a: DataChannel, b: DataChannel) -> None:
+        payload = os.urandom(total)
+        pieces = [payload[i : i + size] for i in range(0, total, size)]
+
+        async def send():
+            for piece in pieces:
+                await a.send_bytes(piece)
+
+        async def receive():
+            return [await recv(b) for _ in pieces]
+
+        _, received = await asyncio.gather(send(), receive())
+        assert b"".join(received) == payload
+
+    return transfer
+
+
+def test_two_rtcxfer_peers_agree_on_large_sctp_packets():
+    async def main():
+        a, b, close = await connect_pair_in_process()
+        try:
+            assert close.offerer.sctp_packet_size == LOOPBACK_SCTP_PACKET_SIZE
+            assert close.answerer.sctp_packet_size == LOOPBACK_SCTP_PACKET_SIZE
+            sctp = close.offerer._pc.sctp
+            assert sctp._rtcxfer_userdata > STOCK_USERDATA
+            # Per connection: aiortc's module constant, used by every other peer, is untouched.
+            assert aiortc.rtcsctptransport.USERDATA_MAX_LENGTH == STOCK_USERDATA
+            await _send_and_check()(a, b)
+            await _send_and_check(size=200_000)(b, a)
+            await a.send_text("after the bulk")
+            assert await recv(b) == "after the bulk"
+        finally:
+            await close()
+
+    run(main())
+
+
+def test_tuning_is_off_unless_both_peers_offer_it():
+    async def main():
+        fast = PeerConnection()
+        stock = PeerConnection(PeerOptions(fast_loopback=False))
+        try:
+            answer = await stock.accept_offer(await fast.create_offer())
+            await fast.accept_answer(answer)
+            a, b = await asyncio.gather(fast.wait_channel_open(STEP), stock.wait_channel_open(STEP))
+            assert fast.sctp_packet_size is None and stock.sctp_packet_size is None
+            assert "USERDATA_MAX_LENGTH" in vars(type(fast._pc.sctp))["_send"].__code__.co_names
+            assert "_send" not in vars(fast._pc.sctp)
+            await _send_and_check()(a, b)
+            await _send_and_check()(b, a)
+        finally:
+            await asyncio.gather(fast.close(), stock.close())
+
+    run(main())
+
+
+def test_plain_aiortc_peer_interoperates_with_a_fast_loopback_peer():
+    """A stock aiortc peer (no rtcxfer code) ignores the attribute; both keep 1160-byte
+    packets, and large messages pass both ways."""
+
+    async def main():
+        ours = PeerConnection()
+        theirs = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        opened = asyncio.get_running_loop().create_future()
+        received: asyncio.Queue = asyncio.Queue()
+
+        @theirs.on("datachannel")
+        def on_datachannel(channel):
+            channel.on("message", received.put_nowait)
+            opened.set_result(channel)
+
+        try:
+            offer = await ours.create_offer()
+            assert FAST_LOOPBACK_ATTRIBUTE in offer
+            await theirs.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            await theirs.setLocalDescription(await theirs.createAnswer())
+            await ours.accept_answer(theirs.localDescription.sdp)
+            channel = await ours.wait_channel_open(STEP)
+            raw = await asyncio.wait_for(opened, STEP)
+            assert ours.sctp_packet_size is None
+            payload = os.urandom(1024 * 1024)
+            for start in range(0, len(payload), 65536):
+                await channel.send_bytes(payload[start : start + 65536])
+            got = b""
+            while len(got) < len(payload):
+                got += await asyncio.wait_for(received.get(), STEP)
+            assert got == payload
+            raw.send(payload[:200_000])
+            assert await recv(channel) == payload[:200_000]
+        finally:
+            await ours.close()
+            await theirs.close()
+
+    run(main())
+
+
+def test_tune_loopback_sctp_checks_the_packet_size():
+    async def main():
+        peer = PeerConnection(PeerOptions(fast_loopback=False))
+        try:
+            await peer.create_offer()
+            sctp = peer._pc.sctp
+            with pytest.raises(ValueError):
+                tune_loopback_sctp(sctp, 100)
+            with pytest.raises(ValueError):
+                tune_loopback_sctp(sctp, LOOPBACK_SCTP_PACKET_SIZE + 1)
+            assert tune_loopback_sctp(sctp, 4096) is True
+            assert sctp._rtcxfer_userdata == 4096 - 28
+            assert sctp._cwnd == 3 * (4096 - 28)
+        finally:
+            await peer.close()
+
+    run(main())

@@ -37,8 +37,9 @@ Policies:
   directory of that name is not, and the transfer fails).
 * Names shaped like a partial file (``.x.<32 hex>.part``) are refused.
 * Writes and hash updates of each chunk run on the event loop: a 64 KiB chunk costs tens of
-  microseconds, far below aiortc's own per-chunk cost; prefix hashing and fsync, which scale
-  with the file, run in a thread.
+  microseconds (profiled: about 0.12 s of CPU per 64 MiB, against about 0.6 s for the whole
+  transfer with loopback-tuned SCTP and 6 s with stock SCTP); prefix hashing and fsync, which
+  scale with the file, run in a thread.
 * ``on_file`` is awaited inline (after ``FILE_ACK`` is sent), so it should start a task for
   long work; an exception from it is logged, never sent to the peer.
 

@@ -1,0 +1,429 @@
+"""The child processes of ``benchmarks/run.py``: one side of one benchmark case each.
+
+Every child is started as ``python benchmarks/run.py --child ROLE ...``, connects through the
+orchestrator's signaling server (or a TCP port), does its part, and prints one JSON line with
+its figures as the last line of its stdout. Nothing here is imported by rtcxfer itself.
+
+Memory: each child records its *idle* RSS once connected (before any file moves), resets the
+kernel's high-water mark (``echo 5 > /proc/self/clear_refs``) and reports ``VmHWM`` when done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+
+import attrs
+
+MiB = 1024 * 1024
+STEP = 120.0
+STOCK_READ = 16384
+
+
+def memory() -> dict[str, int]:
+    """VmRSS and VmHWM of this process, in bytes (Linux)."""
+    values = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) * 1024
+    return values
+
+
+def reset_peak() -> bool:
+    """Make VmHWM start again from the current RSS; False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
+
+
+class Memory:
+    def __init__(self) -> None:
+        self.idle = 0
+        self.reset = False
+
+    def mark_idle(self) -> None:
+        self.idle = memory()["VmRSS"]
+        self.reset = reset_peak()
+
+    def report(self) -> dict:
+        return {"idle_rss": self.idle, "peak_rss": memory()["VmHWM"], "peak_reset": self.reset}
+
+
+def emit(result: dict) -> None:
+    print(json.dumps(result), flush=True)
+
+
+# --- rtc: rtc-chunked and the stock aiortc pattern ------------------------------------------
+
+
+async def _connect(args: argparse.Namespace, role: str):
+    from rtcxfer.rtc import PeerOptions, connect_via, signaling_adapter
+    from rtcxfer.signaling import SignalingClient
+
+    peer_role = "client" if role == "worker" else "worker"
+    options = PeerOptions(fast_loopback=not args.no_fast)
+    if args.high_watermark:
+        options = attrs.evolve(options, high_watermark=args.high_watermark)
+    async with SignalingClient(args.url, args.room, role, f"{role}-{secrets.token_hex(3)}") as signaling:
+        other = await signaling.wait_for_peer(peer_role, timeout=STEP)
+        send, receive = signaling_adapter(signaling, other)
+        return await connect_via(send, receive, "answerer" if role == "worker" else "offerer", options, STEP)
+
+
+async def rtc_chunked_receiver(args: argparse.Namespace) -> dict:
+    from rtcxfer.engine import Session
+    from rtcxfer.link import Link
+    from rtcxfer.plugins import PluginHost
+    from rtcxfer.transport import TransportContext
+    from rtcxfer.transports.rtc_chunked import RtcChunkedTransport
+
+    peer, channel = await _connect(args, "worker")
+    host = PluginHost(autoload=False)
+    link = Link(channel, Session(host.claim, catalogue=host.catalogue), name="worker")
+    mem = Memory()
+    mem.mark_idle()
+    received: list[dict] = []
+
+    def on_file(item) -> None:
+        received.append({"size": item.size, "sha256": item.sha256})
+
+    directory = Path(args.dir)
+    context = TransportContext(role="worker", incoming_dir=directory, on_file=on_file)
+    link.add_handler("rtc-chunked", RtcChunkedTransport(link, context))
+    try:
+        await link.run()  # until the sender closes
+    finally:
+        await peer.close()
+    for item in directory.glob("*.bin"):
+        item.unlink()
+    return {"files": received, **mem.report(), "sctp_packet": peer.sctp_packet_size}
+
+
+async def rtc_chunked_sender(args: argparse.Namespace) -> dict:
+    from rtcxfer.engine import Session
+    from rtcxfer.link import Link
+    from rtcxfer.plugins import PluginHost
+    from rtcxfer.transport import TransportContext
+    from rtcxfer.transports.rtc_chunked import RtcChunkedTransport
+
+    peer, channel = await _connect(args, "client")
+    host = PluginHost(autoload=False)
+    link = Link(channel, Session(host.claim, catalogue=host.catalogue), name="client")
+    mem = Memory()
+    mem.mark_idle()
+    options = {"rtc-chunked": {"chunk_size": args.chunk_size}} if args.chunk_size else {}
+    context = TransportContext(role="client", incoming_dir=Path(args.dir), options=options)
+    transport = RtcChunkedTransport(link, context)
+    link.add_handler("rtc-chunked", transport)
+    runner = asyncio.create_task(link.run())
+    results = []
+    try:
+        for index, source in enumerate(args.files):
+            started = time.perf_counter()
+            delivery = await transport.send_file(Path(source), f"file-{index}.bin")
+            results.append({"size": delivery.size, "seconds": time.perf_counter() - started, "sha256": delivery.sha256})
+    finally:
+        link.close()
+        await asyncio.gather(runner, return_exceptions=True)
+        await peer.close()
+    return {"files": results, **mem.report(), "sctp_packet": peer.sctp_packet_size}
+
+
+async def stock_receiver(args: argparse.Namespace) -> dict:
+    """aiortc's file-transfer example, receiving side: write each message as it arrives; an
+    empty message ends the file, answered with ``done``."""
+    peer, channel = await _connect(args, "worker")
+    raw = channel._channel  # the plain RTCDataChannel: the stock pattern uses aiortc directly
+    raw.remove_listener("message", channel._on_message)
+    mem = Memory()
+    mem.mark_idle()
+    finished = asyncio.Event()
+    target = Path(args.dir) / "stock.bin"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(target, "wb")
+    octets = 0
+
+    def on_message(message) -> None:
+        nonlocal octets
+        if message:
+            octets += len(message)
+            handle.write(message)
+        else:
+            raw.send("done")
+            finished.set()
+
+    raw.on("message", on_message)
+    try:
+        await asyncio.wait_for(finished.wait(), 3600)
+        await asyncio.wait_for(channel.drain(), STEP)
+        await asyncio.sleep(0.5)  # let "done" leave before the connection closes
+    finally:
+        handle.close()
+        target.unlink(missing_ok=True)
+        await peer.close()
+    return {"octets": octets, **mem.report()}
+
+
+async def stock_sender(args: argparse.Namespace) -> dict:
+    """aiortc's file-transfer example, sending side: read 16 KiB, ``send``, and whenever
+    ``bufferedAmount`` is above ``bufferedAmountLowThreshold`` (aiortc's default, 0) wait for
+    ``bufferedamountlow``. No hashing: the stock example verifies nothing."""
+    peer, channel = await _connect(args, "client")
+    raw = channel._channel
+    raw.remove_listener("message", channel._on_message)
+    mem = Memory()
+    mem.mark_idle()
+    done = asyncio.Event()
+    low = asyncio.Event()
+    raw.on("message", lambda message: done.set() if message == "done" else None)
+    raw.on("bufferedamountlow", low.set)
+    results = []
+    try:
+        for source in args.files:
+            done.clear()
+            started = time.perf_counter()
+            size = 0
+            with open(source, "rb") as handle:
+                while True:
+                    data = handle.read(STOCK_READ)
+                    raw.send(data)
+                    size += len(data)
+                    if not data:
+                        break
+                    while raw.bufferedAmount > raw.bufferedAmountLowThreshold:
+                        low.clear()
+                        await low.wait()
+            await asyncio.wait_for(done.wait(), 3600)
+            results.append({"size": size, "seconds": time.perf_counter() - started})
+    finally:
+        await peer.close()
+    return {"files": results, **mem.report()}
+
+
+# --- raw asyncio TCP ------------------------------------------------------------------------
+
+
+async def tcp_receiver(args: argparse.Namespace) -> dict:
+    target = Path(args.dir) / "tcp.bin"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    finished = asyncio.Event()
+    octets = 0
+    mem = Memory()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal octets
+        expected = int.from_bytes(await reader.readexactly(8), "big")
+        with open(target, "wb") as handle:
+            while octets < expected:
+                block = await reader.read(1 << 20)
+                if not block:
+                    break
+                handle.write(block)
+                octets += len(block)
+        writer.write(b"k")
+        await writer.drain()
+        writer.close()
+        finished.set()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    mem.mark_idle()
+    print(json.dumps({"port": port}), flush=True)
+    async with server:
+        await asyncio.wait_for(finished.wait(), STEP * 10)
+    target.unlink(missing_ok=True)
+    return {"octets": octets, **mem.report()}
+
+
+async def tcp_sender(args: argparse.Namespace) -> dict:
+    mem = Memory()
+    mem.mark_idle()
+    results = []
+    for source in args.files:
+        size = os.path.getsize(source)
+        started = time.perf_counter()
+        reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
+        writer.write(size.to_bytes(8, "big"))
+        with open(source, "rb") as handle:
+            while block := handle.read(1 << 20):
+                writer.write(block)
+                await writer.drain()
+        await reader.readexactly(1)
+        writer.close()
+        results.append({"size": size, "seconds": time.perf_counter() - started})
+    return {"files": results, **mem.report()}
+
+
+# --- shared-fs job submission ---------------------------------------------------------------
+
+
+async def sfs_worker(args: argparse.Namespace) -> dict:
+    from rtcxfer.worker import RTCWorkerClient
+
+    async def executor(context) -> None:  # the job run is not what is measured
+        return None
+
+    worker = RTCWorkerClient(token=args.token, shared_storage_root=args.root, work_dir=args.dir, executor=executor)
+    mem = Memory()
+    serving = asyncio.create_task(worker.serve(args.url, args.room, on_ready=mem.mark_idle))
+    # The orchestrator closes our stdin once the client is done.
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    serving.cancel()
+    await asyncio.gather(serving, return_exceptions=True)
+    return mem.report()
+
+
+async def sfs_client(args: argparse.Namespace) -> dict:
+    """Times, per package, what a submission over shared-fs costs on the wire: the probe
+    (SHARED_PROBE -> result), SHARED_OUTPUT_PATH -> PATH_VALIDATED::output and
+    SHARED_INPUT_PATH -> the worker's validation -> PATH_VALIDATED::input.
+
+    One session per package, as one submission each: the worker takes a session's first input
+    as its job's package and answers about it (here PATH_ERROR, the bytes are no ZIP) after
+    PATH_VALIDATED, which must not be read as the answer to the next package's request.
+    """
+    from rtcxfer.client import RTCClient
+    from rtcxfer.plugins import PluginHost
+    from rtcxfer.rtc import PeerOptions
+
+    mem = Memory()
+    results = []
+    for index, source in enumerate(args.files):
+        client = RTCClient(
+            token=args.token,
+            shared_storage_root=args.root,
+            results_dir=Path(args.dir) / "results",
+            plugins=PluginHost(autoload=False),
+            peer_options=PeerOptions(),
+        )
+        async with client:
+            await client.connect(args.url, args.room)
+            if "shared-fs" not in client.session_transports:
+                raise SystemExit("shared-fs did not negotiate between the benchmark's peers")
+            if index == 0:
+                mem.mark_idle()
+            shared = client.transports["shared-fs"]
+            started = time.perf_counter()
+            verified = await shared.negotiate()
+            await shared.request_output(f"rtcxfer-results/bench-{index}-{secrets.token_hex(3)}")
+            delivery = await shared.send_file(Path(source), Path(source).name)
+            elapsed = time.perf_counter() - started
+            if not verified or delivery.size != os.path.getsize(source):
+                raise SystemExit("shared-fs submission did not validate")
+            results.append({"size": delivery.size, "seconds": elapsed})
+    return {"files": results, **mem.report()}
+
+
+# --- the S3 plugin --------------------------------------------------------------------------
+
+
+def _s3_options(args: argparse.Namespace) -> dict:
+    return {"s3": {"url": args.s3_url, "endpoint_url": args.s3_endpoint, "cleanup": True}}
+
+
+async def s3_side(args: argparse.Namespace, role: str) -> dict:
+    from rtcxfer.engine import Session
+    from rtcxfer.link import Link
+    from rtcxfer.plugins import PluginHost
+    from rtcxfer.transport import TransportContext
+
+    peer, channel = await _connect(args, role)
+    host = PluginHost()
+    info = {t.name: t for t in host.transports()}["s3"]
+    link = Link(channel, Session(host.claim, catalogue=host.catalogue), name=role)
+    mem = Memory()
+    mem.mark_idle()
+    results = []
+    received = []
+    context = TransportContext(
+        role=role, incoming_dir=Path(args.dir), options=_s3_options(args), on_file=lambda f: received.append(f.size)
+    )
+    transport = info.transport(link, context)
+    link.add_handler("s3", transport)
+    runner = asyncio.create_task(link.run())
+    try:
+        if role == "client":
+            if not await transport.negotiate():
+                raise SystemExit("the s3 transport did not negotiate")
+            for index, source in enumerate(args.files):
+                started = time.perf_counter()
+                delivery = await transport.send_file(Path(source), f"s3-{index}.bin")
+                results.append({"size": delivery.size, "seconds": time.perf_counter() - started})
+            link.close()
+        await runner
+    finally:
+        await peer.close()
+    for item in Path(args.dir).glob("s3-*.bin"):
+        item.unlink()
+    return {"files": results, "received": received, **mem.report()}
+
+
+# --- entry ----------------------------------------------------------------------------------
+
+ROLES = {
+    "chunked-send": rtc_chunked_sender,
+    "chunked-recv": rtc_chunked_receiver,
+    "stock-send": stock_sender,
+    "stock-recv": stock_receiver,
+    "tcp-send": tcp_sender,
+    "tcp-recv": tcp_receiver,
+    "sfs-worker": sfs_worker,
+    "sfs-client": sfs_client,
+    "s3-send": lambda args: s3_side(args, "client"),
+    "s3-recv": lambda args: s3_side(args, "worker"),
+}
+
+
+def child_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", choices=sorted(ROLES), required=True)
+    parser.add_argument("--url")
+    parser.add_argument("--room")
+    parser.add_argument("--dir")
+    parser.add_argument("--root")
+    parser.add_argument("--token")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--files", nargs="*", default=[])
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    parser.add_argument("--no-fast", action="store_true")
+    parser.add_argument("--high-watermark", type=int)
+    parser.add_argument("--chunk-size", type=int)
+    parser.add_argument("--s3-url")
+    parser.add_argument("--s3-endpoint")
+    args = parser.parse_args(argv)
+    if args.loop == "uvloop":
+        from rtcxfer.rtc import install_uvloop_if_available
+
+        if not install_uvloop_if_available():
+            raise SystemExit("uvloop is not installed")
+    profile_dir = os.environ.get("RTCXFER_BENCH_PROFILE")
+    if profile_dir:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        result = profiler.runcall(asyncio.run, ROLES[args.child](args))
+        profiler.dump_stats(os.path.join(profile_dir, f"{args.child}-{os.getpid()}.prof"))
+    else:
+        result = asyncio.run(ROLES[args.child](args))
+    result["loop"] = args.loop
+    emit(result)
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
