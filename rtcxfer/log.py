@@ -12,15 +12,26 @@ import sys
 from loguru import logger
 
 logger.disable("rtcxfer")
+_enabled = False
 
 
 def enable(level: str = "INFO", sink=None) -> None:
     """Send log records (rtcxfer's and its plugins') at ``level`` and above to ``sink``
     (stderr by default)."""
+    global _enabled
+    _enabled = True
     logger.remove()
     logger.add(sink or sys.stderr, level=level.upper(), format="{time:HH:mm:ss.SSS} {level:<7} {name}: {message}")
     # Every library that logs through loguru, so plugins (rtcxfer_s3, ...) show up too.
     logger.enable("")
 
 
-__all__ = ["enable", "logger"]
+def quiet_library(name: str) -> None:
+    """For a plugin package ``name`` to call at import: stay quiet, as rtcxfer does, unless the
+    application already called :func:`enable`. Plugins are imported after the ``rtcxfer``
+    command enabled logging, so a plain ``logger.disable(name)`` would silence them for good."""
+    if not _enabled:
+        logger.disable(name)
+
+
+__all__ = ["enable", "logger", "quiet_library"]

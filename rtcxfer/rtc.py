@@ -245,7 +245,10 @@ def _userdata_max_length(packet_size: int) -> int:
 def _tuning_supported() -> bool:
     """Whether this aiortc has the methods and constants the tuning rewrites (checked by
     name and by the literal, so a future aiortc that changed them just runs untuned)."""
-    sctp_class = aiortc.rtcsctptransport.RTCSctpTransport
+    sctp_module = aiortc.rtcsctptransport
+    if not all(hasattr(sctp_module, name) for name in ("SCTP_COMMON_HEADER_LENGTH", "SCTP_DATA_CHUNK_HEADER_LENGTH")):
+        return False
+    sctp_class = sctp_module.RTCSctpTransport
     dtls_class = aiortc.rtcdtlstransport.RTCDtlsTransport
     for name in _SCTP_METHODS:
         function = getattr(sctp_class, name, None)

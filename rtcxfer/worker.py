@@ -299,14 +299,22 @@ class WorkerSession:
         await self.link.send(Welcome(PROTOCOL_VERSION, ",".join(self.worker.offered_transports()) or "none"))
 
     async def _submit(self, frame: JobSubmit) -> None:
+        stale = None
         if self.job is not None:
-            await self.link.send(ProtocolErrorFrame(f"job {self.job.job_id} is still running in this session"))
-            return
+            if self.job.task is not None or self.job.job_id != frame.job_id:
+                await self.link.send(ProtocolErrorFrame(f"job {self.job.job_id} is still running in this session"))
+                return
+            # The client's retry of a job whose input never arrived (its transport failed
+            # before delivering, e.g. an s3 upload was refused): start that job over.
+            logger.info("{}: job {} submitted again before its input arrived", self.name, frame.job_id)
+            stale, self.job = self.job, None
         if frame.results_via not in self.transports:
             await self.link.send(JobFailed(f"Job {frame.job_id}: no transport {frame.results_via!r} on this worker"))
-            return
-        self.job = self._new_job(frame.job_id, frame.results_via)
-        await self.link.send(JobAccepted(frame.job_id))
+        else:
+            self.job = self._new_job(frame.job_id, frame.results_via)
+            await self.link.send(JobAccepted(frame.job_id))
+        if stale is not None:
+            await asyncio.to_thread(shutil.rmtree, stale.directory, True)
 
     def _new_job(self, job_id: str, results_via: str | None) -> Job:
         job = Job(job_id, Path(tempfile.mkdtemp(prefix="job-", dir=self.directory)), results_via)
@@ -433,8 +441,15 @@ class WorkerSession:
         else:
             relative = job.job_id
             transport = self.transports[via]
-            for relative_name, _ in files:
-                await transport.send_file(job.output_dir / relative_name, relative_name)
+            try:
+                for relative_name, _ in files:
+                    await transport.send_file(job.output_dir / relative_name, relative_name)
+            except RtcxferError as error:
+                # Unreported, the client would wait for JOB_COMPLETE until the session ends.
+                logger.error("{}: results of job {} not sent via {}: {}", self.name, job.job_id, via, describe(error))
+                self.worker.stats["failed"] += 1
+                await self._report(JobFailed(f"Job {job.job_id}: cannot send results via {via}: {describe(error)}"))
+                return
         self.worker.stats["completed"] += 1
         await self._report(JobComplete(job.job_id, relative, len(files), round(total / MIB, 2)))
 

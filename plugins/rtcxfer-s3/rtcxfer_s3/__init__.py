@@ -1,6 +1,6 @@
 """rtcxfer-s3: an rtcxfer transport that moves files through an S3-compatible bucket."""
 
-from rtcxfer.log import logger
+from rtcxfer.log import quiet_library
 from rtcxfer_s3.errors import (
     S3AccessDeniedError,
     S3BucketNotFoundError,
@@ -19,8 +19,9 @@ from rtcxfer_s3.transport import S3Transport
 
 __version__ = "0.1.0"
 
-# A library stays quiet until the application asks (loguru's advice, as rtcxfer.log does).
-logger.disable("rtcxfer_s3")
+# A library stays quiet until the application asks (loguru's advice, as rtcxfer.log does);
+# the rtcxfer command asks before it loads plugins, so this must not undo that.
+quiet_library("rtcxfer_s3")
 
 __all__ = [
     "S3AccessDeniedError",

@@ -40,7 +40,7 @@ DEFAULT_PART_SIZE = 8 * 1024 * 1024
 # AWS's rules for bucket names (3-63 characters, lowercase, digits, dots, hyphens).
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
-Progress = Callable[[int, int], None]
+Progress = Callable[[str, int, int], None]
 
 
 @attrs.frozen
@@ -140,7 +140,8 @@ class S3Settings:
     #: Delete the uploaded object once the receiver verified it (or the transfer failed).
     cleanup: bool = True
     part_size: int = DEFAULT_PART_SIZE
-    #: Called as ``progress(bytes_uploaded, total_bytes)`` from a worker thread.
+    #: Called as ``progress(name, bytes_uploaded, total_bytes)`` on the event loop, the same
+    #: signature rtc-chunked uses, so a client can hand one callback to every transport.
     progress: Progress | None = attrs.field(default=None, repr=False)
     #: Extra keyword arguments for ``s3fs.S3FileSystem`` (profile, key/secret, client_kwargs).
     storage_options: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
@@ -172,7 +173,7 @@ class S3Settings:
             raise S3ConfigError(f"s3 option 'part_size' must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
         progress = options.pop("progress", None)
         if progress is not None and not callable(progress):
-            raise S3ConfigError("s3 option 'progress' must be callable as progress(done, total)")
+            raise S3ConfigError("s3 option 'progress' must be callable as progress(name, done, total)")
         return cls(
             location=location,
             endpoint_url=endpoint,

@@ -29,6 +29,7 @@ import inspect
 import os
 import secrets
 import threading
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -228,8 +229,9 @@ class S3Transport(Transport):
         transfer_id = secrets.token_hex(16)
         key = location.key_for(transfer_id, relative)
         uploaded = False
+        report = self._progress_reporter(relative)
         try:
-            size, sha256 = await asyncio.to_thread(self._upload, Path(path), location.path_of(key))
+            size, sha256 = await asyncio.to_thread(self._upload, Path(path), location.path_of(key), report)
             uploaded = True
             await self.link.send(S3Object(transfer_id=transfer_id, size=size, sha256=sha256, key=key))
             reply = await self.link.wait_for(
@@ -248,7 +250,20 @@ class S3Transport(Transport):
         logger.info("s3: delivered {} ({} bytes) as {}", relative, size, key)
         return Delivery(name=relative, size=size, transport=self.name, sha256=sha256, reference=key)
 
-    def _upload(self, path: Path, s3_path: str) -> tuple[int, str]:
+    def _progress_reporter(self, name: str) -> Callable[[int, int], None] | None:
+        """A ``report(done, total)`` for the upload thread that calls the application's
+        ``progress(name, done, total)`` on the event loop, where its other callbacks run."""
+        progress = self.settings.progress
+        if progress is None:
+            return None
+        loop = asyncio.get_running_loop()
+
+        def report(done: int, total: int) -> None:
+            loop.call_soon_threadsafe(progress, name, done, total)
+
+        return report
+
+    def _upload(self, path: Path, s3_path: str, report: Callable[[int, int], None] | None = None) -> tuple[int, str]:
         """Stream ``path`` into a (multipart) upload, hashing the very bytes sent. Blocking.
 
         The object only comes into being when the upload completes: a failure aborts the
@@ -258,7 +273,6 @@ class S3Transport(Transport):
         total = path.stat().st_size
         digest = hashlib.sha256()
         done = 0
-        progress = self.settings.progress
         what = f"uploading {s3_path}"
         with open(path, "rb") as source:
             try:
@@ -273,8 +287,8 @@ class S3Transport(Transport):
                     except Exception as error:  # the store's failure, classified
                         raise classify(error, what, bucket_level=True) from None
                     done += len(block)
-                    if progress is not None:
-                        progress(done, total)
+                    if report is not None:
+                        report(done, total)
                 try:
                     target.close()
                 except Exception as error:  # the store's failure, classified

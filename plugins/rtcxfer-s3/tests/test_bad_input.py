@@ -154,8 +154,8 @@ def tamper_after_upload(monkeypatch, moto, action):
     changed the object between the upload and the receiver's download."""
     original = S3Transport._upload
 
-    def upload(self, path, s3_path):
-        result = original(self, path, s3_path)
+    def upload(self, path, s3_path, *rest):
+        result = original(self, path, s3_path, *rest)
         bucket, _, key = s3_path.partition("/")
         action(moto.client(), bucket, key)
         return result
@@ -256,7 +256,7 @@ def test_keys_escaping_the_prefix_are_refused_even_when_the_object_exists(host, 
 def test_the_server_killed_mid_upload_is_a_clear_error_and_the_client_falls_back(host, own_moto, tmp_path):
     killed_at: list[int] = []
 
-    def kill_after_first_part(done: int, total: int) -> None:
+    def kill_after_first_part(name: str, done: int, total: int) -> None:
         if done > 5 * MiB and not killed_at:
             own_moto.kill()
             killed_at.append(done)

@@ -45,10 +45,10 @@ def test_auto_selection_ranks_s3_between_shared_fs_and_rtc_chunked(host):
 
 
 def test_multipart_round_trip_both_ways_with_progress_and_cleanup(host, moto, tmp_path):
-    progress: list[tuple[int, int]] = []
+    progress: list[tuple[str, int, int]] = []
     part = 5 * MiB
     client, worker = make_contexts(
-        tmp_path, moto, client={"part_size": part, "progress": lambda done, total: progress.append((done, total))}
+        tmp_path, moto, client={"part_size": part, "progress": lambda *call: progress.append(call)}
     )
     source = make_file(tmp_path / "input.bin", 12 * MiB + 3, seed=1)
     result = make_file(tmp_path / "result.bin", 6 * MiB, seed=2)
@@ -69,8 +69,8 @@ def test_multipart_round_trip_both_ways_with_progress_and_cleanup(host, moto, tm
     assert sha256_of(received["worker"][0].path) == sha256_of(source)
     assert sha256_of(received["client"][0].path) == sha256_of(result) == back.sha256
     # Progress went up part by part to the whole size.
-    assert progress[-1] == (source.stat().st_size, source.stat().st_size)
-    assert [done for done, _ in progress] == sorted(done for done, _ in progress)
+    assert progress[-1] == ("jobs/1/input.bin", source.stat().st_size, source.stat().st_size)
+    assert [done for _, done, _ in progress] == sorted(done for _, done, _ in progress)
     # Verified objects were cleaned up; no partial files were left behind.
     assert keys_under(moto) == []
     assert not [p for p in tmp_path.rglob("*.s3part")]
