@@ -185,7 +185,7 @@ class PeerOptions:
 
     ``loopback_only`` (the default) restricts host candidates to 127.0.0.1, uses no ICE server
     and drops remote candidates that are not 127.0.0.1: nothing is ever sent to any other
-    address. ``ice_servers`` (URL strings such as ``"stun:stun.example.org:3478"`` or
+    address. ``ice_servers`` (STUN or TURN URL strings, or
     ``RTCIceServer`` objects) is only allowed without ``loopback_only``; even then the default
     is no ICE server at all, never aiortc's public STUN default.
 
