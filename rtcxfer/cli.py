@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -16,12 +18,43 @@ from rtcxfer import __version__, log
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_CONNECTION, EXIT_CANCELLED = 0, 1, 2, 3, 130
 
 
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM stopped the command (after the running work was cancelled cleanly)."""
+
+
 def _run(coroutine):
-    """Run a coroutine with uvloop when installed (faster data channels)."""
+    """Run a coroutine with uvloop when installed (faster data channels).
+
+    Ctrl-C and SIGTERM cancel the coroutine, so its cleanup (cancelling the job on the worker,
+    closing the session) runs the same way on every Python version and event loop; the
+    command then sees :class:`Interrupted`.
+    """
     from rtcxfer.rtc import install_uvloop_if_available
 
     install_uvloop_if_available()
-    return asyncio.run(coroutine)
+    interrupted = False
+
+    async def main():
+        nonlocal interrupted
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+
+        def interrupt() -> None:
+            nonlocal interrupted
+            interrupted = True
+            task.cancel()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, interrupt)
+        return await coroutine
+
+    try:
+        return asyncio.run(main())
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        if interrupted or sys.exc_info()[0] is KeyboardInterrupt:
+            raise Interrupted() from None
+        raise
 
 
 def _peer_options(ice_servers: tuple[str, ...], any_interface: bool):
@@ -106,7 +139,7 @@ def main(log_level: str) -> None:
     log.enable(log_level)
 
 
-@main.command()
+@main.command("signal")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option(
@@ -115,7 +148,7 @@ def main(log_level: str) -> None:
     default=None,
     help="Token every peer must present (all rooms) [env RTCXFER_TOKEN].",
 )
-def signal(host: str, port: int, token: str | None) -> None:
+def signal_server(host: str, port: int, token: str | None) -> None:
     """Run the signaling server that lets workers and clients find each other."""
     from rtcxfer.signaling import run_signaling_server
 
@@ -124,7 +157,7 @@ def signal(host: str, port: int, token: str | None) -> None:
 
     try:
         _run(run_signaling_server(host, port, default_token=token, on_ready=ready))
-    except KeyboardInterrupt:
+    except Interrupted:
         click.echo("signaling server stopped", err=True)
     except OSError as error:
         raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
@@ -166,7 +199,7 @@ def worker(signal_url, room, token, shared_root, ice_servers, any_interface, pee
                 on_ready=ready,
             )
         )
-    except KeyboardInterrupt:
+    except Interrupted:
         click.echo("worker stopped", err=True)
     except SignalingError as error:
         raise click.ClickException(f"signaling: {describe(error)}") from None
@@ -215,7 +248,7 @@ def submit(
                 display,
             )
         )
-    except KeyboardInterrupt:
+    except Interrupted:
         display.close()
         click.echo("cancelled", err=True)
         code = EXIT_CANCELLED
