@@ -175,10 +175,15 @@ def check_relative_text(text: str) -> PurePosixPath:
 def _resolve(path: str | os.PathLike[str]) -> Path | None:
     """``Path(path).resolve()``, or ``None`` when the path cannot be resolved at all."""
     try:
-        return Path(path).resolve()
+        resolved = Path(path).resolve()
     except (OSError, RuntimeError, ValueError):
         # RuntimeError: symlink loop (Python < 3.13); ValueError: embedded NUL.
         return None
+    # From Python 3.13 a loop no longer raises: resolution stops at a link that is still a
+    # link. A fully resolved path has no link in it anywhere.
+    if any(part.is_symlink() for part in (resolved, *resolved.parents)):
+        return None
+    return resolved
 
 
 def validate_path_in_root(path: str | os.PathLike[str], shared_root: str | os.PathLike[str]) -> Path:

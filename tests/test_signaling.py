@@ -139,6 +139,11 @@ async def test_worker_and_client_exchange_offer_and_answer() -> None:
             assert await client.receive(STEP) == {
                 "type": "relay", "from": "gpu-1",
                 "payload": {"kind": "answer", "sdp": "v=0 answer"}}
+        # The server notices the two closed sockets on its own schedule.
+        for _ in range(100):
+            if server.rooms == {}:
+                break
+            await asyncio.sleep(0.02)
         assert server.rooms == {}
 
 
