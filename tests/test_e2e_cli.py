@@ -27,16 +27,15 @@ import attrs
 import pytest
 
 from rtcxfer.sample import build_sample_package, sample_text
+from rtcxfer.testing.processes import DEATH_GUARD, SIGNALING_READY, WORKER_READY, CliProcess, start_signaling
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = (sys.executable, "-m", "rtcxfer.cli")
 TOKEN = f"e2e-{secrets.token_hex(8)}"
 MAIN_ROOM = "e2e-main"
 
-#: Hang guards (seconds), generous for a loaded 2-core machine.
-START_GUARD = 60.0
+#: Hang guard (seconds), generous for a loaded 2-core machine.
 SUBMIT_GUARD = 120.0
-DEATH_GUARD = 20.0
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_CONNECTION, EXIT_CANCELLED = 0, 1, 3, 130
 
@@ -55,54 +54,6 @@ def _environment(log_level: str = "WARNING") -> dict[str, str]:
     return env
 
 
-class Service:
-    """A long-running ``rtcxfer`` subprocess whose stderr goes to a file we can poll."""
-
-    def __init__(self, name: str, args: list[str], log_dir: Path, *, log_level: str = "INFO") -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [*CLI, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=_environment(log_level),
-            cwd=log_dir,
-        )
-
-    def text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for(self, pattern: str, timeout: float = START_GUARD) -> re.Match[str]:
-        """The first match of ``pattern`` in the output, waiting at most ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            match = re.search(pattern, self.text())
-            if match:
-                return match
-            if self.process.poll() is not None:
-                raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name}: no {pattern!r} within {timeout} s:\n{self.text()}")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(DEATH_GUARD)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(DEATH_GUARD)
-        self._log.close()
-
-
 @attrs.define
 class Cluster:
     """The module's signaling server and main worker, and a way to start more workers."""
@@ -110,16 +61,16 @@ class Cluster:
     root: Path
     shared: Path
     url: str
-    worker: Service | None
-    services: list[Service]
+    worker: CliProcess | None
+    services: list[CliProcess]
 
-    def start_worker(self, room: str, shared_root: Path | None = None, name: str | None = None) -> Service:
+    def start_worker(self, room: str, shared_root: Path | None = None, name: str | None = None) -> CliProcess:
         work_dir = self.root / f"work-{room}"
         args = ["worker", "--signal", self.url, "--room", room, "--token", TOKEN, "--work-dir", str(work_dir)]
         args += ["--shared-root", str(shared_root or self.shared)]
-        service = Service(name or f"worker-{room}", args, self.root)
+        service = CliProcess(name or f"worker-{room}", args, self.root, env=_environment("INFO"))
         self.services.append(service)
-        service.wait_for(r"waiting for jobs")
+        service.wait_for(WORKER_READY)
         return service
 
 
@@ -128,11 +79,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("e2e")
     shared = root / "shared"
     shared.mkdir()
-    services: list[Service] = []
+    services: list[CliProcess] = []
     try:
-        signaling = Service("signal", ["signal", "--port", "0", "--token", TOKEN], root)
+        signaling, url = start_signaling(root, token=TOKEN, env=_environment("INFO"))
         services.append(signaling)
-        url = signaling.wait_for(r"signaling server listening on (ws://127\.0\.0\.1:\d+)").group(1)
         cluster = Cluster(root, shared, url, None, services)
         cluster.worker = cluster.start_worker(MAIN_ROOM, name="worker-main")
         yield cluster
@@ -505,9 +455,9 @@ def test_wrong_token(cluster: Cluster) -> None:
 
 def test_wrong_token_refused_by_the_worker(cluster: Cluster) -> None:
     # A signaling server that admits anyone, so the token reaches the worker's own check.
-    open_signal = Service("signal-open", ["signal", "--port", "0"], cluster.root)
+    open_signal = CliProcess("signal-open", ["signal", "--port", "0"], cluster.root, env=_environment("INFO"))
     cluster.services.append(open_signal)
-    url = open_signal.wait_for(r"signaling server listening on (ws://127\.0\.0\.1:\d+)").group(1)
+    url = open_signal.wait_for(SIGNALING_READY).group(1)
     room = "e2e-open"
     guarded = Cluster(cluster.root, cluster.shared, url, cluster.worker, cluster.services)
     guarded.start_worker(room)

@@ -21,7 +21,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -33,6 +32,7 @@ import rtcxfer_s3
 from moto_server import REGION, MotoServer
 
 from rtcxfer.sample import build_sample_package, sample_text
+from rtcxfer.testing.processes import START_GUARD, WORKER_READY, CliProcess, start_signaling
 
 TOKEN = f"s3-e2e-{secrets.token_hex(8)}"
 ROOM = "s3-e2e"
@@ -45,9 +45,7 @@ TRAP_ENDPOINT = "http://127.0.0.1:9"
 WRONG_SECRET = "wrong-secret-never-shown"
 
 #: Hang guards (seconds), generous for a loaded 2-core machine.
-START_GUARD = 60.0
 SUBMIT_GUARD = 120.0
-DEATH_GUARD = 20.0
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -160,68 +158,24 @@ def venv_without_the_plugin(where: Path) -> Path:
 # --- processes --------------------------------------------------------------------------------
 
 
-class Service:
-    """A long-running ``rtcxfer`` subprocess whose output goes to a file we can poll."""
-
-    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict[str, str], python: str | Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [str(python), "-m", "rtcxfer.cli", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            # Never the plugin's source tree: `python -m` puts the cwd on sys.path, and from
-            # there rtcxfer_s3 would be importable even where it is uninstalled.
-            cwd=log_dir,
-        )
-
-    def text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for(self, pattern: str, timeout: float = START_GUARD) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            match = re.search(pattern, self.text())
-            if match:
-                return match
-            if self.process.poll() is not None:
-                raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name}: no {pattern!r} within {timeout} s:\n{self.text()}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(DEATH_GUARD)
-        self._log.close()
-
-
 @attrs.define
 class Cluster:
     root: Path
     moto: MotoServer
     url: str
-    services: list[Service]
+    services: list[CliProcess]
     #: The module's worker, in ROOM, with the store's own user.
-    worker: Service = attrs.field(default=None)
+    worker: CliProcess = attrs.field(default=None)
 
     def start_worker(
         self, room: str, *, python: str | Path = sys.executable, env: dict[str, str] | None = None
-    ) -> Service:
+    ) -> CliProcess:
         args = ["worker", "--signal", self.url, "--room", room, "--token", TOKEN]
         args += ["--work-dir", str(self.root / f"work-{room}"), "--shared-root", str(self.root / "worker-shared")]
         env = env or s3_environment(self.moto, log_level="INFO")
-        service = Service(f"worker-{room}", args, self.root, env, python)
+        service = CliProcess(f"worker-{room}", args, self.root, env=env, python=python)
         self.services.append(service)
-        service.wait_for(r"waiting for jobs")
+        service.wait_for(WORKER_READY)
         return service
 
 
@@ -239,13 +193,10 @@ def cluster(moto: MotoServer, store, tmp_path_factory: pytest.TempPathFactory) -
     root = tmp_path_factory.mktemp("s3-e2e")
     for shared in ("worker-shared", "client-shared"):
         (root / shared).mkdir()
-    services: list[Service] = []
+    services: list[CliProcess] = []
     try:
-        signaling = Service(
-            "signal", ["signal", "--port", "0", "--token", TOKEN], root, s3_environment(moto), sys.executable
-        )
+        signaling, url = start_signaling(root, token=TOKEN, env=s3_environment(moto))
         services.append(signaling)
-        url = signaling.wait_for(r"signaling server listening on (ws://127\.0\.0\.1:\d+)").group(1)
         cluster = Cluster(root, moto, url, services)
         cluster.worker = cluster.start_worker(ROOM)
         yield cluster

@@ -1,0 +1,91 @@
+"""The ``rtcxfer`` command as real subprocesses, for end-to-end tests (ours and plugins').
+
+Each process writes its output to a log file that a test can wait on. Processes are stopped by
+their own pid only (terminate, then kill after a grace period).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+#: Hang guards in seconds, generous for a loaded 2-core machine; never assertions about speed.
+START_GUARD = 60.0
+DEATH_GUARD = 20.0
+
+SIGNALING_READY = r"signaling server listening on (ws://127\.0\.0\.1:\d+)"
+WORKER_READY = r"waiting for jobs"
+
+
+class CliProcess:
+    """A long-running ``python -m rtcxfer.cli ARGS`` whose output goes to ``log_dir/NAME.log``."""
+
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        log_dir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        python: str | Path = sys.executable,
+    ) -> None:
+        self.name = name
+        self.log_path = Path(log_dir) / f"{name}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [str(python), "-m", "rtcxfer.cli", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            # Never a source tree: `python -m` puts the working directory on sys.path.
+            cwd=log_dir,
+        )
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = START_GUARD) -> re.Match[str]:
+        """The first match of ``pattern`` in the output, waiting at most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            match = re.search(pattern, self.text())
+            if match:
+                return match
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: no {pattern!r} within {timeout} s:\n{self.text()}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(DEATH_GUARD)
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(DEATH_GUARD)
+        self._log.close()
+
+
+def start_signaling(
+    log_dir: Path, *, token: str, env: Mapping[str, str] | None = None, python: str | Path = sys.executable
+) -> tuple[CliProcess, str]:
+    """``rtcxfer signal --port 0`` on 127.0.0.1; returns the process and its URL once it listens."""
+    process = CliProcess("signal", ["signal", "--port", "0", "--token", token], log_dir, env=env, python=python)
+    try:
+        url = process.wait_for(SIGNALING_READY).group(1)
+    except AssertionError:
+        process.stop()
+        raise
+    return process, url
