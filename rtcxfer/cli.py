@@ -399,12 +399,14 @@ def demo(directory: Path | None) -> None:
     where, runs = _run(run_demo(directory, on_event=display.handle))
     display.close()
     click.echo(f"demo directory: {where}")
+    package = where / "shared" / "jobs" / "sample-package.zip"
+    click.echo(f"sample job package: {package} ({package.stat().st_size} bytes; the job counts words)")
     ok = True
     for run in runs:
         result = run.result
         if result.ok:
             click.echo(
-                f"{run.transport:>12}: input via {result.input_transport}, results via "
+                f"{run.transport:>12}: package via {result.input_transport}, results via "
                 f"{result.results_transport}; {result.file_count} files, {result.total_mb} MiB "
                 f"in {run.seconds:.2f} s -> {result.results_dir}"
             )
