@@ -9,6 +9,7 @@ This module imports no asyncio, aiortc, fsspec or loguru.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
@@ -122,3 +123,11 @@ class TransportContext:
     max_file_bytes: int = 1 << 40
     #: Transport-specific settings, by transport name.
     options: dict[str, Any] = attrs.field(factory=dict)
+
+    async def deliver(self, received: ReceivedFile) -> None:
+        """Hand a complete, verified file to :attr:`on_file` (a plain or a coroutine function)."""
+        if self.on_file is None:
+            return
+        result = self.on_file(received)
+        if inspect.isawaitable(result):
+            await result

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import inspect
 import os
 import re
 import stat
@@ -597,13 +596,8 @@ class RtcChunkedTransport(Transport):
         await self._deliver(received)
 
     async def _deliver(self, received: ReceivedFile) -> None:
-        on_file = self.context.on_file
-        if on_file is None:
-            return
         try:
-            result = on_file(received)
-            if inspect.isawaitable(result):
-                await result
+            await self.context.deliver(received)
         except Exception:  # the application's bug must not end the session with the peer
             logger.exception("rtc-chunked: on_file failed for {}", received.name)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import inspect
 import secrets
 import shutil
 import time
@@ -154,7 +153,7 @@ class SharedFsTransport(Transport):
             # is refused at open time.
             opener=lambda: security.open_peer_path(relative, root),
         )
-        await _call(self.context.on_file, received)
+        await self.context.deliver(received)
 
     def validate_input(self, relative: str) -> tuple[Path, int]:
         """Resolve and validate an input path under the root; returns (path, size).
@@ -296,14 +295,6 @@ class SharedFsTransport(Transport):
         if self._reply is not None and not self._reply.done():
             self._reply.cancel()
         self.remove_staged()
-
-
-async def _call(callback, *args) -> None:
-    if callback is None:
-        return
-    result = callback(*args)
-    if inspect.isawaitable(result):
-        await result
 
 
 @hookimpl

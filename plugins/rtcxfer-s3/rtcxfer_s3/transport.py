@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import inspect
 import os
 import secrets
 import threading
@@ -374,14 +373,10 @@ class S3Transport(Transport):
         received = ReceivedFile(
             name=name, path=final_path, size=frame.size, transport=self.name, sha256=frame.sha256, transfer_id=tid
         )
-        on_file = self.context.on_file
-        if on_file is not None:
-            try:
-                result = on_file(received)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:  # the application's callback: its failure is not the peer's business
-                logger.exception("s3: on_file failed for {}", name)
+        try:
+            await self.context.deliver(received)
+        except Exception:  # the application's callback: its failure is not the peer's business
+            logger.exception("s3: on_file failed for {}", name)
 
     def _download(self, frame: S3Object, name: str, location: S3Location) -> Path:
         """Stream the object into a partial file, verify, fsync, rename. Blocking.

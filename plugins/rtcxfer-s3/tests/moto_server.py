@@ -57,9 +57,9 @@ class MotoServer:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
-    def client(self, key: str | None = None, secret: str | None = None):
+    def client(self, key: str | None = None, secret: str | None = None, service: str = "s3"):
         return boto3.client(
-            "s3",
+            service,
             endpoint_url=self.url,
             region_name=REGION,
             aws_access_key_id=key or self.key,

@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-import boto3
 import pytest
-from moto_server import BUCKET, PREFIX, REGION, make_contexts
+from moto_server import BUCKET, PREFIX, make_contexts
 from rtcxfer_s3 import (
     S3AccessDeniedError,
     S3BucketNotFoundError,
@@ -112,13 +111,7 @@ def test_wrong_credentials_are_refused_and_never_shown(host, moto, tmp_path, wro
 
 
 def test_credentials_revoked_mid_session_fail_the_download_clearly(host, moto, tmp_path):
-    iam = boto3.client(
-        "iam",
-        endpoint_url=moto.url,
-        region_name=REGION,
-        aws_access_key_id=moto.key,
-        aws_secret_access_key=moto.secret,
-    )
+    iam = moto.client(service="iam")
     user = f"revoked-{time.monotonic_ns()}"
     iam.create_user(UserName=user)
     iam.put_user_policy(

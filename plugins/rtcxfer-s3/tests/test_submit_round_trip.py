@@ -26,7 +26,6 @@ from importlib import metadata
 from pathlib import Path
 
 import attrs
-import boto3
 import pytest
 import rtcxfer_s3
 from moto_server import REGION, MotoServer
@@ -413,13 +412,7 @@ def test_an_unusable_bucket_on_the_client_falls_back_with_a_notice(
 def user_who_cannot_write(moto: MotoServer) -> dict[str, str]:
     """``s3_environment`` arguments for a new user whose key may check the bucket and read
     objects, but not write any."""
-    iam = boto3.client(
-        "iam",
-        endpoint_url=moto.url,
-        region_name=REGION,
-        aws_access_key_id=moto.key,
-        aws_secret_access_key=moto.secret,
-    )
+    iam = moto.client(service="iam")
     user = f"read-only-{secrets.token_hex(4)}"
     iam.create_user(UserName=user)
     iam.put_user_policy(
