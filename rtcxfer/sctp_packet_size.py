@@ -21,9 +21,11 @@ The mechanism (packetization-layer path MTU discovery, RFC 8899 section 4 for SC
    The largest acknowledged size is used; without any answer within :data:`PROBE_TIMEOUT`,
    the stock size stays, and the log says why.
 3. A black hole later on (the path starts dropping what it carried): a retransmission timeout
-   while packets are larger than stock drops back to the stock size at once (aiortc's minimum
-   RTO is 1 s, so within 2 s of the first loss) and probes again after
-   :data:`REPROBE_AFTER_BLACK_HOLE` seconds. DATA chunks already cut at the old size keep their
+   while packets are larger than stock sends :data:`BLACK_HOLE_PROBES` probes of the size in
+   use; if none is answered within :data:`BLACK_HOLE_PROBE_TIMEOUT`, the stock size is used
+   from then on (aiortc's minimum RTO is 1 s, so within 2 s of the first loss), and the path is
+   probed again after :data:`REPROBE_AFTER_BLACK_HOLE` seconds. A timeout from congestion is
+   answered by the probes and changes nothing. DATA chunks already cut at the old size keep their
    TSN and cannot be cut again; they travel in pieces of the new size, each its own DTLS record,
    which the peer's rtcxfer layer joins before SCTP sees the packet (:data:`_PIECE_MAGIC`:
    source port 0, which no SCTP packet carries). Probes run again every
@@ -84,6 +86,11 @@ overhead (37 bytes for AES-GCM) around it: on a path that drops fragments, the m
 
 PROBE_TIMEOUT = 1.0
 """Seconds to wait for the acknowledgements of one probe round (a LAN answers in milliseconds)."""
+
+BLACK_HOLE_PROBES = 3
+BLACK_HOLE_PROBE_TIMEOUT = 0.5
+"""After a retransmission timeout (aiortc's RTO is at least 1 s), this many probes of the size in
+use, and this long to wait for any answer: a black hole is noticed within 2 s of the loss."""
 
 REPROBE_AFTER_BLACK_HOLE = 10.0
 REPROBE_INTERVAL = 60.0
@@ -252,6 +259,7 @@ class PacketSizer:
         self._prepared = False
         self._task: asyncio.Task | None = None
         self._black_hole = asyncio.Event()
+        self._check: asyncio.Task | None = None
         self._probes: dict[bytes, tuple[int, asyncio.Future]] = {}
         self._piece_numbers = itertools.count()
         self._joining: OrderedDict[int, list[bytes | None]] = OrderedDict()
@@ -398,8 +406,9 @@ class PacketSizer:
         self._task = asyncio.get_running_loop().create_task(self._probe_loop())
 
     def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._check):
+            if task is not None:
+                task.cancel()
         for _, future in self._probes.values():
             future.cancel()
         self._probes.clear()
@@ -429,13 +438,17 @@ class PacketSizer:
         await type(self._sctp)._send_chunk(self._sctp, chunk)
         return future
 
-    async def probe(self, sizes: tuple[int, ...] = PROBE_SIZES, timeout: float = PROBE_TIMEOUT) -> int | None:
-        """Probe every size in ``sizes`` (up to the peer's limit) at once; the largest answered."""
+    async def probe(
+        self, sizes: tuple[int, ...] = PROBE_SIZES, timeout: float = PROBE_TIMEOUT, *, first: bool = False
+    ) -> int | None:
+        """Probe every size in ``sizes`` (up to the peer's limit) at once; the largest answered
+        (with ``first``, the first answered) within ``timeout`` seconds, or None."""
         sizes = tuple(size for size in sizes if size <= self._limit)
         futures = [await self._send_probe(size) for size in sizes]
         if not futures:
             return None
-        done, pending = await asyncio.wait(futures, timeout=timeout)
+        when = asyncio.FIRST_COMPLETED if first else asyncio.ALL_COMPLETED
+        done, pending = await asyncio.wait(futures, timeout=timeout, return_when=when)
         for future in pending:
             future.cancel()
         self._probes = {k: v for k, v in self._probes.items() if not v[1].done()}
@@ -471,8 +484,20 @@ class PacketSizer:
                 delay = 0.0
 
     def _on_retransmission_timeout(self) -> None:
-        if self._current.size <= STOCK_PACKET_SIZE:
+        # A timeout alone does not tell congestion from a black hole: ask the path once more.
+        if self._current.size <= STOCK_PACKET_SIZE or self._check is not None:
             return
-        lost = self._current.size
-        self._decide(STOCK_PACKET_SIZE, f"packets of {lost} bytes went unacknowledged: black hole on the path, probing again later")
-        self._black_hole.set()
+        self._check = asyncio.get_running_loop().create_task(self._check_black_hole(self._current.size))
+
+    async def _check_black_hole(self, size: int) -> None:
+        try:
+            # A few copies, so that one congestion loss is not taken for a black hole.
+            answered = await self.probe((size,) * BLACK_HOLE_PROBES, BLACK_HOLE_PROBE_TIMEOUT, first=True)
+            if answered is None and self._current.size == size:
+                self._decide(
+                    STOCK_PACKET_SIZE,
+                    f"packets of {size} bytes stopped getting through: black hole on the path, probing again later",
+                )
+                self._black_hole.set()
+        finally:
+            self._check = None

@@ -15,7 +15,7 @@ What a bed is:
   end (``veth0``) of ``mtu`` bytes (1500 by default), IPv6 off; addresses from a private /30
   that exist only inside those two namespaces; no default route, so nothing else is reachable.
   The veth pair is created inside the namespaces, so the host's own namespace never sees it.
-* ``drop_fragments``: an nftables rule in both namespaces drops every incoming IP fragment
+* ``drop_fragments``: (also later: :meth:`TwoHosts.set_drop_fragments`) an nftables rule in both namespaces drops every incoming IP fragment
   (``ip frag-off & 0x3fff != 0``) before the kernel reassembles it, as NATs and firewalls that
   drop fragments do; datagrams that fit the MTU pass, larger ones vanish.
 * ``rate`` (tc syntax, e.g. ``"1gbit"``): a token bucket filter on both veth ends.
@@ -141,7 +141,7 @@ class Host:
                 process.wait(grace)
 
 
-@attrs.frozen
+@attrs.define
 class TwoHosts:
     """A bed made by :func:`two_hosts`: hosts ``a`` and ``b`` and how their link was set up."""
 
@@ -153,6 +153,17 @@ class TwoHosts:
     block_tcp: bool
     allow_tcp_ports: tuple[int, ...]
 
+    def set_drop_fragments(self, drop: bool) -> None:
+        """Start or stop dropping IP fragments now, in both namespaces (a path that changes)."""
+        if drop == self.drop_fragments:
+            return
+        for host in (self.a, self.b):
+            if drop:
+                _run([*host.prefix, "nft", "-f", "-"], stdin=_table(_FRAGMENT_TABLE, _FRAGMENT_RULE))
+            else:
+                _run([*host.prefix, "nft", "delete", "table", "ip", _FRAGMENT_TABLE])
+        self.drop_fragments = drop
+
     def describe(self) -> str:
         parts = [f"veth MTU {self.mtu}", "IP fragments dropped" if self.drop_fragments else "IP fragments pass"]
         if self.rate:
@@ -163,21 +174,26 @@ class TwoHosts:
         return ", ".join(parts)
 
 
-def _firewall(interface: str, drop_fragments: bool, block_tcp: bool, allow_tcp_ports: Sequence[int]) -> str:
-    """An nftables ruleset for one namespace (only traffic arriving on the veth)."""
-    rules = []
-    if drop_fragments:
-        rules.append(f'iifname "{interface}" ip frag-off & 0x3fff != 0 drop')
-    if block_tcp:
-        if allow_tcp_ports:
-            ports = ", ".join(str(port) for port in allow_tcp_ports)
-            rules.append(f'iifname "{interface}" tcp dport != {{ {ports} }} tcp sport != {{ {ports} }} drop')
-        else:
-            rules.append(f'iifname "{interface}" meta l4proto tcp drop')
-    body = "\n".join(f"    {rule}" for rule in rules)
+_FRAGMENT_TABLE = "rtcxfer_fragments"
+_FRAGMENT_RULE = "ip frag-off & 0x3fff != 0 drop"
+_TCP_TABLE = "rtcxfer_tcp"
+
+
+def _table(name: str, rule: str) -> str:
+    """An nftables table with one rule for traffic arriving on the veth."""
     # Priority -500 runs before conntrack's defragmentation (-400), which would otherwise
     # reassemble the fragments before any rule could see them.
-    return f"table ip rtcxfer_bed {{\n  chain prerouting {{\n    type filter hook prerouting priority -500;\n{body}\n  }}\n}}\n"
+    return (
+        f"table ip {name} {{\n  chain prerouting {{\n    type filter hook prerouting priority -500;\n"
+        f'    iifname "{INTERFACE}" {rule}\n  }}\n}}\n'
+    )
+
+
+def _tcp_rule(allow_tcp_ports: Sequence[int]) -> str:
+    if not allow_tcp_ports:
+        return "meta l4proto tcp drop"
+    ports = ", ".join(str(port) for port in allow_tcp_ports)
+    return f"tcp dport != {{ {ports} }} tcp sport != {{ {ports} }} drop"
 
 
 def _subnet(index: int) -> tuple[str, str]:
@@ -219,15 +235,14 @@ def two_hosts(
             _run(["ip", "-n", host.namespace, "link", "set", "lo", "up"])
             _run(["ip", "-n", host.namespace, "link", "set", INTERFACE, "mtu", str(mtu), "up"])
             _run(["ip", "-n", host.namespace, "addr", "add", f"{host.address}/30", "dev", INTERFACE])
-            if drop_fragments or block_tcp:
-                _run(
-                    ["ip", "netns", "exec", host.namespace, "nft", "-f", "-"],
-                    stdin=_firewall(INTERFACE, drop_fragments, block_tcp, allow_tcp_ports),
-                )
+            if block_tcp:
+                _run([*host.prefix, "nft", "-f", "-"], stdin=_table(_TCP_TABLE, _tcp_rule(allow_tcp_ports)))
             if rate is not None:
                 _run(["tc", "-n", host.namespace, "qdisc", "add", "dev", INTERFACE, "root", "tbf",
                       "rate", rate, "burst", burst, "latency", "50ms"])  # fmt: skip
-        yield TwoHosts(a, b, mtu, drop_fragments, rate, block_tcp, tuple(allow_tcp_ports))
+        bed = TwoHosts(a, b, mtu, False, rate, block_tcp, tuple(allow_tcp_ports))
+        bed.set_drop_fragments(drop_fragments)
+        yield bed
     finally:
         for host in (a, b):
             host._end_processes()
