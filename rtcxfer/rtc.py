@@ -538,6 +538,12 @@ class PeerConnection:
             except Exception:  # an observer's bug must not break the SCTP transport
                 logger.exception("packet size observer failed")
 
+    def watch_packet_size(self, callback: Callable[[PacketSize], None]) -> None:
+        """Call ``callback`` with the packet size now if it is decided, and on every change."""
+        if self._sizer.decided:
+            callback(self._sizer.current)
+        self.on_packet_size.append(callback)
+
     @property
     def packet_size(self) -> PacketSize:
         """The SCTP packet size this side sends now, and why."""

@@ -102,6 +102,7 @@ _AIORTC_DTLS_BUFFER = 1500
 _SCTP_METHODS = ("_send", "_transmit", "_receive_sack_chunk", "_t3_expired")
 _DTLS_METHODS = ("_recv_next", "_write_ssl")
 
+_UNDECIDED = "not decided yet"
 _HEARTBEAT_INFO = 1  # RFC 9260 section 3.3.5: the Heartbeat Info parameter type
 _PROBE_TAG = b"rtcxfer-pmtu-probe"
 # SCTP common header (12) + chunk header (4) + parameter header (4): what a probe adds to its info.
@@ -254,7 +255,7 @@ class PacketSizer:
         self._sctp: Any = None
         self._globals: dict[str, Any] | None = None
         self._limit = STOCK_PACKET_SIZE
-        self._current = PacketSize(STOCK_PACKET_SIZE, "not settled yet")
+        self._current = PacketSize(STOCK_PACKET_SIZE, _UNDECIDED)
         self._settled = asyncio.Event()
         self._prepared = False
         self._task: asyncio.Task | None = None
@@ -269,6 +270,11 @@ class PacketSizer:
     @property
     def current(self) -> PacketSize:
         return self._current
+
+    @property
+    def decided(self) -> bool:
+        """True once any size was chosen for a reason (a confirmed probe, a stock peer...)."""
+        return self._current.reason != _UNDECIDED
 
     @property
     def active(self) -> bool:
