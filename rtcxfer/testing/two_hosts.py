@@ -52,6 +52,7 @@ NAME_PREFIX = "rtcxfer-"
 INTERFACE = "veth0"
 _STALE_NAME = re.compile(rf"^{re.escape(NAME_PREFIX)}(\d+)-(\d+)-[ab]$")
 _counter = itertools.count()
+_IPV6_OFF = "/proc/sys/net/ipv6/conf/all/disable_ipv6"
 _COMMAND_GUARD = 30.0  # seconds; ip and nft answer in milliseconds
 
 
@@ -231,7 +232,8 @@ def two_hosts(
             made.append(host.namespace)
         _run(["ip", "-n", a.namespace, "link", "add", INTERFACE, "type", "veth", "peer", "name", INTERFACE, "netns", b.namespace])
         for host in (a, b):
-            _run([*host.prefix, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"])
+            # No IPv6 (not even link-local): the veth's one IPv4 address is all a peer can offer.
+            _run([*host.prefix, "sh", "-c", f"if [ -w {_IPV6_OFF} ]; then echo 1 > {_IPV6_OFF}; fi"])
             _run(["ip", "-n", host.namespace, "link", "set", "lo", "up"])
             _run(["ip", "-n", host.namespace, "link", "set", INTERFACE, "mtu", str(mtu), "up"])
             _run(["ip", "-n", host.namespace, "addr", "add", f"{host.address}/30", "dev", INTERFACE])
