@@ -249,7 +249,9 @@ class PacketSizer:
     def __init__(self, enabled: bool = True, on_change: Callable[[PacketSize], None] | None = None) -> None:
         self._supported = enabled and tuning_supported()
         self._disabled_reason = (
-            None if self._supported else ("disabled by PeerOptions" if not enabled else "aiortc internals differ from 1.16")
+            None
+            if self._supported
+            else ("disabled by PeerOptions" if not enabled else "aiortc internals differ from 1.16")
         )
         self._on_change = on_change
         self._sctp: Any = None

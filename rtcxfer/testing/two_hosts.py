@@ -15,9 +15,10 @@ What a bed is:
   end (``veth0``) of ``mtu`` bytes (1500 by default), IPv6 off; addresses from a private /30
   that exist only inside those two namespaces; no default route, so nothing else is reachable.
   The veth pair is created inside the namespaces, so the host's own namespace never sees it.
-* ``drop_fragments``: (also later: :meth:`TwoHosts.set_drop_fragments`) an nftables rule in both namespaces drops every incoming IP fragment
-  (``ip frag-off & 0x3fff != 0``) before the kernel reassembles it, as NATs and firewalls that
-  drop fragments do; datagrams that fit the MTU pass, larger ones vanish.
+* ``drop_fragments`` (or later :meth:`TwoHosts.set_drop_fragments`): an nftables rule in both
+  namespaces drops every incoming IP fragment (``ip frag-off & 0x3fff != 0``) before the kernel
+  reassembles it, as NATs and firewalls that drop fragments do; datagrams that fit the MTU
+  pass, larger ones vanish.
 * ``rate`` (tc syntax, e.g. ``"1gbit"``): a token bucket filter on both veth ends.
 * ``block_tcp``: TCP between the two is dropped, except to and from ``allow_tcp_ports`` (for a
   signaling server, say); loopback inside a namespace is unaffected.
@@ -230,7 +231,23 @@ def two_hosts(
         for host in (a, b):
             _run(["ip", "netns", "add", host.namespace])
             made.append(host.namespace)
-        _run(["ip", "-n", a.namespace, "link", "add", INTERFACE, "type", "veth", "peer", "name", INTERFACE, "netns", b.namespace])
+        _run(
+            [
+                "ip",
+                "-n",
+                a.namespace,
+                "link",
+                "add",
+                INTERFACE,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                INTERFACE,
+                "netns",
+                b.namespace,
+            ]
+        )
         for host in (a, b):
             # No IPv6 (not even link-local): the veth's one IPv4 address is all a peer can offer.
             _run([*host.prefix, "sh", "-c", f"if [ -w {_IPV6_OFF} ]; then echo 1 > {_IPV6_OFF}; fi"])
