@@ -114,6 +114,9 @@ _PROBE_OVERHEAD = 20
 _PIECE_MAGIC = b"\x00\x00rx"
 _PIECE_HEADER = struct.Struct("!4sIBB")
 _PIECES_KEPT = 32  # packets being joined at once; older ones are given up (SCTP resends)
+# Pieces of one packet: a 16 KiB packet cut to the stock size needs 15. With these limits a
+# peer can make us hold at most 32 * 16 * 16 KiB = 8 MiB of pieces.
+_MAX_PIECES = 16
 
 
 def tuning_supported() -> bool:
@@ -392,7 +395,7 @@ class PacketSizer:
         if len(piece) <= _PIECE_HEADER.size:
             return None
         _, number, index, count = _PIECE_HEADER.unpack_from(piece)
-        if not index < count <= MAX_PACKET_SIZE // 64:
+        if not index < count <= _MAX_PIECES or len(piece) - _PIECE_HEADER.size > MAX_PACKET_SIZE:
             return None
         parts = self._joining.get(number)
         if parts is None or len(parts) != count:

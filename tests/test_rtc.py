@@ -14,6 +14,8 @@ import os
 import aioice.ice
 import aiortc.rtcsctptransport
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from rtcxfer.errors import (
@@ -492,6 +494,17 @@ def test_malformed_pieces_from_the_peer_are_dropped():
     assert len(sizer._joining) <= 32
 
 
+@given(st.lists(st.binary(max_size=64), max_size=50), st.integers(0, 3), st.integers(0, 20))
+def test_pieces_from_a_hostile_peer_never_raise_and_stay_bounded(bodies, number, count):
+    sizer = PacketSizer()
+    for index, body in enumerate(bodies):
+        piece = b"\x00\x00rx" + number.to_bytes(4, "big") + bytes([index % 256, count]) + body
+        joined = sizer._join(piece)
+        assert joined is None or len(joined) <= 16 * (64 + 16384)
+    assert len(sizer._joining) <= 32
+    assert all(len(parts) <= 16 for parts in sizer._joining.values())
+
+
 def _send_and_check(total: int = 2 * 1024 * 1024, size: int = 65536):
     async def transfer(a: DataChannel, b: DataChannel) -> None:
         payload = os.urandom(total)
@@ -556,7 +569,7 @@ def test_large_packets_are_off_unless_both_peers_offer_them():
 
 
 @needs_sctp_tuning
-def test_plain_aiortc_peer_interoperates_with_a_fast_loopback_peer():
+def test_plain_aiortc_peer_interoperates_with_a_large_packet_peer():
     """A stock aiortc peer (no rtcxfer code) ignores the attribute; both keep 1160-byte
     packets, and large messages pass both ways."""
 
