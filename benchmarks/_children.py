@@ -84,7 +84,8 @@ async def _connect(args: argparse.Namespace, role: str):
 
 
 def _packet_report(peer) -> dict:
-    return {"sctp_packet": peer.packet_size.size, "sctp_reason": peer.packet_size.reason}
+    size = peer.packet_size
+    return {"sctp_packet": size.size, "sctp_datagram": size.datagram, "sctp_reason": size.reason}
 
 
 async def rtc_chunked_receiver(args: argparse.Namespace) -> dict:

@@ -130,7 +130,9 @@ async def _run_link(args, drop: bool, file: Path, workdir: Path) -> tuple[dict[s
 
 
 def _packet_notes(results: list[tuple[dict, dict]]) -> str:
-    notes = sorted({f"{r[0].get('sctp_packet')} B: {r[0].get('sctp_reason')}" for r in results})
+    notes = sorted(
+        {f"{r[0]['sctp_packet']} B in {r[0]['sctp_datagram']} B datagrams: {r[0]['sctp_reason']}" for r in results}
+    )
     return "; ".join(notes)
 
 
