@@ -277,6 +277,8 @@ class PacketSizer:
         self._task: asyncio.Task | None = None
         self._black_hole = asyncio.Event()
         self._check: asyncio.Task | None = None
+        #: Retransmission timeouts seen (each one checked with probes when datagrams are large).
+        self.retransmission_timeouts = 0
         self._probes: dict[bytes, tuple[int, asyncio.Future]] = {}
         self._piece_numbers = itertools.count()
         self._joining: OrderedDict[int, list[bytes | None]] = OrderedDict()
@@ -509,6 +511,7 @@ class PacketSizer:
                 delay = 0.0
 
     def _on_retransmission_timeout(self) -> None:
+        self.retransmission_timeouts += 1
         # A timeout alone does not tell congestion from a black hole: ask the path once more.
         if self._current.datagram <= STOCK_PACKET_SIZE or self._check is not None:
             return

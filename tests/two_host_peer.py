@@ -66,6 +66,7 @@ async def send(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - started
     await peer.close()
     result = {"sha256": digest, "echoed": answer, "seconds": seconds, "changes": changes}
+    result["timeouts"] = peer._sizer.retransmission_timeouts
     result["settled"] = {"size": settled.size, "datagram": settled.datagram}
     if pause_at is not None:
         result["resumed"] = resumed
