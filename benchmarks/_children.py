@@ -85,7 +85,12 @@ async def _connect(args: argparse.Namespace, role: str):
 
 def _packet_report(peer) -> dict:
     size = peer.packet_size
-    return {"sctp_packet": size.size, "sctp_datagram": size.datagram, "sctp_reason": size.reason}
+    return {
+        "sctp_packet": size.size,
+        "sctp_datagram": size.datagram,
+        "sctp_reason": size.reason,
+        "sctp_timeouts": peer._sizer.retransmission_timeouts,
+    }
 
 
 async def rtc_chunked_receiver(args: argparse.Namespace) -> dict:

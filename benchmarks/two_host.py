@@ -133,7 +133,8 @@ def _packet_notes(results: list[tuple[dict, dict]]) -> str:
     notes = sorted(
         {f"{r[0]['sctp_packet']} B in {r[0]['sctp_datagram']} B datagrams: {r[0]['sctp_reason']}" for r in results}
     )
-    return "; ".join(notes)
+    timeouts = ", ".join(str(r[0]["sctp_timeouts"]) for r in results)
+    return "; ".join(notes) + f" (retransmission timeouts per round: {timeouts})"
 
 
 async def two_host_main(args, workdir: Path) -> None:

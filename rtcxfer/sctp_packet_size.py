@@ -487,6 +487,13 @@ class PacketSizer:
         return sctp is not None and sctp._association_state == type(sctp).State.ESTABLISHED
 
     async def _probe_loop(self) -> None:
+        try:
+            await self._probe_rounds()
+        except ConnectionError as error:
+            # DTLS closed under a probe: the connection is ending, and so does probing.
+            logger.debug("path probing stopped: {}", error)
+
+    async def _probe_rounds(self) -> None:
         delay = 0.0
         while True:
             await asyncio.sleep(delay)
@@ -520,7 +527,10 @@ class PacketSizer:
     async def _check_black_hole(self, size: int) -> None:
         try:
             # A few copies, so that one congestion loss is not taken for a black hole.
-            answered = await self.probe((size,) * BLACK_HOLE_PROBES, BLACK_HOLE_PROBE_TIMEOUT, first=True)
+            try:
+                answered = await self.probe((size,) * BLACK_HOLE_PROBES, BLACK_HOLE_PROBE_TIMEOUT, first=True)
+            except ConnectionError:
+                return
             if answered is None and self._current.datagram == size:
                 self._decide(
                     STOCK_PACKET_SIZE,
