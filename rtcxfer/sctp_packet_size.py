@@ -391,7 +391,7 @@ class PacketSizer:
         sctp._receive_chunk = _receive_chunk
         sctp._t3_expired = _t3
 
-    # -- pieces of packets cut at an older, larger size
+    # -- pieces: packets larger than the datagrams the path is known to carry
 
     async def _send_in_pieces(self, chunk: Any) -> None:
         sctp = self._sctp
@@ -445,8 +445,10 @@ class PacketSizer:
         if not params or params[0][0] != _HEARTBEAT_INFO or not params[0][1].startswith(_PROBE_TAG):
             return False
         key = params[0][1][len(_PROBE_TAG) : len(_PROBE_TAG) + 8]
-        entry = self._probes.pop(key, None)
-        if entry is not None and not entry[1].done():
+        entry = self._probes.get(key)
+        # Only an echo of the whole probe proves that its size came back through the path.
+        if entry is not None and len(params[0][1]) == entry[0] - _PROBE_OVERHEAD and not entry[1].done():
+            del self._probes[key]
             entry[1].set_result(entry[0])
             # Use a confirmed size at once; the round's verdict on larger ones comes later.
             if entry[0] > self._current.datagram:

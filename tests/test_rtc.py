@@ -607,3 +607,24 @@ def test_plain_aiortc_peer_interoperates_with_a_large_packet_peer():
             await theirs.close()
 
     run(main())
+
+
+def test_only_a_whole_echo_of_a_probe_confirms_its_size():
+    from aiortc.rtcsctptransport import HeartbeatAckChunk
+
+    from rtcxfer.sctp_packet_size import _PROBE_TAG
+
+    async def main():
+        sizer = PacketSizer()
+        future = asyncio.get_running_loop().create_future()
+        nonce = b"n" * 8
+        sizer._probes[nonce] = (4096, future)
+        ack = HeartbeatAckChunk()
+        ack.params = [(1, b"someone else's heartbeat")]
+        assert sizer._probe_answered(ack) is False  # not ours: aiortc handles it
+        ack.params = [(1, _PROBE_TAG + nonce)]  # ours, cut short on the way back
+        assert sizer._probe_answered(ack) is True and not future.done()
+        ack.params = [(1, (_PROBE_TAG + nonce).ljust(4096 - 20, b"\0"))]
+        assert sizer._probe_answered(ack) is True and future.result() == 4096
+
+    run(main())
