@@ -24,9 +24,10 @@ What a bed is:
   signaling server, say); loopback inside a namespace is unaffected.
 
 Names derive from this process's pid and a counter (``rtcxfer-<pid>-<n>-a``), so parallel beds
-never clash; a bed left behind by a process that died (its pid no longer runs) is removed when
-the next bed is made (when nothing runs inside it). Everything is removed on exit from the ``with`` block, also on an
-exception; processes started with :meth:`Host.spawn` are ended first, by their own pid.
+never clash; a bed left behind by a process that died (its pid no longer runs, and nothing runs
+inside it) is removed when the next bed is made. Everything is removed on exit from the
+``with`` block, also on an exception; processes started with :meth:`Host.spawn` are ended
+first, by their own pid.
 
 Needs root and the ``ip``, ``nft`` (only with ``drop_fragments`` or ``block_tcp``) and ``tc``
 (only with ``rate``) commands: :func:`missing_requirements` says what is missing, for a skip.
