@@ -1,4 +1,5 @@
-"""The only module of rtcxfer that imports aiortc: peer connection, data channel, backpressure.
+"""rtcxfer's aiortc glue: peer connection, data channel, backpressure (with
+:mod:`rtcxfer.sctp_packet_size`, the only modules that import aiortc).
 
 What lives here:
 
