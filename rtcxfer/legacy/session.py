@@ -169,7 +169,9 @@ class LegacySession:
         self._part: BinaryIO | None = None
         self._part_path: Path | None = None
         self._stray_reported = False
+        #: The job this session runs, until its last message to the client is sent.
         self.job_task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
         context = worker._context_template()
         context.incoming_dir = self.directory
         context.on_file = self._on_shared_input
@@ -196,8 +198,9 @@ class LegacySession:
     async def _close(self) -> None:
         if self.job_task is not None:
             logger.info("{}: client disconnected; stopping its job", self.name)
-            self.job_task.cancel()
-            await asyncio.gather(self.job_task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._drop_part()
         self.shared.on_closed()
         await asyncio.to_thread(shutil.rmtree, self.directory, True)
@@ -333,9 +336,17 @@ class LegacySession:
 
     def _start_job(self, coroutine) -> None:
         self.job_task = asyncio.create_task(coroutine)
+        self._tasks.add(self.job_task)
         self.job_task.add_done_callback(self._job_done)
 
+    def _job_over(self) -> None:
+        """Called by the job right after its last message, before any await: the client may
+        start its next job as soon as it reads that message."""
+        if self.job_task is asyncio.current_task():
+            self.job_task = None
+
     def _job_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
         if self.job_task is task:
             self.job_task = None
         if not task.cancelled() and task.exception() is not None:
@@ -350,6 +361,7 @@ class LegacySession:
         except ConnectionClosedError:
             logger.info("{}: the client left before its results were sent", self.name)
         finally:
+            self._job_over()
             await asyncio.to_thread(shutil.rmtree, job_dir, True)
 
     async def _on_shared_input(self, received: ReceivedFile) -> None:
@@ -399,6 +411,7 @@ class LegacySession:
         except ConnectionClosedError:
             logger.info("{}: the client left before job {} was reported", self.name, job_id)
         finally:
+            self._job_over()
             await asyncio.to_thread(shutil.rmtree, job_dir, True)
 
     async def _run_package(
