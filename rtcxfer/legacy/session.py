@@ -45,6 +45,7 @@ from rtcxfer.errors import (
     ConnectionClosedError,
     JobError,
     PathError,
+    RemoteProtocolError,
     RtcxferError,
     StorageFullError,
     describe,
@@ -190,8 +191,15 @@ class LegacySession:
                     return
                 try:
                     await self._handle(protocol.decode(message))
-                except UploadRefused as error:
+                except ConnectionClosedError:
+                    return
+                except RemoteProtocolError as error:
                     await self._refuse(str(error))
+                except (RtcxferError, OSError) as error:
+                    # The peer's message could not be served here (a full disk, a failing
+                    # write): the session goes on, as after any refusal.
+                    logger.error("{}: could not handle the client's message: {}", self.name, describe(error))
+                    await self._refuse(describe(error))
         finally:
             await self._close()
 
@@ -241,7 +249,7 @@ class LegacySession:
     async def _notice(self, text: str) -> None:
         try:
             await self.send(f"{NOTICE_PREFIX} {text}\n")
-        except (ConnectionClosedError, RtcxferError) as error:
+        except RtcxferError as error:
             logger.debug("{}: notice not sent: {}", self.name, describe(error))
 
     async def _refuse(self, reason: str) -> None:
