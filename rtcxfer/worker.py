@@ -28,15 +28,7 @@ import attrs
 
 from rtcxfer import security
 from rtcxfer.engine import APPLICATION, Session
-from rtcxfer.errors import (
-    ArchiveError,
-    ConnectionClosedError,
-    JobError,
-    PathError,
-    RtcxferError,
-    StorageFullError,
-    describe,
-)
+from rtcxfer.errors import ArchiveError, JobError, PathError, RtcxferError, StorageFullError, describe
 from rtcxfer.filesystem import FilesystemAdapter
 from rtcxfer.frames import (
     AuthFailed,
@@ -154,20 +146,18 @@ class RTCWorkerClient:
 
     async def serve_channel(self, channel, name: str = "session") -> None:
         """Serve one client over an open data channel until it closes."""
-        session = WorkerSession
+        session_type = WorkerSession
         if self.legacy:
-            from rtcxfer.legacy import speaks_legacy
-            from rtcxfer.legacy.session import LegacySession, ReplayChannel
+            from rtcxfer.legacy.session import LegacySession, peek_dialect
 
             # The dialect is the first message's: HELLO is rtcxfer's, anything else legacy.
-            try:
-                first = await channel.recv()
-            except ConnectionClosedError:
+            peeked = await peek_dialect(channel)
+            if peeked is None:
                 return
-            channel = ReplayChannel(first, channel)
-            if speaks_legacy(first):
-                session = LegacySession
-        session = session(self, channel, name)
+            channel, speaks_legacy = peeked
+            if speaks_legacy:
+                session_type = LegacySession
+        session = session_type(self, channel, name)
         self.sessions.add(session)
         try:
             await session.run()

@@ -141,11 +141,15 @@ def test_manifest_wins_and_flat_packages_run(worker):
         async with legacy_session(worker) as client:
             nested = await client.run_rtc_job(with_manifest(False), NAME)
             flat = await client.run_rtc_job(legacy_package(NAME, b"flat\n", flat=True), NAME)
-            return nested, flat
+            # OUTPUT_DIR::. sends the whole package folder back.
+            whole = await client.run_rtc_job(legacy_package(NAME, b"w\n"), NAME, output_dir=".")
+            return nested, flat, whole
 
-    (texts, _, result), (_, _, flat_result) = run(scenario())
+    (texts, _, result), (_, _, flat_result), (_, _, whole) = run(scenario())
     assert texts[0] == "TRAIN_JOB_START::from-manifest" and unzip(result) == {"m.txt": b"manifest"}
     assert unzip(flat_result) == expected_results(b"flat\n")
+    everything = unzip(whole)
+    assert everything["data.txt"] == b"w\n" and everything["models/copy.txt"] == b"w\n"
 
 
 def test_upload_streams_to_disk_and_a_short_upload_is_dropped(worker, tmp_path, logs):

@@ -52,7 +52,7 @@ from rtcxfer.errors import (
 )
 from rtcxfer.frames import Frame, SharedInputPath, SharedOutputPath
 from rtcxfer.jobs import MANIFEST_NAME, JobContext, JobFailedError, Manifest, run_manifest_command
-from rtcxfer.legacy import protocol
+from rtcxfer.legacy import protocol, speaks_legacy
 from rtcxfer.legacy.protocol import JOB_TEXTS, JobTexts, UploadRefused, UploadTracker
 from rtcxfer.log import logger
 from rtcxfer.safezip import extract_zip
@@ -66,6 +66,8 @@ LOG_QUEUE_LINES = 10_000
 MISSING_PATHS = "Missing input or output path for shared storage job"
 #: Prefix of the lines by which the worker itself tells a legacy client something.
 NOTICE_PREFIX = "[rtcxfer]"
+#: ``OUTPUT_DIR::.``: the results are the whole package folder.
+PACKAGE_FOLDER = "."
 #: The exit code reported when a job ended without one (timed out, could not start).
 NO_EXIT_CODE = 1
 #: The name a manifest has when it names none.
@@ -96,6 +98,16 @@ class ReplayChannel:
 
     def __getattr__(self, name: str):
         return getattr(self._channel, name)
+
+
+async def peek_dialect(channel) -> tuple[ReplayChannel, bool] | None:
+    """Read the session's first message: the channel with that message put back, and whether
+    it speaks the legacy protocol; None if the channel closed first."""
+    try:
+        first = await channel.recv()
+    except ConnectionClosedError:
+        return None
+    return ReplayChannel(first, channel), speaks_legacy(first)
 
 
 class _FrameSender:
@@ -259,6 +271,9 @@ class LegacySession:
     # --- settings ---------------------------------------------------------------------
 
     async def _set_output_dir(self, text: str) -> None:
+        if text == PACKAGE_FOLDER:
+            self.output_dir = text
+            return
         try:
             relative = security.check_relative_text(text)
             if ":" in text:
@@ -441,7 +456,8 @@ class LegacySession:
             return None, f"{CORRUPTED}: {package_name}"
         output = package_dir / settings.output_dir
         try:
-            await asyncio.to_thread(security.makedirs_beneath, package_dir, settings.output_dir)
+            if settings.output_dir != PACKAGE_FOLDER:
+                await asyncio.to_thread(security.makedirs_beneath, package_dir, settings.output_dir)
             manifest = await asyncio.to_thread(self._manifest, package_dir, texts, stem)
         except (JobError, PathError) as error:
             self.worker.stats["failed"] += 1
