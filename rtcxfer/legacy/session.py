@@ -276,10 +276,12 @@ class LegacySession:
             return
         try:
             relative = security.check_relative_text(text)
-            if ":" in text:
-                raise UploadRefused("a ':' cannot be sent back in FILE_META")
-        except (PathError, UploadRefused) as error:
-            await self._refuse(f"OUTPUT_DIR {protocol.excerpt(text)}: {error}; keeping {self.output_dir}")
+        except PathError as error:
+            problem: str | None = str(error)
+        else:
+            problem = "a ':' cannot be sent back in FILE_META" if ":" in text else None
+        if problem is not None:
+            await self._refuse(f"OUTPUT_DIR {protocol.excerpt(text)}: {problem}; keeping {self.output_dir}")
             return
         self.output_dir = relative.as_posix()
 
@@ -353,7 +355,8 @@ class LegacySession:
             shutil.rmtree(path.parent, ignore_errors=True)
             raise _cannot_store(upload, error) from None
         logger.info("{}: received {} ({} bytes)", self.name, upload.name, upload.size)
-        self._start_job(self._rtc_job(final, path.parent))
+        settings = _JobSettings(self.package_type, self.output_dir, self.job_id or "", shared=False)
+        self._start_job(self._rtc_job(final, path.parent, settings))
 
     # --- jobs -------------------------------------------------------------------------
 
@@ -375,8 +378,7 @@ class LegacySession:
         if not task.cancelled() and task.exception() is not None:
             logger.opt(exception=task.exception()).error("{}: legacy job crashed", self.name)
 
-    async def _rtc_job(self, package: Path, job_dir: Path) -> None:
-        settings = _JobSettings(self.package_type, self.output_dir, self.job_id or "", shared=False)
+    async def _rtc_job(self, package: Path, job_dir: Path, settings: _JobSettings) -> None:
         try:
             output, _ = await self._run_package(lambda: open(package, "rb"), package.name, job_dir, settings)
             if output is not None:
