@@ -346,3 +346,27 @@ def test_shared_storage_paths_are_validated_as_the_specification_says(worker, sh
         "PATH_ERROR::Missing input or output path for shared storage job",
     ]
     assert not (tmp_path / "outside").exists()
+
+
+def test_shared_storage_attempt_falling_back_to_rtc_transfer(worker, shared):
+    """sleap-rtc's client when the worker does not see its file: the shared attempt is
+    refused, and the same channel then carries the bytes (section 4, step 4)."""
+    data = sample_data("fallback", 100)
+    package = legacy_package(NAME, data)
+
+    async def scenario():
+        async with legacy_session(worker) as client:
+            await client.start_shared_job(
+                NAME, len(package), "job_5e5e5e5e", f"jobs/job_5e5e5e5e/{NAME}", "jobs/job_5e5e5e5e"
+            )
+            replies = [await client.next_text() for _ in range(3)]
+            texts, name, result = await client.run_rtc_job(package, NAME)
+            return replies, texts, unzip(result)
+
+    replies, texts, result = run(scenario())
+    assert replies == [
+        f"PATH_ERROR::Input path does not exist: jobs/job_5e5e5e5e/{NAME}",
+        "PATH_VALIDATED::output",
+        "PATH_ERROR::Missing input or output path for shared storage job",
+    ]
+    assert texts[0] == f"TRAIN_JOB_START::{STEM}" and result == expected_results(data)
