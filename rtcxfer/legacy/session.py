@@ -71,7 +71,7 @@ PACKAGE_FOLDER = "."
 #: The exit code reported when a job ended without one (timed out, could not start).
 NO_EXIT_CODE = 1
 #: The name a manifest has when it names none.
-_UNNAMED = Manifest.__attrs_attrs__.name.default
+_UNNAMED = attrs.fields(Manifest).name.default
 
 
 @attrs.frozen
