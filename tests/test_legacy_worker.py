@@ -370,3 +370,20 @@ def test_shared_storage_attempt_falling_back_to_rtc_transfer(worker, shared):
         "PATH_ERROR::Missing input or output path for shared storage job",
     ]
     assert texts[0] == f"TRAIN_JOB_START::{STEM}" and result == expected_results(data)
+
+
+def test_shared_storage_job_on_a_worker_without_shared_storage(tmp_path, monkeypatch):
+    monkeypatch.delenv("SHARED_STORAGE_ROOT", raising=False)
+    monkeypatch.setattr("rtcxfer.shared_storage.KNOWN_MOUNT_POINTS", ())
+    worker = make_worker(None, tmp_path / "work", legacy=True)
+
+    async def scenario():
+        async with legacy_session(worker) as client:
+            await client.start_shared_job(NAME, 10, "job_1", f"jobs/job_1/{NAME}", "jobs/job_1")
+            return [await client.next_text() for _ in range(3)]
+
+    assert run(scenario()) == [
+        f"PATH_ERROR::Shared storage is not available on this worker: jobs/job_1/{NAME}",
+        "PATH_ERROR::Shared storage is not available on this worker: jobs/job_1",
+        "PATH_ERROR::Missing input or output path for shared storage job",
+    ]
