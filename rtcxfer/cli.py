@@ -174,16 +174,32 @@ def signal_server(host: str, port: int, token: str | None) -> None:
     help="Where jobs are extracted and run (default: a temporary directory).",
 )
 @click.option("--job-timeout", type=float, default=None, help="Seconds a job may run (default: the manifest's).")
-def worker(signal_url, room, token, shared_root, ice_servers, any_interface, peer_id, work_dir, job_timeout) -> None:
+@click.option(
+    "--legacy",
+    is_flag=True,
+    help="Also serve clients of sleap-rtc's existing data-channel protocol. Such a session cannot present "
+    "the worker's token: it is authenticated only by the signaling server's token.",
+)
+def worker(
+    signal_url, room, token, shared_root, ice_servers, any_interface, peer_id, work_dir, job_timeout, legacy
+) -> None:
     """Serve jobs: run each package's command and send its results back."""
     from rtcxfer.errors import SignalingError, describe
     from rtcxfer.worker import RTCWorkerClient
 
-    runner = RTCWorkerClient(token=token, shared_storage_root=shared_root, work_dir=work_dir, job_timeout=job_timeout)
+    runner = RTCWorkerClient(
+        token=token, shared_storage_root=shared_root, work_dir=work_dir, job_timeout=job_timeout, legacy=legacy
+    )
     shared = runner.shared_storage_root or "none"
     click.echo(
         f"worker {peer_id}: shared storage {shared}; transports {', '.join(runner.offered_transports())}", err=True
     )
+    if legacy:
+        click.echo(
+            f"worker {peer_id}: also serving sleap-rtc's legacy protocol; legacy sessions are authenticated "
+            "only by the signaling server's token",
+            err=True,
+        )
 
     def ready() -> None:
         click.echo(f"worker {peer_id} waiting for jobs in room {room!r} on {signal_url}", err=True)

@@ -439,8 +439,10 @@ class PeerConnection:
     release the sockets.
     """
 
-    def __init__(self, options: PeerOptions | None = None) -> None:
+    def __init__(self, options: PeerOptions | None = None, *, any_channel_label: bool = False) -> None:
         self._options = options if options is not None else PeerOptions()
+        # Whether a channel the peer opens may carry another label than "rtcxfer".
+        self._any_channel_label = any_channel_label
         if self._options.loopback_only:
             restrict_host_candidates_to_loopback()
         elif _loopback_restriction_active():
@@ -486,7 +488,7 @@ class PeerConnection:
     # -- aiortc events (synchronous, must not raise)
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
-        if channel.label != CHANNEL_LABEL or self._channel is not None:
+        if (channel.label != CHANNEL_LABEL and not self._any_channel_label) or self._channel is not None:
             logger.warning("refusing unexpected data channel {!r} from the peer", channel.label)
             channel.close()
             return

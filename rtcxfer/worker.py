@@ -99,11 +99,14 @@ class RTCWorkerClient:
         max_file_bytes: int = 1 << 40,
         kill_grace_seconds: float = 5.0,
         transport_options: dict | None = None,
+        legacy: bool = False,
     ) -> None:
         """Shared storage: ``shared_storage_root`` if given, else ``$SHARED_STORAGE_ROOT``,
         else a known container mount point (``/home/jovyan/vast/amick``...); none means the
         worker offers no shared-fs transport. ``executor`` replaces the manifest command (an
-        async callable taking a :class:`~rtcxfer.jobs.JobContext`)."""
+        async callable taking a :class:`~rtcxfer.jobs.JobContext`). ``legacy`` also serves
+        clients of sleap-rtc's existing data-channel protocol (:mod:`rtcxfer.legacy`): a
+        session whose first message is not ``HELLO``, on a channel of any label."""
         choice = detect_shared_root(shared_storage_root)
         #: The shared storage root (a resolved Path), or None when none was found.
         self.shared_storage_root: Path | None = choice.root
@@ -122,7 +125,8 @@ class RTCWorkerClient:
         self.max_file_bytes = max_file_bytes
         self.kill_grace_seconds = kill_grace_seconds
         self.transport_options = dict(transport_options or {})
-        self.sessions: set[WorkerSession] = set()
+        self.legacy = legacy
+        self.sessions: set = set()
         #: Counts of finished jobs by outcome, for status output and tests.
         self.stats = {"completed": 0, "failed": 0}
 
@@ -142,7 +146,18 @@ class RTCWorkerClient:
 
     async def serve_channel(self, channel, name: str = "session") -> None:
         """Serve one client over an open data channel until it closes."""
-        session = WorkerSession(self, channel, name)
+        session_type = WorkerSession
+        if self.legacy:
+            from rtcxfer.legacy.session import LegacySession, peek_dialect
+
+            # The dialect is the first message's: HELLO is rtcxfer's, anything else legacy.
+            peeked = await peek_dialect(channel)
+            if peeked is None:
+                return
+            channel, speaks_legacy = peeked
+            if speaks_legacy:
+                session_type = LegacySession
+        session = session_type(self, channel, name)
         self.sessions.add(session)
         try:
             await session.run()
@@ -171,6 +186,11 @@ class RTCWorkerClient:
         tasks: dict[asyncio.Task, str] = {}  # each session's task -> its client's peer id
         async with SignalingClient(signaling_url, room, "worker", peer_id, signaling_token) as signaling:
             logger.info("worker {} ready in room {} at {}", peer_id, room, signaling_url)
+            if self.legacy:
+                logger.warning(
+                    "legacy protocol on: a session in sleap-rtc's protocol cannot present this worker's token "
+                    "and is authenticated only by the signaling server's token"
+                )
             if on_ready is not None:
                 on_ready()
             try:
@@ -197,7 +217,8 @@ class RTCWorkerClient:
     async def _answer(self, signaling, client_id: str, offer: dict, options, on_notice=None) -> None:
         from rtcxfer import rtc
 
-        peer = rtc.PeerConnection(options)
+        # A legacy client labels its channel as it likes ("my-data-channel").
+        peer = rtc.PeerConnection(options, any_channel_label=self.legacy)
         if on_notice is not None:
             peer.watch_packet_size(lambda size: on_notice(f"client {client_id}: {size.describe()}"))
         try:

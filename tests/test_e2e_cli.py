@@ -63,19 +63,23 @@ class Cluster:
     url: str
     worker: CliProcess | None
     services: list[CliProcess]
+    #: Workers also serve sleap-rtc's legacy protocol (an rtcxfer client must see no difference).
+    legacy: bool = False
 
     def start_worker(self, room: str, shared_root: Path | None = None, name: str | None = None) -> CliProcess:
         work_dir = self.root / f"work-{room}"
         args = ["worker", "--signal", self.url, "--room", room, "--token", TOKEN, "--work-dir", str(work_dir)]
         args += ["--shared-root", str(shared_root or self.shared)]
+        if self.legacy:
+            args.append("--legacy")
         service = CliProcess(name or f"worker-{room}", args, self.root, env=_environment("INFO"))
         self.services.append(service)
         service.wait_for(WORKER_READY)
         return service
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+@pytest.fixture(scope="module", params=[False, True], ids=["rtcxfer-only", "legacy-on"])
+def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("e2e")
     shared = root / "shared"
     shared.mkdir()
@@ -83,7 +87,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         signaling, url = start_signaling(root, token=TOKEN, env=_environment("INFO"))
         services.append(signaling)
-        cluster = Cluster(root, shared, url, None, services)
+        cluster = Cluster(root, shared, url, None, services, legacy=request.param)
         cluster.worker = cluster.start_worker(MAIN_ROOM, name="worker-main")
         yield cluster
     finally:

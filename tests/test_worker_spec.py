@@ -30,9 +30,10 @@ def shared(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def worker(shared: Path, tmp_path: Path) -> RTCWorkerClient:
-    return make_worker(shared, tmp_path / "work")
+@pytest.fixture(params=[False, True], ids=["rtcxfer-only", "legacy-on"])
+def worker(shared: Path, tmp_path: Path, request: pytest.FixtureRequest) -> RTCWorkerClient:
+    # Every scenario holds with the legacy protocol switched on too (rtcxfer.legacy).
+    return make_worker(shared, tmp_path / "work", legacy=request.param)
 
 
 @pytest.fixture
@@ -528,7 +529,13 @@ def test_unauthenticated_session_is_refused_before_any_job_frame(worker, package
             await peer.send("SHARED_INPUT_PATH::jobs/1/package.zip")
             return await peer.next_text()
 
-    assert run(scenario()) == "AUTH_FAILED::authenticate with HELLO first"
+    if worker.legacy:
+        # A session that does not open with HELLO speaks the legacy protocol, authenticated
+        # only by the signaling server: the path is validated, no job starts without
+        # SHARED_STORAGE_JOB::start.
+        assert run(scenario()) == "PATH_VALIDATED::input"
+    else:
+        assert run(scenario()) == "AUTH_FAILED::authenticate with HELLO first"
 
     async def wrong_token():
         async with worker_session(worker, authenticate=False) as peer:
