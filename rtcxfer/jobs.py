@@ -16,6 +16,10 @@ the extracted package directory with these environment variables set:
 * ``RTCXFER_OUTPUT_DIR``: where to write result files (everything in it is sent back);
 * ``RTCXFER_JOB_ID`` and ``RTCXFER_PACKAGE_DIR``.
 
+Nothing else of the worker's environment reaches a job but the variables named in
+:data:`DEFAULT_JOB_ENV` (and whatever the worker's operator allows on top): the worker's token,
+storage and cloud credentials stay with the worker.
+
 Every line the job prints is streamed to the client. A line ``RTCXFER_PROGRESS <done> <total>``
 is sent as a progress report instead, and drawn as a bar by ``rtcxfer submit``.
 """
@@ -55,6 +59,30 @@ LOG_LINES_PER_SECOND = 500.0
 LOG_BURST_LINES = 2000
 #: Progress reports forwarded per second at most; the latest one always gets through.
 PROGRESS_PER_SECOND = 20.0
+#: The worker's environment variables a job sees (an allow-list: anything else, such as
+#: RTCXFER_TOKEN, AWS_* or RTCXFER_S3_*, stays with the worker). Names ending in ``*`` are prefixes.
+DEFAULT_JOB_ENV = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "NVIDIA_DRIVER_CAPABILITIES",
+    "HIP_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "LD_LIBRARY_PATH",
+    "SYSTEMROOT",
+)
+#: Never passed to a job, even when allowed by name or prefix.
+NEVER_JOB_ENV = frozenset({"RTCXFER_TOKEN"})
 
 
 class ManifestError(JobError):
@@ -96,6 +124,8 @@ class Manifest:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as error:
             raise ManifestError(f"{MANIFEST_NAME} is not valid JSON: {error}") from None
+        except RecursionError:
+            raise ManifestError(f"{MANIFEST_NAME} is nested too deeply") from None
         return cls.from_dict(data)
 
     @classmethod
@@ -140,6 +170,21 @@ class JobContext:
     progress: Callable[[int, int], None]
     timeout_seconds: float | None = None
     kill_grace_seconds: float = 5.0
+    #: Names (or ``PREFIX*``) of the worker's environment variables passed on, beyond DEFAULT_JOB_ENV.
+    env_allow: tuple[str, ...] = ()
+
+
+def job_environment(allow: tuple[str, ...] = (), source: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The part of ``source`` (the worker's environment) a job may see: the allow-list."""
+    source = os.environ if source is None else source
+    patterns = (*DEFAULT_JOB_ENV, *allow)
+    exact = {p for p in patterns if not p.endswith("*")}
+    prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
+    return {
+        name: value
+        for name, value in source.items()
+        if name not in NEVER_JOB_ENV and (name in exact or (prefixes and name.startswith(prefixes)))
+    }
 
 
 class Executor(Protocol):
@@ -160,7 +205,7 @@ async def run_manifest_command(context: JobContext) -> None:
     if manifest is None:
         raise ManifestError(f"the package has no {MANIFEST_NAME}")
     env = {
-        **os.environ,
+        **job_environment(context.env_allow),
         **manifest.env,
         "RTCXFER_OUTPUT_DIR": str(context.output_dir),
         "RTCXFER_JOB_ID": context.job_id,

@@ -85,6 +85,7 @@ from rtcxfer.frames import (
     FileError,
     FileMeta,
     Frame,
+    quote_for_log,
     quote_for_reply,
 )
 from rtcxfer.hookspecs import hookimpl
@@ -562,7 +563,9 @@ class RtcChunkedTransport(Transport):
         digest = state.digest.hexdigest()
         if digest != meta.sha256:
             self._drop(state, remove=True)
-            logger.warning("rtc-chunked: {} arrived with SHA-256 {}, announced {}", meta.name, digest, meta.sha256)
+            logger.warning(
+                "rtc-chunked: {} arrived with SHA-256 {}, announced {}", quote_for_log(meta.name), digest, meta.sha256
+            )
             raise _file_error(tid, f"{REASON_HASH}: the received bytes hash to {digest}", IntegrityError)
         state.busy = True
         try:
@@ -570,7 +573,7 @@ class RtcChunkedTransport(Transport):
         except OSError as error:
             state.busy = False
             self._drop(state, remove=True)
-            logger.warning("rtc-chunked: placing {} failed: {}", meta.name, error)
+            logger.warning("rtc-chunked: placing {} failed: {}", quote_for_log(meta.name), error)
             raise _file_error(tid, "cannot store the file") from None
         state.busy = False
         self._drop(state, remove=False)
@@ -635,15 +638,17 @@ class RtcChunkedTransport(Transport):
             outgoing.closed_by_peer = True
             integrity = report.reason.startswith((REASON_HASH, REASON_INCOMPLETE))
             error_class = IntegrityError if integrity else TransferError
-            outgoing.fail(error_class(f"the peer refused {outgoing.name}: {report.reason}"))
+            outgoing.fail(error_class(f"the peer refused {outgoing.name}: {quote_for_log(report.reason)}"))
             return
         state = self._incoming.get(tid)
         if state is not None:
-            logger.info("rtc-chunked: the sender abandoned {}: {}", state.meta.name, report.reason)
+            logger.info(
+                "rtc-chunked: the sender abandoned {}: {}", quote_for_log(state.meta.name), quote_for_log(report.reason)
+            )
             self._drop(state, remove=not state.busy)
             return
         # Never answer an error report with another one.
-        logger.debug("rtc-chunked: FILE_ERROR for unknown transfer {}: {}", tid, report.reason)
+        logger.debug("rtc-chunked: FILE_ERROR for unknown transfer {}: {}", tid, quote_for_log(report.reason))
 
     def _chunk_size(self) -> int:
         wanted = int(self._options.get("chunk_size", DEFAULT_CHUNK_SIZE))
