@@ -174,12 +174,51 @@ def signal_server(host: str, port: int, token: str | None) -> None:
     help="Where jobs are extracted and run (default: a temporary directory).",
 )
 @click.option("--job-timeout", type=float, default=None, help="Seconds a job may run (default: the manifest's).")
-def worker(signal_url, room, token, shared_root, ice_servers, any_interface, peer_id, work_dir, job_timeout) -> None:
-    """Serve jobs: run each package's command and send its results back."""
+@click.option(
+    "--job-env",
+    "job_env",
+    multiple=True,
+    metavar="NAME",
+    help="Pass this variable of the worker's environment to jobs (repeatable; NAME* for a prefix). "
+    "Only PATH, HOME, locale and GPU selection variables are passed by default.",
+)
+@click.option(
+    "--insecure-no-token",
+    is_flag=True,
+    help="Serve without a token: ANYONE who reaches the signaling room can run jobs here.",
+)
+def worker(
+    signal_url, room, token, shared_root, ice_servers, any_interface, peer_id, work_dir, job_timeout, job_env,
+    insecure_no_token,
+) -> None:
+    """Serve jobs: run each package's command and send its results back.
+
+    Needs a token (--token or RTCXFER_TOKEN): every client must prove it knows it, and the
+    worker proves it back, without the token ever crossing the network.
+    """
     from rtcxfer.errors import SignalingError, describe
     from rtcxfer.worker import RTCWorkerClient
 
-    runner = RTCWorkerClient(token=token, shared_storage_root=shared_root, work_dir=work_dir, job_timeout=job_timeout)
+    if not token and not insecure_no_token:
+        raise click.UsageError(
+            "a worker needs a token (--token or RTCXFER_TOKEN); without one anyone in the room could run jobs "
+            "here. Make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'. "
+            "To really serve anyone, pass --insecure-no-token."
+        )
+    if insecure_no_token and not token:
+        click.echo(
+            "WARNING: --insecure-no-token: this worker runs ANY job from ANY peer that reaches the room, "
+            "and clients cannot tell it from an impostor.",
+            err=True,
+        )
+    runner = RTCWorkerClient(
+        token=token or None,
+        insecure_no_token=insecure_no_token,
+        shared_storage_root=shared_root,
+        work_dir=work_dir,
+        job_timeout=job_timeout,
+        job_env_allow=job_env,
+    )
     shared = runner.shared_storage_root or "none"
     click.echo(
         f"worker {peer_id}: shared storage {shared}; transports {', '.join(runner.offered_transports())}", err=True
@@ -203,6 +242,8 @@ def worker(signal_url, room, token, shared_root, ice_servers, any_interface, pee
         click.echo("worker stopped", err=True)
     except SignalingError as error:
         raise click.ClickException(f"signaling: {describe(error)}") from None
+    finally:
+        runner.close()
 
 
 @main.command()

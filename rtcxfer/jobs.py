@@ -193,6 +193,13 @@ class Executor(Protocol):
     def __call__(self, context: JobContext) -> Awaitable[None]: ...
 
 
+def supervised(command: list[str], grace_seconds: float) -> list[str]:
+    """``command`` run under the job supervisor (:mod:`rtcxfer.jobrunner`), which keeps every
+    process the job starts, even one that leaves its session with ``setsid``, from outliving it."""
+    runner = Path(__file__).with_name("jobrunner.py")
+    return [sys.executable, "-I", str(runner), "--grace", repr(float(grace_seconds)), "--", *command]
+
+
 def _program(command: tuple[str, ...]) -> list[str]:
     if command[0] in ("python", "python3"):
         return [sys.executable, *command[1:]]
@@ -214,7 +221,7 @@ async def run_manifest_command(context: JobContext) -> None:
     }
     try:
         process = await asyncio.create_subprocess_exec(
-            *_program(manifest.command),
+            *supervised(_program(manifest.command), context.kill_grace_seconds),
             cwd=context.package_dir,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
@@ -359,13 +366,21 @@ def _emit(raw: bytes, output: OutputLimiter, tail: collections.deque[str]) -> No
         output.line(piece)
 
 
+#: Extra seconds the supervisor gets, beyond the job's grace, to kill and reap the job's processes.
+SUPERVISOR_MARGIN = 5.0
+
+
 async def stop_process_group(process: asyncio.subprocess.Process, grace_seconds: float) -> None:
-    """SIGTERM the job's process group, then SIGKILL it if it is still there after the grace."""
+    """SIGTERM the job's process group, then SIGKILL it if it is still there after the grace.
+
+    The supervisor at its head passes the SIGTERM to every process of the job (those outside
+    the group too) and kills them after the same grace; the group is killed here only if it
+    does not manage that in time."""
     if process.returncode is not None:
         return
     _signal_group(process.pid, signal.SIGTERM)
     try:
-        await asyncio.wait_for(process.wait(), grace_seconds)
+        await asyncio.wait_for(process.wait(), grace_seconds + SUPERVISOR_MARGIN)
     except asyncio.TimeoutError:
         logger.warning("job process group {} ignored SIGTERM; killing it", process.pid)
     # The leader may be gone while children that ignored SIGTERM live on: sweep the group.
