@@ -148,15 +148,45 @@ def main(log_level: str) -> None:
     default=None,
     help="Token every peer must present (all rooms) [env RTCXFER_TOKEN].",
 )
-def signal_server(host: str, port: int, token: str | None) -> None:
+@click.option(
+    "--max-per-address",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Sockets one remote address may hold (an eighth of them unregistered).",
+)
+@click.option(
+    "--max-room-peers-per-address",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Peers one remote address may have in one room (of 16).",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Seconds a client may sit in a room without relaying anything.",
+)
+def signal_server(
+    host: str, port: int, token: str | None, max_per_address: int, max_room_peers_per_address: int,
+    idle_timeout: float,
+) -> None:
     """Run the signaling server that lets workers and clients find each other."""
     from rtcxfer.signaling import run_signaling_server
 
     def ready(server) -> None:
         click.echo(f"signaling server listening on {server.url}", err=True)
 
+    limits = {
+        "max_connections_per_address": max_per_address,
+        "max_unregistered_per_address": max(1, max_per_address // 8),
+        "max_peers_per_address_in_room": max_room_peers_per_address,
+        "idle_timeout": idle_timeout,
+    }
     try:
-        _run(run_signaling_server(host, port, default_token=token, on_ready=ready))
+        _run(run_signaling_server(host, port, default_token=token, on_ready=ready, **limits))
     except Interrupted:
         click.echo("signaling server stopped", err=True)
     except OSError as error:
@@ -183,13 +213,27 @@ def signal_server(host: str, port: int, token: str | None) -> None:
     "Only PATH, HOME, locale and GPU selection variables are passed by default.",
 )
 @click.option(
+    "--max-unauthenticated",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Sessions at once that have not yet proved the token; further offers are dropped.",
+)
+@click.option(
+    "--auth-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=20.0,
+    show_default=True,
+    help="Seconds from a client's offer until it must have proved the token.",
+)
+@click.option(
     "--insecure-no-token",
     is_flag=True,
     help="Serve without a token: ANYONE who reaches the signaling room can run jobs here.",
 )
 def worker(
     signal_url, room, token, shared_root, ice_servers, any_interface, peer_id, work_dir, job_timeout, job_env,
-    insecure_no_token,
+    max_unauthenticated, auth_timeout, insecure_no_token,
 ) -> None:
     """Serve jobs: run each package's command and send its results back.
 
@@ -197,6 +241,7 @@ def worker(
     worker proves it back, without the token ever crossing the network.
     """
     from rtcxfer.errors import SignalingError, describe
+    from rtcxfer.limits import WorkerLimits
     from rtcxfer.worker import RTCWorkerClient
 
     if not token and not insecure_no_token:
@@ -218,10 +263,13 @@ def worker(
         work_dir=work_dir,
         job_timeout=job_timeout,
         job_env_allow=job_env,
+        limits=WorkerLimits(max_unauthenticated=max_unauthenticated, auth_timeout=auth_timeout),
     )
     shared = runner.shared_storage_root or "none"
     click.echo(
-        f"worker {peer_id}: shared storage {shared}; transports {', '.join(runner.offered_transports())}", err=True
+        f"worker {peer_id}: shared storage {shared}; transports {', '.join(runner.offered_transports())}; "
+        f"work directory {runner.work_dir}",
+        err=True,
     )
 
     def ready() -> None:

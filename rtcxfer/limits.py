@@ -76,8 +76,8 @@ class WorkerLimits:
 
     max_unauthenticated: int = 8
     auth_timeout: float = 20.0
-    offers_per_second: float = 5.0
-    offer_burst: int = 10
+    offers_per_second: float = 10.0
+    offer_burst: int = 30
     max_bad_frames_unauthenticated: int = 2
     max_bad_frames: int = 100
 

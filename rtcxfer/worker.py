@@ -429,7 +429,7 @@ class WorkerSession:
     async def _enforce_auth_deadline(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
         if not self.authenticated and not self.link.closed:
-            await self.refuse(f"no authentication within {seconds:.0f} s")
+            await self.refuse(f"no authentication within {seconds:g} s")
 
     async def _clean_up(self, watchdog: asyncio.Task | None) -> None:
         if watchdog is not None:
