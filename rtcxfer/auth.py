@@ -36,6 +36,11 @@ NONCE_BYTES = 32
 NO_PROOF = "none"
 
 
+def is_nonce(text: str) -> bool:
+    """Whether ``text`` has the wire form of a nonce (lowercase hex of NONCE_BYTES bytes)."""
+    return len(text) == 2 * NONCE_BYTES and all(c in "0123456789abcdef" for c in text)
+
+
 def new_nonce() -> str:
     """A fresh random nonce as lowercase hex (the wire form)."""
     return secrets.token_hex(NONCE_BYTES)

@@ -2,7 +2,8 @@
 runs them and reports.
 
 One worker serves many client sessions at once (one :class:`WorkerSession` each) and one job at
-a time per session. A session starts with ``HELLO``; until it presents the worker's token no
+a time per session. A session starts with mutual authentication (``HELLO``, ``AUTH_CHALLENGE``,
+``AUTH_PROOF``, ``WELCOME``; see :mod:`rtcxfer.auth`); until the client has proved the token no
 job frame is looked at. A job is announced with ``JOB_SUBMIT``, its input arrives by any
 transport (``SHARED_INPUT_PATH`` or ``FILE_META``...), it runs once the input is complete, and
 its results go back by shared path or by a byte-moving transport before ``JOB_COMPLETE``.
@@ -476,6 +477,9 @@ class WorkerSession:
             return
         if frame.version != PROTOCOL_VERSION:
             await self.refuse(f"unsupported protocol version {frame.version} (this worker speaks {PROTOCOL_VERSION})")
+            return
+        if not auth.is_nonce(frame.client_nonce):
+            await self.refuse(f"HELLO needs a nonce of {2 * auth.NONCE_BYTES} lowercase hex digits")
             return
         self._client_nonce, self._client_transports = frame.client_nonce, frame.transports
         self._worker_nonce = auth.new_nonce()

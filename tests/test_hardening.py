@@ -589,3 +589,15 @@ def test_auth_proofs_depend_on_every_field_and_roles_never_mix(fields, index, ch
     assert proof != auth.client_proof("token2", transcript)
     assert proof != auth.worker_proof("token", transcript, "")
     assert auth.proofs_match(proof, auth.client_proof("token", transcript))
+
+
+
+def test_an_old_client_hears_which_protocol_version_the_worker_speaks(tmp_path):
+    worker = make_worker(None, tmp_path / "work")
+
+    async def scenario():
+        async with worker_session(worker, authenticate=False) as peer:
+            await peer.send(f"HELLO::1::{TOKEN}::rtc-chunked")
+            return await peer.next_text()
+
+    assert run(scenario()) == "AUTH_FAILED::unsupported protocol version 1 (this worker speaks 2)"

@@ -317,3 +317,38 @@ def alive(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+ESCAPING_PROGRAM = (
+    "import os, time\n"
+    "print(open('/proc/self/cgroup').read().splitlines()[-1], flush=True)\n"
+    "read, write = os.pipe()\n"
+    "if os.fork() == 0:\n"
+    "    os.setsid()\n"
+    "    if os.fork() == 0:\n"
+    "        os.write(write, str(os.getpid()).encode())\n"
+    "        time.sleep(300)\n"
+    "    os._exit(0)\n"
+    "print('escapee', os.read(read, 32).decode(), flush=True)\n"
+)
+
+
+@pytest.mark.parametrize("mode", ["cgroup-if-writable", "--no-cgroup"])
+def test_13_the_job_supervisor_tracks_setsid_escapees_by_cgroup_or_as_subreaper(tmp_path, mode):
+    from rtcxfer import jobrunner
+
+    program = tmp_path / "escape.py"
+    program.write_text(ESCAPING_PROGRAM)
+    options = ["--no-cgroup"] if mode == "--no-cgroup" else []
+    probe = jobrunner.JobCgroup.create() if not options else None
+    if probe is not None:
+        probe.remove()
+    done = subprocess.run(
+        [sys.executable, "-I", jobrunner.__file__, *options, "--grace", "1", "--", sys.executable, str(program)],
+        capture_output=True, text=True, timeout=GUARD,
+    )
+    assert done.returncode == 0, done.stderr
+    cgroup_line, escapee_line = done.stdout.splitlines()[:2]
+    assert ("rtcxfer-job-" in cgroup_line) == (probe is not None)
+    escapee = int(escapee_line.split()[1])
+    assert not alive(escapee), f"pid {escapee} outlived its job ({mode})"
