@@ -60,7 +60,7 @@ from rtcxfer.frames import (
     Welcome,
     quote_for_log,
 )
-from rtcxfer.jobs import Executor, JobContext, Manifest, ManifestError, run_manifest_command
+from rtcxfer.jobs import SUPERVISOR_MARGIN, Executor, JobContext, Manifest, ManifestError, run_manifest_command
 from rtcxfer.limits import LogThrottle, Startups, WorkerLimits
 from rtcxfer.link import Link
 from rtcxfer.log import logger
@@ -94,6 +94,8 @@ class Job:
     directory: Path
     results_via: str | None = None
     task: asyncio.Task | None = None
+    #: The client cancelled it; its processes are being stopped.
+    cancelled: bool = False
 
     @property
     def incoming_dir(self) -> Path:
@@ -512,6 +514,11 @@ class WorkerSession:
 
     async def _submit(self, frame: JobSubmit) -> None:
         stale = None
+        ending = self.job.task if self.job is not None and self.job.cancelled else None
+        if ending is not None:
+            # JOB_CANCEL then JOB_SUBMIT: let the cancelled job finish stopping its processes
+            # (at most its grace and the supervisor's margin) rather than refuse the new one.
+            await asyncio.wait({ending}, timeout=self.worker.kill_grace_seconds + SUPERVISOR_MARGIN + 5)
         if self.job is not None:
             if self.job.task is not None or self.job.job_id != frame.job_id:
                 await self.link.send(ProtocolErrorFrame(f"job {self.job.job_id} is still running in this session"))
@@ -542,6 +549,7 @@ class WorkerSession:
         if job is None or job.job_id != job_id:
             return
         logger.info("{}: client cancelled job {}", self.name, job_id)
+        job.cancelled = True
         if job.task is not None:
             job.task.cancel()  # its own ending reports JOB_FAILED and removes its files
             return
