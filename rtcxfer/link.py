@@ -22,7 +22,6 @@ from rtcxfer.frames import Frame, quote_for_log
 from rtcxfer.limits import LogThrottle
 from rtcxfer.log import logger
 
-
 #: Refused inputs logged in full per link; later ones are summarised (a flood must not flood the log).
 LOGGED_VIOLATIONS = 5
 

@@ -68,7 +68,6 @@ import inspect
 import json
 import re
 import secrets
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any

@@ -419,7 +419,9 @@ class WorkerSession:
 
     async def run(self, auth_deadline: float | None = None) -> None:
         """Serve until the channel closes; unauthenticated after ``auth_deadline`` s: closed."""
-        watchdog = asyncio.create_task(self._enforce_auth_deadline(auth_deadline)) if auth_deadline is not None else None
+        watchdog = None
+        if auth_deadline is not None:
+            watchdog = asyncio.create_task(self._enforce_auth_deadline(auth_deadline))
         try:
             await self.link.run()
         finally:
@@ -569,7 +571,10 @@ class WorkerSession:
             self.job = self._new_job(f"job-{secrets.token_hex(4)}", None)
         if self.job.task is not None:
             logger.warning(
-                "{}: job {} already has its input; ignoring {}", self.name, self.job.job_id, quote_for_log(received.name)
+                "{}: job {} already has its input; ignoring {}",
+                self.name,
+                self.job.job_id,
+                quote_for_log(received.name),
             )
             return
         self.job.task = asyncio.create_task(self._run_job(self.job, received))
@@ -586,7 +591,8 @@ class WorkerSession:
             # hear that the job ended, or it waits forever; the worker goes on serving.
             logger.opt(exception=error).error("{}: job {} failed unexpectedly", self.name, job.job_id)
             self.worker.stats["failed"] += 1
-            await self._report(JobFailed(f"Job {job.job_id} failed: internal error on the worker ({type(error).__name__})"))
+            reason = f"internal error on the worker ({type(error).__name__})"
+            await self._report(JobFailed(f"Job {job.job_id} failed: {reason}"))
         finally:
             await self._log_queue.join()
             sender.cancel()

@@ -18,8 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from loguru import logger
-from websockets.asyncio.client import connect
-from worker_harness import TOKEN, WorkerPeer, make_worker, run, worker_session
+from worker_harness import TOKEN, WorkerPeer, make_worker, raw_websocket, run, worker_session
 
 from rtcxfer import auth, rtc
 from rtcxfer.client import RTCClient
@@ -519,14 +518,10 @@ def test_job_cancel_clears_an_accepted_job_without_input(tmp_path):
 # --- 6 and 8: one address cannot take the server's sockets or a room's places ----------------
 
 
-async def raw_socket(url: str, host: str):
-    return await connect(url, open_timeout=5, local_addr=(host, 0), proxy=None)
-
-
 def test_6_one_address_cannot_hold_the_servers_unregistered_sockets():
     async def scenario():
         async with SignalingServer(LOOPBACK, 0, max_connections=20, max_unregistered_per_address=4) as server:
-            held = [await raw_socket(server.url, OTHER_HOST) for _ in range(12)]
+            held = [await raw_websocket(server.url, OTHER_HOST) for _ in range(12)]
             refused = 0
             for ws in held:
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -550,7 +545,7 @@ def test_8_squatters_are_capped_per_address_and_timed_out_when_idle():
             squatters = []
             refused = 0
             for n in range(15):
-                ws = await raw_socket(server.url, OTHER_HOST)
+                ws = await raw_websocket(server.url, OTHER_HOST)
                 await ws.send(f'{{"type":"register","room":"r","role":"client","peer_id":"s{n}"}}')
                 reply = await ws.recv()
                 refused += '"room-full"' in reply or '"server-full"' in reply

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+from worker_harness import raw_websocket
 
 from rtcxfer import auth, rtc
 from rtcxfer.client import RTCClient
@@ -352,3 +353,26 @@ def test_13_the_job_supervisor_tracks_setsid_escapees_by_cgroup_or_as_subreaper(
     assert ("rtcxfer-job-" in cgroup_line) == (probe is not None)
     escapee = int(escapee_line.split()[1])
     assert not alive(escapee), f"pid {escapee} outlived its job ({mode})"
+
+
+# --- 6: one address against the real server ------------------------------------------------
+
+
+def test_6_one_address_cannot_take_the_real_servers_sockets_from_the_others(cluster):
+    """The issue's client that holds the server's unregistered sockets, from 127.0.0.2 (another
+    loopback address: "another host"): beyond its share (8 of --max-per-address 64) it is
+    refused at once, while a peer from 127.0.0.1 still registers."""
+    async def scenario():
+        held = [await raw_websocket(cluster.url, "127.0.0.2") for _ in range(20)]
+        refused = 0
+        for ws in held:
+            with contextlib.suppress(asyncio.TimeoutError):
+                refused += '"server-full"' in await asyncio.wait_for(ws.recv(), 0.3)
+        async with SignalingClient(cluster.url, "elsewhere", "client") as legit:
+            registered = legit.connected
+        for ws in held:
+            await ws.close()
+        return refused, registered
+
+    refused, registered = run(scenario())
+    assert refused == 12 and registered

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 from pathlib import Path
 
 from rtcxfer import auth, rtc
@@ -113,6 +114,14 @@ async def worker_session(worker: RTCWorkerClient, *, authenticate: bool = True):
 
 def make_worker(shared_root: Path | None, work_dir: Path, **options) -> RTCWorkerClient:
     return RTCWorkerClient(token=TOKEN, shared_storage_root=shared_root, work_dir=work_dir, **options)
+
+
+async def raw_websocket(url: str, host: str = "127.0.0.1"):
+    """A bare WebSocket to ``url`` from the loopback address ``host`` (never through a proxy)."""
+    from websockets.asyncio.client import connect
+
+    direct = {"proxy": None} if "proxy" in inspect.signature(connect.__init__).parameters else {}
+    return await connect(url, open_timeout=5, local_addr=(host, 0), **direct)
 
 
 def run(coroutine):
