@@ -356,6 +356,9 @@ class RTCWorkerClient:
             )
         except (RtcxferError, asyncio.TimeoutError, ValueError) as error:
             logger.warning("session with {} ended: {}", client_id, describe(error) or type(error).__name__)
+        except Exception as error:  # noqa: BLE001
+            # A peer's SDP that trips aiortc, or a bug of ours: it costs this session only.
+            logger.opt(exception=error).error("session with {} failed", client_id)
         finally:
             release()
             if peer is not None:
