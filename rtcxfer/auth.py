@@ -73,6 +73,14 @@ class Transcript:
         return LABEL + b"".join(len(field).to_bytes(4, "big") + field for field in fields)
 
 
+def signaling_token(secret: str) -> str:
+    """What the ``rtcxfer`` command presents to (and expects at) the signaling server for a
+    room secret: an HMAC of it, so the secret itself, which is also the worker's token by
+    default, never reaches the signaling server or the network. It admits a peer to the room;
+    it cannot prove anything to a worker."""
+    return _mac(secret, LABEL + b"/signaling")
+
+
 def channel_fingerprints(channel: object) -> tuple[str, str]:
     """``(local, remote)`` DTLS fingerprints of a data channel that can tell them
     (``rtcxfer.rtc.DataChannel.dtls_fingerprints``); ``("", "")`` for one that cannot."""

@@ -376,3 +376,41 @@ def test_6_one_address_cannot_take_the_real_servers_sockets_from_the_others(clus
 
     refused, registered = run(scenario())
     assert refused == 12 and registered
+
+
+# --- 2, continued: the token does not go to the signaling server either ---------------------
+
+
+def test_2_the_rtcxfer_command_never_sends_the_token_to_the_signaling_server(tmp_path):
+    """``rtcxfer worker --token T`` and ``rtcxfer signal --token T``: the server admits the
+    worker, and what it received was an HMAC of T, never T (a server or a network observer
+    learns nothing that authenticates to the worker)."""
+    from rtcxfer.signaling import SignalingServer
+
+    received: list[str] = []
+
+    class RecordingServer(SignalingServer):
+        def _parse(self, data):
+            received.append(data if isinstance(data, str) else repr(data))
+            return super()._parse(data)
+
+    async def scenario():
+        async with RecordingServer("127.0.0.1", 0, default_token=auth.signaling_token(TOKEN)) as server:
+            worker = CliProcess(
+                "worker-recorded", ["worker", "--signal", server.url, "--room", "rec", "--token", TOKEN],
+                tmp_path, env=environment(),
+            )
+            try:
+                for _ in range(int(GUARD / 0.05)):
+                    if "worker" in server.rooms.get("rec", []):
+                        break
+                    assert worker.process.poll() is None, worker.text()
+                    await asyncio.sleep(0.05)
+                registered = "worker" in server.rooms.get("rec", [])
+            finally:
+                worker.stop()
+            return registered
+
+    assert run(scenario())
+    assert received and not any(TOKEN in message for message in received)
+    assert any(auth.signaling_token(TOKEN) in message for message in received)
