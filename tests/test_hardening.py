@@ -18,7 +18,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from loguru import logger
-from worker_harness import TOKEN, WorkerPeer, make_worker, raw_websocket, run, worker_session
+from worker_harness import (
+    TOKEN,
+    WorkerPeer,
+    hold_sockets,
+    make_worker,
+    raw_websocket,
+    run,
+    run_shared_job,
+    worker_session,
+)
 
 from rtcxfer import auth, rtc
 from rtcxfer.client import RTCClient
@@ -253,11 +262,7 @@ def test_5_disk_full_cleanup_does_not_follow_an_output_directory_swapped_for_a_s
 
         async def scenario():
             async with worker_session(worker) as peer:
-                await peer.send("SHARED_OUTPUT_PATH::jobs/out")
-                assert await peer.next_text() == "PATH_VALIDATED::output"
-                await peer.send("SHARED_INPUT_PATH::jobs/big.zip")
-                assert await peer.next_text() == "PATH_VALIDATED::input"
-                return await peer.expect("JOB_COMPLETE::", "JOB_FAILED::")
+                return await run_shared_job(peer, "jobs/big.zip", "jobs/out")
 
         assert run(scenario()) == "JOB_FAILED::Disk space exhausted on shared storage"
         assert len(copies) == 2
@@ -278,11 +283,7 @@ def test_11_results_are_not_written_through_a_hard_link_planted_in_the_output_di
 
     async def scenario():
         async with worker_session(worker) as peer:
-            await peer.send("SHARED_OUTPUT_PATH::jobs/out")
-            assert await peer.next_text() == "PATH_VALIDATED::output"
-            await peer.send("SHARED_INPUT_PATH::jobs/p.zip")
-            assert await peer.next_text() == "PATH_VALIDATED::input"
-            return await peer.expect("JOB_COMPLETE::", "JOB_FAILED::")
+            return await run_shared_job(peer, "jobs/p.zip", "jobs/out")
 
     assert run(scenario()).startswith("JOB_COMPLETE::")
     assert victim.read_bytes() == b"precious"
@@ -521,12 +522,7 @@ def test_job_cancel_clears_an_accepted_job_without_input(tmp_path):
 def test_6_one_address_cannot_hold_the_servers_unregistered_sockets():
     async def scenario():
         async with SignalingServer(LOOPBACK, 0, max_connections=20, max_unregistered_per_address=4) as server:
-            held = [await raw_websocket(server.url, OTHER_HOST) for _ in range(12)]
-            refused = 0
-            for ws in held:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    reply = await asyncio.wait_for(ws.recv(), 0.3)
-                    refused += '"server-full"' in reply
+            refused, held = await hold_sockets(server.url, OTHER_HOST, 12)
             async with SignalingClient(server.url, "r", "worker", "w") as legit:
                 registered = legit.connected
             for ws in held:

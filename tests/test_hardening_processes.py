@@ -20,7 +20,7 @@ from pathlib import Path
 
 import attrs
 import pytest
-from worker_harness import raw_websocket
+from worker_harness import hold_sockets
 
 from rtcxfer import auth, rtc
 from rtcxfer.client import RTCClient
@@ -363,11 +363,7 @@ def test_6_one_address_cannot_take_the_real_servers_sockets_from_the_others(clus
     loopback address: "another host"): beyond its share (8 of --max-per-address 64) it is
     refused at once, while a peer from 127.0.0.1 still registers."""
     async def scenario():
-        held = [await raw_websocket(cluster.url, "127.0.0.2") for _ in range(20)]
-        refused = 0
-        for ws in held:
-            with contextlib.suppress(asyncio.TimeoutError):
-                refused += '"server-full"' in await asyncio.wait_for(ws.recv(), 0.3)
+        refused, held = await hold_sockets(cluster.url, "127.0.0.2", 20)
         async with SignalingClient(cluster.url, "elsewhere", "client") as legit:
             registered = legit.connected
         for ws in held:
