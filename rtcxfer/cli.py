@@ -271,6 +271,10 @@ def worker(
             "and clients cannot tell it from an impostor.",
             err=True,
         )
+    from rtcxfer.jobrunner import forbid_inspection
+
+    # Jobs run as this user: keep them from reading the token out of /proc/<worker>/environ.
+    forbid_inspection()
     runner = RTCWorkerClient(
         token=token or None,
         insecure_no_token=insecure_no_token,

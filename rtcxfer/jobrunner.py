@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 
+PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 EXIT_CANNOT_START = 127
 _POLL_SECONDS = 0.02
@@ -122,6 +123,20 @@ def _own_cgroup2() -> str | None:
     except OSError:
         pass
     return None
+
+
+def forbid_inspection() -> bool:
+    """Make this process non-dumpable (``prctl(PR_SET_DUMPABLE, 0)``): processes of the same
+    user, such as the jobs a worker runs, can then no longer read its ``/proc/PID/environ`` or
+    memory (where the worker's token is) nor attach a debugger; only root can. No core dumps
+    either. False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def descendants(root: int) -> list[int]:

@@ -410,3 +410,36 @@ def test_2_the_rtcxfer_command_never_sends_the_token_to_the_signaling_server(tmp
     assert run(scenario())
     assert received and not any(TOKEN in message for message in received)
     assert any(auth.signaling_token(TOKEN) in message for message in received)
+
+
+def test_12_a_job_of_the_same_user_cannot_read_the_workers_environment(tmp_path):
+    """Beyond the allow-list: a job could read the token from /proc/<worker>/environ, since it
+    runs as the same user. ``rtcxfer worker`` makes itself non-dumpable, which only root can
+    look past. Here a process playing the worker drops to ``nobody`` (as a worker run as a
+    dedicated user is) and calls the same function; its child, also ``nobody``, is refused."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop privileges to nobody")
+    from rtcxfer import jobrunner
+
+    script = (
+        "import os, subprocess, sys\n"
+        f"sys.path.insert(0, {str(Path(jobrunner.__file__).parent)!r})\n"
+        "import jobrunner\n"
+        "import ctypes\n"
+        "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+        # Changing uid made this process non-dumpable; one started as nobody would not be.
+        "ctypes.CDLL(None).prctl(jobrunner.PR_SET_DUMPABLE, 1, 0, 0, 0)\n"
+        "protect = sys.argv[1] == 'protect'\n"
+        "assert not protect or jobrunner.forbid_inspection()\n"
+        # cat(1): an executable nobody may run (a private virtualenv's python may not be).
+        "child = subprocess.run(['cat', f'/proc/{os.getpid()}/environ'], capture_output=True)\n"
+        "print('read' if b'the-secret' in child.stdout else 'refused', child.returncode)\n"
+    )
+    env = {"PATH": os.environ.get("PATH", ""), "RTCXFER_TOKEN": "the-secret"}
+    outcomes = {
+        mode: subprocess.run([sys.executable, "-I", "-c", script, mode], capture_output=True, text=True, env=env,
+                             cwd="/", timeout=GUARD)
+        for mode in ("protect", "plain")
+    }
+    assert outcomes["plain"].stdout.split()[0] == "read", outcomes["plain"]  # the attack works unprotected
+    assert outcomes["protect"].stdout.split()[0] == "refused", outcomes["protect"]
