@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from loguru import logger
 from worker_harness import (
@@ -636,3 +636,41 @@ def test_17_cancelling_a_close_while_aiortc_closes_by_itself_leaves_no_failed_ta
         run(scenario())
         gc.collect()
     assert not [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+HEX64 = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
+PRE_AUTH_MESSAGES = st.one_of(
+    st.builds(lambda v, n, t: f"HELLO::{v}::{n}::{t}", st.integers(0, 3), HEX64 | st.text(max_size=70),
+              st.sampled_from(["rtc-chunked", "shared-fs,rtc-chunked", "x"])),
+    st.builds(lambda p: f"AUTH_PROOF::{p}", HEX64 | st.text(max_size=70)),
+    st.sampled_from(["JOB_SUBMIT::j::rtc-chunked", "SHARED_INPUT_PATH::jobs/x.zip", "WELCOME::2::x::none",
+                     f"FILE_META::{'ab' * 16}::f::1::{'0' * 64}::1"]),
+    st.text(max_size=100),
+    st.binary(max_size=64),
+)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(PRE_AUTH_MESSAGES, min_size=1, max_size=6))
+def test_no_sequence_of_messages_without_the_token_authenticates(tmp_path_factory, messages):
+    """Whatever a peer without the token sends before authenticating, it never gets WELCOME,
+    gets only authentication replies or protocol errors, and nothing is made on disk."""
+    work = tmp_path_factory.mktemp("preauth")
+    worker = make_worker(None, work)
+
+    async def scenario():
+        async with worker_session(worker, authenticate=False) as peer:
+            for message in messages:
+                if peer.channel.closed:
+                    break
+                with contextlib.suppress(Exception):
+                    await peer.send(message)
+            with contextlib.suppress(Exception):
+                while True:
+                    peer.received.append(await asyncio.wait_for(peer.channel.recv(), 0.3))
+            return peer.received
+
+    replies = run(scenario())
+    kinds = {r.split("::")[0] for r in replies if isinstance(r, str)}
+    assert kinds <= {"AUTH_CHALLENGE", "AUTH_FAILED", "PROTOCOL_ERROR", "FILE_ERROR"}, replies
+    assert list(work.iterdir()) == []
