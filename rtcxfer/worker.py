@@ -437,7 +437,7 @@ class WorkerSession:
     async def _enforce_auth_deadline(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
         if not self.authenticated and not self.link.closed:
-            await self.refuse(f"no authentication within {seconds:g} s")
+            await self.refuse(f"no authentication within {seconds:.3g} s")
 
     async def _clean_up(self, watchdog: asyncio.Task | None) -> None:
         if watchdog is not None:
