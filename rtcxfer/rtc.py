@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import aioice.ice
+import aiortc.rtcdtlstransport
 import attrs
 from aiortc import (
     RTCConfiguration,
@@ -418,6 +419,21 @@ class DataChannel:
         if self._channel.readyState not in ("closing", "closed"):
             self._channel.close()
 
+    def dtls_fingerprints(self) -> tuple[str, str] | None:
+        """SHA-256 fingerprints ``(local, remote)`` of the DTLS certificates this channel runs
+        over, as this side's handshake saw them (the remote one from the certificate the peer
+        really presented); None before DTLS is up. Session authentication binds both."""
+        try:
+            dtls = self._channel.transport.transport
+            local = next(f.value for f in dtls.getLocalParameters().fingerprints if f.algorithm == "sha-256")
+            peer_certificate = dtls._ssl.get_peer_certificate(as_cryptography=True)
+        except (AttributeError, StopIteration):
+            return None
+        if peer_certificate is None:
+            return None
+        remote = aiortc.rtcdtlstransport.certificate_digest(peer_certificate, "sha-256")
+        return local.upper(), remote.upper()
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else self._channel.readyState
         return f"<DataChannel {self._channel.label!r} {state} buffered={self.buffered_amount}>"
@@ -631,7 +647,11 @@ class PeerConnection:
             self._channel._mark_closed(self._ended_reason)
         self._channel_ready.set()
         self._sizer.close()
-        await self._pc.close()
+        # Shielded: when the peer has gone, aiortc is often closing already in a task of its
+        # own, and our close() then awaits that task's future; cancelling us (the client left
+        # the room meanwhile) would cancel that future, and aiortc's task would then fail
+        # ("Task exception was never retrieved ... InvalidStateError").
+        await asyncio.shield(self._pc.close())
 
     async def __aenter__(self) -> Self:
         return self

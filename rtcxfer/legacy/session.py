@@ -59,7 +59,7 @@ from rtcxfer.safezip import extract_zip
 from rtcxfer.transport import ReceivedFile
 from rtcxfer.transports.rtc_chunked import part_name
 from rtcxfer.transports.shared_fs import CORRUPTED, SharedFsTransport
-from rtcxfer.worker import DISK_FULL, RTCWorkerClient, WorkerSession, _result_files
+from rtcxfer.worker import DISK_FULL, RTCWorkerClient, _result_files, publish_shared_results
 
 #: Output lines queued for the client before further lines are counted and dropped.
 LOG_QUEUE_LINES = 10_000
@@ -158,13 +158,6 @@ class _LineSender:
             joined.cancel()
             self.task.cancel()
             await asyncio.gather(joined, self.task, return_exceptions=True)
-
-
-class _ResultDir:
-    """What ``WorkerSession._publish_shared`` reads of a job: where its results are."""
-
-    def __init__(self, output_dir: Path) -> None:
-        self.output_dir = output_dir
 
 
 class LegacySession:
@@ -422,7 +415,9 @@ class LegacySession:
             try:
                 # The worker's one implementation of writing results to shared storage, with
                 # its no-symlink opener, fsync and clean-up of a full disk.
-                await asyncio.to_thread(WorkerSession._publish_shared, self, _ResultDir(output), files, relative_output)
+                await asyncio.to_thread(
+                    publish_shared_results, self.worker.shared_storage_root, output, files, relative_output, self.name
+                )
             except StorageFullError:
                 self.worker.stats["failed"] += 1
                 await self.send(protocol.job_failed(job_id, DISK_FULL))
@@ -481,6 +476,7 @@ class LegacySession:
             job_id=settings.job_id or name,
             package_dir=package_dir,
             output_dir=output,
+            env_allow=self.worker.job_env_allow,
             manifest=manifest,
             log=lines.put,
             progress=lambda done, total: None,  # a legacy client has no progress message
