@@ -42,7 +42,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import aioice.ice
-import aiortc.rtcdtlstransport
 import attrs
 from aiortc import (
     RTCConfiguration,
@@ -52,6 +51,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.exceptions import InvalidStateError
+from cryptography.hazmat.primitives import hashes
 
 from rtcxfer.errors import (
     ConnectionClosedError,
@@ -431,8 +431,10 @@ class DataChannel:
             return None
         if peer_certificate is None:
             return None
-        remote = aiortc.rtcdtlstransport.certificate_digest(peer_certificate, "sha-256")
-        return local.upper(), remote.upper()
+        # Computed here: aiortc's certificate_digest changed its signature between releases.
+        digest = peer_certificate.fingerprint(hashes.SHA256()).hex().upper()
+        remote = ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+        return local.upper(), remote
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else self._channel.readyState

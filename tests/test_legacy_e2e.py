@@ -23,9 +23,12 @@ from legacy_client import (
 )
 from test_e2e_cli import _environment
 
+from rtcxfer.auth import signaling_token
 from rtcxfer.testing.processes import WORKER_READY, CliProcess, start_signaling
 
 TOKEN = f"legacy-{secrets.token_hex(8)}"
+#: What `rtcxfer signal --token TOKEN` admits to a room: an HMAC of the secret, never the secret.
+ROOM_ADMISSION = signaling_token(TOKEN)
 LEGACY_ROOM, PLAIN_ROOM = "legacy-room", "plain-room"
 NAME = "labels.v001.slp.training_job.zip"
 GUARD = 120.0
@@ -104,7 +107,7 @@ def test_legacy_worker_says_how_legacy_sessions_are_authenticated(services: Serv
 
 def test_rtc_transfer_job(services: Services) -> None:
     async def scenario():
-        async with LegacyConnection(services.url, LEGACY_ROOM, TOKEN) as connection:
+        async with LegacyConnection(services.url, LEGACY_ROOM, ROOM_ADMISSION) as connection:
             await rtc_job(await connection.client(), "rtc")
 
     run(scenario())
@@ -112,7 +115,7 @@ def test_rtc_transfer_job(services: Services) -> None:
 
 def test_shared_storage_job(services: Services) -> None:
     async def scenario():
-        async with LegacyConnection(services.url, LEGACY_ROOM, TOKEN) as connection:
+        async with LegacyConnection(services.url, LEGACY_ROOM, ROOM_ADMISSION) as connection:
             await shared_job(await connection.client(), services.shared)
 
     run(scenario())
@@ -120,7 +123,7 @@ def test_shared_storage_job(services: Services) -> None:
 
 def test_mixed_session_on_one_channel(services: Services) -> None:
     async def scenario():
-        async with LegacyConnection(services.url, LEGACY_ROOM, TOKEN) as connection:
+        async with LegacyConnection(services.url, LEGACY_ROOM, ROOM_ADMISSION) as connection:
             client = await connection.client()
             await rtc_job(client, "first")
             await shared_job(client, services.shared)
@@ -131,12 +134,12 @@ def test_mixed_session_on_one_channel(services: Services) -> None:
 
 def test_without_legacy_the_client_is_refused_as_before(services: Services) -> None:
     async def scenario():
-        async with LegacyConnection(services.url, PLAIN_ROOM, TOKEN) as connection:
+        async with LegacyConnection(services.url, PLAIN_ROOM, ROOM_ADMISSION) as connection:
             # The worker closes a channel with another label at once.
             await connection.wait_open()
             await asyncio.wait_for(connection.channel.closed.wait(), GUARD)
         # Even on a channel with rtcxfer's label, its messages are refused.
-        async with LegacyConnection(services.url, PLAIN_ROOM, TOKEN, label="rtcxfer") as connection:
+        async with LegacyConnection(services.url, PLAIN_ROOM, ROOM_ADMISSION, label="rtcxfer") as connection:
             client = await connection.client()
             await client.send("PACKAGE_TYPE::train")
             unknown = await client.next_text()
