@@ -201,8 +201,9 @@ class _TokenBucket:
 class _Connection:
     """One peer socket on the server: its registration and its outgoing queue."""
 
-    def __init__(self, ws: ServerConnection, serial: int, max_outbox_bytes: int,
-                 on_overflow: Callable[[_Connection], None]) -> None:
+    def __init__(
+        self, ws: ServerConnection, serial: int, max_outbox_bytes: int, on_overflow: Callable[[_Connection], None]
+    ) -> None:
         self.ws = ws
         self.serial = serial
         self.room: str | None = None
@@ -265,8 +266,7 @@ class _Connection:
             return
 
 
-async def _close_bounded(ws: ServerConnection | ClientConnection, code: int, reason: str,
-                         timeout: float) -> None:
+async def _close_bounded(ws: ServerConnection | ClientConnection, code: int, reason: str, timeout: float) -> None:
     """Close ``ws``; if the peer does not read, the close frame never drains, so abort."""
     try:
         await asyncio.wait_for(ws.close(code, reason), timeout)
@@ -383,8 +383,7 @@ class SignalingServer:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         if not self.tokens and self.default_token is None:
-            logger.warning("signaling server {}: no tokens configured, every room is open",
-                           self.url)
+            logger.warning("signaling server {}: no tokens configured, every room is open", self.url)
         logger.info("signaling server listening on {}", self.url)
 
     async def stop(self) -> None:
@@ -414,8 +413,7 @@ class SignalingServer:
         writer = asyncio.create_task(conn.write_loop())
         close_code, close_reason = _CLOSE_NORMAL, ""
         if len(self._connections) >= self.max_connections:
-            logger.warning("signaling: refused {}: server full ({} connections)", conn,
-                           len(self._connections))
+            logger.warning("signaling: refused {}: server full ({} connections)", conn, len(self._connections))
             conn.send_error(SERVER_FULL, "too many connections, try again later")
             await self._finish(conn, writer, _CLOSE_TRY_AGAIN_LATER, SERVER_FULL)
             return
@@ -440,8 +438,7 @@ class SignalingServer:
             # Only reached with the writer still running if this handler was cancelled.
             writer.cancel()
 
-    async def _finish(self, conn: _Connection, writer: asyncio.Task[None], code: int,
-                      reason: str) -> None:
+    async def _finish(self, conn: _Connection, writer: asyncio.Task[None], code: int, reason: str) -> None:
         conn.finish()
         try:
             # Flush the last replies (a bad-token error) before the close frame.
@@ -467,8 +464,7 @@ class SignalingServer:
             if conn.peer_id is None and deadline is not None:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    logger.warning("signaling: closed {}: no registration within {} s", conn,
-                                   self.register_timeout)
+                    logger.warning("signaling: closed {}: no registration within {} s", conn, self.register_timeout)
                     return _CLOSE_POLICY, "register timeout"
                 try:
                     # Cancelling recv() is safe in websockets >= 13: no data is lost.
@@ -498,8 +494,7 @@ class SignalingServer:
 
     def _log_refusal(self, conn: _Connection, refusal: _Refusal) -> None:
         if refusal.code != BAD_MESSAGE:
-            logger.warning("signaling: refused {} from {}: {}", refusal.code, conn,
-                           refusal.message)
+            logger.warning("signaling: refused {} from {}: {}", refusal.code, conn, refusal.message)
             return
         # Garbage is bounded by the rate limit but could still drown the log.
         conn.logged_bad_messages += 1
@@ -540,13 +535,11 @@ class SignalingServer:
         room, role, peer_id = message.get("room"), message.get("role"), message.get("peer_id")
         token = message.get("token")
         if not _is_id(room):
-            raise _Refusal(BAD_MESSAGE,
-                           "register needs a 'room' matching [A-Za-z0-9._:@+=-]{1,128}")
+            raise _Refusal(BAD_MESSAGE, "register needs a 'room' matching [A-Za-z0-9._:@+=-]{1,128}")
         if role not in ROLES:
             raise _Refusal(BAD_MESSAGE, "register needs a 'role': 'worker' or 'client'")
         if not _is_id(peer_id):
-            raise _Refusal(BAD_MESSAGE,
-                           "register needs a 'peer_id' matching [A-Za-z0-9._:@+=-]{1,128}")
+            raise _Refusal(BAD_MESSAGE, "register needs a 'peer_id' matching [A-Za-z0-9._:@+=-]{1,128}")
         if token is not None and (not isinstance(token, str) or len(token) > _MAX_TOKEN_CHARS):
             raise _Refusal(BAD_MESSAGE, "'token' must be a string")
         # The token is checked before anything else about the room, so that a peer without it
@@ -565,12 +558,16 @@ class SignalingServer:
         others = list(peers.values())
         self._rooms.setdefault(room, peers)[peer_id] = conn
         conn.room, conn.role, conn.peer_id = room, role, peer_id
-        conn.send(_dumps({
-            "type": "registered",
-            "room": room,
-            "peer_id": peer_id,
-            "peers": [{"peer_id": p.peer_id, "role": p.role} for p in others],
-        }))
+        conn.send(
+            _dumps(
+                {
+                    "type": "registered",
+                    "room": room,
+                    "peer_id": peer_id,
+                    "peers": [{"peer_id": p.peer_id, "role": p.role} for p in others],
+                }
+            )
+        )
         joined = _dumps({"type": "peer-joined", "peer_id": peer_id, "role": role})
         for other in others:
             other.send(joined)
@@ -612,13 +609,11 @@ class SignalingServer:
 
     def _drop_lagging(self, conn: _Connection) -> None:
         """``conn`` does not read what is sent to it: close it rather than queue without end."""
-        logger.warning("signaling: dropping {}: more than {} bytes wait for it", conn,
-                       self.max_outbox_bytes)
+        logger.warning("signaling: dropping {}: more than {} bytes wait for it", conn, self.max_outbox_bytes)
         # Out of the room at once: its close may take close_timeout if it reads nothing.
         self._leave(conn)
         # Its handler sits in recv(); closing the socket wakes it up.
-        task = asyncio.ensure_future(
-            _close_bounded(conn.ws, _CLOSE_TRY_AGAIN_LATER, "too slow", self.close_timeout))
+        task = asyncio.ensure_future(_close_bounded(conn.ws, _CLOSE_TRY_AGAIN_LATER, "too slow", self.close_timeout))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -637,8 +632,7 @@ async def run_signaling_server(
     ``on_ready`` is called once the server listens, with the server (its ``url`` holds the
     real port when ``port=0``). ``options`` are the keyword options of :class:`SignalingServer`.
     """
-    async with SignalingServer(host, port, tokens, default_token=default_token,
-                               **options) as server:
+    async with SignalingServer(host, port, tokens, default_token=default_token, **options) as server:
         if on_ready is not None:
             on_ready(server)
         await asyncio.Event().wait()
@@ -707,9 +701,7 @@ class SignalingClient:
         self.max_message_bytes = max_message_bytes
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._inbox: asyncio.Queue[dict[str, Any] | SignalingServerError | _Closed] = (
-            asyncio.Queue(inbox_size)
-        )
+        self._inbox: asyncio.Queue[dict[str, Any] | SignalingServerError | _Closed] = asyncio.Queue(inbox_size)
         self._peers: dict[str, str] = {}
         self._peers_changed = asyncio.Event()
         self._closed = False
@@ -739,14 +731,16 @@ class SignalingClient:
         if self._ws is not None or self._closed:
             raise SignalingError(f"{self!r} was already connected once; make a new client")
         try:
-            ws = await connect(self.url, open_timeout=self.open_timeout,
-                               close_timeout=self.close_timeout,
-                               max_size=2 * self.max_message_bytes, **_DIRECT)
+            ws = await connect(
+                self.url,
+                open_timeout=self.open_timeout,
+                close_timeout=self.close_timeout,
+                max_size=2 * self.max_message_bytes,
+                **_DIRECT,
+            )
         except (OSError, asyncio.TimeoutError, WebSocketException) as exc:
-            raise SignalingError(
-                f"cannot reach the signaling server at {self.url}: {describe(exc)}") from exc
-        register = {"type": "register", "room": self.room, "role": self.role,
-                    "peer_id": self.peer_id}
+            raise SignalingError(f"cannot reach the signaling server at {self.url}: {describe(exc)}") from exc
+        register = {"type": "register", "room": self.room, "role": self.role, "peer_id": self.peer_id}
         if self._token is not None:
             register["token"] = self._token
         try:
@@ -754,12 +748,9 @@ class SignalingClient:
             raw = await asyncio.wait_for(ws.recv(), self.open_timeout)
         except asyncio.TimeoutError:
             await _close_bounded(ws, _CLOSE_NORMAL, "", self.close_timeout)
-            raise SignalingTimeoutError(
-                f"the signaling server at {self.url} did not answer the registration") from None
+            raise SignalingTimeoutError(f"the signaling server at {self.url} did not answer the registration") from None
         except ConnectionClosed as exc:
-            raise SignalingError(
-                f"the signaling server at {self.url} closed during registration: {exc}"
-            ) from exc
+            raise SignalingError(f"the signaling server at {self.url} closed during registration: {exc}") from exc
         reply = _decode_server_message(raw)
         if reply is not None and reply["type"] == "error":
             await _close_bounded(ws, _CLOSE_NORMAL, "", self.close_timeout)
@@ -835,8 +826,7 @@ class SignalingClient:
         try:
             return await asyncio.wait_for(wait(), timeout)
         except asyncio.TimeoutError:
-            raise SignalingTimeoutError(
-                f"no {role or 'peer'} joined room {self.room!r} within {timeout} s") from None
+            raise SignalingTimeoutError(f"no {role or 'peer'} joined room {self.room!r} within {timeout} s") from None
 
     async def close(self) -> None:
         """Leave the room and close the connection (idempotent)."""
@@ -885,13 +875,13 @@ class SignalingClient:
                 raw = await ws.recv()
                 message = _decode_server_message(raw)
                 if message is None:
-                    logger.warning("signaling: {} ignored a malformed server message {!r:.200}",
-                                   self, raw)
+                    logger.warning("signaling: {} ignored a malformed server message {!r:.200}", self, raw)
                     continue
                 kind = message["type"]
                 if kind == "error":
                     item: dict[str, Any] | SignalingServerError = SignalingServerError(
-                        message["code"], message["message"], message.get("peer_id"))
+                        message["code"], message["message"], message.get("peer_id")
+                    )
                     logger.warning("signaling: {} got error {}", self, item)
                 elif kind == "relay":
                     item = {"type": "relay", "from": message["from"], "payload": message["payload"]}
@@ -935,9 +925,11 @@ def _decode_server_message(raw: str | bytes) -> dict[str, Any] | None:
             message.pop("peer_id", None)
     elif kind == "registered":
         peers = message.get("peers")
-        if not (isinstance(message.get("peer_id"), str) and isinstance(peers, list)
-                and all(isinstance(p, dict) and _is_id(p.get("peer_id"))
-                        and p.get("role") in ROLES for p in peers)):
+        if not (
+            isinstance(message.get("peer_id"), str)
+            and isinstance(peers, list)
+            and all(isinstance(p, dict) and _is_id(p.get("peer_id")) and p.get("role") in ROLES for p in peers)
+        ):
             return None
     elif kind == "relay":
         if not (_is_id(message.get("from")) and isinstance(message.get("payload"), dict)):
