@@ -1,0 +1,1103 @@
+"""The ``direct`` transport: file bytes over TLS 1.3 connections between the two peers, when
+one can reach the other by TCP; the data channel carries only the offer.
+
+aiortc's SCTP runs in Python one packet at a time (about 5 MB/s between two machines, 100 MB/s
+on tuned loopback); a TCP connection moves what the link and the kernel can. Like croc or
+magic-wormhole's transit, rtcxfer uses the direct path when it exists and falls back otherwise.
+
+Setting up (once per session, in :meth:`DirectTransport.negotiate`, at most about 2.5 s)::
+
+    client                                             worker
+    listen (ephemeral port), send
+    DIRECT_OFFER::port::fingerprint::ctoken::wtoken::addresses ->
+                                                       listen, answer with its own
+                                                    <- DIRECT_OFFER::...
+                                                       and try to connect to the client's
+    try to connect to the worker's                     (2 s; on failure DIRECT_RESULT::failed::why)
+    (2 s) ...
+    DIRECT_RESULT::client-connects::-                 (or worker-connects, or unreachable::why) ->
+
+Both sides listen and both try at once, so a client that cannot reach the worker is reached by
+it instead (the roles swap) and failing both ways costs one 2 s attempt, not two. The client
+prefers its own connections, then the worker's; without either, ``negotiate`` raises a
+:class:`~rtcxfer.errors.TransferError` saying why, and the client uses the next transport.
+
+A listener binds an ephemeral port on the addresses its ICE host candidates use (127.0.0.1
+only in loopback mode, the default), with a certificate made when the process first needs one
+(the ``cryptography`` package, no files; see :func:`identity`). The offer crosses the data
+channel, which only carries frames after HELLO authenticated the session. The connecting side
+speaks TLS 1.3 only, compares the SHA-256 of the certificate it is shown with the offered
+fingerprint before it sends anything, then presents a one-time token (32 random bytes); the
+listener answers one byte only to a token it issued and has not seen before. Anything else (no
+TLS, a wrong or reused token, silence past :data:`HANDSHAKE_TIMEOUT`) is closed without a byte
+of data; at most :data:`MAX_PENDING_HANDSHAKES` strangers are handled at once, more are closed
+on arrival. The listener closes when its session ends (an unused one at once).
+
+Each side then holds two connections: one carries the files the client sends, the other the
+worker's (each token names which), so the directions never wait for each other. On a
+connection, records are ``kind`` (1 byte) and ``length`` (8 bytes big-endian) then the payload::
+
+    sender                                   receiver
+    META {"transfer_id","name","size","sha256"} ->
+                                          <- ACCEPT offset (8 bytes)  or  ERROR reason
+    DATA ... (up to 4 MiB each), END      ->
+                                          <- ACK sha256 (hex)         or  ERROR reason
+
+The receiving side is :mod:`rtcxfer.transports.partial`, shared with ``rtc-chunked``: a hidden
+partial file, SHA-256 while writing, size and hash checked, fsync, rename; a partial left by a
+dropped connection is resumed from its length (by ``direct`` or by ``rtc-chunked``, which derive
+the same transfer id). Bytes move in a thread per connection with blocking sockets (OpenSSL and
+hashlib release the GIL), about twice what asyncio's TLS streams move here; memory stays at a
+1 MiB buffer per direction whatever the file's size.
+
+One TLS connection per direction: on this machine a second connection for the same file did
+not pay (see ``benchmarks/README.md``).
+
+Options (``context.options["direct"]``):
+
+* ``enabled``: ``False`` to never offer the transport.
+* ``addresses``: addresses to listen on and accept connecting to (default: the ICE host
+  addresses; ``127.0.0.1`` in loopback mode).
+* ``connect_timeout``: seconds a connection attempt may take (default 2).
+* ``progress``: ``callable(name, bytes_done, total)``, called by the sender.
+* ``reply_timeout``: seconds the sender waits for ACCEPT and ACK (default 600).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import hmac
+import ipaddress
+import json
+import os
+import secrets
+import socket
+import ssl
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from rtcxfer.errors import (
+    ConnectionClosedError,
+    IntegrityError,
+    LocalProtocolError,
+    RtcxferError,
+    TransferError,
+    UnsafePathError,
+    describe,
+)
+from rtcxfer.frames import Frame, frame_type, hex_digits, integer, quote_for_reply, text, token
+from rtcxfer.hookspecs import hookimpl
+from rtcxfer.log import logger
+from rtcxfer.security import check_relative_text
+from rtcxfer.transport import Delivery, ReceivedFile, Transport
+from rtcxfer.transports import partial
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rtcxfer.link import Link
+    from rtcxfer.transport import TransportContext
+
+NAME = "direct"
+CONNECT_TIMEOUT = 2.0
+#: How long the client waits, after its own attempt failed, for the worker's attempt to end.
+SWAP_GRACE = 0.5
+#: How long the worker's answer to an offer may take.
+OFFER_TIMEOUT = 10.0
+#: A stranger's connection is closed if the handshake and the token take longer than this.
+HANDSHAKE_TIMEOUT = 5.0
+MAX_PENDING_HANDSHAKES = 16
+TOKEN_BYTES = 32
+TOKEN_ACCEPTED = b"\x01"
+DEFAULT_REPLY_TIMEOUT = 600.0
+#: Bytes read from the file and written as one DATA record.
+BLOCK = 1024 * 1024
+MAX_DATA_RECORD = 4 * 1024 * 1024
+MAX_META_RECORD = 64 * 1024
+MAX_REPLY_RECORD = 4096
+#: Seconds between progress reports.
+PROGRESS_INTERVAL = 0.1
+
+RECORD_HEADER = struct.Struct(">BQ")
+META, DATA, END, ACCEPT, ACK, ERROR = range(1, 7)
+
+CLIENT_CONNECTS = "client-connects"
+WORKER_CONNECTS = "worker-connects"
+UNREACHABLE = "unreachable"
+FAILED = "failed"
+NO_REASON = "-"
+
+# Blocking socket work: transfers hold a thread each for their whole length, which must not
+# starve asyncio's default executor (file hashing, fsync).
+_IO_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="rtcxfer-direct")
+
+
+# --- frames (data channel) ----------------------------------------------------------------
+
+
+@frame_type("DIRECT_OFFER")
+class DirectOffer(Frame):
+    """Either side: connect to me here, with TLS pinned to ``fingerprint``, presenting
+    ``client_token`` for the connection that carries the client's files and ``worker_token``
+    for the worker's. ``addresses`` is a comma-separated list."""
+
+    port: int = integer()
+    fingerprint: str = hex_digits(64)
+    client_token: str = hex_digits(64)
+    worker_token: str = hex_digits(64)
+    addresses: str = text(greedy=True)
+
+
+@frame_type("DIRECT_RESULT")
+class DirectResult(Frame):
+    """Client -> worker: which connections the session uses (``client-connects``,
+    ``worker-connects``) or ``unreachable``; worker -> client: ``failed`` (its attempt)."""
+
+    outcome: str = token()
+    reason: str = text(greedy=True)
+
+
+# --- records (TLS connection) -------------------------------------------------------------
+
+
+@attrs.frozen
+class DirectMeta:
+    """A file announced on a connection (the fields :mod:`partial` reads)."""
+
+    transfer_id: str
+    name: str
+    size: int
+    sha256: str
+
+    def encode(self) -> bytes:
+        return json.dumps(attrs.asdict(self), separators=(",", ":")).encode()
+
+
+def _is_hex(value: object, length: int) -> bool:
+    return isinstance(value, str) and len(value) == length and all(c in "0123456789abcdef" for c in value)
+
+
+def parse_meta(payload: bytes) -> DirectMeta:
+    """The META record a peer sent, or :class:`TransferError` for anything else."""
+    try:
+        fields = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise TransferError("META is not UTF-8 JSON") from None
+    if not isinstance(fields, dict) or set(fields) != {"transfer_id", "name", "size", "sha256"}:
+        raise TransferError("META needs exactly transfer_id, name, size and sha256")
+    size = fields["size"]
+    if not (isinstance(size, int) and not isinstance(size, bool) and size >= 0):
+        raise TransferError("META size is not a non-negative integer")
+    if not _is_hex(fields["transfer_id"], 32) or not _is_hex(fields["sha256"], 64):
+        raise TransferError("META transfer_id or sha256 is not lowercase hex of the right length")
+    if not isinstance(fields["name"], str):
+        raise TransferError("META name is not a string")
+    return DirectMeta(fields["transfer_id"], fields["name"], size, fields["sha256"])
+
+
+def parse_record_header(header: bytes, allowed: Iterable[int], limit: int) -> tuple[int, int]:
+    """(kind, length) of a record header, or :class:`TransferError` if unexpected or too long."""
+    kind, length = RECORD_HEADER.unpack(header)
+    if kind not in allowed:
+        raise TransferError(f"unexpected record kind {kind}")
+    if length > limit:
+        raise TransferError(f"record of {length} bytes exceeds {limit}")
+    return kind, length
+
+
+# --- identity: the certificate ------------------------------------------------------------
+
+
+@attrs.frozen
+class Identity:
+    """This process's TLS server context and its certificate's SHA-256 fingerprint."""
+
+    server_context: ssl.SSLContext
+    fingerprint: str
+
+
+_identity: Identity | None = None
+_identity_lock = threading.Lock()
+
+
+def _tls13(context: ssl.SSLContext) -> ssl.SSLContext:
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.maximum_version = ssl.TLSVersion.TLSv1_3
+    return context
+
+
+def _load_chain(context: ssl.SSLContext, pem: bytes) -> None:
+    """``load_cert_chain`` reads only from a path: hand it an anonymous memory file where there
+    is one (Linux), so the key never touches a file system."""
+    memfd = getattr(os, "memfd_create", None)
+    if memfd is not None:
+        fd = memfd("rtcxfer-direct", getattr(os, "MFD_CLOEXEC", 0))
+        try:
+            os.write(fd, pem)
+            context.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="rtcxfer-direct-") as directory:  # pragma: no cover
+        path = Path(directory) / "identity.pem"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+        context.load_cert_chain(path)
+
+
+def identity() -> Identity:
+    """The process's self-signed certificate (made on first use, ECDSA P-256, valid one week).
+
+    No CA is involved: the peer pins the fingerprint it received over the authenticated data
+    channel, so the certificate's names and dates carry no trust.
+    """
+    global _identity
+    with _identity_lock:
+        if _identity is None:
+            from cryptography import x509
+            from cryptography.hazmat.primitives import hashes, serialization
+            from cryptography.hazmat.primitives.asymmetric import ec
+            from cryptography.x509.oid import NameOID
+
+            key = ec.generate_private_key(ec.SECP256R1())
+            subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rtcxfer direct")])
+            now = datetime.datetime.now(datetime.timezone.utc)
+            certificate = (
+                x509.CertificateBuilder()
+                .subject_name(subject)
+                .issuer_name(subject)
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=7))
+                .sign(key, hashes.SHA256())
+            )
+            pem = key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ) + certificate.public_bytes(serialization.Encoding.PEM)
+            context = _tls13(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+            _load_chain(context, pem)
+            fingerprint = hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+            _identity = Identity(context, fingerprint)
+        return _identity
+
+
+def _client_context() -> ssl.SSLContext:
+    context = _tls13(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+    # Trust comes from the pinned fingerprint, checked right after the handshake.
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+# --- addresses ----------------------------------------------------------------------------
+
+
+def _loopback_mode() -> bool:
+    from rtcxfer.rtc import _loopback_restriction_active
+
+    return _loopback_restriction_active()
+
+
+def listen_addresses(context: TransportContext) -> list[str]:
+    """Where to listen: the ``addresses`` option, else the ICE host addresses (127.0.0.1 in
+    loopback mode)."""
+    configured = _options(context).get("addresses")
+    if configured:
+        return [str(address) for address in configured]
+    if _loopback_mode():
+        return ["127.0.0.1"]
+    import aioice.ice
+
+    found = aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)
+    return [address for address in found if not ipaddress.ip_address(address).is_link_local]
+
+
+def reachable_addresses(context: TransportContext, offered: str) -> list[str]:
+    """The offered addresses this side may connect to: only loopback ones in loopback mode
+    (no packet leaves the machine), only the configured ones when ``addresses`` is set."""
+    result = []
+    configured = _options(context).get("addresses")
+    for raw in offered.split(","):
+        try:
+            address = ipaddress.ip_address(raw.strip())
+        except ValueError:
+            continue
+        if address.is_multicast or address.is_unspecified or address.is_link_local:
+            continue
+        if configured:
+            networks = [ipaddress.ip_network(str(each), strict=False) for each in configured]
+            if not any(address.version == net.version and address in net for net in networks):
+                continue
+        elif _loopback_mode() and not address.is_loopback:
+            continue
+        result.append(str(address))
+    return result
+
+
+def _options(context: TransportContext) -> dict[str, Any]:
+    return context.options.get(NAME, {}) or {}
+
+
+# --- one TLS connection -------------------------------------------------------------------
+
+
+class Connection:
+    """A blocking TLS socket used by one thread at a time, closable from the event loop.
+
+    ``close`` shuts the socket down at once (waking a thread blocked on it) but releases the
+    descriptor only when no thread uses it, so a number reused by the kernel is never touched.
+    """
+
+    def __init__(self, tls: ssl.SSLSocket, peer: str) -> None:
+        self.tls = tls
+        self.peer = peer
+        self._lock = threading.Lock()
+        self._users = 0
+        self._closing = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    @contextmanager
+    def using(self):
+        with self._lock:
+            if self._closing:
+                raise ConnectionClosedError(f"direct connection to {self.peer} is closed")
+            self._users += 1
+        try:
+            yield self.tls
+        finally:
+            with self._lock:
+                self._users -= 1
+                release = self._closing and self._users == 0
+            if release:
+                self._release()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            release = self._users == 0
+        with suppress(OSError):
+            # The plain socket's shutdown: SSLSocket.shutdown would drop the SSL object under
+            # a thread that is using it.
+            socket.socket.shutdown(self.tls, socket.SHUT_RDWR)
+        if release:
+            self._release()
+
+    def _release(self) -> None:
+        with suppress(OSError):
+            socket.socket.close(self.tls)
+
+    # Blocking helpers, run in a thread.
+
+    def send_record(self, kind: int, payload: bytes = b"") -> None:
+        with self.using() as tls:
+            tls.sendall(RECORD_HEADER.pack(kind, len(payload)) + payload)
+
+    def recv_exactly(self, tls: ssl.SSLSocket, count: int) -> bytes:
+        data = bytearray(count)
+        view = memoryview(data)
+        got = 0
+        while got < count:
+            n = tls.recv_into(view[got:], count - got)
+            if not n:
+                raise ConnectionClosedError(f"direct connection to {self.peer} closed")
+            got += n
+        return bytes(data)
+
+    def recv_record(self, allowed: Iterable[int], limit: int) -> tuple[int, bytes]:
+        with self.using() as tls:
+            kind, length = parse_record_header(self.recv_exactly(tls, RECORD_HEADER.size), allowed, limit)
+            return kind, self.recv_exactly(tls, length)
+
+
+def _translate_io(error: BaseException, peer: str) -> RtcxferError:
+    if isinstance(error, RtcxferError):
+        return error
+    return ConnectionClosedError(f"direct connection to {peer} failed: {describe(error)}")
+
+
+# --- connecting ---------------------------------------------------------------------------
+
+
+def _connect_one(address: str, port: int, fingerprint: str, token_bytes: bytes, deadline: float) -> Connection:
+    """Connect, check the pinned fingerprint, present the token, wait for its acceptance.
+    Blocking; every step bounded by ``deadline`` (a ``time.monotonic`` value)."""
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no connection within {CONNECT_TIMEOUT:g} s")
+        return left
+
+    raw = socket.create_connection((address, port), timeout=remaining())
+    try:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        raw.settimeout(remaining())
+        tls = _client_context().wrap_socket(raw)
+    except BaseException:
+        raw.close()
+        raise
+    try:
+        shown = hashlib.sha256(tls.getpeercert(binary_form=True) or b"").hexdigest()
+        if not hmac.compare_digest(shown, fingerprint):
+            raise ssl.SSLError(f"certificate fingerprint {shown[:16]}... is not the offered {fingerprint[:16]}...")
+        tls.settimeout(remaining())
+        tls.sendall(token_bytes)
+        answer = tls.recv(1)
+        if answer != TOKEN_ACCEPTED:
+            raise ConnectionRefusedError("the token was not accepted")
+        tls.settimeout(None)
+    except BaseException:
+        tls.close()
+        raise
+    return Connection(tls, f"{address}:{port}")
+
+
+def _connect_pair(addresses: list[str], offer: DirectOffer, deadline: float) -> dict[str, Connection]:
+    """Both connections (by whose files they carry) to the first address that works."""
+    if not addresses:
+        raise ConnectionRefusedError(f"no usable address among those offered ({offer.addresses or 'none'})")
+    tokens = {"client": bytes.fromhex(offer.client_token), "worker": bytes.fromhex(offer.worker_token)}
+    problems = []
+    for address in addresses:
+        made: dict[str, Connection] = {}
+        try:
+            for role, token_bytes in tokens.items():
+                made[role] = _connect_one(address, offer.port, offer.fingerprint, token_bytes, deadline)
+            return made
+        except (OSError, ssl.SSLError, ConnectionClosedError) as error:
+            for connection in made.values():
+                connection.close()
+            problems.append(f"{address}:{offer.port}: {describe(error)}")
+            if time.monotonic() >= deadline:
+                break
+    raise ConnectionError("; ".join(problems))
+
+
+# --- listening ----------------------------------------------------------------------------
+
+
+class Listener:
+    """An ephemeral TCP port on the given addresses that hands over exactly two connections,
+    each authenticated by a one-time token; strangers get nothing."""
+
+    def __init__(self, addresses: list[str], loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._identity = identity()
+        self.tokens = {"client": secrets.token_bytes(TOKEN_BYTES), "worker": secrets.token_bytes(TOKEN_BYTES)}
+        self.arrived: dict[str, asyncio.Future[Connection]] = {role: loop.create_future() for role in self.tokens}
+        self._token_lock = threading.Lock()
+        self._pending = 0
+        self._sockets: list[socket.socket] = []
+        self._tasks: list[asyncio.Task] = []
+        self._closed = False
+        self.port = 0
+        for address in addresses:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((address, self.port))
+                sock.listen(64)
+                sock.setblocking(False)
+            except OSError as error:
+                sock.close()
+                logger.debug("direct: cannot listen on {}: {}", address, error)
+                continue
+            self.port = self.port or sock.getsockname()[1]
+            self._sockets.append(sock)
+        self.addresses = [sock.getsockname()[0] for sock in self._sockets]
+        if not self._sockets:
+            raise TransferError(f"cannot listen on any of {', '.join(addresses) or 'no addresses'}")
+        self._tasks = [loop.create_task(self._accept(sock)) for sock in self._sockets]
+
+    def offer(self) -> DirectOffer:
+        return DirectOffer(
+            self.port,
+            self._identity.fingerprint,
+            self.tokens["client"].hex(),
+            self.tokens["worker"].hex(),
+            ",".join(self.addresses),
+        )
+
+    async def _accept(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                connection, address = await self._loop.sock_accept(sock)
+            except OSError as error:
+                if self._closed:
+                    return
+                logger.debug("direct: accept failed: {}", error)
+                await asyncio.sleep(0.05)
+                continue
+            with self._token_lock:
+                admit = self._pending < MAX_PENDING_HANDSHAKES and not self._closed
+                if admit:
+                    self._pending += 1
+            if not admit:
+                connection.close()
+                continue
+            threading.Thread(
+                target=self._handshake, args=(connection, f"{address[0]}:{address[1]}"), daemon=True
+            ).start()
+
+    def _handshake(self, raw: socket.socket, peer: str) -> None:
+        """A newcomer's TLS handshake and token, in its own thread, bounded in time."""
+        tls = None
+        handed_over = False
+        try:
+            deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+            raw.setblocking(True)
+            raw.settimeout(HANDSHAKE_TIMEOUT)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tls = self._identity.server_context.wrap_socket(raw, server_side=True)
+            tls.settimeout(max(0.01, deadline - time.monotonic()))
+            presented = bytearray()
+            while len(presented) < TOKEN_BYTES:
+                part = tls.recv(TOKEN_BYTES - len(presented))
+                if not part:
+                    raise ConnectionAbortedError("closed before presenting a token")
+                presented += part
+                tls.settimeout(max(0.01, deadline - time.monotonic()))
+            role = self._redeem(bytes(presented))
+            if role is None:
+                raise PermissionError("wrong or used token")
+            connection = Connection(tls, peer)
+            # Registered before the acceptance byte leaves, so the peer's next message over
+            # the data channel always finds the connection here.
+            self._loop.call_soon_threadsafe(self._deliver, role, connection)
+            handed_over = True
+            tls.sendall(TOKEN_ACCEPTED)
+            tls.settimeout(None)
+            tls = None
+        except (OSError, ssl.SSLError) as error:
+            logger.debug("direct: refused a connection from {}: {}", peer, describe(error))
+        finally:
+            # wrap_socket takes the descriptor over (and closes it when the handshake fails).
+            if tls is not None:
+                tls.close()
+            elif raw.fileno() >= 0 and not handed_over:
+                raw.close()
+            with self._token_lock:
+                self._pending -= 1
+
+    def _redeem(self, presented: bytes) -> str | None:
+        with self._token_lock:
+            if self._closed:
+                return None
+            for role, expected in list(self.tokens.items()):
+                if hmac.compare_digest(presented, expected):
+                    del self.tokens[role]  # one time only
+                    return role
+        return None
+
+    def _deliver(self, role: str, connection: Connection) -> None:
+        future = self.arrived[role]
+        if self._closed or future.done():
+            connection.close()
+            return
+        future.set_result(connection)
+
+    async def pair(self) -> dict[str, Connection]:
+        return {role: await future for role, future in self.arrived.items()}
+
+    def close(self) -> None:
+        """Stop listening; connections already handed over stay open."""
+        with self._token_lock:
+            self._closed = True
+            self.tokens.clear()
+        for task in self._tasks:
+            task.cancel()
+        for sock in self._sockets:
+            with suppress(OSError):
+                sock.close()
+        for future in self.arrived.values():
+            if not future.done():
+                future.cancel()
+
+
+# --- the transport ------------------------------------------------------------------------
+
+
+class DirectTransport(Transport):
+    name = NAME
+    rank = 50
+    frame_types = (DirectOffer, DirectResult)
+    description = "TLS 1.3 over a direct TCP connection when one peer reaches the other, verified by SHA-256"
+
+    @classmethod
+    def usable(cls, context: TransportContext) -> bool:
+        return bool(_options(context).get("enabled", True))
+
+    def __init__(self, link: Link, context: TransportContext) -> None:
+        super().__init__(link, context)
+        self._listener: Listener | None = None
+        self._outbound: asyncio.Task[dict[str, Connection]] | None = None
+        self._peer_offer: asyncio.Future[DirectOffer] | None = None
+        self._peer_failure: asyncio.Future[str] | None = None
+        self._send_connection: Connection | None = None
+        self._receive_connection: Connection | None = None
+        self._send_lock = asyncio.Lock()
+        self._serving: asyncio.Task | None = None
+        self._worker_setup: asyncio.Task | None = None
+        self._closed = False
+        #: Set once the set-up ended, with or without connections.
+        self._settled = asyncio.Event()
+        #: How the connections of this session were made: ``client-connects``,
+        #: ``worker-connects``, or ``None`` (not (yet) usable).
+        self.mode: str | None = None
+
+    @property
+    def _options(self) -> dict[str, Any]:
+        return _options(self.context)
+
+    @property
+    def _connect_timeout(self) -> float:
+        return float(self._options.get("connect_timeout", CONNECT_TIMEOUT))
+
+    def _futures(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._peer_offer is None:
+            self._peer_offer = loop.create_future()
+            self._peer_failure = loop.create_future()
+
+    # --- negotiation: client side -----------------------------------------------------
+
+    async def negotiate(self) -> bool:
+        """Set up the two connections (see the module docstring); ``TransferError`` says why
+        not."""
+        self._futures()
+        assert self._peer_offer is not None and self._peer_failure is not None
+        loop = asyncio.get_running_loop()
+        self._listener = Listener(listen_addresses(self.context), loop)
+        await self.link.send(self._listener.offer())
+        try:
+            offer = await asyncio.wait_for(asyncio.shield(self._peer_offer), OFFER_TIMEOUT)
+        except asyncio.TimeoutError:
+            self._shut_listener()
+            raise TransferError(f"the worker did not answer the direct offer within {OFFER_TIMEOUT:g} s") from None
+        except RtcxferError:
+            self._shut_listener()
+            raise
+        deadline = loop.time() + self._connect_timeout + SWAP_GRACE
+        outcome, pair, reason = CLIENT_CONNECTS, None, NO_REASON
+        try:
+            pair = await self._connect(offer)
+        except RtcxferError as error:
+            mine = str(error)
+            pair = await self._await_swap(deadline)
+            if pair is not None:
+                outcome = WORKER_CONNECTS
+                logger.info("direct: the client cannot reach the worker ({}); the worker connected instead", mine)
+            else:
+                theirs = self._peer_failure.result() if self._peer_failure.done() else "no answer in time"
+                outcome = UNREACHABLE
+                reason = (
+                    f"the client cannot reach the worker ({mine}) and the worker cannot reach the client ({theirs})"
+                )
+        if outcome != WORKER_CONNECTS:
+            self._shut_listener()
+        await self.link.send(DirectResult(outcome, quote_for_reply(reason)))
+        if pair is None:
+            raise TransferError(reason)
+        self._use(pair, outcome)
+        self._settled.set()
+        return True
+
+    async def _await_swap(self, deadline: float) -> dict[str, Connection] | None:
+        """The worker's connections to our listener, if they arrive before its failure report
+        or the deadline."""
+        assert self._listener is not None and self._peer_failure is not None
+        arrival = asyncio.ensure_future(self._listener.pair())
+        try:
+            timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+            await asyncio.wait({arrival, self._peer_failure}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not arrival.done():
+                arrival.cancel()
+        if arrival.done() and not arrival.cancelled() and arrival.exception() is None:
+            return arrival.result()
+        return None
+
+    async def _connect(self, offer: DirectOffer) -> dict[str, Connection]:
+        addresses = reachable_addresses(self.context, offer.addresses)
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + self._connect_timeout
+        attempt = loop.run_in_executor(_IO_THREADS, _connect_pair, addresses, offer, deadline)
+        try:
+            return await asyncio.wait_for(asyncio.shield(attempt), self._connect_timeout + 0.25)
+        except asyncio.TimeoutError:
+            attempt.add_done_callback(_close_pair_when_done)
+            raise TransferError(f"no connection to {offer.addresses} within {self._connect_timeout:g} s") from None
+        except asyncio.CancelledError:
+            attempt.add_done_callback(_close_pair_when_done)
+            raise
+        except (OSError, ssl.SSLError) as error:
+            raise TransferError(describe(error)) from None
+
+    # --- negotiation: worker side -----------------------------------------------------
+
+    async def on_frame(self, frame: Frame) -> None:
+        self._futures()
+        assert self._peer_offer is not None and self._peer_failure is not None
+        if isinstance(frame, DirectOffer):
+            if self.context.role == "client":
+                if self._peer_offer.done():
+                    raise TransferError("a second DIRECT_OFFER in this session")
+                self._peer_offer.set_result(frame)
+            elif self._worker_setup is not None:
+                raise TransferError("a second DIRECT_OFFER in this session")
+            else:
+                self._worker_setup = asyncio.create_task(self._answer(frame))
+        elif isinstance(frame, DirectResult):
+            if self.context.role == "client":
+                if frame.outcome == FAILED and not self._peer_failure.done():
+                    self._peer_failure.set_result(frame.reason)
+                elif frame.outcome == UNREACHABLE and not self._peer_offer.done():
+                    self._peer_offer.set_exception(TransferError(f"the worker cannot offer direct: {frame.reason}"))
+            else:
+                await self._settle(frame)
+
+    async def _answer(self, offer: DirectOffer) -> None:
+        """Worker: listen, answer with our offer, and try the client's offer meanwhile."""
+        try:
+            self._listener = Listener(listen_addresses(self.context), asyncio.get_running_loop())
+        except RtcxferError as error:
+            await self.link.send(DirectResult(UNREACHABLE, quote_for_reply(str(error))))
+            return
+        await self.link.send(self._listener.offer())
+        self._outbound = asyncio.create_task(self._connect(offer))
+        try:
+            await self._outbound
+        except RtcxferError as error:
+            logger.info("direct: the worker cannot reach the client: {}", error)
+            with suppress(ConnectionClosedError):
+                await self.link.send(DirectResult(FAILED, quote_for_reply(str(error))))
+
+    async def _settle(self, result: DirectResult) -> None:
+        """Worker: the client's choice."""
+        setup, listener, outbound = self._worker_setup, self._listener, self._outbound
+        if setup is None:
+            raise TransferError("DIRECT_RESULT without an offer")
+        if listener is None:  # we could not listen and said so
+            self._settled.set()
+            return
+        pair: dict[str, Connection] | None = None
+        try:
+            if result.outcome == CLIENT_CONNECTS:
+                pair = await asyncio.wait_for(listener.pair(), self._connect_timeout)
+            elif result.outcome == WORKER_CONNECTS and outbound is not None:
+                self._shut_listener()
+                pair = await asyncio.wait_for(asyncio.shield(outbound), self._connect_timeout + 1)
+        except (asyncio.TimeoutError, asyncio.CancelledError, RtcxferError) as error:
+            logger.warning("direct: the connections the client chose are not here: {}", describe(error))
+            pair = None
+        if outbound is not None and result.outcome != WORKER_CONNECTS:
+            outbound.add_done_callback(_close_pair_when_done)
+        if pair is None:
+            self._shut_listener()
+            logger.info("direct: not used in this session ({})", result.reason)
+        else:
+            self._use(pair, result.outcome)
+        self._settled.set()
+
+    # --- the session's connections ------------------------------------------------------
+
+    def _use(self, pair: dict[str, Connection], mode: str) -> None:
+        mine = self.context.role
+        theirs = "worker" if mine == "client" else "client"
+        self._send_connection, self._receive_connection = pair[mine], pair[theirs]
+        self.mode = mode
+        if self._closed:
+            self._close_connections()
+            return
+        self._serving = asyncio.create_task(self._serve(self._receive_connection))
+        logger.info("direct: connected ({}), {}", mode, pair[mine].peer)
+
+    def _shut_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+
+    def _close_connections(self) -> None:
+        for connection in (self._send_connection, self._receive_connection):
+            if connection is not None:
+                connection.close()
+
+    def on_closed(self) -> None:
+        self._closed = True
+        self._settled.set()
+        self._shut_listener()
+        self._close_connections()
+        for future in (self._peer_offer, self._peer_failure):
+            if future is not None and not future.done():
+                future.set_exception(ConnectionClosedError("session closed during direct set-up"))
+                future.exception()  # retrieved: nobody may be waiting
+        if self._outbound is not None:
+            self._outbound.add_done_callback(_close_pair_when_done)
+        # The receiving task notices its closed connection by itself and keeps the partial.
+
+    # --- receiving ----------------------------------------------------------------------
+
+    async def _io(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(_IO_THREADS, function, *args)
+
+    async def _serve(self, connection: Connection) -> None:
+        """Receive the peer's files on ``connection``, one after another, until it closes."""
+        try:
+            while True:
+                try:
+                    _, payload = await self._io(connection.recv_record, (META,), MAX_META_RECORD)
+                except (OSError, ssl.SSLError, RtcxferError) as error:
+                    if not connection.closed:
+                        logger.debug("direct: receiving connection ended: {}", describe(error))
+                    return
+                if not await self._receive(connection, payload):
+                    return
+        finally:
+            connection.close()
+
+    async def _receive(self, connection: Connection, payload: bytes) -> bool:
+        """One file; ``False`` when the connection is no longer usable."""
+        try:
+            meta = parse_meta(payload)
+            if meta.size > self.context.max_file_bytes:
+                raise TransferError(f"size {meta.size} exceeds the limit of {self.context.max_file_bytes} bytes")
+            state = await partial.start_incoming(meta, self.context.incoming_dir)
+        except TransferError as error:
+            logger.warning("direct: refused a file: {}", error)
+            return await self._reply(connection, ERROR, str(error).encode())
+        logger.info(
+            "direct: receiving {} ({} bytes) from offset {}", quote_for_reply(meta.name), meta.size, state.received
+        )
+        if not await self._reply(connection, ACCEPT, state.received.to_bytes(8, "big")):
+            partial.abandon(state, remove=False)
+            return False
+        state.busy = True
+        try:
+            await self._io(_receive_bytes, connection, state)
+        except BaseException as error:
+            # Kept for a resume; a thread may still hold the handle if we were cancelled.
+            if isinstance(error, asyncio.CancelledError):
+                state.detached = True
+                connection.close()
+                raise
+            state.busy = False
+            logger.info(
+                "direct: {} interrupted at {} of {} bytes: {}", meta.name, state.received, meta.size, describe(error)
+            )
+            partial.abandon(state, remove=False)
+            return False
+        state.busy = False
+        try:
+            digest = partial.check_complete(state)
+        except IntegrityError as error:
+            partial.abandon(state, remove=True)
+            return await self._reply(connection, ERROR, str(error).encode())
+        state.busy = True
+        try:
+            await asyncio.to_thread(state.finish)
+        except OSError as error:
+            state.busy = False
+            partial.abandon(state, remove=True)
+            logger.warning("direct: placing {} failed: {}", meta.name, error)
+            return await self._reply(connection, ERROR, b"cannot store the file")
+        state.busy = False
+        partial.abandon(state, remove=False)
+        logger.info(
+            "direct: received {} ({} bytes, resumed from {}), verified",
+            quote_for_reply(meta.name),
+            meta.size,
+            state.resumed_from,
+        )
+        usable = await self._reply(connection, ACK, digest.encode())
+        received = ReceivedFile(meta.name, state.dest.final_path, meta.size, self.name, digest, meta.transfer_id)
+        try:
+            await self.context.deliver(received)
+        except Exception:  # the application's bug must not end the session with the peer
+            logger.exception("direct: on_file failed for {}", received.name)
+        return usable
+
+    async def _reply(self, connection: Connection, kind: int, payload: bytes) -> bool:
+        try:
+            await self._io(connection.send_record, kind, payload[:MAX_REPLY_RECORD])
+        except (OSError, ssl.SSLError, RtcxferError) as error:
+            logger.debug("direct: could not reply: {}", describe(error))
+            return False
+        return True
+
+    # --- sending ----------------------------------------------------------------------
+
+    async def send_file(self, path: Path, name: str) -> Delivery:
+        """Send ``path`` as ``name`` over this session's connection; return once the peer
+        confirmed size and SHA-256.
+
+        Raises :class:`IntegrityError` when the peer's check failed, :class:`TransferError`
+        when it refused the file, :class:`ConnectionClosedError` when the connection is gone
+        (the partial stays with the peer: the next transfer of the same file, by ``direct``
+        or ``rtc-chunked``, resumes it).
+        """
+        try:
+            check_relative_text(name)
+        except UnsafePathError as error:
+            raise LocalProtocolError(f"cannot send a file as {name!r}: {error}") from None
+        if self._worker_setup is not None and not self._settled.is_set():
+            # The client may send its first file right after its DIRECT_RESULT, and the worker
+            # its first file before it finished handling that result.
+            with suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), self._connect_timeout + 2)
+        async with self._send_lock:
+            connection = self._send_connection
+            if connection is None or connection.closed:
+                raise ConnectionClosedError("no direct connection in this session")
+            size, sha256 = await asyncio.to_thread(partial.hash_file, path)
+            tid = partial.transfer_id_for(self.context.role, name, size, sha256)
+            meta = DirectMeta(tid, name, size, sha256)
+            timeout = float(self._options.get("reply_timeout", DEFAULT_REPLY_TIMEOUT))
+            progress = self._options.get("progress")
+            try:
+                await self._io(connection.send_record, META, meta.encode())
+                kind, answer = await asyncio.wait_for(self._reply_record(connection), timeout)
+                if kind == ERROR:
+                    raise TransferError(f"the peer refused {name}: {answer.decode('utf-8', 'replace')}")
+                offset = int.from_bytes(answer, "big") if len(answer) == 8 else -1
+                if not 0 <= offset <= size:
+                    raise TransferError(f"the peer asked to start {name} at an impossible offset")
+                if offset:
+                    logger.info("direct: resuming {} at byte {} of {}", name, offset, size)
+                report = _progress_reporter(progress, name, size, asyncio.get_running_loop())
+                await self._io(_send_bytes, connection, path, offset, size, report)
+                kind, answer = await asyncio.wait_for(self._reply_record(connection), timeout)
+            except asyncio.TimeoutError:
+                connection.close()
+                raise TransferError(f"no answer from the peer about {name} within {timeout:g} s") from None
+            except TransferError:
+                raise
+            except BaseException as error:
+                connection.close()
+                if isinstance(error, (asyncio.CancelledError, KeyboardInterrupt)):
+                    raise
+                raise _translate_io(error, connection.peer) from None
+            if kind == ERROR:
+                reason = answer.decode("utf-8", "replace")
+                integrity = reason.startswith((partial.REASON_HASH, partial.REASON_INCOMPLETE))
+                raise (IntegrityError if integrity else TransferError)(f"the peer refused {name}: {reason}")
+            if answer.decode("ascii", "replace") != sha256:
+                raise IntegrityError(f"the peer confirmed {name} with another SHA-256")
+        logger.info("direct: delivered {} ({} bytes from offset {})", name, size, offset)
+        return Delivery(name=name, size=size, transport=self.name, sha256=sha256, reference=tid)
+
+    async def _reply_record(self, connection: Connection) -> tuple[int, bytes]:
+        try:
+            return await self._io(connection.recv_record, (ACCEPT, ACK, ERROR), MAX_REPLY_RECORD)
+        except TransferError as error:
+            connection.close()
+            raise ConnectionClosedError(f"the peer broke the direct protocol: {error}") from None
+
+
+def _progress_reporter(
+    progress: Callable[[str, int, int], Any] | None, name: str, size: int, loop: asyncio.AbstractEventLoop
+) -> Callable[[int], None] | None:
+    if progress is None:
+        return None
+    last = [0.0]
+
+    def report(done: int) -> None:
+        now = time.monotonic()
+        if done == size or now - last[0] >= PROGRESS_INTERVAL:
+            last[0] = now
+            loop.call_soon_threadsafe(progress, name, done, size)
+
+    return report
+
+
+def _send_bytes(
+    connection: Connection, path: Path, offset: int, size: int, report: Callable[[int], None] | None
+) -> None:
+    """The file from ``offset`` as DATA records, then END. Blocking: runs in a thread."""
+    position = offset
+    buffer = bytearray(BLOCK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle, connection.using() as tls:
+        handle.seek(offset)
+        if report is not None:
+            report(position)
+        while position < size:
+            count = handle.readinto(view[: min(BLOCK, size - position)])
+            if not count:
+                break
+            tls.sendall(RECORD_HEADER.pack(DATA, count))
+            tls.sendall(view[:count])
+            position += count
+            if report is not None:
+                report(position)
+        if position != size:
+            # Not a TransferError: the stream is out of step, so the caller closes it.
+            raise LocalProtocolError(f"{path.name}: file changed while being sent ({position} of {size} bytes)")
+        tls.sendall(RECORD_HEADER.pack(END, 0))
+
+
+def _receive_bytes(connection: Connection, state: partial.Incoming) -> None:
+    """DATA records into the partial file (hashed as written) until END. Blocking: runs in a
+    thread; the event loop leaves ``state`` alone while ``state.busy``."""
+    size = state.meta.size
+    buffer = bytearray(BLOCK)
+    view = memoryview(buffer)
+    handle, digest = state.handle, state.digest
+    assert handle is not None
+    with connection.using() as tls:
+        while True:
+            header = connection.recv_exactly(tls, RECORD_HEADER.size)
+            kind, length = parse_record_header(header, (DATA, END), MAX_DATA_RECORD)
+            if kind == END:
+                return
+            if state.received + length > size:
+                raise TransferError(f"data beyond the announced size of {size} bytes")
+            while length:
+                count = tls.recv_into(view, min(length, BLOCK))
+                if not count:
+                    raise ConnectionClosedError(f"direct connection to {connection.peer} closed")
+                piece = view[:count]
+                handle.write(piece)
+                digest.update(piece)
+                state.received += count
+                length -= count
+            if state.detached:
+                raise ConnectionClosedError("transfer taken over by another session")
+
+
+def _close_pair_when_done(future: asyncio.Future) -> None:
+    """Close connections an abandoned attempt made after all."""
+    if future.cancelled() or future.exception() is not None:
+        return
+    for connection in future.result().values():
+        connection.close()
+
+
+@hookimpl
+def rtcxfer_frame_types():
+    return (DirectOffer, DirectResult)
+
+
+@hookimpl
+def rtcxfer_register_transports(register) -> None:
+    register(DirectTransport)
+
+
+@hookimpl
+def rtcxfer_claim_frame(frame: Frame) -> str | None:
+    return DirectTransport.name if DirectTransport.claims(frame) else None
