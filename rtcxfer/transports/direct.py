@@ -496,7 +496,9 @@ class Listener:
     """An ephemeral TCP port on the given addresses that hands over exactly two connections,
     each authenticated by a one-time token; strangers get nothing."""
 
-    def __init__(self, addresses: list[str], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, addresses: list[str], loop: asyncio.AbstractEventLoop, role: str) -> None:
+        #: Whose listener this is (``client`` or ``worker``).
+        self.role = role
         self._loop = loop
         self._identity = identity()
         self.tokens = {"client": secrets.token_bytes(TOKEN_BYTES), "worker": secrets.token_bytes(TOKEN_BYTES)}
@@ -658,6 +660,8 @@ class DirectTransport(Transport):
         self._closed = False
         #: Set once the set-up ended, with or without connections.
         self._settled = asyncio.Event()
+        #: One entry per completed or attempted send, for callers and tests.
+        self.reports: list[partial.SendReport] = []
         #: How the connections of this session were made: ``client-connects``,
         #: ``worker-connects``, or ``None`` (not (yet) usable).
         self.mode: str | None = None
@@ -665,6 +669,16 @@ class DirectTransport(Transport):
     @property
     def _options(self) -> dict[str, Any]:
         return _options(self.context)
+
+    async def wait_settled(self, timeout: float) -> None:
+        """Wait until this session's set-up ended, with connections or without (worker side:
+        the client's DIRECT_RESULT was handled)."""
+        await asyncio.wait_for(self._settled.wait(), timeout)
+
+    @property
+    def listener(self) -> Listener | None:
+        """This side's listener in this session, if it made one (closed or not)."""
+        return self._listener
 
     @property
     def _connect_timeout(self) -> float:
@@ -684,7 +698,7 @@ class DirectTransport(Transport):
         self._futures()
         assert self._peer_offer is not None and self._peer_failure is not None
         loop = asyncio.get_running_loop()
-        self._listener = Listener(listen_addresses(self.context), loop)
+        self._listener = Listener(listen_addresses(self.context), loop, self.context.role)
         await self.link.send(self._listener.offer())
         try:
             offer = await asyncio.wait_for(asyncio.shield(self._peer_offer), OFFER_TIMEOUT)
@@ -776,7 +790,7 @@ class DirectTransport(Transport):
     async def _answer(self, offer: DirectOffer) -> None:
         """Worker: listen, answer with our offer, and try the client's offer meanwhile."""
         try:
-            self._listener = Listener(listen_addresses(self.context), asyncio.get_running_loop())
+            self._listener = Listener(listen_addresses(self.context), asyncio.get_running_loop(), self.context.role)
         except RtcxferError as error:
             await self.link.send(DirectResult(UNREACHABLE, quote_for_reply(str(error))))
             return
@@ -981,6 +995,7 @@ class DirectTransport(Transport):
                     logger.info("direct: resuming {} at byte {} of {}", name, offset, size)
                 report = _progress_reporter(progress, name, size, asyncio.get_running_loop())
                 await self._io(_send_bytes, connection, path, offset, size, report)
+                self.reports.append(partial.SendReport(tid, name, size, offset, size - offset))
                 kind, answer = await asyncio.wait_for(self._reply_record(connection), timeout)
             except asyncio.TimeoutError:
                 connection.close()

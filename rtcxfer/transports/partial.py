@@ -217,6 +217,19 @@ class Incoming:
 ACTIVE_PARTS: dict[tuple[str, str], Incoming] = {}
 
 
+@attrs.frozen
+class SendReport:
+    """What one ``send_file`` call of a byte-moving transport did on the wire."""
+
+    transfer_id: str
+    name: str
+    size: int
+    #: Where the receiver asked to start (more than 0 when it resumed a partial).
+    offset: int
+    #: Payload bytes this call sent.
+    bytes_sent: int
+
+
 def checked_name(name: str) -> PurePosixPath:
     """The relative path a peer asked to write, or :class:`TransferError` saying why not."""
     try:

@@ -85,7 +85,7 @@ from rtcxfer.log import logger
 from rtcxfer.security import check_relative_text
 from rtcxfer.transport import Delivery, ReceivedFile, Transport
 from rtcxfer.transports import partial
-from rtcxfer.transports.partial import hash_file, part_name, transfer_id_for  # noqa: F401  (re-exported)
+from rtcxfer.transports.partial import SendReport, hash_file, part_name, transfer_id_for  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover
     from rtcxfer.engine import ChunkReceived
@@ -133,19 +133,6 @@ class _Outgoing:
                 future.exception()
             else:
                 future.cancel()
-
-
-@attrs.frozen
-class SendReport:
-    """What one :meth:`RtcChunkedTransport.send_file` call did on the wire."""
-
-    transfer_id: str
-    name: str
-    size: int
-    #: Where the receiver asked to start (more than 0 when it resumed a partial).
-    offset: int
-    #: Payload bytes this call sent.
-    bytes_sent: int
 
 
 # --- the transport ------------------------------------------------------------------------
