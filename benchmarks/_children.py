@@ -73,13 +73,18 @@ async def _connect(args: argparse.Namespace, role: str):
     from rtcxfer.signaling import SignalingClient
 
     peer_role = "client" if role == "worker" else "worker"
-    options = PeerOptions(fast_loopback=not args.no_fast)
+    # --any-interface: across the two-host bed, whose only interface besides lo is the veth.
+    options = PeerOptions(loopback_only=not args.any_interface, large_packets=not args.no_fast)
     if args.high_watermark:
         options = attrs.evolve(options, high_watermark=args.high_watermark)
     async with SignalingClient(args.url, args.room, role, f"{role}-{secrets.token_hex(3)}") as signaling:
         other = await signaling.wait_for_peer(peer_role, timeout=STEP)
         send, receive = signaling_adapter(signaling, other)
         return await connect_via(send, receive, "answerer" if role == "worker" else "offerer", options, STEP)
+
+
+def _packet_report(peer) -> dict:
+    return {"sctp_packet": peer.packet_size.size, "sctp_reason": peer.packet_size.reason}
 
 
 async def rtc_chunked_receiver(args: argparse.Namespace) -> dict:
@@ -108,7 +113,7 @@ async def rtc_chunked_receiver(args: argparse.Namespace) -> dict:
         await peer.close()
     for item in directory.glob("*.bin"):
         item.unlink()
-    return {"files": received, **mem.report(), "sctp_packet": peer.sctp_packet_size}
+    return {"files": received, **mem.report(), **_packet_report(peer)}
 
 
 async def rtc_chunked_sender(args: argparse.Namespace) -> dict:
@@ -138,7 +143,7 @@ async def rtc_chunked_sender(args: argparse.Namespace) -> dict:
         link.close()
         await asyncio.gather(runner, return_exceptions=True)
         await peer.close()
-    return {"files": results, **mem.report(), "sctp_packet": peer.sctp_packet_size}
+    return {"files": results, **mem.report(), **_packet_report(peer)}
 
 
 async def stock_receiver(args: argparse.Namespace) -> dict:
@@ -237,7 +242,7 @@ async def tcp_receiver(args: argparse.Namespace) -> dict:
         writer.close()
         finished.set()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    server = await asyncio.start_server(serve, args.host, 0)
     port = server.sockets[0].getsockname()[1]
     mem.mark_idle()
     print(json.dumps({"port": port}), flush=True)
@@ -254,7 +259,7 @@ async def tcp_sender(args: argparse.Namespace) -> dict:
     for source in args.files:
         size = os.path.getsize(source)
         started = time.perf_counter()
-        reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
+        reader, writer = await asyncio.open_connection(args.host, args.port)
         writer.write(size.to_bytes(8, "big"))
         with open(source, "rb") as handle:
             while block := handle.read(1 << 20):
@@ -398,6 +403,8 @@ def child_main(argv: list[str]) -> None:
     parser.add_argument("--files", nargs="*", default=[])
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     parser.add_argument("--no-fast", action="store_true")
+    parser.add_argument("--any-interface", action="store_true")
+    parser.add_argument("--host", default="127.0.0.1", help="TCP cases: the receiver's address")
     parser.add_argument("--high-watermark", type=int)
     parser.add_argument("--chunk-size", type=int)
     parser.add_argument("--s3-url")

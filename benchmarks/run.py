@@ -74,8 +74,9 @@ def _last_json(output: bytes) -> dict:
     raise RuntimeError(f"a benchmark child printed no result: {output[-2000:]!r}")
 
 
-async def spawn(role: str, *args: str, stdin: bool = False) -> asyncio.subprocess.Process:
-    command = [sys.executable, str(HERE / "run.py"), "--child", role, *args]
+async def spawn(role: str, *args: str, stdin: bool = False, prefix: list[str] = ()) -> asyncio.subprocess.Process:
+    """A child ``run.py --child ROLE``; ``prefix`` runs it elsewhere (``ip netns exec NS``)."""
+    command = [*prefix, sys.executable, str(HERE / "run.py"), "--child", role, *args]
     return await asyncio.create_subprocess_exec(
         *command,
         stdout=subprocess.PIPE,
@@ -287,6 +288,8 @@ class Table:
             per_round = ", ".join(f"{v:.2f}" for v in values) or "-"
             median = f"{statistics.median(values):.2f}" if values else "-"
             print(f"| {name} | {per_round} | {median} | {target} |")
+        if not self.memory:
+            return
         print()
         print("| process | idle -> peak RSS (growth), worst round | |")
         print("| --- | --- | --- |")
@@ -481,11 +484,17 @@ def main() -> None:
         "--no-fast-loopback",
         dest="fast",
         action="store_false",
-        help="rtc-chunked with aiortc's stock SCTP packet size (PeerOptions(fast_loopback=False))",
+        help="rtc-chunked with aiortc's stock SCTP packet size (PeerOptions(large_packets=False))",
     )
     parser.add_argument("--dir", type=Path, help="work directory (default: a temporary one, removed)")
+    parser.add_argument(
+        "--two-host",
+        action="store_true",
+        help="instead: rtc-chunked, the stock pattern and TCP between two network namespaces (root)",
+    )
     args = parser.parse_args()
-    args.rounds = args.rounds or (1 if args.quick else 5)
+    if not args.two_host:
+        args.rounds = args.rounds or (1 if args.quick else 5)
     args.size = args.size or (16 if args.quick else 64)
     if args.loop is None:
         try:
@@ -498,7 +507,13 @@ def main() -> None:
     started = time.perf_counter()
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        asyncio.run(main_async(args, workdir))
+        if args.two_host:
+            from two_host import two_host_main
+
+            args.rounds = args.rounds or 3
+            asyncio.run(two_host_main(args, workdir))
+        else:
+            asyncio.run(main_async(args, workdir))
     finally:
         if args.dir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -197,6 +197,7 @@ def worker(signal_url, room, token, shared_root, ice_servers, any_interface, pee
                 signaling_token=token,
                 peer_options=_peer_options(ice_servers, any_interface),
                 on_ready=ready,
+                on_notice=lambda text: click.echo(f"worker {peer_id}: {text}", err=True),
             )
         )
     except Interrupted:

@@ -187,6 +187,7 @@ class RTCClient:
             worker_id = worker_id or await self._signaling.wait_for_peer(role="worker", timeout=timeout)
             send, receive = rtc.signaling_adapter(self._signaling, worker_id)
             self._peer, channel = await rtc.connect_via(send, receive, "offerer", self.peer_options, timeout)
+            self._peer.watch_packet_size(lambda size: self._emit("notice", None, message=size.describe()))
         except BaseException:
             await self._signaling.close()
             raise

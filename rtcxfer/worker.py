@@ -158,8 +158,12 @@ class RTCWorkerClient:
         signaling_token: str | None = None,
         peer_options=None,
         on_ready: Callable[[], None] | None = None,
+        on_notice: Callable[[str], None] | None = None,
     ) -> None:
-        """Register on the signaling server and serve every client that connects, until cancelled."""
+        """Register on the signaling server and serve every client that connects, until cancelled.
+
+        ``on_notice`` receives one line of text about a session worth showing an operator
+        (the SCTP packet size each connection uses, and why)."""
         from rtcxfer import rtc
         from rtcxfer.signaling import SignalingClient
 
@@ -174,7 +178,7 @@ class RTCWorkerClient:
                     event = await signaling.receive()
                     payload = event.get("payload")
                     if event.get("type") == "relay" and isinstance(payload, dict) and payload.get("kind") == "offer":
-                        task = asyncio.create_task(self._answer(signaling, event["from"], payload, options))
+                        task = asyncio.create_task(self._answer(signaling, event["from"], payload, options, on_notice))
                         tasks[task] = event["from"]
                         task.add_done_callback(lambda done: tasks.pop(done, None))
                     elif event.get("type") == "peer-left":
@@ -190,10 +194,12 @@ class RTCWorkerClient:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _answer(self, signaling, client_id: str, offer: dict, options) -> None:
+    async def _answer(self, signaling, client_id: str, offer: dict, options, on_notice=None) -> None:
         from rtcxfer import rtc
 
         peer = rtc.PeerConnection(options)
+        if on_notice is not None:
+            peer.watch_packet_size(lambda size: on_notice(f"client {client_id}: {size.describe()}"))
         try:
             sdp = offer.get("sdp")
             if not isinstance(sdp, str):

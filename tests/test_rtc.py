@@ -25,8 +25,6 @@ from rtcxfer.errors import (
 from rtcxfer.rtc import (
     CHANNEL_LABEL,
     DEFAULT_HIGH_WATERMARK,
-    FAST_LOOPBACK_ATTRIBUTE,
-    LOOPBACK_SCTP_PACKET_SIZE,
     DataChannel,
     PeerConnection,
     PeerOptions,
@@ -36,14 +34,21 @@ from rtcxfer.rtc import (
     restrict_host_candidates_to_loopback,
     signaling_adapter,
     strip_non_loopback_candidates,
-    tune_loopback_sctp,
+)
+from rtcxfer.sctp_packet_size import (
+    ATTRIBUTE,
+    MAX_PACKET_SIZE,
+    STOCK_PACKET_SIZE,
+    PacketSizer,
+    remote_packet_size,
+    tuning_supported,
 )
 
 STEP = 10.0  # seconds any single await may take before the test fails
 
-# The loopback SCTP tuning rewrites aiortc >= 1.16 internals; older aiortc runs untuned.
+# The SCTP packet size mechanism rewrites aiortc >= 1.16 internals; older aiortc runs at stock size.
 needs_sctp_tuning = pytest.mark.skipif(
-    not rtc_module._tuning_supported(), reason="this aiortc lacks the internals the SCTP tuning needs"
+    not tuning_supported(), reason="this aiortc lacks the internals the SCTP tuning needs"
 )
 
 
@@ -448,28 +453,44 @@ STOCK_USERDATA = aiortc.rtcsctptransport.USERDATA_MAX_LENGTH
 
 
 @needs_sctp_tuning
-def test_fast_loopback_is_only_offered_in_loopback_mode():
-    assert PeerOptions().fast_loopback is True
-    assert PeerConnection(PeerOptions())._fast_loopback is True
-    assert PeerConnection(PeerOptions(fast_loopback=False))._fast_loopback is False
-    # Off loopback the path MTU matters again: never offered, whatever the option says.
-    assert PeerConnection(PeerOptions(loopback_only=False))._fast_loopback is False
-
-
-@needs_sctp_tuning
-def test_fast_loopback_attribute_is_advertised_in_the_application_section():
+def test_large_packets_are_offered_in_both_modes_unless_disabled():
     async def main():
-        fast, stock = PeerConnection(), PeerConnection(PeerOptions(fast_loopback=False))
+        peers = [PeerConnection(), PeerConnection(PeerOptions(loopback_only=False))]
+        stock = PeerConnection(PeerOptions(large_packets=False))
         try:
-            line = f"a={FAST_LOOPBACK_ATTRIBUTE}:{LOOPBACK_SCTP_PACKET_SIZE}"
-            sdp = await fast.create_offer()
-            assert sdp.count(line) == 1
-            assert sdp.index("m=application") < sdp.index(line)
-            assert FAST_LOOPBACK_ATTRIBUTE not in await stock.create_offer()
+            line = f"a={ATTRIBUTE}:{MAX_PACKET_SIZE}"
+            for peer in peers:
+                sdp = await peer.create_offer()
+                assert sdp.count(line) == 1
+                assert sdp.index("m=application") < sdp.index(line)
+            assert ATTRIBUTE not in await stock.create_offer()
         finally:
-            await asyncio.gather(fast.close(), stock.close())
+            await asyncio.gather(*(peer.close() for peer in peers), stock.close())
 
     run(main())
+
+
+def test_remote_packet_size_reads_only_a_sane_attribute():
+    assert remote_packet_size(f"v=0\r\na={ATTRIBUTE}:16384\r\n") == 16384
+    assert remote_packet_size(f"a={ATTRIBUTE}:abc") is None
+    assert remote_packet_size(f"a={ATTRIBUTE}:100") is None
+    assert remote_packet_size("v=0\r\n") is None
+
+
+def test_malformed_pieces_from_the_peer_are_dropped():
+    sizer = PacketSizer()
+    header = b"\x00\x00rx"
+    assert sizer._join(header) is None
+    assert sizer._join(header + bytes(6)) is None  # count 0
+    assert sizer._join(header + b"\x00\x00\x00\x01" + bytes([3, 2]) + b"x") is None  # index >= count
+    first = header + b"\x00\x00\x00\x07" + bytes([0, 2]) + b"ab"
+    second = header + b"\x00\x00\x00\x07" + bytes([1, 2]) + b"cd"
+    assert sizer._join(first) is None
+    assert sizer._join(second) == b"abcd"
+    # Many unfinished packets: only the newest few are kept.
+    for number in range(1000):
+        sizer._join(header + number.to_bytes(4, "big") + bytes([0, 2]) + b"z")
+    assert len(sizer._joining) <= 32
 
 
 def _send_and_check(total: int = 2 * 1024 * 1024, size: int = 65536):
@@ -491,14 +512,16 @@ def _send_and_check(total: int = 2 * 1024 * 1024, size: int = 65536):
 
 
 @needs_sctp_tuning
-def test_two_rtcxfer_peers_agree_on_large_sctp_packets():
+def test_two_rtcxfer_peers_probe_and_use_large_sctp_packets_on_loopback():
     async def main():
         a, b, close = await connect_pair_in_process()
         try:
-            assert close.offerer.sctp_packet_size == LOOPBACK_SCTP_PACKET_SIZE
-            assert close.answerer.sctp_packet_size == LOOPBACK_SCTP_PACKET_SIZE
+            for peer in (close.offerer, close.answerer):
+                settled = await peer.packet_size_settled(STEP)
+                assert settled.size == MAX_PACKET_SIZE
+                assert settled.reason == "path probe confirmed"
             sctp = close.offerer._pc.sctp
-            assert sctp._rtcxfer_userdata > STOCK_USERDATA
+            assert sctp._send.__globals__["USERDATA_MAX_LENGTH"] > STOCK_USERDATA
             # Per connection: aiortc's module constant, used by every other peer, is untouched.
             assert aiortc.rtcsctptransport.USERDATA_MAX_LENGTH == STOCK_USERDATA
             await _send_and_check()(a, b)
@@ -511,15 +534,18 @@ def test_two_rtcxfer_peers_agree_on_large_sctp_packets():
     run(main())
 
 
-def test_tuning_is_off_unless_both_peers_offer_it():
+def test_large_packets_are_off_unless_both_peers_offer_them():
     async def main():
         fast = PeerConnection()
-        stock = PeerConnection(PeerOptions(fast_loopback=False))
+        stock = PeerConnection(PeerOptions(large_packets=False))
         try:
             answer = await stock.accept_offer(await fast.create_offer())
             await fast.accept_answer(answer)
             a, b = await asyncio.gather(fast.wait_channel_open(STEP), stock.wait_channel_open(STEP))
-            assert fast.sctp_packet_size is None and stock.sctp_packet_size is None
+            assert (await fast.packet_size_settled(STEP)).size == STOCK_PACKET_SIZE
+            assert "stock WebRTC endpoint" in fast.packet_size.reason
+            assert stock.packet_size.size == STOCK_PACKET_SIZE
+            assert "disabled" in stock.packet_size.reason
             assert "USERDATA_MAX_LENGTH" in vars(type(fast._pc.sctp))["_send"].__code__.co_names
             assert "_send" not in vars(fast._pc.sctp)
             await _send_and_check()(a, b)
@@ -548,13 +574,13 @@ def test_plain_aiortc_peer_interoperates_with_a_fast_loopback_peer():
 
         try:
             offer = await ours.create_offer()
-            assert FAST_LOOPBACK_ATTRIBUTE in offer
+            assert ATTRIBUTE in offer
             await theirs.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
             await theirs.setLocalDescription(await theirs.createAnswer())
             await ours.accept_answer(theirs.localDescription.sdp)
             channel = await ours.wait_channel_open(STEP)
             raw = await asyncio.wait_for(opened, STEP)
-            assert ours.sctp_packet_size is None
+            assert (await ours.packet_size_settled(STEP)).size == STOCK_PACKET_SIZE
             payload = os.urandom(1024 * 1024)
             for start in range(0, len(payload), 65536):
                 await channel.send_bytes(payload[start : start + 65536])
@@ -567,25 +593,5 @@ def test_plain_aiortc_peer_interoperates_with_a_fast_loopback_peer():
         finally:
             await ours.close()
             await theirs.close()
-
-    run(main())
-
-
-@needs_sctp_tuning
-def test_tune_loopback_sctp_checks_the_packet_size():
-    async def main():
-        peer = PeerConnection(PeerOptions(fast_loopback=False))
-        try:
-            await peer.create_offer()
-            sctp = peer._pc.sctp
-            with pytest.raises(ValueError):
-                tune_loopback_sctp(sctp, 100)
-            with pytest.raises(ValueError):
-                tune_loopback_sctp(sctp, LOOPBACK_SCTP_PACKET_SIZE + 1)
-            assert tune_loopback_sctp(sctp, 4096) is True
-            assert sctp._rtcxfer_userdata == 4096 - 28
-            assert sctp._cwnd == 3 * (4096 - 28)
-        finally:
-            await peer.close()
 
     run(main())

@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 #: Hang guards in seconds, generous for a loaded 2-core machine; never assertions about speed.
@@ -32,12 +32,14 @@ class CliProcess:
         *,
         env: Mapping[str, str] | None = None,
         python: str | Path = sys.executable,
+        prefix: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.log_path = Path(log_dir) / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        # prefix: run it elsewhere, e.g. ``ip netns exec NS`` (``two_hosts.Host.prefix``).
         self.process = subprocess.Popen(
-            [str(python), "-m", "rtcxfer.cli", *args],
+            [*prefix, str(python), "-m", "rtcxfer.cli", *args],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -79,12 +81,19 @@ class CliProcess:
 
 
 def start_signaling(
-    log_dir: Path, *, token: str, env: Mapping[str, str] | None = None, python: str | Path = sys.executable
+    log_dir: Path,
+    *,
+    token: str,
+    env: Mapping[str, str] | None = None,
+    python: str | Path = sys.executable,
+    host: str = "127.0.0.1",
+    prefix: Sequence[str] = (),
 ) -> tuple[CliProcess, str]:
-    """``rtcxfer signal --port 0`` on 127.0.0.1; returns the process and its URL once it listens."""
-    process = CliProcess("signal", ["signal", "--port", "0", "--token", token], log_dir, env=env, python=python)
+    """``rtcxfer signal --port 0`` on ``host``; returns the process and its URL once it listens."""
+    args = ["signal", "--host", host, "--port", "0", "--token", token]
+    process = CliProcess("signal", args, log_dir, env=env, python=python, prefix=prefix)
     try:
-        url = process.wait_for(SIGNALING_READY).group(1)
+        url = process.wait_for(rf"signaling server listening on (ws://{re.escape(host)}:\d+)").group(1)
     except AssertionError:
         process.stop()
         raise
