@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from rtcxfer.errors import IntegrityError, TransferError
 from rtcxfer.plugins import PluginHost
-from rtcxfer.testing.contract import contract_pair, make_file, run_async, sha256_of
+from rtcxfer.testing.contract import _wait_for_received, contract_pair, make_file, run_async, sha256_of
 from rtcxfer.transport import TransportContext
 from rtcxfer.transports import direct, partial
 from rtcxfer.transports.direct import (
@@ -260,6 +260,8 @@ def test_strangers_disturb_nothing_while_files_move(tmp_path, monkeypatch):
                     await pair.worker.send_file(source, f"down-{rounds}.bin")
                     rounds += 1
                 answers.extend(await flooding)
+            for role in ("worker", "client"):
+                await _wait_for_received(pair, role, rounds, 10)
             assert len(pair.received["worker"]) == len(pair.received["client"]) == rounds
             for file in pair.received["worker"] + pair.received["client"]:
                 assert file.transport == "direct" and sha256_of(file.path) == expected
@@ -323,7 +325,9 @@ def test_roles_swap_when_the_client_cannot_reach_the_worker(tmp_path, unreachabl
             await pair.client.send_file(source, "up.bin")
             await pair.worker.send_file(source, "down.bin")
             for role in ("worker", "client"):
-                assert [f.sha256 for f in pair.received[role]] == [sha256_of(source)]
+                # The receiver confirms before it hands the file on: wait for the hand-over.
+                file = await _wait_for_received(pair, role, 1, 10)
+                assert file.sha256 == sha256_of(source) and file.transport == "direct"
 
     run_async(scenario(), 60)
 
@@ -396,7 +400,7 @@ def test_a_file_refused_by_the_receiver_leaves_the_connection_usable(tmp_path):
             with pytest.raises(TransferError, match="exceeds the limit"):
                 await pair.client.send_file(source, "too-big.bin")
             await pair.worker.send_file(source, "fine.bin")
-            assert [f.name for f in pair.received["client"]] == ["fine.bin"]
+            assert (await _wait_for_received(pair, "client", 1, 10)).name == "fine.bin"
 
     run_async(scenario(), 60)
     assert not any(Path(worker_context.incoming_dir).rglob("*"))
@@ -423,7 +427,7 @@ def test_a_peer_that_breaks_the_record_protocol_loses_the_connection_not_the_ses
             assert "direct" in str(raised.value) or "closed" in str(raised.value)
             # The other transport of the session still works.
             await pair.attached["client"]["rtc-chunked"].send_file(source, "after.bin")
-            assert [f.transport for f in pair.received["worker"]] == ["rtc-chunked"]
+            assert (await _wait_for_received(pair, "worker", 1, 10)).transport == "rtc-chunked"
 
     run_async(scenario(), 60)
 
