@@ -708,7 +708,8 @@ class DirectTransport(Transport):
         except RtcxferError:
             self._shut_listener()
             raise
-        deadline = loop.time() + self._connect_timeout + SWAP_GRACE
+        started = loop.time()
+        deadline = started + self._connect_timeout + SWAP_GRACE
         outcome, pair, reason = CLIENT_CONNECTS, None, NO_REASON
         try:
             pair = await self._connect(offer)
@@ -722,7 +723,8 @@ class DirectTransport(Transport):
                 theirs = self._peer_failure.result() if self._peer_failure.done() else "no answer in time"
                 outcome = UNREACHABLE
                 reason = (
-                    f"the client cannot reach the worker ({mine}) and the worker cannot reach the client ({theirs})"
+                    f"gave up after {loop.time() - started:.1f} s: the client cannot reach the worker ({mine}) "
+                    f"and the worker cannot reach the client ({theirs})"
                 )
         if outcome != WORKER_CONNECTS:
             self._shut_listener()
