@@ -698,6 +698,7 @@ class DirectTransport(Transport):
         self._futures()
         assert self._peer_offer is not None and self._peer_failure is not None
         loop = asyncio.get_running_loop()
+        started = loop.time()
         self._listener = Listener(listen_addresses(self.context), loop, self.context.role)
         await self.link.send(self._listener.offer())
         try:
@@ -708,8 +709,7 @@ class DirectTransport(Transport):
         except RtcxferError:
             self._shut_listener()
             raise
-        started = loop.time()
-        deadline = started + self._connect_timeout + SWAP_GRACE
+        deadline = loop.time() + self._connect_timeout + SWAP_GRACE
         outcome, pair, reason = CLIENT_CONNECTS, None, NO_REASON
         try:
             pair = await self._connect(offer)
