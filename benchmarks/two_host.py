@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import attrs
-
 from run import MiB, Table, finish, make_file, mbps, spawn
 
 from rtcxfer.testing.two_hosts import TwoHosts, missing_requirements, two_hosts
@@ -43,8 +42,12 @@ class TwoHostRunner:
 
     async def pair(self, kind: str, files: list[Path], *, loop: str, fast: bool = True) -> tuple[dict, dict]:
         room = f"bench-{secrets.token_hex(4)}"
-        common = ["--url", self.url, "--room", room, "--loop", loop, "--any-interface"] + ([] if fast else ["--no-fast"])
-        receiver = await spawn(f"{kind}-recv", *common, "--dir", str(self.workdir / "incoming"), prefix=self.bed.b.prefix)
+        common = ["--url", self.url, "--room", room, "--loop", loop, "--any-interface"] + (
+            [] if fast else ["--no-fast"]
+        )
+        receiver = await spawn(
+            f"{kind}-recv", *common, "--dir", str(self.workdir / "incoming"), prefix=self.bed.b.prefix
+        )
         sender = await spawn(
             f"{kind}-send", *common, "--dir", str(self.workdir / "unused"), "--files", *map(str, files),
             prefix=self.bed.a.prefix,
@@ -54,10 +57,14 @@ class TwoHostRunner:
 
     async def tcp(self, files: list[Path]) -> tuple[dict, dict]:
         host = self.bed.b.address
-        receiver = await spawn("tcp-recv", "--host", host, "--dir", str(self.workdir / "incoming"), prefix=self.bed.b.prefix)
+        receiver = await spawn(
+            "tcp-recv", "--host", host, "--dir", str(self.workdir / "incoming"), prefix=self.bed.b.prefix
+        )
         assert receiver.stdout is not None
         port = json.loads(await asyncio.wait_for(receiver.stdout.readline(), 60))["port"]
-        sender = await spawn("tcp-send", "--host", host, "--port", str(port), "--files", *map(str, files), prefix=self.bed.a.prefix)
+        sender = await spawn(
+            "tcp-send", "--host", host, "--port", str(port), "--files", *map(str, files), prefix=self.bed.a.prefix
+        )
         results = await asyncio.gather(finish(sender, "tcp-send"), finish(receiver, "tcp-recv"))
         return results[0], results[1]
 

@@ -12,8 +12,9 @@ The mechanism (packetization-layer path MTU discovery, RFC 8899 section 4 for SC
    ``a=x-rtcxfer-sctp-packet:16384``. Other endpoints ignore the unknown attribute (RFC 4566);
    without it from the remote nothing here happens, so a stock WebRTC peer sees no difference:
    no probe, no large packet. (A stock aiortc reads at most 1500 bytes of a DTLS record and
-   writes a record larger than that in 1500-byte pieces, so it could neither take a large
-   packet nor answer a large probe.)
+   writes a record larger than that in 1500-byte pieces, so it can neither take a large packet
+   nor answer a large probe; tried on aiortc 1.16, probes of 4-16 KiB leave its DTLS out of
+   step and the association stalls. Probing is therefore only for peers that advertise.)
 2. Both sides start at aiortc's size. Once the association is up, each side sends padded
    HEARTBEAT chunks of every size in :data:`PROBE_SIZES` at once; the peer echoes each one back
    in a HEARTBEAT-ACK of the same size (RFC 9260 section 8.3), so an acknowledged probe proves
@@ -249,7 +250,9 @@ class PacketSizer:
     def __init__(self, enabled: bool = True, on_change: Callable[[PacketSize], None] | None = None) -> None:
         self._supported = enabled and tuning_supported()
         self._disabled_reason = (
-            None if self._supported else ("disabled by PeerOptions" if not enabled else "aiortc internals differ from 1.16")
+            None
+            if self._supported
+            else ("disabled by PeerOptions" if not enabled else "aiortc internals differ from 1.16")
         )
         self._on_change = on_change
         self._sctp: Any = None

@@ -16,7 +16,6 @@ import aiortc.rtcsctptransport
 import pytest
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
-from rtcxfer import rtc as rtc_module
 from rtcxfer.errors import (
     ConnectionClosedError,
     LocalProtocolError,

@@ -61,7 +61,9 @@ class PeerProcess:
         self.process.stdin.flush()
 
 
-def connect(bed, send_args: tuple[str, ...] = (), receive_args: tuple[str, ...] = ()) -> tuple[PeerProcess, PeerProcess]:
+def connect(
+    bed, send_args: tuple[str, ...] = (), receive_args: tuple[str, ...] = ()
+) -> tuple[PeerProcess, PeerProcess]:
     """A sender in host A and a receiver in host B, with the SDP exchanged through us."""
     receiver = PeerProcess(bed.b, "receive", *receive_args)
     sender = PeerProcess(bed.a, "send", *send_args)

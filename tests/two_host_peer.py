@@ -40,7 +40,9 @@ async def send(args: argparse.Namespace) -> dict:
 
     peer = PeerConnection(PeerOptions(loopback_only=False))
     changes: list[dict] = []
-    peer.on_packet_size.append(lambda size: changes.append({"at": time.time(), "size": size.size, "reason": size.reason}))
+    peer.on_packet_size.append(
+        lambda size: changes.append({"at": time.time(), "size": size.size, "reason": size.reason})
+    )
     emit({"offer": await peer.create_offer()})
     await peer.accept_answer((await read_json_line())["answer"])
     channel = await peer.wait_channel_open(60)

@@ -15,9 +15,10 @@ What a bed is:
   end (``veth0``) of ``mtu`` bytes (1500 by default), IPv6 off; addresses from a private /30
   that exist only inside those two namespaces; no default route, so nothing else is reachable.
   The veth pair is created inside the namespaces, so the host's own namespace never sees it.
-* ``drop_fragments``: (also later: :meth:`TwoHosts.set_drop_fragments`) an nftables rule in both namespaces drops every incoming IP fragment
-  (``ip frag-off & 0x3fff != 0``) before the kernel reassembles it, as NATs and firewalls that
-  drop fragments do; datagrams that fit the MTU pass, larger ones vanish.
+* ``drop_fragments`` (or later :meth:`TwoHosts.set_drop_fragments`): an nftables rule in both
+  namespaces drops every incoming IP fragment (``ip frag-off & 0x3fff != 0``) before the kernel
+  reassembles it, as NATs and firewalls that drop fragments do; datagrams that fit the MTU
+  pass, larger ones vanish.
 * ``rate`` (tc syntax, e.g. ``"1gbit"``): a token bucket filter on both veth ends.
 * ``block_tcp``: TCP between the two is dropped, except to and from ``allow_tcp_ports`` (for a
   signaling server, say); loopback inside a namespace is unaffected.
@@ -160,7 +161,7 @@ class TwoHosts:
             return
         for host in (self.a, self.b):
             if drop:
-                _run([*host.prefix, "nft", "-f", "-"], stdin=_table(_FRAGMENT_TABLE, _FRAGMENT_RULE))
+                _run([*host.prefix, "nft", "-f", "-"], stdin=_table(_FRAGMENT_TABLE, [_FRAGMENT_RULE], _BEFORE_DEFRAG))
             else:
                 _run([*host.prefix, "nft", "delete", "table", "ip", _FRAGMENT_TABLE])
         self.drop_fragments = drop
@@ -177,24 +178,25 @@ class TwoHosts:
 
 _FRAGMENT_TABLE = "rtcxfer_fragments"
 _FRAGMENT_RULE = "ip frag-off & 0x3fff != 0 drop"
+# Before conntrack's defragmentation (priority -400), which would otherwise reassemble the
+# fragments before any rule could see them.
+_BEFORE_DEFRAG = -500
 _TCP_TABLE = "rtcxfer_tcp"
 
 
-def _table(name: str, rule: str) -> str:
-    """An nftables table with one rule for traffic arriving on the veth."""
-    # Priority -500 runs before conntrack's defragmentation (-400), which would otherwise
-    # reassemble the fragments before any rule could see them.
-    return (
-        f"table ip {name} {{\n  chain prerouting {{\n    type filter hook prerouting priority -500;\n"
-        f'    iifname "{INTERFACE}" {rule}\n  }}\n}}\n'
-    )
+def _table(name: str, rules: Sequence[str], priority: int = 0) -> str:
+    """An nftables table whose rules see the traffic arriving on the veth."""
+    lines = "".join(f'    iifname "{INTERFACE}" {rule}\n' for rule in rules)
+    chain = f"  chain prerouting {{\n    type filter hook prerouting priority {priority};\n{lines}  }}\n"
+    return f"table ip {name} {{\n{chain}}}\n"
 
 
-def _tcp_rule(allow_tcp_ports: Sequence[int]) -> str:
-    if not allow_tcp_ports:
-        return "meta l4proto tcp drop"
-    ports = ", ".join(str(port) for port in allow_tcp_ports)
-    return f"tcp dport != {{ {ports} }} tcp sport != {{ {ports} }} drop"
+def _tcp_rules(allow_tcp_ports: Sequence[int]) -> list[str]:
+    rules = []
+    if allow_tcp_ports:
+        ports = ", ".join(str(port) for port in allow_tcp_ports)
+        rules += [f"tcp dport {{ {ports} }} accept", f"tcp sport {{ {ports} }} accept"]
+    return [*rules, "meta l4proto tcp drop"]
 
 
 def _subnet(index: int) -> tuple[str, str]:
@@ -230,7 +232,23 @@ def two_hosts(
         for host in (a, b):
             _run(["ip", "netns", "add", host.namespace])
             made.append(host.namespace)
-        _run(["ip", "-n", a.namespace, "link", "add", INTERFACE, "type", "veth", "peer", "name", INTERFACE, "netns", b.namespace])
+        _run(
+            [
+                "ip",
+                "-n",
+                a.namespace,
+                "link",
+                "add",
+                INTERFACE,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                INTERFACE,
+                "netns",
+                b.namespace,
+            ]
+        )
         for host in (a, b):
             # No IPv6 (not even link-local): the veth's one IPv4 address is all a peer can offer.
             _run([*host.prefix, "sh", "-c", f"if [ -w {_IPV6_OFF} ]; then echo 1 > {_IPV6_OFF}; fi"])
@@ -238,7 +256,7 @@ def two_hosts(
             _run(["ip", "-n", host.namespace, "link", "set", INTERFACE, "mtu", str(mtu), "up"])
             _run(["ip", "-n", host.namespace, "addr", "add", f"{host.address}/30", "dev", INTERFACE])
             if block_tcp:
-                _run([*host.prefix, "nft", "-f", "-"], stdin=_table(_TCP_TABLE, _tcp_rule(allow_tcp_ports)))
+                _run([*host.prefix, "nft", "-f", "-"], stdin=_table(_TCP_TABLE, _tcp_rules(allow_tcp_ports)))
             if rate is not None:
                 _run(["tc", "-n", host.namespace, "qdisc", "add", "dev", INTERFACE, "root", "tbf",
                       "rate", rate, "burst", burst, "latency", "50ms"])  # fmt: skip
