@@ -104,7 +104,7 @@ def test_any_meta_object_parses_or_raises_transfer_error(fields):
         meta = parse_meta(json.dumps(fields).encode())
     except TransferError:
         return
-    assert set(fields) == {"transfer_id", "name", "size", "sha256"}
+    assert set(fields) == {"transfer_id", "name", "size"}
     assert meta.size == fields["size"] and not isinstance(fields["size"], bool)
 
 
@@ -362,13 +362,13 @@ def test_a_partial_file_is_resumed_from_its_length_and_the_hash_covers_the_whole
     source = make_file(tmp_path / "out" / "resume.bin", size, seed=9)
     digest = sha256_of(source)
     client_context, worker_context = contexts(tmp_path)
-    tid = partial.transfer_id_for("client", "resume.bin", size, digest)
+    tid, _ = direct.transfer_id_of("client", source, "resume.bin")
     incoming = Path(worker_context.incoming_dir)
     incoming.mkdir(parents=True)
     prefix = source.read_bytes()[: 2 * MiB + 5]
     (incoming / partial.part_name("resume.bin", tid)).write_bytes(prefix)
     corrupt_source = make_file(tmp_path / "out" / "corrupt.bin", size, seed=10)
-    corrupt_tid = partial.transfer_id_for("client", "corrupt.bin", size, sha256_of(corrupt_source))
+    corrupt_tid, _ = direct.transfer_id_of("client", corrupt_source, "corrupt.bin")
     (incoming / partial.part_name("corrupt.bin", corrupt_tid)).write_bytes(b"\xff" * MiB)
 
     async def scenario() -> None:
@@ -433,6 +433,6 @@ def test_a_peer_that_breaks_the_record_protocol_loses_the_connection_not_the_ses
 
 
 def test_meta_records_round_trip():
-    meta = direct.DirectMeta("ab" * 16, "a/b.bin", 3, "cd" * 32)
+    meta = direct.DirectMeta("ab" * 16, "a/b.bin", 3)
     assert parse_meta(meta.encode()) == meta
     assert parse_record_header(direct.RECORD_HEADER.pack(META, 5), (META,), 10) == (META, 5)

@@ -38,17 +38,20 @@ worker's (each token names which), so the directions never wait for each other. 
 connection, records are ``kind`` (1 byte) and ``length`` (8 bytes big-endian) then the payload::
 
     sender                                   receiver
-    META {"transfer_id","name","size","sha256"} ->
+    META {"transfer_id","name","size"}    ->
                                           <- ACCEPT offset (8 bytes)  or  ERROR reason
-    DATA ... (up to 4 MiB each), END      ->
+    DATA ... (up to 4 MiB each)           ->
+    END sha256 (hex)                      ->
                                           <- ACK sha256 (hex)         or  ERROR reason
 
 The receiving side is :mod:`rtcxfer.transports.partial`, shared with ``rtc-chunked``: a hidden
 partial file, SHA-256 while writing, size and hash checked, fsync, rename; a partial left by a
-dropped connection is resumed from its length (by ``direct`` or by ``rtc-chunked``, which derive
-the same transfer id). Bytes move in a thread per connection with blocking sockets (OpenSSL and
-hashlib release the GIL), about twice what asyncio's TLS streams move here; memory stays at a
-1 MiB buffer per direction whatever the file's size.
+dropped connection is resumed from its length by the next transfer of the same unchanged file.
+The sender hashes as it sends (a separate pass first would cost a third of the time at these
+rates), so the SHA-256 travels in END; the transfer id comes from the file's identity and
+modification time instead (:func:`transfer_id_of`). Bytes move in a thread per connection with
+blocking sockets (OpenSSL and hashlib release the GIL), about twice what asyncio's TLS streams
+move here; memory stays at a 1 MiB buffer per direction whatever the file's size.
 
 One TLS connection per direction: on this machine a second connection for the same file did
 not pay (see ``benchmarks/README.md``).
@@ -171,15 +174,17 @@ class DirectResult(Frame):
 
 @attrs.frozen
 class DirectMeta:
-    """A file announced on a connection (the fields :mod:`partial` reads)."""
+    """A file announced on a connection (the fields :mod:`partial` reads); its SHA-256 comes
+    with the END record, after the bytes."""
 
     transfer_id: str
     name: str
     size: int
-    sha256: str
+    sha256: str = ""
 
     def encode(self) -> bytes:
-        return json.dumps(attrs.asdict(self), separators=(",", ":")).encode()
+        fields = {"transfer_id": self.transfer_id, "name": self.name, "size": self.size}
+        return json.dumps(fields, separators=(",", ":")).encode()
 
 
 def _is_hex(value: object, length: int) -> bool:
@@ -192,16 +197,16 @@ def parse_meta(payload: bytes) -> DirectMeta:
         fields = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise TransferError("META is not UTF-8 JSON") from None
-    if not isinstance(fields, dict) or set(fields) != {"transfer_id", "name", "size", "sha256"}:
-        raise TransferError("META needs exactly transfer_id, name, size and sha256")
+    if not isinstance(fields, dict) or set(fields) != {"transfer_id", "name", "size"}:
+        raise TransferError("META needs exactly transfer_id, name and size")
     size = fields["size"]
     if not (isinstance(size, int) and not isinstance(size, bool) and size >= 0):
         raise TransferError("META size is not a non-negative integer")
-    if not _is_hex(fields["transfer_id"], 32) or not _is_hex(fields["sha256"], 64):
-        raise TransferError("META transfer_id or sha256 is not lowercase hex of the right length")
+    if not _is_hex(fields["transfer_id"], 32):
+        raise TransferError("META transfer_id is not 32 lowercase hex digits")
     if not isinstance(fields["name"], str):
         raise TransferError("META name is not a string")
-    return DirectMeta(fields["transfer_id"], fields["name"], size, fields["sha256"])
+    return DirectMeta(fields["transfer_id"], fields["name"], size)
 
 
 def parse_record_header(header: bytes, allowed: Iterable[int], limit: int) -> tuple[int, int]:
@@ -905,7 +910,7 @@ class DirectTransport(Transport):
             return False
         state.busy = True
         try:
-            await self._io(_receive_bytes, connection, state)
+            state.meta = attrs.evolve(meta, sha256=await self._io(_receive_bytes, connection, state))
         except BaseException as error:
             # Kept for a resume; a thread may still hold the handle if we were cancelled.
             if isinstance(error, asyncio.CancelledError):
@@ -964,8 +969,11 @@ class DirectTransport(Transport):
 
         Raises :class:`IntegrityError` when the peer's check failed, :class:`TransferError`
         when it refused the file, :class:`ConnectionClosedError` when the connection is gone
-        (the partial stays with the peer: the next transfer of the same file, by ``direct``
-        or ``rtc-chunked``, resumes it).
+        (the partial stays with the peer: the next transfer of the same, unchanged file
+        resumes it).
+
+        The file is hashed as it is sent, not before: the transfer id comes from the file's
+        identity and modification time (:func:`transfer_id_of`), the SHA-256 follows the bytes.
         """
         try:
             check_relative_text(name)
@@ -980,9 +988,8 @@ class DirectTransport(Transport):
             connection = self._send_connection
             if connection is None or connection.closed:
                 raise ConnectionClosedError("no direct connection in this session")
-            size, sha256 = await asyncio.to_thread(partial.hash_file, path)
-            tid = partial.transfer_id_for(self.context.role, name, size, sha256)
-            meta = DirectMeta(tid, name, size, sha256)
+            tid, size = await asyncio.to_thread(transfer_id_of, self.context.role, path, name)
+            meta = DirectMeta(tid, name, size)
             timeout = float(self._options.get("reply_timeout", DEFAULT_REPLY_TIMEOUT))
             progress = self._options.get("progress")
             try:
@@ -996,7 +1003,7 @@ class DirectTransport(Transport):
                 if offset:
                     logger.info("direct: resuming {} at byte {} of {}", name, offset, size)
                 report = _progress_reporter(progress, name, size, asyncio.get_running_loop())
-                await self._io(_send_bytes, connection, path, offset, size, report)
+                sha256 = await self._io(_send_bytes, connection, path, offset, size, report)
                 self.reports.append(partial.SendReport(tid, name, size, offset, size - offset))
                 kind, answer = await asyncio.wait_for(self._reply_record(connection), timeout)
             except asyncio.TimeoutError:
@@ -1042,35 +1049,55 @@ def _progress_reporter(
     return report
 
 
+def transfer_id_of(role: str, path: Path, name: str) -> tuple[str, int]:
+    """(transfer id, size) of sending ``path`` as ``name``: the same unchanged file gets the
+    same id in a later session (and so resumes); a modified one gets a new id."""
+    info = os.stat(path)
+    identity = f"{info.st_dev}:{info.st_ino}:{info.st_mtime_ns}"
+    return partial.transfer_id_for(role, name, info.st_size, identity), info.st_size
+
+
 def _send_bytes(
     connection: Connection, path: Path, offset: int, size: int, report: Callable[[int], None] | None
-) -> None:
-    """The file from ``offset`` as DATA records, then END. Blocking: runs in a thread."""
-    position = offset
+) -> str:
+    """The file from ``offset`` as DATA records, then END with the SHA-256 of the whole file
+    (the prefix the receiver holds is read and hashed, not sent). Blocking: runs in a thread."""
+    digest = hashlib.sha256()
+    position = 0
     buffer = bytearray(BLOCK)
     view = memoryview(buffer)
     with open(path, "rb", buffering=0) as handle, connection.using() as tls:
-        handle.seek(offset)
+        while position < offset:
+            count = handle.readinto(view[: min(BLOCK, offset - position)])
+            if not count:
+                break
+            digest.update(view[:count])
+            position += count
         if report is not None:
             report(position)
-        while position < size:
+        while offset <= position < size:
             count = handle.readinto(view[: min(BLOCK, size - position)])
             if not count:
                 break
+            block = view[:count]
+            digest.update(block)
             tls.sendall(RECORD_HEADER.pack(DATA, count))
-            tls.sendall(view[:count])
+            tls.sendall(block)
             position += count
             if report is not None:
                 report(position)
-        if position != size:
+        if position != size or handle.read(1):
             # Not a TransferError: the stream is out of step, so the caller closes it.
-            raise LocalProtocolError(f"{path.name}: file changed while being sent ({position} of {size} bytes)")
-        tls.sendall(RECORD_HEADER.pack(END, 0))
+            raise LocalProtocolError(f"{path.name}: file changed while being sent")
+        sha256 = digest.hexdigest()
+        tls.sendall(RECORD_HEADER.pack(END, len(sha256)) + sha256.encode())
+    return sha256
 
 
-def _receive_bytes(connection: Connection, state: partial.Incoming) -> None:
-    """DATA records into the partial file (hashed as written) until END. Blocking: runs in a
-    thread; the event loop leaves ``state`` alone while ``state.busy``."""
+def _receive_bytes(connection: Connection, state: partial.Incoming) -> str:
+    """DATA records into the partial file (hashed as written) until END; returns the SHA-256
+    END announces. Blocking: runs in a thread; the event loop leaves ``state`` alone while
+    ``state.busy``."""
     size = state.meta.size
     buffer = bytearray(BLOCK)
     view = memoryview(buffer)
@@ -1081,18 +1108,27 @@ def _receive_bytes(connection: Connection, state: partial.Incoming) -> None:
             header = connection.recv_exactly(tls, RECORD_HEADER.size)
             kind, length = parse_record_header(header, (DATA, END), MAX_DATA_RECORD)
             if kind == END:
-                return
+                announced = connection.recv_exactly(tls, length).decode("ascii", "replace") if length == 64 else ""
+                if not _is_hex(announced, 64):
+                    raise TransferError("END does not carry a SHA-256")
+                return announced
             if state.received + length > size:
                 raise TransferError(f"data beyond the announced size of {size} bytes")
             while length:
-                count = tls.recv_into(view, min(length, BLOCK))
-                if not count:
-                    raise ConnectionClosedError(f"direct connection to {connection.peer} closed")
-                piece = view[:count]
+                # Fill the buffer (each read returns one TLS record, 16 KiB at most), then one
+                # write and one hash update for the lot.
+                wanted = min(length, BLOCK)
+                filled = 0
+                while filled < wanted:
+                    count = tls.recv_into(view[filled:wanted], wanted - filled)
+                    if not count:
+                        raise ConnectionClosedError(f"direct connection to {connection.peer} closed")
+                    filled += count
+                piece = view[:filled]
                 handle.write(piece)
                 digest.update(piece)
-                state.received += count
-                length -= count
+                state.received += filled
+                length -= filled
             if state.detached:
                 raise ConnectionClosedError("transfer taken over by another session")
 

@@ -46,13 +46,15 @@ _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXE
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
-def transfer_id_for(role: str, name: str, size: int, sha256: str) -> str:
+def transfer_id_for(role: str, name: str, size: int, content: str) -> str:
     """The deterministic id of sending this file as ``name`` from the ``role`` side.
 
-    The same file sent again (a new session after a drop) gets the same id and so resumes;
-    the role keeps the two directions of one session apart.
+    ``content`` identifies the bytes: their SHA-256 (rtc-chunked) or the file's device, inode
+    and modification time (direct, which hashes while sending). The same file sent again (a new
+    session after a drop) gets the same id and so resumes; the role keeps the two directions of
+    one session apart.
     """
-    key = "\0".join((role, name, str(size), sha256)).encode("utf-8", "surrogatepass")
+    key = "\0".join((role, name, str(size), content)).encode("utf-8", "surrogatepass")
     return hashlib.sha256(key).hexdigest()[:32]
 
 
