@@ -38,6 +38,14 @@ def memory() -> dict[str, int]:
     return values
 
 
+def cpu_seconds() -> float:
+    """User and system CPU time this process (all its threads) used so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def reset_peak() -> bool:
     """Make VmHWM start again from the current RSS; False where the kernel does not allow it."""
     try:
@@ -51,14 +59,21 @@ def reset_peak() -> bool:
 class Memory:
     def __init__(self) -> None:
         self.idle = 0
+        self.idle_cpu = 0.0
         self.reset = False
 
     def mark_idle(self) -> None:
         self.idle = memory()["VmRSS"]
+        self.idle_cpu = cpu_seconds()
         self.reset = reset_peak()
 
     def report(self) -> dict:
-        return {"idle_rss": self.idle, "peak_rss": memory()["VmHWM"], "peak_reset": self.reset}
+        return {
+            "idle_rss": self.idle,
+            "peak_rss": memory()["VmHWM"],
+            "peak_reset": self.reset,
+            "cpu_seconds": cpu_seconds() - self.idle_cpu,
+        }
 
 
 def emit(result: dict) -> None:
