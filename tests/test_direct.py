@@ -201,6 +201,27 @@ def test_a_stranger_gets_nothing(behaviour, monkeypatch):
     run_async(scenario(), 30)
 
 
+def test_only_tls_1_3_is_spoken():
+    def tls12_client(port: int) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        with closing(socket.create_connection(("127.0.0.1", port), timeout=5)) as raw:
+            context.wrap_socket(raw).close()
+
+    async def scenario() -> None:
+        rig = await listening()
+        try:
+            with pytest.raises(ssl.SSLError):
+                await asyncio.to_thread(tls12_client, rig.offer.port)
+            assert set(rig.listener.tokens) == {"client", "worker"}
+        finally:
+            rig.listener.close()
+
+    run_async(scenario(), 30)
+
+
 def test_a_closed_listener_refuses_connections():
     async def scenario() -> int:
         rig = await listening()
