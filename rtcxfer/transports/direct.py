@@ -493,12 +493,6 @@ class Connection:
             return kind, tls.recv_exactly(length)
 
 
-def _translate_io(error: BaseException, peer: str) -> RtcxferError:
-    if isinstance(error, RtcxferError):
-        return error
-    return ConnectionClosedError(f"direct connection to {peer} failed: {describe(error)}")
-
-
 # --- connecting ---------------------------------------------------------------------------
 
 
@@ -1025,9 +1019,9 @@ class DirectTransport(Transport):
         confirmed size and SHA-256.
 
         Raises :class:`IntegrityError` when the peer's check failed, :class:`TransferError`
-        when it refused the file, :class:`ConnectionClosedError` when the connection is gone
-        (the partial stays with the peer: the next transfer of the same, unchanged file
-        resumes it).
+        when it refused the file or the direct connection failed (which ends ``direct`` for
+        this session, not the session: the partial stays with the peer, and the next transfer
+        of the same, unchanged file resumes it).
 
         The file is hashed as it is sent, not before: the transfer id comes from the file's
         identity and modification time (:func:`transfer_id_of`), the SHA-256 follows the bytes.
@@ -1044,7 +1038,7 @@ class DirectTransport(Transport):
         async with self._send_lock:
             connection = self._send_connection
             if connection is None or connection.closed:
-                raise ConnectionClosedError("no direct connection in this session")
+                raise TransferError("no direct connection in this session")
             tid, size = await asyncio.to_thread(transfer_id_of, self.context.role, path, name)
             meta = DirectMeta(tid, name, size)
             timeout = float(self._options.get("reply_timeout", DEFAULT_REPLY_TIMEOUT))
@@ -1052,32 +1046,32 @@ class DirectTransport(Transport):
             try:
                 await self._io(connection.send_record, META, meta.encode())
                 kind, answer = await asyncio.wait_for(self._reply_record(connection), timeout)
-                if kind == ERROR:
-                    raise TransferError(f"the peer refused {name}: {answer.decode('utf-8', 'replace')}")
-                offset = int.from_bytes(answer, "big") if len(answer) == 8 else -1
-                if not 0 <= offset <= size:
-                    raise TransferError(f"the peer asked to start {name} at an impossible offset")
-                if offset:
-                    logger.info("direct: resuming {} at byte {} of {}", name, offset, size)
-                report = _progress_reporter(progress, name, size, asyncio.get_running_loop())
-                sha256 = await self._io(_send_bytes, connection, path, offset, size, report)
-                self.reports.append(partial.SendReport(tid, name, size, offset, size - offset))
-                kind, answer = await asyncio.wait_for(self._reply_record(connection), timeout)
-            except asyncio.TimeoutError:
-                connection.close()
-                raise TransferError(f"no answer from the peer about {name} within {timeout:g} s") from None
-            except TransferError:
-                raise
+                offset = int.from_bytes(answer, "big") if kind == ACCEPT and len(answer) == 8 else 0
+                if kind == ACCEPT and 0 <= offset <= size:
+                    if offset:
+                        logger.info("direct: resuming {} at byte {} of {}", name, offset, size)
+                    report = _progress_reporter(progress, name, size, asyncio.get_running_loop())
+                    sha256 = await self._io(_send_bytes, connection, path, offset, size, report)
+                    self.reports.append(partial.SendReport(tid, name, size, offset, size - offset))
+                    kind, answer = await asyncio.wait_for(self._reply_record(connection), timeout)
+                elif kind != ERROR:
+                    raise ConnectionClosedError(f"the peer answered {name} with an impossible offset or out of turn")
             except BaseException as error:
+                # The stream is out of step or gone: this session's direct connection is over
+                # (the data channel is not; the caller may fall back to another transport).
                 connection.close()
                 if isinstance(error, (asyncio.CancelledError, KeyboardInterrupt)):
                     raise
-                raise _translate_io(error, connection.peer) from None
+                if isinstance(error, asyncio.TimeoutError):
+                    raise TransferError(f"no answer from the peer about {name} within {timeout:g} s") from None
+                if isinstance(error, LocalProtocolError):
+                    raise
+                raise TransferError(f"direct connection to {connection.peer} failed: {describe(error)}") from None
             if kind == ERROR:
                 reason = answer.decode("utf-8", "replace")
                 integrity = reason.startswith((partial.REASON_HASH, partial.REASON_INCOMPLETE))
                 raise (IntegrityError if integrity else TransferError)(f"the peer refused {name}: {reason}")
-            if answer.decode("ascii", "replace") != sha256:
+            if kind != ACK or answer.decode("ascii", "replace") != sha256:
                 raise IntegrityError(f"the peer confirmed {name} with another SHA-256")
         logger.info("direct: delivered {} ({} bytes from offset {})", name, size, offset)
         return Delivery(name=name, size=size, transport=self.name, sha256=sha256, reference=tid)
