@@ -696,7 +696,7 @@ class Listener:
 
 class DirectTransport(Transport):
     name = NAME
-    rank = 50
+    rank = 40
     frame_types = (DirectOffer, DirectResult)
     description = "TLS 1.3 over a direct TCP connection when one peer reaches the other, verified by SHA-256"
 
