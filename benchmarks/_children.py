@@ -297,21 +297,21 @@ def _tls_receive_range(tls, target: str) -> int:
     their offset; answered with one byte. Blocking."""
     import struct
 
-    header = b""
-    while len(header) < 16:
-        header += tls.recv(16 - len(header))
-    offset, length = struct.unpack(">QQ", header)
+    offset, length = struct.unpack(">QQ", tls.recv_exactly(16))
     buffer = bytearray(MiB)
     view = memoryview(buffer)
     fd = os.open(target, os.O_WRONLY)
     try:
         done = 0
         while done < length:
-            count = tls.recv_into(view, min(MiB, length - done))
-            if not count:
-                raise ConnectionError("closed early")
-            os.pwrite(fd, view[:count], offset + done)
-            done += count
+            wanted, filled = min(MiB, length - done), 0
+            while filled < wanted:  # a whole MiB per write, as direct does
+                count = tls.recv_into(view[filled:wanted], wanted - filled)
+                if not count:
+                    raise ConnectionError("closed early")
+                filled += count
+            os.pwrite(fd, view[:filled], offset + done)
+            done += filled
     finally:
         os.close(fd)
     tls.sendall(b"k")
@@ -319,11 +319,12 @@ def _tls_receive_range(tls, target: str) -> int:
 
 
 async def tls_receiver(args: argparse.Namespace) -> dict:
-    """``--streams`` TLS 1.3 connections (direct's certificate and settings), each one range."""
+    """``--streams`` TLS 1.3 connections (direct's certificate, settings and TLS engine), each
+    one range."""
     import socket
     from concurrent.futures import ThreadPoolExecutor
 
-    from rtcxfer.transports.direct import identity
+    from rtcxfer.transports.direct import TlsStream, identity
 
     server = identity().server_context
     target = Path(args.dir) / "streams.bin"
@@ -336,7 +337,9 @@ async def tls_receiver(args: argparse.Namespace) -> dict:
 
     def serve_one() -> int:
         raw, _ = listener.accept()
-        with server.wrap_socket(raw, server_side=True) as tls:
+        with raw:
+            tls = TlsStream(raw, server, server_side=True)
+            tls.handshake()
             return _tls_receive_range(tls, str(target))
 
     loop = asyncio.get_running_loop()
@@ -352,7 +355,7 @@ async def tls_sender(args: argparse.Namespace) -> dict:
     import struct
     from concurrent.futures import ThreadPoolExecutor
 
-    from rtcxfer.transports.direct import _client_context
+    from rtcxfer.transports.direct import TlsStream, _client_context
 
     source = args.files[0]
     size = os.path.getsize(source)
@@ -364,7 +367,9 @@ async def tls_sender(args: argparse.Namespace) -> dict:
     def send_range(offset: int, length: int) -> None:
         raw = socket.create_connection((args.host, args.port))
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with _client_context().wrap_socket(raw) as tls, open(source, "rb", buffering=0) as handle:
+        with raw, open(source, "rb", buffering=0) as handle:
+            tls = TlsStream(raw, _client_context(), server_side=False)
+            tls.handshake()
             handle.seek(offset)
             tls.sendall(struct.pack(">QQ", offset, length))
             buffer = bytearray(MiB)
@@ -374,7 +379,7 @@ async def tls_sender(args: argparse.Namespace) -> dict:
                 count = handle.readinto(view[: min(MiB, left)])
                 tls.sendall(view[:count])
                 left -= count
-            assert tls.recv(1) == b"k"
+            assert tls.recv_exactly(1) == b"k"
 
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
