@@ -49,12 +49,14 @@ partial file, SHA-256 while writing, size and hash checked, fsync, rename; a par
 dropped connection is resumed from its length by the next transfer of the same unchanged file.
 The sender hashes as it sends (a separate pass first would cost a third of the time at these
 rates), so the SHA-256 travels in END; the transfer id comes from the file's identity and
-modification time instead (:func:`transfer_id_of`). Bytes move in a thread per connection with
-blocking sockets (OpenSSL and hashlib release the GIL), about twice what asyncio's TLS streams
-move here; memory stays at a 1 MiB buffer per direction whatever the file's size.
+modification time instead (:func:`transfer_id_of`). Bytes move in threads with blocking
+sockets (OpenSSL and hashlib release the GIL), about twice what asyncio's TLS streams move here:
+per transfer, one thread talks TLS (:class:`TlsStream`) and a second (:class:`_Stage`) reads and
+hashes (sender) or hashes and writes (receiver), with four 1 MiB buffers between them, so memory
+stays at a few MiB whatever the file's size.
 
-One TLS connection per direction: on this machine a second connection for the same file did
-not pay (see ``benchmarks/README.md``).
+One TLS connection per direction: a second connection for the same file was not shown to pay
+on this kind of machine (see ``benchmarks/README.md``).
 
 Options (``context.options["direct"]``):
 
