@@ -487,3 +487,36 @@ def test_a_job_whose_direct_connection_broke_falls_back_to_rtc_chunked(tmp_path)
     assert (result.input_transport, result.results_transport) == ("rtc-chunked", "rtc-chunked")
     notices = [e.data["message"] for e in events if e.kind == "notice"]
     assert any(n.startswith("direct failed") and "retrying over rtc-chunked" in n for n in notices), notices
+
+
+def test_an_offered_address_that_is_not_a_peer_candidate_is_never_connected_to(tmp_path, monkeypatch):
+    """A peer cannot point this side at another host and port: only its ICE candidates'
+    addresses are tried (here 127.0.0.2, a loopback address the worker's ICE never used)."""
+    bystander = socket.socket()
+    bystander.bind(("127.0.0.2", 0))
+    bystander.listen(8)
+    bystander.settimeout(0.5)
+    real_offer = Listener.offer
+
+    def offer(self: Listener) -> DirectOffer:
+        made = real_offer(self)
+        if self.role != "worker":
+            return made
+        return attrs.evolve(made, port=bystander.getsockname()[1], addresses="127.0.0.2")
+
+    monkeypatch.setattr(Listener, "offer", offer)
+
+    async def scenario() -> None:
+        async with contract_pair(HOST, "direct", *contexts(tmp_path)) as pair:
+            started = time.monotonic()
+            assert await pair.client.negotiate()
+            assert time.monotonic() - started < 1.5  # nothing to wait for: no address to try
+            await pair.worker.wait_settled(5)
+            assert pair.client.mode == "worker-connects"
+
+    try:
+        run_async(scenario(), 60)
+        with pytest.raises(socket.timeout):
+            bystander.accept()
+    finally:
+        bystander.close()

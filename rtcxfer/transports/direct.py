@@ -26,8 +26,9 @@ A listener binds an ephemeral port on the addresses its ICE host candidates use 
 only in loopback mode, the default), with a certificate made when the process first needs one
 (the ``cryptography`` package, no files; see :func:`identity`). The offer crosses the data
 channel, which only carries frames after HELLO authenticated the session. The connecting side
-speaks TLS 1.3 only, compares the SHA-256 of the certificate it is shown with the offered
-fingerprint before it sends anything, then presents a one-time token (32 random bytes); the
+tries only offered addresses that are among the peer's ICE candidates, speaks TLS 1.3 only,
+compares the SHA-256 of the certificate it is shown with the offered fingerprint before it
+sends anything, then presents a one-time token (32 random bytes); the
 listener answers one byte only to a token it issued and has not seen before. Anything else (no
 TLS, a wrong or reused token, silence past :data:`HANDSHAKE_TIMEOUT`) is closed without a byte
 of data; at most :data:`MAX_PENDING_HANDSHAKES` strangers are handled at once, more are closed
@@ -812,6 +813,11 @@ class DirectTransport(Transport):
 
     async def _connect(self, offer: DirectOffer) -> dict[str, Connection]:
         addresses = reachable_addresses(self.context, offer.addresses)
+        candidates = self._peer_candidates()
+        if candidates:
+            # The addresses a peer listens on are its ICE host candidates: connecting only to
+            # those keeps a peer from pointing this side at any other host and port.
+            addresses = [address for address in addresses if address in candidates]
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self._connect_timeout
         attempt = loop.run_in_executor(_IO_THREADS, _connect_pair, addresses, offer, deadline)
@@ -825,6 +831,10 @@ class DirectTransport(Transport):
             raise
         except (OSError, ssl.SSLError) as error:
             raise TransferError(describe(error)) from None
+
+    def _peer_candidates(self) -> frozenset[str]:
+        addresses = getattr(self.link.channel, "remote_candidate_addresses", None)
+        return addresses() if addresses is not None else frozenset()
 
     # --- negotiation: worker side -----------------------------------------------------
 
