@@ -99,7 +99,13 @@ async def _connect(args: argparse.Namespace, role: str):
 
 
 def _packet_report(peer) -> dict:
-    return {"sctp_packet": peer.packet_size.size, "sctp_reason": peer.packet_size.reason}
+    size = peer.packet_size
+    return {
+        "sctp_packet": size.size,
+        "sctp_datagram": size.datagram,
+        "sctp_reason": size.reason,
+        "sctp_timeouts": peer._sizer.retransmission_timeouts,
+    }
 
 
 async def byte_receiver(args: argparse.Namespace, name: str = "rtc-chunked") -> dict:

@@ -3,6 +3,7 @@
     python benchmarks/run.py              # the full run (5 rounds, 1 GiB cases included)
     python benchmarks/run.py --quick      # 1 round, smaller files, no 1 GiB rtc-chunked
     python benchmarks/run.py --rounds 5   # more rounds
+    python benchmarks/run.py --two-host   # instead: two network namespaces (root; two_host.py)
 
 Every case runs in child processes (this script with ``--child ROLE``, see ``_children.py``)
 that connect through a signaling server this process runs on 127.0.0.1: two processes per
@@ -21,7 +22,8 @@ data-channel case, exactly as a client and a worker would. Per round, in this or
 After the rounds, ``rtc-chunked`` moves the 1 GiB package once (about 10-60 s), which gives the
 shared-fs ratio for 1 GiB and the memory figures for 1 GiB.
 
-Linux only (``/proc``). Nothing is sent anywhere but 127.0.0.1. Not collected by pytest.
+Linux only (``/proc``). Nothing is sent anywhere but 127.0.0.1 (with ``--two-host``: but the
+veth pair between the two namespaces it makes). Not collected by pytest.
 """
 
 from __future__ import annotations

@@ -130,8 +130,11 @@ async def _run_link(args, drop: bool, file: Path, workdir: Path) -> tuple[dict[s
 
 
 def _packet_notes(results: list[tuple[dict, dict]]) -> str:
-    notes = sorted({f"{r[0].get('sctp_packet')} B: {r[0].get('sctp_reason')}" for r in results})
-    return "; ".join(notes)
+    notes = sorted(
+        {f"{r[0]['sctp_packet']} B in {r[0]['sctp_datagram']} B datagrams: {r[0]['sctp_reason']}" for r in results}
+    )
+    timeouts = ", ".join(str(r[0]["sctp_timeouts"]) for r in results)
+    return "; ".join(notes) + f" (retransmission timeouts per round: {timeouts})"
 
 
 async def two_host_main(args, workdir: Path) -> None:

@@ -1,36 +1,42 @@
-"""SCTP packet size between two rtcxfer peers: as large as the path carries, found by probing.
+"""SCTP packet size between two rtcxfer peers: large packets, in datagrams the path carries.
 
 aiortc sizes every SCTP packet for the smallest IPv6 path MTU (1189 bytes, 1160 of user data),
 and each packet costs Python work on both sides (a DTLS record, SCTP parsing, a SACK,
-reassembly). Packets of up to one DTLS record (16 KiB) move about 10x the bytes per second, but
-only where the path carries them: between machines each such datagram leaves as IP fragments,
-and a path that drops fragments (many NATs and firewalls) would swallow every one of them.
+reassembly). Packets of one DTLS record (16 KiB) move about 10x the bytes per second. Between
+machines such a datagram leaves as IP fragments, and a path that drops fragments (many NATs
+and firewalls) swallows every one of them: the association stalls.
 
 The mechanism (packetization-layer path MTU discovery, RFC 8899 section 4 for SCTP):
 
-1. A peer that can *read* large packets (its DTLS buffers widened) says so in its SDP with
-   ``a=x-rtcxfer-sctp-packet:16384``. Other endpoints ignore the unknown attribute (RFC 4566);
-   without it from the remote nothing here happens, so a stock WebRTC peer sees no difference:
-   no probe, no large packet. (A stock aiortc reads at most 1500 bytes of a DTLS record and
-   writes a record larger than that in 1500-byte pieces, so it can neither take a large packet
-   nor answer a large probe; tried on aiortc 1.16, probes of 4-16 KiB leave its DTLS out of
-   step and the association stalls. Probing is therefore only for peers that advertise.)
-2. Both sides start at aiortc's size. Once the association is up, each side sends padded
-   HEARTBEAT chunks of every size in :data:`PROBE_SIZES` at once; the peer echoes each one back
-   in a HEARTBEAT-ACK of the same size (RFC 9260 section 8.3), so an acknowledged probe proves
-   that datagrams of that size cross the path both ways and through the peer's receive path.
-   The largest acknowledged size is used; without any answer within :data:`PROBE_TIMEOUT`,
-   the stock size stays, and the log says why.
-3. A black hole later on (the path starts dropping what it carried): a retransmission timeout
-   while packets are larger than stock sends :data:`BLACK_HOLE_PROBES` probes of the size in
-   use; if none is answered within :data:`BLACK_HOLE_PROBE_TIMEOUT`, the stock size is used
-   from then on (aiortc's minimum RTO is 1 s, so within 2 s of the first loss), and the path is
-   probed again after :data:`REPROBE_AFTER_BLACK_HOLE` seconds. A timeout from congestion is
-   answered by the probes and changes nothing. DATA chunks already cut at the old size keep their
-   TSN and cannot be cut again; they travel in pieces of the new size, each its own DTLS record,
-   which the peer's rtcxfer layer joins before SCTP sees the packet (:data:`_PIECE_MAGIC`:
-   source port 0, which no SCTP packet carries). Probes run again every
-   :data:`REPROBE_INTERVAL` seconds while the size is below the largest.
+1. A peer that reads large packets (its DTLS buffers widened, and it joins pieces, below) says
+   so in its SDP with ``a=x-rtcxfer-sctp-packet:16384``. Other endpoints ignore the unknown
+   attribute (RFC 4566); without it from the remote nothing here happens, so a stock WebRTC
+   peer sees no difference: no probe, no large packet. (A stock aiortc reads at most 1500 bytes
+   of a DTLS record and writes a record larger than that in 1500-byte pieces, so it can neither
+   take a large packet nor answer a large probe; tried on aiortc 1.16, probes of 4-16 KiB leave
+   its DTLS out of step and the association stalls. Probing is therefore only for peers that
+   advertise.)
+2. Two such peers send SCTP packets of 16 KiB, each in datagrams of the largest size the path
+   is known to carry: a packet larger than that crosses in pieces, each its own DTLS record in
+   its own datagram, which the peer joins before its SCTP sees the packet (:data:`_PIECE_MAGIC`:
+   source port 0, which no SCTP packet carries). Losing a piece loses the packet, which SCTP
+   resends, as with IP fragments, but no middlebox can tell pieces from other datagrams. The
+   datagram size starts at aiortc's 1189 bytes, which every path carries.
+3. Once the association is up, each side sends padded HEARTBEAT chunks of every size in
+   :data:`PROBE_SIZES` at once; the peer echoes each one in a HEARTBEAT-ACK of the same size
+   (RFC 9260 section 8.3), so an acknowledged probe proves that datagrams of that size cross
+   the path both ways and through the peer's receive path. The datagram size becomes the
+   largest acknowledged one (at once, as each answer comes); probes still unanswered after
+   :data:`PROBE_TIMEOUT` are reported as lost. Where the path passes IP fragments, that is
+   16 KiB: one datagram per packet, the kernel fragments and joins it.
+4. A black hole later on (the path stops carrying what it carried): a retransmission timeout
+   while datagrams are larger than stock sends :data:`BLACK_HOLE_PROBES` probes of the size in
+   use; if none is answered within :data:`BLACK_HOLE_PROBE_TIMEOUT`, datagrams are cut to the
+   stock size from then on (aiortc's minimum RTO is 1 s, so within 2 s of the loss), the
+   packets in flight included, and the path is probed again after
+   :data:`REPROBE_AFTER_BLACK_HOLE` seconds. A timeout from congestion is answered by the
+   probes and changes nothing. Probes run again every :data:`REPROBE_INTERVAL` seconds while
+   the datagram size is below the packet size.
 
 On loopback the first probe round confirms 16 KiB within a millisecond or two: the special case
 earlier versions had for loopback is this mechanism's easy case.
@@ -114,6 +120,9 @@ _PROBE_OVERHEAD = 20
 _PIECE_MAGIC = b"\x00\x00rx"
 _PIECE_HEADER = struct.Struct("!4sIBB")
 _PIECES_KEPT = 32  # packets being joined at once; older ones are given up (SCTP resends)
+# Pieces of one packet: a 16 KiB packet cut to the stock size needs 15. With these limits a
+# peer can make us hold at most 32 * 16 * 16 KiB = 8 MiB of pieces.
+_MAX_PIECES = 16
 
 
 def tuning_supported() -> bool:
@@ -229,12 +238,16 @@ def widen_dtls_buffers(dtls: Any, size: int = _DTLS_BUFFER) -> None:
 
 @attrs.frozen
 class PacketSize:
-    """The SCTP packet size a connection sends, and why."""
+    """The SCTP packet size a connection sends, the datagram size the path is known to carry
+    (smaller packets travel in pieces of that size), and why."""
 
     size: int
+    datagram: int
     reason: str
 
     def describe(self) -> str:
+        if self.datagram < self.size:
+            return f"SCTP packets {self.size} bytes in {self.datagram}-byte datagrams ({self.reason})"
         return f"SCTP packets {self.size} bytes ({self.reason})"
 
 
@@ -258,12 +271,14 @@ class PacketSizer:
         self._sctp: Any = None
         self._globals: dict[str, Any] | None = None
         self._limit = STOCK_PACKET_SIZE
-        self._current = PacketSize(STOCK_PACKET_SIZE, _UNDECIDED)
+        self._current = PacketSize(STOCK_PACKET_SIZE, STOCK_PACKET_SIZE, _UNDECIDED)
         self._settled = asyncio.Event()
         self._prepared = False
         self._task: asyncio.Task | None = None
         self._black_hole = asyncio.Event()
         self._check: asyncio.Task | None = None
+        #: Retransmission timeouts seen (each one checked with probes when datagrams are large).
+        self.retransmission_timeouts = 0
         self._probes: dict[bytes, tuple[int, asyncio.Future]] = {}
         self._piece_numbers = itertools.count()
         self._joining: OrderedDict[int, list[bytes | None]] = OrderedDict()
@@ -289,15 +304,12 @@ class PacketSizer:
         await asyncio.wait_for(self._settled.wait(), timeout)
         return self._current
 
-    def _decide(self, size: int, reason: str, *, settle: bool = True) -> None:
-        changed = PacketSize(size, reason) != self._current
-        self._current = PacketSize(size, reason)
-        if self._globals is not None:
-            userdata = userdata_max_length(size)
-            self._globals["USERDATA_MAX_LENGTH"] = userdata
-            if self._sctp is not None:
-                # aiortc starts the congestion window at 3 packets; allow as much at the new size.
-                self._sctp._cwnd = max(self._sctp._cwnd, 3 * userdata)
+    def _decide(self, datagram: int, reason: str, *, settle: bool = True) -> None:
+        """Use datagrams of up to ``datagram`` bytes (the path carries them) from now on."""
+        packet = self._limit if self._globals is not None else STOCK_PACKET_SIZE
+        decision = PacketSize(packet, min(datagram, packet), reason)
+        changed = decision != self._current
+        self._current = decision
         if settle:
             self._settled.set()
         if changed:
@@ -335,11 +347,15 @@ class PacketSizer:
         self.prepare(sctp)
         module = aiortc.rtcsctptransport
         namespace = dict(vars(module))
-        namespace["USERDATA_MAX_LENGTH"] = userdata_max_length(STOCK_PACKET_SIZE)
+        userdata = userdata_max_length(self._limit)
+        namespace["USERDATA_MAX_LENGTH"] = userdata
         for name in _SCTP_METHODS:
             setattr(sctp, name, types.MethodType(_clone(getattr(type(sctp), name), globals_=namespace), sctp))
+        # aiortc starts the congestion window at 3 packets; the same at the larger size.
+        sctp._cwnd = 3 * userdata
         self._globals = namespace
         self._sctp = sctp
+        self._current = PacketSize(self._limit, STOCK_PACKET_SIZE, _UNDECIDED)
         sizer = self
         handle_data = sctp._handle_data
         send_chunk = sctp._send_chunk
@@ -354,7 +370,9 @@ class PacketSizer:
             await handle_data(data)
 
         async def _send_chunk(chunk: Any) -> None:
-            if isinstance(chunk, module.DataChunk) and len(chunk.user_data) > namespace["USERDATA_MAX_LENGTH"]:
+            if isinstance(chunk, module.DataChunk) and len(chunk.user_data) > userdata_max_length(
+                sizer._current.datagram
+            ):
                 await sizer._send_in_pieces(chunk)
             else:
                 await send_chunk(chunk)
@@ -373,14 +391,14 @@ class PacketSizer:
         sctp._receive_chunk = _receive_chunk
         sctp._t3_expired = _t3
 
-    # -- pieces of packets cut at an older, larger size
+    # -- pieces: packets larger than the datagrams the path is known to carry
 
     async def _send_in_pieces(self, chunk: Any) -> None:
         sctp = self._sctp
         packet = aiortc.rtcsctptransport.serialize_packet(
             sctp._local_port, sctp._remote_port, sctp._remote_verification_tag, chunk
         )
-        room = self._current.size - _PIECE_HEADER.size
+        room = self._current.datagram - _PIECE_HEADER.size
         count = -(-len(packet) // room)
         number = next(self._piece_numbers) & 0xFFFFFFFF
         for index in range(count):
@@ -392,7 +410,7 @@ class PacketSizer:
         if len(piece) <= _PIECE_HEADER.size:
             return None
         _, number, index, count = _PIECE_HEADER.unpack_from(piece)
-        if not index < count <= MAX_PACKET_SIZE // 64:
+        if not index < count <= _MAX_PIECES or len(piece) - _PIECE_HEADER.size > MAX_PACKET_SIZE:
             return None
         parts = self._joining.get(number)
         if parts is None or len(parts) != count:
@@ -427,11 +445,13 @@ class PacketSizer:
         if not params or params[0][0] != _HEARTBEAT_INFO or not params[0][1].startswith(_PROBE_TAG):
             return False
         key = params[0][1][len(_PROBE_TAG) : len(_PROBE_TAG) + 8]
-        entry = self._probes.pop(key, None)
-        if entry is not None and not entry[1].done():
+        entry = self._probes.get(key)
+        # Only an echo of the whole probe proves that its size came back through the path.
+        if entry is not None and len(params[0][1]) == entry[0] - _PROBE_OVERHEAD and not entry[1].done():
+            del self._probes[key]
             entry[1].set_result(entry[0])
             # Use a confirmed size at once; the round's verdict on larger ones comes later.
-            if entry[0] > self._current.size:
+            if entry[0] > self._current.datagram:
                 self._decide(entry[0], "path probe confirmed", settle=False)
         return True
 
@@ -469,6 +489,13 @@ class PacketSizer:
         return sctp is not None and sctp._association_state == type(sctp).State.ESTABLISHED
 
     async def _probe_loop(self) -> None:
+        try:
+            await self._probe_rounds()
+        except ConnectionError as error:
+            # DTLS closed under a probe: the connection is ending, and so does probing.
+            logger.debug("path probing stopped: {}", error)
+
+    async def _probe_rounds(self) -> None:
         delay = 0.0
         while True:
             await asyncio.sleep(delay)
@@ -478,11 +505,11 @@ class PacketSizer:
                 delay = 0.05
                 continue
             self._black_hole.clear()
-            larger = tuple(size for size in PROBE_SIZES if size > self._current.size)
+            larger = tuple(size for size in PROBE_SIZES if size > self._current.datagram)
             best = await self.probe(larger) if larger else None
             unanswered = [size for size in larger if best is None or size > best]
             lost = f"probes of {min(unanswered, default=0)} bytes and more unanswered: the path drops IP fragments?"
-            if best is not None and best >= self._current.size:
+            if best is not None and best >= self._current.datagram:
                 self._decide(best, "path probe confirmed" + (f"; {lost}" if unanswered else ""))
             elif not self._settled.is_set():
                 self._decide(STOCK_PACKET_SIZE, lost if unanswered else "the peer reads no larger packets")
@@ -493,19 +520,23 @@ class PacketSizer:
                 delay = 0.0
 
     def _on_retransmission_timeout(self) -> None:
+        self.retransmission_timeouts += 1
         # A timeout alone does not tell congestion from a black hole: ask the path once more.
-        if self._current.size <= STOCK_PACKET_SIZE or self._check is not None:
+        if self._current.datagram <= STOCK_PACKET_SIZE or self._check is not None:
             return
-        self._check = asyncio.get_running_loop().create_task(self._check_black_hole(self._current.size))
+        self._check = asyncio.get_running_loop().create_task(self._check_black_hole(self._current.datagram))
 
     async def _check_black_hole(self, size: int) -> None:
         try:
             # A few copies, so that one congestion loss is not taken for a black hole.
-            answered = await self.probe((size,) * BLACK_HOLE_PROBES, BLACK_HOLE_PROBE_TIMEOUT, first=True)
-            if answered is None and self._current.size == size:
+            try:
+                answered = await self.probe((size,) * BLACK_HOLE_PROBES, BLACK_HOLE_PROBE_TIMEOUT, first=True)
+            except ConnectionError:
+                return
+            if answered is None and self._current.datagram == size:
                 self._decide(
                     STOCK_PACKET_SIZE,
-                    f"packets of {size} bytes stopped getting through: black hole on the path, probing again later",
+                    f"datagrams of {size} bytes stopped getting through: black hole on the path, probing again later",
                 )
                 self._black_hole.set()
         finally:

@@ -15,6 +15,8 @@ import aioice.ice
 import aiortc.rtcsctptransport
 import pytest
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rtcxfer.errors import (
     ConnectionClosedError,
@@ -492,6 +494,17 @@ def test_malformed_pieces_from_the_peer_are_dropped():
     assert len(sizer._joining) <= 32
 
 
+@given(st.lists(st.binary(max_size=64), max_size=50), st.integers(0, 3), st.integers(0, 20))
+def test_pieces_from_a_hostile_peer_never_raise_and_stay_bounded(bodies, number, count):
+    sizer = PacketSizer()
+    for index, body in enumerate(bodies):
+        piece = b"\x00\x00rx" + number.to_bytes(4, "big") + bytes([index % 256, count]) + body
+        joined = sizer._join(piece)
+        assert joined is None or len(joined) <= 16 * (64 + 16384)
+    assert len(sizer._joining) <= 32
+    assert all(len(parts) <= 16 for parts in sizer._joining.values())
+
+
 def _send_and_check(total: int = 2 * 1024 * 1024, size: int = 65536):
     async def transfer(a: DataChannel, b: DataChannel) -> None:
         payload = os.urandom(total)
@@ -517,7 +530,7 @@ def test_two_rtcxfer_peers_probe_and_use_large_sctp_packets_on_loopback():
         try:
             for peer in (close.offerer, close.answerer):
                 settled = await peer.packet_size_settled(STEP)
-                assert settled.size == MAX_PACKET_SIZE
+                assert settled.size == settled.datagram == MAX_PACKET_SIZE
                 assert settled.reason == "path probe confirmed"
             sctp = close.offerer._pc.sctp
             assert sctp._send.__globals__["USERDATA_MAX_LENGTH"] > STOCK_USERDATA
@@ -556,7 +569,7 @@ def test_large_packets_are_off_unless_both_peers_offer_them():
 
 
 @needs_sctp_tuning
-def test_plain_aiortc_peer_interoperates_with_a_fast_loopback_peer():
+def test_plain_aiortc_peer_interoperates_with_a_large_packet_peer():
     """A stock aiortc peer (no rtcxfer code) ignores the attribute; both keep 1160-byte
     packets, and large messages pass both ways."""
 
@@ -592,5 +605,26 @@ def test_plain_aiortc_peer_interoperates_with_a_fast_loopback_peer():
         finally:
             await ours.close()
             await theirs.close()
+
+    run(main())
+
+
+def test_only_a_whole_echo_of_a_probe_confirms_its_size():
+    from aiortc.rtcsctptransport import HeartbeatAckChunk
+
+    from rtcxfer.sctp_packet_size import _PROBE_TAG
+
+    async def main():
+        sizer = PacketSizer()
+        future = asyncio.get_running_loop().create_future()
+        nonce = b"n" * 8
+        sizer._probes[nonce] = (4096, future)
+        ack = HeartbeatAckChunk()
+        ack.params = [(1, b"someone else's heartbeat")]
+        assert sizer._probe_answered(ack) is False  # not ours: aiortc handles it
+        ack.params = [(1, _PROBE_TAG + nonce)]  # ours, cut short on the way back
+        assert sizer._probe_answered(ack) is True and not future.done()
+        ack.params = [(1, (_PROBE_TAG + nonce).ljust(4096 - 20, b"\0"))]
+        assert sizer._probe_answered(ack) is True and future.result() == 4096
 
     run(main())

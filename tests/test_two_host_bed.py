@@ -19,15 +19,18 @@ address = sys.argv[1]
 udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 udp.bind((address, 9999))
 tcp = [socket.create_server((address, port)) for port in (9000, 9001)]
+printing = threading.Lock()
 def accept(server):
     connection, _ = server.accept()
-    print("tcp", server.getsockname()[1], flush=True)
+    with printing:
+        print("tcp", server.getsockname()[1], flush=True)
 for server in tcp:
     threading.Thread(target=accept, args=(server,), daemon=True).start()
 print("ready", flush=True)
 udp.settimeout(30)
 while (size := len(udp.recvfrom(70000)[0])) != 1:  # one byte: the sender is done
-    print("udp", size, flush=True)
+    with printing:
+        print("udp", size, flush=True)
 """
 
 # Host A sends datagrams of several sizes and tries both TCP ports.

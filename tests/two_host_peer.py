@@ -41,7 +41,9 @@ async def send(args: argparse.Namespace) -> dict:
     peer = PeerConnection(PeerOptions(loopback_only=False))
     changes: list[dict] = []
     peer.on_packet_size.append(
-        lambda size: changes.append({"at": time.time(), "size": size.size, "reason": size.reason})
+        lambda size: changes.append(
+            {"at": time.time(), "size": size.size, "datagram": size.datagram, "reason": size.reason}
+        )
     )
     emit({"offer": await peer.create_offer()})
     await peer.accept_answer((await read_json_line())["answer"])
@@ -55,7 +57,7 @@ async def send(args: argparse.Namespace) -> dict:
         if offset == pause_at:
             await channel.drain(60)
             await asyncio.sleep(0.5)  # the acknowledgements of what is in flight come back
-            emit({"paused": True, "size": peer.packet_size.size})
+            emit({"paused": True, "datagram": peer.packet_size.datagram})
             await read_json_line()
             resumed = time.time()
         await channel.send_bytes(payload[offset : offset + MESSAGE])
@@ -63,7 +65,9 @@ async def send(args: argparse.Namespace) -> dict:
     answer = await asyncio.wait_for(channel.recv(), 120)
     seconds = time.perf_counter() - started
     await peer.close()
-    result = {"sha256": digest, "echoed": answer, "seconds": seconds, "settled": settled.size, "changes": changes}
+    result = {"sha256": digest, "echoed": answer, "seconds": seconds, "changes": changes}
+    result["timeouts"] = peer._sizer.retransmission_timeouts
+    result["settled"] = {"size": settled.size, "datagram": settled.datagram}
     if pause_at is not None:
         result["resumed"] = resumed
     return result

@@ -24,9 +24,10 @@ What a bed is:
   signaling server, say); loopback inside a namespace is unaffected.
 
 Names derive from this process's pid and a counter (``rtcxfer-<pid>-<n>-a``), so parallel beds
-never clash; a bed left behind by a process that died (its pid no longer runs) is removed when
-the next bed is made. Everything is removed on exit from the ``with`` block, also on an
-exception; processes started with :meth:`Host.spawn` are ended first, by their own pid.
+never clash; a bed left behind by a process that died (its pid no longer runs, and nothing runs
+inside it) is removed when the next bed is made. Everything is removed on exit from the
+``with`` block, also on an exception; processes started with :meth:`Host.spawn` are ended
+first, by their own pid.
 
 Needs root and the ``ip``, ``nft`` (only with ``drop_fragments`` or ``block_tcp``) and ``tc``
 (only with ``rate``) commands: :func:`missing_requirements` says what is missing, for a skip.
@@ -93,12 +94,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _processes_inside(namespace: str) -> bool:
+    listing = subprocess.run(
+        ["ip", "netns", "pids", namespace], capture_output=True, text=True, timeout=_COMMAND_GUARD, check=False
+    )
+    return bool(listing.stdout.strip())
+
+
 def remove_stale_beds() -> list[str]:
-    """Delete the namespaces of beds whose making process no longer runs; return their names."""
+    """Delete the namespaces of beds whose making process no longer runs and in which nothing
+    runs any more; return their names."""
     removed = []
     for name in _namespaces():
         match = _STALE_NAME.match(name)
-        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+        # Also nothing running inside: a maker in another pid namespace only looks dead.
+        if (
+            match
+            and int(match.group(1)) != os.getpid()
+            and not _pid_alive(int(match.group(1)))
+            and not _processes_inside(name)
+        ):
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=_COMMAND_GUARD, check=False)
             removed.append(name)
     return removed
