@@ -781,7 +781,8 @@ class DirectTransport(Transport):
                 outcome = WORKER_CONNECTS
                 logger.info("direct: the client cannot reach the worker ({}); the worker connected instead", mine)
             else:
-                theirs = self._peer_failure.result() if self._peer_failure.done() else "no answer in time"
+                failure = self._peer_failure
+                theirs = failure.result() if failure.done() and failure.exception() is None else "no answer in time"
                 outcome = UNREACHABLE
                 reason = (
                     f"gave up after {loop.time() - started:.1f} s: the client cannot reach the worker ({mine}) "
