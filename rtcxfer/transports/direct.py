@@ -691,7 +691,8 @@ class Listener:
                 sock.close()
         for future in self.arrived.values():
             if not future.done():
-                future.cancel()
+                future.set_exception(ConnectionClosedError("the direct listener closed"))
+                future.exception()  # retrieved: nobody may be waiting
 
 
 # --- the transport ------------------------------------------------------------------------
@@ -862,6 +863,10 @@ class DirectTransport(Transport):
 
     async def _answer(self, offer: DirectOffer) -> None:
         """Worker: listen, answer with our offer, and try the client's offer meanwhile."""
+        with suppress(ConnectionClosedError):  # the session ended during the set-up
+            await self._answer_offer(offer)
+
+    async def _answer_offer(self, offer: DirectOffer) -> None:
         try:
             self._listener = Listener(listen_addresses(self.context), asyncio.get_running_loop(), self.context.role)
         except RtcxferError as error:
@@ -873,8 +878,7 @@ class DirectTransport(Transport):
             await self._outbound
         except RtcxferError as error:
             logger.info("direct: the worker cannot reach the client: {}", error)
-            with suppress(ConnectionClosedError):
-                await self.link.send(DirectResult(FAILED, quote_for_reply(str(error))))
+            await self.link.send(DirectResult(FAILED, quote_for_reply(str(error))))
 
     async def _settle(self, result: DirectResult) -> None:
         """Worker: the client's choice."""
@@ -891,7 +895,7 @@ class DirectTransport(Transport):
             elif result.outcome == WORKER_CONNECTS and outbound is not None:
                 self._shut_listener()
                 pair = await asyncio.wait_for(asyncio.shield(outbound), self._connect_timeout + 1)
-        except (asyncio.TimeoutError, asyncio.CancelledError, RtcxferError) as error:
+        except (asyncio.TimeoutError, RtcxferError) as error:
             logger.warning("direct: the connections the client chose are not here: {}", describe(error))
             pair = None
         if outbound is not None and result.outcome != WORKER_CONNECTS:
