@@ -330,7 +330,7 @@ async def tls_receiver(args: argparse.Namespace) -> dict:
     import socket
     from concurrent.futures import ThreadPoolExecutor
 
-    from rtcxfer.transports.direct import TlsStream, identity
+    from rtcxfer.transports.direct_tls import TlsStream, identity
 
     server = identity().server_context
     target = Path(args.dir) / "streams.bin"
@@ -361,7 +361,7 @@ async def tls_sender(args: argparse.Namespace) -> dict:
     import struct
     from concurrent.futures import ThreadPoolExecutor
 
-    from rtcxfer.transports.direct import TlsStream, _client_context
+    from rtcxfer.transports.direct_tls import TlsStream, _client_context
 
     source = args.files[0]
     size = os.path.getsize(source)

@@ -28,15 +28,15 @@ from rtcxfer.errors import IntegrityError, TransferError
 from rtcxfer.plugins import PluginHost
 from rtcxfer.testing.contract import _wait_for_received, contract_pair, make_file, run_async, sha256_of
 from rtcxfer.transport import TransportContext
-from rtcxfer.transports import direct, partial
-from rtcxfer.transports.direct import (
+from rtcxfer.transports import direct, direct_tls, partial
+from rtcxfer.transports.direct import parse_meta
+from rtcxfer.transports.direct_tls import (
     DATA,
     END,
     META,
     TOKEN_ACCEPTED,
     DirectOffer,
     Listener,
-    parse_meta,
     parse_record_header,
 )
 
@@ -139,16 +139,16 @@ def test_a_token_is_accepted_once_and_only_with_the_pinned_certificate(tmp_path)
             token = bytes.fromhex(offer.client_token)
             # The connecting side pins the fingerprint: a wrong one means no token is sent.
             with pytest.raises(ssl.SSLError, match="fingerprint"):
-                await asyncio.to_thread(direct._connect_one, "127.0.0.1", offer.port, "0" * 64, token, deadline)
+                await asyncio.to_thread(direct_tls._connect_one, "127.0.0.1", offer.port, "0" * 64, token, deadline)
             connection = await asyncio.to_thread(
-                direct._connect_one, "127.0.0.1", offer.port, offer.fingerprint, token, deadline
+                direct_tls._connect_one, "127.0.0.1", offer.port, offer.fingerprint, token, deadline
             )
             arrived = await asyncio.wait_for(rig.listener.arrived["client"], 2)
             assert arrived.peer.startswith("127.0.0.1:")
             # The same token again: refused, and the connection closed without a byte.
             with pytest.raises((ConnectionRefusedError, ConnectionError, OSError)):
                 await asyncio.to_thread(
-                    direct._connect_one, "127.0.0.1", offer.port, offer.fingerprint, token, deadline
+                    direct_tls._connect_one, "127.0.0.1", offer.port, offer.fingerprint, token, deadline
                 )
             connection.close()
             arrived.close()
@@ -163,13 +163,13 @@ def test_a_token_is_accepted_once_and_only_with_the_pinned_certificate(tmp_path)
     ["plain text", "garbage", "tls, wrong token", "tls, short token then close", "tls, silent", "tcp, silent"],
 )
 def test_a_stranger_gets_nothing(behaviour, monkeypatch):
-    monkeypatch.setattr(direct, "HANDSHAKE_TIMEOUT", 0.5)
+    monkeypatch.setattr(direct_tls, "HANDSHAKE_TIMEOUT", 0.5)
 
     def stranger(port: int) -> bytes:
         if behaviour.startswith("tls"):
             with closing(tls_stranger(port)) as sock:
                 if behaviour == "tls, wrong token":
-                    sock.sendall(b"\x00" * direct.TOKEN_BYTES)
+                    sock.sendall(b"\x00" * direct_tls.TOKEN_BYTES)
                 elif behaviour == "tls, short token then close":
                     sock.sendall(b"\x01" * 5)
                     return answer_of(sock, 1)
@@ -241,7 +241,7 @@ def test_strangers_disturb_nothing_while_files_move(tmp_path, monkeypatch):
     """100 strangers at once on the worker's listening port (silent, plain text, garbage, TLS
     without a token, a wrong token) while files move both ways: every file arrives verified, no
     stranger gets a byte of data, and the port is closed when the session ends."""
-    monkeypatch.setattr(direct, "HANDSHAKE_TIMEOUT", 1.0)
+    monkeypatch.setattr(direct_tls, "HANDSHAKE_TIMEOUT", 1.0)
     source = make_file(tmp_path / "out" / "payload.bin", 24 * MiB + 3, seed=3)
     expected = sha256_of(source)
     answers: list[bytes] = []
@@ -252,7 +252,7 @@ def test_strangers_disturb_nothing_while_files_move(tmp_path, monkeypatch):
             if kind in (3, 4):
                 with closing(tls_stranger(port)) as sock:
                     if kind == 4:
-                        sock.sendall(b"\x07" * direct.TOKEN_BYTES)
+                        sock.sendall(b"\x07" * direct_tls.TOKEN_BYTES)
                     return answer_of(sock, 5)
             with closing(socket.create_connection(("127.0.0.1", port), timeout=5)) as sock:
                 if kind == 1:
@@ -455,7 +455,7 @@ def test_a_peer_that_breaks_the_record_protocol_loses_the_connection_not_the_ses
 def test_meta_records_round_trip():
     meta = direct.DirectMeta("ab" * 16, "a/b.bin", 3)
     assert parse_meta(meta.encode()) == meta
-    assert parse_record_header(direct.RECORD_HEADER.pack(META, 5), (META,), 10) == (META, 5)
+    assert parse_record_header(direct_tls.RECORD_HEADER.pack(META, 5), (META,), 10) == (META, 5)
 
 
 def test_a_job_whose_direct_connection_broke_falls_back_to_rtc_chunked(tmp_path):
