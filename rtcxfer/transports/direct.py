@@ -149,9 +149,12 @@ UNREACHABLE = "unreachable"
 FAILED = "failed"
 NO_REASON = "-"
 
-# Blocking socket work: transfers hold a thread each for their whole length, which must not
-# starve asyncio's default executor (file hashing, fsync).
-_IO_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="rtcxfer-direct")
+# Connection attempts (bounded by the connect timeout) share these threads; the transfers of a
+# session have threads of their own (DirectTransport._io), so that one session's idle receive
+# loop or long transfer never waits for another's.
+_CONNECT_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="rtcxfer-direct-connect")
+#: Threads per session: the receiving loop, the sending side, one to spare.
+SESSION_THREADS = 3
 
 
 # --- frames (data channel) ----------------------------------------------------------------
@@ -277,6 +280,7 @@ class DirectTransport(Transport):
         self._send_connection: Connection | None = None
         self._receive_connection: Connection | None = None
         self._send_lock = asyncio.Lock()
+        self._threads: ThreadPoolExecutor | None = None
         self._serving: asyncio.Task | None = None
         self._worker_setup: asyncio.Task | None = None
         self._closed = False
@@ -382,7 +386,7 @@ class DirectTransport(Transport):
             addresses = [address for address in addresses if address in candidates]
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self._connect_timeout
-        attempt = loop.run_in_executor(_IO_THREADS, _connect_pair, addresses, offer, deadline)
+        attempt = loop.run_in_executor(_CONNECT_THREADS, _connect_pair, addresses, offer, deadline)
         try:
             return await asyncio.wait_for(asyncio.shield(attempt), self._connect_timeout + 0.25)
         except asyncio.TimeoutError:
@@ -494,6 +498,9 @@ class DirectTransport(Transport):
         self._settled.set()
         self._shut_listener()
         self._close_connections()
+        if self._threads is not None:
+            # Their sockets are shut down: the threads end as soon as their calls return.
+            self._threads.shutdown(wait=False)
         for future in (self._peer_offer, self._peer_failure):
             if future is not None and not future.done():
                 future.set_exception(ConnectionClosedError("session closed during direct set-up"))
@@ -505,7 +512,15 @@ class DirectTransport(Transport):
     # --- receiving ----------------------------------------------------------------------
 
     async def _io(self, function: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(_IO_THREADS, function, *args)
+        """Run blocking connection work in this session's own threads."""
+        if self._threads is None:
+            prefix = f"rtcxfer-direct-{self.context.role}"
+            self._threads = ThreadPoolExecutor(SESSION_THREADS, thread_name_prefix=prefix)
+        try:
+            work = asyncio.get_running_loop().run_in_executor(self._threads, function, *args)
+        except RuntimeError:  # the threads were shut down with the session
+            raise ConnectionClosedError("the session ended") from None
+        return await work
 
     async def _serve(self, connection: Connection) -> None:
         """Receive the peer's files on ``connection``, one after another, until it closes."""
