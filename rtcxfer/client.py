@@ -245,7 +245,7 @@ class RTCClient:
             try:
                 usable = await self.transports[name].negotiate()
             except (RtcxferError, asyncio.TimeoutError) as error:
-                logger.warning("transport {} failed to negotiate: {}", name, describe(error))
+                logger.info("transport {} failed to negotiate: {}", name, describe(error))  # the notice shows it
                 usable, why = False, f": {describe(error)}"
             if usable:
                 self.session_transports.append(name)
