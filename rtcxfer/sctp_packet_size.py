@@ -53,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import socket
 import struct
 import types
 from collections import OrderedDict
@@ -98,6 +99,9 @@ BLACK_HOLE_PROBES = 3
 BLACK_HOLE_PROBE_TIMEOUT = 0.5
 """After a retransmission timeout (aiortc's RTO is at least 1 s), this many probes of the size in
 use, and this long to wait for any answer: a black hole is noticed within 2 s of the loss."""
+
+SOCKET_RECEIVE_BUFFER = 4 * 1024 * 1024
+"""UDP receive buffer asked for between two rtcxfer peers (see :func:`_widen_receive_buffers`)."""
 
 REPROBE_AFTER_BLACK_HOLE = 10.0
 REPROBE_INTERVAL = 60.0
@@ -234,6 +238,29 @@ def widen_dtls_buffers(dtls: Any, size: int = _DTLS_BUFFER) -> None:
             widen()
 
     dtls.on("statechange", on_state)
+
+
+def _widen_receive_buffers(sctp: Any) -> None:
+    """Ask for :data:`SOCKET_RECEIVE_BUFFER` on the connection's UDP sockets.
+
+    At 16 KiB a datagram, the kernel's default (about 208 KiB) holds a few milliseconds of a
+    fast transfer: a receiver that loses the CPU that long drops datagrams (``RcvbufErrors``),
+    and SCTP slows down to resend them. The kernel caps the request at ``net.core.rmem_max``.
+    """
+    try:
+        protocols = sctp.transport.transport._connection._protocols
+    except AttributeError:
+        return
+    for protocol in protocols:
+        udp = getattr(protocol, "transport", None)
+        handle = udp.get_extra_info("socket") if udp is not None else None
+        if handle is None:
+            continue
+        try:
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RECEIVE_BUFFER)
+            logger.debug("UDP receive buffer: {} bytes", handle.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        except OSError as error:
+            logger.debug("cannot widen a UDP receive buffer: {}", error)
 
 
 @attrs.frozen
@@ -430,6 +457,8 @@ class PacketSizer:
         """Start probing (the association must be up); idempotent, a no-op unless active."""
         if self._globals is None or self._task is not None:
             return
+        # Now the sockets exist (an answerer gathers its candidates after reading the offer).
+        _widen_receive_buffers(self._sctp)
         self._task = asyncio.get_running_loop().create_task(self._probe_loop())
 
     def close(self) -> None:

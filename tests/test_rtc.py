@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
+from pathlib import Path
 
 import aioice.ice
 import aiortc.rtcsctptransport
@@ -39,6 +41,7 @@ from rtcxfer.rtc import (
 from rtcxfer.sctp_packet_size import (
     ATTRIBUTE,
     MAX_PACKET_SIZE,
+    SOCKET_RECEIVE_BUFFER,
     STOCK_PACKET_SIZE,
     PacketSizer,
     remote_packet_size,
@@ -534,6 +537,12 @@ def test_two_rtcxfer_peers_probe_and_use_large_sctp_packets_on_loopback():
                 assert settled.reason == "path probe confirmed"
             sctp = close.offerer._pc.sctp
             assert sctp._send.__globals__["USERDATA_MAX_LENGTH"] > STOCK_USERDATA
+            # Room for many 16 KiB datagrams: what we ask for, as far as rmem_max allows (Linux
+            # reports twice the size asked for; aioice alone asks for 256 KiB).
+            cap = int(Path("/proc/sys/net/core/rmem_max").read_text())
+            for protocol in sctp.transport.transport._connection._protocols:
+                udp = protocol.transport.get_extra_info("socket")
+                assert udp.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 2 * min(SOCKET_RECEIVE_BUFFER, cap)
             # Per connection: aiortc's module constant, used by every other peer, is untouched.
             assert aiortc.rtcsctptransport.USERDATA_MAX_LENGTH == STOCK_USERDATA
             await _send_and_check()(a, b)
