@@ -494,6 +494,15 @@ def main() -> None:
         action="store_true",
         help="instead: rtc-chunked, the stock pattern and TCP between two network namespaces (root)",
     )
+    parser.add_argument(
+        "--direct-size",
+        type=int,
+        default=256,
+        help="--two-host: MiB moved by direct and raw TCP on the unshaped and 1 Gbit/s links (0: skip)",
+    )
+    parser.add_argument(
+        "--direct-only", action="store_true", help="--two-host: only the direct part (not rtc-chunked and stock)"
+    )
     args = parser.parse_args()
     if not args.two_host:
         args.rounds = args.rounds or (1 if args.quick else 5)

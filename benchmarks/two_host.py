@@ -141,6 +141,11 @@ async def two_host_main(args, workdir: Path) -> None:
     reason = missing_requirements()
     if reason is not None:
         raise SystemExit(f"--two-host: {reason}")
+    if args.direct_only:
+        from two_host_direct import direct_main
+
+        await direct_main(args, workdir)
+        return
     file = workdir / f"ab-{args.size}MiB.bin"
     make_file(file, args.size * MiB)
     table = Table()
@@ -165,3 +170,7 @@ async def two_host_main(args, workdir: Path) -> None:
     print()
     for note in notes:
         print(f"* {note}")
+    if args.direct_size:
+        from two_host_direct import direct_main
+
+        await direct_main(args, workdir)

@@ -512,7 +512,7 @@ def doctor(shared_root: Path | None) -> None:
     help="Where to put the demo's files (default: a new temporary directory).",
 )
 def demo(directory: Path | None) -> None:
-    """Run a whole job round trip on 127.0.0.1: over shared-fs, then over rtc-chunked.
+    """Run a whole job round trip on 127.0.0.1: over shared-fs, direct, then rtc-chunked.
 
     Starts a signaling server, a worker and a client in this process, runs the sample job
     package once per transport, and prints which transport moved what, how long it took and

@@ -157,7 +157,7 @@ class RTCClient:
 
     def _transport_options_with_progress(self) -> dict:
         options = {name: dict(value) for name, value in self.transport_options.items()}
-        for name in ("rtc-chunked", "s3"):
+        for name in ("direct", "rtc-chunked", "s3"):
             options.setdefault(name, {}).setdefault("progress", self._transfer_progress(name))
         return options
 
@@ -244,15 +244,16 @@ class RTCClient:
         for name in offered:
             if name not in theirs:
                 continue
+            why = ""
             try:
                 usable = await self.transports[name].negotiate()
             except (RtcxferError, asyncio.TimeoutError) as error:
-                logger.warning("transport {} failed to negotiate: {}", name, describe(error))
-                usable = False
+                logger.info("transport {} failed to negotiate: {}", name, describe(error))  # the notice shows it
+                usable, why = False, f": {describe(error)}"
             if usable:
                 self.session_transports.append(name)
             else:
-                self._emit("notice", None, message=f"{name} is not usable between these peers")
+                self._emit("notice", None, message=f"{name} is not usable between these peers{why}")
         self._emit("notice", None, message=f"transports for this session: {', '.join(self.session_transports)}")
 
     async def _authenticate(self, offered: str) -> Welcome:

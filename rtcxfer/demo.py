@@ -2,7 +2,8 @@
 
 It starts a signaling server, a worker and a client in this process, builds the sample job
 package on a temporary "shared storage" directory that both sides see, and runs it once over
-``shared-fs`` and once over ``rtc-chunked``.
+``shared-fs``, once over ``direct`` (TLS over a TCP connection on 127.0.0.1) and once over
+``rtc-chunked``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class DemoRun:
 
 async def run_demo(
     directory: Path | None = None,
-    transports: tuple[str, ...] = ("shared-fs", "rtc-chunked"),
+    transports: tuple[str, ...] = ("shared-fs", "direct", "rtc-chunked"),
     on_event: Callable[[ClientEvent], None] | None = None,
 ) -> tuple[Path, list[DemoRun]]:
     """Run the sample job once per transport; returns the demo directory and the runs."""

@@ -311,6 +311,11 @@ class DataChannel:
         )
         return size or None
 
+    def remote_candidate_addresses(self) -> frozenset[str]:
+        """The IP addresses of the remote peer's ICE candidates (empty before ICE started)."""
+        ice = self._channel.transport.transport.transport  # SCTP -> DTLS -> ICE
+        return frozenset(candidate.ip for candidate in ice.getRemoteCandidates() if candidate.ip)
+
     # -- sending
 
     async def send_text(self, text: str) -> None:

@@ -316,7 +316,7 @@ def test_fallback_when_worker_sees_other_storage(cluster: Cluster) -> None:
     results = cluster.root / "results" / "probe-mismatch"
     run = submit(cluster, package, results, shared_root=elsewhere, quiet=False)
     assert_sample_ok(run, data, results)
-    assert "input via rtc-chunked, results via rtc-chunked" in run.stdout
+    assert "input via direct, results via direct" in run.stdout
     assert "shared-fs is not usable between these peers" in run.stderr
 
 

@@ -88,9 +88,11 @@ def start_signaling(
     python: str | Path = sys.executable,
     host: str = "127.0.0.1",
     prefix: Sequence[str] = (),
+    port: int = 0,
 ) -> tuple[CliProcess, str]:
-    """``rtcxfer signal --port 0`` on ``host``; returns the process and its URL once it listens."""
-    args = ["signal", "--host", host, "--port", "0", "--token", token]
+    """``rtcxfer signal`` on ``host`` and ``port`` (0: an ephemeral one; a fixed one where a
+    firewall rule must name it); returns the process and its URL once it listens."""
+    args = ["signal", "--host", host, "--port", str(port), "--token", token]
     process = CliProcess("signal", args, log_dir, env=env, python=python, prefix=prefix)
     try:
         url = process.wait_for(rf"signaling server listening on (ws://{re.escape(host)}:\d+)").group(1)
