@@ -229,7 +229,7 @@ def test_3_worker_without_token_needs_an_explicit_insecure_choice_and_clients_wi
 
     with pytest.raises(AuthenticationError, match="without a token"):
         run(attach(TOKEN))
-    assert run(attach(None)) == ["rtc-chunked"]
+    assert "rtc-chunked" in run(attach(None))  # served: the session negotiated its transports
 
 
 # --- 5 and 11: results never written or removed outside the shared root --------------------
