@@ -148,15 +148,21 @@ def main(log_level: str) -> None:
     default=None,
     help="Token every peer must present (all rooms) [env RTCXFER_TOKEN].",
 )
-def signal_server(host: str, port: int, token: str | None) -> None:
-    """Run the signaling server that lets workers and clients find each other."""
+@click.option("--no-web", is_flag=True, help="Do not serve the browser client on the same port.")
+def signal_server(host: str, port: int, token: str | None, no_web: bool) -> None:
+    """Run the signaling server that lets workers and clients find each other.
+
+    It also serves the browser client: open http://HOST:PORT/ to submit a job from a web page.
+    """
     from rtcxfer.signaling import run_signaling_server
 
     def ready(server) -> None:
         click.echo(f"signaling server listening on {server.url}", err=True)
+        if server.web_url:
+            click.echo(f"web client at {server.web_url}", err=True)
 
     try:
-        _run(run_signaling_server(host, port, default_token=token, on_ready=ready))
+        _run(run_signaling_server(host, port, default_token=token, on_ready=ready, web=not no_web))
     except Interrupted:
         click.echo("signaling server stopped", err=True)
     except OSError as error:

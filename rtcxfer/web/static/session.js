@@ -1,0 +1,147 @@
+// One rtcxfer session with a worker over an open FrameChannel (docs/protocol.md sections 3 and
+// 6): HELLO / WELCOME, then jobs whose package goes by rtc-chunked and whose results come back
+// the same way, one FILE_META per result file.
+
+import { randomHex } from "./frames.js";
+import { RtcChunked, TRANSPORT, safeUploadName } from "./transfer.js";
+
+export const PROTOCOL_VERSION = 1;
+const TOKEN = /^[A-Za-z0-9._,+=@-]{1,128}$/;
+
+export class AuthError extends Error {}
+export class SessionError extends Error {}
+
+export class WorkerSession {
+  constructor(channel, { onPeerError = () => {} } = {}) {
+    this.channel = channel;
+    this.transfer = new RtcChunked(channel, {
+      onFile: (file) => this.job?.results.push(file),
+      onIncoming: (meta) => this.job?.handlers.onResultStarted?.(meta),
+      onIncomingProgress: (meta, bytes) => this.job?.handlers.onResultProgress?.(meta, bytes),
+    });
+    this.waiter = null; // {types, resolve}: the next frame of one of `types` settles it
+    this.job = null;
+    channel.onPeerError = onPeerError;
+    channel.onFrame = (frame) => this.receive(frame);
+    channel.onChunk = (chunk) => this.transfer.handleChunk(chunk);
+    channel.closed.then(() => this.ended(new SessionError("the connection to the worker closed")));
+  }
+
+  receive(frame) {
+    if (this.transfer.handleFrame(frame)) return;
+    if (this.waiter && this.waiter.types.includes(frame.type)) {
+      const { resolve } = this.waiter;
+      this.waiter = null;
+      resolve(frame);
+      return;
+    }
+    const job = this.job;
+    switch (frame.type) {
+      case "JOB_STATUS":
+        if (job && frame.job_id === job.id) job.handlers.onStatus?.(frame.state);
+        return;
+      case "JOB_LOG":
+        if (job && frame.job_id === job.id) job.handlers.onLog?.(frame.line);
+        return;
+      case "JOB_PROGRESS":
+        if (job && frame.job_id === job.id) job.handlers.onProgress?.(frame.done, frame.total);
+        return;
+      case "JOB_COMPLETE":
+        if (job && frame.job_id === job.id) job.settle({ ok: true, fileCount: frame.file_count, totalMb: frame.total_mb });
+        return;
+      case "JOB_FAILED":
+        job?.settle({ ok: false, reason: frame.reason });
+        return;
+      case "PATH_ERROR":
+        job?.settle({ ok: false, reason: frame.message });
+        return;
+      case "AUTH_FAILED":
+        this.ended(new AuthError(frame.reason));
+        return;
+      case "PROTOCOL_ERROR":
+        this.channel.onPeerError(`the worker reports a protocol error: ${frame.reason}`);
+        return;
+      default:
+        this.channel.send("PROTOCOL_ERROR", { reason: `no handler for ${frame.type} frames in this session` });
+    }
+  }
+
+  ended(error) {
+    if (this.waiter) {
+      const { reject } = this.waiter;
+      this.waiter = null;
+      reject(error);
+    }
+    this.job?.fail(error);
+  }
+
+  next(types) {
+    return new Promise((resolve, reject) => {
+      this.waiter = { types, resolve, reject };
+    });
+  }
+
+  /** Authenticate with the worker's token; throws AuthError if it refuses. */
+  async hello(token) {
+    const authToken = token || "anonymous";
+    if (!TOKEN.test(authToken)) {
+      throw new AuthError("the token may only hold letters, digits and . _ , + = @ - (at most 128 characters)");
+    }
+    const reply = this.next(["WELCOME", "AUTH_FAILED"]);
+    this.channel.send("HELLO", { version: PROTOCOL_VERSION, auth_token: authToken, transports: TRANSPORT });
+    const frame = await reply;
+    if (frame.type === "AUTH_FAILED") throw new AuthError(frame.reason);
+    if (frame.version !== PROTOCOL_VERSION) {
+      throw new SessionError(`the worker speaks protocol version ${frame.version}, this page ${PROTOCOL_VERSION}`);
+    }
+    if (!frame.transports.split(",").includes(TRANSPORT)) {
+      throw new SessionError(`the worker does not offer ${TRANSPORT} (it offers ${frame.transports})`);
+    }
+  }
+
+  /**
+   * Run `file` (a File or Blob) as a job. handlers: onHashProgress(done, total),
+   * onUploadProgress(done, total), onUploaded(), onStatus(state), onLog(line),
+   * onProgress(done, total), onResultStarted(meta), onResultProgress(meta, bytes).
+   * Resolves to {ok, jobId, reason?, results: [{name, size, sha256, blob}], fileCount, totalMb}.
+   */
+  async runJob(file, handlers = {}) {
+    if (this.job) throw new SessionError("a job is already running in this session");
+    const id = `job-${randomHex(4)}`;
+    let settle;
+    let fail;
+    const outcome = new Promise((resolve, reject) => {
+      settle = resolve;
+      fail = reject;
+    });
+    outcome.catch(() => {}); // awaited below unless the submission itself fails
+    this.job = { id, handlers, results: [], settle, fail };
+    try {
+      const accepted = this.next(["JOB_ACCEPTED", "JOB_FAILED", "PROTOCOL_ERROR"]);
+      this.channel.send("JOB_SUBMIT", { job_id: id, results_via: TRANSPORT });
+      const reply = await accepted;
+      if (reply.type !== "JOB_ACCEPTED") throw new SessionError(reply.reason);
+      const upload = this.transfer.send(file, safeUploadName(file.name || "package.zip"), {
+        onProgress: handlers.onUploadProgress,
+        onHashProgress: handlers.onHashProgress,
+      });
+      // The worker may refuse the job while the package is still on its way.
+      const first = await Promise.race([upload.then(() => null), outcome]);
+      if (first !== null) return { jobId: id, results: this.job.results, ...first };
+      handlers.onUploaded?.();
+      const result = await outcome;
+      return { jobId: id, results: this.job.results, ...result };
+    } finally {
+      this.job = null;
+    }
+  }
+
+  /** Ask the worker to stop the running job (it reports JOB_FAILED ... was cancelled). */
+  cancel() {
+    if (this.job && this.channel.isOpen) this.channel.send("JOB_CANCEL", { job_id: this.job.id });
+  }
+
+  close() {
+    this.channel.close();
+  }
+}
