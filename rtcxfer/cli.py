@@ -148,8 +148,32 @@ def main(log_level: str) -> None:
     default=None,
     help="Token every peer must present (all rooms) [env RTCXFER_TOKEN].",
 )
+@click.option(
+    "--max-per-address",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Sockets one remote address may hold (an eighth of them unregistered).",
+)
+@click.option(
+    "--max-room-peers-per-address",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Peers one remote address may have in one room (of 16).",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Seconds a client may sit in a room without relaying anything.",
+)
 @click.option("--no-web", is_flag=True, help="Do not serve the browser client on the same port.")
-def signal_server(host: str, port: int, token: str | None, no_web: bool) -> None:
+def signal_server(
+    host: str, port: int, token: str | None, max_per_address: int, max_room_peers_per_address: int,
+    idle_timeout: float, no_web: bool,
+) -> None:
     """Run the signaling server that lets workers and clients find each other.
 
     It also serves the browser client: open http://HOST:PORT/ to submit a job from a web page.
@@ -161,8 +185,14 @@ def signal_server(host: str, port: int, token: str | None, no_web: bool) -> None
         if server.web_url:
             click.echo(f"web client at {server.web_url}", err=True)
 
+    limits = {
+        "max_connections_per_address": max_per_address,
+        "max_unregistered_per_address": max(1, max_per_address // 8),
+        "max_peers_per_address_in_room": max_room_peers_per_address,
+        "idle_timeout": idle_timeout,
+    }
     try:
-        _run(run_signaling_server(host, port, default_token=token, on_ready=ready, web=not no_web))
+        _run(run_signaling_server(host, port, default_token=token, on_ready=ready, web=not no_web, **limits))
     except Interrupted:
         click.echo("signaling server stopped", err=True)
     except OSError as error:
@@ -180,15 +210,72 @@ def signal_server(host: str, port: int, token: str | None, no_web: bool) -> None
     help="Where jobs are extracted and run (default: a temporary directory).",
 )
 @click.option("--job-timeout", type=float, default=None, help="Seconds a job may run (default: the manifest's).")
-def worker(signal_url, room, token, shared_root, ice_servers, any_interface, peer_id, work_dir, job_timeout) -> None:
-    """Serve jobs: run each package's command and send its results back."""
+@click.option(
+    "--job-env",
+    "job_env",
+    multiple=True,
+    metavar="NAME",
+    help="Pass this variable of the worker's environment to jobs (repeatable; NAME* for a prefix). "
+    "Only PATH, HOME, locale and GPU selection variables are passed by default.",
+)
+@click.option(
+    "--max-unauthenticated",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Sessions at once that have not yet proved the token; further offers are dropped.",
+)
+@click.option(
+    "--auth-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=20.0,
+    show_default=True,
+    help="Seconds from a client's offer until it must have proved the token.",
+)
+@click.option(
+    "--insecure-no-token",
+    is_flag=True,
+    help="Serve without a token: ANYONE who reaches the signaling room can run jobs here.",
+)
+def worker(
+    signal_url, room, token, shared_root, ice_servers, any_interface, peer_id, work_dir, job_timeout, job_env,
+    max_unauthenticated, auth_timeout, insecure_no_token,
+) -> None:
+    """Serve jobs: run each package's command and send its results back.
+
+    Needs a token (--token or RTCXFER_TOKEN): every client must prove it knows it, and the
+    worker proves it back, without the token ever crossing the network.
+    """
     from rtcxfer.errors import SignalingError, describe
+    from rtcxfer.limits import WorkerLimits
     from rtcxfer.worker import RTCWorkerClient
 
-    runner = RTCWorkerClient(token=token, shared_storage_root=shared_root, work_dir=work_dir, job_timeout=job_timeout)
+    if not token and not insecure_no_token:
+        raise click.UsageError(
+            "a worker needs a token (--token or RTCXFER_TOKEN); without one anyone in the room could run jobs "
+            "here. Make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'. "
+            "To really serve anyone, pass --insecure-no-token."
+        )
+    if insecure_no_token and not token:
+        click.echo(
+            "WARNING: --insecure-no-token: this worker runs ANY job from ANY peer that reaches the room, "
+            "and clients cannot tell it from an impostor.",
+            err=True,
+        )
+    runner = RTCWorkerClient(
+        token=token or None,
+        insecure_no_token=insecure_no_token,
+        shared_storage_root=shared_root,
+        work_dir=work_dir,
+        job_timeout=job_timeout,
+        job_env_allow=job_env,
+        limits=WorkerLimits(max_unauthenticated=max_unauthenticated, auth_timeout=auth_timeout),
+    )
     shared = runner.shared_storage_root or "none"
     click.echo(
-        f"worker {peer_id}: shared storage {shared}; transports {', '.join(runner.offered_transports())}", err=True
+        f"worker {peer_id}: shared storage {shared}; transports {', '.join(runner.offered_transports())}; "
+        f"work directory {runner.work_dir}",
+        err=True,
     )
 
     def ready() -> None:
@@ -209,6 +296,8 @@ def worker(signal_url, room, token, shared_root, ice_servers, any_interface, pee
         click.echo("worker stopped", err=True)
     except SignalingError as error:
         raise click.ClickException(f"signaling: {describe(error)}") from None
+    finally:
+        runner.close()
 
 
 @main.command()

@@ -25,7 +25,7 @@ from typing import Any
 
 import attrs
 
-from rtcxfer import security
+from rtcxfer import auth, security
 from rtcxfer.engine import APPLICATION, Session
 from rtcxfer.errors import (
     AuthenticationError,
@@ -38,7 +38,9 @@ from rtcxfer.errors import (
     describe,
 )
 from rtcxfer.frames import (
+    AuthChallenge,
     AuthFailed,
+    AuthProof,
     Frame,
     Hello,
     JobAccepted,
@@ -52,6 +54,7 @@ from rtcxfer.frames import (
     PathErrorFrame,
     ProtocolErrorFrame,
     Welcome,
+    quote_for_log,
 )
 from rtcxfer.link import Link
 from rtcxfer.log import logger
@@ -62,6 +65,7 @@ from rtcxfer.worker import PROTOCOL_VERSION
 
 #: Frames the client application handles itself.
 APPLICATION_FRAMES: tuple[type[Frame], ...] = (
+    AuthChallenge,
     Welcome,
     AuthFailed,
     JobAccepted,
@@ -230,11 +234,7 @@ class RTCClient:
         self.link.add_handler(APPLICATION, self)
         self._run_task = asyncio.create_task(self.link.run())
         offered = [name for name, t in self.transports.items() if type(t).usable(self.context)]
-        reply = await self._ask(
-            Hello(PROTOCOL_VERSION, self.token or "anonymous", ",".join(offered) or "none"), (Welcome, AuthFailed)
-        )
-        if isinstance(reply, AuthFailed):
-            raise AuthenticationError(f"the worker refused this client: {reply.reason}")
+        reply = await self._authenticate(",".join(offered) or "none")
         theirs = set(reply.transports.split(","))
         self.session_transports = []
         for name in offered:
@@ -250,6 +250,43 @@ class RTCClient:
             else:
                 self._emit("notice", None, message=f"{name} is not usable between these peers")
         self._emit("notice", None, message=f"transports for this session: {', '.join(self.session_transports)}")
+
+    async def _authenticate(self, offered: str) -> Welcome:
+        """Prove the token to the worker and make it prove the token back (see :mod:`rtcxfer.auth`).
+
+        Raises :class:`AuthenticationError` if the worker refuses us, or if it cannot prove it
+        knows the token: then it is not the worker we were told of (a peer registered under its
+        id, or a relay in between), and nothing is sent to it.
+        """
+        client_nonce = auth.new_nonce()
+        reply = await self._ask(Hello(PROTOCOL_VERSION, client_nonce, offered), (AuthChallenge, AuthFailed))
+        if isinstance(reply, AuthFailed):
+            raise AuthenticationError(f"the worker refused this client: {quote_for_log(reply.reason)}")
+        assert self.link is not None
+        local, remote = auth.channel_fingerprints(self.link.channel)
+        transcript = auth.Transcript(client_nonce, reply.worker_nonce, local, remote, offered)
+        # Without a token the proof is made with an empty key: only a worker run with
+        # --insecure-no-token accepts it.
+        proof = auth.client_proof(self.token or "", transcript)
+        welcome = await self._ask(AuthProof(proof), (Welcome, AuthFailed))
+        if isinstance(welcome, AuthFailed):
+            raise AuthenticationError(f"the worker refused this client: {quote_for_log(welcome.reason)}")
+        if welcome.worker_proof == auth.NO_PROOF:
+            if self.token is not None:
+                raise AuthenticationError(
+                    "the worker runs without a token (--insecure-no-token), so it cannot prove it is the worker "
+                    "you meant; refusing to send it anything"
+                )
+            logger.warning("connected to a worker without a token: anyone could be running it")
+            return welcome
+        if self.token is None or not auth.proofs_match(
+            auth.worker_proof(self.token, transcript, welcome.transports), welcome.worker_proof
+        ):
+            raise AuthenticationError(
+                "the peer posing as the worker could not prove it knows the token: it may be an impostor "
+                "(another peer registered under the worker's id) or a relay in between; refusing to send it anything"
+            )
+        return welcome
 
     async def _ask(self, frame: Frame, answers: tuple[type[Frame], ...], timeout: float = 60.0) -> Frame:
         assert self.link is not None
@@ -293,7 +330,7 @@ class RTCClient:
                 self.context.incoming_dir.mkdir(parents=True, exist_ok=True)
             self._emit("status", frame.job_id, state=frame.state)
         elif isinstance(frame, ProtocolErrorFrame):
-            logger.warning("worker reports a protocol error: {}", frame.reason)
+            logger.warning("worker reports a protocol error: {}", quote_for_log(frame.reason))
             self._reports.put_nowait(frame)
         else:
             self._reports.put_nowait(frame)

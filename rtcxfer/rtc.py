@@ -582,6 +582,21 @@ class DataChannel:
         if self._channel.readyState not in ("closing", "closed"):
             self._channel.close()
 
+    def dtls_fingerprints(self) -> tuple[str, str] | None:
+        """SHA-256 fingerprints ``(local, remote)`` of the DTLS certificates this channel runs
+        over, as this side's handshake saw them (the remote one from the certificate the peer
+        really presented); None before DTLS is up. Session authentication binds both."""
+        try:
+            dtls = self._channel.transport.transport
+            local = next(f.value for f in dtls.getLocalParameters().fingerprints if f.algorithm == "sha-256")
+            peer_certificate = dtls._ssl.get_peer_certificate(as_cryptography=True)
+        except (AttributeError, StopIteration):
+            return None
+        if peer_certificate is None:
+            return None
+        remote = aiortc.rtcdtlstransport.certificate_digest(peer_certificate, "sha-256")
+        return local.upper(), remote.upper()
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else self._channel.readyState
         return f"<DataChannel {self._channel.label!r} {state} buffered={self.buffered_amount}>"

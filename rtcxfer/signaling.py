@@ -47,6 +47,15 @@ A text message larger than ``max_message_bytes`` gets ``bad-message``; one large
 is refused by websockets itself (close code 1009) before it is buffered. A socket that has not
 registered within ``register_timeout`` seconds is closed.
 
+Per address (in the spirit of nginx's ``limit_conn``): one remote address may hold at most
+``max_connections_per_address`` sockets, of which at most ``max_unregistered_per_address``
+not yet registered, and at most ``max_peers_per_address_in_room`` peers in one room; beyond
+that a new socket gets ``server-full`` or a registration ``room-full``, so one host cannot
+starve everybody else of the server's ``max_connections`` or a room's places. A ``client``
+that has relayed nothing within ``idle_timeout`` seconds of registering is closed (code 1008,
+"idle"): a client's place in a room is for a handshake, not for squatting. Workers wait for
+clients by design and are exempt.
+
 The server speaks ``ws://`` unless given an ``ssl`` context: tokens cross the network in clear
 text otherwise.
 """
@@ -69,6 +78,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from rtcxfer.errors import SignalingError, describe
+from rtcxfer.limits import TokenBucket
 from rtcxfer.log import logger
 
 __all__ = [
@@ -180,24 +190,6 @@ class _Refusal(Exception):
         self.extra = extra
 
 
-class _TokenBucket:
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
-        self._rate = rate
-        self._capacity = burst
-        self._tokens = burst
-        self._clock = clock
-        self._stamp = clock()
-
-    def take(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
-
-
 class _Connection:
     """One peer socket on the server: its registration and its outgoing queue."""
 
@@ -208,6 +200,8 @@ class _Connection:
         self.room: str | None = None
         self.peer_id: str | None = None
         self.role: str | None = None
+        #: Whether this peer has relayed anything since it registered.
+        self.relayed = False
         self.rate_violations = 0
         self.logged_bad_messages = 0
         self.dropped = False
@@ -217,6 +211,14 @@ class _Connection:
         self._outbox_bytes = 0
         self._wakeup = asyncio.Event()
         self._finishing = False
+
+    @property
+    def address(self) -> str:
+        """The remote host (no port): the unit of the per-address limits."""
+        try:
+            return str(self.ws.remote_address[0])
+        except (TypeError, IndexError):
+            return "?"
 
     def __str__(self) -> str:
         try:
@@ -312,6 +314,10 @@ class SignalingServer:
         register_timeout: float | None = 10.0,
         close_timeout: float = 2.0,
         ssl: Any = None,
+        max_connections_per_address: int | None = 64,
+        max_unregistered_per_address: int | None = 8,
+        max_peers_per_address_in_room: int | None = 8,
+        idle_timeout: float | None = 120.0,
         web: bool = False,
     ) -> None:
         for room, token in dict(tokens or {}).items():
@@ -340,6 +346,10 @@ class SignalingServer:
         self.max_outbox_bytes = max_outbox_bytes
         self.register_timeout = register_timeout
         self.close_timeout = close_timeout
+        self.max_connections_per_address = max_connections_per_address
+        self.max_unregistered_per_address = max_unregistered_per_address
+        self.max_peers_per_address_in_room = max_peers_per_address_in_room
+        self.idle_timeout = idle_timeout
         self._ssl = ssl
         #: Serve the browser client (:mod:`rtcxfer.web`) to plain HTTP GETs on the same port.
         self.web = web
@@ -427,10 +437,10 @@ class SignalingServer:
         conn = _Connection(ws, self._serial, self.max_outbox_bytes, self._drop_lagging)
         writer = asyncio.create_task(conn.write_loop())
         close_code, close_reason = _CLOSE_NORMAL, ""
-        if len(self._connections) >= self.max_connections:
-            logger.warning("signaling: refused {}: server full ({} connections)", conn,
-                           len(self._connections))
-            conn.send_error(SERVER_FULL, "too many connections, try again later")
+        refusal = self._admission_refusal(conn)
+        if refusal is not None:
+            logger.warning("signaling: refused {}: {}", conn, refusal)
+            conn.send_error(SERVER_FULL, f"{refusal}, try again later")
             await self._finish(conn, writer, _CLOSE_TRY_AGAIN_LATER, SERVER_FULL)
             return
         self._connections.add(conn)
@@ -454,6 +464,18 @@ class SignalingServer:
             # Only reached with the writer still running if this handler was cancelled.
             writer.cancel()
 
+    def _admission_refusal(self, conn: _Connection) -> str | None:
+        if len(self._connections) >= self.max_connections:
+            return f"server full ({len(self._connections)} connections)"
+        address = conn.address
+        same = [other for other in self._connections if other.address == address]
+        if self.max_connections_per_address is not None and len(same) >= self.max_connections_per_address:
+            return f"too many connections from {address} ({len(same)})"
+        unregistered = sum(other.peer_id is None for other in same)
+        if self.max_unregistered_per_address is not None and unregistered >= self.max_unregistered_per_address:
+            return f"too many unregistered connections from {address} ({unregistered})"
+        return None
+
     async def _finish(self, conn: _Connection, writer: asyncio.Task[None], code: int,
                       reason: str) -> None:
         conn.finish()
@@ -473,12 +495,28 @@ class SignalingServer:
 
     async def _read_loop(self, conn: _Connection) -> tuple[int, str]:
         loop = asyncio.get_running_loop()
-        bucket = _TokenBucket(self.rate_limit, self.rate_burst) if self.rate_limit else None
+        bucket = TokenBucket(self.rate_limit, self.rate_burst) if self.rate_limit else None
         deadline = None if self.register_timeout is None else loop.time() + self.register_timeout
+        idle_deadline: float | None = None
         while True:
             if conn.dropped:
                 return _CLOSE_TRY_AGAIN_LATER, "too slow"
-            if conn.peer_id is None and deadline is not None:
+            if (idle_deadline is None and conn.role == "client" and not conn.relayed
+                    and self.idle_timeout is not None):
+                idle_deadline = loop.time() + self.idle_timeout
+            if idle_deadline is not None and conn.relayed:
+                idle_deadline = None
+            if idle_deadline is not None:
+                remaining = idle_deadline - loop.time()
+                if remaining <= 0:
+                    logger.warning("signaling: closed {}: nothing relayed within {} s of registering", conn,
+                                   self.idle_timeout)
+                    return _CLOSE_POLICY, "idle"
+                try:
+                    data = await asyncio.wait_for(conn.ws.recv(), remaining)
+                except asyncio.TimeoutError:
+                    continue
+            elif conn.peer_id is None and deadline is not None:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     logger.warning("signaling: closed {}: no registration within {} s", conn,
@@ -575,6 +613,9 @@ class SignalingServer:
             raise _Refusal(DUPLICATE_PEER, f"peer id {peer_id!r} is already in room {room!r}")
         if len(peers) >= self.max_peers_per_room:
             raise _Refusal(ROOM_FULL, f"room {room!r} has {len(peers)} peers already")
+        from_here = sum(other.address == conn.address for other in peers.values())
+        if self.max_peers_per_address_in_room is not None and from_here >= self.max_peers_per_address_in_room:
+            raise _Refusal(ROOM_FULL, f"room {room!r} has {from_here} peers from your address already")
         # No await between the checks above and here: registration is atomic.
         others = list(peers.values())
         self._rooms.setdefault(room, peers)[peer_id] = conn
@@ -622,6 +663,7 @@ class SignalingServer:
             text = _dumps({"type": "relay", "from": conn.peer_id, "payload": payload})
         except (ValueError, RecursionError):
             raise _Refusal(BAD_MESSAGE, "payload cannot be re-encoded as JSON") from None
+        conn.relayed = True
         target.send(text)
 
     def _drop_lagging(self, conn: _Connection) -> None:

@@ -67,12 +67,12 @@ async def run_shared_job(peer, relative_input: str, relative_output: str) -> str
 
 def test_detect_shared_storage_on_initialization(shared, tmp_path, monkeypatch):
     monkeypatch.setenv("SHARED_STORAGE_ROOT", str(shared))
-    worker = RTCWorkerClient(work_dir=tmp_path / "work")
+    worker = RTCWorkerClient(token="t", work_dir=tmp_path / "work")
     assert worker.shared_storage_root == shared.resolve()
     assert isinstance(worker.fs_adapter, FilesystemAdapter)
     monkeypatch.delenv("SHARED_STORAGE_ROOT")
     monkeypatch.setattr("rtcxfer.shared_storage.KNOWN_MOUNT_POINTS", ())
-    nothing = RTCWorkerClient(work_dir=tmp_path / "work2")
+    nothing = RTCWorkerClient(token="t", work_dir=tmp_path / "work2")
     assert nothing.shared_storage_root is None and nothing.fs_adapter is None
     assert "shared-fs" not in nothing.offered_transports()
 

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 from pathlib import Path
 
-from rtcxfer import rtc
+from rtcxfer import auth, rtc
 from rtcxfer.frames import DEFAULT_CATALOGUE, Frame, unpack_chunk
 from rtcxfer.worker import RTCWorkerClient
 
@@ -26,6 +26,8 @@ class WorkerPeer:
         self.channel = channel
         #: Every message received from the worker, in order (text as text, bytes as bytes).
         self.received: list[str | bytes] = []
+        #: What this session's proofs cover, once :meth:`hello` got a challenge.
+        self.transcript: auth.Transcript | None = None
 
     async def send(self, message: str | bytes | Frame) -> None:
         if isinstance(message, Frame):
@@ -80,8 +82,16 @@ class WorkerPeer:
                 files[names[transfer_id]] = data
                 await self.send(f"FILE_ACK::{transfer_id}::{hashlib.sha256(data).hexdigest()}")
 
-    async def hello(self, token: str = TOKEN) -> str:
-        await self.send(f"HELLO::1::{token}::shared-fs,rtc-chunked")
+    async def hello(self, token: str = TOKEN, transports: str = "shared-fs,rtc-chunked") -> str:
+        """Authenticate as a client would; returns the worker's last reply (WELCOME or AUTH_FAILED)."""
+        client_nonce = auth.new_nonce()
+        await self.send(f"HELLO::2::{client_nonce}::{transports}")
+        challenge = await self.next_text()
+        if not challenge.startswith("AUTH_CHALLENGE::"):
+            return challenge
+        local, remote = auth.channel_fingerprints(self.channel)
+        self.transcript = auth.Transcript(client_nonce, challenge.split("::")[1], local, remote, transports)
+        await self.send(f"AUTH_PROOF::{auth.client_proof(token, self.transcript)}")
         return await self.next_text()
 
 
@@ -94,7 +104,7 @@ async def worker_session(worker: RTCWorkerClient, *, authenticate: bool = True):
     try:
         if authenticate:
             welcome = await peer.hello()
-            assert welcome.startswith("WELCOME::1::"), welcome
+            assert welcome.startswith("WELCOME::2::"), welcome
         yield peer
     finally:
         await close()

@@ -51,6 +51,13 @@ Options (``context.options["rtc-chunked"]``):
 * ``accept_timeout`` / ``ack_timeout``: seconds the sender waits for ``FILE_ACCEPT`` and for
   ``FILE_ACK`` (default 600 each: a resumed multi-GiB partial is hashed before the accept).
 * ``max_concurrent``: incoming transfers one session may have open at once (default 16).
+* ``idle_timeout``: seconds an incoming transfer may go without a chunk before it is abandoned
+  (``FILE_ERROR``, partial removed; default 300), so an announced file cannot hold its disk
+  space forever.
+
+Disk space: a ``FILE_META`` is refused unless the file's missing bytes fit in the free space of
+its filesystem *minus what transfers already open in this process still expect* there, so many
+announcements at once cannot each count the same free space.
 """
 
 from __future__ import annotations
@@ -85,6 +92,7 @@ from rtcxfer.frames import (
     FileError,
     FileMeta,
     Frame,
+    quote_for_log,
     quote_for_reply,
 )
 from rtcxfer.hookspecs import hookimpl
@@ -107,6 +115,7 @@ READ_CHUNKS = 16
 HASH_BLOCK = 1024 * 1024
 DEFAULT_TIMEOUT = 600.0
 DEFAULT_MAX_CONCURRENT = 16
+DEFAULT_IDLE_TIMEOUT = 300.0
 
 # Reasons the receiver gives after FILE_END; the sender maps them to IntegrityError.
 REASON_HASH = "SHA-256 mismatch"
@@ -271,6 +280,15 @@ class _Incoming:
     busy: bool = True
     #: Another session took this partial over; this one must neither write nor remove it.
     detached: bool = False
+    #: Filesystem (st_dev) the partial is on, for disk space promised to open transfers.
+    device: int | None = None
+    #: Event-loop time of the last chunk (or of the FILE_META).
+    last_activity: float = 0.0
+
+    @property
+    def outstanding(self) -> int:
+        """Bytes this transfer has been promised and not yet written."""
+        return max(0, self.meta.size - self.received)
 
     def close_handle(self) -> None:
         handle, self.handle = self.handle, None
@@ -293,6 +311,15 @@ class _Incoming:
 # Partials being written in this process, by (directory, part name): a new session resuming a
 # file takes the partial over from a session that has not yet noticed its connection died.
 _ACTIVE_PARTS: dict[tuple[str, str], _Incoming] = {}
+
+
+def promised_bytes(device: int | None, excluding: _Incoming | None = None) -> int:
+    """Bytes open incoming transfers in this process still expect to write on ``device``."""
+    return sum(
+        state.outstanding
+        for state in _ACTIVE_PARTS.values()
+        if state is not excluding and not state.detached and state.device == device
+    )
 
 
 @attrs.define(eq=False)
@@ -350,6 +377,7 @@ class RtcChunkedTransport(Transport):
         super().__init__(link, context)
         self._incoming: dict[str, _Incoming] = {}
         self._outgoing: dict[str, _Outgoing] = {}
+        self._idle_checks: set[asyncio.Task] = set()
         #: One entry per completed or attempted send, for callers and tests.
         self.reports: list[SendReport] = []
 
@@ -458,6 +486,8 @@ class RtcChunkedTransport(Transport):
             dest.close()
             raise
         self._incoming[tid] = state
+        state.last_activity = asyncio.get_running_loop().time()
+        self._watch_idle(state)
         logger.info(
             "rtc-chunked: receiving {} ({} bytes) from offset {}",
             quote_for_reply(meta.name),
@@ -505,12 +535,21 @@ class RtcChunkedTransport(Transport):
                 state.handle = dest.open_new_part()
                 state.digest = hashlib.sha256()
             free = dest.free_bytes()
+            state.device = os.fstat(state.handle.fileno()).st_dev
         except (PathError, StorageFullError, OSError) as error:
             logger.warning("rtc-chunked: cannot open partial {}: {}", dest.part_relative, describe(error))
             raise _file_error(tid, "cannot create the partial file") from None
-        if free is not None and meta.size - state.received > free:
+        promised = promised_bytes(state.device, excluding=state)
+        if free is not None and state.outstanding > free - promised:
             state.close_handle()
             dest.remove_part()
+            logger.warning(
+                "rtc-chunked: refused {} ({} bytes): {} bytes free, {} promised to open transfers",
+                quote_for_log(meta.name),
+                meta.size,
+                free,
+                promised,
+            )
             raise _file_error(tid, "not enough free space for the file")
 
     async def on_chunk(self, event: ChunkReceived) -> None:
@@ -542,6 +581,38 @@ class RtcChunkedTransport(Transport):
             raise _file_error(tid, "cannot write the file") from None
         state.digest.update(payload)
         state.received += length
+        state.last_activity = asyncio.get_running_loop().time()
+
+    def _watch_idle(self, state: _Incoming) -> None:
+        timeout = float(self._options.get("idle_timeout", DEFAULT_IDLE_TIMEOUT))
+        loop = asyncio.get_running_loop()
+
+        def check() -> None:
+            if self._incoming.get(state.meta.transfer_id) is not state or state.busy:
+                return
+            idle = loop.time() - state.last_activity
+            if idle < timeout:
+                loop.call_later(timeout - idle, check)
+                return
+            logger.warning(
+                "rtc-chunked: abandoning {}: no data for {:.0f} s ({} of {} bytes)",
+                quote_for_log(state.meta.name),
+                idle,
+                state.received,
+                state.meta.size,
+            )
+            self._drop(state, remove=True)
+            task = asyncio.ensure_future(self._tell_idle(state.meta.transfer_id, timeout))
+            self._idle_checks.add(task)
+            task.add_done_callback(self._idle_checks.discard)
+
+        loop.call_later(timeout, check)
+
+    async def _tell_idle(self, tid: str, timeout: float) -> None:
+        try:
+            await self.link.send(FileError(transfer_id=tid, reason=f"no data for {timeout:g} s; transfer abandoned"))
+        except (ConnectionClosedError, LocalProtocolError) as error:
+            logger.debug("rtc-chunked: idle notice for {} not sent: {}", tid, describe(error))
 
     async def _on_end(self, end: FileEnd) -> None:
         tid = end.transfer_id
@@ -562,7 +633,9 @@ class RtcChunkedTransport(Transport):
         digest = state.digest.hexdigest()
         if digest != meta.sha256:
             self._drop(state, remove=True)
-            logger.warning("rtc-chunked: {} arrived with SHA-256 {}, announced {}", meta.name, digest, meta.sha256)
+            logger.warning(
+                "rtc-chunked: {} arrived with SHA-256 {}, announced {}", quote_for_log(meta.name), digest, meta.sha256
+            )
             raise _file_error(tid, f"{REASON_HASH}: the received bytes hash to {digest}", IntegrityError)
         state.busy = True
         try:
@@ -570,7 +643,7 @@ class RtcChunkedTransport(Transport):
         except OSError as error:
             state.busy = False
             self._drop(state, remove=True)
-            logger.warning("rtc-chunked: placing {} failed: {}", meta.name, error)
+            logger.warning("rtc-chunked: placing {} failed: {}", quote_for_log(meta.name), error)
             raise _file_error(tid, "cannot store the file") from None
         state.busy = False
         self._drop(state, remove=False)
@@ -635,15 +708,17 @@ class RtcChunkedTransport(Transport):
             outgoing.closed_by_peer = True
             integrity = report.reason.startswith((REASON_HASH, REASON_INCOMPLETE))
             error_class = IntegrityError if integrity else TransferError
-            outgoing.fail(error_class(f"the peer refused {outgoing.name}: {report.reason}"))
+            outgoing.fail(error_class(f"the peer refused {outgoing.name}: {quote_for_log(report.reason)}"))
             return
         state = self._incoming.get(tid)
         if state is not None:
-            logger.info("rtc-chunked: the sender abandoned {}: {}", state.meta.name, report.reason)
+            logger.info(
+                "rtc-chunked: the sender abandoned {}: {}", quote_for_log(state.meta.name), quote_for_log(report.reason)
+            )
             self._drop(state, remove=not state.busy)
             return
         # Never answer an error report with another one.
-        logger.debug("rtc-chunked: FILE_ERROR for unknown transfer {}: {}", tid, report.reason)
+        logger.debug("rtc-chunked: FILE_ERROR for unknown transfer {}: {}", tid, quote_for_log(report.reason))
 
     def _chunk_size(self) -> int:
         wanted = int(self._options.get("chunk_size", DEFAULT_CHUNK_SIZE))
