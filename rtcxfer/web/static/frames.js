@@ -20,8 +20,10 @@ const f = (name, kind, extra = {}) => ({ name, kind, ...extra });
 const greedyText = (name) => f(name, "text", { greedy: true });
 
 export const FRAME_TYPES = {
-  HELLO: [f("version", "int"), f("auth_token", "token"), f("transports", "token")],
-  WELCOME: [f("version", "int"), f("transports", "token")],
+  HELLO: [f("version", "int"), f("client_nonce", "hex64"), f("transports", "token")],
+  AUTH_CHALLENGE: [f("worker_nonce", "hex64")],
+  AUTH_PROOF: [f("proof", "hex64")],
+  WELCOME: [f("version", "int"), f("transports", "token"), f("worker_proof", "token")],
   AUTH_FAILED: [greedyText("reason")],
   JOB_SUBMIT: [f("job_id", "token"), f("results_via", "token")],
   JOB_ACCEPTED: [f("job_id", "token")],

@@ -1,6 +1,7 @@
 // The WebRTC side: one peer connection and its data channel labelled "rtcxfer", set up through
 // the signaling relay with one offer and one answer carrying every candidate (no trickle ICE).
 
+import { onlySha256Fingerprints, sdpFingerprint } from "./auth.js";
 import { ERROR_REPORTS, FrameError, decodeFrame, encodeFrame, parseChunk } from "./frames.js";
 
 export const CHANNEL_LABEL = "rtcxfer";
@@ -69,7 +70,7 @@ export async function offerChannel(signaling, peerId, { iceServers = [] } = {}) 
       };
     });
     signaling.relay(peerId, { kind: "offer", sdp: pc.localDescription.sdp });
-    const sdp = await within(HANDSHAKE_MS, `an answer from ${peerId}`, answer);
+    const sdp = onlySha256Fingerprints(await within(HANDSHAKE_MS, `an answer from ${peerId}`, answer));
     await pc.setRemoteDescription({ type: "answer", sdp });
     await within(HANDSHAKE_MS, `the connection to ${peerId}`, opened(dc));
     return channel;
@@ -86,7 +87,7 @@ export async function answerChannel(signaling, peerId, offerSdp, { iceServers = 
     const incoming = new Promise((resolve) => {
       pc.addEventListener("datachannel", (event) => resolve(new FrameChannel(pc, event.channel)));
     });
-    await pc.setRemoteDescription({ type: "offer", sdp: offerSdp });
+    await pc.setRemoteDescription({ type: "offer", sdp: onlySha256Fingerprints(offerSdp) });
     await pc.setLocalDescription(await pc.createAnswer());
     await gathered(pc);
     signaling.relay(peerId, { kind: "answer", sdp: pc.localDescription.sdp });
@@ -121,6 +122,14 @@ export class FrameChannel {
 
   get isOpen() {
     return this.dc.readyState === "open";
+  }
+
+  /** SHA-256 DTLS fingerprints {local, remote} from the two session descriptions. */
+  fingerprints() {
+    return {
+      local: sdpFingerprint(this.pc.localDescription?.sdp),
+      remote: sdpFingerprint(this.pc.currentRemoteDescription?.sdp),
+    };
   }
 
   /** The largest message the peer accepts (its SDP a=max-message-size). */

@@ -2,11 +2,11 @@
 // 6): HELLO / WELCOME, then jobs whose package goes by rtc-chunked and whose results come back
 // the same way, one FILE_META per result file.
 
+import { NO_PROOF, clientProof, proofsMatch, workerProof } from "./auth.js";
 import { randomHex } from "./frames.js";
 import { RtcChunked, TRANSPORT, safeUploadName } from "./transfer.js";
 
-export const PROTOCOL_VERSION = 1;
-const TOKEN = /^[A-Za-z0-9._,+=@-]{1,128}$/;
+export const PROTOCOL_VERSION = 2;
 
 export class AuthError extends Error {}
 export class SessionError extends Error {}
@@ -81,18 +81,36 @@ export class WorkerSession {
     });
   }
 
-  /** Authenticate with the worker's token; throws AuthError if it refuses. */
+  /**
+   * Authenticate (rtcxfer/auth.py): HELLO with our nonce, the worker's AUTH_CHALLENGE, our
+   * AUTH_PROOF, then WELCOME with the worker's proof, checked before anything else is sent.
+   * Throws AuthError if the worker refuses us or cannot prove it knows the token.
+   */
   async hello(token) {
-    const authToken = token || "anonymous";
-    if (!TOKEN.test(authToken)) {
-      throw new AuthError("the token may only hold letters, digits and . _ , + = @ - (at most 128 characters)");
-    }
-    const reply = this.next(["WELCOME", "AUTH_FAILED"]);
-    this.channel.send("HELLO", { version: PROTOCOL_VERSION, auth_token: authToken, transports: TRANSPORT });
-    const frame = await reply;
+    const clientNonce = randomHex(32);
+    const challenge = this.next(["AUTH_CHALLENGE", "AUTH_FAILED"]);
+    this.channel.send("HELLO", { version: PROTOCOL_VERSION, client_nonce: clientNonce, transports: TRANSPORT });
+    const reply = await challenge;
+    if (reply.type === "AUTH_FAILED") throw new AuthError(reply.reason);
+    const { local, remote } = this.channel.fingerprints();
+    const transcript = {
+      clientNonce, workerNonce: reply.worker_nonce, clientFingerprint: local, workerFingerprint: remote,
+      clientTransports: TRANSPORT,
+    };
+    const welcome = this.next(["WELCOME", "AUTH_FAILED"]);
+    // Without a token the proof is made with an empty key: only a worker run without one accepts it.
+    this.channel.send("AUTH_PROOF", { proof: clientProof(token || "", transcript) });
+    const frame = await welcome;
     if (frame.type === "AUTH_FAILED") throw new AuthError(frame.reason);
     if (frame.version !== PROTOCOL_VERSION) {
       throw new SessionError(`the worker speaks protocol version ${frame.version}, this page ${PROTOCOL_VERSION}`);
+    }
+    if (frame.worker_proof === NO_PROOF) {
+      if (token) {
+        throw new AuthError("the worker runs without a token, so it cannot prove it is the worker you meant; nothing was sent to it");
+      }
+    } else if (!token || !proofsMatch(workerProof(token, transcript, frame.transports), frame.worker_proof)) {
+      throw new AuthError("the peer posing as the worker could not prove it knows the token (an impostor, or a relay in between); nothing was sent to it");
     }
     if (!frame.transports.split(",").includes(TRANSPORT)) {
       throw new SessionError(`the worker does not offer ${TRANSPORT} (it offers ${frame.transports})`);

@@ -103,3 +103,24 @@ export async function sha256OfBlob(blob, onProgress = () => {}, sliceBytes = 4 *
   }
   return hash.hexDigest();
 }
+
+const BLOCK_BYTES = 64;
+
+/**
+ * HMAC-SHA256 (RFC 2104) of `message` under `key` (both Uint8Array), as lowercase hex.
+ * Our own rather than WebCrypto's: crypto.subtle exists only in secure contexts, and this page
+ * is often opened as plain http://host:port/ of a signaling server on the local network.
+ */
+export function hmacSha256Hex(key, message) {
+  let block = key;
+  if (block.length > BLOCK_BYTES) block = hexToBytes(new Sha256().update(block).hexDigest());
+  const padded = new Uint8Array(BLOCK_BYTES);
+  padded.set(block);
+  const inner = new Sha256().update(padded.map((byte) => byte ^ 0x36)).update(message);
+  const innerDigest = hexToBytes(inner.hexDigest());
+  return new Sha256().update(padded.map((byte) => byte ^ 0x5c)).update(innerDigest).hexDigest();
+}
+
+function hexToBytes(hex) {
+  return Uint8Array.from(hex.match(/../g), (pair) => parseInt(pair, 16));
+}
