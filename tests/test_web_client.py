@@ -33,7 +33,7 @@ import pytest
 
 from rtcxfer.sample import build_sample_package
 from rtcxfer.testing.loopback_namespace import LoopbackNamespace, namespace_support_problem
-from rtcxfer.testing.processes import WORKER_READY, CliProcess, start_signaling
+from rtcxfer.testing.processes import SIGNALING_READY, WORKER_READY, CliProcess
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = f"web-{secrets.token_hex(8)}"
@@ -43,6 +43,8 @@ SCREENSHOT = REPO / "docs" / "web-client.png"
 #: Hang guards (milliseconds for playwright, seconds for processes).
 PAGE_GUARD_MS = 90_000
 PROCESS_GUARD = 120.0
+#: The signaling server closes clients idle this long; the page must reconnect by itself.
+IDLE_TIMEOUT = 3.0
 
 #: The flags of every browser these tests start (playwright adds --headless and a fresh profile).
 CHROMIUM_FLAGS = [
@@ -95,21 +97,28 @@ class Site:
     services: list[CliProcess]
     browser: object
 
-    def start_worker(self, name: str, token: str) -> CliProcess:
-        args = ["worker", "--signal", self.signal_url, "--room", ROOM, "--token", token, "--peer-id", name]
+    def start_signal(self, name: str, *args: str) -> tuple[CliProcess, str]:
+        """``rtcxfer signal`` in the namespace; its process and ws:// URL once it listens."""
+        service = CliProcess(name, ["signal", "--port", "0", *args], self.root, env=_environment(), python=self.python)
+        self.services.append(service)
+        return service, service.wait_for(SIGNALING_READY).group(1)
+
+    def start_worker(self, name: str, token: str, signal_url: str | None = None) -> CliProcess:
+        args = ["worker", "--signal", signal_url or self.signal_url, "--room", ROOM, "--token", token]
+        args += ["--peer-id", name]
         args += ["--work-dir", str(self.root / f"work-{name}")]
         service = CliProcess(name, args, self.root, env=_environment(), python=self.python)
         self.services.append(service)
         service.wait_for(WORKER_READY)
         return service
 
-    def new_page(self):
+    def new_page(self, page_url: str | None = None):
         # The media permission lets Chromium enumerate its interfaces (only lo here) instead of
         # offering mDNS names the loopback-only worker would drop.
         context = self.browser.new_context(permissions=["camera", "microphone"], accept_downloads=True)
         page = context.new_page()
         page.set_default_timeout(PAGE_GUARD_MS)
-        page.goto(self.page_url)
+        page.goto(page_url or self.page_url)
         return page
 
     def python_submit(self, package: Path, results: Path) -> subprocess.CompletedProcess[str]:
@@ -129,13 +138,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         try:
             python = namespace.wrapper("python", sys.executable)
             chromium = namespace.wrapper("chromium", _chromium())
-            signaling, signal_url = start_signaling(root, token=TOKEN, env=_environment(), python=python)
-            services.append(signaling)
-            page_url = "http" + signal_url[2:] + "/"
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_FLAGS, headless=True)
                 try:
-                    site = Site(root, namespace, python, signal_url, page_url, None, services, browser)  # type: ignore[arg-type]
+                    site = Site(root, namespace, python, "", "", None, services, browser)  # type: ignore[arg-type]
+                    _, site.signal_url = site.start_signal("signal", "--token", TOKEN, "--idle-timeout", str(IDLE_TIMEOUT))
+                    site.page_url = page_url_of(site.signal_url)
                     site.worker = site.start_worker("worker", TOKEN)
                     yield site
                 finally:
@@ -143,6 +151,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         finally:
             for service in reversed(services):
                 service.stop()
+
+
+def page_url_of(signal_url: str) -> str:
+    return "http" + signal_url[2:] + "/"
 
 
 def connect(page, token: str = TOKEN, room: str = ROOM) -> None:
@@ -173,6 +185,8 @@ def test_page_runs_a_job_and_downloads_what_the_python_client_gets(site: Site, t
     connect(page)
     page.wait_for_selector("#worker option[value='worker']", state="attached")
     page.set_input_files("#package", str(package))
+    # The server drops the idle page from the room; running a job reconnects on its own.
+    page.wait_for_selector("#room-status:has-text('signaling connection is closed')")
     page.click("#run")
     assert wait_for_state(page, "done", "failed") == "done", page.text_content("#error")
 
@@ -206,4 +220,172 @@ def test_page_runs_a_job_and_downloads_what_the_python_client_gets(site: Site, t
     assert shot.startswith(b"\x89PNG")
     if os.environ.get("RTCXFER_WRITE_SCREENSHOT"):
         SCREENSHOT.write_bytes(shot)
+    page.context.close()
+
+
+# --- errors in plain words -------------------------------------------------------------------
+
+
+def test_a_wrong_room_token_is_a_clear_error(site: Site) -> None:
+    page = site.new_page()
+    connect(page, token="not-the-token")
+    assert wait_for_state(page, "failed") == "failed"
+    assert page.text_content("#error") == (
+        f"The signaling server refused the token for room “{ROOM}”. Check the token and connect again."
+    )
+    assert page.input_value("#token") == ""  # the token left the form at once
+    page.context.close()
+
+
+def test_a_worker_that_refuses_the_token_is_a_clear_error(site: Site, tmp_path: Path) -> None:
+    # A second server without a room token, so that only the worker's own check can refuse.
+    _, open_url = site.start_signal("signal-open")
+    site.start_worker("picky", "the-workers-own-token", signal_url=open_url)
+    page = site.new_page(page_url_of(open_url))
+    connect(page, token=TOKEN)
+    page.wait_for_selector("#worker option[value='picky']", state="attached")
+    page.set_input_files("#package", str(build_sample_package(tmp_path / "small.zip")))
+    page.click("#run")
+    assert wait_for_state(page, "done", "failed") == "failed"
+    assert page.text_content("#error") == "The worker “picky” refused the token: invalid token."
+    page.context.close()
+
+
+# --- leaving the page ------------------------------------------------------------------------
+
+SLEEPER = """\
+import os, time
+print(f"job pid {os.getpid()}", flush=True)
+time.sleep(300)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has ended; only its parent has not collected it yet.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ", 1)[-1][:1] != "Z"
+
+
+def test_closing_the_page_cancels_the_job_and_the_worker_serves_the_next(site: Site, tmp_path: Path) -> None:
+    page = site.new_page()
+    connect(page)
+    page.wait_for_selector("#worker option[value='worker']", state="attached")
+    page.set_input_files("#package", str(build_sample_package(tmp_path / "sleeper.zip", program=SLEEPER)))
+    page.click("#run")
+    page.wait_for_selector("#log:has-text('job pid')")
+    pid = int(page.text_content("#log").split("job pid ")[1].split()[0])
+    assert _alive(pid)
+
+    page.context.close()
+    deadline = time.monotonic() + PROCESS_GUARD
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid), "the cancelled job's process outlived the page"
+    assert site.worker.process.poll() is None
+
+    page = site.new_page()
+    connect(page)
+    page.wait_for_selector("#worker option[value='worker']", state="attached")
+    page.set_input_files("#package", str(build_sample_package(tmp_path / "next.zip")))
+    page.click("#run")
+    assert wait_for_state(page, "done", "failed") == "done", page.text_content("#error")
+    assert "sample job: done" in page.text_content("#log")
+    page.context.close()
+
+
+# --- the JavaScript against Python, piece by piece ---------------------------------------------
+
+HASH_LENGTHS = [0, 1, 55, 56, 63, 64, 65, 127, 128, 1000, 65536 + 17]
+
+
+def test_the_pages_sha256_and_hmac_agree_with_python(site: Site) -> None:
+    import hmac
+
+    from rtcxfer import auth
+
+    page = site.new_page()
+    results = page.evaluate(
+        """async (lengths) => {
+            const { Sha256 } = await import("/sha256.js");
+            const { clientProof, workerProof } = await import("/auth.js");
+            const hashes = lengths.map((length) => {
+                const bytes = Uint8Array.from({ length }, (_, i) => (i * 131 + 7) & 255);
+                const hash = new Sha256();
+                // Uneven pieces cross every block boundary.
+                for (let at = 0, step = 1; at < length; at += step, step = step * 3 % 97 + 1) {
+                    hash.update(bytes.subarray(at, at + step));
+                }
+                return hash.hexDigest();
+            });
+            const transcript = { clientNonce: "a".repeat(64), workerNonce: "b".repeat(64),
+                clientFingerprint: "AB:CD", workerFingerprint: "EF:01", clientTransports: "rtc-chunked" };
+            const proofs = ["", "s3cret", "ключ", "x".repeat(100)].map((token) => [
+                clientProof(token, transcript), workerProof(token, transcript, "shared-fs,rtc-chunked")]);
+            return { hashes, proofs };
+        }""",
+        HASH_LENGTHS,
+    )
+    expected = [hashlib.sha256(bytes((i * 131 + 7) & 255 for i in range(n))).hexdigest() for n in HASH_LENGTHS]
+    assert results["hashes"] == expected
+    transcript = auth.Transcript("a" * 64, "b" * 64, "AB:CD", "EF:01", "rtc-chunked")
+    for token, (client, worker) in zip(["", "s3cret", "ключ", "x" * 100], results["proofs"]):
+        assert hmac.compare_digest(client, auth.client_proof(token, transcript))
+        assert hmac.compare_digest(worker, auth.worker_proof(token, transcript, "shared-fs,rtc-chunked"))
+    page.context.close()
+
+
+def test_chromium_and_aiortc_move_files_both_ways_with_rtc_chunked(site: Site, tmp_path: Path) -> None:
+    """The aiortc side offers (as rtcxfer's client does, SCTP tuning offer included), the
+    browser answers; a file goes to the browser with Python's rtc-chunked and comes back with
+    the browser's."""
+    outbound = tmp_path / "outbound.bin"
+    outbound.write_bytes(random.Random(7).randbytes(8 * 1024 * 1024 + 12345))
+    received = tmp_path / "received"
+    received.mkdir()
+    room = f"interop-{secrets.token_hex(3)}"
+    peer_script = Path(__file__).with_name("chromium_interop_peer.py")
+    python_peer = subprocess.Popen(
+        [str(site.python), str(peer_script), site.signal_url, room, TOKEN, "chromium", str(outbound), str(received)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment(), cwd=tmp_path,
+    )
+    try:
+        page = site.new_page()
+        browser_side = page.evaluate(
+            """async ({ room, token }) => {
+                const { Signaling, signalingUrlOfPage } = await import("/signaling.js");
+                const { answerChannel } = await import("/peer.js");
+                const { RtcChunked } = await import("/transfer.js");
+                const signaling = await Signaling.connect(signalingUrlOfPage(), { room, token, role: "worker", peerId: "chromium" });
+                const offer = await new Promise((resolve) => {
+                    signaling.onRelay = (from, payload) => { if (payload.kind === "offer") resolve({ from, sdp: payload.sdp }); };
+                });
+                const channel = await answerChannel(signaling, offer.from, offer.sdp);
+                let transfer;
+                const file = new Promise((resolve) => { transfer = new RtcChunked(channel, { onFile: resolve }); });
+                channel.onFrame = (frame) => transfer.handleFrame(frame);
+                channel.onChunk = (chunk) => transfer.handleChunk(chunk);
+                const got = await file;
+                const sent = await transfer.send(got.blob, "echo/" + got.name);
+                return { name: got.name, size: got.size, sha256: got.sha256, sentSha256: sent.sha256,
+                         offer: offer.sdp, maxMessageSize: channel.maxMessageSize };
+            }""",
+            {"room": room, "token": TOKEN},
+        )
+        out, err = python_peer.communicate(timeout=PROCESS_GUARD)
+    finally:
+        if python_peer.poll() is None:
+            python_peer.kill()
+            python_peer.wait()
+    assert python_peer.returncode == 0, err
+    digest = hashlib.sha256(outbound.read_bytes()).hexdigest()
+    assert browser_side["name"] == "outbound.bin"
+    assert browser_side["size"] == outbound.stat().st_size
+    assert browser_side["sha256"] == browser_side["sentSha256"] == digest
+    assert "a=x-rtcxfer-sctp-packet" in browser_side["offer"]  # the tuned side's offer, ignored by Chromium
+    assert f"received echo/outbound.bin {outbound.stat().st_size} {digest}" in out
+    assert (received / "echo" / "outbound.bin").read_bytes() == outbound.read_bytes()
     page.context.close()

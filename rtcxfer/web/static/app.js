@@ -15,7 +15,7 @@ const state = { signaling: null, token: "", file: null, session: null, room: "" 
 
 function setState(name) {
   document.body.dataset.state = name;
-  const connected = state.signaling !== null && !state.signaling.closed;
+  const connected = state.signaling !== null;
   const running = name === "running";
   $("run").disabled = !(connected && state.file && $("worker").value && !running);
   $("cancel").disabled = !running;
@@ -90,6 +90,24 @@ function describeSignalingError(error, room) {
   }
 }
 
+// Resolves to the open signaling connection of `room`, or throws a SignalingError.
+async function openSignaling(room) {
+  const signaling = await Signaling.connect(signalingUrlOfPage(), {
+    room, token: state.token || undefined, peerId: `client-${randomHex(4)}`,
+  });
+  state.signaling = signaling;
+  signaling.onPeers = () => showWorkers(signaling);
+  signaling.onClose = () => {
+    if (state.signaling !== signaling) return;
+    // The server closes a client that relays nothing for a while (its idle timeout): the
+    // worker list is kept, and the next job reconnects with the token still in memory.
+    $("room-status").textContent = `Room “${room}”: the signaling connection is closed; running a job reconnects.`;
+    setState(document.body.dataset.state);
+  };
+  showWorkers(signaling);
+  return signaling;
+}
+
 async function connect(event) {
   event.preventDefault();
   showError("");
@@ -106,19 +124,7 @@ async function connect(event) {
   state.room = room;
   $("room-status").textContent = `Connecting to room “${room}”…`;
   try {
-    const signaling = await Signaling.connect(signalingUrlOfPage(), {
-      room, token: state.token || undefined, peerId: `client-${randomHex(4)}`,
-    });
-    state.signaling = signaling;
-    signaling.onPeers = () => showWorkers(signaling);
-    signaling.onClose = () => {
-      if (state.signaling === signaling) {
-        $("room-status").textContent = "The signaling connection closed. Connect again.";
-        $("worker").replaceChildren();
-        setState(document.body.dataset.state);
-      }
-    };
-    showWorkers(signaling);
+    await openSignaling(room);
   } catch (error) {
     if (!(error instanceof SignalingError)) throw error;
     $("room-status").textContent = "Not connected.";
@@ -162,7 +168,8 @@ async function run() {
   showStatus(`Connecting to ${workerId}…`);
   let session = null;
   try {
-    const channel = await offerChannel(state.signaling, workerId);
+    const signaling = state.signaling.closed ? await openSignaling(state.room) : state.signaling;
+    const channel = await offerChannel(signaling, workerId);
     session = new WorkerSession(channel, { onPeerError: (text) => appendLog(`[rtcxfer] ${text}`) });
     state.session = session;
     await session.hello(state.token);
@@ -192,7 +199,9 @@ async function run() {
       setState("failed");
     }
   } catch (error) {
-    if (error instanceof AuthError) {
+    if (error instanceof SignalingError) {
+      showError(describeSignalingError(error, state.room));
+    } else if (error instanceof AuthError) {
       showError(`The worker “${workerId}” refused the token: ${error.message}.`);
     } else {
       showError(error.message || String(error));
