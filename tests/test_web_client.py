@@ -389,3 +389,114 @@ def test_chromium_and_aiortc_move_files_both_ways_with_rtc_chunked(site: Site, t
     assert f"received echo/outbound.bin {outbound.stat().st_size} {digest}" in out
     assert (received / "echo" / "outbound.bin").read_bytes() == outbound.read_bytes()
     page.context.close()
+
+
+# The frame types the page knows, with a strategy for each field's raw text: mostly valid
+# values, sometimes near misses, so that both acceptance and refusal are compared.
+def _raw_field(kind: str):
+    from hypothesis import strategies as st
+
+    valid = {
+        "token": st.from_regex(r"[A-Za-z0-9._,+=@-]{1,12}", fullmatch=True),
+        "text": st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=20),
+        "int": st.integers(0, 2**53 - 1).map(str),
+        "float": st.floats(0, 1e20, allow_nan=False).map(repr),
+        "hex32": st.binary(min_size=16, max_size=16).map(bytes.hex),
+        "hex64": st.binary(min_size=32, max_size=32).map(bytes.hex),
+    }[kind]
+    near_miss = {
+        "token": st.sampled_from(["", "a b", "x" * 129, "a:b", "é"]),
+        "text": st.sampled_from(["", ":", "a:", ":a", "a::b"]),
+        "int": st.sampled_from(["01", "-1", "1.0", "", "1e3", str(2**64), str(2**53 + 1)]),
+        "float": st.one_of(st.floats(0, 1e6).map(lambda x: f"{x:.3f}"), st.sampled_from(["1e5", "3", "inf", "-0.0"])),
+        "hex32": st.binary(min_size=16, max_size=16).map(lambda b: b.hex().upper()),
+        "hex64": st.binary(min_size=31, max_size=31).map(bytes.hex),
+    }[kind]
+    return st.one_of(valid, valid, valid, near_miss)
+
+
+PAGE_FRAME_FIELDS = {
+    "HELLO": ["int", "hex64", "token"],
+    "AUTH_CHALLENGE": ["hex64"],
+    "AUTH_PROOF": ["hex64"],
+    "WELCOME": ["int", "token", "token"],
+    "AUTH_FAILED": ["text"],
+    "JOB_SUBMIT": ["token", "token"],
+    "JOB_ACCEPTED": ["token"],
+    "JOB_STATUS": ["token", "token"],
+    "JOB_LOG": ["token", "text"],
+    "JOB_PROGRESS": ["token", "int", "int"],
+    "JOB_CANCEL": ["token"],
+    "JOB_COMPLETE": ["token", "text", "int", "float"],
+    "JOB_FAILED": ["text"],
+    "PATH_ERROR": ["text"],
+    "PROTOCOL_ERROR": ["text"],
+    "FILE_META": ["hex32", "text", "int", "hex64", "int"],
+    "FILE_ACCEPT": ["hex32", "int"],
+    "FILE_END": ["hex32"],
+    "FILE_ACK": ["hex32", "hex64"],
+    "FILE_ERROR": ["hex32", "text"],
+}
+
+
+def _frame_texts():
+    from hypothesis import strategies as st
+
+    @st.composite
+    def frame_text(draw) -> str:
+        type_name = draw(st.sampled_from(sorted(PAGE_FRAME_FIELDS)))
+        kinds = list(PAGE_FRAME_FIELDS[type_name])
+        count = draw(st.sampled_from([len(kinds), len(kinds), max(0, len(kinds) - 2), len(kinds) + 1]))
+        kinds = (kinds + ["text"])[:count]
+        return "::".join([type_name, *(draw(_raw_field(kind)) for kind in kinds)])
+
+    # Long lists: one browser round trip checks many frames.
+    return st.lists(frame_text(), min_size=100, max_size=150)
+
+
+def test_the_pages_frame_codec_accepts_exactly_what_python_accepts(site: Site) -> None:
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    from rtcxfer.errors import RemoteProtocolError
+    from rtcxfer.frames import FrameCatalogue
+
+    catalogue = FrameCatalogue()
+    page = site.new_page()
+    page.evaluate("async () => { window.frames_ = await import('/frames.js'); }")
+
+    # No shrinking (each step would be a browser round trip): the failing frame is named in
+    # the assertion message anyway.
+    @settings(max_examples=30, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(_frame_texts())
+    def check(texts: list[str]) -> None:
+        decoded = page.evaluate(
+            """(texts) => texts.map((text) => {
+                try { return window.frames_.decodeFrame(text); } catch (error) {
+                    if (!(error instanceof window.frames_.FrameError)) throw error;
+                    return null;
+                }
+            })""",
+            texts,
+        )
+        for text, by_page in zip(texts, decoded):
+            try:
+                frame = catalogue.decode(text)
+            except RemoteProtocolError:
+                assert by_page is None, text
+                continue
+            expected = {spec.name: getattr(frame, spec.name) for spec in frame.FIELDS}
+            expected = {name: value for name, value in expected.items() if value is not None}
+            if any(type(value) is int and value > 2**53 - 1 for value in expected.values()):
+                # Beyond JavaScript's exact integers: the page refuses rather than round.
+                assert by_page is None, text
+                continue
+            assert by_page is not None, text
+            # JSON has one number type: compare numbers as floats.
+            normalise = {name: float(value) if type(value) in (int, float) else value for name, value in by_page.items()}
+            assert normalise == {"type": frame.TYPE, **{
+                name: float(value) if type(value) in (int, float) else value for name, value in expected.items()
+            }}, text
+
+    check()
+    page.context.close()

@@ -13,6 +13,7 @@ const TOKEN = /^[A-Za-z0-9._,+=@-]{1,128}$/;
 const INT = /^(0|[1-9][0-9]{0,19})$/;
 const FLOAT = /^[0-9][0-9.e+-]{0,31}$/;
 const HEX = /^[0-9a-f]+$/;
+const TOO_LARGE = "too large for this client";
 
 // kind: "token" | "text" | "int" | "float" | "hex32" | "hex64"; "greedy" marks the one field
 // that may hold "::"; "optional" fields come last, all together or not at all.
@@ -82,7 +83,7 @@ function problemWith(spec, raw) {
       return TOKEN.test(raw) ? null : "not a token";
     case "int":
       if (!INT.test(raw)) return "not a canonical non-negative integer";
-      return Number.isSafeInteger(Number(raw)) ? null : "too large for this client";
+      return Number.isSafeInteger(Number(raw)) ? null : TOO_LARGE;
     case "float":
       if (!FLOAT.test(raw)) return "not a non-negative decimal number";
       return Number.isFinite(Number(raw)) && pythonFloatRepr(Number(raw)) === raw ? null : "not a canonical number";
@@ -182,7 +183,11 @@ export function decodeFrame(message) {
     const raw = splitFields(specs.slice(0, count), rest);
     if (!raw) continue;
     const problems = raw.map((text, index) => problemWith(specs[index], text));
-    const bad = problems.findIndex((problem) => problem !== null);
+    const bad = problems.findIndex((problem) => problem !== null && problem !== TOO_LARGE);
+    const large = problems.indexOf(TOO_LARGE);
+    // A form that parses but for a number the page cannot hold exactly is refused outright,
+    // never read another way.
+    if (bad < 0 && large >= 0) throw new FrameError(`${type}: field ${specs[large].name}: ${TOO_LARGE}`);
     if (bad >= 0) {
       lastProblem = `field ${specs[bad].name}: ${problems[bad]}`;
       continue;
