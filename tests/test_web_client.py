@@ -439,6 +439,31 @@ PAGE_FRAME_FIELDS = {
 }
 
 
+ID32 = "bf1a8fe1e92ca866f4f55cfddd83a44c"
+SHA = "bcf7160eff048f099aa8ce0a0d75c22528ccb83a3c68b649d2f614205948f90a"
+#: Known edges: optional fields, greedy fields holding "::", numbers in every non-canonical form.
+CODEC_EDGES = [
+    "JOB_COMPLETE::job-1::job-1::2::0.11",
+    "JOB_COMPLETE::job-1::rtcxfer-results/job-1",
+    *(f"JOB_COMPLETE::j::p::2::{number}" for number in ("3", "3.0", "1.50", "1e-05", "0.00001", "1e+16", "1e16", "inf")),
+    "JOB_COMPLETE::j::a::b::2::0.5",
+    "JOB_COMPLETE::j::p::9007199254740993::1.0",
+    "JOB_PROGRESS::j::9007199254740993::1",
+    "JOB_PROGRESS::j::01::1",
+    f"FILE_META::{ID32}::a::b.zip::5937::{SHA}::65509",
+    f"FILE_META::{ID32}::::5937::{SHA}::65509",
+    f"FILE_ACK::{ID32.upper()}::{SHA}",
+    f"HELLO::2::{SHA}::shared-fs,rtc-chunked",
+    "WELCOME::2::rtc-chunked::none",
+    "WELCOME::2::rtc-chunked",
+    "PATH_ERROR::Input path does not exist: a::b.zip",
+    "JOB_LOG::job-1::",
+    "JOB_LOG::job 1::x",
+    "AUTH_FAILED",
+    "NOT_A_FRAME::x",
+]
+
+
 def _frame_texts():
     from hypothesis import strategies as st
 
@@ -455,7 +480,7 @@ def _frame_texts():
 
 
 def test_the_pages_frame_codec_accepts_exactly_what_python_accepts(site: Site) -> None:
-    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import HealthCheck, Phase, example, given, settings
 
     from rtcxfer.errors import RemoteProtocolError
     from rtcxfer.frames import FrameCatalogue
@@ -469,6 +494,7 @@ def test_the_pages_frame_codec_accepts_exactly_what_python_accepts(site: Site) -
     @settings(max_examples=30, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
               suppress_health_check=list(HealthCheck))
     @given(_frame_texts())
+    @example(CODEC_EDGES)
     def check(texts: list[str]) -> None:
         decoded = page.evaluate(
             """(texts) => texts.map((text) => {
