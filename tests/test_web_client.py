@@ -33,7 +33,7 @@ import pytest
 
 from rtcxfer.sample import build_sample_package
 from rtcxfer.testing.loopback_namespace import LoopbackNamespace, namespace_support_problem
-from rtcxfer.testing.processes import SIGNALING_READY, WORKER_READY, CliProcess
+from rtcxfer.testing.processes import SIGNALING_READY, WORKER_READY, CliProcess, cli_environment
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = f"web-{secrets.token_hex(8)}"
@@ -77,11 +77,7 @@ pytestmark = pytest.mark.skipif(_browser_problem() is not None, reason=f"no brow
 
 
 def _environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RTCXFER_") and k != "SHARED_STORAGE_ROOT"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["RTCXFER_LOG_LEVEL"] = "INFO"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return cli_environment("INFO", import_path=REPO)
 
 
 @attrs.define
@@ -124,8 +120,15 @@ class Site:
     def python_submit(self, package: Path, results: Path) -> subprocess.CompletedProcess[str]:
         args = [str(self.python), "-m", "rtcxfer.cli", "submit", str(package), "--signal", self.signal_url]
         args += ["--room", ROOM, "--token", TOKEN, "--results", str(results), "--timeout", "30", "--quiet"]
-        return subprocess.run(args, capture_output=True, text=True, env=_environment(), cwd=self.root,
-                              timeout=PROCESS_GUARD, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            args,
+            capture_output=True,
+            text=True,
+            env=_environment(),
+            cwd=self.root,
+            timeout=PROCESS_GUARD,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +145,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_FLAGS, headless=True)
                 try:
                     site = Site(root, namespace, python, "", "", None, services, browser)  # type: ignore[arg-type]
-                    _, site.signal_url = site.start_signal("signal", "--token", TOKEN, "--idle-timeout", str(IDLE_TIMEOUT))
+                    _, site.signal_url = site.start_signal(
+                        "signal", "--token", TOKEN, "--idle-timeout", str(IDLE_TIMEOUT)
+                    )
                     site.page_url = page_url_of(site.signal_url)
                     site.worker = site.start_worker("worker", TOKEN)
                     yield site
@@ -297,6 +302,39 @@ def test_closing_the_page_cancels_the_job_and_the_worker_serves_the_next(site: S
     page.context.close()
 
 
+def drop_file(page, path: Path) -> None:
+    """Drop ``path`` on the page's drop zone, as a user dragging it from a file manager."""
+    page.evaluate(
+        """([name, bytes]) => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array(bytes)], name, { type: "application/zip" }));
+            const drop = new DragEvent("drop", { dataTransfer: transfer, bubbles: true });
+            document.getElementById("drop").dispatchEvent(drop);
+        }""",
+        [path.name, list(path.read_bytes())],
+    )
+
+
+def test_the_cancel_button_stops_the_job_of_a_dropped_package(site: Site, tmp_path: Path) -> None:
+    page = site.new_page()
+    connect(page)
+    page.wait_for_selector("#worker option[value='worker']", state="attached")
+    drop_file(page, build_sample_package(tmp_path / "dropped-sleeper.zip", program=SLEEPER))
+    assert page.text_content("#package-name").startswith("dropped-sleeper.zip (")
+    page.click("#run")
+    page.wait_for_selector("#log:has-text('job pid')")
+    pid = int(page.text_content("#log").split("job pid ")[1].split()[0])
+    page.click("#cancel")
+    assert wait_for_state(page, "done", "failed") == "failed"
+    assert page.text_content("#error").startswith("The job failed: Job job-")
+    assert page.text_content("#error").endswith(" was cancelled")
+    deadline = time.monotonic() + PROCESS_GUARD
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)
+    page.context.close()
+
+
 # --- the JavaScript against Python, piece by piece ---------------------------------------------
 
 HASH_LENGTHS = [0, 1, 55, 56, 63, 64, 65, 127, 128, 1000, 65536 + 17]
@@ -350,7 +388,11 @@ def test_chromium_and_aiortc_move_files_both_ways_with_rtc_chunked(site: Site, t
     peer_script = Path(__file__).with_name("chromium_interop_peer.py")
     python_peer = subprocess.Popen(
         [str(site.python), str(peer_script), site.signal_url, room, TOKEN, "chromium", str(outbound), str(received)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment(), cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_environment(),
+        cwd=tmp_path,
     )
     try:
         page = site.new_page()
@@ -359,9 +401,12 @@ def test_chromium_and_aiortc_move_files_both_ways_with_rtc_chunked(site: Site, t
                 const { Signaling, signalingUrlOfPage } = await import("/signaling.js");
                 const { answerChannel } = await import("/peer.js");
                 const { RtcChunked } = await import("/transfer.js");
-                const signaling = await Signaling.connect(signalingUrlOfPage(), { room, token, role: "worker", peerId: "chromium" });
+                const signaling = await Signaling.connect(
+                    signalingUrlOfPage(), { room, token, role: "worker", peerId: "chromium" });
                 const offer = await new Promise((resolve) => {
-                    signaling.onRelay = (from, payload) => { if (payload.kind === "offer") resolve({ from, sdp: payload.sdp }); };
+                    signaling.onRelay = (from, payload) => {
+                        if (payload.kind === "offer") resolve({ from, sdp: payload.sdp });
+                    };
                 });
                 const channel = await answerChannel(signaling, offer.from, offer.sdp);
                 let transfer;
@@ -445,7 +490,10 @@ SHA = "bcf7160eff048f099aa8ce0a0d75c22528ccb83a3c68b649d2f614205948f90a"
 CODEC_EDGES = [
     "JOB_COMPLETE::job-1::job-1::2::0.11",
     "JOB_COMPLETE::job-1::rtcxfer-results/job-1",
-    *(f"JOB_COMPLETE::j::p::2::{number}" for number in ("3", "3.0", "1.50", "1e-05", "0.00001", "1e+16", "1e16", "inf")),
+    *(
+        f"JOB_COMPLETE::j::p::2::{number}"
+        for number in ("3", "3.0", "1.50", "1e-05", "0.00001", "1e+16", "1e16", "inf")
+    ),
     "JOB_COMPLETE::j::a::b::2::0.5",
     "JOB_COMPLETE::j::p::9007199254740993::1.0",
     "JOB_PROGRESS::j::9007199254740993::1",
@@ -491,8 +539,13 @@ def test_the_pages_frame_codec_accepts_exactly_what_python_accepts(site: Site) -
 
     # No shrinking (each step would be a browser round trip): the failing frame is named in
     # the assertion message anyway.
-    @settings(max_examples=30, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=30,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(_frame_texts())
     @example(CODEC_EDGES)
     def check(texts: list[str]) -> None:
@@ -519,10 +572,13 @@ def test_the_pages_frame_codec_accepts_exactly_what_python_accepts(site: Site) -
                 continue
             assert by_page is not None, text
             # JSON has one number type: compare numbers as floats.
-            normalise = {name: float(value) if type(value) in (int, float) else value for name, value in by_page.items()}
-            assert normalise == {"type": frame.TYPE, **{
-                name: float(value) if type(value) in (int, float) else value for name, value in expected.items()
-            }}, text
+            normalise = {
+                name: float(value) if type(value) in (int, float) else value for name, value in by_page.items()
+            }
+            assert normalise == {
+                "type": frame.TYPE,
+                **{name: float(value) if type(value) in (int, float) else value for name, value in expected.items()},
+            }, text
 
     check()
     page.context.close()

@@ -130,14 +130,18 @@ def test_without_web_the_port_speaks_only_websocket() -> None:
 
 def test_rtcxfer_signal_serves_the_page_unless_told_not_to(tmp_path: Path) -> None:
     for flags, served in (([], True), (["--no-web"], False)):
-        process = CliProcess("signal", ["signal", "--port", "0", "--token", "t", *flags], tmp_path, python=sys.executable)
+        process = CliProcess(
+            "signal", ["signal", "--port", "0", "--token", "t", *flags], tmp_path, python=sys.executable
+        )
         try:
             url = process.wait_for(SIGNALING_READY).group(1)
             port = int(url.rpartition(":")[2])
             if served:
                 process.wait_for(re.escape(f"web client at http://127.0.0.1:{port}/"))
             status, _, body = http_get(port, "/")
-            assert (status, body == STATIC.joinpath("index.html").read_bytes()) == ((200, True) if served else (426, False))
+            assert (status, body == STATIC.joinpath("index.html").read_bytes()) == (
+                (200, True) if served else (426, False)
+            )
         finally:
             process.stop()
         assert ("web client at" in process.text()) is served
@@ -158,7 +162,9 @@ class _PageAudit(HTMLParser):
         if tag == "style":
             self.problems.append("inline <style>")
         self.problems += [f"{tag} {name}=" for name in names if name.startswith("on") or name == "style"]
-        self.problems += [f"{tag} {name}={value}" for name, value in attrs if value and re.match(r"(https?:)?//", value)]
+        self.problems += [
+            f"{tag} {name}={value}" for name, value in attrs if value and re.match(r"(https?:)?//", value)
+        ]
 
     def handle_endtag(self, tag: str) -> None:
         self._in_script = False if tag == "script" else self._in_script
@@ -176,8 +182,18 @@ def test_the_files_load_nothing_from_elsewhere_and_never_turn_text_into_html() -
         if not entry.name.endswith(".js"):
             continue
         source = entry.read_text()
-        for forbidden in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function",
-                          "localStorage", "sessionStorage", "document.cookie", "importScripts"):
+        for forbidden in (
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+            "new Function",
+            "localStorage",
+            "sessionStorage",
+            "document.cookie",
+            "importScripts",
+        ):
             assert forbidden not in source, f"{entry.name} uses {forbidden}"
         assert not re.search(r"""["'`](https?:|wss?:)?//""", source), f"{entry.name} names another origin"
         for imported in re.findall(r'from "([^"]+)"', source):
