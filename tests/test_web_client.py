@@ -113,6 +113,10 @@ class Site:
         # offering mDNS names the loopback-only worker would drop.
         context = self.browser.new_context(permissions=["camera", "microphone"], accept_downloads=True)
         page = context.new_page()
+        # What the page's own console reports: a CSP violation or an uncaught error shows here.
+        page.problems = []
+        page.on("console", lambda message: message.type == "error" and page.problems.append(message.text))
+        page.on("pageerror", lambda error: page.problems.append(str(error)))
         page.set_default_timeout(PAGE_GUARD_MS)
         page.goto(page_url or self.page_url)
         return page
@@ -221,6 +225,7 @@ def test_page_runs_a_job_and_downloads_what_the_python_client_gets(site: Site, t
         assert (downloaded / name).read_bytes() == (job_dir / name).read_bytes(), name
     assert (downloaded / "copy/data.txt").stat().st_size == 16 * 1024 * 1024
 
+    assert page.problems == []
     shot = page.screenshot(full_page=True)
     assert shot.startswith(b"\x89PNG")
     if os.environ.get("RTCXFER_WRITE_SCREENSHOT"):

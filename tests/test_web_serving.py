@@ -59,8 +59,13 @@ def test_the_page_and_each_file_come_with_their_type_and_a_strict_policy() -> No
                 assert status == 200, entry.name
                 assert body == entry.read_bytes()
                 suffix = entry.name.rpartition(".")[2]
-                expected = {"js": "text/javascript", "css": "text/css", "html": "text/html"}[suffix]
-                assert headers["content-type"] == f"{expected}; charset=utf-8"
+                expected = {
+                    "js": "text/javascript; charset=utf-8",
+                    "css": "text/css; charset=utf-8",
+                    "html": "text/html; charset=utf-8",
+                    "png": "image/png",
+                }[suffix]
+                assert headers["content-type"] == expected
                 assert headers["content-security-policy"] == CONTENT_SECURITY_POLICY
                 assert headers["x-content-type-options"] == "nosniff"
                 assert headers["x-frame-options"] == "DENY"
