@@ -36,6 +36,11 @@ NONCE_BYTES = 32
 NO_PROOF = "none"
 
 
+def is_nonce(text: str) -> bool:
+    """Whether ``text`` has the wire form of a nonce (lowercase hex of NONCE_BYTES bytes)."""
+    return len(text) == 2 * NONCE_BYTES and all(c in "0123456789abcdef" for c in text)
+
+
 def new_nonce() -> str:
     """A fresh random nonce as lowercase hex (the wire form)."""
     return secrets.token_hex(NONCE_BYTES)
@@ -66,6 +71,14 @@ class Transcript:
             *(value.encode() for value in extra),
         )
         return LABEL + b"".join(len(field).to_bytes(4, "big") + field for field in fields)
+
+
+def signaling_token(secret: str) -> str:
+    """What the ``rtcxfer`` command presents to (and expects at) the signaling server for a
+    room secret: an HMAC of it, so the secret itself, which is also the worker's token by
+    default, never reaches the signaling server or the network. It admits a peer to the room;
+    it cannot prove anything to a worker."""
+    return _mac(secret, LABEL + b"/signaling")
 
 
 def channel_fingerprints(channel: object) -> tuple[str, str]:

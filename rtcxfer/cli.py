@@ -100,7 +100,14 @@ connection_options = [
         "--token",
         envvar="RTCXFER_TOKEN",
         default=None,
-        help="The worker's token; also presented to the signaling server [env RTCXFER_TOKEN].",
+        help="The worker's token; it never leaves this machine (see README, Security) [env RTCXFER_TOKEN].",
+    ),
+    click.option(
+        "--signal-token",
+        envvar="RTCXFER_SIGNAL_TOKEN",
+        default=None,
+        help="The signaling server's token (rtcxfer signal --token), if it differs from --token; "
+        "only an HMAC of it is sent [env RTCXFER_SIGNAL_TOKEN].",
     ),
     click.option(
         "--shared-root",
@@ -109,6 +116,13 @@ connection_options = [
         help="Shared storage root on this machine (default: $SHARED_STORAGE_ROOT or a known mount).",
     ),
 ]
+
+
+def _room_token(secret: str | None) -> str | None:
+    """What goes to the signaling server for ``secret``: an HMAC, never the secret itself."""
+    from rtcxfer.auth import signaling_token
+
+    return signaling_token(secret) if secret else None
 
 
 def _apply(options):
@@ -146,7 +160,8 @@ def main(log_level: str) -> None:
     "--token",
     envvar="RTCXFER_TOKEN",
     default=None,
-    help="Token every peer must present (all rooms) [env RTCXFER_TOKEN].",
+    help="Token every peer must present (all rooms): peers send an HMAC of it, never the token "
+    "[env RTCXFER_TOKEN].",
 )
 @click.option(
     "--max-per-address",
@@ -192,7 +207,11 @@ def signal_server(
         "idle_timeout": idle_timeout,
     }
     try:
-        _run(run_signaling_server(host, port, default_token=token, on_ready=ready, web=not no_web, **limits))
+        _run(
+            run_signaling_server(
+                host, port, default_token=_room_token(token), on_ready=ready, web=not no_web, **limits
+            )
+        )
     except Interrupted:
         click.echo("signaling server stopped", err=True)
     except OSError as error:
@@ -238,8 +257,8 @@ def signal_server(
     help="Serve without a token: ANYONE who reaches the signaling room can run jobs here.",
 )
 def worker(
-    signal_url, room, token, shared_root, ice_servers, any_interface, peer_id, work_dir, job_timeout, job_env,
-    max_unauthenticated, auth_timeout, insecure_no_token,
+    signal_url, room, token, signal_token, shared_root, ice_servers, any_interface, peer_id, work_dir, job_timeout,
+    job_env, max_unauthenticated, auth_timeout, insecure_no_token,
 ) -> None:
     """Serve jobs: run each package's command and send its results back.
 
@@ -262,6 +281,10 @@ def worker(
             "and clients cannot tell it from an impostor.",
             err=True,
         )
+    from rtcxfer.jobrunner import forbid_inspection
+
+    # Jobs run as this user: keep them from reading the token out of /proc/<worker>/environ.
+    forbid_inspection()
     runner = RTCWorkerClient(
         token=token or None,
         insecure_no_token=insecure_no_token,
@@ -287,7 +310,7 @@ def worker(
                 signal_url,
                 room,
                 peer_id=peer_id,
-                signaling_token=token,
+                signaling_token=_room_token(signal_token or token),
                 peer_options=_peer_options(ice_servers, any_interface),
                 on_ready=ready,
             )
@@ -316,7 +339,8 @@ def worker(
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for a worker.")
 @click.option("--quiet", is_flag=True, help="No progress bars or job output; just the result.")
 def submit(
-    package, signal_url, room, token, shared_root, ice_servers, any_interface, transport, results_dir, timeout, quiet
+    package, signal_url, room, token, signal_token, shared_root, ice_servers, any_interface, transport, results_dir,
+    timeout, quiet,
 ) -> None:
     """Run PACKAGE (a ZIP with rtcxfer.json) on a worker and download its results.
 
@@ -334,6 +358,7 @@ def submit(
                 signal_url,
                 room,
                 token,
+                signal_token,
                 shared_root,
                 ice_servers,
                 any_interface,
@@ -351,7 +376,8 @@ def submit(
 
 
 async def _submit(
-    package, signal_url, room, token, shared_root, ice_servers, any_interface, transport, results_dir, timeout, display
+    package, signal_url, room, token, signal_token, shared_root, ice_servers, any_interface, transport, results_dir,
+    timeout, display,
 ) -> int:
     from rtcxfer.client import RTCClient
     from rtcxfer.errors import AuthenticationError, PluginError, RtcxferError, describe
@@ -371,7 +397,8 @@ async def _submit(
     try:
         async with client:
             try:
-                await client.connect(signal_url, room, signaling_token=token, timeout=timeout)
+                room_token = _room_token(signal_token or token)
+                await client.connect(signal_url, room, signaling_token=room_token, timeout=timeout)
             except AuthenticationError as error:
                 click.echo(f"error: {error}", err=True)
                 return EXIT_CONNECTION

@@ -80,6 +80,8 @@ APPLICATION_FRAMES: tuple[type[Frame], ...] = (
 SHARED_RESULTS_DIR = "rtcxfer-results"
 BYTE_FALLBACK = "rtc-chunked"
 LOG_TAIL = 20
+#: Seconds to wait for the worker's report on a cancelled job (its processes get a grace period).
+CANCEL_REPORT_TIMEOUT = 20.0
 
 
 @attrs.frozen
@@ -144,6 +146,7 @@ class RTCClient:
         self._watch_task: asyncio.Task | None = None
         self._closed_reason = "the connection to the worker closed"
         self._reports: asyncio.Queue[Frame] = asyncio.Queue()
+        self._cancel_report: asyncio.Future | None = None
         self._log_tail: list[str] = []
         self.context = TransportContext(
             role="client",
@@ -297,6 +300,9 @@ class RTCClient:
 
     async def close(self) -> None:
         """Close the session (after every acknowledged transfer) and the signaling connection."""
+        if self._cancel_report is not None:
+            self._cancel_report.cancel()
+            await self._settle_cancelled_job()
         if self._watch_task is not None:
             self._watch_task.cancel()
             await asyncio.gather(self._watch_task, return_exceptions=True)
@@ -391,6 +397,7 @@ class RTCClient:
 
     async def _attempt(self, package: Path, job_id: str, input_via: str, results_via: str) -> JobResult | str:
         """One try: a JobResult when the job ran (well or not), or the reason to retry."""
+        await self._settle_cancelled_job()
         self._drain_reports()
         self._log_tail = []
         reply = await self._ask(JobSubmit(job_id, results_via), (JobAccepted, JobFailed, ProtocolErrorFrame))
@@ -453,10 +460,24 @@ class RTCClient:
         os.replace(staging, final)
         return final
 
+    async def _settle_cancelled_job(self) -> None:
+        """Wait for the report that ends a job cancelled earlier in this session, so it is not
+        taken for the answer to the next one (JOB_FAILED names no job id in its fields)."""
+        waiting, self._cancel_report = self._cancel_report, None
+        if waiting is not None:
+            await asyncio.gather(waiting, return_exceptions=True)
+
     async def _cancel(self, job_id: str) -> None:
         if self.link is None or self.link.closed:
             return
         self._emit("notice", job_id, message=f"cancelling {job_id}")
+
+        def ends(frame: Frame) -> bool:
+            return (isinstance(frame, JobComplete) and frame.job_id == job_id) or (
+                isinstance(frame, JobFailed) and frame.reason.startswith(f"Job {job_id} ")
+            )
+
+        self._cancel_report = asyncio.ensure_future(self.link.wait_for(ends, CANCEL_REPORT_TIMEOUT))
         try:
             await asyncio.shield(self.link.send(JobCancel(job_id)))
         except RtcxferError as error:

@@ -330,7 +330,9 @@ class Hello(Frame):
     the transports it offers. The token itself never crosses the wire (see ``rtcxfer.auth``)."""
 
     version: int = integer()
-    client_nonce: str = hex_digits(64)
+    # A token field, not hex: a version-1 HELLO (which held the token here) must still decode,
+    # so that its sender hears which version this side speaks. The worker checks the form.
+    client_nonce: str = token()
     transports: str = token()
 
 

@@ -19,10 +19,10 @@ from typing import Protocol
 from rtcxfer.engine import APPLICATION, ChunkReceived, FrameReceived, ProtocolViolation, Session
 from rtcxfer.errors import ConnectionClosedError, RemoteProtocolError, describe
 from rtcxfer.frames import Frame, quote_for_log
+from rtcxfer.limits import LogThrottle
 from rtcxfer.log import logger
 
-
-#: Unusable messages logged per link; later ones are only counted (a flood must not flood the log).
+#: Refused inputs logged in full per link; later ones are summarised (a flood must not flood the log).
 LOGGED_VIOLATIONS = 5
 
 
@@ -56,12 +56,14 @@ class Link:
         #: Unusable messages tolerated before the link closes (None: no limit). The owner may
         #: change it as the session's trust changes (tight before authentication).
         self.max_violations = max_violations
-        #: Unusable messages (and refused handler input) received so far.
+        #: Unusable messages (undecodable, unclaimed) received so far.
         self.violations = 0
         self._handlers: dict[str, Handler] = {}
         self._waiters: list[tuple[FramePredicate, asyncio.Future[Frame]]] = []
         self._closed = asyncio.Event()
         self._closing = False
+        self._logged = 0
+        self._log_throttle = LogThrottle()
 
     def add_handler(self, name: str, handler: Handler) -> None:
         """Deliver events claimed by ``name`` (a transport name or :data:`APPLICATION`)."""
@@ -123,13 +125,22 @@ class Link:
                 if on_closed is not None:
                     on_closed()
 
-    def _count_violation(self, what: str) -> bool:
-        """Log a peer's unusable input (the first few only); False once over the budget."""
-        self.violations += 1
-        if self.violations <= LOGGED_VIOLATIONS:
+    def _log_refusal(self, what: str) -> None:
+        """Log a refused input: the first few in full, later ones summarised now and then."""
+        self._logged += 1
+        if self._logged <= LOGGED_VIOLATIONS:
             logger.warning("{}: {}", self.name, what)
-        elif self.violations == LOGGED_VIOLATIONS + 1:
-            logger.warning("{}: further unusable input from this peer is counted, not logged", self.name)
+            return
+        quiet = self._log_throttle.check()
+        if quiet is not None:
+            logger.warning("{}: {} (and {} more refused inputs not logged)", self.name, what, quiet)
+
+    def _count_violation(self, what: str) -> bool:
+        """Note unusable input (undecodable, unclaimed); False once over the budget, which
+        closes the link. Refusals by handlers (a missing path...) are ordinary answers and
+        are only logged."""
+        self.violations += 1
+        self._log_refusal(what)
         if self.max_violations is not None and self.violations > self.max_violations:
             if not self.closed and not self._closing:
                 self._closing = True
@@ -164,8 +175,8 @@ class Link:
                 await handler.on_frame(event.frame)
         except RemoteProtocolError as error:
             # A handler refusing the peer's input: tell the peer, keep serving.
-            if self._count_violation(f"refused peer input: {describe(error)}"):
-                await self._send_quietly(error.reply_frame())
+            self._log_refusal(f"refused peer input: {describe(error)}")
+            await self._send_quietly(error.reply_frame())
         except ConnectionClosedError:
             # The handler's own reply found the channel closed; the next recv ends the loop.
             logger.debug("{}: channel closed while handling {}", self.name, type(event).__name__)

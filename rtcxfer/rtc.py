@@ -796,7 +796,11 @@ class PeerConnection:
         if self._channel is not None:
             self._channel._mark_closed(self._ended_reason)
         self._channel_ready.set()
-        await self._pc.close()
+        # Shielded: when the peer has gone, aiortc is often closing already in a task of its
+        # own, and our close() then awaits that task's future; cancelling us (the client left
+        # the room meanwhile) would cancel that future, and aiortc's task would then fail
+        # ("Task exception was never retrieved ... InvalidStateError").
+        await asyncio.shield(self._pc.close())
 
     async def __aenter__(self) -> Self:
         return self

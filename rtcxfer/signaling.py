@@ -68,7 +68,6 @@ import inspect
 import json
 import re
 import secrets
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -501,27 +500,19 @@ class SignalingServer:
         while True:
             if conn.dropped:
                 return _CLOSE_TRY_AGAIN_LATER, "too slow"
-            if (idle_deadline is None and conn.role == "client" and not conn.relayed
-                    and self.idle_timeout is not None):
-                idle_deadline = loop.time() + self.idle_timeout
-            if idle_deadline is not None and conn.relayed:
-                idle_deadline = None
-            if idle_deadline is not None:
-                remaining = idle_deadline - loop.time()
-                if remaining <= 0:
-                    logger.warning("signaling: closed {}: nothing relayed within {} s of registering", conn,
-                                   self.idle_timeout)
-                    return _CLOSE_POLICY, "idle"
-                try:
-                    data = await asyncio.wait_for(conn.ws.recv(), remaining)
-                except asyncio.TimeoutError:
-                    continue
+            timer: tuple[float, str, str] | None = None
+            if conn.role == "client" and not conn.relayed and self.idle_timeout is not None:
+                if idle_deadline is None:
+                    idle_deadline = loop.time() + self.idle_timeout
+                timer = (idle_deadline, "idle", f"nothing relayed within {self.idle_timeout} s of registering")
             elif conn.peer_id is None and deadline is not None:
-                remaining = deadline - loop.time()
+                timer = (deadline, "register timeout", f"no registration within {self.register_timeout} s")
+            if timer is not None:
+                when, reason, why = timer
+                remaining = when - loop.time()
                 if remaining <= 0:
-                    logger.warning("signaling: closed {}: no registration within {} s", conn,
-                                   self.register_timeout)
-                    return _CLOSE_POLICY, "register timeout"
+                    logger.warning("signaling: closed {}: {}", conn, why)
+                    return _CLOSE_POLICY, reason
                 try:
                     # Cancelling recv() is safe in websockets >= 13: no data is lost.
                     data = await asyncio.wait_for(conn.ws.recv(), remaining)

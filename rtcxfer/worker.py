@@ -2,7 +2,8 @@
 runs them and reports.
 
 One worker serves many client sessions at once (one :class:`WorkerSession` each) and one job at
-a time per session. A session starts with ``HELLO``; until it presents the worker's token no
+a time per session. A session starts with mutual authentication (``HELLO``, ``AUTH_CHALLENGE``,
+``AUTH_PROOF``, ``WELCOME``; see :mod:`rtcxfer.auth`); until the client has proved the token no
 job frame is looked at. A job is announced with ``JOB_SUBMIT``, its input arrives by any
 transport (``SHARED_INPUT_PATH`` or ``FILE_META``...), it runs once the input is complete, and
 its results go back by shared path or by a byte-moving transport before ``JOB_COMPLETE``.
@@ -59,7 +60,7 @@ from rtcxfer.frames import (
     Welcome,
     quote_for_log,
 )
-from rtcxfer.jobs import Executor, JobContext, Manifest, ManifestError, run_manifest_command
+from rtcxfer.jobs import SUPERVISOR_MARGIN, Executor, JobContext, Manifest, ManifestError, run_manifest_command
 from rtcxfer.limits import LogThrottle, Startups, WorkerLimits
 from rtcxfer.link import Link
 from rtcxfer.log import logger
@@ -93,6 +94,8 @@ class Job:
     directory: Path
     results_via: str | None = None
     task: asyncio.Task | None = None
+    #: The client cancelled it; its processes are being stopped.
+    cancelled: bool = False
 
     @property
     def incoming_dir(self) -> Path:
@@ -353,6 +356,9 @@ class RTCWorkerClient:
             )
         except (RtcxferError, asyncio.TimeoutError, ValueError) as error:
             logger.warning("session with {} ended: {}", client_id, describe(error) or type(error).__name__)
+        except Exception as error:  # noqa: BLE001
+            # A peer's SDP that trips aiortc, or a bug of ours: it costs this session only.
+            logger.opt(exception=error).error("session with {} failed", client_id)
         finally:
             release()
             if peer is not None:
@@ -416,7 +422,9 @@ class WorkerSession:
 
     async def run(self, auth_deadline: float | None = None) -> None:
         """Serve until the channel closes; unauthenticated after ``auth_deadline`` s: closed."""
-        watchdog = asyncio.create_task(self._enforce_auth_deadline(auth_deadline)) if auth_deadline is not None else None
+        watchdog = None
+        if auth_deadline is not None:
+            watchdog = asyncio.create_task(self._enforce_auth_deadline(auth_deadline))
         try:
             await self.link.run()
         finally:
@@ -429,7 +437,7 @@ class WorkerSession:
     async def _enforce_auth_deadline(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
         if not self.authenticated and not self.link.closed:
-            await self.refuse(f"no authentication within {seconds:g} s")
+            await self.refuse(f"no authentication within {seconds:.3g} s")
 
     async def _clean_up(self, watchdog: asyncio.Task | None) -> None:
         if watchdog is not None:
@@ -477,6 +485,9 @@ class WorkerSession:
         if frame.version != PROTOCOL_VERSION:
             await self.refuse(f"unsupported protocol version {frame.version} (this worker speaks {PROTOCOL_VERSION})")
             return
+        if not auth.is_nonce(frame.client_nonce):
+            await self.refuse(f"HELLO needs a nonce of {2 * auth.NONCE_BYTES} lowercase hex digits")
+            return
         self._client_nonce, self._client_transports = frame.client_nonce, frame.transports
         self._worker_nonce = auth.new_nonce()
         await self.link.send(AuthChallenge(self._worker_nonce))
@@ -508,6 +519,11 @@ class WorkerSession:
 
     async def _submit(self, frame: JobSubmit) -> None:
         stale = None
+        ending = self.job.task if self.job is not None and self.job.cancelled else None
+        if ending is not None:
+            # JOB_CANCEL then JOB_SUBMIT: let the cancelled job finish stopping its processes
+            # (at most its grace and the supervisor's margin) rather than refuse the new one.
+            await asyncio.wait({ending}, timeout=self.worker.kill_grace_seconds + SUPERVISOR_MARGIN + 5)
         if self.job is not None:
             if self.job.task is not None or self.job.job_id != frame.job_id:
                 await self.link.send(ProtocolErrorFrame(f"job {self.job.job_id} is still running in this session"))
@@ -538,6 +554,7 @@ class WorkerSession:
         if job is None or job.job_id != job_id:
             return
         logger.info("{}: client cancelled job {}", self.name, job_id)
+        job.cancelled = True
         if job.task is not None:
             job.task.cancel()  # its own ending reports JOB_FAILED and removes its files
             return
@@ -557,7 +574,10 @@ class WorkerSession:
             self.job = self._new_job(f"job-{secrets.token_hex(4)}", None)
         if self.job.task is not None:
             logger.warning(
-                "{}: job {} already has its input; ignoring {}", self.name, self.job.job_id, quote_for_log(received.name)
+                "{}: job {} already has its input; ignoring {}",
+                self.name,
+                self.job.job_id,
+                quote_for_log(received.name),
             )
             return
         self.job.task = asyncio.create_task(self._run_job(self.job, received))
@@ -574,7 +594,8 @@ class WorkerSession:
             # hear that the job ended, or it waits forever; the worker goes on serving.
             logger.opt(exception=error).error("{}: job {} failed unexpectedly", self.name, job.job_id)
             self.worker.stats["failed"] += 1
-            await self._report(JobFailed(f"Job {job.job_id} failed: internal error on the worker ({type(error).__name__})"))
+            reason = f"internal error on the worker ({type(error).__name__})"
+            await self._report(JobFailed(f"Job {job.job_id} failed: {reason}"))
         finally:
             await self._log_queue.join()
             sender.cancel()

@@ -12,14 +12,23 @@ import contextlib
 import hashlib
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from loguru import logger
-from websockets.asyncio.client import connect
-from worker_harness import TOKEN, WorkerPeer, make_worker, run, worker_session
+from worker_harness import (
+    TOKEN,
+    WorkerPeer,
+    hold_sockets,
+    make_worker,
+    raw_websocket,
+    run,
+    run_shared_job,
+    worker_session,
+)
 
 from rtcxfer import auth, rtc
 from rtcxfer.client import RTCClient
@@ -254,11 +263,7 @@ def test_5_disk_full_cleanup_does_not_follow_an_output_directory_swapped_for_a_s
 
         async def scenario():
             async with worker_session(worker) as peer:
-                await peer.send("SHARED_OUTPUT_PATH::jobs/out")
-                assert await peer.next_text() == "PATH_VALIDATED::output"
-                await peer.send("SHARED_INPUT_PATH::jobs/big.zip")
-                assert await peer.next_text() == "PATH_VALIDATED::input"
-                return await peer.expect("JOB_COMPLETE::", "JOB_FAILED::")
+                return await run_shared_job(peer, "jobs/big.zip", "jobs/out")
 
         assert run(scenario()) == "JOB_FAILED::Disk space exhausted on shared storage"
         assert len(copies) == 2
@@ -279,11 +284,7 @@ def test_11_results_are_not_written_through_a_hard_link_planted_in_the_output_di
 
     async def scenario():
         async with worker_session(worker) as peer:
-            await peer.send("SHARED_OUTPUT_PATH::jobs/out")
-            assert await peer.next_text() == "PATH_VALIDATED::output"
-            await peer.send("SHARED_INPUT_PATH::jobs/p.zip")
-            assert await peer.next_text() == "PATH_VALIDATED::input"
-            return await peer.expect("JOB_COMPLETE::", "JOB_FAILED::")
+            return await run_shared_job(peer, "jobs/p.zip", "jobs/out")
 
     assert run(scenario()).startswith("JOB_COMPLETE::")
     assert victim.read_bytes() == b"precious"
@@ -519,19 +520,16 @@ def test_job_cancel_clears_an_accepted_job_without_input(tmp_path):
 # --- 6 and 8: one address cannot take the server's sockets or a room's places ----------------
 
 
-async def raw_socket(url: str, host: str):
-    return await connect(url, open_timeout=5, local_addr=(host, 0), proxy=None)
+LINUX_LOOPBACK_NET = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="binds 127.0.0.2, which only Linux routes to lo by default"
+)
 
 
+@LINUX_LOOPBACK_NET
 def test_6_one_address_cannot_hold_the_servers_unregistered_sockets():
     async def scenario():
         async with SignalingServer(LOOPBACK, 0, max_connections=20, max_unregistered_per_address=4) as server:
-            held = [await raw_socket(server.url, OTHER_HOST) for _ in range(12)]
-            refused = 0
-            for ws in held:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    reply = await asyncio.wait_for(ws.recv(), 0.3)
-                    refused += '"server-full"' in reply
+            refused, held = await hold_sockets(server.url, OTHER_HOST, 12)
             async with SignalingClient(server.url, "r", "worker", "w") as legit:
                 registered = legit.connected
             for ws in held:
@@ -542,6 +540,7 @@ def test_6_one_address_cannot_hold_the_servers_unregistered_sockets():
     assert refused == 8 and registered
 
 
+@LINUX_LOOPBACK_NET
 def test_8_squatters_are_capped_per_address_and_timed_out_when_idle():
     async def scenario():
         async with SignalingServer(
@@ -550,13 +549,16 @@ def test_8_squatters_are_capped_per_address_and_timed_out_when_idle():
             squatters = []
             refused = 0
             for n in range(15):
-                ws = await raw_socket(server.url, OTHER_HOST)
+                ws = await raw_websocket(server.url, OTHER_HOST)
                 await ws.send(f'{{"type":"register","room":"r","role":"client","peer_id":"s{n}"}}')
                 reply = await ws.recv()
                 refused += '"room-full"' in reply or '"server-full"' in reply
                 squatters.append(ws)
             in_room_before = len(server.rooms["r"])
-            await asyncio.sleep(1.5)
+            for _ in range(200):  # idle since registering: closed after the 1 s idle timeout
+                if not server.rooms.get("r"):
+                    break
+                await asyncio.sleep(0.05)
             in_room_after = len(server.rooms.get("r", []))
             async with SignalingClient(server.url, "r", "worker", "w"):
                 async with SignalingClient(server.url, "r", "client", "real") as client:
@@ -589,3 +591,86 @@ def test_auth_proofs_depend_on_every_field_and_roles_never_mix(fields, index, ch
     assert proof != auth.client_proof("token2", transcript)
     assert proof != auth.worker_proof("token", transcript, "")
     assert auth.proofs_match(proof, auth.client_proof("token", transcript))
+
+
+
+def test_an_old_client_hears_which_protocol_version_the_worker_speaks(tmp_path):
+    worker = make_worker(None, tmp_path / "work")
+
+    async def scenario():
+        async with worker_session(worker, authenticate=False) as peer:
+            await peer.send(f"HELLO::1::{TOKEN}::rtc-chunked")
+            return await peer.next_text()
+
+    assert run(scenario()) == "AUTH_FAILED::unsupported protocol version 1 (this worker speaks 2)"
+
+
+# --- 17: a peer leaving while this side closes -------------------------------------------------
+
+
+def test_17_cancelling_a_close_while_aiortc_closes_by_itself_leaves_no_failed_task(caplog):
+    """The client leaves: aiortc starts closing the worker's connection in a task of its own,
+    the worker's close() joins it, and the worker's session task is then cancelled (peer-left).
+    The cancel must not reach aiortc's internal future, or aiortc's task fails with
+    ``InvalidStateError`` and asyncio prints "Task exception was never retrieved"."""
+    import gc
+    import logging
+
+    async def scenario():
+        for _ in range(3):
+            _, _, close = await rtc.connect_pair_in_process()
+            await close.offerer.close()  # the client is gone
+            aiortc_peer = close.answerer._pc
+            for _ in range(1000):  # until aiortc's own close task has begun (its private flag)
+                if aiortc_peer._RTCPeerConnection__isClosed:
+                    break
+                await asyncio.sleep(0.001)
+            closing = asyncio.create_task(close.answerer.close())
+            await asyncio.sleep(0)
+            closing.cancel()
+            await asyncio.gather(closing, return_exceptions=True)
+            await asyncio.sleep(0.3)
+            gc.collect()
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        run(scenario())
+        gc.collect()
+    assert not [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+HEX64 = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
+PRE_AUTH_MESSAGES = st.one_of(
+    st.builds(lambda v, n, t: f"HELLO::{v}::{n}::{t}", st.integers(0, 3), HEX64 | st.text(max_size=70),
+              st.sampled_from(["rtc-chunked", "shared-fs,rtc-chunked", "x"])),
+    st.builds(lambda p: f"AUTH_PROOF::{p}", HEX64 | st.text(max_size=70)),
+    st.sampled_from(["JOB_SUBMIT::j::rtc-chunked", "SHARED_INPUT_PATH::jobs/x.zip", "WELCOME::2::x::none",
+                     f"FILE_META::{'ab' * 16}::f::1::{'0' * 64}::1"]),
+    st.text(max_size=100),
+    st.binary(max_size=64),
+)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(PRE_AUTH_MESSAGES, min_size=1, max_size=6))
+def test_no_sequence_of_messages_without_the_token_authenticates(tmp_path_factory, messages):
+    """Whatever a peer without the token sends before authenticating, it never gets WELCOME,
+    gets only authentication replies or protocol errors, and nothing is made on disk."""
+    work = tmp_path_factory.mktemp("preauth")
+    worker = make_worker(None, work)
+
+    async def scenario():
+        async with worker_session(worker, authenticate=False) as peer:
+            for message in messages:
+                if peer.channel.closed:
+                    break
+                with contextlib.suppress(Exception):
+                    await peer.send(message)
+            with contextlib.suppress(Exception):
+                while True:
+                    peer.received.append(await asyncio.wait_for(peer.channel.recv(), 0.3))
+            return peer.received
+
+    replies = run(scenario())
+    kinds = {r.split("::")[0] for r in replies if isinstance(r, str)}
+    assert kinds <= {"AUTH_CHALLENGE", "AUTH_FAILED", "PROTOCOL_ERROR", "FILE_ERROR"}, replies
+    assert list(work.iterdir()) == []

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+from worker_harness import hold_sockets
 
 from rtcxfer import auth, rtc
 from rtcxfer.client import RTCClient
@@ -317,3 +318,128 @@ def alive(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+ESCAPING_PROGRAM = (
+    "import os, time\n"
+    "print(open('/proc/self/cgroup').read().splitlines()[-1], flush=True)\n"
+    "read, write = os.pipe()\n"
+    "if os.fork() == 0:\n"
+    "    os.setsid()\n"
+    "    if os.fork() == 0:\n"
+    "        os.write(write, str(os.getpid()).encode())\n"
+    "        time.sleep(300)\n"
+    "    os._exit(0)\n"
+    "print('escapee', os.read(read, 32).decode(), flush=True)\n"
+)
+
+
+@pytest.mark.parametrize("mode", ["cgroup-if-writable", "--no-cgroup"])
+def test_13_the_job_supervisor_tracks_setsid_escapees_by_cgroup_or_as_subreaper(tmp_path, mode):
+    from rtcxfer import jobrunner
+
+    program = tmp_path / "escape.py"
+    program.write_text(ESCAPING_PROGRAM)
+    options = ["--no-cgroup"] if mode == "--no-cgroup" else []
+    probe = jobrunner.JobCgroup.create() if not options else None
+    if probe is not None:
+        probe.remove()
+    done = subprocess.run(
+        [sys.executable, "-I", jobrunner.__file__, *options, "--grace", "1", "--", sys.executable, str(program)],
+        capture_output=True, text=True, timeout=GUARD,
+    )
+    assert done.returncode == 0, done.stderr
+    cgroup_line, escapee_line = done.stdout.splitlines()[:2]
+    assert ("rtcxfer-job-" in cgroup_line) == (probe is not None)
+    escapee = int(escapee_line.split()[1])
+    assert not alive(escapee), f"pid {escapee} outlived its job ({mode})"
+
+
+# --- 6: one address against the real server ------------------------------------------------
+
+
+def test_6_one_address_cannot_take_the_real_servers_sockets_from_the_others(cluster):
+    """The issue's client that holds the server's unregistered sockets, from 127.0.0.2 (another
+    loopback address: "another host"): beyond its share (8 of --max-per-address 64) it is
+    refused at once, while a peer from 127.0.0.1 still registers."""
+    async def scenario():
+        refused, held = await hold_sockets(cluster.url, "127.0.0.2", 20)
+        async with SignalingClient(cluster.url, "elsewhere", "client") as legit:
+            registered = legit.connected
+        for ws in held:
+            await ws.close()
+        return refused, registered
+
+    refused, registered = run(scenario())
+    assert refused == 12 and registered
+
+
+# --- 2, continued: the token does not go to the signaling server either ---------------------
+
+
+def test_2_the_rtcxfer_command_never_sends_the_token_to_the_signaling_server(tmp_path):
+    """``rtcxfer worker --token T`` and ``rtcxfer signal --token T``: the server admits the
+    worker, and what it received was an HMAC of T, never T (a server or a network observer
+    learns nothing that authenticates to the worker)."""
+    from rtcxfer.signaling import SignalingServer
+
+    received: list[str] = []
+
+    class RecordingServer(SignalingServer):
+        def _parse(self, data):
+            received.append(data if isinstance(data, str) else repr(data))
+            return super()._parse(data)
+
+    async def scenario():
+        async with RecordingServer("127.0.0.1", 0, default_token=auth.signaling_token(TOKEN)) as server:
+            worker = CliProcess(
+                "worker-recorded", ["worker", "--signal", server.url, "--room", "rec", "--token", TOKEN],
+                tmp_path, env=environment(),
+            )
+            try:
+                for _ in range(int(GUARD / 0.05)):
+                    if "worker" in server.rooms.get("rec", []):
+                        break
+                    assert worker.process.poll() is None, worker.text()
+                    await asyncio.sleep(0.05)
+                registered = "worker" in server.rooms.get("rec", [])
+            finally:
+                worker.stop()
+            return registered
+
+    assert run(scenario())
+    assert received and not any(TOKEN in message for message in received)
+    assert any(auth.signaling_token(TOKEN) in message for message in received)
+
+
+def test_12_a_job_of_the_same_user_cannot_read_the_workers_environment(tmp_path):
+    """Beyond the allow-list: a job could read the token from /proc/<worker>/environ, since it
+    runs as the same user. ``rtcxfer worker`` makes itself non-dumpable, which only root can
+    look past. Here a process playing the worker drops to ``nobody`` (as a worker run as a
+    dedicated user is) and calls the same function; its child, also ``nobody``, is refused."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop privileges to nobody")
+    from rtcxfer import jobrunner
+
+    script = (
+        "import os, subprocess, sys\n"
+        f"sys.path.insert(0, {str(Path(jobrunner.__file__).parent)!r})\n"
+        "import jobrunner\n"
+        "import ctypes\n"
+        "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+        # Changing uid made this process non-dumpable; one started as nobody would not be.
+        "ctypes.CDLL(None).prctl(jobrunner.PR_SET_DUMPABLE, 1, 0, 0, 0)\n"
+        "protect = sys.argv[1] == 'protect'\n"
+        "assert not protect or jobrunner.forbid_inspection()\n"
+        # cat(1): an executable nobody may run (a private virtualenv's python may not be).
+        "child = subprocess.run(['cat', f'/proc/{os.getpid()}/environ'], capture_output=True)\n"
+        "print('read' if b'the-secret' in child.stdout else 'refused', child.returncode)\n"
+    )
+    env = {"PATH": os.environ.get("PATH", ""), "RTCXFER_TOKEN": "the-secret"}
+    outcomes = {
+        mode: subprocess.run([sys.executable, "-I", "-c", script, mode], capture_output=True, text=True, env=env,
+                             cwd="/", timeout=GUARD)
+        for mode in ("protect", "plain")
+    }
+    assert outcomes["plain"].stdout.split()[0] == "read", outcomes["plain"]  # the attack works unprotected
+    assert outcomes["protect"].stdout.split()[0] == "refused", outcomes["protect"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from loguru import logger
-from worker_harness import make_worker, run, worker_session
+from worker_harness import make_worker, run, run_shared_job, worker_session
 
 from rtcxfer.filesystem import FilesystemAdapter
 from rtcxfer.frames import pack_chunk_header
@@ -52,14 +52,6 @@ def expected_summary(data: bytes) -> str:
     lines = data.splitlines()
     words = sum(len(line.split()) for line in lines)
     return f"lines={len(lines)} words={words} sha256={hashlib.sha256(data).hexdigest()}\n"
-
-
-async def run_shared_job(peer, relative_input: str, relative_output: str) -> str:
-    await peer.send(f"SHARED_OUTPUT_PATH::{relative_output}")
-    assert await peer.next_text() == "PATH_VALIDATED::output"
-    await peer.send(f"SHARED_INPUT_PATH::{relative_input}")
-    assert await peer.next_text() == "PATH_VALIDATED::input"
-    return await peer.expect("JOB_COMPLETE::", "JOB_FAILED::", "PATH_ERROR::")
 
 
 # --- Requirement: Shared Storage Initialization -------------------------------------------

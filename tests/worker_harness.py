@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 from pathlib import Path
 
 from rtcxfer import auth, rtc
@@ -113,6 +114,34 @@ async def worker_session(worker: RTCWorkerClient, *, authenticate: bool = True):
 
 def make_worker(shared_root: Path | None, work_dir: Path, **options) -> RTCWorkerClient:
     return RTCWorkerClient(token=TOKEN, shared_storage_root=shared_root, work_dir=work_dir, **options)
+
+
+async def run_shared_job(peer: WorkerPeer, relative_input: str, relative_output: str) -> str:
+    """One job by the specification's messages alone: output path, input path, the end frame."""
+    await peer.send(f"SHARED_OUTPUT_PATH::{relative_output}")
+    assert await peer.next_text() == "PATH_VALIDATED::output"
+    await peer.send(f"SHARED_INPUT_PATH::{relative_input}")
+    assert await peer.next_text() == "PATH_VALIDATED::input"
+    return await peer.expect("JOB_COMPLETE::", "JOB_FAILED::", "PATH_ERROR::")
+
+
+async def hold_sockets(url: str, host: str, count: int) -> tuple[int, list]:
+    """Open ``count`` bare sockets from ``host`` and never register: how many the server
+    refused at once (``server-full``), and the sockets (the caller closes them)."""
+    held = [await raw_websocket(url, host) for _ in range(count)]
+    refused = 0
+    for ws in held:
+        with contextlib.suppress(asyncio.TimeoutError):
+            refused += '"server-full"' in await asyncio.wait_for(ws.recv(), 0.3)
+    return refused, held
+
+
+async def raw_websocket(url: str, host: str = "127.0.0.1"):
+    """A bare WebSocket to ``url`` from the loopback address ``host`` (never through a proxy)."""
+    from websockets.asyncio.client import connect
+
+    direct = {"proxy": None} if "proxy" in inspect.signature(connect.__init__).parameters else {}
+    return await connect(url, open_timeout=5, local_addr=(host, 0), **direct)
 
 
 def run(coroutine):

@@ -165,7 +165,9 @@ class SharedFsTransport(Transport):
         started = time.perf_counter()
         path = security.resolve_peer_path(relative, self.root)
         if not self.fs_adapter.exists(path):
-            logger.error("shared input {} does not exist (worker path {})", quote_for_log(relative), quote_for_log(str(path)))
+            logger.error(
+                "shared input {} does not exist (worker path {})", quote_for_log(relative), quote_for_log(str(path))
+            )
             raise PathNotFoundError(INPUT_MISSING, peer_path=relative)
         # Opening proves it is a readable regular file, with no symlink followed on the way.
         with security.open_peer_path(relative, self.root) as handle:
@@ -180,7 +182,9 @@ class SharedFsTransport(Transport):
             logger.warning("security violation: peer path {!r} refused ({})", relative, error)
         elif isinstance(error, PathPermissionError):
             logger.error(
-                "permission denied on shared path {} ({})", quote_for_log(relative), quote_for_log(str(self._absolute(relative)))
+                "permission denied on shared path {} ({})",
+                quote_for_log(relative),
+                quote_for_log(str(self._absolute(relative))),
             )
         else:
             logger.error(
