@@ -16,6 +16,7 @@ import hashlib
 import sys
 from pathlib import Path
 
+from rtcxfer.auth import signaling_token
 from rtcxfer.engine import Session
 from rtcxfer.link import Link
 from rtcxfer.plugins import PluginHost
@@ -27,7 +28,7 @@ GUARD = 90.0
 
 
 async def main(url: str, room: str, token: str, browser_id: str, send_file: Path, receive_dir: Path) -> None:
-    async with SignalingClient(url, room, "client", "python-peer", token) as signaling:
+    async with SignalingClient(url, room, "client", "python-peer", signaling_token(token)) as signaling:
         await signaling.wait_for_peer("worker", timeout=GUARD)
         send, receive = signaling_adapter(signaling, browser_id)
         peer, channel = await connect_via(send, receive, "offerer", timeout=GUARD)

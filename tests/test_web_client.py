@@ -99,9 +99,8 @@ class Site:
         self.services.append(service)
         return service, service.wait_for(SIGNALING_READY).group(1)
 
-    def start_worker(self, name: str, token: str, signal_url: str | None = None) -> CliProcess:
-        args = ["worker", "--signal", signal_url or self.signal_url, "--room", ROOM, "--token", token]
-        args += ["--peer-id", name]
+    def start_worker(self, name: str, token: str, *extra: str) -> CliProcess:
+        args = ["worker", "--signal", self.signal_url, "--room", ROOM, "--token", token, "--peer-id", name, *extra]
         args += ["--work-dir", str(self.root / f"work-{name}")]
         service = CliProcess(name, args, self.root, env=_environment(), python=self.python)
         self.services.append(service)
@@ -248,16 +247,27 @@ def test_a_wrong_room_token_is_a_clear_error(site: Site) -> None:
 
 
 def test_a_worker_that_refuses_the_token_is_a_clear_error(site: Site, tmp_path: Path) -> None:
-    # A second server without a room token, so that only the worker's own check can refuse.
-    _, open_url = site.start_signal("signal-open")
-    site.start_worker("picky", "the-workers-own-token", signal_url=open_url)
-    page = site.new_page(page_url_of(open_url))
+    # A worker in the same room (the room token is TOKEN) whose own token is another one.
+    site.start_worker("picky", "the-pickys-own-token", "--signal-token", TOKEN)
+    package = build_sample_package(tmp_path / "small.zip")
+    page = site.new_page()
     connect(page, token=TOKEN)
     page.wait_for_selector("#worker option[value='picky']", state="attached")
-    page.set_input_files("#package", str(build_sample_package(tmp_path / "small.zip")))
+    page.select_option("#worker", "picky")
+    page.set_input_files("#package", str(package))
     page.click("#run")
     assert wait_for_state(page, "done", "failed") == "failed"
     assert page.text_content("#error") == "The worker “picky” refused the token: invalid token."
+
+    # Its own token, with the room's given apart (rtcxfer submit --signal-token), is accepted.
+    page.fill("#room", ROOM)
+    page.fill("#token", "the-pickys-own-token")
+    page.fill("#signal-token", TOKEN)
+    page.click("#connect")
+    page.wait_for_selector("#room-status:has-text('2 workers')")
+    page.select_option("#worker", "picky")
+    page.click("#run")
+    assert wait_for_state(page, "done", "failed") == "done", page.text_content("#error")
     page.context.close()
 
 
@@ -406,10 +416,11 @@ def test_chromium_and_aiortc_move_files_both_ways_with_rtc_chunked(site: Site, t
         browser_side = page.evaluate(
             """async ({ room, token }) => {
                 const { Signaling, signalingUrlOfPage } = await import("/signaling.js");
+                const { signalingToken } = await import("/auth.js");
                 const { answerChannel } = await import("/peer.js");
                 const { RtcChunked } = await import("/transfer.js");
                 const signaling = await Signaling.connect(
-                    signalingUrlOfPage(), { room, token, role: "worker", peerId: "chromium" });
+                    signalingUrlOfPage(), { room, token: signalingToken(token), role: "worker", peerId: "chromium" });
                 const offer = await new Promise((resolve) => {
                     signaling.onRelay = (from, payload) => {
                         if (payload.kind === "offer") resolve({ from, sdp: payload.sdp });

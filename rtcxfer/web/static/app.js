@@ -3,6 +3,7 @@
 // comes from a peer is shown with textContent, never parsed as HTML. The token lives in this
 // module's memory only (never in storage, the URL or a cookie).
 
+import { signalingToken } from "./auth.js";
 import { offerChannel } from "./peer.js";
 import { AuthError, WorkerSession } from "./session.js";
 import { Signaling, SignalingError, isPeerId, signalingUrlOfPage } from "./signaling.js";
@@ -11,7 +12,8 @@ import { randomHex } from "./frames.js";
 const MAX_LOG_LINES = 5000;
 const $ = (id) => document.getElementById(id);
 
-const state = { signaling: null, token: "", file: null, session: null, room: "" };
+// token: the worker's; signalToken: the room's (rtcxfer signal --token) where it differs.
+const state = { signaling: null, token: "", signalToken: "", file: null, session: null, room: "" };
 
 function setState(name) {
   document.body.dataset.state = name;
@@ -92,8 +94,9 @@ function describeSignalingError(error, room) {
 
 // Resolves to the open signaling connection of `room`, or throws a SignalingError.
 async function openSignaling(room) {
+  const secret = state.signalToken || state.token;
   const signaling = await Signaling.connect(signalingUrlOfPage(), {
-    room, token: state.token || undefined, peerId: `client-${randomHex(4)}`,
+    room, token: secret ? signalingToken(secret) : undefined, peerId: `client-${randomHex(4)}`,
   });
   state.signaling = signaling;
   signaling.onPeers = () => showWorkers(signaling);
@@ -119,8 +122,10 @@ async function connect(event) {
   state.signaling?.close();
   state.signaling = null;
   state.token = $("token").value;
-  // Out of the form at once: the token stays only in this module's memory.
+  state.signalToken = $("signal-token").value;
+  // Out of the form at once: the tokens stay only in this module's memory.
   $("token").value = "";
+  $("signal-token").value = "";
   state.room = room;
   $("room-status").textContent = `Connecting to room “${room}”…`;
   try {

@@ -43,6 +43,14 @@ function transcriptMessage(transcript, role, extra = []) {
   return message;
 }
 
+/**
+ * What is presented to the signaling server for a room secret, as `rtcxfer` does: an HMAC of
+ * it, so the secret (by default also the worker's token) never reaches the server.
+ */
+export function signalingToken(secret) {
+  return hmacSha256Hex(encoder.encode(secret), encoder.encode(`${LABEL}/signaling`));
+}
+
 /** The client's proof that it knows `token` (64 hex digits). */
 export function clientProof(token, transcript) {
   return hmacSha256Hex(encoder.encode(token), transcriptMessage(transcript, "client"));

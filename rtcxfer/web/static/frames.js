@@ -21,7 +21,7 @@ const f = (name, kind, extra = {}) => ({ name, kind, ...extra });
 const greedyText = (name) => f(name, "text", { greedy: true });
 
 export const FRAME_TYPES = {
-  HELLO: [f("version", "int"), f("client_nonce", "hex64"), f("transports", "token")],
+  HELLO: [f("version", "int"), f("client_nonce", "token"), f("transports", "token")],
   AUTH_CHALLENGE: [f("worker_nonce", "hex64")],
   AUTH_PROOF: [f("proof", "hex64")],
   WELCOME: [f("version", "int"), f("transports", "token"), f("worker_proof", "token")],
