@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email.utils
 from importlib import resources
+from pathlib import PurePosixPath
 from typing import Any
 
 from websockets.datastructures import Headers
@@ -54,9 +55,9 @@ class WebAssets:
         self.files: dict[str, tuple[str, bytes]] = {}
         static = resources.files(__package__).joinpath("static")
         for entry in static.iterdir():
-            suffix = "." + entry.name.rpartition(".")[2] if "." in entry.name else ""
-            if entry.is_file() and suffix in CONTENT_TYPES:
-                self.files["/" + entry.name] = (CONTENT_TYPES[suffix], entry.read_bytes())
+            content_type = CONTENT_TYPES.get(PurePosixPath(entry.name).suffix)
+            if content_type is not None and entry.is_file():
+                self.files["/" + entry.name] = (content_type, entry.read_bytes())
         self.files["/"] = self.files["/index.html"]
 
     def response(self, path: str) -> Response:

@@ -68,6 +68,9 @@ export async function offerChannel(signaling, peerId, { iceServers = [] } = {}) 
       signaling.onLeft = (left) => {
         if (left === peerId) reject(new ConnectionError(`${peerId} left the room`));
       };
+      signaling.onError = (error) => {
+        if (error.code === "unknown-peer") reject(new ConnectionError(`${peerId} is no longer in the room`));
+      };
     });
     signaling.relay(peerId, { kind: "offer", sdp: pc.localDescription.sdp });
     const sdp = onlySha256Fingerprints(await within(HANDSHAKE_MS, `an answer from ${peerId}`, answer));
@@ -145,7 +148,7 @@ export class FrameChannel {
       } catch (error) {
         if (!(error instanceof FrameError)) throw error;
         this.onPeerError(error.message);
-        if (!ERROR_REPORTS.has(data.split("::", 1)[0])) this.send("PROTOCOL_ERROR", { reason: error.message });
+        if (!ERROR_REPORTS.has(data.split("::", 1)[0])) this.reply("PROTOCOL_ERROR", { reason: error.message });
         return;
       }
       this.onFrame(frame);
@@ -153,10 +156,15 @@ export class FrameChannel {
     }
     const chunk = parseChunk(data);
     if (chunk === null) {
-      this.send("PROTOCOL_ERROR", { reason: "binary message is not an rtcxfer chunk" });
+      this.reply("PROTOCOL_ERROR", { reason: "binary message is not an rtcxfer chunk" });
       return;
     }
     this.onChunk(chunk);
+  }
+
+  // An answer to the peer's message: lost without harm if the channel closed meanwhile.
+  reply(type, values) {
+    if (this.isOpen) this.send(type, values);
   }
 
   send(type, values) {

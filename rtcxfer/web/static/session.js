@@ -62,7 +62,7 @@ export class WorkerSession {
         this.channel.onPeerError(`the worker reports a protocol error: ${frame.reason}`);
         return;
       default:
-        this.channel.send("PROTOCOL_ERROR", { reason: `no handler for ${frame.type} frames in this session` });
+        this.channel.reply("PROTOCOL_ERROR", { reason: `no handler for ${frame.type} frames in this session` });
     }
   }
 
@@ -143,12 +143,20 @@ export class WorkerSession {
         onProgress: handlers.onUploadProgress,
         onHashProgress: handlers.onHashProgress,
       });
+      upload.catch(() => {}); // after an early refusal nobody awaits the upload any more
       // The worker may refuse the job while the package is still on its way.
       const first = await Promise.race([upload.then(() => null), outcome]);
       if (first !== null) return { jobId: id, results: this.job.results, ...first };
       handlers.onUploaded?.();
       const result = await outcome;
-      return { jobId: id, results: this.job.results, ...result };
+      const { results } = this.job;
+      if (result.ok && result.fileCount !== undefined && result.fileCount !== results.length) {
+        return {
+          jobId: id, results, ok: false,
+          reason: `the worker reported ${result.fileCount} result files, but ${results.length} arrived`,
+        };
+      }
+      return { jobId: id, results, ...result };
     } finally {
       this.job = null;
     }

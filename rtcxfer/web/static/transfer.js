@@ -122,7 +122,7 @@ export class RtcChunked {
   }
 
   announce(meta) {
-    const refuse = (reason) => this.channel.send("FILE_ERROR", { transfer_id: meta.transfer_id, reason });
+    const refuse = (reason) => this.channel.reply("FILE_ERROR", { transfer_id: meta.transfer_id, reason });
     const problem = problemWithName(meta.name);
     if (problem) return refuse(`refused name: ${problem}`);
     if (this.incoming.has(meta.transfer_id)) return refuse("transfer already open");
@@ -131,14 +131,14 @@ export class RtcChunked {
     if (meta.chunk_size < 1 || meta.chunk_size > MAX_CHUNK_SIZE) return refuse(`chunk size out of range 1..${MAX_CHUNK_SIZE}`);
     this.incoming.set(meta.transfer_id, { meta, hash: new Sha256(), parts: [], received: 0 });
     this.onIncoming(meta);
-    this.channel.send("FILE_ACCEPT", { transfer_id: meta.transfer_id, offset: 0 });
+    this.channel.reply("FILE_ACCEPT", { transfer_id: meta.transfer_id, offset: 0 });
     return undefined;
   }
 
   handleChunk(chunk) {
     const transfer = this.incoming.get(chunk.transferId);
     if (!transfer) {
-      this.channel.send("FILE_ERROR", { transfer_id: chunk.transferId, reason: "unknown transfer" });
+      this.channel.reply("FILE_ERROR", { transfer_id: chunk.transferId, reason: "unknown transfer" });
       return;
     }
     const { meta } = transfer;
@@ -159,7 +159,7 @@ export class RtcChunked {
   finish(transferId) {
     const transfer = this.incoming.get(transferId);
     if (!transfer) {
-      this.channel.send("FILE_ERROR", { transfer_id: transferId, reason: "unknown transfer" });
+      this.channel.reply("FILE_ERROR", { transfer_id: transferId, reason: "unknown transfer" });
       return;
     }
     const { meta } = transfer;
@@ -175,13 +175,13 @@ export class RtcChunked {
     this.incoming.delete(transferId);
     // Only a verified file becomes a Blob the page offers; a partial one is dropped with its parts.
     const file = { name: meta.name, size: meta.size, sha256: digest, blob: new Blob(transfer.parts) };
-    this.channel.send("FILE_ACK", { transfer_id: transferId, sha256: digest });
+    this.channel.reply("FILE_ACK", { transfer_id: transferId, sha256: digest });
     this.onFile(file);
   }
 
   abandon(transferId, reason) {
     this.incoming.delete(transferId);
-    this.channel.send("FILE_ERROR", { transfer_id: transferId, reason });
+    this.channel.reply("FILE_ERROR", { transfer_id: transferId, reason });
   }
 
   peerFailed(transferId, reason) {
