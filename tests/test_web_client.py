@@ -601,3 +601,52 @@ def test_the_pages_frame_codec_accepts_exactly_what_python_accepts(site: Site) -
 
     check()
     page.context.close()
+
+
+def test_the_pages_receiver_refuses_what_a_hostile_worker_sends(site: Site) -> None:
+    """The page's rtc-chunked receiver against frames no honest worker sends; the channel is a
+    recording stand-in (a unit test of the receiver's rules, inside the real browser)."""
+    sha_of_abc = hashlib.sha256(b"abc").hexdigest()
+    page = site.new_page()
+    outcome = page.evaluate(
+        """async (shaOfAbc) => {
+            const { RtcChunked } = await import("/transfer.js");
+            const { chunkHeader, hexToBytes } = await import("/frames.js");
+            const replies = [];
+            const files = [];
+            const channel = { reply: (type, values) => replies.push([type, values]), maxMessageSize: 65536 };
+            const transfer = new RtcChunked(channel, { maxFileBytes: 1000, onFile: (file) => files.push(file.name) });
+            const id = (n) => n.toString(16).padStart(32, "0");
+            const meta = (n, name, size = 3, sha256 = shaOfAbc) => transfer.handleFrame(
+                { type: "FILE_META", transfer_id: id(n), name, size, sha256, chunk_size: 65509 });
+            const chunk = (n, offset, text) => {
+                const payload = new TextEncoder().encode(text);
+                transfer.handleChunk({ transferId: id(n), offset, payload });
+            };
+            for (const [n, name] of [[1, "../up"], [2, "/abs"], [3, "a//b"], [4, "C:x"], [5, "a\\\\b"],
+                                     [6, ".x." + "0".repeat(32) + ".part"], [7, "ok\\u0007"]]) meta(n, name);
+            meta(8, "big", 1001);
+            meta(9, "wrong-hash", 3, "0".repeat(64)); chunk(9, 0, "abc"); transfer.handleFrame({ type: "FILE_END", transfer_id: id(9) });
+            meta(10, "short"); chunk(10, 0, "ab"); transfer.handleFrame({ type: "FILE_END", transfer_id: id(10) });
+            meta(11, "gap"); chunk(11, 1, "bc");
+            meta(12, "long", 2); chunk(12, 0, "abc");
+            chunk(99, 0, "abc");
+            meta(13, "dir/good.txt"); chunk(13, 0, "a"); chunk(13, 1, "bc"); transfer.handleFrame({ type: "FILE_END", transfer_id: id(13) });
+            return { replies, files };
+        }""",
+        sha_of_abc,
+    )
+    errors = {values["transfer_id"][-2:]: values["reason"] for kind, values in outcome["replies"] if kind == "FILE_ERROR"}
+    for n in ("01", "02", "03", "04", "05", "06", "07"):
+        assert errors[n].startswith("refused name:"), (n, errors.get(n))
+    assert errors["08"] == "file larger than 1000 bytes"
+    assert errors["09"].startswith("SHA-256 mismatch: the received bytes hash to ")
+    assert errors["0a"] == "incomplete: 2 of 3 bytes"
+    assert errors["0b"] == "chunk at offset 1, expected 0"
+    assert errors["0c"] == "more bytes than the announced size"
+    assert errors["63"] == "unknown transfer"
+    assert "0d" not in errors
+    assert ["FILE_ACK", {"transfer_id": "0" * 30 + "0d", "sha256": sha_of_abc}] in outcome["replies"]
+    # Only the verified file is ever offered.
+    assert outcome["files"] == ["dir/good.txt"]
+    page.context.close()
