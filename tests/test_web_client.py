@@ -619,6 +619,7 @@ def test_the_pages_receiver_refuses_what_a_hostile_worker_sends(site: Site) -> N
             const id = (n) => n.toString(16).padStart(32, "0");
             const meta = (n, name, size = 3, sha256 = shaOfAbc) => transfer.handleFrame(
                 { type: "FILE_META", transfer_id: id(n), name, size, sha256, chunk_size: 65509 });
+            const end = (n) => transfer.handleFrame({ type: "FILE_END", transfer_id: id(n) });
             const chunk = (n, offset, text) => {
                 const payload = new TextEncoder().encode(text);
                 transfer.handleChunk({ transferId: id(n), offset, payload });
@@ -626,17 +627,18 @@ def test_the_pages_receiver_refuses_what_a_hostile_worker_sends(site: Site) -> N
             for (const [n, name] of [[1, "../up"], [2, "/abs"], [3, "a//b"], [4, "C:x"], [5, "a\\\\b"],
                                      [6, ".x." + "0".repeat(32) + ".part"], [7, "ok\\u0007"]]) meta(n, name);
             meta(8, "big", 1001);
-            meta(9, "wrong-hash", 3, "0".repeat(64)); chunk(9, 0, "abc"); transfer.handleFrame({ type: "FILE_END", transfer_id: id(9) });
-            meta(10, "short"); chunk(10, 0, "ab"); transfer.handleFrame({ type: "FILE_END", transfer_id: id(10) });
+            meta(9, "wrong-hash", 3, "0".repeat(64)); chunk(9, 0, "abc"); end(9);
+            meta(10, "short"); chunk(10, 0, "ab"); end(10);
             meta(11, "gap"); chunk(11, 1, "bc");
             meta(12, "long", 2); chunk(12, 0, "abc");
             chunk(99, 0, "abc");
-            meta(13, "dir/good.txt"); chunk(13, 0, "a"); chunk(13, 1, "bc"); transfer.handleFrame({ type: "FILE_END", transfer_id: id(13) });
+            meta(13, "dir/good.txt"); chunk(13, 0, "a"); chunk(13, 1, "bc"); end(13);
             return { replies, files };
         }""",
         sha_of_abc,
     )
-    errors = {values["transfer_id"][-2:]: values["reason"] for kind, values in outcome["replies"] if kind == "FILE_ERROR"}
+    replies = outcome["replies"]
+    errors = {values["transfer_id"][-2:]: values["reason"] for kind, values in replies if kind == "FILE_ERROR"}
     for n in ("01", "02", "03", "04", "05", "06", "07"):
         assert errors[n].startswith("refused name:"), (n, errors.get(n))
     assert errors["08"] == "file larger than 1000 bytes"
