@@ -184,15 +184,21 @@ def main(log_level: str) -> None:
     show_default=True,
     help="Seconds a client may sit in a room without relaying anything.",
 )
+@click.option("--no-web", is_flag=True, help="Do not serve the browser client on the same port.")
 def signal_server(
     host: str, port: int, token: str | None, max_per_address: int, max_room_peers_per_address: int,
-    idle_timeout: float,
+    idle_timeout: float, no_web: bool,
 ) -> None:
-    """Run the signaling server that lets workers and clients find each other."""
+    """Run the signaling server that lets workers and clients find each other.
+
+    It also serves the browser client: open http://HOST:PORT/ to submit a job from a web page.
+    """
     from rtcxfer.signaling import run_signaling_server
 
     def ready(server) -> None:
         click.echo(f"signaling server listening on {server.url}", err=True)
+        if server.web_url:
+            click.echo(f"web client at {server.web_url}", err=True)
 
     limits = {
         "max_connections_per_address": max_per_address,
@@ -201,7 +207,11 @@ def signal_server(
         "idle_timeout": idle_timeout,
     }
     try:
-        _run(run_signaling_server(host, port, default_token=_room_token(token), on_ready=ready, **limits))
+        _run(
+            run_signaling_server(
+                host, port, default_token=_room_token(token), on_ready=ready, web=not no_web, **limits
+            )
+        )
     except Interrupted:
         click.echo("signaling server stopped", err=True)
     except OSError as error:

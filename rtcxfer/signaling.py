@@ -317,6 +317,7 @@ class SignalingServer:
         max_unregistered_per_address: int | None = 8,
         max_peers_per_address_in_room: int | None = 8,
         idle_timeout: float | None = 120.0,
+        web: bool = False,
     ) -> None:
         for room, token in dict(tokens or {}).items():
             if not _is_id(room):
@@ -349,6 +350,8 @@ class SignalingServer:
         self.max_peers_per_address_in_room = max_peers_per_address_in_room
         self.idle_timeout = idle_timeout
         self._ssl = ssl
+        #: Serve the browser client (:mod:`rtcxfer.web`) to plain HTTP GETs on the same port.
+        self.web = web
         self._server: Server | None = None
         self._rooms: dict[str, dict[str, _Connection]] = {}
         self._connections: set[_Connection] = set()
@@ -368,6 +371,13 @@ class SignalingServer:
         return f"{scheme}://{host}:{self.port}"
 
     @property
+    def web_url(self) -> str | None:
+        """``http://HOST:PORT/`` of the browser client, or None when it is not served."""
+        if not self.web:
+            return None
+        return "http" + self.url[2:] + "/"
+
+    @property
     def rooms(self) -> dict[str, list[str]]:
         """A snapshot: each room's peer ids, in join order (for status displays and tests)."""
         return {room: list(peers) for room, peers in self._rooms.items()}
@@ -376,6 +386,10 @@ class SignalingServer:
         if self._server is not None:
             raise RuntimeError("the signaling server is already started")
         extra: dict[str, Any] = {"ssl": self._ssl} if self._ssl is not None else {}
+        if self.web:
+            from rtcxfer.web import web_request_handler
+
+            extra["process_request"] = web_request_handler()
         self._server = await serve(
             self._handle,
             self.host,

@@ -27,7 +27,14 @@ import attrs
 import pytest
 
 from rtcxfer.sample import build_sample_package, sample_text
-from rtcxfer.testing.processes import DEATH_GUARD, SIGNALING_READY, WORKER_READY, CliProcess, start_signaling
+from rtcxfer.testing.processes import (
+    DEATH_GUARD,
+    SIGNALING_READY,
+    WORKER_READY,
+    CliProcess,
+    cli_environment,
+    start_signaling,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = (sys.executable, "-m", "rtcxfer.cli")
@@ -47,11 +54,7 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals a
 
 def _environment(log_level: str = "WARNING") -> dict[str, str]:
     # A developer's own rtcxfer settings or shared mount must not leak into these runs.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RTCXFER_") and k != "SHARED_STORAGE_ROOT"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["RTCXFER_LOG_LEVEL"] = log_level
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return cli_environment(log_level, import_path=REPO)
 
 
 @attrs.define

@@ -6,6 +6,7 @@ their own pid only (terminate, then kill after a grace period).
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -19,6 +20,18 @@ DEATH_GUARD = 20.0
 
 SIGNALING_READY = r"signaling server listening on (ws://127\.0\.0\.1:\d+)"
 WORKER_READY = r"waiting for jobs"
+
+
+def cli_environment(log_level: str = "WARNING", *, import_path: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """An environment for ``rtcxfer`` subprocesses of a test: without the developer's own
+    ``RTCXFER_*`` settings or shared mount, with unbuffered output, ``RTCXFER_LOG_LEVEL`` set,
+    and ``import_path`` (a source tree) first on ``PYTHONPATH`` when given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RTCXFER_") and k != "SHARED_STORAGE_ROOT"}
+    if import_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.fspath(import_path), env.get("PYTHONPATH")]))
+    env["RTCXFER_LOG_LEVEL"] = log_level
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 class CliProcess:
