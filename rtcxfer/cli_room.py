@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-
 from rtcxfer.worker_choice import WorkerInfo, format_duration, uptime
 
 WORKER_COLUMNS = ("ID", "STATE", "SLOTS", "GPU", "LABELS", "TRANSPORTS", "UP")
