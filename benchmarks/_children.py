@@ -38,6 +38,14 @@ def memory() -> dict[str, int]:
     return values
 
 
+def cpu_seconds() -> float:
+    """User and system CPU time this process (all its threads) used so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def reset_peak() -> bool:
     """Make VmHWM start again from the current RSS; False where the kernel does not allow it."""
     try:
@@ -51,14 +59,21 @@ def reset_peak() -> bool:
 class Memory:
     def __init__(self) -> None:
         self.idle = 0
+        self.idle_cpu = 0.0
         self.reset = False
 
     def mark_idle(self) -> None:
         self.idle = memory()["VmRSS"]
+        self.idle_cpu = cpu_seconds()
         self.reset = reset_peak()
 
     def report(self) -> dict:
-        return {"idle_rss": self.idle, "peak_rss": memory()["VmHWM"], "peak_reset": self.reset}
+        return {
+            "idle_rss": self.idle,
+            "peak_rss": memory()["VmHWM"],
+            "peak_reset": self.reset,
+            "cpu_seconds": cpu_seconds() - self.idle_cpu,
+        }
 
 
 def emit(result: dict) -> None:
@@ -73,7 +88,8 @@ async def _connect(args: argparse.Namespace, role: str):
     from rtcxfer.signaling import SignalingClient
 
     peer_role = "client" if role == "worker" else "worker"
-    options = PeerOptions(fast_loopback=not args.no_fast)
+    # --any-interface: across the two-host bed, whose only interface besides lo is the veth.
+    options = PeerOptions(loopback_only=not args.any_interface, large_packets=not args.no_fast)
     if args.high_watermark:
         options = attrs.evolve(options, high_watermark=args.high_watermark)
     async with SignalingClient(args.url, args.room, role, f"{role}-{secrets.token_hex(3)}") as signaling:
@@ -82,12 +98,23 @@ async def _connect(args: argparse.Namespace, role: str):
         return await connect_via(send, receive, "answerer" if role == "worker" else "offerer", options, STEP)
 
 
-async def rtc_chunked_receiver(args: argparse.Namespace) -> dict:
+def _packet_report(peer) -> dict:
+    size = peer.packet_size
+    return {
+        "sctp_packet": size.size,
+        "sctp_datagram": size.datagram,
+        "sctp_reason": size.reason,
+        "sctp_timeouts": peer._sizer.retransmission_timeouts,
+    }
+
+
+async def byte_receiver(args: argparse.Namespace, name: str = "rtc-chunked") -> dict:
+    """The worker side of a byte-moving transport (rtc-chunked, direct): receives until the
+    sender closes the session."""
     from rtcxfer.engine import Session
     from rtcxfer.link import Link
     from rtcxfer.plugins import PluginHost
     from rtcxfer.transport import TransportContext
-    from rtcxfer.transports.rtc_chunked import RtcChunkedTransport
 
     peer, channel = await _connect(args, "worker")
     host = PluginHost(autoload=False)
@@ -101,22 +128,22 @@ async def rtc_chunked_receiver(args: argparse.Namespace) -> dict:
 
     directory = Path(args.dir)
     context = TransportContext(role="worker", incoming_dir=directory, on_file=on_file)
-    link.add_handler("rtc-chunked", RtcChunkedTransport(link, context))
+    link.add_handler(name, host.transport(name).transport(link, context))
     try:
         await link.run()  # until the sender closes
     finally:
         await peer.close()
     for item in directory.glob("*.bin"):
         item.unlink()
-    return {"files": received, **mem.report(), "sctp_packet": peer.sctp_packet_size}
+    return {"files": received, **mem.report(), **_packet_report(peer)}
 
 
-async def rtc_chunked_sender(args: argparse.Namespace) -> dict:
+async def byte_sender(args: argparse.Namespace, name: str = "rtc-chunked") -> dict:
+    """The client side of a byte-moving transport: negotiates, then sends each file, timed."""
     from rtcxfer.engine import Session
     from rtcxfer.link import Link
     from rtcxfer.plugins import PluginHost
     from rtcxfer.transport import TransportContext
-    from rtcxfer.transports.rtc_chunked import RtcChunkedTransport
 
     peer, channel = await _connect(args, "client")
     host = PluginHost(autoload=False)
@@ -125,9 +152,11 @@ async def rtc_chunked_sender(args: argparse.Namespace) -> dict:
     mem.mark_idle()
     options = {"rtc-chunked": {"chunk_size": args.chunk_size}} if args.chunk_size else {}
     context = TransportContext(role="client", incoming_dir=Path(args.dir), options=options)
-    transport = RtcChunkedTransport(link, context)
-    link.add_handler("rtc-chunked", transport)
+    transport = host.transport(name).transport(link, context)
+    link.add_handler(name, transport)
     runner = asyncio.create_task(link.run())
+    if not await transport.negotiate():
+        raise RuntimeError(f"{name} is not usable between these peers")
     results = []
     try:
         for index, source in enumerate(args.files):
@@ -138,7 +167,7 @@ async def rtc_chunked_sender(args: argparse.Namespace) -> dict:
         link.close()
         await asyncio.gather(runner, return_exceptions=True)
         await peer.close()
-    return {"files": results, **mem.report(), "sctp_packet": peer.sctp_packet_size}
+    return {"files": results, **mem.report(), **_packet_report(peer)}
 
 
 async def stock_receiver(args: argparse.Namespace) -> dict:
@@ -237,7 +266,7 @@ async def tcp_receiver(args: argparse.Namespace) -> dict:
         writer.close()
         finished.set()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    server = await asyncio.start_server(serve, args.host, 0)
     port = server.sockets[0].getsockname()[1]
     mem.mark_idle()
     print(json.dumps({"port": port}), flush=True)
@@ -254,7 +283,7 @@ async def tcp_sender(args: argparse.Namespace) -> dict:
     for source in args.files:
         size = os.path.getsize(source)
         started = time.perf_counter()
-        reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
+        reader, writer = await asyncio.open_connection(args.host, args.port)
         writer.write(size.to_bytes(8, "big"))
         with open(source, "rb") as handle:
             while block := handle.read(1 << 20):
@@ -264,6 +293,105 @@ async def tcp_sender(args: argparse.Namespace) -> dict:
         writer.close()
         results.append({"size": size, "seconds": time.perf_counter() - started})
     return {"files": results, **mem.report()}
+
+
+# --- TLS over several connections at once (does more than one connection pay?) ---------------
+
+
+def _tls_receive_range(tls, target: str) -> int:
+    """One connection's range: a 16-byte header (offset, length), then the bytes, written at
+    their offset; answered with one byte. Blocking."""
+    import struct
+
+    offset, length = struct.unpack(">QQ", tls.recv_exactly(16))
+    buffer = bytearray(MiB)
+    view = memoryview(buffer)
+    fd = os.open(target, os.O_WRONLY)
+    try:
+        done = 0
+        while done < length:
+            wanted, filled = min(MiB, length - done), 0
+            while filled < wanted:  # a whole MiB per write, as direct does
+                count = tls.recv_into(view[filled:wanted], wanted - filled)
+                if not count:
+                    raise ConnectionError("closed early")
+                filled += count
+            os.pwrite(fd, view[:filled], offset + done)
+            done += filled
+    finally:
+        os.close(fd)
+    tls.sendall(b"k")
+    return done
+
+
+async def tls_receiver(args: argparse.Namespace) -> dict:
+    """``--streams`` TLS 1.3 connections (direct's certificate, settings and TLS engine), each
+    one range."""
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rtcxfer.transports.direct_tls import TlsStream, identity
+
+    server = identity().server_context
+    target = Path(args.dir) / "streams.bin"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"")
+    listener = socket.create_server((args.host, 0))
+    mem = Memory()
+    mem.mark_idle()
+    emit({"port": listener.getsockname()[1], "fingerprint": identity().fingerprint})
+
+    def serve_one() -> int:
+        raw, _ = listener.accept()
+        with raw:
+            tls = TlsStream(raw, server, server_side=True)
+            tls.handshake()
+            return _tls_receive_range(tls, str(target))
+
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(args.streams) as pool:
+        octets = sum(await asyncio.gather(*(loop.run_in_executor(pool, serve_one) for _ in range(args.streams))))
+    listener.close()
+    target.unlink()
+    return {"octets": octets, **mem.report()}
+
+
+async def tls_sender(args: argparse.Namespace) -> dict:
+    import socket
+    import struct
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rtcxfer.transports.direct_tls import TlsStream, _client_context
+
+    source = args.files[0]
+    size = os.path.getsize(source)
+    share = -(-size // args.streams)
+    ranges = [(start, min(share, size - start)) for start in range(0, size, share)]
+    mem = Memory()
+    mem.mark_idle()
+
+    def send_range(offset: int, length: int) -> None:
+        raw = socket.create_connection((args.host, args.port))
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with raw, open(source, "rb", buffering=0) as handle:
+            tls = TlsStream(raw, _client_context(), server_side=False)
+            tls.handshake()
+            handle.seek(offset)
+            tls.sendall(struct.pack(">QQ", offset, length))
+            buffer = bytearray(MiB)
+            view = memoryview(buffer)
+            left = length
+            while left:
+                count = handle.readinto(view[: min(MiB, left)])
+                tls.sendall(view[:count])
+                left -= count
+            assert tls.recv_exactly(1) == b"k"
+
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(len(ranges)) as pool:
+        await asyncio.gather(*(loop.run_in_executor(pool, send_range, *each) for each in ranges))
+    return {"files": [{"size": size, "seconds": time.perf_counter() - started}], **mem.report()}
 
 
 # --- shared-fs job submission ---------------------------------------------------------------
@@ -373,8 +501,12 @@ async def s3_side(args: argparse.Namespace, role: str) -> dict:
 # --- entry ----------------------------------------------------------------------------------
 
 ROLES = {
-    "chunked-send": rtc_chunked_sender,
-    "chunked-recv": rtc_chunked_receiver,
+    "chunked-send": byte_sender,
+    "chunked-recv": byte_receiver,
+    "direct-send": lambda args: byte_sender(args, "direct"),
+    "direct-recv": lambda args: byte_receiver(args, "direct"),
+    "tls-send": tls_sender,
+    "tls-recv": tls_receiver,
     "stock-send": stock_sender,
     "stock-recv": stock_receiver,
     "tcp-send": tcp_sender,
@@ -398,10 +530,14 @@ def child_main(argv: list[str]) -> None:
     parser.add_argument("--files", nargs="*", default=[])
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     parser.add_argument("--no-fast", action="store_true")
+    parser.add_argument("--any-interface", action="store_true")
+    parser.add_argument("--host", default="127.0.0.1", help="TCP cases: the receiver's address")
     parser.add_argument("--high-watermark", type=int)
     parser.add_argument("--chunk-size", type=int)
     parser.add_argument("--s3-url")
     parser.add_argument("--s3-endpoint")
+    parser.add_argument("--streams", type=int, default=1, help="TLS connections at once (tls-send/tls-recv)")
+    parser.add_argument("--fingerprint")
     args = parser.parse_args(argv)
     if args.loop == "uvloop":
         from rtcxfer.rtc import install_uvloop_if_available

@@ -3,6 +3,7 @@
     python benchmarks/run.py              # the full run (5 rounds, 1 GiB cases included)
     python benchmarks/run.py --quick      # 1 round, smaller files, no 1 GiB rtc-chunked
     python benchmarks/run.py --rounds 5   # more rounds
+    python benchmarks/run.py --two-host   # instead: two network namespaces (root; two_host.py)
 
 Every case runs in child processes (this script with ``--child ROLE``, see ``_children.py``)
 that connect through a signaling server this process runs on 127.0.0.1: two processes per
@@ -21,7 +22,8 @@ data-channel case, exactly as a client and a worker would. Per round, in this or
 After the rounds, ``rtc-chunked`` moves the 1 GiB package once (about 10-60 s), which gives the
 shared-fs ratio for 1 GiB and the memory figures for 1 GiB.
 
-Linux only (``/proc``). Nothing is sent anywhere but 127.0.0.1. Not collected by pytest.
+Linux only (``/proc``). Nothing is sent anywhere but 127.0.0.1 (with ``--two-host``: but the
+veth pair between the two namespaces it makes). Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -74,8 +76,9 @@ def _last_json(output: bytes) -> dict:
     raise RuntimeError(f"a benchmark child printed no result: {output[-2000:]!r}")
 
 
-async def spawn(role: str, *args: str, stdin: bool = False) -> asyncio.subprocess.Process:
-    command = [sys.executable, str(HERE / "run.py"), "--child", role, *args]
+async def spawn(role: str, *args: str, stdin: bool = False, prefix: list[str] = ()) -> asyncio.subprocess.Process:
+    """A child ``run.py --child ROLE``; ``prefix`` runs it elsewhere (``ip netns exec NS``)."""
+    command = [*prefix, sys.executable, str(HERE / "run.py"), "--child", role, *args]
     return await asyncio.create_subprocess_exec(
         *command,
         stdout=subprocess.PIPE,
@@ -287,6 +290,8 @@ class Table:
             per_round = ", ".join(f"{v:.2f}" for v in values) or "-"
             median = f"{statistics.median(values):.2f}" if values else "-"
             print(f"| {name} | {per_round} | {median} | {target} |")
+        if not self.memory:
+            return
         print()
         print("| process | idle -> peak RSS (growth), worst round | |")
         print("| --- | --- | --- |")
@@ -481,11 +486,26 @@ def main() -> None:
         "--no-fast-loopback",
         dest="fast",
         action="store_false",
-        help="rtc-chunked with aiortc's stock SCTP packet size (PeerOptions(fast_loopback=False))",
+        help="rtc-chunked with aiortc's stock SCTP packet size (PeerOptions(large_packets=False))",
     )
     parser.add_argument("--dir", type=Path, help="work directory (default: a temporary one, removed)")
+    parser.add_argument(
+        "--two-host",
+        action="store_true",
+        help="instead: rtc-chunked, the stock pattern and TCP between two network namespaces (root)",
+    )
+    parser.add_argument(
+        "--direct-size",
+        type=int,
+        default=256,
+        help="--two-host: MiB moved by direct and raw TCP on the unshaped and 1 Gbit/s links (0: skip)",
+    )
+    parser.add_argument(
+        "--direct-only", action="store_true", help="--two-host: only the direct part (not rtc-chunked and stock)"
+    )
     args = parser.parse_args()
-    args.rounds = args.rounds or (1 if args.quick else 5)
+    if not args.two_host:
+        args.rounds = args.rounds or (1 if args.quick else 5)
     args.size = args.size or (16 if args.quick else 64)
     if args.loop is None:
         try:
@@ -498,7 +518,13 @@ def main() -> None:
     started = time.perf_counter()
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        asyncio.run(main_async(args, workdir))
+        if args.two_host:
+            from two_host import two_host_main
+
+            args.rounds = args.rounds or 3
+            asyncio.run(two_host_main(args, workdir))
+        else:
+            asyncio.run(main_async(args, workdir))
     finally:
         if args.dir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -100,7 +100,14 @@ connection_options = [
         "--token",
         envvar="RTCXFER_TOKEN",
         default=None,
-        help="The worker's token; also presented to the signaling server [env RTCXFER_TOKEN].",
+        help="The worker's token; it never leaves this machine (see README, Security) [env RTCXFER_TOKEN].",
+    ),
+    click.option(
+        "--signal-token",
+        envvar="RTCXFER_SIGNAL_TOKEN",
+        default=None,
+        help="The signaling server's token (rtcxfer signal --token), if it differs from --token; "
+        "only an HMAC of it is sent [env RTCXFER_SIGNAL_TOKEN].",
     ),
     click.option(
         "--shared-root",
@@ -109,6 +116,13 @@ connection_options = [
         help="Shared storage root on this machine (default: $SHARED_STORAGE_ROOT or a known mount).",
     ),
 ]
+
+
+def _room_token(secret: str | None) -> str | None:
+    """What goes to the signaling server for ``secret``: an HMAC, never the secret itself."""
+    from rtcxfer.auth import signaling_token
+
+    return signaling_token(secret) if secret else None
 
 
 def _apply(options):
@@ -146,17 +160,58 @@ def main(log_level: str) -> None:
     "--token",
     envvar="RTCXFER_TOKEN",
     default=None,
-    help="Token every peer must present (all rooms) [env RTCXFER_TOKEN].",
+    help="Token every peer must present (all rooms): peers send an HMAC of it, never the token "
+    "[env RTCXFER_TOKEN].",
 )
-def signal_server(host: str, port: int, token: str | None) -> None:
-    """Run the signaling server that lets workers and clients find each other."""
+@click.option(
+    "--max-per-address",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Sockets one remote address may hold (an eighth of them unregistered).",
+)
+@click.option(
+    "--max-room-peers-per-address",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Peers one remote address may have in one room (of 16).",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Seconds a client may sit in a room without relaying anything.",
+)
+@click.option("--no-web", is_flag=True, help="Do not serve the browser client on the same port.")
+def signal_server(
+    host: str, port: int, token: str | None, max_per_address: int, max_room_peers_per_address: int,
+    idle_timeout: float, no_web: bool,
+) -> None:
+    """Run the signaling server that lets workers and clients find each other.
+
+    It also serves the browser client: open http://HOST:PORT/ to submit a job from a web page.
+    """
     from rtcxfer.signaling import run_signaling_server
 
     def ready(server) -> None:
         click.echo(f"signaling server listening on {server.url}", err=True)
+        if server.web_url:
+            click.echo(f"web client at {server.web_url}", err=True)
 
+    limits = {
+        "max_connections_per_address": max_per_address,
+        "max_unregistered_per_address": max(1, max_per_address // 8),
+        "max_peers_per_address_in_room": max_room_peers_per_address,
+        "idle_timeout": idle_timeout,
+    }
     try:
-        _run(run_signaling_server(host, port, default_token=token, on_ready=ready))
+        _run(
+            run_signaling_server(
+                host, port, default_token=_room_token(token), on_ready=ready, web=not no_web, **limits
+            )
+        )
     except Interrupted:
         click.echo("signaling server stopped", err=True)
     except OSError as error:
@@ -174,16 +229,90 @@ def signal_server(host: str, port: int, token: str | None) -> None:
     help="Where jobs are extracted and run (default: a temporary directory).",
 )
 @click.option("--job-timeout", type=float, default=None, help="Seconds a job may run (default: the manifest's).")
-def worker(signal_url, room, token, shared_root, ice_servers, any_interface, peer_id, work_dir, job_timeout) -> None:
-    """Serve jobs: run each package's command and send its results back."""
+@click.option(
+    "--job-env",
+    "job_env",
+    multiple=True,
+    metavar="NAME",
+    help="Pass this variable of the worker's environment to jobs (repeatable; NAME* for a prefix). "
+    "Only PATH, HOME, locale and GPU selection variables are passed by default.",
+)
+@click.option(
+    "--max-unauthenticated",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Sessions at once that have not yet proved the token; further offers are dropped.",
+)
+@click.option(
+    "--auth-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=20.0,
+    show_default=True,
+    help="Seconds from a client's offer until it must have proved the token.",
+)
+@click.option(
+    "--insecure-no-token",
+    is_flag=True,
+    help="Serve without a token: ANYONE who reaches the signaling room can run jobs here.",
+)
+@click.option(
+    "--legacy",
+    is_flag=True,
+    help="Also serve clients of sleap-rtc's existing data-channel protocol. Such a session cannot present "
+    "the worker's token: it is authenticated only by the signaling server's token.",
+)
+def worker(
+    signal_url, room, token, signal_token, shared_root, ice_servers, any_interface, peer_id, work_dir, job_timeout,
+    job_env, max_unauthenticated, auth_timeout, insecure_no_token, legacy,
+) -> None:
+    """Serve jobs: run each package's command and send its results back.
+
+    Needs a token (--token or RTCXFER_TOKEN): every client must prove it knows it, and the
+    worker proves it back, without the token ever crossing the network.
+    """
     from rtcxfer.errors import SignalingError, describe
+    from rtcxfer.limits import WorkerLimits
     from rtcxfer.worker import RTCWorkerClient
 
-    runner = RTCWorkerClient(token=token, shared_storage_root=shared_root, work_dir=work_dir, job_timeout=job_timeout)
+    if not token and not insecure_no_token:
+        raise click.UsageError(
+            "a worker needs a token (--token or RTCXFER_TOKEN); without one anyone in the room could run jobs "
+            "here. Make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'. "
+            "To really serve anyone, pass --insecure-no-token."
+        )
+    if insecure_no_token and not token:
+        click.echo(
+            "WARNING: --insecure-no-token: this worker runs ANY job from ANY peer that reaches the room, "
+            "and clients cannot tell it from an impostor.",
+            err=True,
+        )
+    from rtcxfer.jobrunner import forbid_inspection
+
+    # Jobs run as this user: keep them from reading the token out of /proc/<worker>/environ.
+    forbid_inspection()
+    runner = RTCWorkerClient(
+        token=token or None,
+        insecure_no_token=insecure_no_token,
+        shared_storage_root=shared_root,
+        work_dir=work_dir,
+        job_timeout=job_timeout,
+        job_env_allow=job_env,
+        limits=WorkerLimits(max_unauthenticated=max_unauthenticated, auth_timeout=auth_timeout),
+        legacy=legacy,
+    )
     shared = runner.shared_storage_root or "none"
     click.echo(
-        f"worker {peer_id}: shared storage {shared}; transports {', '.join(runner.offered_transports())}", err=True
+        f"worker {peer_id}: shared storage {shared}; transports {', '.join(runner.offered_transports())}; "
+        f"work directory {runner.work_dir}",
+        err=True,
     )
+    if legacy:
+        click.echo(
+            f"worker {peer_id}: also serving sleap-rtc's legacy protocol; legacy sessions are authenticated "
+            "only by the signaling server's token",
+            err=True,
+        )
 
     def ready() -> None:
         click.echo(f"worker {peer_id} waiting for jobs in room {room!r} on {signal_url}", err=True)
@@ -194,15 +323,18 @@ def worker(signal_url, room, token, shared_root, ice_servers, any_interface, pee
                 signal_url,
                 room,
                 peer_id=peer_id,
-                signaling_token=token,
+                signaling_token=_room_token(signal_token or token),
                 peer_options=_peer_options(ice_servers, any_interface),
                 on_ready=ready,
+                on_notice=lambda text: click.echo(f"worker {peer_id}: {text}", err=True),
             )
         )
     except Interrupted:
         click.echo("worker stopped", err=True)
     except SignalingError as error:
         raise click.ClickException(f"signaling: {describe(error)}") from None
+    finally:
+        runner.close()
 
 
 @main.command()
@@ -221,7 +353,8 @@ def worker(signal_url, room, token, shared_root, ice_servers, any_interface, pee
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for a worker.")
 @click.option("--quiet", is_flag=True, help="No progress bars or job output; just the result.")
 def submit(
-    package, signal_url, room, token, shared_root, ice_servers, any_interface, transport, results_dir, timeout, quiet
+    package, signal_url, room, token, signal_token, shared_root, ice_servers, any_interface, transport, results_dir,
+    timeout, quiet,
 ) -> None:
     """Run PACKAGE (a ZIP with rtcxfer.json) on a worker and download its results.
 
@@ -239,6 +372,7 @@ def submit(
                 signal_url,
                 room,
                 token,
+                signal_token,
                 shared_root,
                 ice_servers,
                 any_interface,
@@ -256,7 +390,8 @@ def submit(
 
 
 async def _submit(
-    package, signal_url, room, token, shared_root, ice_servers, any_interface, transport, results_dir, timeout, display
+    package, signal_url, room, token, signal_token, shared_root, ice_servers, any_interface, transport, results_dir,
+    timeout, display,
 ) -> int:
     from rtcxfer.client import RTCClient
     from rtcxfer.errors import AuthenticationError, PluginError, RtcxferError, describe
@@ -276,7 +411,8 @@ async def _submit(
     try:
         async with client:
             try:
-                await client.connect(signal_url, room, signaling_token=token, timeout=timeout)
+                room_token = _room_token(signal_token or token)
+                await client.connect(signal_url, room, signaling_token=room_token, timeout=timeout)
             except AuthenticationError as error:
                 click.echo(f"error: {error}", err=True)
                 return EXIT_CONNECTION
@@ -386,7 +522,7 @@ def doctor(shared_root: Path | None) -> None:
     help="Where to put the demo's files (default: a new temporary directory).",
 )
 def demo(directory: Path | None) -> None:
-    """Run a whole job round trip on 127.0.0.1: over shared-fs, then over rtc-chunked.
+    """Run a whole job round trip on 127.0.0.1: over shared-fs, direct, then rtc-chunked.
 
     Starts a signaling server, a worker and a client in this process, runs the sample job
     package once per transport, and prints which transport moved what, how long it took and

@@ -25,7 +25,7 @@ from typing import Any
 
 import attrs
 
-from rtcxfer import security
+from rtcxfer import auth, security
 from rtcxfer.engine import APPLICATION, Session
 from rtcxfer.errors import (
     AuthenticationError,
@@ -38,7 +38,9 @@ from rtcxfer.errors import (
     describe,
 )
 from rtcxfer.frames import (
+    AuthChallenge,
     AuthFailed,
+    AuthProof,
     Frame,
     Hello,
     JobAccepted,
@@ -52,6 +54,7 @@ from rtcxfer.frames import (
     PathErrorFrame,
     ProtocolErrorFrame,
     Welcome,
+    quote_for_log,
 )
 from rtcxfer.link import Link
 from rtcxfer.log import logger
@@ -62,6 +65,7 @@ from rtcxfer.worker import PROTOCOL_VERSION
 
 #: Frames the client application handles itself.
 APPLICATION_FRAMES: tuple[type[Frame], ...] = (
+    AuthChallenge,
     Welcome,
     AuthFailed,
     JobAccepted,
@@ -76,6 +80,8 @@ APPLICATION_FRAMES: tuple[type[Frame], ...] = (
 SHARED_RESULTS_DIR = "rtcxfer-results"
 BYTE_FALLBACK = "rtc-chunked"
 LOG_TAIL = 20
+#: Seconds to wait for the worker's report on a cancelled job (its processes get a grace period).
+CANCEL_REPORT_TIMEOUT = 20.0
 
 
 @attrs.frozen
@@ -140,6 +146,7 @@ class RTCClient:
         self._watch_task: asyncio.Task | None = None
         self._closed_reason = "the connection to the worker closed"
         self._reports: asyncio.Queue[Frame] = asyncio.Queue()
+        self._cancel_report: asyncio.Future | None = None
         self._log_tail: list[str] = []
         self.context = TransportContext(
             role="client",
@@ -150,7 +157,7 @@ class RTCClient:
 
     def _transport_options_with_progress(self) -> dict:
         options = {name: dict(value) for name, value in self.transport_options.items()}
-        for name in ("rtc-chunked", "s3"):
+        for name in ("direct", "rtc-chunked", "s3"):
             options.setdefault(name, {}).setdefault("progress", self._transfer_progress(name))
         return options
 
@@ -187,6 +194,7 @@ class RTCClient:
             worker_id = worker_id or await self._signaling.wait_for_peer(role="worker", timeout=timeout)
             send, receive = rtc.signaling_adapter(self._signaling, worker_id)
             self._peer, channel = await rtc.connect_via(send, receive, "offerer", self.peer_options, timeout)
+            self._peer.watch_packet_size(lambda size: self._emit("notice", None, message=size.describe()))
         except BaseException:
             await self._signaling.close()
             raise
@@ -230,26 +238,60 @@ class RTCClient:
         self.link.add_handler(APPLICATION, self)
         self._run_task = asyncio.create_task(self.link.run())
         offered = [name for name, t in self.transports.items() if type(t).usable(self.context)]
-        reply = await self._ask(
-            Hello(PROTOCOL_VERSION, self.token or "anonymous", ",".join(offered) or "none"), (Welcome, AuthFailed)
-        )
-        if isinstance(reply, AuthFailed):
-            raise AuthenticationError(f"the worker refused this client: {reply.reason}")
+        reply = await self._authenticate(",".join(offered) or "none")
         theirs = set(reply.transports.split(","))
         self.session_transports = []
         for name in offered:
             if name not in theirs:
                 continue
+            why = ""
             try:
                 usable = await self.transports[name].negotiate()
             except (RtcxferError, asyncio.TimeoutError) as error:
-                logger.warning("transport {} failed to negotiate: {}", name, describe(error))
-                usable = False
+                logger.info("transport {} failed to negotiate: {}", name, describe(error))  # the notice shows it
+                usable, why = False, f": {describe(error)}"
             if usable:
                 self.session_transports.append(name)
             else:
-                self._emit("notice", None, message=f"{name} is not usable between these peers")
+                self._emit("notice", None, message=f"{name} is not usable between these peers{why}")
         self._emit("notice", None, message=f"transports for this session: {', '.join(self.session_transports)}")
+
+    async def _authenticate(self, offered: str) -> Welcome:
+        """Prove the token to the worker and make it prove the token back (see :mod:`rtcxfer.auth`).
+
+        Raises :class:`AuthenticationError` if the worker refuses us, or if it cannot prove it
+        knows the token: then it is not the worker we were told of (a peer registered under its
+        id, or a relay in between), and nothing is sent to it.
+        """
+        client_nonce = auth.new_nonce()
+        reply = await self._ask(Hello(PROTOCOL_VERSION, client_nonce, offered), (AuthChallenge, AuthFailed))
+        if isinstance(reply, AuthFailed):
+            raise AuthenticationError(f"the worker refused this client: {quote_for_log(reply.reason)}")
+        assert self.link is not None
+        local, remote = auth.channel_fingerprints(self.link.channel)
+        transcript = auth.Transcript(client_nonce, reply.worker_nonce, local, remote, offered)
+        # Without a token the proof is made with an empty key: only a worker run with
+        # --insecure-no-token accepts it.
+        proof = auth.client_proof(self.token or "", transcript)
+        welcome = await self._ask(AuthProof(proof), (Welcome, AuthFailed))
+        if isinstance(welcome, AuthFailed):
+            raise AuthenticationError(f"the worker refused this client: {quote_for_log(welcome.reason)}")
+        if welcome.worker_proof == auth.NO_PROOF:
+            if self.token is not None:
+                raise AuthenticationError(
+                    "the worker runs without a token (--insecure-no-token), so it cannot prove it is the worker "
+                    "you meant; refusing to send it anything"
+                )
+            logger.warning("connected to a worker without a token: anyone could be running it")
+            return welcome
+        if self.token is None or not auth.proofs_match(
+            auth.worker_proof(self.token, transcript, welcome.transports), welcome.worker_proof
+        ):
+            raise AuthenticationError(
+                "the peer posing as the worker could not prove it knows the token: it may be an impostor "
+                "(another peer registered under the worker's id) or a relay in between; refusing to send it anything"
+            )
+        return welcome
 
     async def _ask(self, frame: Frame, answers: tuple[type[Frame], ...], timeout: float = 60.0) -> Frame:
         assert self.link is not None
@@ -260,6 +302,9 @@ class RTCClient:
 
     async def close(self) -> None:
         """Close the session (after every acknowledged transfer) and the signaling connection."""
+        if self._cancel_report is not None:
+            self._cancel_report.cancel()
+            await self._settle_cancelled_job()
         if self._watch_task is not None:
             self._watch_task.cancel()
             await asyncio.gather(self._watch_task, return_exceptions=True)
@@ -293,7 +338,7 @@ class RTCClient:
                 self.context.incoming_dir.mkdir(parents=True, exist_ok=True)
             self._emit("status", frame.job_id, state=frame.state)
         elif isinstance(frame, ProtocolErrorFrame):
-            logger.warning("worker reports a protocol error: {}", frame.reason)
+            logger.warning("worker reports a protocol error: {}", quote_for_log(frame.reason))
             self._reports.put_nowait(frame)
         else:
             self._reports.put_nowait(frame)
@@ -354,6 +399,7 @@ class RTCClient:
 
     async def _attempt(self, package: Path, job_id: str, input_via: str, results_via: str) -> JobResult | str:
         """One try: a JobResult when the job ran (well or not), or the reason to retry."""
+        await self._settle_cancelled_job()
         self._drain_reports()
         self._log_tail = []
         reply = await self._ask(JobSubmit(job_id, results_via), (JobAccepted, JobFailed, ProtocolErrorFrame))
@@ -416,10 +462,24 @@ class RTCClient:
         os.replace(staging, final)
         return final
 
+    async def _settle_cancelled_job(self) -> None:
+        """Wait for the report that ends a job cancelled earlier in this session, so it is not
+        taken for the answer to the next one (JOB_FAILED names no job id in its fields)."""
+        waiting, self._cancel_report = self._cancel_report, None
+        if waiting is not None:
+            await asyncio.gather(waiting, return_exceptions=True)
+
     async def _cancel(self, job_id: str) -> None:
         if self.link is None or self.link.closed:
             return
         self._emit("notice", job_id, message=f"cancelling {job_id}")
+
+        def ends(frame: Frame) -> bool:
+            return (isinstance(frame, JobComplete) and frame.job_id == job_id) or (
+                isinstance(frame, JobFailed) and frame.reason.startswith(f"Job {job_id} ")
+            )
+
+        self._cancel_report = asyncio.ensure_future(self.link.wait_for(ends, CANCEL_REPORT_TIMEOUT))
         try:
             await asyncio.shield(self.link.send(JobCancel(job_id)))
         except RtcxferError as error:

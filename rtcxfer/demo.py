@@ -2,7 +2,8 @@
 
 It starts a signaling server, a worker and a client in this process, builds the sample job
 package on a temporary "shared storage" directory that both sides see, and runs it once over
-``shared-fs`` and once over ``rtc-chunked``.
+``shared-fs``, once over ``direct`` (TLS over a TCP connection on 127.0.0.1) and once over
+``rtc-chunked``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import attrs
 
+from rtcxfer.auth import signaling_token
 from rtcxfer.client import ClientEvent, JobResult, RTCClient
 from rtcxfer.sample import build_sample_package
 from rtcxfer.signaling import SignalingServer
@@ -31,7 +33,7 @@ class DemoRun:
 
 async def run_demo(
     directory: Path | None = None,
-    transports: tuple[str, ...] = ("shared-fs", "rtc-chunked"),
+    transports: tuple[str, ...] = ("shared-fs", "direct", "rtc-chunked"),
     on_event: Callable[[ClientEvent], None] | None = None,
 ) -> tuple[Path, list[DemoRun]]:
     """Run the sample job once per transport; returns the demo directory and the runs."""
@@ -40,10 +42,13 @@ async def run_demo(
     package = build_sample_package(shared / "jobs" / "sample-package.zip")
     token = secrets.token_urlsafe(16)
     runs: list[DemoRun] = []
-    async with SignalingServer("127.0.0.1", 0, default_token=token) as signaling:
+    room_token = signaling_token(token)  # as the rtcxfer command does: the token stays here
+    async with SignalingServer("127.0.0.1", 0, default_token=room_token) as signaling:
         worker = RTCWorkerClient(token=token, shared_storage_root=shared, work_dir=directory / "worker")
         ready = asyncio.Event()
-        serving = asyncio.create_task(worker.serve(signaling.url, "demo", signaling_token=token, on_ready=ready.set))
+        serving = asyncio.create_task(
+            worker.serve(signaling.url, "demo", signaling_token=room_token, on_ready=ready.set)
+        )
         try:
             await asyncio.wait_for(ready.wait(), 30)
             for transport in transports:
@@ -55,7 +60,7 @@ async def run_demo(
                     on_event=on_event,
                 )
                 async with client:
-                    await client.connect(signaling.url, "demo", signaling_token=token)
+                    await client.connect(signaling.url, "demo", signaling_token=room_token)
                     started = time.perf_counter()
                     result = await client.submit(package, job_id=f"demo-{transport}")
                     runs.append(DemoRun(transport, result, time.perf_counter() - started))

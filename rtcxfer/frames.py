@@ -32,6 +32,8 @@ SEPARATOR = "::"
 MAX_FRAME_CHARS = 64 * 1024
 #: Longest excerpt of peer text quoted back in an error reply.
 MAX_ECHO_CHARS = 200
+#: Longest excerpt of peer text written into one log line.
+MAX_LOG_CHARS = 500
 
 _TYPE_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _TOKEN = re.compile(r"[A-Za-z0-9._,+=@-]{1,128}")
@@ -324,19 +326,38 @@ class SharedProbeResult(Frame):
 
 @frame_type("HELLO")
 class Hello(Frame):
-    """Client -> worker, first frame of a session: protocol version, token, transports offered."""
+    """Client -> worker, first frame of a session: protocol version, the client's fresh nonce,
+    the transports it offers. The token itself never crosses the wire (see ``rtcxfer.auth``)."""
 
     version: int = integer()
-    auth_token: str = token()
+    # A token field, not hex: a version-1 HELLO (which held the token here) must still decode,
+    # so that its sender hears which version this side speaks. The worker checks the form.
+    client_nonce: str = token()
     transports: str = token()
+
+
+@frame_type("AUTH_CHALLENGE")
+class AuthChallenge(Frame):
+    """Worker -> client: the worker's fresh nonce; the client must now prove it has the token."""
+
+    worker_nonce: str = hex_digits(64)
+
+
+@frame_type("AUTH_PROOF")
+class AuthProof(Frame):
+    """Client -> worker: HMAC proof of the token over both nonces and both DTLS fingerprints."""
+
+    proof: str = hex_digits(64)
 
 
 @frame_type("WELCOME")
 class Welcome(Frame):
-    """Worker -> client: authenticated; the transports the worker offers too."""
+    """Worker -> client: authenticated; the transports the worker offers too, and the worker's
+    own proof of the token (64 hex digits), or ``none`` from a worker run without a token."""
 
     version: int = integer()
     transports: str = token()
+    worker_proof: str = token()
 
 
 @frame_type("AUTH_FAILED")
@@ -416,6 +437,8 @@ BUILTIN_FRAME_TYPES: tuple[type[Frame], ...] = (
     SharedProbe,
     SharedProbeResult,
     Hello,
+    AuthChallenge,
+    AuthProof,
     Welcome,
     AuthFailed,
     JobSubmit,
@@ -436,6 +459,20 @@ def quote_for_reply(text: str) -> str:
     excerpt = text[:MAX_ECHO_CHARS]
     excerpt = "".join(ch if ch.isprintable() else "?" for ch in excerpt)
     return excerpt + ("..." if len(text) > MAX_ECHO_CHARS else "")
+
+
+def quote_for_log(text: str, limit: int = MAX_LOG_CHARS) -> str:
+    """Peer text made safe for one log line: control characters (newlines, ANSI escapes) and
+    other unprintable ones shown as escapes, so a peer can neither forge lines nor recolour
+    a terminal; cut at ``limit`` characters."""
+    excerpt = text[:limit]
+    shown = "".join(ch if ch.isprintable() else _escape(ch) for ch in excerpt)
+    return shown + ("..." if len(text) > limit else "")
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def _split_fields(specs: tuple[FieldSpec, ...], rest: str) -> list[str] | None:

@@ -16,6 +16,10 @@ the extracted package directory with these environment variables set:
 * ``RTCXFER_OUTPUT_DIR``: where to write result files (everything in it is sent back);
 * ``RTCXFER_JOB_ID`` and ``RTCXFER_PACKAGE_DIR``.
 
+Nothing else of the worker's environment reaches a job but the variables named in
+:data:`DEFAULT_JOB_ENV` (and whatever the worker's operator allows on top): the worker's token,
+storage and cloud credentials stay with the worker.
+
 Every line the job prints is streamed to the client. A line ``RTCXFER_PROGRESS <done> <total>``
 is sent as a progress report instead, and drawn as a bar by ``rtcxfer submit``.
 """
@@ -55,6 +59,30 @@ LOG_LINES_PER_SECOND = 500.0
 LOG_BURST_LINES = 2000
 #: Progress reports forwarded per second at most; the latest one always gets through.
 PROGRESS_PER_SECOND = 20.0
+#: The worker's environment variables a job sees (an allow-list: anything else, such as
+#: RTCXFER_TOKEN, AWS_* or RTCXFER_S3_*, stays with the worker). Names ending in ``*`` are prefixes.
+DEFAULT_JOB_ENV = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "NVIDIA_DRIVER_CAPABILITIES",
+    "HIP_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "LD_LIBRARY_PATH",
+    "SYSTEMROOT",
+)
+#: Never passed to a job, even when allowed by name or prefix.
+NEVER_JOB_ENV = frozenset({"RTCXFER_TOKEN"})
 
 
 class ManifestError(JobError):
@@ -96,6 +124,8 @@ class Manifest:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as error:
             raise ManifestError(f"{MANIFEST_NAME} is not valid JSON: {error}") from None
+        except RecursionError:
+            raise ManifestError(f"{MANIFEST_NAME} is nested too deeply") from None
         return cls.from_dict(data)
 
     @classmethod
@@ -140,12 +170,34 @@ class JobContext:
     progress: Callable[[int, int], None]
     timeout_seconds: float | None = None
     kill_grace_seconds: float = 5.0
+    #: Names (or ``PREFIX*``) of the worker's environment variables passed on, beyond DEFAULT_JOB_ENV.
+    env_allow: tuple[str, ...] = ()
+
+
+def job_environment(allow: tuple[str, ...] = (), source: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The part of ``source`` (the worker's environment) a job may see: the allow-list."""
+    source = os.environ if source is None else source
+    patterns = (*DEFAULT_JOB_ENV, *allow)
+    exact = {p for p in patterns if not p.endswith("*")}
+    prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
+    return {
+        name: value
+        for name, value in source.items()
+        if name not in NEVER_JOB_ENV and (name in exact or (prefixes and name.startswith(prefixes)))
+    }
 
 
 class Executor(Protocol):
     """Runs a job. Raise :class:`JobError` (or a subclass) to fail it."""
 
     def __call__(self, context: JobContext) -> Awaitable[None]: ...
+
+
+def supervised(command: list[str], grace_seconds: float) -> list[str]:
+    """``command`` run under the job supervisor (:mod:`rtcxfer.jobrunner`), which keeps every
+    process the job starts, even one that leaves its session with ``setsid``, from outliving it."""
+    runner = Path(__file__).with_name("jobrunner.py")
+    return [sys.executable, "-I", str(runner), "--grace", repr(float(grace_seconds)), "--", *command]
 
 
 def _program(command: tuple[str, ...]) -> list[str]:
@@ -160,7 +212,7 @@ async def run_manifest_command(context: JobContext) -> None:
     if manifest is None:
         raise ManifestError(f"the package has no {MANIFEST_NAME}")
     env = {
-        **os.environ,
+        **job_environment(context.env_allow),
         **manifest.env,
         "RTCXFER_OUTPUT_DIR": str(context.output_dir),
         "RTCXFER_JOB_ID": context.job_id,
@@ -169,7 +221,7 @@ async def run_manifest_command(context: JobContext) -> None:
     }
     try:
         process = await asyncio.create_subprocess_exec(
-            *_program(manifest.command),
+            *supervised(_program(manifest.command), context.kill_grace_seconds),
             cwd=context.package_dir,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
@@ -314,13 +366,21 @@ def _emit(raw: bytes, output: OutputLimiter, tail: collections.deque[str]) -> No
         output.line(piece)
 
 
+#: Extra seconds the supervisor gets, beyond the job's grace, to kill and reap the job's processes.
+SUPERVISOR_MARGIN = 5.0
+
+
 async def stop_process_group(process: asyncio.subprocess.Process, grace_seconds: float) -> None:
-    """SIGTERM the job's process group, then SIGKILL it if it is still there after the grace."""
+    """SIGTERM the job's process group, then SIGKILL it if it is still there after the grace.
+
+    The supervisor at its head passes the SIGTERM to every process of the job (those outside
+    the group too) and kills them after the same grace; the group is killed here only if it
+    does not manage that in time."""
     if process.returncode is not None:
         return
     _signal_group(process.pid, signal.SIGTERM)
     try:
-        await asyncio.wait_for(process.wait(), grace_seconds)
+        await asyncio.wait_for(process.wait(), grace_seconds + SUPERVISOR_MARGIN)
     except asyncio.TimeoutError:
         logger.warning("job process group {} ignored SIGTERM; killing it", process.pid)
     # The leader may be gone while children that ignored SIGTERM live on: sweep the group.

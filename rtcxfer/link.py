@@ -18,8 +18,12 @@ from typing import Protocol
 
 from rtcxfer.engine import APPLICATION, ChunkReceived, FrameReceived, ProtocolViolation, Session
 from rtcxfer.errors import ConnectionClosedError, RemoteProtocolError, describe
-from rtcxfer.frames import Frame
+from rtcxfer.frames import Frame, quote_for_log
+from rtcxfer.limits import LogThrottle
 from rtcxfer.log import logger
+
+#: Refused inputs logged in full per link; later ones are summarised (a flood must not flood the log).
+LOGGED_VIOLATIONS = 5
 
 
 class Channel(Protocol):
@@ -43,13 +47,23 @@ FramePredicate = Callable[[Frame], bool]
 class Link:
     """Connects a data channel, a session engine and the session's handlers."""
 
-    def __init__(self, channel: Channel, session: Session, *, name: str = "link") -> None:
+    def __init__(
+        self, channel: Channel, session: Session, *, name: str = "link", max_violations: int | None = None
+    ) -> None:
         self.channel = channel
         self.session = session
         self.name = name
+        #: Unusable messages tolerated before the link closes (None: no limit). The owner may
+        #: change it as the session's trust changes (tight before authentication).
+        self.max_violations = max_violations
+        #: Unusable messages (undecodable, unclaimed) received so far.
+        self.violations = 0
         self._handlers: dict[str, Handler] = {}
         self._waiters: list[tuple[FramePredicate, asyncio.Future[Frame]]] = []
         self._closed = asyncio.Event()
+        self._closing = False
+        self._logged = 0
+        self._log_throttle = LogThrottle()
 
     def add_handler(self, name: str, handler: Handler) -> None:
         """Deliver events claimed by ``name`` (a transport name or :data:`APPLICATION`)."""
@@ -111,10 +125,35 @@ class Link:
                 if on_closed is not None:
                     on_closed()
 
+    def _log_refusal(self, what: str) -> None:
+        """Log a refused input: the first few in full, later ones summarised now and then."""
+        self._logged += 1
+        if self._logged <= LOGGED_VIOLATIONS:
+            logger.warning("{}: {}", self.name, what)
+            return
+        quiet = self._log_throttle.check()
+        if quiet is not None:
+            logger.warning("{}: {} (and {} more refused inputs not logged)", self.name, what, quiet)
+
+    def _count_violation(self, what: str) -> bool:
+        """Note unusable input (undecodable, unclaimed); False once over the budget, which
+        closes the link. Refusals by handlers (a missing path...) are ordinary answers and
+        are only logged."""
+        self.violations += 1
+        self._log_refusal(what)
+        if self.max_violations is not None and self.violations > self.max_violations:
+            if not self.closed and not self._closing:
+                self._closing = True
+                logger.warning("{}: closing: {} unusable messages from the peer", self.name, self.violations)
+                self.close()
+            return False
+        return True
+
     async def _dispatch(self, event) -> None:
+        if self._closing:
+            return  # over the violation budget: nothing more is read into handlers or answered
         if isinstance(event, ProtocolViolation):
-            logger.warning("{}: peer sent unusable input: {}", self.name, describe(event.error))
-            if event.reply is not None:
+            if self._count_violation(f"peer sent unusable input: {describe(event.error)}") and event.reply is not None:
                 await self._send_quietly(event.reply)
             return
         if isinstance(event, FrameReceived):
@@ -125,7 +164,7 @@ class Link:
         handler = self._handlers.get(event.handler)
         if handler is None:
             if isinstance(event, FrameReceived) and event.handler == APPLICATION:
-                logger.info("{}: peer says: {}", self.name, event.frame.encode())
+                logger.info("{}: peer says: {}", self.name, quote_for_log(event.frame.encode()))
                 return
             logger.warning("{}: nothing handles {} in this session", self.name, event.handler)
             return
@@ -136,7 +175,7 @@ class Link:
                 await handler.on_frame(event.frame)
         except RemoteProtocolError as error:
             # A handler refusing the peer's input: tell the peer, keep serving.
-            logger.warning("{}: refused peer input: {}", self.name, describe(error))
+            self._log_refusal(f"refused peer input: {describe(error)}")
             await self._send_quietly(error.reply_frame())
         except ConnectionClosedError:
             # The handler's own reply found the channel closed; the next recv ends the loop.

@@ -41,6 +41,7 @@ BLOCK_ENV = "RTCXFER_BLOCK_PLUGINS"
 #: Built-in transport plugins: plugin name -> module. Registered like third-party plugins.
 BUILTIN_PLUGINS: Mapping[str, str] = {
     "shared-fs": "rtcxfer.transports.shared_fs",
+    "direct": "rtcxfer.transports.direct",
     "rtc-chunked": "rtcxfer.transports.rtc_chunked",
 }
 

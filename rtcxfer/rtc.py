@@ -1,4 +1,5 @@
-"""The only module of rtcxfer that imports aiortc: peer connection, data channel, backpressure.
+"""rtcxfer's aiortc glue: peer connection, data channel, backpressure (with
+:mod:`rtcxfer.sctp_packet_size`, the only modules that import aiortc).
 
 What lives here:
 
@@ -12,11 +13,10 @@ What lives here:
   ``recv`` from a queue fed synchronously by aiortc's ``message`` event, ``drain``.
 * :func:`connect_pair_in_process` (tests, benchmarks) and :func:`connect_via` (glue for any
   signaling client that can send and receive an SDP dict).
-* :func:`tune_loopback_sctp`: when both peers are loopback-only rtcxfer peers (each says so
-  with ``a=x-rtcxfer-sctp-packet:16384`` in its SDP), SCTP packets of up to 16 KiB instead of
-  aiortc's 1189 bytes. Measured between two processes on 2 cores: about 10x the throughput of
-  the same data channel with stock packets (``benchmarks/README.md``). A stock peer ignores the
-  attribute and both sides then keep aiortc's stock behaviour.
+* 16 KiB SCTP packets between two rtcxfer peers (instead of aiortc's 1189 bytes, about 10x
+  the throughput) in datagrams as large as the path carries, found by probing: the mechanism
+  lives in :mod:`rtcxfer.sctp_packet_size`, driven from :class:`PeerConnection`. A stock peer
+  sees no difference.
 
 Facts about aiortc 1.16 this module relies on (read in its source):
 
@@ -38,13 +38,10 @@ Facts about aiortc 1.16 this module relies on (read in its source):
 from __future__ import annotations
 
 import asyncio
-import types
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import aioice.ice
-import aiortc.rtcdtlstransport
-import aiortc.rtcsctptransport
 import attrs
 from aiortc import (
     RTCConfiguration,
@@ -54,6 +51,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.exceptions import InvalidStateError
+from cryptography.hazmat.primitives import hashes
 
 from rtcxfer.errors import (
     ConnectionClosedError,
@@ -61,6 +59,7 @@ from rtcxfer.errors import (
     RemoteProtocolError,
 )
 from rtcxfer.log import logger
+from rtcxfer.sctp_packet_size import PacketSize, PacketSizer
 
 if TYPE_CHECKING:  # pragma: no cover - typing.Self is 3.11+, never imported at run time
     from typing import Self
@@ -78,7 +77,6 @@ __all__ = [
     "restrict_host_candidates_to_loopback",
     "signaling_adapter",
     "strip_non_loopback_candidates",
-    "tune_loopback_sctp",
 ]
 
 CHANNEL_LABEL = "rtcxfer"
@@ -88,20 +86,6 @@ DEFAULT_HIGH_WATERMARK = 4 * 1024 * 1024
 """Above this many locally queued bytes, senders wait (design: 1-4 MiB is a good start)."""
 
 LOOPBACK_ADDRESS = "127.0.0.1"
-
-LOOPBACK_SCTP_PACKET_SIZE = 16384
-"""Largest SCTP packet two rtcxfer peers exchange on loopback (see :func:`tune_loopback_sctp`).
-
-DTLS carries at most 2**14 plaintext bytes in one record, so this is the most one datagram can
-hold without fragmenting SCTP packets across records."""
-
-# What the widened DTLS methods read at once: a whole UDP datagram, so that one record (its
-# 2**14 plaintext bytes plus header, explicit nonce and tag) is never split across two reads.
-_LOOPBACK_DTLS_BUFFER = 65536
-
-FAST_LOOPBACK_ATTRIBUTE = "x-rtcxfer-sctp-packet"
-"""SDP attribute (``a=x-rtcxfer-sctp-packet:<bytes>``) by which a loopback-only rtcxfer peer says
-it reads SCTP packets up to that size. Other endpoints ignore unknown attributes (RFC 4566)."""
 
 # What aiortc assumes when the remote SDP carries no a=max-message-size (RFC 8841 section 6).
 _DEFAULT_REMOTE_MAX_MESSAGE_SIZE = 65536
@@ -191,16 +175,16 @@ class PeerOptions:
 
     ``high_watermark`` is the :class:`DataChannel` send-side buffer limit in bytes.
 
-    ``fast_loopback`` (default on, effective only with ``loopback_only``): when the remote SDP
-    shows that the peer is a loopback-only rtcxfer peer too, both sides send SCTP packets of up
-    to :data:`LOOPBACK_SCTP_PACKET_SIZE` bytes instead of aiortc's 1189 (see
-    :func:`tune_loopback_sctp`). A stock peer never sees a difference.
+    ``large_packets`` (default on): offer the peer SCTP packets larger than aiortc's 1189
+    bytes; when it is an rtcxfer peer too, both send 16 KiB packets in datagrams of the largest
+    size the path is confirmed (by probing) to carry (:mod:`rtcxfer.sctp_packet_size`). A stock
+    peer never sees a difference.
     """
 
     loopback_only: bool = True
     ice_servers: tuple = attrs.field(default=(), converter=tuple, validator=_check_ice_servers)
     high_watermark: int = attrs.field(default=DEFAULT_HIGH_WATERMARK, validator=attrs.validators.ge(0))
-    fast_loopback: bool = True
+    large_packets: bool = True
 
     def rtc_configuration(self) -> RTCConfiguration:
         """An ``RTCConfiguration`` with an explicit (empty in loopback mode) ICE server list.
@@ -219,153 +203,6 @@ def _remote_max_message_size_from_sdp(sdp: str) -> int:
             except ValueError:
                 break
     return _DEFAULT_REMOTE_MAX_MESSAGE_SIZE
-
-
-# --------------------------------------------------------------------------- loopback tuning
-
-# aiortc sizes each SCTP packet for the smallest IPv6 path MTU: 1160 bytes of user data, and
-# every packet costs Python work on both sides (DTLS record, SCTP parse, one SACK per packet,
-# reassembly that rescans the message's fragments for each new one). On loopback there is no
-# path MTU to respect, so two rtcxfer peers may agree on packets as large as one DTLS record.
-# aiortc has no setting for this: the size is the module constant USERDATA_MAX_LENGTH and the
-# DTLS buffer sizes are literals (1500) in two methods. Instead of patching the modules, which
-# would change every peer in the process, one connection's transports get copies of the few
-# methods involved, bound to the instance, reading a different constant.
-_SCTP_METHODS = ("_send", "_transmit", "_receive_sack_chunk", "_t3_expired")
-_DTLS_METHODS = ("_recv_next", "_write_ssl")
-_AIORTC_DTLS_BUFFER = 1500
-
-
-def _userdata_max_length(packet_size: int) -> int:
-    # aiortc's own formula: packet minus common and DATA chunk headers, rounded down to 4.
-    module = aiortc.rtcsctptransport
-    return (packet_size - module.SCTP_COMMON_HEADER_LENGTH - module.SCTP_DATA_CHUNK_HEADER_LENGTH) // 4 * 4
-
-
-def _tuning_supported() -> bool:
-    """Whether this aiortc has the methods and constants the tuning rewrites (checked by
-    name and by the literal, so a future aiortc that changed them just runs untuned)."""
-    sctp_module = aiortc.rtcsctptransport
-    if not all(hasattr(sctp_module, name) for name in ("SCTP_COMMON_HEADER_LENGTH", "SCTP_DATA_CHUNK_HEADER_LENGTH")):
-        return False
-    sctp_class = sctp_module.RTCSctpTransport
-    dtls_class = aiortc.rtcdtlstransport.RTCDtlsTransport
-    for name in _SCTP_METHODS:
-        function = getattr(sctp_class, name, None)
-        if function is None or "USERDATA_MAX_LENGTH" not in function.__code__.co_names:
-            return False
-    for name in _DTLS_METHODS:
-        function = getattr(dtls_class, name, None)
-        if function is None or function.__code__.co_consts.count(_AIORTC_DTLS_BUFFER) != 1:
-            return False
-    return True
-
-
-def _clone(function: Any, *, globals_: dict | None = None, buffer: int | None = None) -> Any:
-    code = function.__code__
-    if buffer is not None:
-        code = code.replace(co_consts=tuple(buffer if c == _AIORTC_DTLS_BUFFER else c for c in code.co_consts))
-    clone = types.FunctionType(
-        code,
-        function.__globals__ if globals_ is None else globals_,
-        function.__name__,
-        function.__defaults__,
-        function.__closure__,
-    )
-    clone.__kwdefaults__ = function.__kwdefaults__
-    clone.__qualname__ = function.__qualname__
-    return clone
-
-
-def _widen_dtls_buffers(dtls: Any, size: int) -> None:
-    """Let one DTLS transport read and write records of up to ``size`` bytes (idempotent).
-
-    Only safe where datagrams of that size pass, i.e. loopback. Reading more than one record
-    per datagram is valid DTLS; aiortc writes and reads one record per send.
-    """
-    if getattr(dtls, "_rtcxfer_buffer", None) == size:
-        return
-    for name in _DTLS_METHODS:
-        function = getattr(type(dtls), name)
-        setattr(dtls, name, types.MethodType(_clone(function, buffer=size), dtls))
-    dtls._rtcxfer_buffer = size
-
-
-def _widen_dtls_buffers_when_connected(dtls: Any, size: int) -> None:
-    """Widen once the handshake is over, so that the handshake itself runs exactly as stock."""
-    if dtls.state == "connected":
-        _widen_dtls_buffers(dtls, size)
-        return
-
-    def on_state() -> None:
-        if dtls.state == "connected":
-            _widen_dtls_buffers(dtls, size)
-
-    dtls.on("statechange", on_state)
-
-
-def tune_loopback_sctp(sctp: Any, packet_size: int = LOOPBACK_SCTP_PACKET_SIZE) -> bool:
-    """Make one ``RTCSctpTransport`` send SCTP packets of up to ``packet_size`` bytes.
-
-    For two rtcxfer peers on loopback only: the remote must read such packets (its DTLS
-    buffers widened the same way), which :class:`PeerConnection` checks through
-    :data:`FAST_LOOPBACK_ATTRIBUTE` in the remote SDP before calling this. Also widens this
-    side's DTLS buffers, and starts the congestion window at aiortc's 3 packets of the new
-    size. Call it before the SCTP association starts. Returns False (and changes nothing) if
-    this aiortc does not have the expected internals.
-    """
-    if not _tuning_supported():
-        logger.debug("aiortc internals differ from 1.16: SCTP packets keep their stock size")
-        return False
-    if not 1200 <= packet_size <= LOOPBACK_SCTP_PACKET_SIZE:
-        raise ValueError(f"packet_size must be between 1200 and {LOOPBACK_SCTP_PACKET_SIZE}")
-    userdata = _userdata_max_length(packet_size)
-    if getattr(sctp, "_rtcxfer_userdata", None) == userdata:
-        return True
-    # One shared globals dict per size would do; a copy per connection is cheap and simpler.
-    namespace = dict(vars(aiortc.rtcsctptransport))
-    namespace["USERDATA_MAX_LENGTH"] = userdata
-    for name in _SCTP_METHODS:
-        function = getattr(type(sctp), name)
-        setattr(sctp, name, types.MethodType(_clone(function, globals_=namespace), sctp))
-    sctp._cwnd = 3 * userdata
-    sctp._rtcxfer_userdata = userdata
-    _widen_dtls_buffers_when_connected(sctp.transport, _LOOPBACK_DTLS_BUFFER)
-    logger.debug("SCTP packets of up to {} bytes ({} of user data) on loopback", packet_size, userdata)
-    return True
-
-
-def _remote_fast_loopback_size(sdp: str) -> int | None:
-    prefix = f"a={FAST_LOOPBACK_ATTRIBUTE}:"
-    for line in sdp.splitlines():
-        if line.startswith(prefix):
-            try:
-                size = int(line[len(prefix) :].strip())
-            except ValueError:
-                return None
-            return size if size >= 1200 else None
-    return None
-
-
-def _advertise_fast_loopback(sdp: str, size: int) -> str:
-    """Add the attribute to the SDP's application (data channel) section."""
-    lines = sdp.splitlines(keepends=True)
-    newline = "\r\n" if "\r\n" in sdp else "\n"
-    out: list[str] = []
-    in_application = False
-    added = False
-    for line in lines:
-        if line.startswith("m="):
-            if in_application and not added:
-                out.append(f"a={FAST_LOOPBACK_ATTRIBUTE}:{size}{newline}")
-                added = True
-            in_application = line.startswith("m=application")
-        out.append(line)
-    if in_application and not added:
-        if out and not out[-1].endswith(("\n", "\r")):
-            out[-1] += newline
-        out.append(f"a={FAST_LOOPBACK_ATTRIBUTE}:{size}{newline}")
-    return "".join(out)
 
 
 # --------------------------------------------------------------------------- data channel
@@ -473,6 +310,11 @@ class DataChannel:
             self._remote_max_message_size,
         )
         return size or None
+
+    def remote_candidate_addresses(self) -> frozenset[str]:
+        """The IP addresses of the remote peer's ICE candidates (empty before ICE started)."""
+        ice = self._channel.transport.transport.transport  # SCTP -> DTLS -> ICE
+        return frozenset(candidate.ip for candidate in ice.getRemoteCandidates() if candidate.ip)
 
     # -- sending
 
@@ -582,6 +424,23 @@ class DataChannel:
         if self._channel.readyState not in ("closing", "closed"):
             self._channel.close()
 
+    def dtls_fingerprints(self) -> tuple[str, str] | None:
+        """SHA-256 fingerprints ``(local, remote)`` of the DTLS certificates this channel runs
+        over, as this side's handshake saw them (the remote one from the certificate the peer
+        really presented); None before DTLS is up. Session authentication binds both."""
+        try:
+            dtls = self._channel.transport.transport
+            local = next(f.value for f in dtls.getLocalParameters().fingerprints if f.algorithm == "sha-256")
+            peer_certificate = dtls._ssl.get_peer_certificate(as_cryptography=True)
+        except (AttributeError, StopIteration):
+            return None
+        if peer_certificate is None:
+            return None
+        # Computed here: aiortc's certificate_digest changed its signature between releases.
+        digest = peer_certificate.fingerprint(hashes.SHA256()).hex().upper()
+        remote = ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+        return local.upper(), remote
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else self._channel.readyState
         return f"<DataChannel {self._channel.label!r} {state} buffered={self.buffered_amount}>"
@@ -603,8 +462,10 @@ class PeerConnection:
     release the sockets.
     """
 
-    def __init__(self, options: PeerOptions | None = None) -> None:
+    def __init__(self, options: PeerOptions | None = None, *, any_channel_label: bool = False) -> None:
         self._options = options if options is not None else PeerOptions()
+        # Whether a channel the peer opens may carry another label than "rtcxfer".
+        self._any_channel_label = any_channel_label
         if self._options.loopback_only:
             restrict_host_candidates_to_loopback()
         elif _loopback_restriction_active():
@@ -614,10 +475,9 @@ class PeerConnection:
                 LOOPBACK_ADDRESS,
             )
         self._pc = RTCPeerConnection(configuration=self._options.rtc_configuration())
-        self._fast_loopback = self._options.loopback_only and self._options.fast_loopback and _tuning_supported()
-        self._fast_loopback_ready = False
-        #: SCTP packet size both sides agreed on (None: aiortc's stock size).
-        self.sctp_packet_size: int | None = None
+        #: Observers of the SCTP packet size (``PacketSize``); called on every change.
+        self.on_packet_size: list[Callable[[PacketSize], None]] = []
+        self._sizer = PacketSizer(self._options.large_packets, on_change=self._packet_size_changed)
         self._channel: DataChannel | None = None
         # Set once the channel wrapper exists, or once the connection ended without one.
         self._channel_ready = asyncio.Event()
@@ -651,7 +511,7 @@ class PeerConnection:
     # -- aiortc events (synchronous, must not raise)
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
-        if channel.label != CHANNEL_LABEL or self._channel is not None:
+        if (channel.label != CHANNEL_LABEL and not self._any_channel_label) or self._channel is not None:
             logger.warning("refusing unexpected data channel {!r} from the peer", channel.label)
             channel.close()
             return
@@ -692,25 +552,36 @@ class PeerConnection:
         self._remote_max_message_size = _remote_max_message_size_from_sdp(sdp)
         if self._channel is not None:
             self._channel._remote_max_message_size = self._remote_max_message_size
-        self._prepare_fast_loopback()
-        remote_packet = _remote_fast_loopback_size(sdp) if self._fast_loopback else None
-        if remote_packet is not None and self._pc.sctp is not None:
-            size = min(remote_packet, LOOPBACK_SCTP_PACKET_SIZE)
-            if tune_loopback_sctp(self._pc.sctp, size):
-                self.sctp_packet_size = size
-
-    def _prepare_fast_loopback(self) -> None:
-        # Our DTLS must read large records before we tell the peer it may send them.
-        if not self._fast_loopback or self._fast_loopback_ready or self._pc.sctp is None:
-            return
-        _widen_dtls_buffers_when_connected(self._pc.sctp.transport, _LOOPBACK_DTLS_BUFFER)
-        self._fast_loopback_ready = True
+        self._sizer.remote_description(sdp, self._pc.sctp)
 
     def _local_sdp_to_send(self) -> str:
-        sdp = self._pc.localDescription.sdp
-        if self._fast_loopback_ready:
-            sdp = _advertise_fast_loopback(sdp, LOOPBACK_SCTP_PACKET_SIZE)
-        return sdp
+        return self._sizer.advertise_in(self._pc.localDescription.sdp)
+
+    def _packet_size_changed(self, size: PacketSize) -> None:
+        for observer in list(self.on_packet_size):
+            try:
+                observer(size)
+            except Exception:  # an observer's bug must not break the SCTP transport
+                logger.exception("packet size observer failed")
+
+    def watch_packet_size(self, callback: Callable[[PacketSize], None]) -> None:
+        """Call ``callback`` with the packet size now if it is decided, and on every change."""
+        if self._sizer.decided:
+            callback(self._sizer.current)
+        self.on_packet_size.append(callback)
+
+    @property
+    def packet_size(self) -> PacketSize:
+        """The SCTP packet size this side sends now, and why."""
+        return self._sizer.current
+
+    @property
+    def sctp_packet_size(self) -> int:
+        return self._sizer.current.size
+
+    async def packet_size_settled(self, timeout: float | None = 5.0) -> PacketSize:
+        """The packet size once the first probe round is over (or known without one)."""
+        return await self._sizer.settled(timeout)
 
     # -- offer / answer
 
@@ -725,7 +596,7 @@ class PeerConnection:
             raise LocalProtocolError("create_offer() was already called on this connection")
         self._channel = self._wrap(self._pc.createDataChannel(CHANNEL_LABEL, ordered=True))
         self._channel_ready.set()
-        self._prepare_fast_loopback()
+        self._sizer.prepare(self._pc.sctp)
         try:
             offer = await self._pc.createOffer()
             await self._pc.setLocalDescription(offer)
@@ -767,6 +638,7 @@ class PeerConnection:
             await channel._settled.wait()
             if channel.closed:
                 raise ConnectionClosedError(channel._close_reason)
+            self._sizer.start()
             return channel
 
         return await asyncio.wait_for(_wait(), timeout)
@@ -781,7 +653,12 @@ class PeerConnection:
         if self._channel is not None:
             self._channel._mark_closed(self._ended_reason)
         self._channel_ready.set()
-        await self._pc.close()
+        self._sizer.close()
+        # Shielded: when the peer has gone, aiortc is often closing already in a task of its
+        # own, and our close() then awaits that task's future; cancelling us (the client left
+        # the room meanwhile) would cancel that future, and aiortc's task would then fail
+        # ("Task exception was never retrieved ... InvalidStateError").
+        await asyncio.shield(self._pc.close())
 
     async def __aenter__(self) -> Self:
         return self

@@ -60,10 +60,14 @@ __all__ = [
     "MAX_PATH_BYTES",
     "OUTSIDE_ROOT_MESSAGE",
     "check_relative_text",
+    "create_fresh_at",
+    "fsync_directory_at",
     "is_dir_beneath",
     "makedirs_beneath",
     "open_beneath",
+    "open_directory_beneath",
     "open_peer_path",
+    "remove_tree",
     "resolve_peer_path",
     "stat_beneath",
     "validate_path_in_root",
@@ -478,6 +482,24 @@ def open_peer_path(relative_text: str, shared_root: str | os.PathLike[str], mode
         raise type(exc)(str(exc), peer_path=relative_text) from None
 
 
+def _make_dirs_fd(root_fd: int, parts: tuple[str, ...], perm: int) -> int:
+    """Create and enter ``parts`` beneath ``root_fd`` one component at a time; returns a new
+    descriptor of the last one. An existing symlink anywhere fails with ``ELOOP``."""
+    fd = os.dup(root_fd)
+    try:
+        for part in parts:
+            # An existing entry is checked by the O_NOFOLLOW open below.
+            with suppress(FileExistsError):
+                os.mkdir(part, perm, dir_fd=fd)
+            next_fd = _walk_dirs(fd, (part,))
+            os.close(fd)
+            fd = next_fd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def makedirs_beneath(root: str | os.PathLike[str], relative: str | os.PathLike[str], *, perm: int = 0o777) -> Path:
     """Create the directory ``relative`` and its missing parents beneath ``root``.
 
@@ -486,26 +508,125 @@ def makedirs_beneath(root: str | os.PathLike[str], relative: str | os.PathLike[s
     :class:`PathNotFoundError` (message ``"File not found"``, as for ``ENOTDIR``). Returns the
     absolute path (under the resolved root) of the directory.
     """
+    os.close(open_directory_beneath(root, relative, create=True, perm=perm))
+    return Path(root).resolve() / check_relative_text(_as_text(relative))
+
+
+def open_directory_beneath(
+    root: str | os.PathLike[str], relative: str | os.PathLike[str], *, create: bool = False, perm: int = 0o777
+) -> int:
+    """A descriptor of the directory ``relative`` beneath ``root`` (created with its parents if
+    ``create``), reached without following any symlink. The caller closes it.
+
+    Work done through the descriptor (:func:`create_fresh_at`, ``os.unlink(name, dir_fd=fd)``)
+    stays in that very directory even if its path is later swapped for a symlink elsewhere.
+    Errors are the typed ones of :func:`makedirs_beneath`.
+    """
     _require_dir_fd_support()
     text = _as_text(relative)
     rel = check_relative_text(text)
     with _root_fd(root) as (root_fd, resolved_root):
-        absolute = resolved_root / rel
         try:
-            fd = os.dup(root_fd)
-            try:
-                for part in rel.parts:
-                    # An existing entry is checked by the O_NOFOLLOW open below.
-                    with suppress(FileExistsError):
-                        os.mkdir(part, perm, dir_fd=fd)
-                    next_fd = _walk_dirs(fd, (part,))
-                    os.close(fd)
-                    fd = next_fd
-            finally:
-                os.close(fd)
+            if create:
+                return _make_dirs_fd(root_fd, rel.parts, perm)
+            return _open_dir_beneath(root_fd, rel.parts)
         except OSError as exc:
-            raise _map_os_error(exc, text, absolute) from None
-    return absolute
+            raise _map_os_error(exc, text, resolved_root / rel) from None
+
+
+def create_fresh_at(dir_fd: int, name: str, *, perm: int = 0o666) -> BinaryIO:
+    """A new, empty regular file ``name`` in the directory ``dir_fd``, open for writing.
+
+    Whatever had that name (an old file, a hard link planted to a file elsewhere, a symlink) is
+    unlinked first: only the name goes, never what it pointed at. The file is then created with
+    ``O_CREAT | O_EXCL | O_NOFOLLOW``, so anything planted between the two steps makes it fail
+    (:class:`PathExistsError`) instead of being written through. Bytes written land in an inode
+    nobody else could have linked beforehand.
+    """
+    if not name or "/" in name or name in (".", ".."):
+        raise UnsafePathError("Unsafe path: not a single file name", peer_path=name)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC | _O_NOCTTY
+    try:
+        with suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
+        fd = os.open(name, flags, perm, dir_fd=dir_fd)
+    except OSError as exc:
+        raise _map_os_error(exc, name, Path(f"<directory fd {dir_fd}>") / name) from None
+    return os.fdopen(fd, "wb")
+
+
+def fsync_directory_at(dir_fd: int) -> None:
+    """Flush a directory's entries (new names) to storage, given any descriptor of it."""
+    fd = os.open(".", os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """Remove the directory ``path`` and everything in it, as ``rm -rf`` would, without recursion.
+
+    Depth is unbounded: a peer's 2,000 nested directories cost a loop, not Python's stack
+    (``shutil.rmtree`` raises ``RecursionError`` there on some versions). Work is relative to
+    directory descriptors, no symlink is ever followed (a symlink is removed as a name), and at
+    most two descriptors are open at a time. A missing ``path`` is not an error; anything else
+    the system refuses raises ``OSError``.
+    """
+    _require_dir_fd_support()
+    top = Path(path)
+    parent_fd = os.open(top.parent, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+    try:
+        try:
+            info = os.stat(top.name, dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(info.st_mode):
+            os.unlink(top.name, dir_fd=parent_fd)
+            return
+        _remove_directory_contents(parent_fd, top.name)
+        os.rmdir(top.name, dir_fd=parent_fd)
+    finally:
+        os.close(parent_fd)
+
+
+_LIST_FLAGS = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC
+
+
+def _remove_directory_contents(parent_fd: int, name: str) -> None:
+    # Descend by name, come back up by "..", checking each step by (device, inode): only two
+    # descriptors and one list of names per level are held, whatever the depth.
+    fd = os.open(name, _LIST_FLAGS, dir_fd=parent_fd)
+    own = os.fstat(fd)
+    ancestors: list[tuple[int, int, str]] = []  # (dev, ino) of each parent, and our name in it
+    try:
+        while True:
+            subdirectory = None
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirectory = subdirectory or entry.name
+                    else:
+                        with suppress(FileNotFoundError):
+                            os.unlink(entry.name, dir_fd=fd)
+            if subdirectory is not None:
+                child = os.open(subdirectory, _LIST_FLAGS, dir_fd=fd)
+                ancestors.append((own.st_dev, own.st_ino, subdirectory))
+                os.close(fd)
+                fd, own = child, os.fstat(child)
+                continue
+            if not ancestors:
+                return
+            dev, ino, my_name = ancestors.pop()
+            parent = os.open("..", _LIST_FLAGS, dir_fd=fd)
+            parent_info = os.fstat(parent)
+            os.close(fd)
+            fd, own = parent, parent_info
+            if (parent_info.st_dev, parent_info.st_ino) != (dev, ino):
+                raise OSError(errno.ESTALE, "directory moved while it was being removed", my_name)
+            os.rmdir(my_name, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def stat_beneath(root: str | os.PathLike[str], relative: str | os.PathLike[str]) -> os.stat_result:

@@ -47,6 +47,15 @@ A text message larger than ``max_message_bytes`` gets ``bad-message``; one large
 is refused by websockets itself (close code 1009) before it is buffered. A socket that has not
 registered within ``register_timeout`` seconds is closed.
 
+Per address (in the spirit of nginx's ``limit_conn``): one remote address may hold at most
+``max_connections_per_address`` sockets, of which at most ``max_unregistered_per_address``
+not yet registered, and at most ``max_peers_per_address_in_room`` peers in one room; beyond
+that a new socket gets ``server-full`` or a registration ``room-full``, so one host cannot
+starve everybody else of the server's ``max_connections`` or a room's places. A ``client``
+that has relayed nothing within ``idle_timeout`` seconds of registering is closed (code 1008,
+"idle"): a client's place in a room is for a handshake, not for squatting. Workers wait for
+clients by design and are exempt.
+
 The server speaks ``ws://`` unless given an ``ssl`` context: tokens cross the network in clear
 text otherwise.
 """
@@ -59,7 +68,6 @@ import inspect
 import json
 import re
 import secrets
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -69,6 +77,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from rtcxfer.errors import SignalingError, describe
+from rtcxfer.limits import TokenBucket
 from rtcxfer.log import logger
 
 __all__ = [
@@ -180,24 +189,6 @@ class _Refusal(Exception):
         self.extra = extra
 
 
-class _TokenBucket:
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
-        self._rate = rate
-        self._capacity = burst
-        self._tokens = burst
-        self._clock = clock
-        self._stamp = clock()
-
-    def take(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
-
-
 class _Connection:
     """One peer socket on the server: its registration and its outgoing queue."""
 
@@ -208,6 +199,8 @@ class _Connection:
         self.room: str | None = None
         self.peer_id: str | None = None
         self.role: str | None = None
+        #: Whether this peer has relayed anything since it registered.
+        self.relayed = False
         self.rate_violations = 0
         self.logged_bad_messages = 0
         self.dropped = False
@@ -217,6 +210,14 @@ class _Connection:
         self._outbox_bytes = 0
         self._wakeup = asyncio.Event()
         self._finishing = False
+
+    @property
+    def address(self) -> str:
+        """The remote host (no port): the unit of the per-address limits."""
+        try:
+            return str(self.ws.remote_address[0])
+        except (TypeError, IndexError):
+            return "?"
 
     def __str__(self) -> str:
         try:
@@ -312,6 +313,11 @@ class SignalingServer:
         register_timeout: float | None = 10.0,
         close_timeout: float = 2.0,
         ssl: Any = None,
+        max_connections_per_address: int | None = 64,
+        max_unregistered_per_address: int | None = 8,
+        max_peers_per_address_in_room: int | None = 8,
+        idle_timeout: float | None = 120.0,
+        web: bool = False,
     ) -> None:
         for room, token in dict(tokens or {}).items():
             if not _is_id(room):
@@ -339,7 +345,13 @@ class SignalingServer:
         self.max_outbox_bytes = max_outbox_bytes
         self.register_timeout = register_timeout
         self.close_timeout = close_timeout
+        self.max_connections_per_address = max_connections_per_address
+        self.max_unregistered_per_address = max_unregistered_per_address
+        self.max_peers_per_address_in_room = max_peers_per_address_in_room
+        self.idle_timeout = idle_timeout
         self._ssl = ssl
+        #: Serve the browser client (:mod:`rtcxfer.web`) to plain HTTP GETs on the same port.
+        self.web = web
         self._server: Server | None = None
         self._rooms: dict[str, dict[str, _Connection]] = {}
         self._connections: set[_Connection] = set()
@@ -359,6 +371,13 @@ class SignalingServer:
         return f"{scheme}://{host}:{self.port}"
 
     @property
+    def web_url(self) -> str | None:
+        """``http://HOST:PORT/`` of the browser client, or None when it is not served."""
+        if not self.web:
+            return None
+        return "http" + self.url[2:] + "/"
+
+    @property
     def rooms(self) -> dict[str, list[str]]:
         """A snapshot: each room's peer ids, in join order (for status displays and tests)."""
         return {room: list(peers) for room, peers in self._rooms.items()}
@@ -367,6 +386,10 @@ class SignalingServer:
         if self._server is not None:
             raise RuntimeError("the signaling server is already started")
         extra: dict[str, Any] = {"ssl": self._ssl} if self._ssl is not None else {}
+        if self.web:
+            from rtcxfer.web import web_request_handler
+
+            extra["process_request"] = web_request_handler()
         self._server = await serve(
             self._handle,
             self.host,
@@ -413,10 +436,10 @@ class SignalingServer:
         conn = _Connection(ws, self._serial, self.max_outbox_bytes, self._drop_lagging)
         writer = asyncio.create_task(conn.write_loop())
         close_code, close_reason = _CLOSE_NORMAL, ""
-        if len(self._connections) >= self.max_connections:
-            logger.warning("signaling: refused {}: server full ({} connections)", conn,
-                           len(self._connections))
-            conn.send_error(SERVER_FULL, "too many connections, try again later")
+        refusal = self._admission_refusal(conn)
+        if refusal is not None:
+            logger.warning("signaling: refused {}: {}", conn, refusal)
+            conn.send_error(SERVER_FULL, f"{refusal}, try again later")
             await self._finish(conn, writer, _CLOSE_TRY_AGAIN_LATER, SERVER_FULL)
             return
         self._connections.add(conn)
@@ -440,6 +463,18 @@ class SignalingServer:
             # Only reached with the writer still running if this handler was cancelled.
             writer.cancel()
 
+    def _admission_refusal(self, conn: _Connection) -> str | None:
+        if len(self._connections) >= self.max_connections:
+            return f"server full ({len(self._connections)} connections)"
+        address = conn.address
+        same = [other for other in self._connections if other.address == address]
+        if self.max_connections_per_address is not None and len(same) >= self.max_connections_per_address:
+            return f"too many connections from {address} ({len(same)})"
+        unregistered = sum(other.peer_id is None for other in same)
+        if self.max_unregistered_per_address is not None and unregistered >= self.max_unregistered_per_address:
+            return f"too many unregistered connections from {address} ({unregistered})"
+        return None
+
     async def _finish(self, conn: _Connection, writer: asyncio.Task[None], code: int,
                       reason: str) -> None:
         conn.finish()
@@ -459,17 +494,25 @@ class SignalingServer:
 
     async def _read_loop(self, conn: _Connection) -> tuple[int, str]:
         loop = asyncio.get_running_loop()
-        bucket = _TokenBucket(self.rate_limit, self.rate_burst) if self.rate_limit else None
+        bucket = TokenBucket(self.rate_limit, self.rate_burst) if self.rate_limit else None
         deadline = None if self.register_timeout is None else loop.time() + self.register_timeout
+        idle_deadline: float | None = None
         while True:
             if conn.dropped:
                 return _CLOSE_TRY_AGAIN_LATER, "too slow"
-            if conn.peer_id is None and deadline is not None:
-                remaining = deadline - loop.time()
+            timer: tuple[float, str, str] | None = None
+            if conn.role == "client" and not conn.relayed and self.idle_timeout is not None:
+                if idle_deadline is None:
+                    idle_deadline = loop.time() + self.idle_timeout
+                timer = (idle_deadline, "idle", f"nothing relayed within {self.idle_timeout} s of registering")
+            elif conn.peer_id is None and deadline is not None:
+                timer = (deadline, "register timeout", f"no registration within {self.register_timeout} s")
+            if timer is not None:
+                when, reason, why = timer
+                remaining = when - loop.time()
                 if remaining <= 0:
-                    logger.warning("signaling: closed {}: no registration within {} s", conn,
-                                   self.register_timeout)
-                    return _CLOSE_POLICY, "register timeout"
+                    logger.warning("signaling: closed {}: {}", conn, why)
+                    return _CLOSE_POLICY, reason
                 try:
                     # Cancelling recv() is safe in websockets >= 13: no data is lost.
                     data = await asyncio.wait_for(conn.ws.recv(), remaining)
@@ -561,6 +604,9 @@ class SignalingServer:
             raise _Refusal(DUPLICATE_PEER, f"peer id {peer_id!r} is already in room {room!r}")
         if len(peers) >= self.max_peers_per_room:
             raise _Refusal(ROOM_FULL, f"room {room!r} has {len(peers)} peers already")
+        from_here = sum(other.address == conn.address for other in peers.values())
+        if self.max_peers_per_address_in_room is not None and from_here >= self.max_peers_per_address_in_room:
+            raise _Refusal(ROOM_FULL, f"room {room!r} has {from_here} peers from your address already")
         # No await between the checks above and here: registration is atomic.
         others = list(peers.values())
         self._rooms.setdefault(room, peers)[peer_id] = conn
@@ -608,6 +654,7 @@ class SignalingServer:
             text = _dumps({"type": "relay", "from": conn.peer_id, "payload": payload})
         except (ValueError, RecursionError):
             raise _Refusal(BAD_MESSAGE, "payload cannot be re-encoded as JSON") from None
+        conn.relayed = True
         target.send(text)
 
     def _drop_lagging(self, conn: _Connection) -> None:

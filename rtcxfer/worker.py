@@ -2,7 +2,8 @@
 runs them and reports.
 
 One worker serves many client sessions at once (one :class:`WorkerSession` each) and one job at
-a time per session. A session starts with ``HELLO``; until it presents the worker's token no
+a time per session. A session starts with mutual authentication (``HELLO``, ``AUTH_CHALLENGE``,
+``AUTH_PROOF``, ``WELCOME``; see :mod:`rtcxfer.auth`); until the client has proved the token no
 job frame is looked at. A job is announced with ``JOB_SUBMIT``, its input arrives by any
 transport (``SHARED_INPUT_PATH`` or ``FILE_META``...), it runs once the input is complete, and
 its results go back by shared path or by a byte-moving transport before ``JOB_COMPLETE``.
@@ -13,25 +14,37 @@ job for each input it sends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
-import hmac
 import os
 import secrets
 import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import attrs
 
-from rtcxfer import security
+from rtcxfer import auth, security
 from rtcxfer.engine import APPLICATION, Session
-from rtcxfer.errors import ArchiveError, JobError, PathError, RtcxferError, StorageFullError, describe
+from rtcxfer.errors import (
+    ArchiveError,
+    JobError,
+    PathError,
+    RtcxferError,
+    SignalingError,
+    StorageFullError,
+    describe,
+)
 from rtcxfer.filesystem import FilesystemAdapter
 from rtcxfer.frames import (
+    AuthChallenge,
     AuthFailed,
+    AuthProof,
     Frame,
     Hello,
     JobAccepted,
@@ -45,20 +58,28 @@ from rtcxfer.frames import (
     PathErrorFrame,
     ProtocolErrorFrame,
     Welcome,
+    quote_for_log,
 )
-from rtcxfer.jobs import Executor, JobContext, Manifest, ManifestError, run_manifest_command
+from rtcxfer.jobs import SUPERVISOR_MARGIN, Executor, JobContext, Manifest, ManifestError, run_manifest_command
+from rtcxfer.limits import LogThrottle, Startups, WorkerLimits
 from rtcxfer.link import Link
 from rtcxfer.log import logger
 from rtcxfer.plugins import PluginHost
 from rtcxfer.safezip import ZipLimits, extract_zip
 from rtcxfer.shared_storage import detect_shared_root
+from rtcxfer.signaling import SignalingServerError
 from rtcxfer.transport import ReceivedFile, Transport, TransportContext
 from rtcxfer.transports.shared_fs import CORRUPTED
 
-PROTOCOL_VERSION = 1
+#: 2: mutual challenge-response authentication (HELLO, AUTH_CHALLENGE, AUTH_PROOF, WELCOME).
+PROTOCOL_VERSION = 2
 DISK_FULL = "Disk space exhausted on shared storage"
 #: Frames the worker application handles itself.
-APPLICATION_FRAMES: tuple[type[Frame], ...] = (Hello, JobSubmit, JobCancel, ProtocolErrorFrame)
+APPLICATION_FRAMES: tuple[type[Frame], ...] = (Hello, AuthProof, JobSubmit, JobCancel, ProtocolErrorFrame)
+#: Signaling error codes that end the worker: its own configuration is wrong, not a peer's doing.
+FATAL_SIGNALING_CODES = frozenset({"bad-token", "bad-message"})
+#: Seconds between attempts to get back onto the signaling server (doubling up to the maximum).
+RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY = 0.5, 30.0
 #: Log lines queued for sending before further lines are counted and dropped.
 LOG_QUEUE_LINES = 10_000
 UNAUTHENTICATED = "unauthenticated"
@@ -73,6 +94,8 @@ class Job:
     directory: Path
     results_via: str | None = None
     task: asyncio.Task | None = None
+    #: The client cancelled it; its processes are being stopped.
+    cancelled: bool = False
 
     @property
     def incoming_dir(self) -> Path:
@@ -90,6 +113,7 @@ class RTCWorkerClient:
         self,
         *,
         token: str | None = None,
+        insecure_no_token: bool = False,
         shared_storage_root: str | os.PathLike[str] | None = None,
         work_dir: str | os.PathLike[str] | None = None,
         executor: Executor | None = None,
@@ -99,11 +123,28 @@ class RTCWorkerClient:
         max_file_bytes: int = 1 << 40,
         kill_grace_seconds: float = 5.0,
         transport_options: dict | None = None,
+        limits: WorkerLimits = WorkerLimits(),
+        job_env_allow: tuple[str, ...] = (),
+        legacy: bool = False,
     ) -> None:
         """Shared storage: ``shared_storage_root`` if given, else ``$SHARED_STORAGE_ROOT``,
         else a known container mount point (``/home/jovyan/vast/amick``...); none means the
         worker offers no shared-fs transport. ``executor`` replaces the manifest command (an
-        async callable taking a :class:`~rtcxfer.jobs.JobContext`)."""
+        async callable taking a :class:`~rtcxfer.jobs.JobContext`).
+
+        A worker without a ``token`` would run any peer's job: it is refused unless
+        ``insecure_no_token=True`` says that is really wanted. ``limits`` bound what peers that
+        have not authenticated may cost; ``job_env_allow`` names environment variables passed
+        to jobs beyond :data:`rtcxfer.jobs.DEFAULT_JOB_ENV`. ``legacy`` also serves clients of
+        sleap-rtc's existing data-channel protocol (:mod:`rtcxfer.legacy`): a session whose first
+        message is not ``HELLO``, on a channel of any label."""
+        if token is None and not insecure_no_token:
+            raise ValueError(
+                "a worker needs a token (every client must prove it knows it); "
+                "pass insecure_no_token=True to serve anyone who can reach it"
+            )
+        if token is not None and not token:
+            raise ValueError("the token must not be empty")
         choice = detect_shared_root(shared_storage_root)
         #: The shared storage root (a resolved Path), or None when none was found.
         self.shared_storage_root: Path | None = choice.root
@@ -113,8 +154,16 @@ class RTCWorkerClient:
         if choice.root is not None:
             logger.info("worker shared storage root: {} (from {})", choice.root, choice.source)
         self.token = token
-        self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="rtcxfer-worker-"))
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if token is None:
+            logger.warning("worker runs WITHOUT a token: anyone who reaches it can run jobs on it")
+        if work_dir:
+            self.work_dir = Path(work_dir)
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            self._remove_work_dir = None
+        else:
+            self.work_dir = Path(tempfile.mkdtemp(prefix="rtcxfer-worker-"))
+            # A directory the worker made for itself goes with it (close(), or at exit at the latest).
+            self._remove_work_dir = weakref.finalize(self, _remove_quietly, self.work_dir)
         self.plugins = plugins or PluginHost()
         self.executor: Executor = executor or run_manifest_command
         self.job_timeout = job_timeout
@@ -122,9 +171,21 @@ class RTCWorkerClient:
         self.max_file_bytes = max_file_bytes
         self.kill_grace_seconds = kill_grace_seconds
         self.transport_options = dict(transport_options or {})
-        self.sessions: set[WorkerSession] = set()
+        self.limits = limits
+        self.job_env_allow = tuple(job_env_allow)
+        self.legacy = legacy
+        self._on_notice: Callable[[str], None] | None = None
+        self.sessions: set = set()
         #: Counts of finished jobs by outcome, for status output and tests.
         self.stats = {"completed": 0, "failed": 0}
+        self._startups = Startups(limits)
+        self._refusal_log = LogThrottle()
+        self._signaling_error_log = LogThrottle()
+
+    def close(self) -> None:
+        """Remove the work directory if the worker created it (a temporary one)."""
+        if self._remove_work_dir is not None:
+            self._remove_work_dir()
 
     def offered_transports(self) -> list[str]:
         """Names of the transports this worker can use, best first."""
@@ -140,12 +201,40 @@ class RTCWorkerClient:
             options={**self.transport_options, "shared-fs": {"fs_adapter": self.fs_adapter}},
         )
 
-    async def serve_channel(self, channel, name: str = "session") -> None:
-        """Serve one client over an open data channel until it closes."""
-        session = WorkerSession(self, channel, name)
+    async def serve_channel(
+        self,
+        channel,
+        name: str = "session",
+        *,
+        auth_deadline: float | None = None,
+        on_authenticated: Callable[[], None] | None = None,
+    ) -> None:
+        """Serve one client over an open data channel until it closes.
+
+        The client must authenticate within ``auth_deadline`` seconds (default: the limits'
+        ``auth_timeout``) or the session is closed.
+        """
+        auth_deadline = self.limits.auth_timeout if auth_deadline is None else auth_deadline
+        if self.legacy:
+            from rtcxfer.legacy.session import LegacySession, peek_dialect
+
+            # The dialect is the first message's: HELLO is rtcxfer's, anything else legacy.
+            peeked = await asyncio.wait_for(peek_dialect(channel), auth_deadline)
+            if peeked is None:
+                return
+            channel, speaks_legacy = peeked
+            if speaks_legacy:
+                # Admitted by the signaling server's token alone (see the start-up warning).
+                if on_authenticated is not None:
+                    on_authenticated()
+                await self._run_session(LegacySession(self, channel, name))
+                return
+        await self._run_session(WorkerSession(self, channel, name, on_authenticated=on_authenticated), auth_deadline)
+
+    async def _run_session(self, session, *args) -> None:
         self.sessions.add(session)
         try:
-            await session.run()
+            await session.run(*args)
         finally:
             self.sessions.discard(session)
 
@@ -158,56 +247,160 @@ class RTCWorkerClient:
         signaling_token: str | None = None,
         peer_options=None,
         on_ready: Callable[[], None] | None = None,
+        on_notice: Callable[[str], None] | None = None,
     ) -> None:
-        """Register on the signaling server and serve every client that connects, until cancelled."""
+        """Register on the signaling server and serve every client that connects, until cancelled.
+
+        ``on_notice`` receives one line of text about a session worth showing an operator
+        (the SCTP packet size each connection uses, and why).
+
+        Nothing a peer or the server does ends this: errors the server sends are logged, and a
+        lost connection (the server restarted, or closed this socket) or a peer squatting this
+        worker's id is met by registering again after a growing pause. Only a failure of the
+        first connection or a refusal of the worker's own configuration (a wrong signaling
+        token) raises :class:`~rtcxfer.errors.SignalingError`.
+        """
         from rtcxfer import rtc
-        from rtcxfer.signaling import SignalingClient
+
+        self._on_notice = on_notice
+        if self.legacy:
+            logger.warning(
+                "legacy protocol on: a session in sleap-rtc's protocol cannot present this worker's token "
+                "and is authenticated only by the signaling server's token"
+            )
 
         options = peer_options or rtc.PeerOptions()
         tasks: dict[asyncio.Task, str] = {}  # each session's task -> its client's peer id
+        delay = RECONNECT_FIRST_DELAY
+        registrations = 0
+
+        def registered() -> None:
+            nonlocal delay, registrations
+            registrations += 1
+            delay = RECONNECT_FIRST_DELAY
+            if registrations == 1 and on_ready is not None:
+                on_ready()
+
+        try:
+            while True:
+                try:
+                    await self._serve_registration(signaling_url, room, peer_id, signaling_token, options, tasks,
+                                                   registered)
+                except SignalingServerError as error:
+                    if error.code in FATAL_SIGNALING_CODES or (not registrations and error.code != "duplicate-peer"):
+                        raise
+                    if error.code == "duplicate-peer":
+                        logger.error(
+                            "another peer is registered as {!r} in room {!r}: an impostor if the signaling server "
+                            "has no token (clients authenticate this worker and refuse impostors); retrying",
+                            peer_id,
+                            room,
+                        )
+                    else:
+                        logger.warning("the signaling server refused the worker: {}; retrying", describe(error))
+                except SignalingError as error:
+                    if not registrations:
+                        raise
+                    logger.warning("cannot reach the signaling server ({}); retrying", describe(error))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _serve_registration(self, signaling_url, room, peer_id, signaling_token, options, tasks, registered):
+        """One registration on the signaling server: answer offers until the connection ends
+        (returns normally) or registration is refused (raises)."""
+        from rtcxfer.signaling import SignalingClient
+
         async with SignalingClient(signaling_url, room, "worker", peer_id, signaling_token) as signaling:
             logger.info("worker {} ready in room {} at {}", peer_id, room, signaling_url)
-            if on_ready is not None:
-                on_ready()
-            try:
-                while True:
+            registered()
+            while True:
+                try:
                     event = await signaling.receive()
-                    payload = event.get("payload")
-                    if event.get("type") == "relay" and isinstance(payload, dict) and payload.get("kind") == "offer":
-                        task = asyncio.create_task(self._answer(signaling, event["from"], payload, options))
-                        tasks[task] = event["from"]
-                        task.add_done_callback(lambda done: tasks.pop(done, None))
-                    elif event.get("type") == "peer-left":
-                        # Clients stay in the room for their whole session, so leaving it ends
-                        # the session: a killed client is noticed now, not when ICE consent
-                        # expires half a minute later, and its job is stopped.
-                        for task, client_id in list(tasks.items()):
-                            if client_id == event.get("peer_id"):
-                                logger.info("client {} left the room; ending its session", client_id)
-                                task.cancel()
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                except SignalingServerError as error:
+                    self._signaling_error(error, tasks)
+                    continue
+                except SignalingError as error:
+                    logger.warning("signaling connection ended: {}; registering again", describe(error))
+                    return
+                payload = event.get("payload")
+                if event.get("type") == "relay" and isinstance(payload, dict) and payload.get("kind") == "offer":
+                    self._offer(signaling, event["from"], payload, options, tasks)
+                elif event.get("type") == "peer-left":
+                    # Clients stay in the room for their whole session, so leaving it ends
+                    # the session: a killed client is noticed now, not when ICE consent
+                    # expires half a minute later, and its job is stopped.
+                    self._end_sessions_of(event.get("peer_id"), tasks, "left the room")
+
+    def _signaling_error(self, error: SignalingServerError, tasks: dict[asyncio.Task, str]) -> None:
+        """An error from the server about something this worker sent: never a reason to stop."""
+        quiet = self._signaling_error_log.check()
+        if quiet is not None:
+            more = f" ({quiet} more since the last report)" if quiet else ""
+            logger.warning("signaling server reports: {}{}", describe(error), more)
+        if error.code == "unknown-peer" and error.peer_id:
+            # The answer went to a client that already left: nothing can come of that session.
+            self._end_sessions_of(error.peer_id, tasks, "is gone")
+
+    def _end_sessions_of(self, client_id: object, tasks: dict[asyncio.Task, str], why: str) -> None:
+        for task, owner in list(tasks.items()):
+            if owner == client_id:
+                logger.info("client {} {}; ending its session", client_id, why)
+                task.cancel()
+
+    def _offer(self, signaling, client_id: str, offer: dict, options, tasks: dict[asyncio.Task, str]) -> None:
+        refusal = self._startups.admit(client_id)
+        if refusal is not None:
+            # Dropped unanswered: an answer would cost signaling budget, a peer connection sockets.
+            quiet = self._refusal_log.check()
+            if quiet is not None:
+                more = f" ({quiet} more dropped since the last report)" if quiet else ""
+                logger.warning("dropped an offer from {}: {}{}", client_id, refusal, more)
+            return
+        task = asyncio.create_task(self._answer(signaling, client_id, offer, options))
+        tasks[task] = client_id
+        task.add_done_callback(lambda done: tasks.pop(done, None))
 
     async def _answer(self, signaling, client_id: str, offer: dict, options) -> None:
+        """Answer one admitted offer; its startup slot is held until the client authenticates."""
         from rtcxfer import rtc
 
-        peer = rtc.PeerConnection(options)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.auth_timeout
+        release = lambda: self._startups.release(client_id)  # noqa: E731
+        peer = None
         try:
             sdp = offer.get("sdp")
             if not isinstance(sdp, str):
                 logger.warning("offer from {} has no SDP", client_id)
                 return
+            # A legacy client labels its channel as it likes ("my-data-channel").
+            peer = rtc.PeerConnection(options, any_channel_label=self.legacy)
+            on_notice = self._on_notice
+            if on_notice is not None:
+                peer.watch_packet_size(lambda size: on_notice(f"client {client_id}: {size.describe()}"))
             await signaling.send_to(client_id, {"kind": "answer", "sdp": await peer.accept_offer(sdp)})
-            channel = await peer.wait_channel_open(30.0)
+            channel = await peer.wait_channel_open(max(0.0, deadline - loop.time()))
             logger.info("client {} connected", client_id)
-            await self.serve_channel(channel, name=f"session {client_id}")
+            await self.serve_channel(
+                channel,
+                name=f"session {client_id}",
+                auth_deadline=max(0.0, deadline - loop.time()),
+                on_authenticated=release,
+            )
         except (RtcxferError, asyncio.TimeoutError, ValueError) as error:
-            logger.warning("session with {} ended: {}", client_id, describe(error))
+            logger.warning("session with {} ended: {}", client_id, describe(error) or type(error).__name__)
+        except Exception as error:  # noqa: BLE001
+            # A peer's SDP that trips aiortc, or a bug of ours: it costs this session only.
+            logger.opt(exception=error).error("session with {} failed", client_id)
         finally:
-            await peer.close()
-            logger.info("client {} disconnected", client_id)
+            release()
+            if peer is not None:
+                await complete_despite_cancellation(peer.close())
+                logger.info("client {} disconnected", client_id)
 
 
 class _Refuser:
@@ -224,18 +417,29 @@ class _Refuser:
 
 
 class WorkerSession:
-    """The worker's side of one client session."""
+    """The worker's side of one client session.
 
-    def __init__(self, worker: RTCWorkerClient, channel, name: str) -> None:
+    Until the client has proved the token (``HELLO``, ``AUTH_CHALLENGE``, ``AUTH_PROOF``; see
+    :mod:`rtcxfer.auth`) nothing but those frames is looked at, nothing is created on disk, and
+    the session is closed after a couple of unusable messages or when its deadline passes.
+    """
+
+    def __init__(
+        self, worker: RTCWorkerClient, channel, name: str, *, on_authenticated: Callable[[], None] | None = None
+    ) -> None:
         self.worker = worker
         self.name = name
         self.authenticated = False
+        self._on_authenticated = on_authenticated
+        self._client_nonce: str | None = None
+        self._client_transports = ""
+        self._worker_nonce: str | None = None
         host = worker.plugins
         self.engine = Session(self._claim, catalogue=host.catalogue, application_frames=APPLICATION_FRAMES)
-        self.link = Link(channel, self.engine, name=name)
-        self.directory = Path(tempfile.mkdtemp(prefix="session-", dir=worker.work_dir))
+        self.link = Link(channel, self.engine, name=name, max_violations=worker.limits.max_bad_frames_unauthenticated)
+        #: The session's private directory, made once the client has authenticated.
+        self.directory: Path | None = None
         self.context = worker._context_template()
-        self.context.incoming_dir = self.directory
         self.context.on_file = self._on_file
         self.transports: dict[str, Transport] = {
             info.name: info.transport(self.link, self.context) for info in host.transports()
@@ -253,18 +457,41 @@ class WorkerSession:
             return UNAUTHENTICATED
         return self.worker.plugins.claim(frame)
 
-    async def run(self) -> None:
+    async def run(self, auth_deadline: float | None = None) -> None:
+        """Serve until the channel closes; unauthenticated after ``auth_deadline`` s: closed."""
+        watchdog = None
+        if auth_deadline is not None:
+            watchdog = asyncio.create_task(self._enforce_auth_deadline(auth_deadline))
         try:
             await self.link.run()
         finally:
-            if self.job is not None and self.job.task is not None:
-                self.job.task.cancel()
-                await asyncio.gather(self.job.task, return_exceptions=True)
-            await asyncio.to_thread(shutil.rmtree, self.directory, True)
+            if watchdog is not None:
+                watchdog.cancel()
+            # A cancel (the client left the room) must not cut the cleanup short: the job's
+            # processes are stopped and the session's files removed in any case.
+            await complete_despite_cancellation(self._clean_up(watchdog))
+
+    async def _enforce_auth_deadline(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        if not self.authenticated and not self.link.closed:
+            await self.refuse(f"no authentication within {seconds:.3g} s")
+
+    async def _clean_up(self, watchdog: asyncio.Task | None) -> None:
+        if watchdog is not None:
+            await asyncio.gather(watchdog, return_exceptions=True)
+        job = self.job
+        if job is not None and job.task is not None:
+            job.task.cancel()
+            await asyncio.gather(job.task, return_exceptions=True)
+        if self.directory is not None:
+            await asyncio.to_thread(_remove_quietly, self.directory)
 
     async def refuse(self, reason: str) -> None:
         logger.warning("{}: refused: {}", self.name, reason)
-        await self.link.send(AuthFailed(reason))
+        try:
+            await self.link.send(AuthFailed(reason))
+        except RtcxferError as error:
+            logger.debug("{}: refusal not sent: {}", self.name, describe(error))
         self.link.close()
 
     # --- application frames -----------------------------------------------------------
@@ -272,14 +499,16 @@ class WorkerSession:
     async def on_frame(self, frame: Frame) -> None:
         if isinstance(frame, Hello):
             await self._hello(frame)
+        elif isinstance(frame, AuthProof):
+            await self._proof(frame)
         elif not self.authenticated:
             await self.refuse("authenticate with HELLO first")
         elif isinstance(frame, JobSubmit):
             await self._submit(frame)
         elif isinstance(frame, JobCancel):
-            self._cancel(frame.job_id)
+            await self._cancel(frame.job_id)
         elif isinstance(frame, ProtocolErrorFrame):
-            logger.warning("{}: client reports a protocol error: {}", self.name, frame.reason)
+            logger.warning("{}: client reports a protocol error: {}", self.name, quote_for_log(frame.reason))
 
     def on_closed(self) -> None:
         if self.job is not None and self.job.task is not None:
@@ -287,19 +516,51 @@ class WorkerSession:
             self.job.task.cancel()
 
     async def _hello(self, frame: Hello) -> None:
+        if self.authenticated or self._client_nonce is not None:
+            await self.refuse("HELLO was already sent in this session")
+            return
         if frame.version != PROTOCOL_VERSION:
             await self.refuse(f"unsupported protocol version {frame.version} (this worker speaks {PROTOCOL_VERSION})")
             return
-        expected = self.worker.token
-        if expected is not None and not hmac.compare_digest(frame.auth_token.encode(), expected.encode()):
+        if not auth.is_nonce(frame.client_nonce):
+            await self.refuse(f"HELLO needs a nonce of {2 * auth.NONCE_BYTES} lowercase hex digits")
+            return
+        self._client_nonce, self._client_transports = frame.client_nonce, frame.transports
+        self._worker_nonce = auth.new_nonce()
+        await self.link.send(AuthChallenge(self._worker_nonce))
+
+    def _transcript(self) -> auth.Transcript:
+        assert self._client_nonce is not None and self._worker_nonce is not None
+        local, remote = auth.channel_fingerprints(self.link.channel)
+        return auth.Transcript(self._client_nonce, self._worker_nonce, remote, local, self._client_transports)
+
+    async def _proof(self, frame: AuthProof) -> None:
+        if self.authenticated or self._worker_nonce is None:
+            await self.refuse("AUTH_PROOF out of turn: send HELLO and answer its AUTH_CHALLENGE")
+            return
+        transcript = self._transcript()
+        token = self.worker.token
+        if token is not None and not auth.proofs_match(auth.client_proof(token, transcript), frame.proof):
             await self.refuse("invalid token")
             return
         self.authenticated = True
+        self.link.max_violations = self.worker.limits.max_bad_frames
+        self.directory = Path(tempfile.mkdtemp(prefix="session-", dir=self.worker.work_dir))
+        self.context.incoming_dir = self.directory
+        if self._on_authenticated is not None:
+            self._on_authenticated()
         logger.info("{}: authenticated", self.name)
-        await self.link.send(Welcome(PROTOCOL_VERSION, ",".join(self.worker.offered_transports()) or "none"))
+        transports = ",".join(self.worker.offered_transports()) or "none"
+        proof = auth.worker_proof(token, transcript, transports) if token is not None else auth.NO_PROOF
+        await self.link.send(Welcome(PROTOCOL_VERSION, transports, proof))
 
     async def _submit(self, frame: JobSubmit) -> None:
         stale = None
+        ending = self.job.task if self.job is not None and self.job.cancelled else None
+        if ending is not None:
+            # JOB_CANCEL then JOB_SUBMIT: let the cancelled job finish stopping its processes
+            # (at most its grace and the supervisor's margin) rather than refuse the new one.
+            await asyncio.wait({ending}, timeout=self.worker.kill_grace_seconds + SUPERVISOR_MARGIN + 5)
         if self.job is not None:
             if self.job.task is not None or self.job.job_id != frame.job_id:
                 await self.link.send(ProtocolErrorFrame(f"job {self.job.job_id} is still running in this session"))
@@ -314,9 +575,10 @@ class WorkerSession:
             self.job = self._new_job(frame.job_id, frame.results_via)
             await self.link.send(JobAccepted(frame.job_id))
         if stale is not None:
-            await asyncio.to_thread(shutil.rmtree, stale.directory, True)
+            await asyncio.to_thread(_remove_quietly, stale.directory)
 
     def _new_job(self, job_id: str, results_via: str | None) -> Job:
+        assert self.directory is not None, "jobs exist only in authenticated sessions"
         job = Job(job_id, Path(tempfile.mkdtemp(prefix="job-", dir=self.directory)), results_via)
         job.incoming_dir.mkdir()
         job.output_dir.mkdir()
@@ -324,10 +586,22 @@ class WorkerSession:
         logger.info("{}: job {} accepted (results via {})", self.name, job_id, results_via or "whatever fits")
         return job
 
-    def _cancel(self, job_id: str) -> None:
-        if self.job is not None and self.job.job_id == job_id and self.job.task is not None:
-            logger.info("{}: client cancelled job {}", self.name, job_id)
-            self.job.task.cancel()
+    async def _cancel(self, job_id: str) -> None:
+        job = self.job
+        if job is None or job.job_id != job_id:
+            return
+        logger.info("{}: client cancelled job {}", self.name, job_id)
+        job.cancelled = True
+        if job.task is not None:
+            job.task.cancel()  # its own ending reports JOB_FAILED and removes its files
+            return
+        # Accepted, but its input never arrived: nothing runs, so clear it here, or every later
+        # JOB_SUBMIT in this session would be told the job is still running.
+        self.job = None
+        self.context.incoming_dir = self.directory
+        self.worker.stats["failed"] += 1
+        await self._report(JobFailed(f"Job {job_id} was cancelled"))
+        await asyncio.to_thread(_remove_quietly, job.directory)
 
     # --- running a job ----------------------------------------------------------------
 
@@ -336,7 +610,12 @@ class WorkerSession:
         if self.job is None:
             self.job = self._new_job(f"job-{secrets.token_hex(4)}", None)
         if self.job.task is not None:
-            logger.warning("{}: job {} already has its input; ignoring {}", self.name, self.job.job_id, received.name)
+            logger.warning(
+                "{}: job {} already has its input; ignoring {}",
+                self.name,
+                self.job.job_id,
+                quote_for_log(received.name),
+            )
             return
         self.job.task = asyncio.create_task(self._run_job(self.job, received))
 
@@ -347,20 +626,28 @@ class WorkerSession:
         except asyncio.CancelledError:
             self.worker.stats["failed"] += 1
             await self._report(JobFailed(f"Job {job.job_id} was cancelled"))
+        except Exception as error:  # noqa: BLE001
+            # A bug, or a limit of ours a package found (deep nesting...): the client must still
+            # hear that the job ended, or it waits forever; the worker goes on serving.
+            logger.opt(exception=error).error("{}: job {} failed unexpectedly", self.name, job.job_id)
+            self.worker.stats["failed"] += 1
+            reason = f"internal error on the worker ({type(error).__name__})"
+            await self._report(JobFailed(f"Job {job.job_id} failed: {reason}"))
         finally:
             await self._log_queue.join()
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
             self.context.incoming_dir = self.directory
-            self.job = None
-            await asyncio.to_thread(shutil.rmtree, job.directory, True)
+            if self.job is job:
+                self.job = None
+            await complete_despite_cancellation(asyncio.to_thread(_remove_quietly, job.directory))
 
     async def _run_job_steps(self, job: Job, received: ReceivedFile) -> None:
         await self.link.send(JobStatus(job.job_id, "extracting"))
         try:
             package = await asyncio.to_thread(self._extract, job, received)
         except ArchiveError as error:
-            logger.error("{}: package {} is unusable: {}", self.name, received.name, describe(error))
+            logger.error("{}: package {} is unusable: {}", self.name, quote_for_log(received.name), describe(error))
             self.worker.stats["failed"] += 1
             if received.transport == "shared-fs":
                 # The spec's reply, which tells the client to retry over the RTC transfer.
@@ -384,6 +671,7 @@ class WorkerSession:
         context = JobContext(
             job_id=job.job_id,
             package_dir=package,
+            env_allow=self.worker.job_env_allow,
             output_dir=job.output_dir,
             manifest=manifest,
             log=lambda line: self._queue_log(JobLog(job.job_id, line)),
@@ -429,7 +717,9 @@ class WorkerSession:
                 return
             relative, _ = shared_output
             try:
-                await asyncio.to_thread(self._publish_shared, job, files, relative)
+                await asyncio.to_thread(
+                    publish_shared_results, self.worker.shared_storage_root, job.output_dir, files, relative, self.name
+                )
             except StorageFullError:
                 self.worker.stats["failed"] += 1
                 await self._report(JobFailed(DISK_FULL))
@@ -452,40 +742,6 @@ class WorkerSession:
                 return
         self.worker.stats["completed"] += 1
         await self._report(JobComplete(job.job_id, relative, len(files), round(total / MIB, 2)))
-
-    def _publish_shared(self, job: Job, files: list[tuple[str, int]], relative_output: str) -> None:
-        """Copy results under the shared output path, fsync'ed; on a full disk remove what
-        was written and raise :class:`StorageFullError`."""
-        root = self.worker.shared_storage_root
-        assert root is not None
-        created: list[str] = []
-        started = time.perf_counter()
-        try:
-            for name, _ in files:
-                target = f"{relative_output}/{name}"
-                parent = target.rpartition("/")[0]
-                security.makedirs_beneath(root, parent)
-                with open(job.output_dir / name, "rb") as source, security.open_beneath(root, target, "wb") as sink:
-                    created.append(target)
-                    sink.truncate(0)
-                    shutil.copyfileobj(source, sink, 1 << 20)
-                    sink.flush()
-                    os.fsync(sink.fileno())
-            _fsync_directory(root / relative_output)
-        except (OSError, StorageFullError) as error:
-            for target in created:
-                (root / target).unlink(missing_ok=True)
-            if isinstance(error, StorageFullError) or error.errno in (errno.ENOSPC, errno.EDQUOT):
-                logger.error("{}: shared storage full; removed {} partial result files", self.name, len(created))
-                raise StorageFullError(DISK_FULL) from None
-            raise
-        logger.info(
-            "{}: wrote {} result files to shared {} in {:.3f} s",
-            self.name,
-            len(files),
-            relative_output,
-            time.perf_counter() - started,
-        )
 
     # --- reporting --------------------------------------------------------------------
 
@@ -518,6 +774,55 @@ class WorkerSession:
             logger.warning("{}: could not report {}: {}", self.name, frame.TYPE, describe(error))
 
 
+def publish_shared_results(
+    root: Path, output_dir: Path, files: list[tuple[str, int]], relative_output: str, session_name: str
+) -> None:
+    """Copy the files of ``output_dir`` (regular files, as :func:`_result_files` lists them) under
+    ``relative_output`` of the shared ``root``, fsync'ed; on a full disk remove what
+    was written and raise :class:`StorageFullError`.
+
+    Every directory is held open by descriptor (reached with no symlink followed) and every
+    file is created fresh in it (:func:`security.create_fresh_at`), so neither a directory
+    swapped for a symlink nor a hard link planted in the output directory makes the worker
+    write, or remove, anything outside the shared root: cleanup unlinks names in the very
+    directories the files were made in."""
+    directories: dict[str, int] = {}
+    created: list[tuple[int, str]] = []
+    started = time.perf_counter()
+    try:
+        for name, _ in files:
+            parent, _, base = f"{relative_output}/{name}".rpartition("/")
+            if parent not in directories:
+                directories[parent] = security.open_directory_beneath(root, parent, create=True)
+            with security.open_beneath(output_dir, name) as source, security.create_fresh_at(
+                directories[parent], base
+            ) as sink:
+                created.append((directories[parent], base))
+                shutil.copyfileobj(source, sink, 1 << 20)
+                sink.flush()
+                os.fsync(sink.fileno())
+        for fd in directories.values():
+            security.fsync_directory_at(fd)
+    except (OSError, StorageFullError) as error:
+        for fd, base in created:
+            with contextlib.suppress(OSError):
+                os.unlink(base, dir_fd=fd)
+        if isinstance(error, StorageFullError) or error.errno in (errno.ENOSPC, errno.EDQUOT):
+            logger.error("{}: shared storage full; removed {} partial result files", session_name, len(created))
+            raise StorageFullError(DISK_FULL) from None
+        raise
+    finally:
+        for fd in directories.values():
+            os.close(fd)
+    logger.info(
+        "{}: wrote {} result files to shared {} in {:.3f} s",
+        session_name,
+        len(files),
+        relative_output,
+        time.perf_counter() - started,
+    )
+
+
 def _result_files(output_dir: Path) -> list[tuple[str, int]]:
     """Regular files under ``output_dir`` as (relative POSIX name, size); links are skipped."""
     found = []
@@ -533,9 +838,31 @@ def _result_files(output_dir: Path) -> list[tuple[str, int]]:
     return found
 
 
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+_T = TypeVar("_T")
+
+
+async def complete_despite_cancellation(awaitable: Awaitable[_T]) -> _T:
+    """Await ``awaitable`` to its end even if the caller is cancelled meanwhile (cleanup that
+    must not be cut short); a cancellation that arrived is re-raised once it is done."""
+    task = asyncio.ensure_future(awaitable)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError()
+    return result
+
+
+def _remove_quietly(path: Path) -> None:
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        security.remove_tree(path)
+    except OSError as error:
+        logger.error("could not remove {}: {}", path, error)
+
+

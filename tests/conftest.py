@@ -6,8 +6,10 @@ Profiles (select with ``HYPOTHESIS_PROFILE=name``):
 * ``fuzz``: at least 20,000 examples per property, for the dedicated fuzzing run.
 """
 
+import contextlib
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 import rtcxfer.log
@@ -23,3 +25,19 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture
+def two_host_bed():
+    """Make two-host beds (``rtcxfer.testing.two_hosts``): ``bed = two_host_bed(drop_fragments=True)``.
+
+    Skips, saying why, only where the bed cannot be made (not root, no ``ip`` or ``nft``);
+    every bed made is removed at teardown, also when the test fails.
+    """
+    from rtcxfer.testing.two_hosts import missing_requirements, two_hosts
+
+    reason = missing_requirements()
+    if reason is not None:
+        pytest.skip(f"two-host bed unavailable: {reason}")
+    with contextlib.ExitStack() as stack:
+        yield lambda **options: stack.enter_context(two_hosts(**options))

@@ -69,7 +69,7 @@ def test_verified_shared_storage_is_chosen_automatically(shared, tmp_path):
     )
     result = run_job(make_worker(shared, tmp_path / "work"), client, package)
     assert (result.input_transport, result.results_transport) == ("shared-fs", "shared-fs")
-    assert client.session_transports[:2] == ["shared-fs", "rtc-chunked"]
+    assert client.session_transports[:3] == ["shared-fs", "direct", "rtc-chunked"]
     assert_sample_results(result)
     assert [e.data["state"] for e in events if e.kind == "status"][-3:] == ["extracting", "running", "sending-results"]
     assert [(e.data["done"], e.data["total"]) for e in events if e.kind == "progress"][-1] == (2000, 2000)
@@ -96,7 +96,8 @@ def test_different_storage_under_the_same_name_is_not_trusted(tmp_path):
     )
     result = run_job(make_worker(worker_root, tmp_path / "work"), client, package)
     assert "shared-fs" not in client.session_transports
-    assert (result.input_transport, result.results_transport) == ("rtc-chunked", "rtc-chunked")
+    # The next best transport both peers offer: bytes over a direct TLS connection.
+    assert (result.input_transport, result.results_transport) == ("direct", "direct")
     assert_sample_results(result)
     assert any("shared-fs is not usable" in e.data.get("message", "") for e in events if e.kind == "notice")
 

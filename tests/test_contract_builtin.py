@@ -31,3 +31,13 @@ class TestRtcChunkedContract(TransportContract):
             ]
 
         return frames
+
+
+class TestDirectContract(TransportContract):
+    @pytest.fixture
+    def transport_name(self) -> str:
+        return "direct"
+
+    @pytest.fixture
+    def host(self) -> PluginHost:
+        return PluginHost(autoload=False)

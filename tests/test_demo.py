@@ -11,7 +11,7 @@ from rtcxfer.sample import sample_text
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_demo_runs_the_sample_job_over_both_transports(tmp_path):
+def test_demo_runs_the_sample_job_over_each_builtin_transport(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RTCXFER_") and k != "SHARED_STORAGE_ROOT"}
     env["PYTHONPATH"] = str(REPO)
     result = subprocess.run(
@@ -23,7 +23,7 @@ def test_demo_runs_the_sample_job_over_both_transports(tmp_path):
         timeout=180,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    for transport in ("shared-fs", "rtc-chunked"):
+    for transport in ("shared-fs", "direct", "rtc-chunked"):
         line = re.search(
             rf"^ *{transport}: package via (\S+), results via (\S+); 2 files.* -> (.+)$", result.stdout, re.MULTILINE
         )

@@ -27,7 +27,14 @@ import attrs
 import pytest
 
 from rtcxfer.sample import build_sample_package, sample_text
-from rtcxfer.testing.processes import DEATH_GUARD, SIGNALING_READY, WORKER_READY, CliProcess, start_signaling
+from rtcxfer.testing.processes import (
+    DEATH_GUARD,
+    SIGNALING_READY,
+    WORKER_READY,
+    CliProcess,
+    cli_environment,
+    start_signaling,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = (sys.executable, "-m", "rtcxfer.cli")
@@ -47,11 +54,7 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals a
 
 def _environment(log_level: str = "WARNING") -> dict[str, str]:
     # A developer's own rtcxfer settings or shared mount must not leak into these runs.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RTCXFER_") and k != "SHARED_STORAGE_ROOT"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["RTCXFER_LOG_LEVEL"] = log_level
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return cli_environment(log_level, import_path=REPO)
 
 
 @attrs.define
@@ -63,19 +66,23 @@ class Cluster:
     url: str
     worker: CliProcess | None
     services: list[CliProcess]
+    #: Workers also serve sleap-rtc's legacy protocol (an rtcxfer client must see no difference).
+    legacy: bool = False
 
     def start_worker(self, room: str, shared_root: Path | None = None, name: str | None = None) -> CliProcess:
         work_dir = self.root / f"work-{room}"
         args = ["worker", "--signal", self.url, "--room", room, "--token", TOKEN, "--work-dir", str(work_dir)]
         args += ["--shared-root", str(shared_root or self.shared)]
+        if self.legacy:
+            args.append("--legacy")
         service = CliProcess(name or f"worker-{room}", args, self.root, env=_environment("INFO"))
         self.services.append(service)
         service.wait_for(WORKER_READY)
         return service
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+@pytest.fixture(scope="module", params=[False, True], ids=["rtcxfer-only", "legacy-on"])
+def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("e2e")
     shared = root / "shared"
     shared.mkdir()
@@ -83,7 +90,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         signaling, url = start_signaling(root, token=TOKEN, env=_environment("INFO"))
         services.append(signaling)
-        cluster = Cluster(root, shared, url, None, services)
+        cluster = Cluster(root, shared, url, None, services, legacy=request.param)
         cluster.worker = cluster.start_worker(MAIN_ROOM, name="worker-main")
         yield cluster
     finally:
@@ -312,7 +319,7 @@ def test_fallback_when_worker_sees_other_storage(cluster: Cluster) -> None:
     results = cluster.root / "results" / "probe-mismatch"
     run = submit(cluster, package, results, shared_root=elsewhere, quiet=False)
     assert_sample_ok(run, data, results)
-    assert "input via rtc-chunked, results via rtc-chunked" in run.stdout
+    assert "input via direct, results via direct" in run.stdout
     assert "shared-fs is not usable between these peers" in run.stderr
 
 

@@ -176,6 +176,8 @@ def test_the_sans_io_core_imports_no_io_library():
     script = (
         "import sys\n"
         "import rtcxfer.frames, rtcxfer.engine, rtcxfer.hookspecs, rtcxfer.errors, rtcxfer.testing\n"
+        "import rtcxfer.legacy.protocol\n"
+        "import rtcxfer.auth, rtcxfer.limits\n"
         "print(sorted(m for m in ('asyncio', 'aiortc', 'fsspec', 'loguru') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)

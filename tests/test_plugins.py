@@ -118,7 +118,7 @@ def test_installed_plugin_is_listed_with_its_distribution_and_version(plugin_env
     result = run_in(plugin_env, "-m", "rtcxfer.cli", "plugins")
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
-    assert {"shared-fs", "rtc-chunked", "echo"} <= set(lines)  # other installed plugins may appear too
+    assert {"shared-fs", "direct", "rtc-chunked", "echo"} <= set(lines)  # other installed plugins may appear too
     assert "rtcxfer-echo 1.2.3" in lines["echo"]
     assert "rtcxfer 0.1.0" in lines["shared-fs"]
 
@@ -157,12 +157,12 @@ def test_blocking_a_plugin_by_name_removes_it(plugin_env):
 def test_disabling_autoload_keeps_only_the_builtins(plugin_env):
     result = run_in(plugin_env, "-m", "rtcxfer.cli", "plugins", RTCXFER_DISABLE_PLUGIN_AUTOLOAD="1")
     names = [line.split()[0] for line in result.stdout.splitlines()[1:]]
-    assert names == ["shared-fs", "rtc-chunked"]
+    assert names == ["shared-fs", "direct", "rtc-chunked"]
 
 
 def test_builtin_transports_can_be_blocked_too():
     host = PluginHost(autoload=False, blocked=["shared-fs"])
-    assert [info.name for info in host.transports()] == ["rtc-chunked"]
+    assert [info.name for info in host.transports()] == ["direct", "rtc-chunked"]
     assert host.claim(__import__("rtcxfer.frames").frames.SharedInputPath("x")) is None
 
 
@@ -192,6 +192,6 @@ def test_plugin_breaking_the_contract_is_skipped_not_fatal():
     for plugin, name in [(Misbehaving(), "misbehaving"), (Misspelled(), "misspelled"), (Squatter(), "squatter")]:
         with pytest.warns(PluginWarning, match=name):
             assert host.register(plugin, name) is False
-    assert [info.name for info in host.transports()] == ["shared-fs", "rtc-chunked"]
+    assert [info.name for info in host.transports()] == ["shared-fs", "direct", "rtc-chunked"]
     assert host.transport("shared-fs").distribution == "rtcxfer"
     assert set(host.failures) == {"misbehaving", "misspelled", "squatter"}

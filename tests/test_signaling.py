@@ -78,8 +78,9 @@ async def send_json(ws: ClientConnection, message: Any) -> None:
     await ws.send(json.dumps(message, ensure_ascii=False))
 
 
-async def register(ws: ClientConnection, room: str, role: str, peer_id: str,
-                   token: str | None = None) -> dict[str, Any]:
+async def register(
+    ws: ClientConnection, room: str, role: str, peer_id: str, token: str | None = None
+) -> dict[str, Any]:
     message = {"type": "register", "room": room, "role": role, "peer_id": peer_id}
     if token is not None:
         message["token"] = token
@@ -87,8 +88,9 @@ async def register(ws: ClientConnection, room: str, role: str, peer_id: str,
     return await recv_json(ws)
 
 
-async def registered(server: SignalingServer, room: str, role: str, peer_id: str,
-                     token: str | None = None) -> ClientConnection:
+async def registered(
+    server: SignalingServer, room: str, role: str, peer_id: str, token: str | None = None
+) -> ClientConnection:
     ws = await raw(server)
     reply = await register(ws, room, role, peer_id, token)
     assert reply["type"] == "registered", reply
@@ -122,23 +124,28 @@ def relay(to: str, **payload: Any) -> dict[str, Any]:
 async def test_worker_and_client_exchange_offer_and_answer() -> None:
     async with SignalingServer(LOOPBACK, 0) as server:
         assert server.port != 0 and server.url == f"ws://127.0.0.1:{server.port}"
-        async with SignalingClient(server.url, "job-7", "worker", "gpu-1") as worker, \
-                SignalingClient(server.url, "job-7", "client", "laptop") as client:
+        async with (
+            SignalingClient(server.url, "job-7", "worker", "gpu-1") as worker,
+            SignalingClient(server.url, "job-7", "client", "laptop") as client,
+        ):
             assert await client.wait_for_peer("worker", timeout=STEP) == "gpu-1"
             assert await worker.wait_for_peer("client", timeout=STEP) == "laptop"
             assert client.peers == {"gpu-1": "worker"}
 
             await client.send_to("gpu-1", {"kind": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 x"})
+            assert await worker.receive(STEP) == {"type": "peer-joined", "peer_id": "laptop", "role": "client"}
             assert await worker.receive(STEP) == {
-                "type": "peer-joined", "peer_id": "laptop", "role": "client"}
-            assert await worker.receive(STEP) == {
-                "type": "relay", "from": "laptop",
-                "payload": {"kind": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 x"}}
+                "type": "relay",
+                "from": "laptop",
+                "payload": {"kind": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 x"},
+            }
 
             await worker.send_to("laptop", {"kind": "answer", "sdp": "v=0 answer"})
             assert await client.receive(STEP) == {
-                "type": "relay", "from": "gpu-1",
-                "payload": {"kind": "answer", "sdp": "v=0 answer"}}
+                "type": "relay",
+                "from": "gpu-1",
+                "payload": {"kind": "answer", "sdp": "v=0 answer"},
+            }
         # The server notices the two closed sockets on its own schedule.
         for _ in range(100):
             if server.rooms == {}:
@@ -152,7 +159,11 @@ async def test_registered_lists_earlier_peers_and_others_hear_of_joins_and_leave
     async with SignalingServer(LOOPBACK, 0) as server:
         worker = await raw(server)
         assert await register(worker, "r", "worker", "w") == {
-            "type": "registered", "room": "r", "peer_id": "w", "peers": []}
+            "type": "registered",
+            "room": "r",
+            "peer_id": "w",
+            "peers": [],
+        }
         client = await raw(server)
         reply = await register(client, "r", "client", "c")
         assert reply["peers"] == [{"peer_id": "w", "role": "worker"}]
@@ -192,12 +203,21 @@ async def test_sender_is_taken_from_the_socket_not_from_the_message() -> None:
         assert (await recv_json(worker))["peer_id"] == "honest"
         assert (await recv_json(worker))["peer_id"] == "mallory"
 
-        forged = {"type": "relay", "to": "w", "from": "honest", "peer_id": "honest",
-                  "role": "worker", "payload": {"kind": "offer", "from": "honest"}}
+        forged = {
+            "type": "relay",
+            "to": "w",
+            "from": "honest",
+            "peer_id": "honest",
+            "role": "worker",
+            "payload": {"kind": "offer", "from": "honest"},
+        }
         await send_json(mallory, forged)
         # The payload is opaque and goes through untouched; the envelope is the server's.
         assert await recv_json(worker) == {
-            "type": "relay", "from": "mallory", "payload": {"kind": "offer", "from": "honest"}}
+            "type": "relay",
+            "from": "mallory",
+            "payload": {"kind": "offer", "from": "honest"},
+        }
         await assert_silent(mallory)
 
 
@@ -209,16 +229,13 @@ async def test_rooms_are_isolated() -> None:
         client_b = await registered(server, "room-b", "client", "client-b")
         assert (await recv_json(worker_b))["type"] == "peer-joined"
         client_a = await registered(server, "room-a", "client", "client-a")
-        assert await recv_json(worker_a) == {
-            "type": "peer-joined", "peer_id": "client-a", "role": "client"}
+        assert await recv_json(worker_a) == {"type": "peer-joined", "peer_id": "client-a", "role": "client"}
 
         await send_json(client_a, relay("client-b", kind="offer"))
         error = await recv_json(client_a)
-        assert (error["type"], error["code"], error["peer_id"]) == ("error", "unknown-peer",
-                                                                   "client-b")
+        assert (error["type"], error["code"], error["peer_id"]) == ("error", "unknown-peer", "client-b")
         await send_json(client_a, relay("worker-1", kind="offer"))
-        assert await recv_json(worker_a) == {
-            "type": "relay", "from": "client-a", "payload": {"kind": "offer"}}
+        assert await recv_json(worker_a) == {"type": "relay", "from": "client-a", "payload": {"kind": "offer"}}
         await assert_silent(worker_b)
         await assert_silent(client_b, 0)
 
@@ -274,8 +291,7 @@ async def test_wrong_or_missing_token_is_refused_and_the_room_keeps_working() ->
         async with SignalingClient(server.url, "lab", "client", "c", "s3cret") as client:
             await client.send_to("w", {"kind": "offer"})
             assert (await recv_json(worker))["type"] == "peer-joined"
-            assert await recv_json(worker) == {
-                "type": "relay", "from": "c", "payload": {"kind": "offer"}}
+            assert await recv_json(worker) == {"type": "relay", "from": "c", "payload": {"kind": "offer"}}
         # A room without a configured token is open.
         await registered(server, "elsewhere", "worker", "w")
 
@@ -301,8 +317,7 @@ async def test_relay_to_an_unknown_peer_is_an_error_and_the_connection_stays() -
         await recv_json(worker)
         await send_json(client, relay("ghost", kind="offer"))
         error = await recv_json(client)
-        assert (error["type"], error["code"], error["peer_id"]) == ("error", "unknown-peer",
-                                                                   "ghost")
+        assert (error["type"], error["code"], error["peer_id"]) == ("error", "unknown-peer", "ghost")
         await send_json(client, relay("w", kind="offer"))
         assert (await recv_json(worker))["from"] == "c"
 
@@ -321,8 +336,10 @@ async def test_relay_before_register_is_refused() -> None:
 @async_test()
 async def test_client_surfaces_server_errors_from_receive() -> None:
     async with SignalingServer(LOOPBACK, 0) as server:
-        async with SignalingClient(server.url, "r", "worker", "w") as worker, \
-                SignalingClient(server.url, "r", "client", "c") as client:
+        async with (
+            SignalingClient(server.url, "r", "worker", "w") as worker,
+            SignalingClient(server.url, "r", "client", "c") as client,
+        ):
             await client.send_to("ghost", {"kind": "offer"})
             with pytest.raises(SignalingServerError) as error:
                 await client.receive(STEP)
@@ -374,8 +391,7 @@ async def test_garbage_gets_bad_message_and_changes_nothing(frame: str | bytes) 
         await assert_silent(worker)
         # Mallory's registration and connection are intact, and so is everyone else.
         await send_json(mallory, relay("w", kind="still-here"))
-        assert await recv_json(worker) == {
-            "type": "relay", "from": "mallory", "payload": {"kind": "still-here"}}
+        assert await recv_json(worker) == {"type": "relay", "from": "mallory", "payload": {"kind": "still-here"}}
         assert server.rooms == {"r": ["w", "mallory"]}
 
 
@@ -422,8 +438,7 @@ async def test_oversize_messages() -> None:
         # Far over it, websockets itself cuts the connection off (1009: message too big).
         await mallory.send("x" * (2 * limit + 1))
         await assert_closed(mallory, 1009)
-        assert (await recv_json(worker)) == {
-            "type": "peer-left", "peer_id": "mallory", "role": "client"}
+        assert (await recv_json(worker)) == {"type": "peer-left", "peer_id": "mallory", "role": "client"}
         client = await registered(server, "r", "client", "c")
         await send_json(client, relay("w", kind="offer"))
         assert (await recv_json(worker))["type"] == "peer-joined"
@@ -480,8 +495,7 @@ async def test_abrupt_disconnect_is_announced_as_peer_left() -> None:
 
 @async_test(timeout=15)
 async def test_a_peer_that_does_not_read_is_dropped_without_stalling_its_senders() -> None:
-    options = {"max_message_bytes": 16 * 1024, "max_outbox_bytes": 64 * 1024,
-               "rate_limit": None}
+    options = {"max_message_bytes": 16 * 1024, "max_outbox_bytes": 64 * 1024, "rate_limit": None}
     async with SignalingServer(LOOPBACK, 0, **options) as server:
         sleeper = await raw(server, max_queue=1)
         assert (await register(sleeper, "r", "worker", "sleeper"))["type"] == "registered"
@@ -526,15 +540,20 @@ async def test_server_full() -> None:
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
 MESSAGES = JSON | st.fixed_dictionaries(
     {"type": st.sampled_from(["register", "relay", "error", "peer-left"])},
-    optional={"room": JSON | st.just("r"), "role": JSON | st.sampled_from(["worker", "client"]),
-              "peer_id": JSON | st.just("w"), "token": JSON, "to": JSON | st.just("w"),
-              "from": JSON | st.just("w"), "payload": JSON},
+    optional={
+        "room": JSON | st.just("r"),
+        "role": JSON | st.sampled_from(["worker", "client"]),
+        "peer_id": JSON | st.just("w"),
+        "token": JSON,
+        "to": JSON | st.just("w"),
+        "from": JSON | st.just("w"),
+        "payload": JSON,
+    },
 )
 
 
@@ -556,8 +575,7 @@ def test_fuzzed_messages_only_ever_get_error_replies(messages: list[Any]) -> Non
             else:
                 pytest.fail(f"unexpected reply {reply!r}")
             await send_json(worker, relay("fz", kind="ping"))
-            assert await recv_json(fuzzer) == {"type": "relay", "from": "w",
-                                               "payload": {"kind": "ping"}}
+            assert await recv_json(fuzzer) == {"type": "relay", "from": "w", "payload": {"kind": "ping"}}
             # Whatever reached the worker came from the fuzzer's socket, as a clean relay.
             await send_json(fuzzer, relay("w", kind="end-marker"))
             while (delivered := await recv_json(worker))["payload"] != {"kind": "end-marker"}:
@@ -618,8 +636,7 @@ async def test_wait_for_peer_times_out() -> None:
 @async_test()
 async def test_run_signaling_server_serves_until_cancelled() -> None:
     ready: asyncio.Future[SignalingServer] = asyncio.get_running_loop().create_future()
-    task = asyncio.ensure_future(
-        run_signaling_server(LOOPBACK, 0, {"r": "tok"}, on_ready=ready.set_result))
+    task = asyncio.ensure_future(run_signaling_server(LOOPBACK, 0, {"r": "tok"}, on_ready=ready.set_result))
     server = await asyncio.wait_for(ready, STEP)
     url = server.url
     async with SignalingClient(url, "r", "worker", "w", "tok") as worker:
@@ -634,8 +651,7 @@ async def test_run_signaling_server_serves_until_cancelled() -> None:
 @async_test()
 async def test_registrations_refusals_and_disconnects_are_logged() -> None:
     lines: list[str] = []
-    sink = logger.add(lambda message: lines.append(str(message)), level="INFO",
-                      format="{message}")
+    sink = logger.add(lambda message: lines.append(str(message)), level="INFO", format="{message}")
     try:
         async with SignalingServer(LOOPBACK, 0, tokens={"r": "t"}) as server:
             worker = await registered(server, "r", "worker", "w", token="t")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from loguru import logger
-from worker_harness import make_worker, run, worker_session
+from worker_harness import make_worker, run, run_shared_job, worker_session
 
 from rtcxfer.filesystem import FilesystemAdapter
 from rtcxfer.frames import pack_chunk_header
@@ -30,9 +30,10 @@ def shared(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def worker(shared: Path, tmp_path: Path) -> RTCWorkerClient:
-    return make_worker(shared, tmp_path / "work")
+@pytest.fixture(params=[False, True], ids=["rtcxfer-only", "legacy-on"])
+def worker(shared: Path, tmp_path: Path, request: pytest.FixtureRequest) -> RTCWorkerClient:
+    # Every scenario holds with the legacy protocol switched on too (rtcxfer.legacy).
+    return make_worker(shared, tmp_path / "work", legacy=request.param)
 
 
 @pytest.fixture
@@ -54,25 +55,17 @@ def expected_summary(data: bytes) -> str:
     return f"lines={len(lines)} words={words} sha256={hashlib.sha256(data).hexdigest()}\n"
 
 
-async def run_shared_job(peer, relative_input: str, relative_output: str) -> str:
-    await peer.send(f"SHARED_OUTPUT_PATH::{relative_output}")
-    assert await peer.next_text() == "PATH_VALIDATED::output"
-    await peer.send(f"SHARED_INPUT_PATH::{relative_input}")
-    assert await peer.next_text() == "PATH_VALIDATED::input"
-    return await peer.expect("JOB_COMPLETE::", "JOB_FAILED::", "PATH_ERROR::")
-
-
 # --- Requirement: Shared Storage Initialization -------------------------------------------
 
 
 def test_detect_shared_storage_on_initialization(shared, tmp_path, monkeypatch):
     monkeypatch.setenv("SHARED_STORAGE_ROOT", str(shared))
-    worker = RTCWorkerClient(work_dir=tmp_path / "work")
+    worker = RTCWorkerClient(token="t", work_dir=tmp_path / "work")
     assert worker.shared_storage_root == shared.resolve()
     assert isinstance(worker.fs_adapter, FilesystemAdapter)
     monkeypatch.delenv("SHARED_STORAGE_ROOT")
     monkeypatch.setattr("rtcxfer.shared_storage.KNOWN_MOUNT_POINTS", ())
-    nothing = RTCWorkerClient(work_dir=tmp_path / "work2")
+    nothing = RTCWorkerClient(token="t", work_dir=tmp_path / "work2")
     assert nothing.shared_storage_root is None and nothing.fs_adapter is None
     assert "shared-fs" not in nothing.offered_transports()
 
@@ -528,7 +521,13 @@ def test_unauthenticated_session_is_refused_before_any_job_frame(worker, package
             await peer.send("SHARED_INPUT_PATH::jobs/1/package.zip")
             return await peer.next_text()
 
-    assert run(scenario()) == "AUTH_FAILED::authenticate with HELLO first"
+    if worker.legacy:
+        # A session that does not open with HELLO speaks the legacy protocol, authenticated
+        # only by the signaling server: the path is validated, no job starts without
+        # SHARED_STORAGE_JOB::start.
+        assert run(scenario()) == "PATH_VALIDATED::input"
+    else:
+        assert run(scenario()) == "AUTH_FAILED::authenticate with HELLO first"
 
     async def wrong_token():
         async with worker_session(worker, authenticate=False) as peer:

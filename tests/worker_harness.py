@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 from pathlib import Path
 
-from rtcxfer import rtc
+from rtcxfer import auth, rtc
 from rtcxfer.frames import DEFAULT_CATALOGUE, Frame, unpack_chunk
 from rtcxfer.worker import RTCWorkerClient
 
@@ -26,6 +27,8 @@ class WorkerPeer:
         self.channel = channel
         #: Every message received from the worker, in order (text as text, bytes as bytes).
         self.received: list[str | bytes] = []
+        #: What this session's proofs cover, once :meth:`hello` got a challenge.
+        self.transcript: auth.Transcript | None = None
 
     async def send(self, message: str | bytes | Frame) -> None:
         if isinstance(message, Frame):
@@ -80,8 +83,16 @@ class WorkerPeer:
                 files[names[transfer_id]] = data
                 await self.send(f"FILE_ACK::{transfer_id}::{hashlib.sha256(data).hexdigest()}")
 
-    async def hello(self, token: str = TOKEN) -> str:
-        await self.send(f"HELLO::1::{token}::shared-fs,rtc-chunked")
+    async def hello(self, token: str = TOKEN, transports: str = "shared-fs,rtc-chunked") -> str:
+        """Authenticate as a client would; returns the worker's last reply (WELCOME or AUTH_FAILED)."""
+        client_nonce = auth.new_nonce()
+        await self.send(f"HELLO::2::{client_nonce}::{transports}")
+        challenge = await self.next_text()
+        if not challenge.startswith("AUTH_CHALLENGE::"):
+            return challenge
+        local, remote = auth.channel_fingerprints(self.channel)
+        self.transcript = auth.Transcript(client_nonce, challenge.split("::")[1], local, remote, transports)
+        await self.send(f"AUTH_PROOF::{auth.client_proof(token, self.transcript)}")
         return await self.next_text()
 
 
@@ -94,7 +105,7 @@ async def worker_session(worker: RTCWorkerClient, *, authenticate: bool = True):
     try:
         if authenticate:
             welcome = await peer.hello()
-            assert welcome.startswith("WELCOME::1::"), welcome
+            assert welcome.startswith("WELCOME::2::"), welcome
         yield peer
     finally:
         await close()
@@ -103,6 +114,34 @@ async def worker_session(worker: RTCWorkerClient, *, authenticate: bool = True):
 
 def make_worker(shared_root: Path | None, work_dir: Path, **options) -> RTCWorkerClient:
     return RTCWorkerClient(token=TOKEN, shared_storage_root=shared_root, work_dir=work_dir, **options)
+
+
+async def run_shared_job(peer: WorkerPeer, relative_input: str, relative_output: str) -> str:
+    """One job by the specification's messages alone: output path, input path, the end frame."""
+    await peer.send(f"SHARED_OUTPUT_PATH::{relative_output}")
+    assert await peer.next_text() == "PATH_VALIDATED::output"
+    await peer.send(f"SHARED_INPUT_PATH::{relative_input}")
+    assert await peer.next_text() == "PATH_VALIDATED::input"
+    return await peer.expect("JOB_COMPLETE::", "JOB_FAILED::", "PATH_ERROR::")
+
+
+async def hold_sockets(url: str, host: str, count: int) -> tuple[int, list]:
+    """Open ``count`` bare sockets from ``host`` and never register: how many the server
+    refused at once (``server-full``), and the sockets (the caller closes them)."""
+    held = [await raw_websocket(url, host) for _ in range(count)]
+    refused = 0
+    for ws in held:
+        with contextlib.suppress(asyncio.TimeoutError):
+            refused += '"server-full"' in await asyncio.wait_for(ws.recv(), 0.3)
+    return refused, held
+
+
+async def raw_websocket(url: str, host: str = "127.0.0.1"):
+    """A bare WebSocket to ``url`` from the loopback address ``host`` (never through a proxy)."""
+    from websockets.asyncio.client import connect
+
+    direct = {"proxy": None} if "proxy" in inspect.signature(connect.__init__).parameters else {}
+    return await connect(url, open_timeout=5, local_addr=(host, 0), **direct)
 
 
 def run(coroutine):

@@ -6,11 +6,12 @@ their own pid only (terminate, then kill after a grace period).
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 #: Hang guards in seconds, generous for a loaded 2-core machine; never assertions about speed.
@@ -19,6 +20,18 @@ DEATH_GUARD = 20.0
 
 SIGNALING_READY = r"signaling server listening on (ws://127\.0\.0\.1:\d+)"
 WORKER_READY = r"waiting for jobs"
+
+
+def cli_environment(log_level: str = "WARNING", *, import_path: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """An environment for ``rtcxfer`` subprocesses of a test: without the developer's own
+    ``RTCXFER_*`` settings or shared mount, with unbuffered output, ``RTCXFER_LOG_LEVEL`` set,
+    and ``import_path`` (a source tree) first on ``PYTHONPATH`` when given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RTCXFER_") and k != "SHARED_STORAGE_ROOT"}
+    if import_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.fspath(import_path), env.get("PYTHONPATH")]))
+    env["RTCXFER_LOG_LEVEL"] = log_level
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 class CliProcess:
@@ -32,12 +45,14 @@ class CliProcess:
         *,
         env: Mapping[str, str] | None = None,
         python: str | Path = sys.executable,
+        prefix: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.log_path = Path(log_dir) / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        # prefix: run it elsewhere, e.g. ``ip netns exec NS`` (``two_hosts.Host.prefix``).
         self.process = subprocess.Popen(
-            [str(python), "-m", "rtcxfer.cli", *args],
+            [*prefix, str(python), "-m", "rtcxfer.cli", *args],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -79,12 +94,21 @@ class CliProcess:
 
 
 def start_signaling(
-    log_dir: Path, *, token: str, env: Mapping[str, str] | None = None, python: str | Path = sys.executable
+    log_dir: Path,
+    *,
+    token: str,
+    env: Mapping[str, str] | None = None,
+    python: str | Path = sys.executable,
+    host: str = "127.0.0.1",
+    prefix: Sequence[str] = (),
+    port: int = 0,
 ) -> tuple[CliProcess, str]:
-    """``rtcxfer signal --port 0`` on 127.0.0.1; returns the process and its URL once it listens."""
-    process = CliProcess("signal", ["signal", "--port", "0", "--token", token], log_dir, env=env, python=python)
+    """``rtcxfer signal`` on ``host`` and ``port`` (0: an ephemeral one; a fixed one where a
+    firewall rule must name it); returns the process and its URL once it listens."""
+    args = ["signal", "--host", host, "--port", str(port), "--token", token]
+    process = CliProcess("signal", args, log_dir, env=env, python=python, prefix=prefix)
     try:
-        url = process.wait_for(SIGNALING_READY).group(1)
+        url = process.wait_for(rf"signaling server listening on (ws://{re.escape(host)}:\d+)").group(1)
     except AssertionError:
         process.stop()
         raise

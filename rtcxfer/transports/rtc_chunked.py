@@ -51,18 +51,21 @@ Options (``context.options["rtc-chunked"]``):
 * ``accept_timeout`` / ``ack_timeout``: seconds the sender waits for ``FILE_ACCEPT`` and for
   ``FILE_ACK`` (default 600 each: a resumed multi-GiB partial is hashed before the accept).
 * ``max_concurrent``: incoming transfers one session may have open at once (default 16).
+* ``idle_timeout``: seconds an incoming transfer may go without a chunk before it is abandoned
+  (``FILE_ERROR``, partial removed; default 300), so an announced file cannot hold its disk
+  space forever.
+
+Disk space: a ``FILE_META`` is refused unless the file's missing bytes fit in the free space of
+its filesystem *minus what transfers already open in this process still expect* there, so many
+announcements at once cannot each count the same free space.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
-import re
-import stat
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, BinaryIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -70,9 +73,7 @@ from rtcxfer.errors import (
     ConnectionClosedError,
     IntegrityError,
     LocalProtocolError,
-    PathError,
     RemoteProtocolError,
-    StorageFullError,
     TransferError,
     UnsafePathError,
     describe,
@@ -85,12 +86,15 @@ from rtcxfer.frames import (
     FileError,
     FileMeta,
     Frame,
+    quote_for_log,
     quote_for_reply,
 )
 from rtcxfer.hookspecs import hookimpl
 from rtcxfer.log import logger
-from rtcxfer.security import OUTSIDE_ROOT_MESSAGE, check_relative_text, makedirs_beneath, open_beneath
+from rtcxfer.security import check_relative_text
 from rtcxfer.transport import Delivery, ReceivedFile, Transport
+from rtcxfer.transports import partial
+from rtcxfer.transports.partial import SendReport, hash_file, part_name, transfer_id_for  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover
     from rtcxfer.engine import ChunkReceived
@@ -103,196 +107,13 @@ DEFAULT_CHUNK_SIZE = 65536 - CHUNK_HEADER_SIZE
 MAX_CHUNK_SIZE = 256 * 1024
 #: How much of the file the sender reads (off the loop) at a time, in chunks.
 READ_CHUNKS = 16
-#: Block size for hashing whole files off the loop.
-HASH_BLOCK = 1024 * 1024
 DEFAULT_TIMEOUT = 600.0
 DEFAULT_MAX_CONCURRENT = 16
-
-# Reasons the receiver gives after FILE_END; the sender maps them to IntegrityError.
-REASON_HASH = "SHA-256 mismatch"
-REASON_INCOMPLETE = "incomplete"
-
-_PART_NAME = re.compile(r"\..*\.[0-9a-f]{32}\.part", re.DOTALL)
-# Keeps ".<base>.<id>.part" within the usual 255-byte file name limit.
-_PART_BASE_BYTES = 200
-
-_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-
-
-def transfer_id_for(role: str, name: str, size: int, sha256: str) -> str:
-    """The deterministic id of sending this file as ``name`` from the ``role`` side.
-
-    The same file sent again (a new session after a drop) gets the same id and so resumes;
-    the role keeps the two directions of one session apart.
-    """
-    key = "\0".join((role, name, str(size), sha256)).encode("utf-8", "surrogatepass")
-    return hashlib.sha256(key).hexdigest()[:32]
-
-
-def part_name(basename: str, transfer_id: str) -> str:
-    """The partial file's name beside ``basename``: ``.<basename>.<transfer_id>.part``."""
-    base = basename.encode("utf-8")[:_PART_BASE_BYTES].decode("utf-8", "ignore")
-    return f".{base}.{transfer_id}.part"
-
-
-def hash_file(path: str | os.PathLike[str]) -> tuple[int, str]:
-    """(size, SHA-256 hex) of a local file, read in 1 MiB blocks. Blocking: run in a thread."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb", buffering=0) as handle:
-        while block := handle.read(HASH_BLOCK):
-            digest.update(block)
-            size += len(block)
-    return size, digest.hexdigest()
-
-
-def _hash_prefix(handle: BinaryIO, length: int) -> Any:
-    """A sha256 object fed with the first ``length`` bytes of ``handle``. Blocking."""
-    digest = hashlib.sha256()
-    handle.seek(0)
-    remaining = length
-    while remaining:
-        block = handle.read(min(HASH_BLOCK, remaining))
-        if not block:
-            raise OSError("partial file shrank while being hashed")
-        digest.update(block)
-        remaining -= len(block)
-    return digest
+DEFAULT_IDLE_TIMEOUT = 300.0
 
 
 def _file_error(transfer_id: str, reason: str, error_class: type[TransferError] = TransferError) -> TransferError:
     return error_class(reason, reply=FileError(transfer_id=transfer_id, reason=reason))
-
-
-# --- the receiver's destination directory ---------------------------------------------------
-
-
-class _Destination:
-    """Where one incoming file goes: a descriptor of its directory, its final and partial names.
-
-    The directory is created with :func:`makedirs_beneath` and then entered component by
-    component with ``O_NOFOLLOW``; renames and unlinks go through that descriptor, so nothing
-    outside ``incoming_dir`` is touched even if a symlink appears later.
-    """
-
-    def __init__(self, root: Path, relative: PurePosixPath, transfer_id: str) -> None:
-        self.root = root
-        self.relative = relative
-        self.final_name = relative.name
-        self.part_name = part_name(relative.name, transfer_id)
-        self.part_relative = (relative.parent / self.part_name).as_posix()
-        self.dir_fd = -1
-
-    @property
-    def final_path(self) -> Path:
-        return self.root / self.relative
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (str(self.root / self.relative.parent), self.part_name)
-
-    def open_dir(self) -> None:
-        parent = self.relative.parent
-        if parent.parts:
-            makedirs_beneath(self.root, parent.as_posix())
-        fd = os.open(self.root, _DIR_FLAGS)
-        try:
-            for component in parent.parts:
-                next_fd = os.open(component, _DIR_FLAGS | _NOFOLLOW, dir_fd=fd)
-                os.close(fd)
-                fd = next_fd
-        except BaseException:
-            os.close(fd)
-            raise
-        self.dir_fd = fd
-
-    def part_stat(self) -> os.stat_result | None:
-        try:
-            return os.stat(self.part_name, dir_fd=self.dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-
-    def open_part_for_resume(self) -> BinaryIO:
-        # open_beneath has no read-write mode; the directory descriptor was reached without
-        # following symlinks and O_NOFOLLOW covers the last component.
-        fd = os.open(self.part_name, os.O_RDWR | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0), dir_fd=self.dir_fd)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError("partial file is not a regular file")
-            return os.fdopen(fd, "r+b")
-        except BaseException:
-            os.close(fd)
-            raise
-
-    def open_new_part(self) -> BinaryIO:
-        return open_beneath(self.root, self.part_relative, "xb")
-
-    def remove_part(self) -> None:
-        if self.dir_fd < 0:
-            return
-        try:
-            os.unlink(self.part_name, dir_fd=self.dir_fd)
-        except FileNotFoundError:
-            pass
-        except OSError as error:
-            logger.warning("rtc-chunked: could not remove partial {}: {}", self.part_relative, error)
-
-    def place(self) -> None:
-        """Rename the partial onto the final name and make the rename durable. Blocking."""
-        os.replace(self.part_name, self.final_name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
-        os.fsync(self.dir_fd)
-
-    def free_bytes(self) -> int | None:
-        try:
-            info = os.statvfs(self.dir_fd)
-        except (OSError, TypeError):
-            return None
-        return info.f_bavail * info.f_frsize
-
-    def close(self) -> None:
-        if self.dir_fd >= 0:
-            os.close(self.dir_fd)
-            self.dir_fd = -1
-
-
-@attrs.define(eq=False)
-class _Incoming:
-    """A file this side is receiving."""
-
-    meta: FileMeta
-    dest: _Destination
-    owner: RtcChunkedTransport
-    handle: BinaryIO | None = None
-    digest: Any = None
-    received: int = 0
-    resumed_from: int = 0
-    #: A thread is using the handle (prefix hashing, fsync): nobody else may close it.
-    busy: bool = True
-    #: Another session took this partial over; this one must neither write nor remove it.
-    detached: bool = False
-
-    def close_handle(self) -> None:
-        handle, self.handle = self.handle, None
-        if handle is not None:
-            try:
-                handle.close()
-            except OSError as error:
-                logger.warning("rtc-chunked: closing partial {} failed: {}", self.dest.part_relative, error)
-
-    def finish(self) -> None:
-        """fsync, close and rename into place. Blocking: run in a thread."""
-        handle = self.handle
-        assert handle is not None
-        handle.flush()
-        os.fsync(handle.fileno())
-        self.close_handle()
-        self.dest.place()
-
-
-# Partials being written in this process, by (directory, part name): a new session resuming a
-# file takes the partial over from a session that has not yet noticed its connection died.
-_ACTIVE_PARTS: dict[tuple[str, str], _Incoming] = {}
 
 
 @attrs.define(eq=False)
@@ -324,19 +145,6 @@ class _Outgoing:
                 future.cancel()
 
 
-@attrs.frozen
-class SendReport:
-    """What one :meth:`RtcChunkedTransport.send_file` call did on the wire."""
-
-    transfer_id: str
-    name: str
-    size: int
-    #: Where the receiver asked to start (more than 0 when it resumed a partial).
-    offset: int
-    #: Payload bytes this call sent.
-    bytes_sent: int
-
-
 # --- the transport ------------------------------------------------------------------------
 
 
@@ -348,8 +156,9 @@ class RtcChunkedTransport(Transport):
 
     def __init__(self, link: Link, context: TransportContext) -> None:
         super().__init__(link, context)
-        self._incoming: dict[str, _Incoming] = {}
+        self._incoming: dict[str, partial.Incoming] = {}
         self._outgoing: dict[str, _Outgoing] = {}
+        self._idle_checks: set[asyncio.Task] = set()
         #: One entry per completed or attempted send, for callers and tests.
         self.reports: list[SendReport] = []
 
@@ -408,56 +217,21 @@ class RtcChunkedTransport(Transport):
         if not 1 <= meta.chunk_size <= MAX_CHUNK_SIZE:
             raise _file_error(tid, f"chunk size {meta.chunk_size} is not between 1 and {MAX_CHUNK_SIZE}")
 
-    def _checked_name(self, meta: FileMeta) -> PurePosixPath:
-        try:
-            relative = check_relative_text(meta.name)
-        except UnsafePathError as error:
-            reason = "name escapes the destination directory" if str(error) == OUTSIDE_ROOT_MESSAGE else str(error)
-            raise _file_error(meta.transfer_id, f"unsafe name: {reason}") from None
-        if _PART_NAME.fullmatch(relative.name):
-            raise _file_error(meta.transfer_id, "unsafe name: reserved for partial files")
-        return relative
-
     async def _on_meta(self, meta: FileMeta) -> None:
         tid = meta.transfer_id
         self._refuse_meta(meta)
-        relative = self._checked_name(meta)
-        root = Path(self.context.incoming_dir)
-        root.mkdir(parents=True, exist_ok=True)
-        dest = _Destination(root.resolve(), relative, tid)
         try:
-            dest.open_dir()
-        except (PathError, StorageFullError, OSError) as error:
-            dest.close()
-            logger.warning("rtc-chunked: destination of {} unusable: {}", quote_for_reply(meta.name), describe(error))
-            raise _file_error(tid, "destination directory is not usable") from None
-        state = _Incoming(meta, dest, self)
-        try:
-            self._claim_part(state)
-        except TransferError:
-            dest.close()
-            raise
-        try:
-            await self._open_part(state)
-        except BaseException:
-            self._release(state)
-            state.close_handle()
-            dest.close()
-            raise
-        state.busy = False
-        if state.detached:  # taken over while the prefix was being hashed
-            self._release(state)
-            state.close_handle()
-            dest.close()
-            raise _file_error(tid, "transfer resumed in another session")
+            state = await partial.start_incoming(meta, self.context.incoming_dir)
+        except TransferError as error:
+            raise _file_error(tid, str(error)) from None
         try:
             self.link.session.open_transfer(tid, self.name)
         except TransferError:
-            self._release(state)
-            state.close_handle()
-            dest.close()
+            partial.abandon(state, remove=False)
             raise
         self._incoming[tid] = state
+        state.last_activity = asyncio.get_running_loop().time()
+        self._watch_idle(state)
         logger.info(
             "rtc-chunked: receiving {} ({} bytes) from offset {}",
             quote_for_reply(meta.name),
@@ -469,49 +243,6 @@ class RtcChunkedTransport(Transport):
         except ConnectionClosedError:
             # Link.run only survives RemoteProtocolError from a handler; on_closed follows.
             logger.info("rtc-chunked: connection closed before FILE_ACCEPT for {}", quote_for_reply(meta.name))
-
-    def _claim_part(self, state: _Incoming) -> None:
-        key = state.dest.key
-        holder = _ACTIVE_PARTS.get(key)
-        if holder is not None:
-            if holder.busy:
-                raise _file_error(state.meta.transfer_id, "transfer busy in another session; retry later")
-            logger.info("rtc-chunked: taking {} over from an older session", state.dest.part_relative)
-            holder.detached = True
-            holder.close_handle()
-        _ACTIVE_PARTS[key] = state
-
-    def _release(self, state: _Incoming) -> None:
-        if _ACTIVE_PARTS.get(state.dest.key) is state:
-            del _ACTIVE_PARTS[state.dest.key]
-
-    async def _open_part(self, state: _Incoming) -> None:
-        meta, dest = state.meta, state.dest
-        tid = meta.transfer_id
-        try:
-            existing = dest.part_stat()
-            if existing is not None and (not stat.S_ISREG(existing.st_mode) or existing.st_size > meta.size):
-                logger.info("rtc-chunked: discarding unusable partial {}", dest.part_relative)
-                dest.remove_part()
-                existing = None
-            if existing is not None:
-                state.handle = dest.open_part_for_resume()
-                length = existing.st_size
-                state.digest = await asyncio.to_thread(_hash_prefix, state.handle, length)
-                state.handle.seek(length)
-                state.handle.truncate()
-                state.received = state.resumed_from = length
-            else:
-                state.handle = dest.open_new_part()
-                state.digest = hashlib.sha256()
-            free = dest.free_bytes()
-        except (PathError, StorageFullError, OSError) as error:
-            logger.warning("rtc-chunked: cannot open partial {}: {}", dest.part_relative, describe(error))
-            raise _file_error(tid, "cannot create the partial file") from None
-        if free is not None and meta.size - state.received > free:
-            state.close_handle()
-            dest.remove_part()
-            raise _file_error(tid, "not enough free space for the file")
 
     async def on_chunk(self, event: ChunkReceived) -> None:
         tid = event.transfer_id
@@ -542,6 +273,38 @@ class RtcChunkedTransport(Transport):
             raise _file_error(tid, "cannot write the file") from None
         state.digest.update(payload)
         state.received += length
+        state.last_activity = asyncio.get_running_loop().time()
+
+    def _watch_idle(self, state: partial.Incoming) -> None:
+        timeout = float(self._options.get("idle_timeout", DEFAULT_IDLE_TIMEOUT))
+        loop = asyncio.get_running_loop()
+
+        def check() -> None:
+            if self._incoming.get(state.meta.transfer_id) is not state or state.busy:
+                return
+            idle = loop.time() - state.last_activity
+            if idle < timeout:
+                loop.call_later(timeout - idle, check)
+                return
+            logger.warning(
+                "rtc-chunked: abandoning {}: no data for {:.0f} s ({} of {} bytes)",
+                quote_for_log(state.meta.name),
+                idle,
+                state.received,
+                state.meta.size,
+            )
+            self._drop(state, remove=True)
+            task = asyncio.ensure_future(self._tell_idle(state.meta.transfer_id, timeout))
+            self._idle_checks.add(task)
+            task.add_done_callback(self._idle_checks.discard)
+
+        loop.call_later(timeout, check)
+
+    async def _tell_idle(self, tid: str, timeout: float) -> None:
+        try:
+            await self.link.send(FileError(transfer_id=tid, reason=f"no data for {timeout:g} s; transfer abandoned"))
+        except (ConnectionClosedError, LocalProtocolError) as error:
+            logger.debug("rtc-chunked: idle notice for {} not sent: {}", tid, describe(error))
 
     async def _on_end(self, end: FileEnd) -> None:
         tid = end.transfer_id
@@ -554,23 +317,18 @@ class RtcChunkedTransport(Transport):
         if state.detached:
             self._drop(state, remove=False)
             raise _file_error(tid, "transfer resumed in another session")
-        if state.received != meta.size:
+        try:
+            digest = partial.check_complete(state)
+        except IntegrityError as error:
             self._drop(state, remove=True)
-            raise _file_error(
-                tid, f"{REASON_INCOMPLETE}: received {state.received} of {meta.size} bytes", IntegrityError
-            )
-        digest = state.digest.hexdigest()
-        if digest != meta.sha256:
-            self._drop(state, remove=True)
-            logger.warning("rtc-chunked: {} arrived with SHA-256 {}, announced {}", meta.name, digest, meta.sha256)
-            raise _file_error(tid, f"{REASON_HASH}: the received bytes hash to {digest}", IntegrityError)
+            raise _file_error(tid, str(error), IntegrityError) from None
         state.busy = True
         try:
             await asyncio.to_thread(state.finish)
         except OSError as error:
             state.busy = False
             self._drop(state, remove=True)
-            logger.warning("rtc-chunked: placing {} failed: {}", meta.name, error)
+            logger.warning("rtc-chunked: placing {} failed: {}", quote_for_log(meta.name), error)
             raise _file_error(tid, "cannot store the file") from None
         state.busy = False
         self._drop(state, remove=False)
@@ -601,17 +359,13 @@ class RtcChunkedTransport(Transport):
         except Exception:  # the application's bug must not end the session with the peer
             logger.exception("rtc-chunked: on_file failed for {}", received.name)
 
-    def _drop(self, state: _Incoming, *, remove: bool) -> None:
+    def _drop(self, state: partial.Incoming, *, remove: bool) -> None:
         """Forget an incoming transfer: close its handle, optionally delete its partial."""
         tid = state.meta.transfer_id
         if self._incoming.get(tid) is state:
             del self._incoming[tid]
             self.link.session.close_transfer(tid)
-        self._release(state)
-        state.close_handle()
-        if remove and not state.detached:
-            state.dest.remove_part()
-        state.dest.close()
+        partial.abandon(state, remove=remove)
 
     # --- sending ----------------------------------------------------------------------
 
@@ -633,17 +387,19 @@ class RtcChunkedTransport(Transport):
         outgoing = self._outgoing.get(tid)
         if outgoing is not None:
             outgoing.closed_by_peer = True
-            integrity = report.reason.startswith((REASON_HASH, REASON_INCOMPLETE))
+            integrity = report.reason.startswith((partial.REASON_HASH, partial.REASON_INCOMPLETE))
             error_class = IntegrityError if integrity else TransferError
-            outgoing.fail(error_class(f"the peer refused {outgoing.name}: {report.reason}"))
+            outgoing.fail(error_class(f"the peer refused {outgoing.name}: {quote_for_log(report.reason)}"))
             return
         state = self._incoming.get(tid)
         if state is not None:
-            logger.info("rtc-chunked: the sender abandoned {}: {}", state.meta.name, report.reason)
+            logger.info(
+                "rtc-chunked: the sender abandoned {}: {}", quote_for_log(state.meta.name), quote_for_log(report.reason)
+            )
             self._drop(state, remove=not state.busy)
             return
         # Never answer an error report with another one.
-        logger.debug("rtc-chunked: FILE_ERROR for unknown transfer {}: {}", tid, report.reason)
+        logger.debug("rtc-chunked: FILE_ERROR for unknown transfer {}: {}", tid, quote_for_log(report.reason))
 
     def _chunk_size(self) -> int:
         wanted = int(self._options.get("chunk_size", DEFAULT_CHUNK_SIZE))

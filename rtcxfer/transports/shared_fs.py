@@ -37,6 +37,7 @@ from rtcxfer.frames import (
     SharedOutputPath,
     SharedProbe,
     SharedProbeResult,
+    quote_for_log,
     quote_for_reply,
 )
 from rtcxfer.hookspecs import hookimpl
@@ -164,7 +165,9 @@ class SharedFsTransport(Transport):
         started = time.perf_counter()
         path = security.resolve_peer_path(relative, self.root)
         if not self.fs_adapter.exists(path):
-            logger.error("shared input {} does not exist (worker path {})", relative, path)
+            logger.error(
+                "shared input {} does not exist (worker path {})", quote_for_log(relative), quote_for_log(str(path))
+            )
             raise PathNotFoundError(INPUT_MISSING, peer_path=relative)
         # Opening proves it is a readable regular file, with no symlink followed on the way.
         with security.open_peer_path(relative, self.root) as handle:
@@ -178,9 +181,18 @@ class SharedFsTransport(Transport):
         if isinstance(error, (UnsafePathError, PathOutsideRootError)):
             logger.warning("security violation: peer path {!r} refused ({})", relative, error)
         elif isinstance(error, PathPermissionError):
-            logger.error("permission denied on shared path {} ({})", relative, self._absolute(relative))
+            logger.error(
+                "permission denied on shared path {} ({})",
+                quote_for_log(relative),
+                quote_for_log(str(self._absolute(relative))),
+            )
         else:
-            logger.error("shared path {} not usable: {} ({})", relative, error, self._absolute(relative))
+            logger.error(
+                "shared path {} not usable: {} ({})",
+                quote_for_log(relative),
+                error,
+                quote_for_log(str(self._absolute(relative))),
+            )
         if str(error) == INPUT_MISSING:
             return f"{INPUT_MISSING}: {quote_for_reply(relative)}"
         return path_error_text(error)
@@ -219,7 +231,7 @@ class SharedFsTransport(Transport):
         elif self.context.on_notice is not None:
             self.context.on_notice(frame)
         else:
-            logger.warning("unexpected {} from the worker", frame.encode())
+            logger.warning("unexpected {} from the worker", quote_for_log(frame.encode()))
 
     async def _request(self, frame: Frame, timeout: float = REPLY_TIMEOUT) -> Frame:
         """Send ``frame`` and wait for the worker's answer (the spec's replies carry no id,

@@ -61,8 +61,13 @@ def s3_environment(
     key: str | None = None,
     secret: str | None = None,
     log_level: str = "WARNING",
+    direct: bool = False,
 ) -> dict[str, str]:
-    """The caller's environment minus anything rtcxfer, AWS or proxy related, plus the s3 settings."""
+    """The caller's environment minus anything rtcxfer, AWS or proxy related, plus the s3 settings.
+
+    The built-in ``direct`` transport is blocked unless ``direct``: between two processes on
+    one machine it always works, and these tests are about s3 and the data-channel fallback.
+    """
     proxies = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
     env = {
         k: v
@@ -85,6 +90,8 @@ def s3_environment(
         RTCXFER_LOG_LEVEL=log_level,
         PYTHONUNBUFFERED="1",
     )
+    if not direct:
+        env["RTCXFER_BLOCK_PLUGINS"] = "direct"
     return env
 
 
@@ -342,11 +349,12 @@ def plugin_rows(python: str | Path, env: dict[str, str], cwd: Path) -> dict[str,
 
 
 def test_plugins_lists_s3_with_its_distribution_and_version(cluster: Cluster) -> None:
-    rows = plugin_rows(sys.executable, s3_environment(cluster.moto), cluster.root)
+    rows = plugin_rows(sys.executable, s3_environment(cluster.moto, direct=True), cluster.root)
     assert rows["s3"][:5] == ["s3", "50", "s3", "rtcxfer-s3", "0.1.0"]
     assert rtcxfer_s3.__version__ == metadata.version("rtcxfer-s3") == "0.1.0"
     order = list(rows)
-    assert order.index("shared-fs") < order.index("s3") < order.index("rtc-chunked")
+    # A store the user configured comes before a direct connection, both before the data channel.
+    assert order.index("shared-fs") < order.index("s3") < order.index("direct") < order.index("rtc-chunked")
 
 
 @pytest.mark.parametrize("uninstalled_on", ["client", "worker"])

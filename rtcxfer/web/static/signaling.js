@@ -1,0 +1,137 @@
+// The signaling connection: a WebSocket to the server that served this page (same host and
+// port), JSON messages as docs/protocol.md section 1 describes them.
+
+export class SignalingError extends Error {
+  constructor(code, message) {
+    super(message);
+    this.code = code;
+  }
+}
+
+const ID = /^[A-Za-z0-9._:@+=-]{1,128}$/;
+const ROLES = new Set(["worker", "client"]);
+
+export function isPeerId(value) {
+  return typeof value === "string" && ID.test(value);
+}
+
+/** ws:// (or wss://) of the server that served this page. */
+export function signalingUrlOfPage() {
+  return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`;
+}
+
+export class Signaling {
+  /** Connect and register; resolves once the server answered `registered`. */
+  static connect(url, { room, token, role = "client", peerId }) {
+    const signaling = new Signaling(url, room, role, peerId);
+    return signaling.register(token).then(() => signaling);
+  }
+
+  constructor(url, room, role, peerId) {
+    this.url = url;
+    this.room = room;
+    this.role = role;
+    this.peerId = peerId;
+    /** The other peers of the room: peer id -> role, in join order. */
+    this.peers = new Map();
+    this.onPeers = () => {};
+    this.onRelay = () => {};
+    this.onLeft = () => {};
+    this.onError = () => {};
+    this.onClose = () => {};
+    this.closed = false;
+  }
+
+  register(token) {
+    return new Promise((resolve, reject) => {
+      let registered = false;
+      const fail = (error) => {
+        if (!registered) reject(error);
+      };
+      try {
+        this.socket = new WebSocket(this.url);
+      } catch (error) {
+        reject(new SignalingError("unreachable", `cannot reach the signaling server at ${this.url}: ${error.message}`));
+        return;
+      }
+      this.socket.addEventListener("open", () => {
+        const message = { type: "register", room: this.room, role: this.role, peer_id: this.peerId };
+        if (token) message.token = token;
+        this.socket.send(JSON.stringify(message));
+      });
+      this.socket.addEventListener("message", (event) => {
+        const message = parse(event.data);
+        if (message === null) return;
+        if (message.type === "registered" && !registered) {
+          registered = true;
+          for (const peer of message.peers) this.peers.set(peer.peer_id, peer.role);
+          this.onPeers(this.peers);
+          resolve();
+        } else if (message.type === "error") {
+          const error = new SignalingError(message.code, message.message);
+          if (registered) this.onError(error);
+          else fail(error);
+        } else if (message.type === "peer-joined") {
+          this.peers.set(message.peer_id, message.role);
+          this.onPeers(this.peers, { joined: message.peer_id });
+        } else if (message.type === "peer-left") {
+          this.peers.delete(message.peer_id);
+          this.onPeers(this.peers, { left: message.peer_id });
+          this.onLeft(message.peer_id);
+        } else if (message.type === "relay") {
+          this.onRelay(message.from, message.payload);
+        }
+      });
+      this.socket.addEventListener("close", (event) => {
+        this.closed = true;
+        fail(new SignalingError("closed", `the signaling server at ${this.url} closed the connection (code ${event.code})`));
+        this.onClose(event);
+      });
+      this.socket.addEventListener("error", () => {
+        fail(new SignalingError("unreachable", `cannot reach the signaling server at ${this.url}`));
+      });
+    });
+  }
+
+  /** The worker peer ids of the room, in join order. */
+  workers() {
+    return [...this.peers].filter(([, role]) => role === "worker").map(([peerId]) => peerId);
+  }
+
+  relay(to, payload) {
+    if (this.closed) throw new SignalingError("closed", "the signaling connection is closed");
+    this.socket.send(JSON.stringify({ type: "relay", to, payload }));
+  }
+
+  close() {
+    if (this.socket && !this.closed) this.socket.close(1000);
+    this.closed = true;
+  }
+}
+
+// Server messages are checked for the fields used here; anything else is ignored.
+function parse(data) {
+  if (typeof data !== "string") return null;
+  let message;
+  try {
+    message = JSON.parse(data);
+  } catch {
+    return null;
+  }
+  if (message === null || typeof message !== "object" || Array.isArray(message)) return null;
+  switch (message.type) {
+    case "registered":
+      return Array.isArray(message.peers) && message.peers.every((p) => p && isPeerId(p.peer_id) && ROLES.has(p.role))
+        ? message : null;
+    case "peer-joined":
+    case "peer-left":
+      return isPeerId(message.peer_id) && ROLES.has(message.role) ? message : null;
+    case "relay":
+      return isPeerId(message.from) && message.payload && typeof message.payload === "object" ? message : null;
+    case "error":
+      return typeof message.code === "string"
+        ? { ...message, message: typeof message.message === "string" ? message.message : message.code } : null;
+    default:
+      return null;
+  }
+}
