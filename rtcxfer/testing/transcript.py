@@ -30,6 +30,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from rtcxfer import rtc
+from rtcxfer.auth import signaling_token
 from rtcxfer.client import JobResult, RTCClient
 from rtcxfer.frames import CHUNK_HEADER_SIZE
 from rtcxfer.sample import build_sample_package
@@ -148,7 +149,9 @@ async def record_job(transport: str = "rtc-chunked", directory: Path | None = No
     directory = Path(directory or tempfile.mkdtemp(prefix="rtcxfer-transcript-"))
     shared = directory / "shared"
     package = build_sample_package(shared / "jobs" / "sample-package.zip")
-    room_token, worker_token = "ROOMTOKEN", secrets.token_urlsafe(16)
+    # As `rtcxfer signal --token` and the other commands do: the server sees only an HMAC of the
+    # room secret (rtcxfer.auth.signaling_token), never the secret.
+    room_token, worker_token = signaling_token("ROOMSECRET"), secrets.token_urlsafe(16)
     transcript = Transcript()
     async with SignalingServer(LOOPBACK, 0, default_token=room_token) as server, _signaling_tap(
         server.url, transcript
@@ -165,7 +168,10 @@ async def record_job(transport: str = "rtc-chunked", directory: Path | None = No
                 send, receive = rtc.signaling_adapter(signaling, worker_id)
                 peer, channel = await rtc.connect_via(send, receive, "offerer", None, 30)
                 client = RTCClient(
-                    token=worker_token, shared_storage_root=shared, results_dir=directory / "results", transport=transport
+                    token=worker_token,
+                    shared_storage_root=shared,
+                    results_dir=directory / "results",
+                    transport=transport,
                 )
                 try:
                     await client.attach(_RecordingChannel(channel, transcript))
