@@ -196,7 +196,6 @@ class RTCWorkerClient:
         self.started_at = time.time()
         self._hardware: dict | None = None
         self._signaling = None
-        self._publishing: set[asyncio.Task] = set()
 
     def description(self) -> dict:
         """What this worker tells its room about itself (:mod:`rtcxfer.worker_description`)."""
@@ -223,8 +222,8 @@ class RTCWorkerClient:
         if signaling is None or not signaling.connected:
             return
         task = asyncio.ensure_future(self._send_description(signaling))
-        self._publishing.add(task)
-        task.add_done_callback(self._publishing.discard)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _send_description(self, signaling) -> None:
         try:
