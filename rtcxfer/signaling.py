@@ -841,14 +841,6 @@ class SignalingClient:
         except ConnectionClosed as exc:
             raise SignalingError(f"signaling connection closed: {exc}") from exc
 
-    async def wait_for_change(self, timeout: float | None = None) -> None:
-        """Return once a peer joins, leaves or changes its description (or the connection ends)."""
-        self._require_open()
-        try:
-            await asyncio.wait_for(self._peers_changed.wait(), timeout)
-        except asyncio.TimeoutError:
-            raise SignalingTimeoutError(f"nothing changed in room {self.room!r} within {timeout} s") from None
-
     @property
     def connected(self) -> bool:
         return self._ws is not None and not self._closed
