@@ -347,7 +347,7 @@ def worker(
         )
 
     def ready() -> None:
-        click.echo(f"worker {peer_id} waiting for jobs in room {room!r} on {signal_url} ({slots} job slots)", err=True)
+        click.echo(f"worker {peer_id} waiting for jobs in room {room!r} on {signal_url} ({slots} job slot{'s' if slots != 1 else ''})", err=True)
 
     def drain_now() -> None:
         click.echo(f"worker {peer_id}: draining: running jobs finish, no new ones are taken", err=True)

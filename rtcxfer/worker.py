@@ -338,17 +338,12 @@ class RTCWorkerClient:
                 except SignalingServerError as error:
                     if error.code in FATAL_SIGNALING_CODES or (not registrations and error.code != "duplicate-peer"):
                         raise
-                    if error.code == "duplicate-peer" and not registrations:
+                    if error.code == "duplicate-peer":
                         logger.error(
-                            "peer id {!r} is taken in room {!r}: another worker uses it (give this one its own "
-                            "with --peer-id NAME), or this worker's previous connection is not gone yet; retrying",
-                            peer_id,
-                            room,
-                        )
-                    elif error.code == "duplicate-peer":
-                        logger.error(
-                            "another peer is registered as {!r} in room {!r}: an impostor if the signaling server "
-                            "has no token (clients authenticate this worker and refuse impostors); retrying",
+                            "another peer is registered as {!r} in room {!r}: another worker (give each worker its own "
+                            "id with --peer-id NAME), this worker's previous connection not gone yet, or an impostor "
+                            "if the signaling server has no token (clients authenticate this worker and refuse "
+                            "impostors); retrying",
                             peer_id,
                             room,
                         )
