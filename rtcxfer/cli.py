@@ -347,7 +347,10 @@ def worker(
         )
 
     def ready() -> None:
-        click.echo(f"worker {peer_id} waiting for jobs in room {room!r} on {signal_url} ({slots} job slot{'s' if slots != 1 else ''})", err=True)
+        plural = "s" if slots != 1 else ""
+        click.echo(
+            f"worker {peer_id} waiting for jobs in room {room!r} on {signal_url} ({slots} job slot{plural})", err=True
+        )
 
     def drain_now() -> None:
         click.echo(f"worker {peer_id}: draining: running jobs finish, no new ones are taken", err=True)

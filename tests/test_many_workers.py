@@ -201,6 +201,10 @@ def test_a_second_worker_with_a_taken_id_is_told_to_use_peer_id(room: Room) -> N
     args = ["worker", "--signal", room.url, "--room", ROOM, "--token", TOKEN, "--peer-id", "gpu-a"]
     second = CliProcess("gpu-a-again", args, room.root, env=environment())
     try:
-        second.wait_for(r"another peer is registered as 'gpu-a' in room 'lab': another worker \(give each worker its own id with --peer-id NAME\)", timeout=GUARD)
+        second.wait_for(
+            r"another peer is registered as 'gpu-a' in room 'lab': another worker \(give each worker its own id "
+            r"with --peer-id NAME\)",
+            timeout=GUARD,
+        )
     finally:
         second.stop()
