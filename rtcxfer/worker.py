@@ -71,7 +71,7 @@ from rtcxfer.shared_storage import detect_shared_root
 from rtcxfer.signaling import SignalingServerError
 from rtcxfer.transport import ReceivedFile, Transport, TransportContext
 from rtcxfer.transports.shared_fs import CORRUPTED
-from rtcxfer.worker_description import build_description, gather_hardware
+from rtcxfer.worker_description import build_description, gather_hardware, validate_description
 from rtcxfer.worker_slots import JobSlots
 
 #: 2: mutual challenge-response authentication (HELLO, AUTH_CHALLENGE, AUTH_PROOF, WELCOME).
@@ -192,7 +192,7 @@ class RTCWorkerClient:
         self._background: set[asyncio.Task] = set()
         #: Job slots and draining; every change is published to the room (see :meth:`description`).
         self.job_slots = JobSlots(slots, on_change=self._publish_description)
-        self.labels = dict(labels or {})
+        self.labels = validate_description({"labels": dict(labels or {})})["labels"]  # DescriptionError now, not later
         self.started_at = time.time()
         self._hardware: dict | None = None
         self._signaling = None

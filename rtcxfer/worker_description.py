@@ -283,7 +283,8 @@ def build_description(
         "slots": slots,
         "running": min(running, slots),
         **hardware,
-        "transports": transports[:MAX_TRANSPORTS],
+        # A third party's plugin may be named outside the alphabet: it is left out, not fatal.
+        "transports": [name for name in transports if TRANSPORT_RE.fullmatch(name)][:MAX_TRANSPORTS],
         "labels": dict(labels),
         "started_at": round(started_at, 3),
     }

@@ -216,3 +216,15 @@ async def test_a_second_worker_with_a_taken_id_is_told_to_use_peer_id() -> None:
         reply = await recv_json(second)
         assert reply["code"] == "duplicate-peer" and "--peer-id" in reply["message"]
         await asyncio.sleep(0)
+
+
+def test_a_worker_refuses_bad_labels_at_once_and_leaves_out_odd_transport_names(tmp_path: Path) -> None:
+    from rtcxfer.worker import RTCWorkerClient
+
+    with pytest.raises(DescriptionError):
+        RTCWorkerClient(token="t", work_dir=tmp_path, labels={"bad key": "x"})
+    built = build_description(
+        {}, work_dir=tmp_path, transports=["direct", "my transport"], labels={}, slots=1, running=0,
+        draining=False, started_at=1.0,
+    )
+    assert built["transports"] == ["direct"]
