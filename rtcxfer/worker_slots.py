@@ -41,7 +41,7 @@ class JobSlots:
         if self.draining:
             return "the worker is draining: it finishes its running jobs and accepts no new ones"
         if self.running >= self.slots:
-            return f"all {self.slots} job slot{'s' if self.slots != 1 else ''} are taken"
+            return "its job slot is taken" if self.slots == 1 else f"all {self.slots} job slots are taken"
         self._holders.add(holder)
         self.peak = max(self.peak, self.running)
         self._changed()

@@ -98,7 +98,8 @@ def test_job_slots_refuse_when_full_or_draining_and_report_changes() -> None:
     slots.on_change = lambda: changes.append(slots.state)
     assert slots.take("s1") is None and slots.take("s1") is None
     assert slots.take("s2") is None and slots.state == "busy"
-    assert "2 job slots" in slots.take("s3")
+    assert slots.take("s3") == "all 2 job slots are taken"
+    assert JobSlots(1).take("a") is None
     slots.release("s1")
     slots.drain()
     assert "draining" in slots.take("s4")

@@ -228,3 +228,28 @@ def test_a_worker_refuses_bad_labels_at_once_and_leaves_out_odd_transport_names(
         draining=False, started_at=1.0,
     )
     assert built["transports"] == ["direct"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.sampled_from([*GOOD, "other"]), json_values, max_size=8))
+def test_the_server_passes_on_exactly_the_valid_descriptions(candidate: dict[str, Any]) -> None:
+    try:
+        expected: dict[str, Any] | None = validate_description(candidate)
+    except DescriptionError:
+        expected = None
+
+    async def scenario() -> None:
+        async with SignalingServer(LOOPBACK, 0) as server:
+            worker = await registered(server, "lab", "worker", "gpu1")
+            watcher = await registered(server, "lab", "client", "c")
+            await recv_json(worker)  # c joined
+            await send_json(worker, {"type": "describe", "description": candidate})
+            if expected is None:
+                assert (await recv_json(worker))["code"] == "bad-message"
+                await assert_silent(watcher, 0.05)
+            else:
+                update = await recv_json(watcher)
+                assert update == {"type": "peer-updated", "peer_id": "gpu1", "role": "worker",
+                                  "description": json.loads(json.dumps(expected))}
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
