@@ -74,8 +74,15 @@ def room_token(room_secret: str) -> str:
     return hmac.new(room_secret.encode(), ROOM_TOKEN_MESSAGE, hashlib.sha256).hexdigest()
 
 
-def transcript(role: str, client_nonce: str, worker_nonce: str, client_fingerprint: str,
-               worker_fingerprint: str, client_transports: str, worker_transports: str | None = None) -> bytes:
+def transcript(
+    role: str,
+    client_nonce: str,
+    worker_nonce: str,
+    client_fingerprint: str,
+    worker_fingerprint: str,
+    client_transports: str,
+    worker_transports: str | None = None,
+) -> bytes:
     """Section 3.1: ``rtcxfer-auth-v2`` then each field as a 4-byte big-endian length and its UTF-8."""
     fields = [role, client_nonce, worker_nonce, client_fingerprint, worker_fingerprint, client_transports]
     if worker_transports is not None:
@@ -133,7 +140,7 @@ def _split(parts: list[str], count: int, greedy: int | None) -> list[str] | None
     if len(parts) < count:
         return None
     after = count - greedy - 1
-    return [*parts[:greedy], "::".join(parts[greedy:len(parts) - after]), *parts[len(parts) - after:]]
+    return [*parts[:greedy], "::".join(parts[greedy : len(parts) - after]), *parts[len(parts) - after :]]
 
 
 def decode(text: str) -> tuple[str, list[str]]:
@@ -167,9 +174,15 @@ def _is_float(text: str) -> bool:
 def safe_relative(name: str) -> PurePosixPath:
     """Section 5/7: a peer's file name, refused unless a plain relative POSIX path."""
     path = PurePosixPath(name)
-    if (not name or name.startswith("/") or "\\" in name or any(ord(c) < 32 or ord(c) == 127 for c in name)
-            or any(part in ("", ".", "..") for part in name.split("/")) or ":" in path.parts[0]
-            or PARTIAL_NAME.fullmatch(path.name)):
+    if (
+        not name
+        or name.startswith("/")
+        or "\\" in name
+        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+        or any(part in ("", ".", "..") for part in name.split("/"))
+        or ":" in path.parts[0]
+        or PARTIAL_NAME.fullmatch(path.name)
+    ):
         raise ProtocolViolation(f"unsafe file name from the worker: {name[:200]!r}")
     return path
 
@@ -246,8 +259,9 @@ class DocClient:
 
         # Section 1.4: no trickle, so the local description holds every candidate.
         await self._pc.setLocalDescription(await self._pc.createOffer())
-        await self._signal_send({"type": "relay", "to": worker_id,
-                                 "payload": {"kind": "offer", "sdp": self._pc.localDescription.sdp}})
+        await self._signal_send(
+            {"type": "relay", "to": worker_id, "payload": {"kind": "offer", "sdp": self._pc.localDescription.sdp}}
+        )
         async with asyncio.timeout(ANSWER_TIMEOUT):
             while True:
                 message = await self._signal_recv()
@@ -303,8 +317,10 @@ class DocClient:
         version, worker_transports, worker_proof = fields
         if version != str(PROTOCOL_VERSION):
             raise ProtocolViolation(f"WELCOME with version {version}")
-        expected = proof(token, transcript("worker", client_nonce, worker_nonce, client_fp, worker_fp,
-                                           self.transports, worker_transports))
+        expected = proof(
+            token,
+            transcript("worker", client_nonce, worker_nonce, client_fp, worker_fp, self.transports, worker_transports),
+        )
         if not hmac.compare_digest(worker_proof.encode(), expected.encode()):
             raise ImpostorWorker(welcome)
         self.worker_transports = [] if worker_transports == "none" else worker_transports.split(",")
@@ -425,7 +441,7 @@ class DocClient:
             raise ProtocolViolation(f"FILE_ACCEPT offset {offset} past the file's {len(data)} bytes")
         header_id = bytes.fromhex(transfer_id)
         while offset < len(data):
-            payload = data[offset:offset + CHUNK_PAYLOAD]
+            payload = data[offset : offset + CHUNK_PAYLOAD]
             await self.send_bytes(CHUNK_HEADER.pack(CHUNK_MAGIC, header_id, offset) + payload)
             offset += len(payload)
         await self.send_text(encode("FILE_END", transfer_id))
@@ -435,8 +451,13 @@ class DocClient:
 
     async def _start_incoming(self, fields: list[str], results_dir: Path, incoming: dict[str, _Incoming]) -> None:
         transfer_id, name, size, sha256, chunk_size = fields
-        if not (HEX32.fullmatch(transfer_id) and HEX64.fullmatch(sha256) and INTEGER.fullmatch(size)
-                and INTEGER.fullmatch(chunk_size) and 1 <= int(chunk_size) <= 262144):
+        if not (
+            HEX32.fullmatch(transfer_id)
+            and HEX64.fullmatch(sha256)
+            and INTEGER.fullmatch(size)
+            and INTEGER.fullmatch(chunk_size)
+            and 1 <= int(chunk_size) <= 262144
+        ):
             raise ProtocolViolation(f"bad FILE_META fields: {fields!r}")
         relative = safe_relative(name)
         final = results_dir / relative
@@ -450,7 +471,7 @@ class DocClient:
         if len(chunk) <= CHUNK_HEADER.size:
             raise ProtocolViolation("a binary message too short to be a chunk")
         magic, raw_id, offset = CHUNK_HEADER.unpack_from(chunk)
-        payload = chunk[CHUNK_HEADER.size:]
+        payload = chunk[CHUNK_HEADER.size :]
         entry = incoming.get(raw_id.hex())
         if magic != CHUNK_MAGIC or entry is None:
             raise ProtocolViolation("a chunk of no open transfer")
@@ -468,7 +489,9 @@ class DocClient:
         digest = entry.digest.hexdigest()
         if entry.received != entry.size or digest != entry.sha256:
             entry.partial.unlink(missing_ok=True)
-            await self.send_text(encode("FILE_ERROR", transfer_id, f"SHA-256 mismatch: the received bytes hash to {digest}"))
+            await self.send_text(
+                encode("FILE_ERROR", transfer_id, f"SHA-256 mismatch: the received bytes hash to {digest}")
+            )
             raise ProtocolViolation(f"result {entry.name} arrived damaged")
         with entry.partial.open("rb") as written:
             os.fsync(written.fileno())

@@ -6,19 +6,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import secrets
 
 import aioice.ice
 import pytest
+from doc_client import DocClient, WorkerRefused, room_token
 
-from rtcxfer.sample import build_sample_package, sample_text
+from rtcxfer.sample import build_sample_package
 from rtcxfer.testing.processes import WORKER_READY, CliProcess, cli_environment, start_signaling
-
-from doc_client import DocClient, WorkerRefused
 
 ROOM = "lab"
 ROOM_SECRET = "ROOMSECRET"
 WORKER_TOKEN = "worker-token-3f9a"
-DATA = sample_text(lines=300)
+# Random hex lines: the package (about 85 KB deflated) and copy/data.txt (162,500 bytes) each
+# take several chunks, so offsets past 0 cross the wire both ways.
+DATA = "".join(f"{secrets.token_hex(32)}\n" for _ in range(2500)).encode()
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +34,21 @@ def servers(tmp_path_factory):
     signal, url = start_signaling(base, token=ROOM_SECRET, env=env)
     worker = CliProcess(
         "worker",
-        ["worker", "--signal", url, "--room", ROOM, "--token", WORKER_TOKEN, "--signal-token", ROOM_SECRET,
-         "--shared-root", str(shared_root), "--work-dir", str(work_dir)],
+        [
+            "worker",
+            "--signal",
+            url,
+            "--room",
+            ROOM,
+            "--token",
+            WORKER_TOKEN,
+            "--signal-token",
+            ROOM_SECRET,
+            "--shared-root",
+            str(shared_root),
+            "--work-dir",
+            str(work_dir),
+        ],
         base,
         env=env,
     )
@@ -95,12 +110,20 @@ def test_rtc_chunked_then_shared_fs_job_in_one_session(servers):
     assert chunked.relative_path == chunked.job_id and chunked.file_count == 2, client.log
     assert {name: path.read_bytes() for name, path in chunked.files.items()} == expected
     assert f"JOB_STATUS::{chunked.job_id}::running" in chunked.reports
+    sent_chunks = [line for line in client.log if line.startswith("C->W <binary")]
+    received_chunks = [line for line in client.log if line.startswith("W->C <binary")]
+    assert len(sent_chunks) >= 2 and len(received_chunks) >= 3, client.log
     assert not list((base / "results").rglob("*.part"))
 
     assert shared.relative_path == "rtcxfer-results/doc-client" and shared.file_count == 2, client.log
     output = shared_root / shared.relative_path
     assert {str(p.relative_to(output)): p.read_bytes() for p in output.rglob("*") if p.is_file()} == expected
     assert not list((shared_root / ".rtcxfer" / "probes").iterdir()), "the probe file was left behind"
+
+
+def test_room_token_matches_the_documents_worked_example():
+    # docs/protocol.md section 9.1: the room secret ROOMSECRET registers with this token.
+    assert room_token("ROOMSECRET") == "5ae7d8ceb3c3002a7900432cacfd18ea21c479d3256785c248b06706381452a3"
 
 
 def test_wrong_worker_token_gets_auth_failed(servers):
@@ -114,10 +137,18 @@ def test_wrong_worker_token_gets_auth_failed(servers):
                 await client.authenticate("not-the-worker-token")
             # The worker closes the channel after AUTH_FAILED (section 3.1).
             closed = await asyncio.wait_for(client._inbox.get(), 30)
-            return refused.value.frame, closed
         finally:
             await client.close()
+        # ... and goes on serving: the right token is welcome right after.
+        again = DocClient(transports=("rtc-chunked",))
+        try:
+            await again.connect(url, ROOM, ROOM_SECRET)
+            welcome = await again.authenticate(WORKER_TOKEN)
+        finally:
+            await again.close()
+        return refused.value.frame, closed, welcome
 
-    frame, closed = run(scenario())
+    frame, closed, welcome = run(scenario())
     assert frame == "AUTH_FAILED::invalid token"
     assert closed is None
+    assert welcome.startswith("WELCOME::2::")
