@@ -262,18 +262,20 @@ class DocClient:
         await self._signal_send(
             {"type": "relay", "to": worker_id, "payload": {"kind": "offer", "sdp": self._pc.localDescription.sdp}}
         )
-        async with asyncio.timeout(ANSWER_TIMEOUT):
-            while True:
-                message = await self._signal_recv()
-                if message.get("type") == "relay" and message.get("from") == worker_id:
-                    payload = message["payload"]
-                    if payload.get("kind") == "answer":
-                        break
-                    raise WorkerRefused(f"worker answered the offer with {payload!r}")
-                if message.get("type") == "peer-left" and message.get("peer_id") == worker_id:
-                    raise WorkerRefused("the worker left the room")
-        await self._pc.setRemoteDescription(RTCSessionDescription(sdp=payload["sdp"], type="answer"))
+        answer_sdp = await asyncio.wait_for(self._await_answer(worker_id), ANSWER_TIMEOUT)
+        await self._pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
         await asyncio.wait_for(opened, FRAME_TIMEOUT)
+
+    async def _await_answer(self, worker_id: str) -> str:
+        while True:
+            message = await self._signal_recv()
+            if message.get("type") == "relay" and message.get("from") == worker_id:
+                payload = message["payload"]
+                if payload.get("kind") == "answer":
+                    return payload["sdp"]
+                raise WorkerRefused(f"worker answered the offer with {payload!r}")
+            if message.get("type") == "peer-left" and message.get("peer_id") == worker_id:
+                raise WorkerRefused("the worker left the room")
 
     async def _signal_send(self, message: dict) -> None:
         await self._websocket.send(json.dumps(message))
