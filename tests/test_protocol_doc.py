@@ -158,3 +158,17 @@ def test_worked_example_is_the_sequence_of_a_real_run(transcripts, transport, he
     assert documented, f"no worked example under {heading}"
     recorded = _recorded_sequence(transcripts[transport])
     assert _without_timing(documented) == _without_timing(recorded)
+
+
+def test_the_authentication_test_vector_is_what_rtcxfer_computes() -> None:
+    from rtcxfer import auth
+
+    section = _section(_doc(), "### 3.1")
+    transcript = auth.Transcript("11" * 32, "22" * 32, ":".join(["AA"] * 32), ":".join(["BB"] * 32),
+                                 "shared-fs,direct,rtc-chunked")
+    assert f"client proof: {auth.client_proof('s3cret', transcript)}" in section
+    assert f"worker proof: {auth.worker_proof('s3cret', transcript, 'rtc-chunked')}" in section
+    assert f"`{auth.signaling_token('ROOMSECRET')}`" in section
+    start = transcript.message(b"client").hex()[:58]
+    assert start == "727463786665722d617574682d763200000006636c69656e7400000040"
+    assert "`727463786665722d617574682d7632`" in section
