@@ -262,19 +262,47 @@ def signal_server(
     help="Also serve clients of sleap-rtc's existing data-channel protocol. Such a session cannot present "
     "the worker's token: it is authenticated only by the signaling server's token.",
 )
+@click.option("--slots", type=click.IntRange(1, 1024), default=1, show_default=True, help="Jobs run at once.")
+@click.option(
+    "--label", "labels", multiple=True, metavar="KEY=VALUE", help="Tell the room about this worker (repeatable)."
+)
+@click.option(
+    "--pid-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write this worker's pid here."
+)
+@click.option(
+    "--drain",
+    is_flag=True,
+    help="Do not start a worker: tell the one whose pid is in --pid-file to finish its running jobs and take "
+    "no new ones (the same as sending it SIGUSR1).",
+)
 def worker(
     signal_url, room, token, signal_token, shared_root, ice_servers, any_interface, peer_id, work_dir, job_timeout,
-    job_env, max_unauthenticated, auth_timeout, insecure_no_token, legacy,
+    job_env, max_unauthenticated, auth_timeout, insecure_no_token, legacy, slots, labels, pid_file, drain,
 ) -> None:
     """Serve jobs: run each package's command and send its results back.
 
     Needs a token (--token or RTCXFER_TOKEN): every client must prove it knows it, and the
     worker proves it back, without the token ever crossing the network.
     """
+    from rtcxfer import cli_room
     from rtcxfer.errors import SignalingError, describe
     from rtcxfer.limits import WorkerLimits
     from rtcxfer.worker import RTCWorkerClient
+    from rtcxfer.worker_description import DescriptionError, parse_label
 
+    if drain:
+        if pid_file is None:
+            raise click.UsageError("--drain needs --pid-file (the file the running worker was started with)")
+        try:
+            pid = cli_room.signal_drain(pid_file)
+        except (OSError, ValueError) as error:
+            raise click.ClickException(f"cannot signal the worker in {pid_file}: {error}") from None
+        click.echo(f"asked worker {pid} to drain: it finishes its running jobs and takes no new ones", err=True)
+        return
+    try:
+        label_map = dict(parse_label(text) for text in labels)
+    except DescriptionError as error:
+        raise click.BadParameter(str(error), param_hint="--label") from None
     if not token and not insecure_no_token:
         raise click.UsageError(
             "a worker needs a token (--token or RTCXFER_TOKEN); without one anyone in the room could run jobs "
@@ -300,7 +328,11 @@ def worker(
         job_env_allow=job_env,
         limits=WorkerLimits(max_unauthenticated=max_unauthenticated, auth_timeout=auth_timeout),
         legacy=legacy,
+        slots=slots,
+        labels=label_map,
     )
+    if pid_file is not None:
+        cli_room.write_pid_file(pid_file)
     shared = runner.shared_storage_root or "none"
     click.echo(
         f"worker {peer_id}: shared storage {shared}; transports {', '.join(runner.offered_transports())}; "
@@ -315,20 +347,29 @@ def worker(
         )
 
     def ready() -> None:
-        click.echo(f"worker {peer_id} waiting for jobs in room {room!r} on {signal_url}", err=True)
+        plural = "s" if slots != 1 else ""
+        click.echo(
+            f"worker {peer_id} waiting for jobs in room {room!r} on {signal_url} ({slots} job slot{plural})", err=True
+        )
+
+    def drain_now() -> None:
+        click.echo(f"worker {peer_id}: draining: running jobs finish, no new ones are taken", err=True)
+        runner.drain()
+
+    async def serve() -> None:
+        cli_room.install_drain_signal(drain_now)
+        await runner.serve(
+            signal_url,
+            room,
+            peer_id=peer_id,
+            signaling_token=_room_token(signal_token or token),
+            peer_options=_peer_options(ice_servers, any_interface),
+            on_ready=ready,
+            on_notice=lambda text: click.echo(f"worker {peer_id}: {text}", err=True),
+        )
 
     try:
-        _run(
-            runner.serve(
-                signal_url,
-                room,
-                peer_id=peer_id,
-                signaling_token=_room_token(signal_token or token),
-                peer_options=_peer_options(ice_servers, any_interface),
-                on_ready=ready,
-                on_notice=lambda text: click.echo(f"worker {peer_id}: {text}", err=True),
-            )
-        )
+        _run(serve())
     except Interrupted:
         click.echo("worker stopped", err=True)
     except SignalingError as error:
@@ -352,19 +393,36 @@ def worker(
 )
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for a worker.")
 @click.option("--quiet", is_flag=True, help="No progress bars or job output; just the result.")
+@click.option("--worker", "worker_id", default=None, metavar="ID", help="Run on this worker of the room.")
+@click.option(
+    "--require",
+    "requirements",
+    multiple=True,
+    metavar="EXPR",
+    help="Only a worker that meets EXPR (repeatable), e.g. gpu_memory_mb>=16000, label.site=hpc, transport=direct.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the outcome on stdout.")
 def submit(
     package, signal_url, room, token, signal_token, shared_root, ice_servers, any_interface, transport, results_dir,
-    timeout, quiet,
+    timeout, quiet, worker_id, requirements, as_json,
 ) -> None:
     """Run PACKAGE (a ZIP with rtcxfer.json) on a worker and download its results.
 
     Exits 0 when the job succeeded, 1 when it failed, 2 when a forced transport is not
-    installed or not usable, 3 when no worker could be reached or the token was refused, 130
-    when cancelled with Ctrl-C (the job is cancelled on the worker too).
+    installed or not usable, 3 when no worker could be reached (none meets --require, the one
+    --worker names is absent) or the token was refused, 130 when cancelled with Ctrl-C (the job
+    is cancelled on the worker too). When every matching worker is busy, it waits in the queue.
     """
     from rtcxfer.progress import ProgressDisplay
+    from rtcxfer.worker_choice import RequirementError, parse_requirement
 
+    for text in requirements:
+        try:
+            parse_requirement(text)
+        except RequirementError as error:
+            raise click.BadParameter(str(error), param_hint="--require") from None
     display = ProgressDisplay(enabled=not quiet)
+    outcome = _SubmitOutcome(as_json, worker_id, requirements)
     try:
         code = _run(
             _submit(
@@ -380,21 +438,40 @@ def submit(
                 results_dir,
                 timeout,
                 display,
+                outcome,
             )
         )
     except Interrupted:
         display.close()
         click.echo("cancelled", err=True)
         code = EXIT_CANCELLED
+    if as_json:
+        from rtcxfer.cli_room import submit_json
+
+        click.echo(submit_json(outcome.result, code, outcome.failure))
     sys.exit(code)
+
+
+class _SubmitOutcome:
+    """What ``submit`` learned, for its ``--json`` line; human lines go to stderr with --json."""
+
+    def __init__(self, as_json: bool, worker_id: str | None, requirements: tuple[str, ...]) -> None:
+        self.as_json = as_json
+        self.worker_id = worker_id
+        self.requirements = requirements
+        self.result = None
+        self.failure: str | None = None
+
+    def say(self, line: str) -> None:
+        click.echo(line, err=self.as_json)
 
 
 async def _submit(
     package, signal_url, room, token, signal_token, shared_root, ice_servers, any_interface, transport, results_dir,
-    timeout, display,
+    timeout, display, outcome,
 ) -> int:
     from rtcxfer.client import RTCClient
-    from rtcxfer.errors import AuthenticationError, PluginError, RtcxferError, describe
+    from rtcxfer.errors import AuthenticationError, NoWorkerError, PluginError, RtcxferError, describe
 
     try:
         client = RTCClient(
@@ -412,8 +489,12 @@ async def _submit(
         async with client:
             try:
                 room_token = _room_token(signal_token or token)
-                await client.connect(signal_url, room, signaling_token=room_token, timeout=timeout)
-            except AuthenticationError as error:
+                await client.connect(
+                    signal_url, room, signaling_token=room_token, timeout=timeout, worker_id=outcome.worker_id,
+                    require=outcome.requirements,
+                )
+            except (AuthenticationError, NoWorkerError) as error:
+                outcome.failure = str(error)
                 click.echo(f"error: {error}", err=True)
                 return EXIT_CONNECTION
             except (RtcxferError, asyncio.TimeoutError, OSError) as error:
@@ -422,6 +503,7 @@ async def _submit(
                 )
                 return EXIT_CONNECTION
             result = await client.submit(package)
+            outcome.result = result
     except PluginError as error:
         display.close()
         click.echo(f"error: {error}", err=True)
@@ -432,11 +514,11 @@ async def _submit(
         return EXIT_JOB_FAILED
     display.close()
     if result.ok:
-        click.echo(
-            f"job {result.job_id} complete: {result.file_count} files, {result.total_mb} MiB "
-            f"(input via {result.input_transport}, results via {result.results_transport})"
+        outcome.say(
+            f"job {result.job_id} complete on worker {result.worker_id}: {result.file_count} files, "
+            f"{result.total_mb} MiB (input via {result.input_transport}, results via {result.results_transport})"
         )
-        click.echo(f"results: {result.results_dir}")
+        outcome.say(f"results: {result.results_dir}")
         return EXIT_OK
     failure = result.failure or "no reason given"
     # The worker's own text usually names the job already ("Job X failed: ..."); say it once.
@@ -445,6 +527,28 @@ async def _submit(
     else:
         click.echo(f"error: job {result.job_id} failed: {failure}", err=True)
     return EXIT_JOB_FAILED
+
+
+@main.command()
+@_apply(connection_options[:4])
+@click.option("--json", "as_json", is_flag=True, help="Print the workers and their descriptions as JSON.")
+def workers(signal_url, room, token, signal_token, as_json) -> None:
+    """List the workers of a room: state, job slots, GPU, labels, transports, uptime."""
+    from rtcxfer import cli_room
+    from rtcxfer.errors import RtcxferError, describe
+    from rtcxfer.room import list_workers
+
+    try:
+        found = _run(list_workers(signal_url, room, signaling_token=_room_token(signal_token or token)))
+    except RtcxferError as error:
+        click.echo(f"error: cannot list the workers of room {room!r} via {signal_url}: {describe(error)}", err=True)
+        sys.exit(EXIT_CONNECTION)
+    if as_json:
+        click.echo(cli_room.workers_json(found))
+    elif not found:
+        click.echo(f"no workers in room {room!r}", err=True)
+    else:
+        click.echo(cli_room.render_table(cli_room.WORKER_COLUMNS, cli_room.worker_rows(found)))
 
 
 @main.command()

@@ -19,7 +19,8 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from rtcxfer.errors import (
     PluginError,
     RtcxferError,
     TransferError,
+    WorkerBusyError,
     describe,
 )
 from rtcxfer.frames import (
@@ -54,6 +56,7 @@ from rtcxfer.frames import (
     PathErrorFrame,
     ProtocolErrorFrame,
     Welcome,
+    WorkerBusy,
     quote_for_log,
 )
 from rtcxfer.link import Link
@@ -68,6 +71,7 @@ APPLICATION_FRAMES: tuple[type[Frame], ...] = (
     AuthChallenge,
     Welcome,
     AuthFailed,
+    WorkerBusy,
     JobAccepted,
     JobStatus,
     JobLog,
@@ -107,6 +111,13 @@ class JobResult:
     results_transport: str | None = None
     failure: str | None = None
     log_tail: tuple[str, ...] = ()
+    #: The peer id of the worker that ran the job (None for a session made with :meth:`RTCClient.attach`).
+    worker_id: str | None = None
+    #: Bytes of the package sent, and of the result files received.
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    #: ``total``, ``transfer`` (input and results moving) and ``run`` (the job's command), where known.
+    seconds: dict = attrs.field(factory=dict)
 
 
 class RTCClient:
@@ -148,6 +159,9 @@ class RTCClient:
         self._reports: asyncio.Queue[Frame] = asyncio.Queue()
         self._cancel_report: asyncio.Future | None = None
         self._log_tail: list[str] = []
+        #: The worker of this session, once connected through the signaling server.
+        self.worker_id: str | None = None
+        self._status_times: dict[str, float] = {}
         self.context = TransportContext(
             role="client",
             incoming_dir=self.results_dir,
@@ -181,25 +195,74 @@ class RTCClient:
         signaling_token: str | None = None,
         worker_id: str | None = None,
         timeout: float = 30.0,
+        require: Iterable[str] = (),
     ) -> None:
-        """Find the worker through the signaling server, connect, authenticate, negotiate."""
-        from rtcxfer import rtc
-        from rtcxfer.signaling import SignalingClient
+        """Find a worker through the signaling server, connect, authenticate, negotiate.
 
+        ``worker_id`` forces one worker; ``require`` holds expressions every candidate must meet
+        (see :mod:`rtcxfer.worker_choice`). Among the rest the best is tried first, a full one is
+        skipped, and when every one is busy this waits in the room's queue (saying so through
+        ``notice`` events). :class:`~rtcxfer.errors.NoWorkerError` when none can ever fit.
+        """
+        from rtcxfer.room import open_session_in_room
+        from rtcxfer.signaling import SignalingClient
+        from rtcxfer.worker_choice import parse_requirement
+        from rtcxfer.worker_description import shared_root_fingerprint
+
+        requirements = [parse_requirement(text) for text in require]
         self._signaling = SignalingClient(
             signaling_url, room, "client", f"client-{secrets.token_hex(4)}", signaling_token
         )
         await self._signaling.connect()
         try:
-            worker_id = worker_id or await self._signaling.wait_for_peer(role="worker", timeout=timeout)
-            send, receive = rtc.signaling_adapter(self._signaling, worker_id)
-            self._peer, channel = await rtc.connect_via(send, receive, "offerer", self.peer_options, timeout)
-            self._peer.watch_packet_size(lambda size: self._emit("notice", None, message=size.describe()))
+            own = await asyncio.to_thread(shared_root_fingerprint, self.shared_storage_root)
+            self.worker_id = await open_session_in_room(
+                self._signaling,
+                lambda candidate: self._open_session(candidate, timeout),
+                worker_id=worker_id,
+                requirements=requirements,
+                own_fingerprint=own,
+                timeout=timeout,
+                notice=lambda text: self._emit("notice", None, message=text),
+            )
         except BaseException:
+            await self._detach()
             await self._signaling.close()
             raise
+        self._emit("notice", None, message=f"worker {self.worker_id} took the session")
+
+    async def _open_session(self, worker_id: str, timeout: float) -> None:
+        """A session with ``worker_id``; torn down again if it refuses (WorkerBusyError)."""
+        from rtcxfer import rtc
+
+        assert self._signaling is not None
+        send, receive = rtc.signaling_adapter(self._signaling, worker_id)
+        self._peer, channel = await rtc.connect_via(send, receive, "offerer", self.peer_options, timeout)
+        self._peer.watch_packet_size(lambda size: self._emit("notice", None, message=size.describe()))
         self._watch_task = asyncio.create_task(self._watch_worker(worker_id))
-        await self.attach(channel)
+        try:
+            await self.attach(channel, worker_id)
+        except WorkerBusyError:
+            await self._detach()
+            raise
+
+    async def _detach(self) -> None:
+        """Undo a session attempt: the worker refused it (or connecting failed)."""
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
+            self._watch_task = None
+        if self.link is not None:
+            self.link.close()
+        if self._run_task is not None:
+            await asyncio.gather(self._run_task, return_exceptions=True)
+            self._run_task = None
+        if self._peer is not None:
+            await self._peer.close()
+            self._peer = None
+        self.link = None
+        self.transports = {}
+        self._reports = asyncio.Queue()
 
     async def _watch_worker(self, worker_id: str) -> None:
         """End the session as soon as the signaling server says the worker left the room.
@@ -226,8 +289,10 @@ class RTCClient:
                     self.link.close()
                 return
 
-    async def attach(self, channel) -> None:
-        """Use an already open data channel to the worker: authenticate and negotiate."""
+    async def attach(self, channel, worker_id: str | None = None) -> None:
+        """Use an already open data channel to the worker: authenticate and negotiate.
+
+        :class:`~rtcxfer.errors.WorkerBusyError` when the worker has no free job slot."""
         engine = Session(self.plugins.claim, catalogue=self.plugins.catalogue, application_frames=APPLICATION_FRAMES)
         self.link = Link(channel, engine, name="client")
         self.context.on_notice = self._reports.put_nowait
@@ -238,7 +303,7 @@ class RTCClient:
         self.link.add_handler(APPLICATION, self)
         self._run_task = asyncio.create_task(self.link.run())
         offered = [name for name, t in self.transports.items() if type(t).usable(self.context)]
-        reply = await self._authenticate(",".join(offered) or "none")
+        reply = await self._authenticate(",".join(offered) or "none", worker_id or "the worker")
         theirs = set(reply.transports.split(","))
         self.session_transports = []
         for name in offered:
@@ -256,7 +321,7 @@ class RTCClient:
                 self._emit("notice", None, message=f"{name} is not usable between these peers{why}")
         self._emit("notice", None, message=f"transports for this session: {', '.join(self.session_transports)}")
 
-    async def _authenticate(self, offered: str) -> Welcome:
+    async def _authenticate(self, offered: str, worker_name: str = "the worker") -> Welcome:
         """Prove the token to the worker and make it prove the token back (see :mod:`rtcxfer.auth`).
 
         Raises :class:`AuthenticationError` if the worker refuses us, or if it cannot prove it
@@ -273,7 +338,9 @@ class RTCClient:
         # Without a token the proof is made with an empty key: only a worker run with
         # --insecure-no-token accepts it.
         proof = auth.client_proof(self.token or "", transcript)
-        welcome = await self._ask(AuthProof(proof), (Welcome, AuthFailed))
+        welcome = await self._ask(AuthProof(proof), (Welcome, AuthFailed, WorkerBusy))
+        if isinstance(welcome, WorkerBusy):
+            raise WorkerBusyError(worker_name, quote_for_log(welcome.reason))
         if isinstance(welcome, AuthFailed):
             raise AuthenticationError(f"the worker refused this client: {quote_for_log(welcome.reason)}")
         if welcome.worker_proof == auth.NO_PROOF:
@@ -332,6 +399,7 @@ class RTCClient:
         elif isinstance(frame, JobProgress):
             self._emit("progress", frame.job_id, done=frame.done, total=frame.total)
         elif isinstance(frame, JobStatus):
+            self._status_times[frame.state] = time.monotonic()
             if frame.state == "sending-results":
                 # Made only now, before the first result file is announced (frames are handled
                 # in order), so a client killed while its job runs leaves nothing behind.
@@ -377,11 +445,21 @@ class RTCClient:
             raise JobError(f"package {package} does not exist or is not a file")
         job_id = job_id or f"job-{secrets.token_hex(4)}"
         input_via = self.choose(forced=transport)
+        started = time.monotonic()
+        self._status_times = {}
         try:
-            return await self._run(package, job_id, input_via, forced=bool(transport or self.forced_transport))
+            result = await self._run(package, job_id, input_via, forced=bool(transport or self.forced_transport))
         except asyncio.CancelledError:
             await self._cancel(job_id)
             raise
+        received = await asyncio.to_thread(_tree_bytes, result.results_dir) if result.results_dir else 0
+        return attrs.evolve(
+            result,
+            worker_id=self.worker_id,
+            bytes_sent=package.stat().st_size,
+            bytes_received=received,
+            seconds=_phase_seconds(started, time.monotonic(), self._status_times),
+        )
 
     async def _run(self, package: Path, job_id: str, input_via: str, *, forced: bool) -> JobResult:
         results_via = input_via
@@ -484,6 +562,20 @@ class RTCClient:
             await asyncio.shield(self.link.send(JobCancel(job_id)))
         except RtcxferError as error:
             logger.warning("could not cancel {}: {}", job_id, describe(error))
+
+
+def _tree_bytes(directory: Path) -> int:
+    return sum(path.lstat().st_size for path in directory.rglob("*") if path.is_file() and not path.is_symlink())
+
+
+def _phase_seconds(started: float, ended: float, states: dict[str, float]) -> dict[str, float]:
+    """Where a job's time went, from the worker's JOB_STATUS moments as this client saw them."""
+    seconds = {"total": round(ended - started, 3)}
+    if "running" in states and "sending-results" in states:
+        seconds["run"] = round(states["sending-results"] - states["running"], 3)
+    if "extracting" in states and "sending-results" in states:
+        seconds["transfer"] = round((states["extracting"] - started) + (ended - states["sending-results"]), 3)
+    return seconds
 
 
 def _reason(frame: Frame) -> str:

@@ -143,6 +143,20 @@ class ConnectionClosedError(RtcxferError):
     """The peer connection or data channel closed before the operation completed."""
 
 
+class NoWorkerError(SignalingError):
+    """No worker of the room can take the job: none meets the requirements, or the one named
+    is not there. The message lists what the room has."""
+
+
+class WorkerBusyError(RtcxferError):
+    """A worker refused the session (``WORKER_BUSY``): every job slot is taken, or it drains."""
+
+    def __init__(self, worker_id: str, reason: str) -> None:
+        super().__init__(f"worker {worker_id} is busy: {reason}")
+        self.worker_id = worker_id
+        self.reason = reason
+
+
 def describe(exc: BaseException) -> str:
     """A one-line description of ``exc`` fit for a log line or a user message."""
     text = str(exc)

@@ -367,6 +367,15 @@ class AuthFailed(Frame):
     reason: str = text(greedy=True)
 
 
+@frame_type("WORKER_BUSY")
+class WorkerBusy(Frame):
+    """Worker -> client, in place of ``WELCOME``: the client proved the token, but every job
+    slot is taken or the worker is draining; the worker closes the session. The client may try
+    another worker of the room, or wait for a slot."""
+
+    reason: str = text(greedy=True)
+
+
 @frame_type("JOB_SUBMIT")
 class JobSubmit(Frame):
     """Client -> worker: a job is coming; its input follows by some transport, and results
@@ -423,6 +432,7 @@ class ProtocolErrorFrame(Frame):
 
 
 BUILTIN_FRAME_TYPES: tuple[type[Frame], ...] = (
+    WorkerBusy,
     SharedInputPath,
     SharedOutputPath,
     PathValidated,

@@ -12,13 +12,17 @@ JSON text messages, one object per WebSocket text message, at most ``max_message
 
 Peer -> server::
 
-    {"type": "register", "room": R, "role": "worker"|"client", "peer_id": ID, "token": T}
+    {"type": "register", "room": R, "role": "worker"|"client", "peer_id": ID, "token": T,
+     "description": {...}}                                      (description: workers only, optional)
+    {"type": "describe", "description": {...}}                  (a registered worker, its own)
     {"type": "relay", "to": PEER_ID, "payload": {...any JSON object...}}
 
 Server -> peer::
 
-    {"type": "registered", "room": R, "peer_id": ID, "peers": [{"peer_id": P, "role": ROLE}, ...]}
-    {"type": "peer-joined", "peer_id": P, "role": ROLE}
+    {"type": "registered", "room": R, "peer_id": ID,
+     "peers": [{"peer_id": P, "role": ROLE, "description": {...}}, ...]}
+    {"type": "peer-joined", "peer_id": P, "role": ROLE, "description": {...}}
+    {"type": "peer-updated", "peer_id": P, "role": "worker", "description": {...}}
     {"type": "peer-left", "peer_id": P, "role": ROLE}
     {"type": "relay", "from": SENDER_ID, "payload": {...}}
     {"type": "error", "code": CODE, "message": TEXT}          (unknown-peer adds "peer_id")
@@ -28,10 +32,17 @@ when the room needs none. ``peers`` lists the *other* peers already in the room,
 ``from`` is always the peer id the sending socket registered with; whatever the sender wrote
 anywhere in its message is ignored. A relay reaches only a peer of the sender's own room.
 
+A worker's ``description`` (what it runs on, its slots and state; see
+:mod:`rtcxfer.worker_description`, at most 4096 bytes) is given in ``register`` and replaced by
+``describe``; the server validates it, keeps it with the registration and passes it on: in
+``registered`` and ``peer-joined`` (only for peers that have one) and, to every other peer of
+the room, as ``peer-updated``. Only the worker itself can set it: a ``client`` that sends one,
+or a ``describe`` naming another ``peer_id``, gets ``forbidden``.
+
 Error codes (see :data:`ERROR_CODES`): ``bad-message`` (not JSON, not an object, a missing or
 ill-typed field, an unknown type, a binary frame, too large), ``bad-token`` (the socket is then
 closed with code 1008), ``duplicate-peer``, ``room-full``, ``already-registered``,
-``not-registered``, ``unknown-peer``, ``rate-limited`` (after ``max_rate_violations`` of those the
+``not-registered``, ``unknown-peer``, ``forbidden``, ``rate-limited`` (after ``max_rate_violations`` of those the
 socket is closed with code 1008), ``server-full`` (the socket is then closed with code 1013).
 Apart from the ones that close, an error leaves the connection (and its registration, if any)
 as it was.
@@ -79,6 +90,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from rtcxfer.errors import SignalingError, describe
 from rtcxfer.limits import TokenBucket
 from rtcxfer.log import logger
+from rtcxfer.worker_description import DescriptionError, validate_description
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -107,6 +119,7 @@ NOT_REGISTERED = "not-registered"
 UNKNOWN_PEER = "unknown-peer"
 RATE_LIMITED = "rate-limited"
 SERVER_FULL = "server-full"
+FORBIDDEN = "forbidden"
 ERROR_CODES = frozenset(
     {
         BAD_MESSAGE,
@@ -118,6 +131,7 @@ ERROR_CODES = frozenset(
         UNKNOWN_PEER,
         RATE_LIMITED,
         SERVER_FULL,
+        FORBIDDEN,
     }
 )
 
@@ -199,6 +213,8 @@ class _Connection:
         self.room: str | None = None
         self.peer_id: str | None = None
         self.role: str | None = None
+        #: What a worker said about itself (validated), or None.
+        self.description: dict[str, Any] | None = None
         #: Whether this peer has relayed anything since it registered.
         self.relayed = False
         self.rate_violations = 0
@@ -570,6 +586,8 @@ class SignalingServer:
         kind = message["type"]
         if kind == "register":
             self._register(conn, message)
+        elif kind == "describe":
+            self._describe(conn, message)
         elif kind == "relay":
             self._relay(conn, message)
         else:
@@ -592,6 +610,11 @@ class SignalingServer:
                            "register needs a 'peer_id' matching [A-Za-z0-9._:@+=-]{1,128}")
         if token is not None and (not isinstance(token, str) or len(token) > _MAX_TOKEN_CHARS):
             raise _Refusal(BAD_MESSAGE, "'token' must be a string")
+        description = None
+        if "description" in message:
+            if role != "worker":
+                raise _Refusal(FORBIDDEN, "only a worker describes itself")
+            description = _checked_description(message["description"])
         # The token is checked before anything else about the room, so that a peer without it
         # learns nothing (not even which peer ids are taken).
         expected = self.tokens.get(room, self.default_token)
@@ -601,7 +624,8 @@ class SignalingServer:
             raise _Refusal(BAD_TOKEN, f"wrong or missing token for room {room!r}", close=True)
         peers = self._rooms.get(room, {})
         if peer_id in peers:
-            raise _Refusal(DUPLICATE_PEER, f"peer id {peer_id!r} is already in room {room!r}")
+            hint = "; give each worker its own id (rtcxfer worker --peer-id NAME)" if role == "worker" else ""
+            raise _Refusal(DUPLICATE_PEER, f"peer id {peer_id!r} is already in room {room!r}{hint}")
         if len(peers) >= self.max_peers_per_room:
             raise _Refusal(ROOM_FULL, f"room {room!r} has {len(peers)} peers already")
         from_here = sum(other.address == conn.address for other in peers.values())
@@ -611,13 +635,14 @@ class SignalingServer:
         others = list(peers.values())
         self._rooms.setdefault(room, peers)[peer_id] = conn
         conn.room, conn.role, conn.peer_id = room, role, peer_id
+        conn.description = description
         conn.send(_dumps({
             "type": "registered",
             "room": room,
             "peer_id": peer_id,
-            "peers": [{"peer_id": p.peer_id, "role": p.role} for p in others],
+            "peers": [_peer_entry(p) for p in others],
         }))
-        joined = _dumps({"type": "peer-joined", "peer_id": peer_id, "role": role})
+        joined = _dumps({"type": "peer-joined", **_peer_entry(conn)})
         for other in others:
             other.send(joined)
         logger.info("signaling: registered {} ({} peers in room)", conn, len(peers))
@@ -635,6 +660,20 @@ class SignalingServer:
         # A copy: a send can drop a lagging peer, which leaves this same room.
         for other in list(peers.values()):
             other.send(left)
+
+    def _describe(self, conn: _Connection, message: dict[str, Any]) -> None:
+        if conn.peer_id is None or conn.room is None:
+            raise _Refusal(NOT_REGISTERED, "register before describing yourself")
+        if conn.role != "worker":
+            raise _Refusal(FORBIDDEN, "only a worker describes itself")
+        target = message.get("peer_id", conn.peer_id)
+        if target != conn.peer_id:
+            raise _Refusal(FORBIDDEN, "a worker can change only its own description")
+        conn.description = _checked_description(message.get("description"))
+        updated = _dumps({"type": "peer-updated", **_peer_entry(conn)})
+        for other in list(self._rooms.get(conn.room, {}).values()):
+            if other is not conn:
+                other.send(updated)
 
     def _relay(self, conn: _Connection, message: dict[str, Any]) -> None:
         if conn.peer_id is None or conn.room is None:
@@ -668,6 +707,20 @@ class SignalingServer:
             _close_bounded(conn.ws, _CLOSE_TRY_AGAIN_LATER, "too slow", self.close_timeout))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _checked_description(value: object) -> dict[str, Any]:
+    try:
+        return validate_description(value)
+    except DescriptionError as error:
+        raise _Refusal(BAD_MESSAGE, f"description refused: {error}") from None
+
+
+def _peer_entry(conn: _Connection) -> dict[str, Any]:
+    entry: dict[str, Any] = {"peer_id": conn.peer_id, "role": conn.role}
+    if conn.description is not None:
+        entry["description"] = conn.description
+    return entry
 
 
 async def run_signaling_server(
@@ -736,6 +789,7 @@ class SignalingClient:
         close_timeout: float = 2.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         inbox_size: int = 1024,
+        description: Mapping[str, Any] | None = None,
     ) -> None:
         if role not in ROLES:
             raise ValueError(f"role must be one of {sorted(ROLES)}, not {role!r}")
@@ -758,6 +812,8 @@ class SignalingClient:
             asyncio.Queue(inbox_size)
         )
         self._peers: dict[str, str] = {}
+        self._descriptions: dict[str, dict[str, Any]] = {}
+        self._description = dict(description) if description is not None else None
         self._peers_changed = asyncio.Event()
         self._closed = False
         self._close_note = ""
@@ -769,6 +825,21 @@ class SignalingClient:
     def peers(self) -> dict[str, str]:
         """The other peers in the room now: ``{peer_id: role}``, in join order."""
         return dict(self._peers)
+
+    @property
+    def workers(self) -> dict[str, dict[str, Any]]:
+        """The workers in the room now and what each said about itself: ``{peer_id: description}``
+        (an empty dict for a worker that sent none or an invalid one), in join order."""
+        return {peer: dict(self._descriptions.get(peer, {})) for peer, role in self._peers.items() if role == "worker"}
+
+    async def describe(self, description: Mapping[str, Any]) -> None:
+        """Replace this worker's description in the room (the server passes it on)."""
+        ws = self._require_open()
+        self._description = dict(description)
+        try:
+            await ws.send(_dumps({"type": "describe", "description": self._description}))
+        except ConnectionClosed as exc:
+            raise SignalingError(f"signaling connection closed: {exc}") from exc
 
     @property
     def connected(self) -> bool:
@@ -796,6 +867,8 @@ class SignalingClient:
                     "peer_id": self.peer_id}
         if self._token is not None:
             register["token"] = self._token
+        if self._description is not None:
+            register["description"] = self._description
         try:
             await ws.send(_dumps(register))
             raw = await asyncio.wait_for(ws.recv(), self.open_timeout)
@@ -817,6 +890,7 @@ class SignalingClient:
             raise SignalingError(f"unexpected registration reply from {self.url}: {raw!r:.200}")
         for peer in reply["peers"]:
             self._peers[peer["peer_id"]] = peer["role"]
+            self._remember_description(peer)
         self._ws = ws
         self._reader = asyncio.create_task(self._read_loop(ws))
         logger.info("signaling: {} registered; peers {}", self, self._peers)
@@ -911,6 +985,14 @@ class SignalingClient:
     def _closed_error(self) -> SignalingError:
         return SignalingError(f"signaling connection closed{self._close_note}")
 
+    def _remember_description(self, peer: Mapping[str, Any]) -> None:
+        if peer.get("role") != "worker" or "description" not in peer:
+            return
+        try:
+            self._descriptions[peer["peer_id"]] = validate_description(peer["description"])
+        except DescriptionError as error:
+            logger.warning("signaling: ignored the description of {!r}: {}", peer["peer_id"], error)
+
     def _notify_peers(self) -> None:
         changed, self._peers_changed = self._peers_changed, asyncio.Event()
         changed.set()
@@ -942,13 +1024,17 @@ class SignalingClient:
                     logger.warning("signaling: {} got error {}", self, item)
                 elif kind == "relay":
                     item = {"type": "relay", "from": message["from"], "payload": message["payload"]}
-                elif kind in ("peer-joined", "peer-left"):
-                    if kind == "peer-joined":
-                        self._peers[message["peer_id"]] = message["role"]
-                    else:
+                elif kind in ("peer-joined", "peer-left", "peer-updated"):
+                    if kind == "peer-left":
                         self._peers.pop(message["peer_id"], None)
+                        self._descriptions.pop(message["peer_id"], None)
+                    elif kind == "peer-joined" or message["peer_id"] in self._peers:
+                        self._peers[message["peer_id"]] = message["role"]
+                        self._remember_description(message)
                     self._notify_peers()
                     item = {"type": kind, "peer_id": message["peer_id"], "role": message["role"]}
+                    if kind != "peer-left" and message["peer_id"] in self._descriptions:
+                        item["description"] = dict(self._descriptions[message["peer_id"]])
                 else:
                     logger.debug("signaling: {} ignored {!r} message", self, kind)
                     continue
@@ -989,7 +1075,7 @@ def _decode_server_message(raw: str | bytes) -> dict[str, Any] | None:
     elif kind == "relay":
         if not (_is_id(message.get("from")) and isinstance(message.get("payload"), dict)):
             return None
-    elif kind in ("peer-joined", "peer-left"):
+    elif kind in ("peer-joined", "peer-left", "peer-updated"):
         if not (_is_id(message.get("peer_id")) and message.get("role") in ROLES):
             return None
     elif not isinstance(kind, str):

@@ -58,6 +58,7 @@ from rtcxfer.frames import (
     PathErrorFrame,
     ProtocolErrorFrame,
     Welcome,
+    WorkerBusy,
     quote_for_log,
 )
 from rtcxfer.jobs import SUPERVISOR_MARGIN, Executor, JobContext, Manifest, ManifestError, run_manifest_command
@@ -70,6 +71,8 @@ from rtcxfer.shared_storage import detect_shared_root
 from rtcxfer.signaling import SignalingServerError
 from rtcxfer.transport import ReceivedFile, Transport, TransportContext
 from rtcxfer.transports.shared_fs import CORRUPTED
+from rtcxfer.worker_description import build_description, gather_hardware, validate_description
+from rtcxfer.worker_slots import JobSlots
 
 #: 2: mutual challenge-response authentication (HELLO, AUTH_CHALLENGE, AUTH_PROOF, WELCOME).
 PROTOCOL_VERSION = 2
@@ -126,6 +129,8 @@ class RTCWorkerClient:
         limits: WorkerLimits = WorkerLimits(),
         job_env_allow: tuple[str, ...] = (),
         legacy: bool = False,
+        slots: int = 1,
+        labels: dict[str, str] | None = None,
     ) -> None:
         """Shared storage: ``shared_storage_root`` if given, else ``$SHARED_STORAGE_ROOT``,
         else a known container mount point (``/home/jovyan/vast/amick``...); none means the
@@ -185,6 +190,46 @@ class RTCWorkerClient:
         #: Replies to relayed payloads that are not offers: they cost this worker's own signaling budget.
         self._payload_replies = TokenBucket(1.0, 5)
         self._background: set[asyncio.Task] = set()
+        #: Job slots and draining; every change is published to the room (see :meth:`description`).
+        self.job_slots = JobSlots(slots, on_change=self._publish_description)
+        self.labels = validate_description({"labels": dict(labels or {})})["labels"]  # DescriptionError now, not later
+        self.started_at = time.time()
+        self._hardware: dict | None = None
+        self._signaling = None
+
+    def description(self) -> dict:
+        """What this worker tells its room about itself (:mod:`rtcxfer.worker_description`)."""
+        if self._hardware is None:
+            self._hardware = gather_hardware(self.work_dir, self.shared_storage_root)
+        return build_description(
+            self._hardware,
+            work_dir=self.work_dir,
+            transports=self.offered_transports(),
+            labels=self.labels,
+            slots=self.job_slots.slots,
+            running=self.job_slots.running,
+            draining=self.job_slots.draining,
+            started_at=self.started_at,
+        )
+
+    def drain(self) -> None:
+        """Finish the running jobs and accept no new ones (``--drain``, SIGUSR1)."""
+        logger.warning("worker draining: {} running job(s) finish, no new ones are accepted", self.job_slots.running)
+        self.job_slots.drain()
+
+    def _publish_description(self) -> None:
+        signaling = self._signaling
+        if signaling is None or not signaling.connected:
+            return
+        task = asyncio.ensure_future(self._send_description(signaling))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _send_description(self, signaling) -> None:
+        try:
+            await signaling.describe(self.description())
+        except SignalingError as error:
+            logger.debug("description not sent: {}", describe(error))
 
     def close(self) -> None:
         """Remove the work directory if the worker created it (a temporary one)."""
@@ -295,8 +340,10 @@ class RTCWorkerClient:
                         raise
                     if error.code == "duplicate-peer":
                         logger.error(
-                            "another peer is registered as {!r} in room {!r}: an impostor if the signaling server "
-                            "has no token (clients authenticate this worker and refuse impostors); retrying",
+                            "another peer is registered as {!r} in room {!r}: another worker (give each worker its own "
+                            "id with --peer-id NAME), this worker's previous connection not gone yet, or an impostor "
+                            "if the signaling server has no token (clients authenticate this worker and refuse "
+                            "impostors); retrying",
                             peer_id,
                             room,
                         )
@@ -318,8 +365,13 @@ class RTCWorkerClient:
         (returns normally) or registration is refused (raises)."""
         from rtcxfer.signaling import SignalingClient
 
-        async with SignalingClient(signaling_url, room, "worker", peer_id, signaling_token) as signaling:
+        if self._hardware is None:
+            self._hardware = await asyncio.to_thread(gather_hardware, self.work_dir, self.shared_storage_root)
+        async with SignalingClient(
+            signaling_url, room, "worker", peer_id, signaling_token, description=self.description()
+        ) as signaling:
             logger.info("worker {} ready in room {} at {}", peer_id, room, signaling_url)
+            self._signaling = signaling
             registered()
             while True:
                 try:
@@ -515,6 +567,7 @@ class WorkerSession:
         if job is not None and job.task is not None:
             job.task.cancel()
             await asyncio.gather(job.task, return_exceptions=True)
+        self.worker.job_slots.release(self)
         if self.directory is not None:
             await asyncio.to_thread(_remove_quietly, self.directory)
 
@@ -575,6 +628,16 @@ class WorkerSession:
         if token is not None and not auth.proofs_match(auth.client_proof(token, transcript), frame.proof):
             await self.refuse("invalid token")
             return
+        busy = self.worker.job_slots.take(self)
+        if busy is not None:
+            # Only now, to a client that proved the token: the slots are the room's business.
+            logger.info("{}: refused, busy: {}", self.name, busy)
+            try:
+                await self.link.send(WorkerBusy(busy))
+            except RtcxferError as error:
+                logger.debug("{}: busy reply not sent: {}", self.name, describe(error))
+            self.link.close()
+            return
         self.authenticated = True
         self.link.max_violations = self.worker.limits.max_bad_frames
         self.directory = Path(tempfile.mkdtemp(prefix="session-", dir=self.worker.work_dir))
@@ -593,6 +656,9 @@ class WorkerSession:
             # JOB_CANCEL then JOB_SUBMIT: let the cancelled job finish stopping its processes
             # (at most its grace and the supervisor's margin) rather than refuse the new one.
             await asyncio.wait({ending}, timeout=self.worker.kill_grace_seconds + SUPERVISOR_MARGIN + 5)
+        if self.worker.job_slots.draining and (self.job is None or self.job.job_id != frame.job_id):
+            await self.link.send(JobFailed(f"Job {frame.job_id}: this worker is draining and accepts no new jobs"))
+            return
         if self.job is not None:
             if self.job.task is not None or self.job.job_id != frame.job_id:
                 await self.link.send(ProtocolErrorFrame(f"job {self.job.job_id} is still running in this session"))

@@ -192,6 +192,8 @@ def test_page_runs_a_job_and_downloads_what_the_python_client_gets(site: Site, t
     page = site.new_page()
     connect(page)
     page.wait_for_selector("#worker option[value='worker']", state="attached")
+    # The worker's description (state and job slots) reaches the page.
+    assert page.text_content("#worker option[value='worker']") == "worker (idle, 0/1 slots)"
     page.set_input_files("#package", str(package))
     # The server drops the idle page from the room; running a job reconnects on its own.
     page.wait_for_selector("#room-status:has-text('signaling connection is closed')")

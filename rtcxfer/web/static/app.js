@@ -68,7 +68,8 @@ function showWorkers(signaling) {
   select.replaceChildren(...workers.map((peerId) => {
     const option = document.createElement("option");
     option.value = peerId;
-    option.textContent = peerId;
+    const state = signaling.workerState(peerId);
+    option.textContent = state ? `${peerId} (${state})` : peerId;
     return option;
   }));
   if (workers.includes(previous)) select.value = previous;

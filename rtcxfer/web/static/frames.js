@@ -26,6 +26,7 @@ export const FRAME_TYPES = {
   AUTH_PROOF: [f("proof", "hex64")],
   WELCOME: [f("version", "int"), f("transports", "token"), f("worker_proof", "token")],
   AUTH_FAILED: [greedyText("reason")],
+  WORKER_BUSY: [greedyText("reason")],
   JOB_SUBMIT: [f("job_id", "token"), f("results_via", "token")],
   JOB_ACCEPTED: [f("job_id", "token")],
   JOB_STATUS: [f("job_id", "token"), f("state", "token")],

@@ -97,11 +97,12 @@ export class WorkerSession {
       clientNonce, workerNonce: reply.worker_nonce, clientFingerprint: local, workerFingerprint: remote,
       clientTransports: TRANSPORT,
     };
-    const welcome = this.next(["WELCOME", "AUTH_FAILED"]);
+    const welcome = this.next(["WELCOME", "AUTH_FAILED", "WORKER_BUSY"]);
     // Without a token the proof is made with an empty key: only a worker run without one accepts it.
     this.channel.send("AUTH_PROOF", { proof: clientProof(token || "", transcript) });
     const frame = await welcome;
     if (frame.type === "AUTH_FAILED") throw new AuthError(frame.reason);
+    if (frame.type === "WORKER_BUSY") throw new SessionError(`the worker is busy: ${frame.reason}`);
     if (frame.version !== PROTOCOL_VERSION) {
       throw new SessionError(`the worker speaks protocol version ${frame.version}, this page ${PROTOCOL_VERSION}`);
     }

@@ -34,6 +34,8 @@ export class Signaling {
     this.peerId = peerId;
     /** The other peers of the room: peer id -> role, in join order. */
     this.peers = new Map();
+    /** What each worker said about itself (state, slots, running...): peer id -> object. */
+    this.descriptions = new Map();
     this.onPeers = () => {};
     this.onRelay = () => {};
     this.onLeft = () => {};
@@ -64,7 +66,10 @@ export class Signaling {
         if (message === null) return;
         if (message.type === "registered" && !registered) {
           registered = true;
-          for (const peer of message.peers) this.peers.set(peer.peer_id, peer.role);
+          for (const peer of message.peers) {
+            this.peers.set(peer.peer_id, peer.role);
+            this.remember(peer);
+          }
           this.onPeers(this.peers);
           resolve();
         } else if (message.type === "error") {
@@ -73,9 +78,16 @@ export class Signaling {
           else fail(error);
         } else if (message.type === "peer-joined") {
           this.peers.set(message.peer_id, message.role);
+          this.remember(message);
           this.onPeers(this.peers, { joined: message.peer_id });
+        } else if (message.type === "peer-updated") {
+          if (this.peers.has(message.peer_id)) {
+            this.remember(message);
+            this.onPeers(this.peers, { updated: message.peer_id });
+          }
         } else if (message.type === "peer-left") {
           this.peers.delete(message.peer_id);
+          this.descriptions.delete(message.peer_id);
           this.onPeers(this.peers, { left: message.peer_id });
           this.onLeft(message.peer_id);
         } else if (message.type === "relay") {
@@ -91,6 +103,21 @@ export class Signaling {
         fail(new SignalingError("unreachable", `cannot reach the signaling server at ${this.url}`));
       });
     });
+  }
+
+  remember(peer) {
+    const description = peer.description;
+    if (peer.role === "worker" && description && typeof description === "object" && !Array.isArray(description)) {
+      this.descriptions.set(peer.peer_id, description);
+    }
+  }
+
+  /** "idle, 0/2 slots" for a worker that described itself, else "". */
+  workerState(peerId) {
+    const d = this.descriptions.get(peerId);
+    if (!d || !["idle", "busy", "draining"].includes(d.state)) return "";
+    const slots = Number.isInteger(d.slots) && Number.isInteger(d.running) ? `, ${d.running}/${d.slots} slots` : "";
+    return `${d.state}${slots}`;
   }
 
   /** The worker peer ids of the room, in join order. */
@@ -124,6 +151,7 @@ function parse(data) {
       return Array.isArray(message.peers) && message.peers.every((p) => p && isPeerId(p.peer_id) && ROLES.has(p.role))
         ? message : null;
     case "peer-joined":
+    case "peer-updated":
     case "peer-left":
       return isPeerId(message.peer_id) && ROLES.has(message.role) ? message : null;
     case "relay":
