@@ -61,7 +61,7 @@ from rtcxfer.log import logger
 from rtcxfer.plugins import PluginHost
 from rtcxfer.shared_storage import detect_shared_root
 from rtcxfer.transport import Transport, TransportContext
-from rtcxfer.worker import PROTOCOL_VERSION
+from rtcxfer.worker import PROTOCOL_VERSION, WORKER_SHUTTING_DOWN
 
 #: Frames the client application handles itself.
 APPLICATION_FRAMES: tuple[type[Frame], ...] = (
@@ -79,6 +79,8 @@ APPLICATION_FRAMES: tuple[type[Frame], ...] = (
 #: Where, under the shared root, the client asks the worker to write results.
 SHARED_RESULTS_DIR = "rtcxfer-results"
 BYTE_FALLBACK = "rtc-chunked"
+#: How a job that lost its worker mid-way is reported (:attr:`JobResult.worker_stopped`).
+WORKER_WENT_AWAY = "the worker went away"
 LOG_TAIL = 20
 #: Seconds to wait for the worker's report on a cancelled job (its processes get a grace period).
 CANCEL_REPORT_TIMEOUT = 20.0
@@ -107,6 +109,12 @@ class JobResult:
     results_transport: str | None = None
     failure: str | None = None
     log_tail: tuple[str, ...] = ()
+
+    @property
+    def worker_stopped(self) -> bool:
+        """The job ended because the worker stopped (shut down, or left), not by its own failure."""
+        failure = self.failure or ""
+        return WORKER_SHUTTING_DOWN in failure or failure.startswith(WORKER_WENT_AWAY)
 
 
 class RTCClient:
@@ -148,24 +156,21 @@ class RTCClient:
         self._reports: asyncio.Queue[Frame] = asyncio.Queue()
         self._cancel_report: asyncio.Future | None = None
         self._log_tail: list[str] = []
+        #: Whether the package is being sent now (transfers then go up, else down).
+        self._uploading = False
         self.context = TransportContext(
             role="client",
             incoming_dir=self.results_dir,
             shared_root=self.shared_storage_root,
-            options=self._transport_options_with_progress(),
+            options={name: dict(value) for name, value in self.transport_options.items()},
+            progress=self._transfer_progress,
         )
+        #: Why each transport the user might ask for is not usable in this session.
+        self.unusable_transports: dict[str, str] = {}
 
-    def _transport_options_with_progress(self) -> dict:
-        options = {name: dict(value) for name, value in self.transport_options.items()}
-        for name in ("direct", "rtc-chunked", "s3"):
-            options.setdefault(name, {}).setdefault("progress", self._transfer_progress(name))
-        return options
-
-    def _transfer_progress(self, transport: str):
-        def report(name: str, done: int, total: int) -> None:
-            self._emit("transfer", None, name=name, done=done, total=total, transport=transport)
-
-        return report
+    def _transfer_progress(self, transport: str, name: str, done: int, total: int) -> None:
+        direction = "up" if self._uploading else "down"
+        self._emit("transfer", None, name=name, done=done, total=total, transport=transport, direction=direction)
 
     def _emit(self, kind: str, job_id: str | None, **data: Any) -> None:
         if self.on_event is not None:
@@ -221,7 +226,7 @@ class RTCClient:
                 return  # signaling is gone, not necessarily the worker: the channel tells
             if event.get("type") == "peer-left" and event.get("peer_id") == worker_id:
                 logger.warning("worker {} left the room", worker_id)
-                self._closed_reason = f"the worker ({worker_id}) went away: it stopped or lost its connection"
+                self._closed_reason = f"{WORKER_WENT_AWAY} ({worker_id}): it stopped or lost its connection"
                 if self.link is not None:
                     self.link.close()
                 return
@@ -238,22 +243,28 @@ class RTCClient:
         self.link.add_handler(APPLICATION, self)
         self._run_task = asyncio.create_task(self.link.run())
         offered = [name for name, t in self.transports.items() if type(t).usable(self.context)]
+        self.unusable_transports = {
+            name: type(t).unusable_because(self.context) for name, t in self.transports.items() if name not in offered
+        }
         reply = await self._authenticate(",".join(offered) or "none")
         theirs = set(reply.transports.split(","))
         self.session_transports = []
         for name in offered:
             if name not in theirs:
+                self.unusable_transports[name] = "the worker does not offer it (not installed or not configured there)"
                 continue
             why = ""
             try:
                 usable = await self.transports[name].negotiate()
+                why = self.transports[name].not_negotiated_because
             except (RtcxferError, asyncio.TimeoutError) as error:
                 logger.info("transport {} failed to negotiate: {}", name, describe(error))  # the notice shows it
-                usable, why = False, f": {describe(error)}"
+                usable, why = False, describe(error)
             if usable:
                 self.session_transports.append(name)
             else:
-                self._emit("notice", None, message=f"{name} is not usable between these peers{why}")
+                self.unusable_transports[name] = why or "it failed its check between these peers"
+                self._emit("notice", None, message=f"{name} is not usable between these peers{': ' + why if why else ''}")
         self._emit("notice", None, message=f"transports for this session: {', '.join(self.session_transports)}")
 
     async def _authenticate(self, offered: str) -> Welcome:
@@ -353,8 +364,9 @@ class RTCClient:
         forced = forced or self.forced_transport
         if forced is not None:
             if forced not in self.session_transports:
+                why = self.unusable_transports.get(forced, "it was not negotiated")
                 raise PluginError(
-                    f"transport {forced!r} is not usable in this session "
+                    f"transport {forced!r} is not usable in this session: {why} "
                     f"(usable: {', '.join(self.session_transports) or 'none'})"
                 )
             return forced
@@ -414,7 +426,11 @@ class RTCClient:
             if results_via == "shared-fs":
                 await self.transports["shared-fs"].request_output(shared_output)
             self._emit("status", job_id, state=f"sending input via {input_via}")
-            await self.transports[input_via].send_file(package, package.name)
+            self._uploading = True
+            try:
+                await self.transports[input_via].send_file(package, package.name)
+            finally:
+                self._uploading = False
             report = await self._reports.get()
             if isinstance(report, JobComplete):
                 final = await self._collect(report, staging, results_via)

@@ -84,6 +84,10 @@ RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY = 0.5, 30.0
 LOG_QUEUE_LINES = 10_000
 UNAUTHENTICATED = "unauthenticated"
 MIB = 1024 * 1024
+#: How a job stopped by the worker's own shutdown is reported (``JOB_FAILED::Job X stopped:
+#: ...``): the client tells it from a cancel or a failure by this text (``rtcxfer submit``
+#: exits with its own code).
+WORKER_SHUTTING_DOWN = "the worker is shutting down"
 
 
 @attrs.define
@@ -96,6 +100,8 @@ class Job:
     task: asyncio.Task | None = None
     #: The client cancelled it; its processes are being stopped.
     cancelled: bool = False
+    #: When it was accepted (``time.monotonic()``), for the operator's log line.
+    accepted_at: float = attrs.field(factory=time.monotonic)
 
     @property
     def incoming_dir(self) -> Path:
@@ -175,6 +181,8 @@ class RTCWorkerClient:
         self.job_env_allow = tuple(job_env_allow)
         self.legacy = legacy
         self._on_notice: Callable[[str], None] | None = None
+        #: Set once the worker itself is stopping: jobs it cuts short are reported as such.
+        self.stopping = False
         self.sessions: set = set()
         #: Counts of finished jobs by outcome, for status output and tests.
         self.stats = {"completed": 0, "failed": 0}
@@ -186,6 +194,13 @@ class RTCWorkerClient:
         """Remove the work directory if the worker created it (a temporary one)."""
         if self._remove_work_dir is not None:
             self._remove_work_dir()
+
+    def tell_operator(self, text: str) -> None:
+        """One line for whoever runs the worker (``on_notice`` of :meth:`serve`, else the log)."""
+        if self._on_notice is not None:
+            self._on_notice(text)
+        else:
+            logger.info("{}", text)
 
     def offered_transports(self) -> list[str]:
         """Names of the transports this worker can use, best first."""
@@ -305,6 +320,7 @@ class RTCWorkerClient:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_DELAY)
         finally:
+            self.stopping = True
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -512,6 +528,8 @@ class WorkerSession:
 
     def on_closed(self) -> None:
         if self.job is not None and self.job.task is not None:
+            if self.worker.stopping:
+                return  # the shutdown stops the job and reports it
             logger.warning("{}: client disconnected; stopping job {}", self.name, self.job.job_id)
             self.job.task.cancel()
 
@@ -584,6 +602,7 @@ class WorkerSession:
         job.output_dir.mkdir()
         self.context.incoming_dir = job.incoming_dir
         logger.info("{}: job {} accepted (results via {})", self.name, job_id, results_via or "whatever fits")
+        self.worker.tell_operator(f"job {job_id} accepted ({self.name})")
         return job
 
     async def _cancel(self, job_id: str) -> None:
@@ -625,7 +644,10 @@ class WorkerSession:
             await self._run_job_steps(job, received)
         except asyncio.CancelledError:
             self.worker.stats["failed"] += 1
-            await self._report(JobFailed(f"Job {job.job_id} was cancelled"))
+            if self.worker.stopping and not job.cancelled:
+                await self._report(JobFailed(f"Job {job.job_id} stopped: {WORKER_SHUTTING_DOWN}"))
+            else:
+                await self._report(JobFailed(f"Job {job.job_id} was cancelled"))
         except Exception as error:  # noqa: BLE001
             # A bug, or a limit of ours a package found (deep nesting...): the client must still
             # hear that the job ended, or it waits forever; the worker goes on serving.
@@ -668,6 +690,7 @@ class WorkerSession:
                 return
             manifest = None  # an application executor may not need a manifest
         await self.link.send(JobStatus(job.job_id, "running"))
+        started = time.monotonic()
         context = JobContext(
             job_id=job.job_id,
             package_dir=package,
@@ -682,9 +705,11 @@ class WorkerSession:
         try:
             await self.worker.executor(context)
         except JobError as error:
+            self.worker.tell_operator(f"job {job.job_id} ran {time.monotonic() - started:.1f} s")
             self.worker.stats["failed"] += 1
             await self._report(JobFailed(f"Job {job.job_id} failed: {error}"))
             return
+        self.worker.tell_operator(f"job {job.job_id} ran {time.monotonic() - started:.1f} s")
         await self.link.send(JobStatus(job.job_id, "sending-results"))
         await self._send_results(job)
 
@@ -693,6 +718,9 @@ class WorkerSession:
         with received.open() as archive:
             result = extract_zip(archive, job.directory, self.worker.zip_limits)
         elapsed = time.perf_counter() - started
+        self.worker.tell_operator(
+            f"job {job.job_id} input {quote_for_log(received.name)} ({received.size} bytes) via {received.transport}"
+        )
         logger.info(
             "{}: read {} ({} bytes, via {}) and extracted {} files in {:.3f} s",
             self.name,
@@ -741,6 +769,7 @@ class WorkerSession:
                 await self._report(JobFailed(f"Job {job.job_id}: cannot send results via {via}: {describe(error)}"))
                 return
         self.worker.stats["completed"] += 1
+        self.worker.tell_operator(f"job {job.job_id} results: {len(files)} files, {total} bytes via {via}")
         await self._report(JobComplete(job.job_id, relative, len(files), round(total / MIB, 2)))
 
     # --- reporting --------------------------------------------------------------------
@@ -766,6 +795,11 @@ class WorkerSession:
 
     async def _report(self, frame: Frame) -> None:
         logger.info("{}: {}", self.name, frame.encode())
+        if isinstance(frame, JobComplete):
+            self.worker.tell_operator(f"job {frame.job_id} done")
+        else:
+            named = f"job {self.job.job_id} " if self.job is not None else ""
+            self.worker.tell_operator(f"{named}failed: {quote_for_log(_reason_of(frame))}")
         # The job's last lines first: the client stops listening once it has the report.
         await self._log_queue.join()
         try:
@@ -866,3 +900,7 @@ def _remove_quietly(path: Path) -> None:
         logger.error("could not remove {}: {}", path, error)
 
 
+
+
+def _reason_of(frame: Frame) -> str:
+    return str(getattr(frame, "reason", None) or getattr(frame, "message", None) or frame.encode())

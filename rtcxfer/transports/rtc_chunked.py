@@ -45,7 +45,8 @@ Policies:
 
 Options (``context.options["rtc-chunked"]``):
 
-* ``progress``: ``callable(name, bytes_done, total)``, called by the sender as chunks leave.
+* ``progress``: ``callable(name, bytes_done, total)``, called as chunks leave and arrive
+  (default: ``TransportContext.progress``).
 * ``chunk_size``: payload bytes per chunk (default ``65536 - 27``, so header and payload fit
   in 64 KiB); clamped to the channel's ``max_message_size`` and to 256 KiB.
 * ``accept_timeout`` / ``ack_timeout``: seconds the sender waits for ``FILE_ACCEPT`` and for
@@ -274,6 +275,9 @@ class RtcChunkedTransport(Transport):
         state.digest.update(payload)
         state.received += length
         state.last_activity = asyncio.get_running_loop().time()
+        progress = self.context.progress_reporter(self.name)
+        if progress is not None:
+            progress(meta.name, state.received, meta.size)
 
     def _watch_idle(self, state: partial.Incoming) -> None:
         timeout = float(self._options.get("idle_timeout", DEFAULT_IDLE_TIMEOUT))
@@ -425,7 +429,7 @@ class RtcChunkedTransport(Transport):
         except UnsafePathError as error:
             raise LocalProtocolError(f"cannot send a file as {name!r}: {error}") from None
         options = self._options
-        progress: Callable[[str, int, int], Any] | None = options.get("progress")
+        progress: Callable[[str, int, int], Any] | None = self.context.progress_reporter(self.name)
         chunk_size = self._chunk_size()
         size, sha256 = await asyncio.to_thread(hash_file, path)
         tid = transfer_id_for(self.context.role, name, size, sha256)

@@ -107,6 +107,13 @@ class SharedFsTransport(Transport):
     def usable(cls, context) -> bool:
         return context.shared_root is not None
 
+    @classmethod
+    def unusable_because(cls, context) -> str:
+        return (
+            "no shared storage root on this machine: give --shared-root DIR (or set SHARED_STORAGE_ROOT) "
+            "to the directory where this machine mounts the storage the worker sees"
+        )
+
     def __init__(self, link, context) -> None:
         super().__init__(link, context)
         root = context.shared_root
@@ -254,7 +261,14 @@ class SharedFsTransport(Transport):
         finally:
             await asyncio.to_thread(probe.remove)
         self.verified = isinstance(reply, SharedProbeResult) and reply.verdict == "verified"
-        logger.info("shared storage verification: {}", getattr(reply, "verdict", reply))
+        verdict = getattr(reply, "verdict", reply)
+        logger.info("shared storage verification: {}", verdict)
+        if not self.verified:
+            self.not_negotiated_because = (
+                f"the worker could not read the probe written under {self.root} (its verdict: {verdict}): "
+                "the two machines do not see the same storage there; give --shared-root the directory "
+                "where this machine mounts the worker's shared storage (check both with `rtcxfer doctor`)"
+            )
         return self.verified
 
     def relative_to_root(self, path: Path) -> str | None:

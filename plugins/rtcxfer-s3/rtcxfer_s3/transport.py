@@ -65,7 +65,7 @@ from rtcxfer_s3.frames import (
     S3Reach,
     S3ReachResult,
 )
-from rtcxfer_s3.settings import S3Location, S3Settings, classify, redact_url
+from rtcxfer_s3.settings import URL_ENV, S3Location, S3Settings, classify, redact_url
 
 if TYPE_CHECKING:  # pragma: no cover
     from rtcxfer.link import Link
@@ -101,6 +101,17 @@ class S3Transport(Transport):
         """Offered only when this side has an ``s3://bucket/prefix`` configured."""
         settings = _settings_or_none(context)
         return settings is not None and settings.location is not None
+
+    @classmethod
+    def unusable_because(cls, context: TransportContext) -> str:
+        try:
+            S3Settings.from_context(context)
+        except S3ConfigError as error:
+            return f"its settings are unusable: {error}"
+        return (
+            f"no bucket is configured on this side: set {URL_ENV}=s3://BUCKET/PREFIX (and "
+            f"RTCXFER_S3_ENDPOINT_URL for a server other than AWS) on both machines"
+        )
 
     def __init__(self, link: Link, context: TransportContext) -> None:
         super().__init__(link, context)
@@ -252,7 +263,7 @@ class S3Transport(Transport):
     def _progress_reporter(self, name: str) -> Callable[[int, int], None] | None:
         """A ``report(done, total)`` for the upload thread that calls the application's
         ``progress(name, done, total)`` on the event loop, where its other callbacks run."""
-        progress = self.settings.progress
+        progress = self.settings.progress or self.context.progress_reporter(self.name)
         if progress is None:
             return None
         loop = asyncio.get_running_loop()
