@@ -40,7 +40,8 @@ def transfer_record(direction: str, name: str, transport: str, size: int, second
     """The line a finished transfer leaves: ``sent pkg.zip via rtc-chunked: 12.3 MiB in 1.2 s
     (10.3 MiB/s)``."""
     verb = "sent" if direction == "up" else "received"
-    return f"{verb} {name} via {transport}: {format_size(size)} in {seconds:.1f} s ({format_rate(size, seconds)})"
+    elapsed = f"{seconds:.2f}" if seconds < 10 else f"{seconds:.0f}"
+    return f"{verb} {name} via {transport}: {format_size(size)} in {elapsed} s ({format_rate(size, seconds)})"
 
 
 class _Transfer:
@@ -105,7 +106,8 @@ class ProgressDisplay:
             elif done < total:
                 resumed = f", resuming at {format_size(done)}" if done else ""
                 self._write(f"{label}: {format_size(total)}{resumed}")
-            transfer = self._transfers[key] = _Transfer(bar, total, done)
+            # A first report that is already the last one (a small file) started at zero.
+            transfer = self._transfers[key] = _Transfer(bar, total, done if done < total else 0)
         if transfer.bar is not None:
             elapsed = time.monotonic() - transfer.started
             transfer.bar.n = done

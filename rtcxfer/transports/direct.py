@@ -558,6 +558,8 @@ class DirectTransport(Transport):
         report = _progress_reporter(
             self.context.progress_reporter(self.name), meta.name, meta.size, asyncio.get_running_loop()
         )
+        if report is not None:
+            report(state.received)  # the start, so a resumed file is not counted as sent now
         try:
             state.meta = attrs.evolve(meta, sha256=await self._io(_receive_bytes, connection, state, report))
         except BaseException as error:

@@ -239,6 +239,9 @@ class RtcChunkedTransport(Transport):
             meta.size,
             state.received,
         )
+        progress = self.context.progress_reporter(self.name)
+        if progress is not None:
+            progress(meta.name, state.received, meta.size)  # the start, so a resumed file is not counted as sent now
         try:
             await self.link.send(FileAccept(transfer_id=tid, offset=state.received))
         except ConnectionClosedError:
