@@ -128,6 +128,9 @@ class TransportContext:
     #: Called with frames a transport received but did not expect (e.g. a PATH_ERROR about a
     #: package the worker already accepted), so the application can react.
     on_notice: Callable[[Frame], None] | None = None
+    #: Where partial files of earlier sessions wait to be resumed (the worker's inputs; see
+    #: :mod:`rtcxfer.resume`), or ``None``.
+    kept_partials_dir: Path | None = None
     #: Largest file a peer may announce.
     max_file_bytes: int = 1 << 40
     #: Transport-specific settings, by transport name.

@@ -29,7 +29,7 @@ from typing import TypeVar
 
 import attrs
 
-from rtcxfer import auth, security
+from rtcxfer import auth, resume, security
 from rtcxfer.engine import APPLICATION, Session
 from rtcxfer.errors import (
     ArchiveError,
@@ -170,6 +170,9 @@ class RTCWorkerClient:
             self.work_dir = Path(tempfile.mkdtemp(prefix="rtcxfer-worker-"))
             # A directory the worker made for itself goes with it (close(), or at exit at the latest).
             self._remove_work_dir = weakref.finalize(self, _remove_quietly, self.work_dir)
+        #: Partial uploads of interrupted sessions, for a re-run to resume (:mod:`rtcxfer.resume`).
+        self.kept_partials_dir = self.work_dir / resume.DIRECTORY_NAME
+        resume.prune(self.kept_partials_dir)
         self.plugins = plugins or PluginHost()
         self.executor: Executor = executor or run_manifest_command
         self.job_timeout = job_timeout
@@ -214,6 +217,7 @@ class RTCWorkerClient:
             shared_root=self.shared_storage_root,
             max_file_bytes=self.max_file_bytes,
             options={**self.transport_options, "shared-fs": {"fs_adapter": self.fs_adapter}},
+            kept_partials_dir=self.kept_partials_dir,
         )
 
     async def serve_channel(
@@ -499,6 +503,9 @@ class WorkerSession:
         if job is not None and job.task is not None:
             job.task.cancel()
             await asyncio.gather(job.task, return_exceptions=True)
+        elif job is not None:
+            self.worker.tell_operator(f"job {job.job_id} stopped: the client left before its input arrived")
+            await self._keep_partial_input(job)
         if self.directory is not None:
             await asyncio.to_thread(_remove_quietly, self.directory)
 
@@ -593,6 +600,7 @@ class WorkerSession:
             self.job = self._new_job(frame.job_id, frame.results_via)
             await self.link.send(JobAccepted(frame.job_id))
         if stale is not None:
+            await self._keep_partial_input(stale)
             await asyncio.to_thread(_remove_quietly, stale.directory)
 
     def _new_job(self, job_id: str, results_via: str | None) -> Job:
@@ -620,7 +628,14 @@ class WorkerSession:
         self.context.incoming_dir = self.directory
         self.worker.stats["failed"] += 1
         await self._report(JobFailed(f"Job {job_id} was cancelled"))
+        await self._keep_partial_input(job)
         await asyncio.to_thread(_remove_quietly, job.directory)
+
+    async def _keep_partial_input(self, job: Job) -> None:
+        """An upload that stopped part-way is kept for the client's re-run to resume."""
+        kept = self.worker.kept_partials_dir
+        if await asyncio.to_thread(resume.keep_partials, job.incoming_dir, kept):
+            await asyncio.to_thread(resume.prune, kept)
 
     # --- running a job ----------------------------------------------------------------
 

@@ -544,7 +544,7 @@ class DirectTransport(Transport):
             meta = parse_meta(payload)
             if meta.size > self.context.max_file_bytes:
                 raise TransferError(f"size {meta.size} exceeds the limit of {self.context.max_file_bytes} bytes")
-            state = await partial.start_incoming(meta, self.context.incoming_dir)
+            state = await partial.start_incoming(meta, self.context.incoming_dir, self.context.kept_partials_dir)
         except TransferError as error:
             logger.warning("direct: refused a file: {}", error)
             return await self._reply(connection, ERROR, str(error).encode())

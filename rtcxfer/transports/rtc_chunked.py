@@ -222,7 +222,7 @@ class RtcChunkedTransport(Transport):
         tid = meta.transfer_id
         self._refuse_meta(meta)
         try:
-            state = await partial.start_incoming(meta, self.context.incoming_dir)
+            state = await partial.start_incoming(meta, self.context.incoming_dir, self.context.kept_partials_dir)
         except TransferError as error:
             raise _file_error(tid, str(error)) from None
         try:
@@ -403,7 +403,9 @@ class RtcChunkedTransport(Transport):
             logger.info(
                 "rtc-chunked: the sender abandoned {}: {}", quote_for_log(state.meta.name), quote_for_log(report.reason)
             )
-            self._drop(state, remove=not state.busy)
+            # A sender stopped by its user comes back with the same file: keep what arrived.
+            keep = report.reason == partial.REASON_SENDER_CANCELLED
+            self._drop(state, remove=not state.busy and not keep)
             return
         # Never answer an error report with another one.
         logger.debug("rtc-chunked: FILE_ERROR for unknown transfer {}: {}", tid, quote_for_log(report.reason))
@@ -475,7 +477,7 @@ class RtcChunkedTransport(Transport):
         """Tell the receiver this side gave up, so it closes the transfer and drops the partial
         instead of waiting for chunks (and refusing the next FILE_META as a duplicate)."""
         if isinstance(error, asyncio.CancelledError):
-            reason = "cancelled by the sender"
+            reason = partial.REASON_SENDER_CANCELLED
         else:
             reason = quote_for_reply(str(error) or type(error).__name__)
         try:
