@@ -59,7 +59,7 @@ from rtcxfer.frames import (
 from rtcxfer.link import Link
 from rtcxfer.log import logger
 from rtcxfer.plugins import PluginHost
-from rtcxfer.shared_storage import detect_shared_root
+from rtcxfer.shared_storage import detect_shared_root, remove_empty_directories
 from rtcxfer.transport import Transport, TransportContext
 from rtcxfer.worker import PROTOCOL_VERSION, WORKER_SHUTTING_DOWN
 
@@ -187,9 +187,16 @@ class RTCClient:
         worker_id: str | None = None,
         timeout: float = 30.0,
     ) -> None:
-        """Find the worker through the signaling server, connect, authenticate, negotiate."""
+        """Find the worker through the signaling server, connect, authenticate, negotiate.
+
+        ``signaling_token`` is what the signaling server checks; by default an HMAC of the
+        client's token (what ``rtcxfer signal --token`` expects when given the same token).
+        """
         from rtcxfer import rtc
         from rtcxfer.signaling import SignalingClient
+
+        if signaling_token is None and self.token:
+            signaling_token = auth.signaling_token(self.token)
 
         self._signaling = SignalingClient(
             signaling_url, room, "client", f"client-{secrets.token_hex(4)}", signaling_token
@@ -458,6 +465,7 @@ class RTCClient:
                 # useless, if the job failed); left there, every job would leave a directory.
                 shared_copy = self.shared_storage_root / shared_output
                 await asyncio.to_thread(shutil.rmtree, shared_copy, True)
+                await asyncio.to_thread(remove_empty_directories, shared_copy.parent, self.shared_storage_root)
 
     def _failed(self, job_id: str, input_via: str, results_via: str, reason: str) -> JobResult:
         return JobResult(job_id, False, None, 0, 0.0, input_via, results_via, reason, tuple(self._log_tail))

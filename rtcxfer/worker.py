@@ -281,6 +281,9 @@ class RTCWorkerClient:
         """
         from rtcxfer import rtc
 
+        if signaling_token is None and self.token:
+            # What `rtcxfer signal --token` expects when given the worker's token.
+            signaling_token = auth.signaling_token(self.token)
         self._on_notice = on_notice
         if self.legacy:
             logger.warning(
@@ -310,8 +313,9 @@ class RTCWorkerClient:
                         raise
                     if error.code == "duplicate-peer":
                         logger.error(
-                            "another peer is registered as {!r} in room {!r}: an impostor if the signaling server "
-                            "has no token (clients authenticate this worker and refuse impostors); retrying",
+                            "another peer is registered as {!r} in room {!r}: a second worker? start it with another "
+                            "--peer-id; else an impostor if the signaling server has no token (clients authenticate "
+                            "this worker and refuse impostors); retrying",
                             peer_id,
                             room,
                         )

@@ -42,7 +42,13 @@ from rtcxfer.frames import (
 )
 from rtcxfer.hookspecs import hookimpl
 from rtcxfer.log import logger
-from rtcxfer.shared_storage import PROBE_BYTES, PROBE_DIR, write_probe
+from rtcxfer.shared_storage import (
+    PROBE_BYTES,
+    PROBE_DIR,
+    make_then_create,
+    remove_empty_directories,
+    write_probe,
+)
 from rtcxfer.transport import Delivery, ReceivedFile, Transport
 
 #: The spec's texts for PATH_ERROR, by the kind of failure.
@@ -304,9 +310,8 @@ class SharedFsTransport(Transport):
         assert self.root is not None
         relative = STAGING_DIR / secrets.token_hex(8) / PurePosixPath(name).name
         target = self.root / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        shutil.copyfile(path, target)
+        make_then_create(target.parent, lambda: shutil.copyfile(path, target))
         logger.info("staged {} on shared storage as {} in {:.2f} s", path, relative, time.perf_counter() - started)
         self._staged.append(target.parent)
         return relative.as_posix()
@@ -315,6 +320,8 @@ class SharedFsTransport(Transport):
         """Remove the copies this session staged on the shared storage."""
         for directory in self._staged:
             shutil.rmtree(directory, ignore_errors=True)
+            if self.root is not None:
+                remove_empty_directories(directory.parent, self.root)
         self._staged.clear()
 
     def on_closed(self) -> None:
