@@ -817,8 +817,12 @@ class WorkerSession:
         if isinstance(frame, JobComplete):
             self.worker.tell_operator(f"job {frame.job_id} done")
         else:
-            named = f"job {self.job.job_id} " if self.job is not None else ""
-            self.worker.tell_operator(f"{named}failed: {quote_for_log(_reason_of(frame))}")
+            reason = quote_for_log(_reason_of(frame))
+            if reason.startswith("Job "):  # "Job X failed: ...", "Job X stopped: ...", "Job X was cancelled"
+                self.worker.tell_operator("j" + reason[1:])
+            else:
+                named = f"job {self.job.job_id} " if self.job is not None else ""
+                self.worker.tell_operator(f"{named}failed: {reason}")
         # The job's last lines first: the client stops listening once it has the report.
         await self._log_queue.join()
         try:
