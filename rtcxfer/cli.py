@@ -511,8 +511,10 @@ async def _submit(
         from rtcxfer.progress import format_size
 
         files = "1 file" if result.file_count == 1 else f"{result.file_count} files"
+        # Measured here: JOB_COMPLETE's total is in MiB with two decimals, too coarse for small results.
+        size = sum(path.stat().st_size for path in result.results_dir.rglob("*") if path.is_file())
         click.echo(
-            f"job {result.job_id} complete: {files}, {format_size(result.total_mb * 1024 * 1024)} "
+            f"job {result.job_id} complete: {files}, {format_size(size)} "
             f"(input via {result.input_transport}, results via {result.results_transport})"
         )
         click.echo(f"results: {result.results_dir}")

@@ -42,6 +42,8 @@ def keep_partials(directory: Path, kept: Path) -> int:
     for entry in entries:
         if not PART_NAME.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
             continue
+        if entry.stat(follow_symlinks=False).st_size == 0:
+            continue  # nothing to resume from; goes with the session's directory
         if (str(Path(directory).resolve()), entry.name) in ACTIVE_PARTS:
             continue
         try:

@@ -473,6 +473,8 @@ class WorkerSession:
         self.link.add_handler(APPLICATION, self)
         self.link.add_handler(UNAUTHENTICATED, _Refuser(self))
         self.job: Job | None = None
+        #: Every job task not yet ended, the current one and one still removing its files.
+        self._job_tasks: set[asyncio.Task] = set()
         self._log_queue: asyncio.Queue[Frame] = asyncio.Queue(LOG_QUEUE_LINES)
         self._dropped_lines = 0
 
@@ -510,6 +512,9 @@ class WorkerSession:
         elif job is not None:
             self.worker.tell_operator(f"job {job.job_id} stopped: the client left before its input arrived")
             await self._keep_partial_input(job)
+        # A job that has reported may still be removing its directory: removing the session's
+        # at the same time fails on names the other removal took first, and leaves it behind.
+        await asyncio.gather(*self._job_tasks, return_exceptions=True)
         if self.directory is not None:
             await asyncio.to_thread(_remove_quietly, self.directory)
 
@@ -656,6 +661,8 @@ class WorkerSession:
             )
             return
         self.job.task = asyncio.create_task(self._run_job(self.job, received))
+        self._job_tasks.add(self.job.task)
+        self.job.task.add_done_callback(self._job_tasks.discard)
 
     async def _run_job(self, job: Job, received: ReceivedFile) -> None:
         sender = asyncio.create_task(self._send_logs())
