@@ -426,10 +426,9 @@ def submit(
     """
     import tempfile
 
+    from rtcxfer.config import resolve_token
     from rtcxfer.packing import PackageError, check_package, pack_directory
     from rtcxfer.progress import ProgressDisplay
-
-    from rtcxfer.config import resolve_token
 
     token = resolve_token(click.get_current_context(), token, token_file)
     display = ProgressDisplay(enabled=not quiet)

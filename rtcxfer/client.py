@@ -271,7 +271,8 @@ class RTCClient:
                 self.session_transports.append(name)
             else:
                 self.unusable_transports[name] = why or "it failed its check between these peers"
-                self._emit("notice", None, message=f"{name} is not usable between these peers{': ' + why if why else ''}")
+                detail = f": {why}" if why else ""
+                self._emit("notice", None, message=f"{name} is not usable between these peers{detail}")
         self._emit("notice", None, message=f"transports for this session: {', '.join(self.session_transports)}")
 
     async def _authenticate(self, offered: str) -> Welcome:

@@ -78,7 +78,10 @@ def pack_directory(directory: Path, destination: Path) -> Path:
             info = zipfile.ZipInfo(name, FIXED_DATE_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = (stat.S_IFREG | 0o644) << 16
-            with open(path, "rb") as source, archive.open(info, "w", force_zip64=path.stat().st_size >= 1 << 31) as target:
+            with (
+                open(path, "rb") as source,
+                archive.open(info, "w", force_zip64=path.stat().st_size >= 1 << 31) as target,
+            ):
                 while block := source.read(1 << 20):
                     target.write(block)
     check_package(destination)

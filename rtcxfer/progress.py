@@ -120,7 +120,9 @@ class ProgressDisplay:
             seconds = time.monotonic() - transfer.started
             if transfer.bar is not None:
                 transfer.bar.close()
-            self._write(transfer_record(direction, data["name"], data["transport"], total - transfer.start_done, seconds))
+            self._write(
+                transfer_record(direction, data["name"], data["transport"], total - transfer.start_done, seconds)
+            )
 
     def _job_progress(self, job_id: str, done: int, total: int) -> None:
         bar = self._job_bars.get(job_id)

@@ -73,8 +73,19 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         services.append(signaling)
         worker = CliProcess(
             "worker-main",
-            ["worker", "--signal", url, "--room", ROOM, "--token", TOKEN, "--work-dir", str(work),
-             "--shared-root", str(shared)],
+            [
+                "worker",
+                "--signal",
+                url,
+                "--room",
+                ROOM,
+                "--token",
+                TOKEN,
+                "--work-dir",
+                str(work),
+                "--shared-root",
+                str(shared),
+            ],
             root,
             env=environment(),
         )
@@ -86,15 +97,29 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             service.stop()
 
 
-def rtcxfer(lab: Lab | None, *args: str, cwd: Path, env: dict | None = None, connect: bool = True,
-            token: str | None = TOKEN, room: str = ROOM) -> subprocess.CompletedProcess[str]:
+def rtcxfer(
+    lab: Lab | None,
+    *args: str,
+    cwd: Path,
+    env: dict | None = None,
+    connect: bool = True,
+    token: str | None = TOKEN,
+    room: str = ROOM,
+) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "rtcxfer.cli", *args]
     if connect and lab is not None:
         command += ["--signal", lab.url, "--room", room]
         if token is not None:
             command += ["--token", token]
-    return subprocess.run(command, capture_output=True, text=True, env=env or environment(), cwd=cwd,
-                          timeout=GUARD, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=env or environment(),
+        cwd=cwd,
+        timeout=GUARD,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def describe(run: subprocess.CompletedProcess[str]) -> str:
@@ -200,9 +225,24 @@ def test_worker_stopped_during_a_job_is_reported_as_a_shutdown_not_a_cancel(lab,
     stderr = tmp_path / "submit.err"
     with open(stderr, "w") as err:
         client = subprocess.Popen(
-            [sys.executable, "-m", "rtcxfer.cli", "submit", str(package), "--signal", lab.url, "--room", "shutdown",
-             "--token", TOKEN],
-            stdout=subprocess.PIPE, stderr=err, text=True, env=environment(), cwd=tmp_path,
+            [
+                sys.executable,
+                "-m",
+                "rtcxfer.cli",
+                "submit",
+                str(package),
+                "--signal",
+                lab.url,
+                "--room",
+                "shutdown",
+                "--token",
+                TOKEN,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=environment(),
+            cwd=tmp_path,
             stdin=subprocess.DEVNULL,
         )
         try:
@@ -257,13 +297,34 @@ def big_package(path: Path, megabytes: int) -> Path:
 
 def test_a_rerun_after_ctrl_c_resumes_the_upload_and_leaves_no_session_directory(lab, tmp_path):
     package = big_package(tmp_path / "big.zip", 192)
-    args = [sys.executable, "-m", "rtcxfer.cli", "submit", str(package), "--signal", lab.url, "--room", ROOM,
-            "--token", TOKEN, "--transport", "rtc-chunked"]
+    args = [
+        sys.executable,
+        "-m",
+        "rtcxfer.cli",
+        "submit",
+        str(package),
+        "--signal",
+        lab.url,
+        "--room",
+        ROOM,
+        "--token",
+        TOKEN,
+        "--transport",
+        "rtc-chunked",
+    ]
     stderr = tmp_path / "first.err"
     with open(stderr, "w") as err:
-        first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True, env=environment(),
-                                 cwd=tmp_path, stdin=subprocess.DEVNULL)
+        first = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=environment(),
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+        )
         try:
+
             def arriving() -> bool:
                 parts = lab.work.glob("session-*/job-*/incoming/.big.zip.*.part")
                 return any(part.stat().st_size > 0 for part in parts if part.exists())
@@ -315,15 +376,23 @@ def test_the_worker_logs_each_job_at_the_default_level(lab, tmp_path):
     good = rtcxfer(lab, "submit", str(build_sample_package(tmp_path / "ok.zip")), "--quiet", cwd=tmp_path)
     assert good.returncode == EXIT_OK, describe(good)
     job = re.search(r"job (job-[0-9a-f]+) complete", good.stdout).group(1)
-    bad = rtcxfer(lab, "submit", str(job_package(tmp_path / "bad.zip", "raise SystemExit(4)\n")), "--quiet",
-                  cwd=tmp_path)
+    bad = rtcxfer(
+        lab, "submit", str(job_package(tmp_path / "bad.zip", "raise SystemExit(4)\n")), "--quiet", cwd=tmp_path
+    )
     assert bad.returncode == EXIT_JOB_FAILED, describe(bad)
     failed = re.search(r"job (job-[0-9a-f]+)", bad.stderr, re.IGNORECASE).group(1)
     lab.worker.wait_for(rf"job {failed} failed")
     log = lab.worker.text()
-    for line in (f"job {job} accepted", rf"job {job} input ok\.zip \(\d+ bytes\) via \S+", rf"job {job} ran \d+\.\d s",
-                 rf"job {job} results: 2 files, \d+ bytes via \S+", f"job {job} done", f"job {failed} accepted",
-                 rf"job {failed} ran \d+\.\d s", f"job {failed} failed: .*4"):
+    for line in (
+        f"job {job} accepted",
+        rf"job {job} input ok\.zip \(\d+ bytes\) via \S+",
+        rf"job {job} ran \d+\.\d s",
+        rf"job {job} results: 2 files, \d+ bytes via \S+",
+        f"job {job} done",
+        f"job {failed} accepted",
+        rf"job {failed} ran \d+\.\d s",
+        f"job {failed} failed: .*4",
+    ):
         assert re.search(line, log), f"{line!r} not in:\n{log[-3000:]}"
 
 
@@ -337,7 +406,11 @@ def test_a_bad_package_is_refused_at_once_with_exit_2_and_the_reason(tmp_path):
         # Nothing listens on port 9: a submit that tried to connect would exit 3.
         run = subprocess.run(
             [sys.executable, "-m", "rtcxfer.cli", "submit", str(path), "--signal", "ws://127.0.0.1:9", "--token", "t"],
-            capture_output=True, text=True, env=environment(), cwd=tmp_path, timeout=GUARD,
+            capture_output=True,
+            text=True,
+            env=environment(),
+            cwd=tmp_path,
+            timeout=GUARD,
         )
         assert run.returncode == EXIT_USAGE, f"{kind}: {describe(run)}"
         assert reason in run.stderr and "waiting for a worker" not in run.stderr, f"{kind}: {run.stderr}"
@@ -353,8 +426,9 @@ def test_refusals_say_why_and_what_to_do(lab, tmp_path):
 
     elsewhere = tmp_path / "not-the-workers-storage"
     elsewhere.mkdir()
-    unseen = rtcxfer(lab, "submit", str(package), "--transport", "shared-fs", "--shared-root", str(elsewhere),
-                     cwd=tmp_path)
+    unseen = rtcxfer(
+        lab, "submit", str(package), "--transport", "shared-fs", "--shared-root", str(elsewhere), cwd=tmp_path
+    )
     assert unseen.returncode == EXIT_USAGE, describe(unseen)
     assert "its verdict:" in unseen.stderr and "--shared-root" in unseen.stderr, unseen.stderr
 
@@ -372,8 +446,9 @@ def test_refusals_say_why_and_what_to_do(lab, tmp_path):
     assert by_worker.returncode == EXIT_CONNECTION, describe(by_worker)
     assert "the worker refused this client" in by_worker.stderr and "--token" in by_worker.stderr
 
-    twin = CliProcess("worker-twin", ["worker", "--signal", lab.url, "--room", ROOM, "--token", TOKEN],
-                      lab.root, env=environment())
+    twin = CliProcess(
+        "worker-twin", ["worker", "--signal", lab.url, "--room", ROOM, "--token", TOKEN], lab.root, env=environment()
+    )
     try:
         twin.wait_for(r"another peer is registered as 'worker'.*--peer-id")
     finally:
@@ -392,11 +467,18 @@ def test_the_readme_python_snippet_and_the_example_run_as_written(tmp_path):
     assert snippet.count("token=token") == 2, "the token is given once to each peer"
     (tmp_path / "snippet.py").write_text(snippet)
     env = environment(TMPDIR=str(tmp_path))
-    run = subprocess.run([sys.executable, "snippet.py"], capture_output=True, text=True, env=env, cwd=tmp_path,
-                         timeout=GUARD)
+    run = subprocess.run(
+        [sys.executable, "snippet.py"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=GUARD
+    )
     assert run.returncode == 0 and run.stdout.startswith("True results/job-"), describe(run)
-    example = subprocess.run([sys.executable, str(REPO / "examples" / "worker_and_client.py")], capture_output=True,
-                             text=True, env=env, cwd=tmp_path, timeout=GUARD)
+    example = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "worker_and_client.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=GUARD,
+    )
     assert example.returncode == 0, describe(example)
     assert "summary.txt (95 bytes)" in example.stdout
     assert_clean(run.stderr + example.stderr)
@@ -432,20 +514,41 @@ def test_the_token_from_a_file_and_settings_from_rtcxfer_toml_with_flags_over_en
     from_file = rtcxfer(None, "submit", str(package), cwd=tmp_path, connect=False)
     assert from_file.returncode == EXIT_OK, describe(from_file)
     assert from_file.stderr == "", "quiet = true came from the file"
-    from_env = rtcxfer(None, "submit", str(package), "--timeout", "1", cwd=tmp_path, connect=False,
-                       env=environment(RTCXFER_ROOM="from-env"))
+    from_env = rtcxfer(
+        None,
+        "submit",
+        str(package),
+        "--timeout",
+        "1",
+        cwd=tmp_path,
+        connect=False,
+        env=environment(RTCXFER_ROOM="from-env"),
+    )
     assert from_env.returncode == EXIT_CONNECTION and "room 'from-env'" in from_env.stderr, describe(from_env)
-    from_flag = rtcxfer(None, "submit", str(package), "--room", ROOM, cwd=tmp_path, connect=False,
-                        env=environment(RTCXFER_ROOM="from-env"))
+    from_flag = rtcxfer(
+        None,
+        "submit",
+        str(package),
+        "--room",
+        ROOM,
+        cwd=tmp_path,
+        connect=False,
+        env=environment(RTCXFER_ROOM="from-env"),
+    )
     assert from_flag.returncode == EXIT_OK, describe(from_flag)
-    both = rtcxfer(None, "submit", str(package), "--token", TOKEN, "--token-file", str(token_file), cwd=tmp_path,
-                   connect=False)
+    both = rtcxfer(
+        None, "submit", str(package), "--token", TOKEN, "--token-file", str(token_file), cwd=tmp_path, connect=False
+    )
     assert both.returncode == EXIT_USAGE and "not both" in both.stderr, describe(both)
 
     worker = lab.start_worker("tokenfile", name="worker-tokenfile")  # --token given, to compare below
     worker.stop()
-    by_file = CliProcess("worker-by-file", ["worker", "--signal", lab.url, "--room", "tokenfile", "--token-file",
-                                            str(token_file)], lab.root, env=environment())
+    by_file = CliProcess(
+        "worker-by-file",
+        ["worker", "--signal", lab.url, "--room", "tokenfile", "--token-file", str(token_file)],
+        lab.root,
+        env=environment(),
+    )
     try:
         by_file.wait_for(WORKER_READY)
         with open(f"/proc/{by_file.process.pid}/cmdline", "rb") as handle:

@@ -433,7 +433,6 @@ class RtcChunkedTransport(Transport):
             check_relative_text(name)
         except UnsafePathError as error:
             raise LocalProtocolError(f"cannot send a file as {name!r}: {error}") from None
-        options = self._options
         progress: Callable[[str, int, int], Any] | None = self.context.progress_reporter(self.name)
         chunk_size = self._chunk_size()
         size, sha256 = await asyncio.to_thread(hash_file, path)
