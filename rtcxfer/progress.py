@@ -69,6 +69,7 @@ class ProgressDisplay:
         self.interactive = interactive
         self._transfers: dict[str, _Transfer] = {}
         self._job_bars: dict[str, tqdm] = {}
+        self._spinning = False
 
     def handle(self, event: ClientEvent) -> None:
         if not self.enabled:
@@ -157,9 +158,11 @@ class ProgressDisplay:
             yield
             return
         spinner = asyncio.ensure_future(self._spin(text))
+        self._spinning = True
         try:
             yield
         finally:
+            self._spinning = False
             spinner.cancel()
             await asyncio.gather(spinner, return_exceptions=True)
             self.stream.write("\r\033[K")
@@ -177,6 +180,8 @@ class ProgressDisplay:
             await asyncio.sleep(SPIN_INTERVAL)
 
     def _write(self, line: str) -> None:
+        if self._spinning:
+            self.stream.write("\r\033[K")  # the line goes where the spinner was; it redraws below
         if self.interactive:
             tqdm.write(line, file=self.stream)
         else:

@@ -579,3 +579,52 @@ def test_submit_a_directory_packs_it_and_brings_results_back(lab, tmp_path):
     plain.mkdir()
     refused = rtcxfer(lab, "submit", str(plain), cwd=tmp_path)
     assert refused.returncode == EXIT_USAGE and "without rtcxfer.json" in refused.stderr, describe(refused)
+
+
+# --- points 3 and 5 on a terminal: a spinner while waiting, bars that reach 100 % ------------
+
+
+def run_on_a_terminal(args: list[str], cwd: Path) -> tuple[int, str]:
+    """``args`` with stdin, stdout and stderr on a pseudo-terminal; its exit code and output."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal has a size
+    process = subprocess.Popen(args, stdin=follower, stdout=follower, stderr=follower, env=environment(), cwd=cwd)
+    os.close(follower)
+    output = bytearray()
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's last writer is gone
+                break
+            if not chunk:
+                break
+            output += chunk
+        return process.wait(GUARD), output.decode(errors="replace")
+    finally:
+        os.close(leader)
+        if process.poll() is None:
+            process.kill()
+            process.wait(GUARD)
+
+
+def test_on_a_terminal_a_spinner_while_waiting_and_bars_that_end_at_100_percent(lab, tmp_path):
+    package = build_sample_package(tmp_path / "pkg.zip")
+    base = [sys.executable, "-m", "rtcxfer.cli", "submit", str(package), "--signal", lab.url, "--token", TOKEN]
+    code, waiting = run_on_a_terminal([*base, "--room", "nobody-on-a-tty", "--timeout", "1.5"], tmp_path)
+    assert code == EXIT_CONNECTION, waiting
+    assert re.search(r"\r[|/\\-] waiting for a worker in room 'nobody-on-a-tty'", waiting), waiting
+
+    code, output = run_on_a_terminal([*base, "--room", ROOM, "--transport", "rtc-chunked"], tmp_path)
+    assert code == EXIT_OK, output
+    assert re.search(r"-> pkg\.zip via rtc-chunked: 100%", output), output
+    assert re.search(r"<- copy/data\.txt via rtc-chunked: 100%", output), output
+    assert re.search(r"job job-[0-9a-f]+: 100%.*2000/2000", output), output
+    assert "sent pkg.zip via rtc-chunked: " in output and "received copy/data.txt via rtc-chunked: " in output
+    assert "step/s" not in output and "it/s" not in output
+    assert_clean(output)

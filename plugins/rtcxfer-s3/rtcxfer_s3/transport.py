@@ -367,7 +367,7 @@ class S3Transport(Transport):
     async def _receive(self, frame: S3Object, name: str, location: S3Location) -> None:
         tid = frame.transfer_id
         try:
-            final_path = await asyncio.to_thread(self._download, frame, name, location)
+            final_path = await asyncio.to_thread(self._download, frame, name, location, self._progress_reporter(name))
         except (RtcxferError, _Aborted) as error:
             if isinstance(error, _Aborted):
                 return
@@ -389,7 +389,9 @@ class S3Transport(Transport):
         except Exception:  # the application's callback: its failure is not the peer's business
             logger.exception("s3: on_file failed for {}", name)
 
-    def _download(self, frame: S3Object, name: str, location: S3Location) -> Path:
+    def _download(
+        self, frame: S3Object, name: str, location: S3Location, report: Callable[[int, int], None] | None = None
+    ) -> Path:
         """Stream the object into a partial file, verify, fsync, rename. Blocking.
 
         The partial (``.<basename>.<transfer_id>.s3part``) never has the final name, and is
@@ -408,7 +410,7 @@ class S3Transport(Transport):
         s3_path = location.path_of(frame.key)
         try:
             with handle:
-                self._copy_verified(frame, s3_path, handle)
+                self._copy_verified(frame, s3_path, handle, report)
                 handle.flush()
                 os.fsync(handle.fileno())
             self._place(parent, part_path.name, relative.name)
@@ -420,7 +422,9 @@ class S3Transport(Transport):
             raise
         return parent / relative.name
 
-    def _copy_verified(self, frame: S3Object, s3_path: str, handle: Any) -> None:
+    def _copy_verified(
+        self, frame: S3Object, s3_path: str, handle: Any, report: Callable[[int, int], None] | None = None
+    ) -> None:
         """Copy the object into ``handle``, checking size and SHA-256. Blocking."""
         what = f"downloading {s3_path}"
         fs = self._filesystem()
@@ -443,6 +447,8 @@ class S3Transport(Transport):
             raise classify(error, what) from None
         digest = hashlib.sha256()
         count = 0
+        if report is not None:
+            report(0, frame.size)
         with source:
             while True:
                 try:
@@ -458,6 +464,8 @@ class S3Transport(Transport):
                     raise S3IntegrityError(f"object {frame.key!r} grew while being downloaded")
                 digest.update(block)
                 handle.write(block)
+                if report is not None:
+                    report(count, frame.size)
         if count != frame.size:
             raise S3IntegrityError(f"object {frame.key!r} ended after {count} of {frame.size} bytes")
         if digest.hexdigest() != frame.sha256:
