@@ -141,6 +141,20 @@ def job_package(path: Path, program: str, **manifest) -> Path:
     return build_sample_package(path, program=program, manifest={"command": ["python", "job.py"], **manifest})
 
 
+def start_submit(args: list[str], stderr: Path, cwd: Path) -> subprocess.Popen[str]:
+    """``rtcxfer ARGS`` in the background, its stderr in the file ``stderr`` to watch."""
+    with open(stderr, "w") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "rtcxfer.cli", *args],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=environment(),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+        )
+
+
 def wait_until(check, what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -223,36 +237,17 @@ def test_worker_stopped_during_a_job_is_reported_as_a_shutdown_not_a_cancel(lab,
     worker = lab.start_worker("shutdown", name="worker-shutdown")
     package = job_package(tmp_path / "slow.zip", "import time\nprint('started', flush=True)\ntime.sleep(60)\n")
     stderr = tmp_path / "submit.err"
-    with open(stderr, "w") as err:
-        client = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "rtcxfer.cli",
-                "submit",
-                str(package),
-                "--signal",
-                lab.url,
-                "--room",
-                "shutdown",
-                "--token",
-                TOKEN,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env=environment(),
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-        )
-        try:
-            wait_until(lambda: "| started" in stderr.read_text(), "job output")
-            worker.process.send_signal(signal.SIGINT)
-            assert client.wait(GUARD) == EXIT_WORKER_STOPPED, stderr.read_text()
-        finally:
-            if client.poll() is None:
-                client.kill()
-            client.wait(GUARD)
+    client = start_submit(
+        ["submit", str(package), "--signal", lab.url, "--room", "shutdown", "--token", TOKEN], stderr, tmp_path
+    )
+    try:
+        wait_until(lambda: "| started" in stderr.read_text(), "job output")
+        worker.process.send_signal(signal.SIGINT)
+        assert client.wait(GUARD) == EXIT_WORKER_STOPPED, stderr.read_text()
+    finally:
+        if client.poll() is None:
+            client.kill()
+        client.wait(GUARD)
     text = stderr.read_text()
     assert "the worker stopped while running job" in text and "you cancelled nothing" in text
     assert "was cancelled" not in text
@@ -297,45 +292,22 @@ def big_package(path: Path, megabytes: int) -> Path:
 
 def test_a_rerun_after_ctrl_c_resumes_the_upload_and_leaves_no_session_directory(lab, tmp_path):
     package = big_package(tmp_path / "big.zip", 192)
-    args = [
-        sys.executable,
-        "-m",
-        "rtcxfer.cli",
-        "submit",
-        str(package),
-        "--signal",
-        lab.url,
-        "--room",
-        ROOM,
-        "--token",
-        TOKEN,
-        "--transport",
-        "rtc-chunked",
-    ]
+    args = ["submit", str(package), "--signal", lab.url, "--room", ROOM, "--token", TOKEN, "--transport", "rtc-chunked"]
     stderr = tmp_path / "first.err"
-    with open(stderr, "w") as err:
-        first = subprocess.Popen(
-            args,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env=environment(),
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-        )
-        try:
+    first = start_submit(args, stderr, tmp_path)
 
-            def arriving() -> bool:
-                parts = lab.work.glob("session-*/job-*/incoming/.big.zip.*.part")
-                return any(part.stat().st_size > 0 for part in parts if part.exists())
+    def arriving() -> bool:
+        parts = lab.work.glob("session-*/job-*/incoming/.big.zip.*.part")
+        return any(part.stat().st_size > 0 for part in parts if part.exists())
 
-            wait_until(arriving, "the upload's first bytes on the worker")
-            first.send_signal(signal.SIGINT)
-            assert first.wait(GUARD) == 130, stderr.read_text()
-        finally:
-            if first.poll() is None:
-                first.kill()
-            first.wait(GUARD)
+    try:
+        wait_until(arriving, "the upload's first bytes on the worker")
+        first.send_signal(signal.SIGINT)
+        assert first.wait(GUARD) == 130, stderr.read_text()
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.wait(GUARD)
     kept = lab.work / "partial-uploads"
     wait_until(lambda: kept.is_dir() and any(kept.iterdir()), "kept partial upload")
     partial_size = sum(p.stat().st_size for p in kept.iterdir())
