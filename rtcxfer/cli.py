@@ -202,7 +202,8 @@ def _config_defaults(ctx: click.Context, config_file: Path | None) -> dict | Non
     "--token",
     envvar="RTCXFER_TOKEN",
     default=None,
-    help="Token every peer must present (all rooms): peers send an HMAC of it, never the token [env RTCXFER_TOKEN].",
+    help="Token every peer must present (all rooms): peers send an HMAC of it, never the token "
+    "[env RTCXFER_TOKEN].",
 )
 @token_file_option
 @click.option(
@@ -228,14 +229,8 @@ def _config_defaults(ctx: click.Context, config_file: Path | None) -> dict | Non
 )
 @click.option("--no-web", is_flag=True, help="Do not serve the browser client on the same port.")
 def signal_server(
-    host: str,
-    port: int,
-    token: str | None,
-    token_file: Path | None,
-    max_per_address: int,
-    max_room_peers_per_address: int,
-    idle_timeout: float,
-    no_web: bool,
+    host: str, port: int, token: str | None, token_file: Path | None, max_per_address: int,
+    max_room_peers_per_address: int, idle_timeout: float, no_web: bool,
 ) -> None:
     """Run the signaling server that lets workers and clients find each other.
 
@@ -259,7 +254,9 @@ def signal_server(
     }
     try:
         _run(
-            run_signaling_server(host, port, default_token=_room_token(token), on_ready=ready, web=not no_web, **limits)
+            run_signaling_server(
+                host, port, default_token=_room_token(token), on_ready=ready, web=not no_web, **limits
+            )
         )
     except Interrupted:
         click.echo("signaling server stopped", err=True)
@@ -312,22 +309,8 @@ def signal_server(
     "the worker's token: it is authenticated only by the signaling server's token.",
 )
 def worker(
-    signal_url,
-    room,
-    token,
-    token_file,
-    signal_token,
-    shared_root,
-    ice_servers,
-    any_interface,
-    peer_id,
-    work_dir,
-    job_timeout,
-    job_env,
-    max_unauthenticated,
-    auth_timeout,
-    insecure_no_token,
-    legacy,
+    signal_url, room, token, token_file, signal_token, shared_root, ice_servers, any_interface, peer_id, work_dir,
+    job_timeout, job_env, max_unauthenticated, auth_timeout, insecure_no_token, legacy,
 ) -> None:
     """Serve jobs: run each package's command and send its results back.
 
@@ -423,19 +406,8 @@ def worker(
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for a worker.")
 @click.option("--quiet", is_flag=True, help="No progress bars or job output; just the result.")
 def submit(
-    package,
-    signal_url,
-    room,
-    token,
-    token_file,
-    signal_token,
-    shared_root,
-    ice_servers,
-    any_interface,
-    transport,
-    results_dir,
-    timeout,
-    quiet,
+    package, signal_url, room, token, token_file, signal_token, shared_root, ice_servers, any_interface, transport,
+    results_dir, timeout, quiet,
 ) -> None:
     """Run PACKAGE on a worker and download its results.
 
@@ -491,18 +463,8 @@ def submit(
 
 
 async def _submit(
-    package,
-    signal_url,
-    room,
-    token,
-    signal_token,
-    shared_root,
-    ice_servers,
-    any_interface,
-    transport,
-    results_dir,
-    timeout,
-    display,
+    package, signal_url, room, token, signal_token, shared_root, ice_servers, any_interface, transport, results_dir,
+    timeout, display,
 ) -> int:
     from rtcxfer import advice
     from rtcxfer.client import RTCClient

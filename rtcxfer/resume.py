@@ -27,8 +27,10 @@ from rtcxfer.transports.partial import ACTIVE_PARTS, PART_NAME
 DIRECTORY_NAME = "partial-uploads"
 #: A kept partial older than this is removed (seconds).
 MAX_AGE_SECONDS = 24 * 3600
-#: Kept partials in all, at most (bytes); the oldest go first.
+#: Kept partials in all, at most (bytes), and at most :data:`MAX_SHARE` of their filesystem;
+#: the oldest go first.
 MAX_BYTES = 16 * 1024**3
+MAX_SHARE = 0.1
 
 
 def keep_partials(directory: Path, kept: Path) -> int:
@@ -59,10 +61,18 @@ def keep_partials(directory: Path, kept: Path) -> int:
     return moved
 
 
-def prune(kept: Path, *, max_age: float = MAX_AGE_SECONDS, max_bytes: int = MAX_BYTES, now: float | None = None) -> int:
-    """Remove kept partials older than ``max_age`` and, oldest first, beyond ``max_bytes``;
-    returns how many went. Blocking."""
+def prune(
+    kept: Path, *, max_age: float = MAX_AGE_SECONDS, max_bytes: int | None = None, now: float | None = None
+) -> int:
+    """Remove kept partials older than ``max_age`` and, oldest first, beyond ``max_bytes``
+    (default: :data:`MAX_BYTES`, or :data:`MAX_SHARE` of the filesystem if less); returns how
+    many went. Blocking."""
     now = time.time() if now is None else now
+    if max_bytes is None:
+        max_bytes = MAX_BYTES
+        with contextlib.suppress(OSError):
+            info = os.statvfs(kept)
+            max_bytes = min(max_bytes, int(info.f_blocks * info.f_frsize * MAX_SHARE))
     try:
         entries = [entry for entry in os.scandir(kept) if entry.is_file(follow_symlinks=False)]
     except FileNotFoundError:

@@ -328,10 +328,13 @@ class RTCWorkerClient:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_DELAY)
         finally:
-            self.stopping = True
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._stop_sessions(tasks)
+
+    async def _stop_sessions(self, tasks: dict[asyncio.Task, str]) -> None:
+        self.stopping = True
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _serve_registration(self, signaling_url, room, peer_id, signaling_token, options, tasks, registered):
         """One registration on the signaling server: answer offers until the connection ends
@@ -341,23 +344,29 @@ class RTCWorkerClient:
         async with SignalingClient(signaling_url, room, "worker", peer_id, signaling_token) as signaling:
             logger.info("worker {} ready in room {} at {}", peer_id, room, signaling_url)
             registered()
-            while True:
-                try:
-                    event = await signaling.receive()
-                except SignalingServerError as error:
-                    self._signaling_error(error, tasks)
-                    continue
-                except SignalingError as error:
-                    logger.warning("signaling connection ended: {}; registering again", describe(error))
-                    return
-                payload = event.get("payload")
-                if event.get("type") == "relay" and isinstance(payload, dict) and payload.get("kind") == "offer":
-                    self._offer(signaling, event["from"], payload, options, tasks)
-                elif event.get("type") == "peer-left":
-                    # Clients stay in the room for their whole session, so leaving it ends
-                    # the session: a killed client is noticed now, not when ICE consent
-                    # expires half a minute later, and its job is stopped.
-                    self._end_sessions_of(event.get("peer_id"), tasks, "left the room")
+            try:
+                while True:
+                    try:
+                        event = await signaling.receive()
+                    except SignalingServerError as error:
+                        self._signaling_error(error, tasks)
+                        continue
+                    except SignalingError as error:
+                        logger.warning("signaling connection ended: {}; registering again", describe(error))
+                        return
+                    payload = event.get("payload")
+                    if event.get("type") == "relay" and isinstance(payload, dict) and payload.get("kind") == "offer":
+                        self._offer(signaling, event["from"], payload, options, tasks)
+                    elif event.get("type") == "peer-left":
+                        # Clients stay in the room for their whole session, so leaving it ends
+                        # the session: a killed client is noticed now, not when ICE consent
+                        # expires half a minute later, and its job is stopped.
+                        self._end_sessions_of(event.get("peer_id"), tasks, "left the room")
+            except asyncio.CancelledError:
+                # The worker is stopping: its sessions report their jobs as stopped while the
+                # clients can still hear it, before leaving the room tells them it is gone.
+                await self._stop_sessions(tasks)
+                raise
 
     def _signaling_error(self, error: SignalingServerError, tasks: dict[asyncio.Task, str]) -> None:
         """An error from the server about something this worker sent: never a reason to stop."""
@@ -928,8 +937,6 @@ def _remove_quietly(path: Path) -> None:
         security.remove_tree(path)
     except OSError as error:
         logger.error("could not remove {}: {}", path, error)
-
-
 
 
 def _reason_of(frame: Frame) -> str:

@@ -173,6 +173,7 @@ class S3Transport(Transport):
             await asyncio.to_thread(self.check_bucket)
         except S3StorageError as error:
             logger.warning("s3: not offered in this session: {}", error)
+            self.not_negotiated_because = f"{error}; check {URL_ENV} and the store's credentials on this machine"
             self.agreed = False
             return False
         await self.link.send(S3Reach(url=location.url))
@@ -182,6 +183,7 @@ class S3Transport(Transport):
             )
         except asyncio.TimeoutError:
             logger.warning("s3: the peer did not answer S3_REACH in {} s", self.settings.negotiate_timeout)
+            self.not_negotiated_because = f"the worker did not answer S3_REACH in {self.settings.negotiate_timeout} s"
             self.agreed = False
             return False
         self.agreed = reply.verdict == REACHABLE
@@ -189,6 +191,10 @@ class S3Transport(Transport):
             logger.info("s3: both peers reach {}", location.url)
         else:
             logger.info("s3: not used in this session, the peer answered {}", reply.verdict)
+            self.not_negotiated_because = (
+                f"the worker cannot use {location.url} (its verdict: {reply.verdict}); set {URL_ENV} to the same "
+                "bucket on both machines, with credentials that reach it"
+            )
         return self.agreed
 
     async def _answer_reach(self, frame: S3Reach) -> None:
