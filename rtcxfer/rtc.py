@@ -58,6 +58,7 @@ from rtcxfer.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
+from rtcxfer.frames import quote_for_log
 from rtcxfer.log import logger
 from rtcxfer.sctp_packet_size import PacketSize, PacketSizer
 
@@ -722,6 +723,10 @@ def _expect_sdp(message: Any, kind: str) -> str:
         raise RemoteProtocolError(f"expected an SDP {kind} message, got a {type(message).__name__}")
     got = message.get("kind")
     sdp = message.get("sdp")
+    if got == "error" and isinstance(message.get("message"), str):
+        # The other side says what it expected instead (see docs/protocol.md, section 1.4).
+        raise RemoteProtocolError(f"the peer refused our SDP {'offer' if kind == 'answer' else 'message'}: "
+                                  f"{quote_for_log(message['message'], 300)}")
     if got != kind or not isinstance(sdp, str):
         # Describe, never echo: the message came from the network.
         raise RemoteProtocolError(f"expected an SDP {kind} message, got kind {str(got)[:32]!r}")

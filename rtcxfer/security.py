@@ -570,8 +570,9 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
     Depth is unbounded: a peer's 2,000 nested directories cost a loop, not Python's stack
     (``shutil.rmtree`` raises ``RecursionError`` there on some versions). Work is relative to
     directory descriptors, no symlink is ever followed (a symlink is removed as a name), and at
-    most two descriptors are open at a time. A missing ``path`` is not an error; anything else
-    the system refuses raises ``OSError``.
+    most two descriptors are open at a time. A missing ``path`` is not an error, nor is an
+    entry that another remover takes away meanwhile (a job's clean-up and its session's may
+    overlap); anything else the system refuses raises ``OSError``.
     """
     _require_dir_fd_support()
     top = Path(path)
@@ -585,7 +586,8 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
             os.unlink(top.name, dir_fd=parent_fd)
             return
         _remove_directory_contents(parent_fd, top.name)
-        os.rmdir(top.name, dir_fd=parent_fd)
+        with suppress(FileNotFoundError):
+            os.rmdir(top.name, dir_fd=parent_fd)
     finally:
         os.close(parent_fd)
 
@@ -596,7 +598,10 @@ _LIST_FLAGS = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC
 def _remove_directory_contents(parent_fd: int, name: str) -> None:
     # Descend by name, come back up by "..", checking each step by (device, inode): only two
     # descriptors and one list of names per level are held, whatever the depth.
-    fd = os.open(name, _LIST_FLAGS, dir_fd=parent_fd)
+    try:
+        fd = os.open(name, _LIST_FLAGS, dir_fd=parent_fd)
+    except FileNotFoundError:
+        return
     own = os.fstat(fd)
     ancestors: list[tuple[int, int, str]] = []  # (dev, ino) of each parent, and our name in it
     try:
@@ -610,7 +615,10 @@ def _remove_directory_contents(parent_fd: int, name: str) -> None:
                         with suppress(FileNotFoundError):
                             os.unlink(entry.name, dir_fd=fd)
             if subdirectory is not None:
-                child = os.open(subdirectory, _LIST_FLAGS, dir_fd=fd)
+                try:
+                    child = os.open(subdirectory, _LIST_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    continue  # removed by someone else meanwhile: look again
                 ancestors.append((own.st_dev, own.st_ino, subdirectory))
                 os.close(fd)
                 fd, own = child, os.fstat(child)
@@ -618,13 +626,17 @@ def _remove_directory_contents(parent_fd: int, name: str) -> None:
             if not ancestors:
                 return
             dev, ino, my_name = ancestors.pop()
-            parent = os.open("..", _LIST_FLAGS, dir_fd=fd)
+            try:
+                parent = os.open("..", _LIST_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                return  # another remover took this whole branch away, and finishes it
             parent_info = os.fstat(parent)
             os.close(fd)
             fd, own = parent, parent_info
             if (parent_info.st_dev, parent_info.st_ino) != (dev, ino):
                 raise OSError(errno.ESTALE, "directory moved while it was being removed", my_name)
-            os.rmdir(my_name, dir_fd=fd)
+            with suppress(FileNotFoundError):
+                os.rmdir(my_name, dir_fd=fd)
     finally:
         os.close(fd)
 

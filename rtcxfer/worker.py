@@ -61,7 +61,7 @@ from rtcxfer.frames import (
     quote_for_log,
 )
 from rtcxfer.jobs import SUPERVISOR_MARGIN, Executor, JobContext, Manifest, ManifestError, run_manifest_command
-from rtcxfer.limits import LogThrottle, Startups, WorkerLimits
+from rtcxfer.limits import LogThrottle, Startups, TokenBucket, WorkerLimits
 from rtcxfer.link import Link
 from rtcxfer.log import logger
 from rtcxfer.plugins import PluginHost
@@ -163,7 +163,8 @@ class RTCWorkerClient:
         if token is None:
             logger.warning("worker runs WITHOUT a token: anyone who reaches it can run jobs on it")
         if work_dir:
-            self.work_dir = Path(work_dir)
+            # Absolute: jobs run inside their package folder and get paths under this one.
+            self.work_dir = Path(work_dir).absolute()
             self.work_dir.mkdir(parents=True, exist_ok=True)
             self._remove_work_dir = None
         else:
@@ -192,6 +193,9 @@ class RTCWorkerClient:
         self._startups = Startups(limits)
         self._refusal_log = LogThrottle()
         self._signaling_error_log = LogThrottle()
+        #: Replies to relayed payloads that are not offers: they cost this worker's own signaling budget.
+        self._payload_replies = TokenBucket(1.0, 5)
+        self._background: set[asyncio.Task] = set()
 
     def close(self) -> None:
         """Remove the work directory if the worker created it (a temporary one)."""
@@ -341,32 +345,41 @@ class RTCWorkerClient:
         (returns normally) or registration is refused (raises)."""
         from rtcxfer.signaling import SignalingClient
 
-        async with SignalingClient(signaling_url, room, "worker", peer_id, signaling_token) as signaling:
+        async with (
+            SignalingClient(signaling_url, room, "worker", peer_id, signaling_token) as signaling,
+            self._sessions_stopped_before_leaving(tasks),
+        ):
             logger.info("worker {} ready in room {} at {}", peer_id, room, signaling_url)
             registered()
-            try:
-                while True:
-                    try:
-                        event = await signaling.receive()
-                    except SignalingServerError as error:
-                        self._signaling_error(error, tasks)
-                        continue
-                    except SignalingError as error:
-                        logger.warning("signaling connection ended: {}; registering again", describe(error))
-                        return
-                    payload = event.get("payload")
-                    if event.get("type") == "relay" and isinstance(payload, dict) and payload.get("kind") == "offer":
-                        self._offer(signaling, event["from"], payload, options, tasks)
-                    elif event.get("type") == "peer-left":
-                        # Clients stay in the room for their whole session, so leaving it ends
-                        # the session: a killed client is noticed now, not when ICE consent
-                        # expires half a minute later, and its job is stopped.
-                        self._end_sessions_of(event.get("peer_id"), tasks, "left the room")
-            except asyncio.CancelledError:
-                # The worker is stopping: its sessions report their jobs as stopped while the
-                # clients can still hear it, before leaving the room tells them it is gone.
-                await self._stop_sessions(tasks)
-                raise
+            while True:
+                try:
+                    event = await signaling.receive()
+                except SignalingServerError as error:
+                    self._signaling_error(error, tasks)
+                    continue
+                except SignalingError as error:
+                    logger.warning("signaling connection ended: {}; registering again", describe(error))
+                    return
+                payload = event.get("payload")
+                if event.get("type") == "relay" and isinstance(payload, dict) and payload.get("kind") == "offer":
+                    self._offer(signaling, event["from"], payload, options, tasks)
+                elif event.get("type") == "relay":
+                    self._unexpected_payload(signaling, event["from"], payload)
+                elif event.get("type") == "peer-left":
+                    # Clients stay in the room for their whole session, so leaving it ends
+                    # the session: a killed client is noticed now, not when ICE consent
+                    # expires half a minute later, and its job is stopped.
+                    self._end_sessions_of(event.get("peer_id"), tasks, "left the room")
+
+    @contextlib.asynccontextmanager
+    async def _sessions_stopped_before_leaving(self, tasks: dict[asyncio.Task, str]):
+        """When the worker stops, its sessions report their jobs as stopped while the clients
+        can still hear it, before leaving the room tells them it is gone."""
+        try:
+            yield
+        except asyncio.CancelledError:
+            await self._stop_sessions(tasks)
+            raise
 
     def _signaling_error(self, error: SignalingServerError, tasks: dict[asyncio.Task, str]) -> None:
         """An error from the server about something this worker sent: never a reason to stop."""
@@ -383,6 +396,32 @@ class RTCWorkerClient:
             if owner == client_id:
                 logger.info("client {} {}; ending its session", client_id, why)
                 task.cancel()
+
+    def _unexpected_payload(self, signaling, sender: str, payload: object) -> None:
+        """Tell the sender of a relayed payload that is not an offer what a worker expects
+        (a browser's ``{"type": "offer"}``, say), instead of leaving it waiting in silence;
+        at a bounded rate, and never in answer to an error."""
+        if isinstance(payload, dict) and payload.get("kind") == "error":
+            return
+        if not self._payload_replies.take():
+            return
+        if isinstance(payload, dict):
+            keys = ", ".join(sorted(quote_for_log(str(key), 32) for key in payload)[:8]) or "none"
+            got = f"a payload with the keys {keys}"
+        else:
+            got = f"a {type(payload).__name__}"
+        message = f'a worker expects the payload {{"kind": "offer", "sdp": <the SDP offer>}}; got {got}'
+        logger.info("relay from {} is not an offer ({}); told it what is expected", sender, got)
+        task = asyncio.create_task(self._send_quietly(signaling, sender, {"kind": "error", "message": message}))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    @staticmethod
+    async def _send_quietly(signaling, peer_id: str, payload: dict) -> None:
+        try:
+            await signaling.send_to(peer_id, payload)
+        except SignalingError as error:
+            logger.debug("could not relay to {}: {}", peer_id, describe(error))
 
     def _offer(self, signaling, client_id: str, offer: dict, options, tasks: dict[asyncio.Task, str]) -> None:
         refusal = self._startups.admit(client_id)

@@ -488,3 +488,38 @@ def test_permission_denied(resolver: str, mode: str) -> None:
             os.chmod(root / "locked", 0o700)
     finally:
         shutil.rmtree(base)
+
+
+def test_remove_tree_tolerates_another_remover_of_the_same_tree(tmp_path: Path) -> None:
+    """A job's clean-up and its session's may remove the same directories at once ("could not
+    remove ...: No such file or directory" was logged at the end of such sessions)."""
+    import threading
+
+    for round_number in range(15):
+        top = tmp_path / f"session-{round_number}"
+        for branch in range(4):
+            deep = top.joinpath(*[f"b{branch}d{level}" for level in range(12)])
+            deep.mkdir(parents=True)
+            for index in range(5):
+                (deep / f"f{index}").write_bytes(b"x")
+        errors: list[BaseException] = []
+        start = threading.Barrier(2)
+
+        def remove(path: Path) -> None:
+            start.wait()
+            try:
+                security.remove_tree(path)
+            except OSError as error:
+                errors.append(error)
+
+        # The outer directory and one of its branches, as a session and its job do.
+        threads = [
+            threading.Thread(target=remove, args=(top,)),
+            threading.Thread(target=remove, args=(top / "b0d0",)),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert not top.exists()

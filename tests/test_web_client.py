@@ -395,7 +395,7 @@ def test_chromium_and_aiortc_move_files_both_ways_with_rtc_chunked(site: Site, t
     """The aiortc side offers (as rtcxfer's client does, SCTP tuning offer included), the
     browser answers; a file goes to the browser with Python's rtc-chunked and comes back with
     the browser's."""
-    from rtcxfer.rtc import _tuning_supported
+    from rtcxfer.sctp_packet_size import tuning_supported
 
     outbound = tmp_path / "outbound.bin"
     outbound.write_bytes(random.Random(7).randbytes(8 * 1024 * 1024 + 12345))
@@ -449,7 +449,7 @@ def test_chromium_and_aiortc_move_files_both_ways_with_rtc_chunked(site: Site, t
     assert browser_side["size"] == outbound.stat().st_size
     assert browser_side["sha256"] == browser_side["sentSha256"] == digest
     # The tuned side's offer (where this aiortc can be tuned), which Chromium must ignore.
-    assert ("a=x-rtcxfer-sctp-packet" in browser_side["offer"]) is _tuning_supported()
+    assert ("a=x-rtcxfer-sctp-packet" in browser_side["offer"]) is tuning_supported()
     assert f"received echo/outbound.bin {outbound.stat().st_size} {digest}" in out
     assert (received / "echo" / "outbound.bin").read_bytes() == outbound.read_bytes()
     page.context.close()

@@ -276,6 +276,8 @@ class DirectTransport(Transport):
         super().__init__(link, context)
         self._listener: Listener | None = None
         self._outbound: asyncio.Task[dict[str, Connection]] | None = None
+        #: Worker side: the client already said which connections the session uses.
+        self._client_chose = False
         self._peer_offer: asyncio.Future[DirectOffer] | None = None
         self._peer_failure: asyncio.Future[str] | None = None
         self._send_connection: Connection | None = None
@@ -442,11 +444,16 @@ class DirectTransport(Transport):
         try:
             await self._outbound
         except RtcxferError as error:
+            if self._client_chose:
+                # Too late to matter: the client chose (and closed its listener meanwhile).
+                logger.debug("direct: the worker's own attempt ended after the client chose: {}", error)
+                return
             logger.info("direct: the worker cannot reach the client: {}", error)
             await self.link.send(DirectResult(FAILED, quote_for_reply(str(error))))
 
     async def _settle(self, result: DirectResult) -> None:
         """Worker: the client's choice."""
+        self._client_chose = True
         setup, listener, outbound = self._worker_setup, self._listener, self._outbound
         if setup is None:
             raise TransferError("DIRECT_RESULT without an offer")

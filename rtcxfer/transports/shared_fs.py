@@ -94,6 +94,11 @@ def check_probe(root: Path | None, probe: SharedProbe) -> str:
     except PathError as error:
         logger.info("shared storage probe not readable here: {}", error)
         return "missing"
+    if len(content) > PROBE_BYTES:
+        # Not a probe file (they are at most PROBE_BYTES long), and hashing only a prefix of it
+        # would call two different files the same.
+        logger.info("shared storage probe: mismatch (the file is longer than {} bytes)", PROBE_BYTES)
+        return "mismatch"
     verdict = "verified" if hashlib.sha256(content).hexdigest() == probe.sha256 else "mismatch"
     logger.info("shared storage probe: {}", verdict)
     return verdict
