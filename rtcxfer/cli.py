@@ -80,6 +80,14 @@ network_options = [
     ),
 ]
 
+token_file_option = click.option(
+    "--token-file",
+    envvar="RTCXFER_TOKEN_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A file whose first line is the token: unlike --token, not visible in `ps` [env RTCXFER_TOKEN_FILE].",
+)
+
 connection_options = [
     click.option(
         "--signal",
@@ -102,6 +110,7 @@ connection_options = [
         default=None,
         help="The worker's token; it never leaves this machine (see README, Security) [env RTCXFER_TOKEN].",
     ),
+    token_file_option,
     click.option(
         "--signal-token",
         envvar="RTCXFER_SIGNAL_TOKEN",
@@ -137,6 +146,15 @@ def _apply(options):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="rtcxfer")
 @click.option(
+    "--config",
+    "config_file",
+    envvar="RTCXFER_CONFIG",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Settings file (default: ./rtcxfer.toml, else ~/.config/rtcxfer/rtcxfer.toml). Flags beat "
+    "environment variables, which beat the file [env RTCXFER_CONFIG].",
+)
+@click.option(
     "--log-level",
     default="WARNING",
     show_default=True,
@@ -144,13 +162,37 @@ def _apply(options):
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     help="How much rtcxfer logs to stderr [env RTCXFER_LOG_LEVEL].",
 )
-def main(log_level: str) -> None:
+@click.pass_context
+def main(ctx: click.Context, config_file: Path | None, log_level: str) -> None:
     """Send a job to a remote worker over WebRTC and get its results back.
 
     Files travel by the best transport both peers offer: a shared filesystem, chunks over
     the data channel, or any transport plugin you install. Start with `rtcxfer demo`.
     """
     log.enable(log_level)
+    ctx.default_map = _config_defaults(ctx, config_file)
+
+
+def _config_defaults(ctx: click.Context, config_file: Path | None) -> dict | None:
+    """click's defaults from the configuration file (see :mod:`rtcxfer.config`)."""
+    from rtcxfer import config
+
+    try:
+        path = config.find_config(config_file)
+        if path is None:
+            return None
+        assert isinstance(ctx.command, click.Group)
+        commands = {
+            name: [
+                (option.opts[-1].lstrip("-"), option.name)
+                for option in command.params
+                if isinstance(option, click.Option) and option.opts[-1].startswith("--") and option.name != "help"
+            ]
+            for name, command in ctx.command.commands.items()
+        }
+        return config.default_map(config.load_config(path), commands, path)
+    except config.ConfigError as error:
+        raise click.UsageError(str(error)) from None
 
 
 @main.command("signal")
@@ -163,6 +205,7 @@ def main(log_level: str) -> None:
     help="Token every peer must present (all rooms): peers send an HMAC of it, never the token "
     "[env RTCXFER_TOKEN].",
 )
+@token_file_option
 @click.option(
     "--max-per-address",
     type=click.IntRange(1),
@@ -186,14 +229,17 @@ def main(log_level: str) -> None:
 )
 @click.option("--no-web", is_flag=True, help="Do not serve the browser client on the same port.")
 def signal_server(
-    host: str, port: int, token: str | None, max_per_address: int, max_room_peers_per_address: int,
-    idle_timeout: float, no_web: bool,
+    host: str, port: int, token: str | None, token_file: Path | None, max_per_address: int,
+    max_room_peers_per_address: int, idle_timeout: float, no_web: bool,
 ) -> None:
     """Run the signaling server that lets workers and clients find each other.
 
     It also serves the browser client: open http://HOST:PORT/ to submit a job from a web page.
     """
+    from rtcxfer.config import resolve_token
     from rtcxfer.signaling import run_signaling_server
+
+    token = resolve_token(click.get_current_context(), token, token_file)
 
     def ready(server) -> None:
         click.echo(f"signaling server listening on {server.url}", err=True)
@@ -276,8 +322,8 @@ def signal_server(
     "no new ones (the same as sending it SIGUSR1).",
 )
 def worker(
-    signal_url, room, token, signal_token, shared_root, ice_servers, any_interface, peer_id, work_dir, job_timeout,
-    job_env, max_unauthenticated, auth_timeout, insecure_no_token, legacy, slots, labels, pid_file, drain,
+    signal_url, room, token, token_file, signal_token, shared_root, ice_servers, any_interface, peer_id, work_dir,
+    job_timeout, job_env, max_unauthenticated, auth_timeout, insecure_no_token, legacy, slots, labels, pid_file, drain,
 ) -> None:
     """Serve jobs: run each package's command and send its results back.
 
@@ -285,6 +331,7 @@ def worker(
     worker proves it back, without the token ever crossing the network.
     """
     from rtcxfer import cli_room
+    from rtcxfer.config import resolve_token
     from rtcxfer.errors import SignalingError, describe
     from rtcxfer.limits import WorkerLimits
     from rtcxfer.worker import RTCWorkerClient
@@ -303,6 +350,8 @@ def worker(
         label_map = dict(parse_label(text) for text in labels)
     except DescriptionError as error:
         raise click.BadParameter(str(error), param_hint="--label") from None
+    token = resolve_token(click.get_current_context(), token, token_file)
+
     if not token and not insecure_no_token:
         raise click.UsageError(
             "a worker needs a token (--token or RTCXFER_TOKEN); without one anyone in the room could run jobs "
@@ -373,13 +422,17 @@ def worker(
     except Interrupted:
         click.echo("worker stopped", err=True)
     except SignalingError as error:
-        raise click.ClickException(f"signaling: {describe(error)}") from None
+        from rtcxfer.advice import signaling_refusal
+
+        code = getattr(error, "code", None)
+        advice = signaling_refusal(code, signal_url, room, role="worker", peer_id=peer_id) if code else None
+        raise click.ClickException(advice or f"signaling: {describe(error)}") from None
     finally:
         runner.close()
 
 
 @main.command()
-@click.argument("package", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("package", type=click.Path(exists=True, path_type=Path))
 @_apply(connection_options)
 @_apply(network_options)
 @click.option("--transport", default=None, help="Force one transport (see `rtcxfer plugins`); default: automatic.")
@@ -403,16 +456,24 @@ def worker(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the outcome on stdout.")
 def submit(
-    package, signal_url, room, token, signal_token, shared_root, ice_servers, any_interface, transport, results_dir,
-    timeout, quiet, worker_id, requirements, as_json,
+    package, signal_url, room, token, token_file, signal_token, shared_root, ice_servers, any_interface, transport,
+    results_dir, timeout, quiet, worker_id, requirements, as_json,
 ) -> None:
-    """Run PACKAGE (a ZIP with rtcxfer.json) on a worker and download its results.
+    """Run PACKAGE on a worker and download its results.
 
-    Exits 0 when the job succeeded, 1 when it failed, 2 when a forced transport is not
-    installed or not usable, 3 when no worker could be reached (none meets --require, the one
-    --worker names is absent) or the token was refused, 130 when cancelled with Ctrl-C (the job
+    PACKAGE is a ZIP with rtcxfer.json at its root, or a directory holding rtcxfer.json (sent
+    as a ZIP of its files). It is checked before anything is sent.
+
+    Exits 0 when the job succeeded, 1 when it failed, 2 when PACKAGE is not a job package or a
+    forced transport is not installed or not usable, 3 when no worker could be reached (none
+    meets --require, the one --worker names is absent) or the token was refused, 75 when the
+    worker stopped during the job (submit again later), 130 when cancelled with Ctrl-C (the job
     is cancelled on the worker too). When every matching worker is busy, it waits in the queue.
     """
+    import tempfile
+
+    from rtcxfer.config import resolve_token
+    from rtcxfer.packing import PackageError, check_package, pack_directory
     from rtcxfer.progress import ProgressDisplay
     from rtcxfer.worker_choice import RequirementError, parse_requirement
 
@@ -421,30 +482,44 @@ def submit(
             parse_requirement(text)
         except RequirementError as error:
             raise click.BadParameter(str(error), param_hint="--require") from None
+    token = resolve_token(click.get_current_context(), token, token_file)
     display = ProgressDisplay(enabled=not quiet)
     outcome = _SubmitOutcome(as_json, worker_id, requirements)
-    try:
-        code = _run(
-            _submit(
-                package,
-                signal_url,
-                room,
-                token,
-                signal_token,
-                shared_root,
-                ice_servers,
-                any_interface,
-                transport,
-                results_dir,
-                timeout,
-                display,
-                outcome,
-            )
-        )
-    except Interrupted:
-        display.close()
-        click.echo("cancelled", err=True)
-        code = EXIT_CANCELLED
+    with tempfile.TemporaryDirectory(prefix="rtcxfer-pack-") as packing:
+        try:
+            if package.is_dir():
+                # Named after the directory, so a re-run sends the same name and the same bytes
+                # (the ZIP is deterministic) and resumes an interrupted upload.
+                package = pack_directory(package, Path(packing) / f"{package.resolve().name or 'package'}.zip")
+            else:
+                check_package(package)
+        except PackageError as error:
+            outcome.failure = str(error)
+            click.echo(f"error: {error}", err=True)
+            code = EXIT_USAGE
+        else:
+            try:
+                code = _run(
+                    _submit(
+                        package,
+                        signal_url,
+                        room,
+                        token,
+                        signal_token,
+                        shared_root,
+                        ice_servers,
+                        any_interface,
+                        transport,
+                        results_dir,
+                        timeout,
+                        display,
+                        outcome,
+                    )
+                )
+            except Interrupted:
+                display.close()
+                click.echo("cancelled", err=True)
+                code = EXIT_CANCELLED
     if as_json:
         from rtcxfer.cli_room import submit_json
 
@@ -470,8 +545,9 @@ async def _submit(
     package, signal_url, room, token, signal_token, shared_root, ice_servers, any_interface, transport, results_dir,
     timeout, display, outcome,
 ) -> int:
+    from rtcxfer import advice
     from rtcxfer.client import RTCClient
-    from rtcxfer.errors import AuthenticationError, NoWorkerError, PluginError, RtcxferError, describe
+    from rtcxfer.errors import PluginError, RtcxferError, describe
 
     try:
         client = RTCClient(
@@ -489,18 +565,18 @@ async def _submit(
         async with client:
             try:
                 room_token = _room_token(signal_token or token)
-                await client.connect(
-                    signal_url, room, signaling_token=room_token, timeout=timeout, worker_id=outcome.worker_id,
-                    require=outcome.requirements,
-                )
-            except (AuthenticationError, NoWorkerError) as error:
-                outcome.failure = str(error)
-                click.echo(f"error: {error}", err=True)
-                return EXIT_CONNECTION
+                async with display.waiting(f"waiting for a worker in room {room!r} (signaling {signal_url})"):
+                    await client.connect(
+                        signal_url,
+                        room,
+                        signaling_token=room_token,
+                        timeout=timeout,
+                        worker_id=outcome.worker_id,
+                        require=outcome.requirements,
+                    )
             except (RtcxferError, asyncio.TimeoutError, OSError) as error:
-                click.echo(
-                    f"error: cannot reach a worker in room {room!r} via {signal_url}: {describe(error)}", err=True
-                )
+                outcome.failure = advice.connect_failure(error, signal_url, room, timeout)
+                click.echo(f"error: {outcome.failure}", err=True)
                 return EXIT_CONNECTION
             result = await client.submit(package)
             outcome.result = result
@@ -514,12 +590,20 @@ async def _submit(
         return EXIT_JOB_FAILED
     display.close()
     if result.ok:
+        from rtcxfer.progress import format_size
+
+        files = "1 file" if result.file_count == 1 else f"{result.file_count} files"
+        # Measured here: JOB_COMPLETE's total is in MiB with two decimals, too coarse for small results.
+        size = sum(path.stat().st_size for path in result.results_dir.rglob("*") if path.is_file())
         outcome.say(
-            f"job {result.job_id} complete on worker {result.worker_id}: {result.file_count} files, "
-            f"{result.total_mb} MiB (input via {result.input_transport}, results via {result.results_transport})"
+            f"job {result.job_id} complete on worker {result.worker_id}: {files}, {format_size(size)} "
+            f"(input via {result.input_transport}, results via {result.results_transport})"
         )
         outcome.say(f"results: {result.results_dir}")
         return EXIT_OK
+    if result.worker_stopped:
+        click.echo(f"error: {advice.worker_stopped(result.job_id)} ({result.failure})", err=True)
+        return advice.EXIT_WORKER_STOPPED
     failure = result.failure or "no reason given"
     # The worker's own text usually names the job already ("Job X failed: ..."); say it once.
     if re.match(rf"job {re.escape(result.job_id)}\b", failure, re.IGNORECASE):
@@ -592,6 +676,10 @@ def doctor(shared_root: Path | None) -> None:
     click.echo(f"shared storage root: {choice.root or 'none'} ({choice.source})")
     click.echo(f"  checked: --shared-root, ${'SHARED_STORAGE_ROOT'}, then {', '.join(KNOWN_MOUNT_POINTS)}")
     healthy = True
+    if choice.root is None and (shared_root is not None or os.environ.get("SHARED_STORAGE_ROOT", "").strip()):
+        # Asked for, and not there: a typo or a missing mount, not a machine without one.
+        click.echo("  PROBLEM: the root you named is not a directory: fix the path, or mount the storage there")
+        healthy = False
     if choice.root is not None:
         writable = os.access(choice.root, os.W_OK)
         click.echo(f"  writable: {'yes' if writable else 'no'}")

@@ -62,9 +62,9 @@ from rtcxfer.frames import (
 from rtcxfer.link import Link
 from rtcxfer.log import logger
 from rtcxfer.plugins import PluginHost
-from rtcxfer.shared_storage import detect_shared_root
+from rtcxfer.shared_storage import detect_shared_root, remove_empty_directories
 from rtcxfer.transport import Transport, TransportContext
-from rtcxfer.worker import PROTOCOL_VERSION
+from rtcxfer.worker import PROTOCOL_VERSION, WORKER_SHUTTING_DOWN
 
 #: Frames the client application handles itself.
 APPLICATION_FRAMES: tuple[type[Frame], ...] = (
@@ -83,6 +83,8 @@ APPLICATION_FRAMES: tuple[type[Frame], ...] = (
 #: Where, under the shared root, the client asks the worker to write results.
 SHARED_RESULTS_DIR = "rtcxfer-results"
 BYTE_FALLBACK = "rtc-chunked"
+#: How a job that lost its worker mid-way is reported (:attr:`JobResult.worker_stopped`).
+WORKER_WENT_AWAY = "the worker went away"
 LOG_TAIL = 20
 #: Seconds to wait for the worker's report on a cancelled job (its processes get a grace period).
 CANCEL_REPORT_TIMEOUT = 20.0
@@ -118,6 +120,12 @@ class JobResult:
     bytes_received: int = 0
     #: ``total``, ``transfer`` (input and results moving) and ``run`` (the job's command), where known.
     seconds: dict = attrs.field(factory=dict)
+
+    @property
+    def worker_stopped(self) -> bool:
+        """The job ended because the worker stopped (shut down, or left), not by its own failure."""
+        failure = self.failure or ""
+        return WORKER_SHUTTING_DOWN in failure or failure.startswith(WORKER_WENT_AWAY)
 
 
 class RTCClient:
@@ -162,24 +170,21 @@ class RTCClient:
         #: The worker of this session, once connected through the signaling server.
         self.worker_id: str | None = None
         self._status_times: dict[str, float] = {}
+        #: Whether the package is being sent now (transfers then go up, else down).
+        self._uploading = False
         self.context = TransportContext(
             role="client",
             incoming_dir=self.results_dir,
             shared_root=self.shared_storage_root,
-            options=self._transport_options_with_progress(),
+            options={name: dict(value) for name, value in self.transport_options.items()},
+            progress=self._transfer_progress,
         )
+        #: Why each transport the user might ask for is not usable in this session.
+        self.unusable_transports: dict[str, str] = {}
 
-    def _transport_options_with_progress(self) -> dict:
-        options = {name: dict(value) for name, value in self.transport_options.items()}
-        for name in ("direct", "rtc-chunked", "s3"):
-            options.setdefault(name, {}).setdefault("progress", self._transfer_progress(name))
-        return options
-
-    def _transfer_progress(self, transport: str):
-        def report(name: str, done: int, total: int) -> None:
-            self._emit("transfer", None, name=name, done=done, total=total, transport=transport)
-
-        return report
+    def _transfer_progress(self, transport: str, name: str, done: int, total: int) -> None:
+        direction = "up" if self._uploading else "down"
+        self._emit("transfer", None, name=name, done=done, total=total, transport=transport, direction=direction)
 
     def _emit(self, kind: str, job_id: str | None, **data: Any) -> None:
         if self.on_event is not None:
@@ -210,6 +215,9 @@ class RTCClient:
         from rtcxfer.worker_description import shared_root_fingerprint
 
         requirements = [parse_requirement(text) for text in require]
+        if signaling_token is None and self.token:
+            # What `rtcxfer signal --token` expects when given the same token: an HMAC of it.
+            signaling_token = auth.signaling_token(self.token)
         self._signaling = SignalingClient(
             signaling_url, room, "client", f"client-{secrets.token_hex(4)}", signaling_token
         )
@@ -284,7 +292,7 @@ class RTCClient:
                 return  # signaling is gone, not necessarily the worker: the channel tells
             if event.get("type") == "peer-left" and event.get("peer_id") == worker_id:
                 logger.warning("worker {} left the room", worker_id)
-                self._closed_reason = f"the worker ({worker_id}) went away: it stopped or lost its connection"
+                self._closed_reason = f"{WORKER_WENT_AWAY} ({worker_id}): it stopped or lost its connection"
                 if self.link is not None:
                     self.link.close()
                 return
@@ -303,22 +311,29 @@ class RTCClient:
         self.link.add_handler(APPLICATION, self)
         self._run_task = asyncio.create_task(self.link.run())
         offered = [name for name, t in self.transports.items() if type(t).usable(self.context)]
+        self.unusable_transports = {
+            name: type(t).unusable_because(self.context) for name, t in self.transports.items() if name not in offered
+        }
         reply = await self._authenticate(",".join(offered) or "none", worker_id or "the worker")
         theirs = set(reply.transports.split(","))
         self.session_transports = []
         for name in offered:
             if name not in theirs:
+                self.unusable_transports[name] = "the worker does not offer it (not installed or not configured there)"
                 continue
             why = ""
             try:
                 usable = await self.transports[name].negotiate()
+                why = self.transports[name].not_negotiated_because
             except (RtcxferError, asyncio.TimeoutError) as error:
                 logger.info("transport {} failed to negotiate: {}", name, describe(error))  # the notice shows it
-                usable, why = False, f": {describe(error)}"
+                usable, why = False, describe(error)
             if usable:
                 self.session_transports.append(name)
             else:
-                self._emit("notice", None, message=f"{name} is not usable between these peers{why}")
+                self.unusable_transports[name] = why or "it failed its check between these peers"
+                detail = f": {why}" if why else ""
+                self._emit("notice", None, message=f"{name} is not usable between these peers{detail}")
         self._emit("notice", None, message=f"transports for this session: {', '.join(self.session_transports)}")
 
     async def _authenticate(self, offered: str, worker_name: str = "the worker") -> Welcome:
@@ -421,8 +436,9 @@ class RTCClient:
         forced = forced or self.forced_transport
         if forced is not None:
             if forced not in self.session_transports:
+                why = self.unusable_transports.get(forced, "it was not negotiated")
                 raise PluginError(
-                    f"transport {forced!r} is not usable in this session "
+                    f"transport {forced!r} is not usable in this session: {why} "
                     f"(usable: {', '.join(self.session_transports) or 'none'})"
                 )
             return forced
@@ -492,7 +508,11 @@ class RTCClient:
             if results_via == "shared-fs":
                 await self.transports["shared-fs"].request_output(shared_output)
             self._emit("status", job_id, state=f"sending input via {input_via}")
-            await self.transports[input_via].send_file(package, package.name)
+            self._uploading = True
+            try:
+                await self.transports[input_via].send_file(package, package.name)
+            finally:
+                self._uploading = False
             report = await self._reports.get()
             if isinstance(report, JobComplete):
                 final = await self._collect(report, staging, results_via)
@@ -520,6 +540,7 @@ class RTCClient:
                 # useless, if the job failed); left there, every job would leave a directory.
                 shared_copy = self.shared_storage_root / shared_output
                 await asyncio.to_thread(shutil.rmtree, shared_copy, True)
+                await asyncio.to_thread(remove_empty_directories, shared_copy.parent, self.shared_storage_root)
 
     def _failed(self, job_id: str, input_via: str, results_via: str, reason: str) -> JobResult:
         return JobResult(job_id, False, None, 0, 0.0, input_via, results_via, reason, tuple(self._log_tail))

@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 import attrs
 
 from rtcxfer.log import logger
+
+_T = TypeVar("_T")
 
 ENV_VAR = "SHARED_STORAGE_ROOT"
 
@@ -80,16 +83,42 @@ class Probe:
 
     def remove(self) -> None:
         self.absolute.unlink(missing_ok=True)
+        root = self.absolute.parents[len(PurePosixPath(self.relative_path).parts) - 1]
+        remove_empty_directories(self.absolute.parent, root)
+
+
+def remove_empty_directories(directory: Path, root: Path) -> None:
+    """Remove ``directory`` and its parents up to (not including) ``root`` while they are empty:
+    what rtcxfer made on shared storage for a moment is not left there as clutter."""
+    directory, root = Path(directory), Path(root)
+    while directory != root and root in directory.parents:
+        try:
+            directory.rmdir()
+        except OSError:
+            return  # not empty (someone else's file), or already gone
+        directory = directory.parent
+
+
+def make_then_create(directory: Path, create: Callable[[], _T]) -> _T:
+    """``mkdir -p directory`` then ``create()``, again if another peer's
+    :func:`remove_empty_directories` took the directory away in between."""
+    for attempt in range(3):
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            return create()
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def write_probe(shared_root: Path) -> Probe:
     """Write a fresh probe file with random content under ``shared_root``."""
     directory = shared_root / PROBE_DIR
-    directory.mkdir(parents=True, exist_ok=True)
     content = secrets.token_bytes(PROBE_BYTES)
     relative = PROBE_DIR / f"{secrets.token_hex(16)}.probe"
     absolute = shared_root / relative
-    with open(absolute, "xb") as handle:
+    with make_then_create(directory, lambda: open(absolute, "xb")) as handle:
         handle.write(content)
         handle.flush()
         os.fsync(handle.fileno())

@@ -883,7 +883,7 @@ class SignalingClient:
         reply = _decode_server_message(raw)
         if reply is not None and reply["type"] == "error":
             await _close_bounded(ws, _CLOSE_NORMAL, "", self.close_timeout)
-            logger.warning("signaling: {} refused: {} {}", self, reply["code"], reply["message"])
+            logger.info("signaling: {} refused: {} {}", self, reply["code"], reply["message"])  # the caller explains it
             raise SignalingServerError(reply["code"], reply["message"], reply.get("peer_id"))
         if reply is None or reply["type"] != "registered" or reply["peer_id"] != self.peer_id:
             await _close_bounded(ws, _CLOSE_NORMAL, "", self.close_timeout)

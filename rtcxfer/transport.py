@@ -45,6 +45,15 @@ class Transport:
         """Whether this side can offer the transport at all (e.g. a shared root is mounted)."""
         return True
 
+    @classmethod
+    def unusable_because(cls, context: TransportContext) -> str:
+        """Why :meth:`usable` said no, and what would make it yes: shown to the user who asked
+        for this transport. A plugin with settings overrides it (which one is missing)."""
+        return "this side does not offer it"
+
+    #: Set by :meth:`negotiate` when it returns ``False``: the verdict, for the user.
+    not_negotiated_because: str = ""
+
     # The I/O part of the contract: one instance per session, made by the worker or client.
 
     def __init__(self, link: Link, context: TransportContext) -> None:
@@ -119,10 +128,28 @@ class TransportContext:
     #: Called with frames a transport received but did not expect (e.g. a PATH_ERROR about a
     #: package the worker already accepted), so the application can react.
     on_notice: Callable[[Frame], None] | None = None
+    #: Where partial files of earlier sessions wait to be resumed (the worker's inputs; see
+    #: :mod:`rtcxfer.resume`), or ``None``.
+    kept_partials_dir: Path | None = None
     #: Largest file a peer may announce.
     max_file_bytes: int = 1 << 40
     #: Transport-specific settings, by transport name.
     options: dict[str, Any] = attrs.field(factory=dict)
+    #: Called as ``progress(transport, name, bytes_done, total)`` by every transport that moves
+    #: bytes, in both directions (sending and receiving), so an application shows a bar for a
+    #: transport it has never heard of. ``bytes_done == total`` ends a file.
+    progress: Callable[[str, str, int, int], None] | None = None
+
+    def progress_reporter(self, transport: str) -> Callable[[str, int, int], None] | None:
+        """``progress(name, done, total)`` for ``transport``: its own ``progress`` option if the
+        application gave one, else :attr:`progress` with the transport's name filled in."""
+        own = self.options.get(transport, {}).get("progress")
+        if own is not None:
+            return own
+        shared = self.progress
+        if shared is None:
+            return None
+        return lambda name, done, total: shared(transport, name, done, total)
 
     async def deliver(self, received: ReceivedFile) -> None:
         """Hand a complete, verified file to :attr:`on_file` (a plain or a coroutine function)."""

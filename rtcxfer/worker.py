@@ -29,7 +29,7 @@ from typing import TypeVar
 
 import attrs
 
-from rtcxfer import auth, security
+from rtcxfer import auth, resume, security
 from rtcxfer.engine import APPLICATION, Session
 from rtcxfer.errors import (
     ArchiveError,
@@ -87,6 +87,10 @@ RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY = 0.5, 30.0
 LOG_QUEUE_LINES = 10_000
 UNAUTHENTICATED = "unauthenticated"
 MIB = 1024 * 1024
+#: How a job stopped by the worker's own shutdown is reported (``JOB_FAILED::Job X stopped:
+#: ...``): the client tells it from a cancel or a failure by this text (``rtcxfer submit``
+#: exits with its own code).
+WORKER_SHUTTING_DOWN = "the worker is shutting down"
 
 
 @attrs.define
@@ -99,6 +103,8 @@ class Job:
     task: asyncio.Task | None = None
     #: The client cancelled it; its processes are being stopped.
     cancelled: bool = False
+    #: When it was accepted (``time.monotonic()``), for the operator's log line.
+    accepted_at: float = attrs.field(factory=time.monotonic)
 
     @property
     def incoming_dir(self) -> Path:
@@ -170,6 +176,9 @@ class RTCWorkerClient:
             self.work_dir = Path(tempfile.mkdtemp(prefix="rtcxfer-worker-"))
             # A directory the worker made for itself goes with it (close(), or at exit at the latest).
             self._remove_work_dir = weakref.finalize(self, _remove_quietly, self.work_dir)
+        #: Partial uploads of interrupted sessions, for a re-run to resume (:mod:`rtcxfer.resume`).
+        self.kept_partials_dir = self.work_dir / resume.DIRECTORY_NAME
+        resume.prune(self.kept_partials_dir)
         self.plugins = plugins or PluginHost()
         self.executor: Executor = executor or run_manifest_command
         self.job_timeout = job_timeout
@@ -181,6 +190,8 @@ class RTCWorkerClient:
         self.job_env_allow = tuple(job_env_allow)
         self.legacy = legacy
         self._on_notice: Callable[[str], None] | None = None
+        #: Set once the worker itself is stopping: jobs it cuts short are reported as such.
+        self.stopping = False
         self.sessions: set = set()
         #: Counts of finished jobs by outcome, for status output and tests.
         self.stats = {"completed": 0, "failed": 0}
@@ -236,6 +247,13 @@ class RTCWorkerClient:
         if self._remove_work_dir is not None:
             self._remove_work_dir()
 
+    def tell_operator(self, text: str) -> None:
+        """One line for whoever runs the worker (``on_notice`` of :meth:`serve`, else the log)."""
+        if self._on_notice is not None:
+            self._on_notice(text)
+        else:
+            logger.info("{}", text)
+
     def offered_transports(self) -> list[str]:
         """Names of the transports this worker can use, best first."""
         context = self._context_template()
@@ -248,6 +266,7 @@ class RTCWorkerClient:
             shared_root=self.shared_storage_root,
             max_file_bytes=self.max_file_bytes,
             options={**self.transport_options, "shared-fs": {"fs_adapter": self.fs_adapter}},
+            kept_partials_dir=self.kept_partials_dir,
         )
 
     async def serve_channel(
@@ -311,6 +330,9 @@ class RTCWorkerClient:
         """
         from rtcxfer import rtc
 
+        if signaling_token is None and self.token:
+            # What `rtcxfer signal --token` expects when given the worker's token.
+            signaling_token = auth.signaling_token(self.token)
         self._on_notice = on_notice
         if self.legacy:
             logger.warning(
@@ -356,9 +378,13 @@ class RTCWorkerClient:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_DELAY)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._stop_sessions(tasks)
+
+    async def _stop_sessions(self, tasks: dict[asyncio.Task, str]) -> None:
+        self.stopping = True
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _serve_registration(self, signaling_url, room, peer_id, signaling_token, options, tasks, registered):
         """One registration on the signaling server: answer offers until the connection ends
@@ -367,9 +393,12 @@ class RTCWorkerClient:
 
         if self._hardware is None:
             self._hardware = await asyncio.to_thread(gather_hardware, self.work_dir, self.shared_storage_root)
-        async with SignalingClient(
-            signaling_url, room, "worker", peer_id, signaling_token, description=self.description()
-        ) as signaling:
+        async with (
+            SignalingClient(
+                signaling_url, room, "worker", peer_id, signaling_token, description=self.description()
+            ) as signaling,
+            self._sessions_stopped_before_leaving(tasks),
+        ):
             logger.info("worker {} ready in room {} at {}", peer_id, room, signaling_url)
             self._signaling = signaling
             registered()
@@ -392,6 +421,16 @@ class RTCWorkerClient:
                     # the session: a killed client is noticed now, not when ICE consent
                     # expires half a minute later, and its job is stopped.
                     self._end_sessions_of(event.get("peer_id"), tasks, "left the room")
+
+    @contextlib.asynccontextmanager
+    async def _sessions_stopped_before_leaving(self, tasks: dict[asyncio.Task, str]):
+        """When the worker stops, its sessions report their jobs as stopped while the clients
+        can still hear it, before leaving the room tells them it is gone."""
+        try:
+            yield
+        except asyncio.CancelledError:
+            await self._stop_sessions(tasks)
+            raise
 
     def _signaling_error(self, error: SignalingServerError, tasks: dict[asyncio.Task, str]) -> None:
         """An error from the server about something this worker sent: never a reason to stop."""
@@ -533,6 +572,8 @@ class WorkerSession:
         self.link.add_handler(APPLICATION, self)
         self.link.add_handler(UNAUTHENTICATED, _Refuser(self))
         self.job: Job | None = None
+        #: Every job task not yet ended, the current one and one still removing its files.
+        self._job_tasks: set[asyncio.Task] = set()
         self._log_queue: asyncio.Queue[Frame] = asyncio.Queue(LOG_QUEUE_LINES)
         self._dropped_lines = 0
 
@@ -567,6 +608,12 @@ class WorkerSession:
         if job is not None and job.task is not None:
             job.task.cancel()
             await asyncio.gather(job.task, return_exceptions=True)
+        elif job is not None:
+            self.worker.tell_operator(f"job {job.job_id} stopped: the client left before its input arrived")
+            await self._keep_partial_input(job)
+        # A job that has reported may still be removing its directory: removing the session's
+        # at the same time fails on names the other removal took first, and leaves it behind.
+        await asyncio.gather(*self._job_tasks, return_exceptions=True)
         self.worker.job_slots.release(self)
         if self.directory is not None:
             await asyncio.to_thread(_remove_quietly, self.directory)
@@ -597,6 +644,8 @@ class WorkerSession:
 
     def on_closed(self) -> None:
         if self.job is not None and self.job.task is not None:
+            if self.worker.stopping:
+                return  # the shutdown stops the job and reports it
             logger.warning("{}: client disconnected; stopping job {}", self.name, self.job.job_id)
             self.job.task.cancel()
 
@@ -673,6 +722,7 @@ class WorkerSession:
             self.job = self._new_job(frame.job_id, frame.results_via)
             await self.link.send(JobAccepted(frame.job_id))
         if stale is not None:
+            await self._keep_partial_input(stale)
             await asyncio.to_thread(_remove_quietly, stale.directory)
 
     def _new_job(self, job_id: str, results_via: str | None) -> Job:
@@ -682,6 +732,7 @@ class WorkerSession:
         job.output_dir.mkdir()
         self.context.incoming_dir = job.incoming_dir
         logger.info("{}: job {} accepted (results via {})", self.name, job_id, results_via or "whatever fits")
+        self.worker.tell_operator(f"job {job_id} accepted ({self.name})")
         return job
 
     async def _cancel(self, job_id: str) -> None:
@@ -699,7 +750,14 @@ class WorkerSession:
         self.context.incoming_dir = self.directory
         self.worker.stats["failed"] += 1
         await self._report(JobFailed(f"Job {job_id} was cancelled"))
+        await self._keep_partial_input(job)
         await asyncio.to_thread(_remove_quietly, job.directory)
+
+    async def _keep_partial_input(self, job: Job) -> None:
+        """An upload that stopped part-way is kept for the client's re-run to resume."""
+        kept = self.worker.kept_partials_dir
+        if await asyncio.to_thread(resume.keep_partials, job.incoming_dir, kept):
+            await asyncio.to_thread(resume.prune, kept)
 
     # --- running a job ----------------------------------------------------------------
 
@@ -716,6 +774,8 @@ class WorkerSession:
             )
             return
         self.job.task = asyncio.create_task(self._run_job(self.job, received))
+        self._job_tasks.add(self.job.task)
+        self.job.task.add_done_callback(self._job_tasks.discard)
 
     async def _run_job(self, job: Job, received: ReceivedFile) -> None:
         sender = asyncio.create_task(self._send_logs())
@@ -723,7 +783,10 @@ class WorkerSession:
             await self._run_job_steps(job, received)
         except asyncio.CancelledError:
             self.worker.stats["failed"] += 1
-            await self._report(JobFailed(f"Job {job.job_id} was cancelled"))
+            if self.worker.stopping and not job.cancelled:
+                await self._report(JobFailed(f"Job {job.job_id} stopped: {WORKER_SHUTTING_DOWN}"))
+            else:
+                await self._report(JobFailed(f"Job {job.job_id} was cancelled"))
         except Exception as error:  # noqa: BLE001
             # A bug, or a limit of ours a package found (deep nesting...): the client must still
             # hear that the job ended, or it waits forever; the worker goes on serving.
@@ -766,6 +829,7 @@ class WorkerSession:
                 return
             manifest = None  # an application executor may not need a manifest
         await self.link.send(JobStatus(job.job_id, "running"))
+        started = time.monotonic()
         context = JobContext(
             job_id=job.job_id,
             package_dir=package,
@@ -780,9 +844,11 @@ class WorkerSession:
         try:
             await self.worker.executor(context)
         except JobError as error:
+            self.worker.tell_operator(f"job {job.job_id} ran {time.monotonic() - started:.1f} s")
             self.worker.stats["failed"] += 1
             await self._report(JobFailed(f"Job {job.job_id} failed: {error}"))
             return
+        self.worker.tell_operator(f"job {job.job_id} ran {time.monotonic() - started:.1f} s")
         await self.link.send(JobStatus(job.job_id, "sending-results"))
         await self._send_results(job)
 
@@ -791,6 +857,9 @@ class WorkerSession:
         with received.open() as archive:
             result = extract_zip(archive, job.directory, self.worker.zip_limits)
         elapsed = time.perf_counter() - started
+        self.worker.tell_operator(
+            f"job {job.job_id} input {quote_for_log(received.name)} ({received.size} bytes) via {received.transport}"
+        )
         logger.info(
             "{}: read {} ({} bytes, via {}) and extracted {} files in {:.3f} s",
             self.name,
@@ -839,6 +908,7 @@ class WorkerSession:
                 await self._report(JobFailed(f"Job {job.job_id}: cannot send results via {via}: {describe(error)}"))
                 return
         self.worker.stats["completed"] += 1
+        self.worker.tell_operator(f"job {job.job_id} results: {len(files)} files, {total} bytes via {via}")
         await self._report(JobComplete(job.job_id, relative, len(files), round(total / MIB, 2)))
 
     # --- reporting --------------------------------------------------------------------
@@ -864,6 +934,15 @@ class WorkerSession:
 
     async def _report(self, frame: Frame) -> None:
         logger.info("{}: {}", self.name, frame.encode())
+        if isinstance(frame, JobComplete):
+            self.worker.tell_operator(f"job {frame.job_id} done")
+        else:
+            reason = quote_for_log(_reason_of(frame))
+            if reason.startswith("Job "):  # "Job X failed: ...", "Job X stopped: ...", "Job X was cancelled"
+                self.worker.tell_operator("j" + reason[1:])
+            else:
+                named = f"job {self.job.job_id} " if self.job is not None else ""
+                self.worker.tell_operator(f"{named}failed: {reason}")
         # The job's last lines first: the client stops listening once it has the report.
         await self._log_queue.join()
         try:
@@ -964,3 +1043,5 @@ def _remove_quietly(path: Path) -> None:
         logger.error("could not remove {}: {}", path, error)
 
 
+def _reason_of(frame: Frame) -> str:
+    return str(getattr(frame, "reason", None) or getattr(frame, "message", None) or frame.encode())

@@ -44,7 +44,7 @@ MAIN_ROOM = "e2e-main"
 #: Hang guard (seconds), generous for a loaded 2-core machine.
 SUBMIT_GUARD = 120.0
 
-EXIT_OK, EXIT_JOB_FAILED, EXIT_CONNECTION, EXIT_CANCELLED = 0, 1, 3, 130
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_CONNECTION, EXIT_CANCELLED = 0, 1, 2, 3, 130
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and process groups")
 
@@ -430,10 +430,11 @@ def _zip(path: Path, members: dict[str, str]) -> Path:
         ("no-manifest", {"job.py": "print('hi')\n"}, "has no rtcxfer.json"),
         ("broken-manifest", {"rtcxfer.json": '{"command": ["python", "job.py"', "job.py": ""}, "not valid JSON"),
         ("bad-command", {"rtcxfer.json": json.dumps({"command": []})}, "command must be a non-empty list"),
-        ("not-a-zip", {}, "corrupted or invalid"),
+        ("not-a-zip", {}, "is not a ZIP file"),
     ],
 )
 def test_unusable_package(cluster: Cluster, kind: str, members: dict[str, str], message: str) -> None:
+    """Refused by the client before anything is sent (issue 15): exit 2, with the reason."""
     path = cluster.root / "packages" / f"{kind}.zip"
     if members:
         _zip(path, members)
@@ -442,7 +443,7 @@ def test_unusable_package(cluster: Cluster, kind: str, members: dict[str, str], 
         path.write_bytes(b"this is not a zip file\n" * 100)
     results = cluster.root / "results" / kind
     run = submit(cluster, path, results)
-    assert run.returncode == EXIT_JOB_FAILED, describe(run)
+    assert run.returncode == EXIT_USAGE, describe(run)
     assert message in run.stderr, describe(run)
     assert "Traceback" not in run.stderr, describe(run)
     assert not results.exists() or not any(results.iterdir())

@@ -491,19 +491,23 @@ def test_cancelled_send_closes_the_transfer_on_both_sides_and_a_retry_works(tmp_
             sending.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await sending
-            # The receiver hears FILE_ERROR, closes the transfer and removes its partial.
+            # The receiver hears FILE_ERROR, closes the transfer and keeps its partial: a sender
+            # stopped by its user (Ctrl-C) comes back with the same file (issue 15).
             for _ in range(200):
                 if not r.peers.worker.session.open_transfers:
                     break
                 await asyncio.sleep(0.05)
             assert r.peers.worker.session.open_transfers == {}
-            assert files_under(r.incoming["worker"]) == []
+            kept = [name for name in files_under(r.incoming["worker"]) if name.endswith(".part")]
+            assert len(kept) == 1 and files_under(r.incoming["worker"]) == kept
             del sender.context.options["rtc-chunked"]["progress"]
             delivery = await sender.send_file(source, "s.bin")
         return r, delivery
 
     r, delivery = run(main())
     assert delivery.sha256 == sha == sha256_of(r.incoming["worker"] / "s.bin")
+    resumed = r.transports["client"].reports[-1]
+    assert 0 < resumed.offset < size and resumed.bytes_sent == size - resumed.offset
 
 
 def test_a_new_session_takes_a_partial_over_from_one_that_has_not_noticed_its_peer_left(tmp_path):

@@ -505,7 +505,7 @@ def test_remove_tree_tolerates_another_remover_of_the_same_tree(tmp_path: Path) 
         errors: list[BaseException] = []
         start = threading.Barrier(2)
 
-        def remove(path: Path) -> None:
+        def remove(path: Path, start: threading.Barrier = start, errors: list[BaseException] = errors) -> None:
             start.wait()
             try:
                 security.remove_tree(path)

@@ -69,7 +69,8 @@ Options (``context.options["direct"]``):
 * ``addresses``: addresses to listen on and accept connecting to (default: the ICE host
   addresses; ``127.0.0.1`` in loopback mode).
 * ``connect_timeout``: seconds a connection attempt may take (default 2).
-* ``progress``: ``callable(name, bytes_done, total)``, called by the sender.
+* ``progress``: ``callable(name, bytes_done, total)``, called as bytes leave and arrive
+  (default: ``TransportContext.progress``).
 * ``reply_timeout``: seconds the sender waits for ACCEPT and ACK (default 600).
 """
 
@@ -550,7 +551,7 @@ class DirectTransport(Transport):
             meta = parse_meta(payload)
             if meta.size > self.context.max_file_bytes:
                 raise TransferError(f"size {meta.size} exceeds the limit of {self.context.max_file_bytes} bytes")
-            state = await partial.start_incoming(meta, self.context.incoming_dir)
+            state = await partial.start_incoming(meta, self.context.incoming_dir, self.context.kept_partials_dir)
         except TransferError as error:
             logger.warning("direct: refused a file: {}", error)
             return await self._reply(connection, ERROR, str(error).encode())
@@ -561,8 +562,13 @@ class DirectTransport(Transport):
             partial.abandon(state, remove=False)
             return False
         state.busy = True
+        report = _progress_reporter(
+            self.context.progress_reporter(self.name), meta.name, meta.size, asyncio.get_running_loop()
+        )
+        if report is not None:
+            report(state.received)  # the start, so a resumed file is not counted as sent now
         try:
-            state.meta = attrs.evolve(meta, sha256=await self._io(_receive_bytes, connection, state))
+            state.meta = attrs.evolve(meta, sha256=await self._io(_receive_bytes, connection, state, report))
         except BaseException as error:
             # Kept for a resume; a thread may still hold the handle if we were cancelled.
             if isinstance(error, asyncio.CancelledError):
@@ -643,7 +649,7 @@ class DirectTransport(Transport):
             tid, size = await asyncio.to_thread(transfer_id_of, self.context.role, path, name)
             meta = DirectMeta(tid, name, size)
             timeout = float(self._options.get("reply_timeout", DEFAULT_REPLY_TIMEOUT))
-            progress = self._options.get("progress")
+            progress = self.context.progress_reporter(self.name)
             try:
                 await self._io(connection.send_record, META, meta.encode())
                 kind, answer = await asyncio.wait_for(self._reply_record(connection), timeout)
@@ -809,7 +815,9 @@ def _send_bytes(
     return sha256
 
 
-def _receive_bytes(connection: Connection, state: partial.Incoming) -> str:
+def _receive_bytes(
+    connection: Connection, state: partial.Incoming, report: Callable[[int], None] | None = None
+) -> str:
     """DATA records into the partial file until END; returns the SHA-256 END announces.
     Receiving runs here, hashing and writing in a :class:`_Stage`. Blocking: runs in a thread;
     the event loop leaves ``state`` alone while ``state.busy``."""
@@ -823,6 +831,8 @@ def _receive_bytes(connection: Connection, state: partial.Incoming) -> str:
         handle.write(piece)
         digest.update(piece)
         state.received += len(piece)
+        if report is not None:
+            report(state.received)
         unsynced += len(piece)
         if unsynced >= SYNC_EVERY and (syncing is None or not syncing.is_alive()):
             # Written back while the rest arrives, so the fsync before the rename waits for

@@ -17,6 +17,7 @@ is safe to send to the peer; each transport wraps it in its own reply.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -37,6 +38,8 @@ HASH_BLOCK = 1024 * 1024
 # Reasons the receiver gives after the end of the bytes; senders map them to IntegrityError.
 REASON_HASH = "SHA-256 mismatch"
 REASON_INCOMPLETE = "incomplete"
+#: What a sender that was stopped (Ctrl-C) tells the receiver: keep the partial for a re-run.
+REASON_SENDER_CANCELLED = "cancelled by the sender"
 
 PART_NAME = re.compile(r"\..*\.[0-9a-f]{32}\.part", re.DOTALL)
 # Keeps ".<base>.<id>.part" within the usual 255-byte file name limit.
@@ -334,11 +337,13 @@ async def open_part(state: Incoming) -> None:
         raise TransferError("not enough free space for the file")
 
 
-async def start_incoming(meta: Any, incoming_dir: Path) -> Incoming:
+async def start_incoming(meta: Any, incoming_dir: Path, kept_dir: Path | None = None) -> Incoming:
     """Validate ``meta``'s name, open its destination and its partial (resuming one if found).
 
-    The result is claimed (``busy`` is False, nobody else writes that partial) and positioned at
-    ``received``. Raises :class:`TransferError` with a reason fit for the peer.
+    A partial of the same transfer id kept from an earlier session in ``kept_dir`` (see
+    :mod:`rtcxfer.resume`) is moved in and resumed. The result is claimed (``busy`` is False,
+    nobody else writes that partial) and positioned at ``received``. Raises
+    :class:`TransferError` with a reason fit for the peer.
     """
     relative = checked_name(meta.name)
     dest = destination(incoming_dir, relative, meta.transfer_id, meta.name)
@@ -349,6 +354,8 @@ async def start_incoming(meta: Any, incoming_dir: Path) -> Incoming:
         dest.close()
         raise
     try:
+        if kept_dir is not None and len(relative.parts) == 1:
+            _adopt_kept_part(dest, Path(kept_dir))
         await open_part(state)
     except BaseException:
         release_part(state)
@@ -362,6 +369,25 @@ async def start_incoming(meta: Any, incoming_dir: Path) -> Incoming:
         dest.close()
         raise TransferError("transfer resumed in another session")
     return state
+
+
+def _adopt_kept_part(dest: Destination, kept_dir: Path) -> None:
+    """Move ``kept_dir``'s partial of this transfer (if any) to where it is resumed."""
+    if dest.part_stat() is not None:
+        return
+    source = kept_dir / dest.part_name
+    try:
+        if not stat.S_ISREG(os.lstat(source).st_mode):
+            return
+        os.rename(source, dest.part_name, dst_dir_fd=dest.dir_fd)
+    except FileNotFoundError:
+        return  # none kept, or another session adopted it first
+    except OSError as error:
+        logger.warning("could not resume kept partial {}: {}", dest.part_name, error)
+        return
+    logger.info("resuming {} from a partial kept from an earlier session", dest.part_relative)
+    with contextlib.suppress(OSError):
+        os.rmdir(kept_dir)  # the last one kept: an empty directory stays behind otherwise
 
 
 def check_complete(state: Incoming) -> str:

@@ -45,7 +45,8 @@ Policies:
 
 Options (``context.options["rtc-chunked"]``):
 
-* ``progress``: ``callable(name, bytes_done, total)``, called by the sender as chunks leave.
+* ``progress``: ``callable(name, bytes_done, total)``, called as chunks leave and arrive
+  (default: ``TransportContext.progress``).
 * ``chunk_size``: payload bytes per chunk (default ``65536 - 27``, so header and payload fit
   in 64 KiB); clamped to the channel's ``max_message_size`` and to 256 KiB.
 * ``accept_timeout`` / ``ack_timeout``: seconds the sender waits for ``FILE_ACCEPT`` and for
@@ -221,7 +222,7 @@ class RtcChunkedTransport(Transport):
         tid = meta.transfer_id
         self._refuse_meta(meta)
         try:
-            state = await partial.start_incoming(meta, self.context.incoming_dir)
+            state = await partial.start_incoming(meta, self.context.incoming_dir, self.context.kept_partials_dir)
         except TransferError as error:
             raise _file_error(tid, str(error)) from None
         try:
@@ -238,6 +239,9 @@ class RtcChunkedTransport(Transport):
             meta.size,
             state.received,
         )
+        progress = self.context.progress_reporter(self.name)
+        if progress is not None:
+            progress(meta.name, state.received, meta.size)  # the start, so a resumed file is not counted as sent now
         try:
             await self.link.send(FileAccept(transfer_id=tid, offset=state.received))
         except ConnectionClosedError:
@@ -274,6 +278,9 @@ class RtcChunkedTransport(Transport):
         state.digest.update(payload)
         state.received += length
         state.last_activity = asyncio.get_running_loop().time()
+        progress = self.context.progress_reporter(self.name)
+        if progress is not None:
+            progress(meta.name, state.received, meta.size)
 
     def _watch_idle(self, state: partial.Incoming) -> None:
         timeout = float(self._options.get("idle_timeout", DEFAULT_IDLE_TIMEOUT))
@@ -396,7 +403,9 @@ class RtcChunkedTransport(Transport):
             logger.info(
                 "rtc-chunked: the sender abandoned {}: {}", quote_for_log(state.meta.name), quote_for_log(report.reason)
             )
-            self._drop(state, remove=not state.busy)
+            # A sender stopped by its user comes back with the same file: keep what arrived.
+            keep = report.reason == partial.REASON_SENDER_CANCELLED
+            self._drop(state, remove=not state.busy and not keep)
             return
         # Never answer an error report with another one.
         logger.debug("rtc-chunked: FILE_ERROR for unknown transfer {}: {}", tid, quote_for_log(report.reason))
@@ -424,8 +433,7 @@ class RtcChunkedTransport(Transport):
             check_relative_text(name)
         except UnsafePathError as error:
             raise LocalProtocolError(f"cannot send a file as {name!r}: {error}") from None
-        options = self._options
-        progress: Callable[[str, int, int], Any] | None = options.get("progress")
+        progress: Callable[[str, int, int], Any] | None = self.context.progress_reporter(self.name)
         chunk_size = self._chunk_size()
         size, sha256 = await asyncio.to_thread(hash_file, path)
         tid = transfer_id_for(self.context.role, name, size, sha256)
@@ -468,7 +476,7 @@ class RtcChunkedTransport(Transport):
         """Tell the receiver this side gave up, so it closes the transfer and drops the partial
         instead of waiting for chunks (and refusing the next FILE_META as a duplicate)."""
         if isinstance(error, asyncio.CancelledError):
-            reason = "cancelled by the sender"
+            reason = partial.REASON_SENDER_CANCELLED
         else:
             reason = quote_for_reply(str(error) or type(error).__name__)
         try:

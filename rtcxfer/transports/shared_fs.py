@@ -42,7 +42,13 @@ from rtcxfer.frames import (
 )
 from rtcxfer.hookspecs import hookimpl
 from rtcxfer.log import logger
-from rtcxfer.shared_storage import PROBE_BYTES, PROBE_DIR, write_probe
+from rtcxfer.shared_storage import (
+    PROBE_BYTES,
+    PROBE_DIR,
+    make_then_create,
+    remove_empty_directories,
+    write_probe,
+)
 from rtcxfer.transport import Delivery, ReceivedFile, Transport
 
 #: The spec's texts for PATH_ERROR, by the kind of failure.
@@ -111,6 +117,13 @@ class SharedFsTransport(Transport):
     @classmethod
     def usable(cls, context) -> bool:
         return context.shared_root is not None
+
+    @classmethod
+    def unusable_because(cls, context) -> str:
+        return (
+            "no shared storage root on this machine: give --shared-root DIR (or set SHARED_STORAGE_ROOT) "
+            "to the directory where this machine mounts the storage the worker sees"
+        )
 
     def __init__(self, link, context) -> None:
         super().__init__(link, context)
@@ -259,7 +272,14 @@ class SharedFsTransport(Transport):
         finally:
             await asyncio.to_thread(probe.remove)
         self.verified = isinstance(reply, SharedProbeResult) and reply.verdict == "verified"
-        logger.info("shared storage verification: {}", getattr(reply, "verdict", reply))
+        verdict = getattr(reply, "verdict", reply)
+        logger.info("shared storage verification: {}", verdict)
+        if not self.verified:
+            self.not_negotiated_because = (
+                f"the worker could not read the probe written under {self.root} (its verdict: {verdict}): "
+                "the two machines do not see the same storage there; give --shared-root the directory "
+                "where this machine mounts the worker's shared storage (check both with `rtcxfer doctor`)"
+            )
         return self.verified
 
     def relative_to_root(self, path: Path) -> str | None:
@@ -295,9 +315,8 @@ class SharedFsTransport(Transport):
         assert self.root is not None
         relative = STAGING_DIR / secrets.token_hex(8) / PurePosixPath(name).name
         target = self.root / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        shutil.copyfile(path, target)
+        make_then_create(target.parent, lambda: shutil.copyfile(path, target))
         logger.info("staged {} on shared storage as {} in {:.2f} s", path, relative, time.perf_counter() - started)
         self._staged.append(target.parent)
         return relative.as_posix()
@@ -306,6 +325,8 @@ class SharedFsTransport(Transport):
         """Remove the copies this session staged on the shared storage."""
         for directory in self._staged:
             shutil.rmtree(directory, ignore_errors=True)
+            if self.root is not None:
+                remove_empty_directories(directory.parent, self.root)
         self._staged.clear()
 
     def on_closed(self) -> None:

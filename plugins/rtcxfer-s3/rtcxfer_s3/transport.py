@@ -65,7 +65,7 @@ from rtcxfer_s3.frames import (
     S3Reach,
     S3ReachResult,
 )
-from rtcxfer_s3.settings import S3Location, S3Settings, classify, redact_url
+from rtcxfer_s3.settings import URL_ENV, S3Location, S3Settings, classify, redact_url
 
 if TYPE_CHECKING:  # pragma: no cover
     from rtcxfer.link import Link
@@ -101,6 +101,17 @@ class S3Transport(Transport):
         """Offered only when this side has an ``s3://bucket/prefix`` configured."""
         settings = _settings_or_none(context)
         return settings is not None and settings.location is not None
+
+    @classmethod
+    def unusable_because(cls, context: TransportContext) -> str:
+        try:
+            S3Settings.from_context(context)
+        except S3ConfigError as error:
+            return f"its settings are unusable: {error}"
+        return (
+            f"no bucket is configured on this side: set {URL_ENV}=s3://BUCKET/PREFIX (and "
+            f"RTCXFER_S3_ENDPOINT_URL for a server other than AWS) on both machines"
+        )
 
     def __init__(self, link: Link, context: TransportContext) -> None:
         super().__init__(link, context)
@@ -162,6 +173,7 @@ class S3Transport(Transport):
             await asyncio.to_thread(self.check_bucket)
         except S3StorageError as error:
             logger.warning("s3: not offered in this session: {}", error)
+            self.not_negotiated_because = f"{error}; check {URL_ENV} and the store's credentials on this machine"
             self.agreed = False
             return False
         await self.link.send(S3Reach(url=location.url))
@@ -171,6 +183,7 @@ class S3Transport(Transport):
             )
         except asyncio.TimeoutError:
             logger.warning("s3: the peer did not answer S3_REACH in {} s", self.settings.negotiate_timeout)
+            self.not_negotiated_because = f"the worker did not answer S3_REACH in {self.settings.negotiate_timeout} s"
             self.agreed = False
             return False
         self.agreed = reply.verdict == REACHABLE
@@ -178,6 +191,10 @@ class S3Transport(Transport):
             logger.info("s3: both peers reach {}", location.url)
         else:
             logger.info("s3: not used in this session, the peer answered {}", reply.verdict)
+            self.not_negotiated_because = (
+                f"the worker cannot use {location.url} (its verdict: {reply.verdict}); set {URL_ENV} to the same "
+                "bucket on both machines, with credentials that reach it"
+            )
         return self.agreed
 
     async def _answer_reach(self, frame: S3Reach) -> None:
@@ -252,7 +269,7 @@ class S3Transport(Transport):
     def _progress_reporter(self, name: str) -> Callable[[int, int], None] | None:
         """A ``report(done, total)`` for the upload thread that calls the application's
         ``progress(name, done, total)`` on the event loop, where its other callbacks run."""
-        progress = self.settings.progress
+        progress = self.settings.progress or self.context.progress_reporter(self.name)
         if progress is None:
             return None
         loop = asyncio.get_running_loop()
@@ -356,7 +373,7 @@ class S3Transport(Transport):
     async def _receive(self, frame: S3Object, name: str, location: S3Location) -> None:
         tid = frame.transfer_id
         try:
-            final_path = await asyncio.to_thread(self._download, frame, name, location)
+            final_path = await asyncio.to_thread(self._download, frame, name, location, self._progress_reporter(name))
         except (RtcxferError, _Aborted) as error:
             if isinstance(error, _Aborted):
                 return
@@ -378,7 +395,9 @@ class S3Transport(Transport):
         except Exception:  # the application's callback: its failure is not the peer's business
             logger.exception("s3: on_file failed for {}", name)
 
-    def _download(self, frame: S3Object, name: str, location: S3Location) -> Path:
+    def _download(
+        self, frame: S3Object, name: str, location: S3Location, report: Callable[[int, int], None] | None = None
+    ) -> Path:
         """Stream the object into a partial file, verify, fsync, rename. Blocking.
 
         The partial (``.<basename>.<transfer_id>.s3part``) never has the final name, and is
@@ -397,7 +416,7 @@ class S3Transport(Transport):
         s3_path = location.path_of(frame.key)
         try:
             with handle:
-                self._copy_verified(frame, s3_path, handle)
+                self._copy_verified(frame, s3_path, handle, report)
                 handle.flush()
                 os.fsync(handle.fileno())
             self._place(parent, part_path.name, relative.name)
@@ -409,7 +428,9 @@ class S3Transport(Transport):
             raise
         return parent / relative.name
 
-    def _copy_verified(self, frame: S3Object, s3_path: str, handle: Any) -> None:
+    def _copy_verified(
+        self, frame: S3Object, s3_path: str, handle: Any, report: Callable[[int, int], None] | None = None
+    ) -> None:
         """Copy the object into ``handle``, checking size and SHA-256. Blocking."""
         what = f"downloading {s3_path}"
         fs = self._filesystem()
@@ -432,6 +453,8 @@ class S3Transport(Transport):
             raise classify(error, what) from None
         digest = hashlib.sha256()
         count = 0
+        if report is not None:
+            report(0, frame.size)
         with source:
             while True:
                 try:
@@ -447,6 +470,8 @@ class S3Transport(Transport):
                     raise S3IntegrityError(f"object {frame.key!r} grew while being downloaded")
                 digest.update(block)
                 handle.write(block)
+                if report is not None:
+                    report(count, frame.size)
         if count != frame.size:
             raise S3IntegrityError(f"object {frame.key!r} ended after {count} of {frame.size} bytes")
         if digest.hexdigest() != frame.sha256:

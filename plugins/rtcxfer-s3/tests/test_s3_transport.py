@@ -68,9 +68,14 @@ def test_multipart_round_trip_both_ways_with_progress_and_cleanup(host, moto, tm
     assert received["worker"][0].path == tmp_path / "worker-incoming" / "jobs/1/input.bin"
     assert sha256_of(received["worker"][0].path) == sha256_of(source)
     assert sha256_of(received["client"][0].path) == sha256_of(result) == back.sha256
-    # Progress went up part by part to the whole size.
-    assert progress[-1] == ("jobs/1/input.bin", source.stat().st_size, source.stat().st_size)
-    assert [done for _, done, _ in progress] == sorted(done for _, done, _ in progress)
+    # Progress went up part by part to the whole size, sending and (the results) receiving.
+    upload = [call for call in progress if call[0] == "jobs/1/input.bin"]
+    download = [call for call in progress if call[0] == "results/out.bin"]
+    assert upload[-1] == ("jobs/1/input.bin", source.stat().st_size, source.stat().st_size)
+    assert download[0] == ("results/out.bin", 0, result.stat().st_size)
+    assert download[-1] == ("results/out.bin", result.stat().st_size, result.stat().st_size)
+    for calls in (upload, download):
+        assert [done for _, done, _ in calls] == sorted(done for _, done, _ in calls)
     # Verified objects were cleaned up; no partial files were left behind.
     assert keys_under(moto) == []
     assert not [p for p in tmp_path.rglob("*.s3part")]

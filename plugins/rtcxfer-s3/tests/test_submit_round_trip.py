@@ -413,7 +413,9 @@ def test_an_unusable_bucket_on_the_client_falls_back_with_a_notice(
     # Forcing s3 is refused up front with what is usable, like any other unusable transport.
     forced = submit(cluster, package, cluster.root / "results" / f"{problem}-forced", env=env, transport="s3")
     assert forced.returncode == EXIT_USAGE, describe(forced)
-    assert "transport 's3' is not usable in this session (usable: rtc-chunked)" in forced.stderr, describe(forced)
+    assert re.search(
+        f"transport 's3' is not usable in this session: {message}.*\\(usable: rtc-chunked\\)", forced.stderr
+    ), describe(forced)
     assert "Traceback" not in forced.stderr, describe(forced)
 
 
