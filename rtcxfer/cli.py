@@ -614,13 +614,16 @@ async def _submit(
 
 
 @main.command()
-@_apply(connection_options[:4])
+@_apply(connection_options[:5])
 @click.option("--json", "as_json", is_flag=True, help="Print the workers and their descriptions as JSON.")
-def workers(signal_url, room, token, signal_token, as_json) -> None:
+def workers(signal_url, room, token, token_file, signal_token, as_json) -> None:
     """List the workers of a room: state, job slots, GPU, labels, transports, uptime."""
     from rtcxfer import cli_room
+    from rtcxfer.config import resolve_token
     from rtcxfer.errors import RtcxferError, describe
     from rtcxfer.room import list_workers
+
+    token = resolve_token(click.get_current_context(), token, token_file)
 
     try:
         found = _run(list_workers(signal_url, room, signaling_token=_room_token(signal_token or token)))
