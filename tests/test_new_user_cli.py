@@ -337,7 +337,7 @@ def test_progress_is_plain_records_every_transfer_both_ways_in_binary_units(lab,
     assert re.search(r"^received summary\.txt via rtc-chunked: \d+ B in ", run.stderr, re.M)
     assert re.search(r"^received copy/data\.txt via rtc-chunked: 110\.2 KiB in ", run.stderr, re.M)
     assert "step/s" not in run.stderr and "MB/s" not in run.stderr
-    assert re.search(r"complete: 2 files, 110\.3 KiB \(input via rtc-chunked", run.stdout), run.stdout
+    assert re.search(r"complete on worker \S+: 2 files, 110\.3 KiB \(input via rtc-chunked", run.stdout), run.stdout
     assert_clean(run.stderr)
 
 
@@ -464,7 +464,9 @@ def test_no_empty_directories_are_left_on_shared_storage_or_in_tmp(lab, tmp_path
     package = build_sample_package(tmp_path / "pkg.zip")  # outside the shared root: staged there
     run = rtcxfer(lab, "submit", str(package), "--quiet", "--shared-root", str(lab.shared), cwd=tmp_path)
     assert run.returncode == EXIT_OK and "via shared-fs" in run.stdout, describe(run)
-    assert sorted(p.name for p in lab.shared.iterdir()) == [], "no .rtcxfer, rtcxfer-results or rtcxfer-staging"
+    # Only the storage's identity marker stays (issue 14: the worker's shared-root fingerprint).
+    left = sorted(p.relative_to(lab.shared).as_posix() for p in lab.shared.rglob("*"))
+    assert left in ([], [".rtcxfer", ".rtcxfer/storage-id"]), "no probes, rtcxfer-results or rtcxfer-staging"
     wait_until(lambda: not list(lab.work.glob("session-*")), "session directory removal")
 
     scratch = tmp_path / "tmp"
