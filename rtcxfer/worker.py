@@ -670,7 +670,7 @@ class WorkerSession:
 
     async def _proof(self, frame: AuthProof) -> None:
         if self.authenticated or self._worker_nonce is None:
-            await self.refuse("AUTH_PROOF out of turn: send HELLO and answer its AUTH_CHALLENGE")
+            await self.refuse("AUTH_PROOF out of order: send HELLO and answer its AUTH_CHALLENGE")
             return
         transcript = self._transcript()
         token = self.worker.token
