@@ -167,6 +167,13 @@ class RTCWorkerClient:
         self.token = token
         if token is None:
             logger.warning("worker runs WITHOUT a token: anyone who reaches it can run jobs on it")
+        elif (weakness := auth.weak_token_reason(token)) is not None:
+            logger.warning(
+                "weak token: {}. A peer in the room posing as this worker gets each client's proof and can "
+                "try guesses offline; use a long random one: python3 -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'",
+                weakness,
+            )
         if work_dir:
             # Absolute: jobs run inside their package folder and get paths under this one.
             self.work_dir = Path(work_dir).absolute()

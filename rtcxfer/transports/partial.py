@@ -3,10 +3,11 @@
 A file a peer sends is written to ``.<basename>.<transfer_id>.part`` beside its final name
 under the receiving side's ``incoming_dir``, hashed as it is written and handed to the disk
 as it arrives (:mod:`rtcxfer.transports.write_behind`), checked for size and SHA-256, fsynced
-and only then renamed onto its final name: nothing incomplete ever carries the final name. A partial left by a dropped connection is resumed by the next transfer with
-the same id (:func:`transfer_id_for` derives it from the file, so a new session, or another
-transport in the same session, finds it): its prefix is hashed again, so the final check
-covers the whole file.
+and only then renamed onto its final name: nothing incomplete ever carries the final name.
+A partial left by a dropped connection is resumed by the next transfer with the same id
+(:func:`transfer_id_for` derives it from the file, so a new session, or another transport in
+the same session, finds it): its prefix is hashed again, so the final check covers the whole
+file.
 
 ``rtc-chunked`` and ``direct`` announce a file differently (a ``FILE_META`` frame, a record on
 a TLS connection) but receive it through the same functions here. They raise
