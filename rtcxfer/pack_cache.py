@@ -215,7 +215,8 @@ class PackCache:
                     held.callback(_remove, pack.path)
                 yield pack
         finally:
-            self.trim(keep=() if pack is None or pack.succeeded else (key,))
+            # The pack of an upload that may be unfinished stays, whatever its size: the next run resumes it.
+            self.trim(keep=(key,) if pack is not None and pack.cached and not pack.succeeded else ())
 
     def _cached(self, entry: Path, name: str, source: Path, members: list[packing.Member]) -> Pack | None:
         """The entry's pack if it is there and still matches the directory, else ``None``; a

@@ -33,6 +33,12 @@ MAX_BYTES = 16 * 1024**3
 MAX_SHARE = 0.1
 
 
+def receiving_into(directory: Path) -> bool:
+    """Whether a transfer of this process is still writing a partial at the top of ``directory``."""
+    names = {str(directory), str(Path(directory).resolve())}
+    return any(folder in names and not state.detached for (folder, _), state in ACTIVE_PARTS.items())
+
+
 def keep_partials(directory: Path, kept: Path) -> int:
     """Move the partial files at the top of ``directory`` (a job's input directory) that no
     transfer is writing into ``kept``; returns how many. Blocking: run in a thread."""

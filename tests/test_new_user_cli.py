@@ -546,13 +546,78 @@ def test_submit_a_directory_packs_it_and_brings_results_back(lab, tmp_path):
         "pathlib.Path(os.environ['RTCXFER_OUTPUT_DIR'], 'count.txt').write_text(str(len(text.split())))\n"
     )
     (job / "inputs" / "words.txt").write_text("one two three four\n")
-    run = rtcxfer(lab, "submit", str(job), "--quiet", cwd=tmp_path)
+    cache = tmp_path / "packs"
+    run = rtcxfer(lab, "submit", str(job), "--quiet", "--pack-cache", str(cache), cwd=tmp_path)
     assert run.returncode == EXIT_OK, describe(run)
     assert (results_of(run, tmp_path) / "count.txt").read_text() == "4"
+    assert "earlier pack" not in run.stderr
+    (pack,) = cache.glob("*/my-job.zip")
+    again = rtcxfer(lab, "submit", str(job), cwd=tmp_path, env=environment(RTCXFER_PACK_CACHE=str(cache)))
+    assert again.returncode == EXIT_OK, describe(again)
+    assert f"rtcxfer: my-job is unchanged: sending its earlier pack {pack}\n" in again.stderr
+    quiet = rtcxfer(lab, "submit", str(job), "--quiet", "--pack-cache", str(cache), cwd=tmp_path)
+    assert quiet.returncode == EXIT_OK and "earlier pack" not in quiet.stderr, describe(quiet)
+    assert list(cache.glob("*/my-job.zip")) == [pack]
     plain = tmp_path / "plain"
     plain.mkdir()
     refused = rtcxfer(lab, "submit", str(plain), cwd=tmp_path)
     assert refused.returncode == EXIT_USAGE and "without rtcxfer.json" in refused.stderr, describe(refused)
+
+
+def test_an_interrupted_submit_of_a_directory_resumes_over_direct_on_the_next_run(lab, tmp_path):
+    job = tmp_path / "bigdir"
+    job.mkdir()
+    (job / "rtcxfer.json").write_text(json.dumps({"command": ["python", "job.py"]}))
+    (job / "job.py").write_text(
+        "import hashlib, os, pathlib\n"
+        "data = pathlib.Path('blob.bin').read_bytes()\n"
+        "pathlib.Path(os.environ['RTCXFER_OUTPUT_DIR'], 'sha.txt').write_text(hashlib.sha256(data).hexdigest())\n"
+    )
+    blob = os.urandom(96 << 20)  # random: the pack is as large, so the upload takes a while
+    (job / "blob.bin").write_bytes(blob)
+    cache = tmp_path / "packs"
+    args = ["submit", str(job), "--signal", lab.url, "--room", ROOM, "--token", TOKEN, "--transport", "direct"]
+    args += ["--pack-cache", str(cache)]
+    stderr = tmp_path / "first.err"
+    first = start_submit(args, stderr, tmp_path)
+    try:
+        deadline = time.monotonic() + GUARD
+        # Direct is fast on loopback: watch closely, and freeze the client at its first bytes.
+        while not any(
+            part.stat().st_size > 0
+            for part in lab.work.glob("session-*/job-*/incoming/.bigdir.zip.*.part")
+            if part.exists()
+        ):
+            assert first.poll() is None and time.monotonic() < deadline, stderr.read_text()
+            time.sleep(0.002)
+        first.send_signal(signal.SIGSTOP)
+        first.send_signal(signal.SIGINT)  # the user's Ctrl-C, handled once it runs again
+        first.send_signal(signal.SIGCONT)
+        assert first.wait(GUARD) == 130, stderr.read_text()
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.wait(GUARD)
+    (pack,) = cache.glob("*/bigdir.zip")
+    packed = pack.stat()
+    kept = lab.work / "partial-uploads"
+    wait_until(lambda: kept.is_dir() and any(kept.iterdir()), "kept partial upload")
+    partial_size = sum(p.stat().st_size for p in kept.iterdir())
+    assert 0 < partial_size < packed.st_size, "the first run must have been interrupted mid-upload"
+    wait_until(lambda: not list(lab.work.glob("session-*")), "session directory removal")
+
+    second = rtcxfer(lab, "submit", str(job), "--transport", "direct", "--pack-cache", str(cache), cwd=tmp_path)
+    assert second.returncode == EXIT_OK, describe(second)
+    assert "bigdir is unchanged: sending its earlier pack" in second.stderr, second.stderr
+    resumed = r"-> bigdir\.zip via direct: \d+\.\d MiB, resuming at \d+\.\d [KM]iB"
+    assert re.search(resumed, second.stderr), second.stderr
+    sent = re.search(r"^sent bigdir\.zip via direct: (\d+\.\d) MiB", second.stderr, re.M)
+    assert sent and float(sent.group(1)) * (1 << 20) < packed.st_size - partial_size + (1 << 20), second.stderr
+    assert (results_of(second, tmp_path) / "sha.txt").read_text() == hashlib.sha256(blob).hexdigest()
+    again = pack.stat()
+    assert (again.st_ino, again.st_mtime_ns) == (packed.st_ino, packed.st_mtime_ns), "the very same file was sent"
+    assert not kept.exists(), "the adopted partial is gone, and its directory with it"
+    print(f"interrupted at {partial_size} of {packed.st_size} bytes; the re-run sent {sent.group(1)} MiB")
 
 
 # --- points 3 and 5 on a terminal: a spinner while waiting, bars that reach 100 % ------------
