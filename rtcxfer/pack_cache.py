@@ -147,7 +147,12 @@ class PackCache:
     def __init__(self, root: Path, *, max_bytes: int | None = None, max_age: float = MAX_AGE_SECONDS) -> None:
         self.root = root
         self.max_age = max_age
-        self._max_bytes = max_bytes
+        if max_bytes is None:
+            max_bytes = MAX_BYTES
+            with contextlib.suppress(OSError):
+                info = os.statvfs(root)
+                max_bytes = min(max_bytes, int(info.f_blocks * info.f_frsize * MAX_SHARE))
+        self.max_bytes = max_bytes
 
     @classmethod
     def open(cls, root: Path | None = None, **limits) -> PackCache:
@@ -174,16 +179,6 @@ class PackCache:
                 f"chmod 700 it"
             )
         return cls(root, **limits)
-
-    @property
-    def max_bytes(self) -> int:
-        if self._max_bytes is not None:
-            return self._max_bytes
-        limit = MAX_BYTES
-        with contextlib.suppress(OSError):
-            info = os.statvfs(self.root)
-            limit = min(limit, int(info.f_blocks * info.f_frsize * MAX_SHARE))
-        return limit
 
     # --- one run's pack -------------------------------------------------------------------
 
@@ -334,10 +329,10 @@ class PackCache:
         except OSError as error:
             logger.warning("pack cache: cannot list {}: {}", self.root, error)
             return 0
-        removed, total, budget = 0, 0, self.max_bytes
+        removed, total = 0, 0
         for entry, last_used, size, source, stale in sorted(entries, key=lambda item: -item[1]):
             if entry.name not in keep:
-                expired = stale or now - last_used > self.max_age or total + size > budget
+                expired = stale or now - last_used > self.max_age or total + size > self.max_bytes
                 if (expired or (superseded is not None and source == superseded)) and self._evict(entry):
                     removed += 1
                     continue

@@ -73,16 +73,24 @@ def directory_members(directory: Path) -> list[Member]:
             f'(e.g. {{"command": ["python", "main.py"]}}) to send it as a job'
         )
     members: list[Member] = []
-    for parent, subdirs, names in os.walk(directory, followlinks=False):
-        subdirs.sort()
-        for name in [*subdirs, *names]:
-            path = Path(parent) / name
-            info = path.lstat()
-            if stat.S_ISLNK(info.st_mode) or not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
-                raise PackageError(f"{path} is a link or a special file; a package holds regular files only")
-            if stat.S_ISREG(info.st_mode):
-                members.append((path.relative_to(directory).as_posix(), path, info))
+    try:
+        # onerror: a subdirectory that cannot be read is an error, not a package without it.
+        for parent, subdirs, names in os.walk(directory, onerror=_raise, followlinks=False):
+            subdirs.sort()
+            for name in [*subdirs, *names]:
+                path = Path(parent) / name
+                info = path.lstat()
+                if stat.S_ISLNK(info.st_mode) or not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+                    raise PackageError(f"{path} is a link or a special file; a package holds regular files only")
+                if stat.S_ISREG(info.st_mode):
+                    members.append((path.relative_to(directory).as_posix(), path, info))
+    except OSError as error:
+        raise PackageError(f"cannot read {error.filename or directory}: {error.strerror or error}") from None
     return sorted(members, key=lambda member: member[0])
+
+
+def _raise(error: OSError) -> None:
+    raise error
 
 
 def pack_directory(directory: Path, destination: Path, members: list[Member] | None = None) -> Path:

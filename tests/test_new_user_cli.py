@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -562,6 +563,32 @@ def test_submit_a_directory_packs_it_and_brings_results_back(lab, tmp_path):
     plain.mkdir()
     refused = rtcxfer(lab, "submit", str(plain), cwd=tmp_path)
     assert refused.returncode == EXIT_USAGE and "without rtcxfer.json" in refused.stderr, describe(refused)
+
+
+def test_the_pack_cache_comes_from_the_configuration_and_an_unsafe_one_is_refused_saying_why(tmp_path):
+    job = tmp_path / "cfg-job"
+    job.mkdir()
+    (job / "rtcxfer.json").write_text(json.dumps({"command": ["python", "main.py"]}))
+    configured = tmp_path / "configured-packs"
+    (tmp_path / "rtcxfer.toml").write_text(f'signal = "ws://127.0.0.1:9"\n[submit]\npack-cache = "{configured}"\n')
+    # Nothing listens on port 9: the submit packs, then cannot connect (exit 3).
+    run = rtcxfer(None, "submit", str(job), "--timeout", "1", "--token", "t", cwd=tmp_path, connect=False)
+    assert run.returncode == EXIT_CONNECTION, describe(run)
+    assert len(list(configured.glob("*/cfg-job.zip"))) == 1
+    assert stat.S_IMODE(configured.stat().st_mode) == 0o700
+
+    open_to_all = tmp_path / "open-packs"
+    open_to_all.mkdir()
+    open_to_all.chmod(0o777)
+    args = ["submit", str(job), "--timeout", "1", "--token", "t", "--pack-cache", str(open_to_all)]
+    refused = rtcxfer(None, *args, cwd=tmp_path, connect=False)
+    assert refused.returncode == EXIT_CONNECTION, describe(refused)
+    assert "may be written by other users" in refused.stderr and "packing for this run only" in refused.stderr
+    assert not list(open_to_all.iterdir())
+    no_cache = rtcxfer(None, *args[:-2], "--no-pack-cache", cwd=tmp_path, connect=False)
+    assert no_cache.returncode == EXIT_CONNECTION and "pack cache" not in no_cache.stderr, describe(no_cache)
+    assert len(list(configured.glob("*/cfg-job.zip"))) == 1
+    assert_clean(run.stderr + refused.stderr + no_cache.stderr)
 
 
 def test_an_interrupted_submit_of_a_directory_resumes_over_direct_on_the_next_run(lab, tmp_path):

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -228,7 +230,7 @@ def test_eviction_by_age_and_size_oldest_first_never_a_pack_in_use(tmp_path):
         assert cache.trim(now=start + 11.5) == 1  # job0 and job1 are past the age; job0 is in use
         assert entries(cache.root) == sorted([keys[0], keys[2], keys[3]])
         cache.max_age = 1e9
-        cache._max_bytes = int(size * 1.5)
+        cache.max_bytes = int(size * 1.5)
         assert cache.trim(now=start + 20) == 1  # job3 fits, job2 does not; job0, in use, stays
         assert entries(cache.root) == sorted([keys[0], keys[3]])
         holder.release()
@@ -237,7 +239,7 @@ def test_eviction_by_age_and_size_oldest_first_never_a_pack_in_use(tmp_path):
     os.utime(cache.root / keys[0] / "use.lock", (start, start))
     assert cache.trim(now=start + 20) == 1  # now job0 may go
     assert entries(cache.root) == [keys[3]]
-    cache._max_bytes = 1
+    cache.max_bytes = 1
     assert cache.trim(keep=[keys[3]], now=start + 20) == 0  # kept: an unfinished upload's pack
     assert cache.trim(now=start + 20) == 1
     assert entries(cache.root) == []
@@ -300,3 +302,31 @@ def test_an_unsafe_cache_directory_is_refused(tmp_path):
 def test_the_default_cache_follows_xdg_cache_home():
     assert pack_cache.default_root({"XDG_CACHE_HOME": "/x/cache"}) == Path("/x/cache/rtcxfer/packs")
     assert pack_cache.default_root({}) == Path(os.path.expanduser("~")) / ".cache" / "rtcxfer" / "packs"
+
+
+def test_a_subdirectory_it_cannot_read_is_an_error_not_a_smaller_package():
+    """Run as ``nobody`` (a user who may not list one subdirectory): packing it is refused."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop privileges to nobody")
+    base = Path(tempfile.mkdtemp(prefix="rtcxfer-unreadable-"))
+    try:
+        base.chmod(0o755)
+        job = job_directory(base / "job")
+        (job / "private").mkdir(mode=0o700)
+        (job / "private" / "weights.bin").write_bytes(b"w")
+        script = (
+            "import os, sys\n"
+            "from pathlib import Path\n"
+            "from rtcxfer.packing import PackageError, directory_members\n"
+            "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+            "try:\n"
+            "    directory_members(Path(sys.argv[1]))\n"
+            "except PackageError as error:\n"
+            "    print(error)\n"
+        )
+        run = subprocess.run(
+            [sys.executable, "-c", script, str(job)], capture_output=True, text=True, timeout=GUARD, check=True
+        )
+        assert f"cannot read {job / 'private'}: Permission denied" in run.stdout, run.stdout + run.stderr
+    finally:
+        shutil.rmtree(base)
