@@ -460,8 +460,8 @@ def worker(
     type=click.Path(file_okay=False, path_type=Path),
     envvar="RTCXFER_PACK_CACHE",
     default=None,
-    help="Where packed directories are kept for the next run (default: ~/.cache/rtcxfer/packs) "
-    "[env RTCXFER_PACK_CACHE].",
+    help="Where packed directories are kept for the next run (default: $XDG_CACHE_HOME/rtcxfer/packs, "
+    "else ~/.cache/rtcxfer/packs) [env RTCXFER_PACK_CACHE].",
 )
 @click.option(
     "--no-pack-cache", is_flag=True, help="Pack a directory for this run only (it cannot resume over direct)."

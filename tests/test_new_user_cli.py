@@ -291,19 +291,24 @@ def big_package(path: Path, megabytes: int) -> Path:
     return path
 
 
-def test_a_rerun_after_ctrl_c_resumes_the_upload_and_leaves_no_session_directory(lab, tmp_path):
-    package = big_package(tmp_path / "big.zip", 192)
-    args = ["submit", str(package), "--signal", lab.url, "--room", ROOM, "--token", TOKEN, "--transport", "rtc-chunked"]
-    stderr = tmp_path / "first.err"
-    first = start_submit(args, stderr, tmp_path)
-
-    def arriving() -> bool:
-        parts = lab.work.glob("session-*/job-*/incoming/.big.zip.*.part")
-        return any(part.stat().st_size > 0 for part in parts if part.exists())
-
+def interrupt_upload(lab: Lab, args: list[str], name: str, cwd: Path) -> int:
+    """Run ``rtcxfer ARGS``, Ctrl-C it as soon as the first bytes of the package ``name``
+    reach the worker, and return the size of the partial upload the worker kept."""
+    stderr = cwd / "first.err"
+    first = start_submit(args, stderr, cwd)
     try:
-        wait_until(arriving, "the upload's first bytes on the worker")
-        first.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + GUARD
+        # Direct moves a GiB a second on loopback: watch closely, and freeze the client at once.
+        while not any(
+            part.stat().st_size > 0
+            for part in lab.work.glob(f"session-*/job-*/incoming/.{name}.*.part")
+            if part.exists()
+        ):
+            assert first.poll() is None and time.monotonic() < deadline, stderr.read_text()
+            time.sleep(0.002)
+        first.send_signal(signal.SIGSTOP)
+        first.send_signal(signal.SIGINT)  # the user's Ctrl-C, handled once it runs again
+        first.send_signal(signal.SIGCONT)
         assert first.wait(GUARD) == 130, stderr.read_text()
     finally:
         if first.poll() is None:
@@ -312,8 +317,16 @@ def test_a_rerun_after_ctrl_c_resumes_the_upload_and_leaves_no_session_directory
     kept = lab.work / "partial-uploads"
     wait_until(lambda: kept.is_dir() and any(kept.iterdir()), "kept partial upload")
     partial_size = sum(p.stat().st_size for p in kept.iterdir())
-    assert 0 < partial_size < package.stat().st_size, "the first run must have been interrupted mid-upload"
     wait_until(lambda: not list(lab.work.glob("session-*")), "session directory removal")
+    return partial_size
+
+
+def test_a_rerun_after_ctrl_c_resumes_the_upload_and_leaves_no_session_directory(lab, tmp_path):
+    package = big_package(tmp_path / "big.zip", 192)
+    args = ["submit", str(package), "--signal", lab.url, "--room", ROOM, "--token", TOKEN, "--transport", "rtc-chunked"]
+    partial_size = interrupt_upload(lab, args, "big.zip", tmp_path)
+    assert 0 < partial_size < package.stat().st_size, "the first run must have been interrupted mid-upload"
+    kept = lab.work / "partial-uploads"
 
     second = rtcxfer(lab, "submit", str(package), "--transport", "rtc-chunked", cwd=tmp_path)
     assert second.returncode == EXIT_OK, describe(second)
@@ -605,33 +618,11 @@ def test_an_interrupted_submit_of_a_directory_resumes_over_direct_on_the_next_ru
     cache = tmp_path / "packs"
     args = ["submit", str(job), "--signal", lab.url, "--room", ROOM, "--token", TOKEN, "--transport", "direct"]
     args += ["--pack-cache", str(cache)]
-    stderr = tmp_path / "first.err"
-    first = start_submit(args, stderr, tmp_path)
-    try:
-        deadline = time.monotonic() + GUARD
-        # Direct is fast on loopback: watch closely, and freeze the client at its first bytes.
-        while not any(
-            part.stat().st_size > 0
-            for part in lab.work.glob("session-*/job-*/incoming/.bigdir.zip.*.part")
-            if part.exists()
-        ):
-            assert first.poll() is None and time.monotonic() < deadline, stderr.read_text()
-            time.sleep(0.002)
-        first.send_signal(signal.SIGSTOP)
-        first.send_signal(signal.SIGINT)  # the user's Ctrl-C, handled once it runs again
-        first.send_signal(signal.SIGCONT)
-        assert first.wait(GUARD) == 130, stderr.read_text()
-    finally:
-        if first.poll() is None:
-            first.kill()
-        first.wait(GUARD)
+    partial_size = interrupt_upload(lab, args, "bigdir.zip", tmp_path)
     (pack,) = cache.glob("*/bigdir.zip")
     packed = pack.stat()
-    kept = lab.work / "partial-uploads"
-    wait_until(lambda: kept.is_dir() and any(kept.iterdir()), "kept partial upload")
-    partial_size = sum(p.stat().st_size for p in kept.iterdir())
     assert 0 < partial_size < packed.st_size, "the first run must have been interrupted mid-upload"
-    wait_until(lambda: not list(lab.work.glob("session-*")), "session directory removal")
+    kept = lab.work / "partial-uploads"
 
     second = rtcxfer(lab, "submit", str(job), "--transport", "direct", "--pack-cache", str(cache), cwd=tmp_path)
     assert second.returncode == EXIT_OK, describe(second)
