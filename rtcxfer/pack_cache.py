@@ -222,7 +222,7 @@ class PackCache:
         if (entry / STALE_MARK).exists() or not self._matches(entry, path, members):
             (entry / STALE_MARK).touch()
             logger.info("pack cache: {} no longer matches its directory; packing for this run only", path)
-            return Pack(self._temporary(entry, name, source, members), reused=False, cached=False)
+            return _for_this_run(self._temporary(entry, name, source, members))
         return Pack(path, reused=True, cached=True)
 
     def _matches(self, entry: Path, path: Path, members: list[packing.Member]) -> bool:
@@ -251,7 +251,7 @@ class PackCache:
         try:
             if not fingerprint(source, members) == key == fingerprint(source, packing.directory_members(source)):
                 logger.info("pack cache: {} changed while it was packed; not kept", source)
-                return Pack(temporary, reused=False, cached=False)
+                return _for_this_run(temporary)
             _write_atomically(entry / RECORD, json.dumps({"source": str(source), "packed_ns": packed_ns}).encode())
             os.rename(temporary, entry / name)
         except BaseException:
@@ -332,7 +332,8 @@ class PackCache:
         removed, total = 0, 0
         for entry, last_used, size, source, stale in sorted(entries, key=lambda item: -item[1]):
             if entry.name not in keep:
-                expired = stale or now - last_used > self.max_age or total + size > self.max_bytes
+                # No source: no pack was ever completed there (its run died, or its directory changed).
+                expired = stale or source is None or now - last_used > self.max_age or total + size > self.max_bytes
                 if (expired or (superseded is not None and source == superseded)) and self._evict(entry):
                     removed += 1
                     continue
@@ -370,6 +371,18 @@ class PackCache:
         shutil.rmtree(trash, ignore_errors=True)
         logger.info("pack cache: removed {}", entry.name)
         return True
+
+
+def _for_this_run(temporary: Path) -> Pack:
+    """A pack for one run only, renamed so that the next builder, which removes the ``.tmp``
+    files of packers that died, leaves it alone; the run removes it, or the entry's eviction."""
+    path = temporary.with_suffix(".run")
+    try:
+        os.rename(temporary, path)
+    except BaseException:
+        _remove(temporary)
+        raise
+    return Pack(path, reused=False, cached=False)
 
 
 def _describe(entry: Path) -> tuple[Path, float, int, str | None, bool]:

@@ -279,6 +279,27 @@ def test_a_racy_member_is_checked_against_the_pack_before_reuse(tmp_path):
         assert third.cached and not third.reused
 
 
+def test_a_directory_changed_while_it_is_packed_is_packed_for_this_run_only(tmp_path, monkeypatch):
+    job = job_directory(tmp_path / "job")
+    cache = PackCache.open(tmp_path / "cache")
+    real_pack = packing.pack_directory
+
+    def pack_then_edit(*args, **kwargs):  # the user saves a file while the packer runs
+        packed = real_pack(*args, **kwargs)
+        (job / "job.py").write_text("print('saved meanwhile')\n")
+        return packed
+
+    monkeypatch.setattr(packing, "pack_directory", pack_then_edit)
+    with cache.pack(job) as pack:
+        assert not pack.cached and pack.path.suffix == ".run"
+        packing.check_package(pack.path)
+    assert not pack.path.exists()
+    assert entries(cache.root) == [], "an entry that never got its pack goes"
+    monkeypatch.setattr(packing, "pack_directory", real_pack)
+    with cache.pack(job) as pack:
+        assert pack.cached and not pack.reused
+
+
 def test_an_unsafe_cache_directory_is_refused(tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o777)
