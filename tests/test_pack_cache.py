@@ -4,6 +4,7 @@ one looks). Timeouts are hang guards, never assertions about speed."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -182,27 +183,40 @@ def test_a_packer_killed_mid_write_leaves_no_pack_under_the_final_name(tmp_path)
     assert not list(entry.glob(".*.tmp")), "the killed packer's temporary file is cleaned up"
 
 
+def waiting_for_flock(descriptor: int) -> int:
+    """How many processes wait for the flock of the open file ``descriptor`` (``/proc/locks``)."""
+    inode = os.fstat(descriptor).st_ino
+    return sum(1 for line in Path("/proc/locks").read_text().splitlines() if "->" in line and f":{inode} " in line)
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks")
 def test_two_runs_of_the_same_directory_at_once_share_one_pack(tmp_path):
-    job = job_directory(tmp_path / "job", blob_bytes=24 << 20)
-    cache = tmp_path / "cache"
+    job = job_directory(tmp_path / "job", blob_bytes=1 << 20)
+    cache = PackCache.open(tmp_path / "cache").root
     entry = cache / fingerprint_of(job)
-    first = Holder(cache, job)
-    second = None
+    entry.mkdir(mode=0o700)
+    # Hold the build lock, so both runs find no pack yet and queue for it: then let them go.
+    build_lock = os.open(entry / "build.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    holders: list[Holder] = []
     try:
+        fcntl.flock(build_lock, fcntl.LOCK_EX)
+        holders = [Holder(cache, job), Holder(cache, job)]
         deadline = time.monotonic() + GUARD
-        while not list(entry.glob(".job.zip.*.tmp")):  # the first is packing: start the second now
-            assert first.process.poll() is None and time.monotonic() < deadline, "no temporary pack appeared"
-            time.sleep(0.005)
-        second = Holder(cache, job)
-        one, two = first.result(), second.result()
-        assert (one["reused"], two["reused"]) == (False, True), "the second waits for the first's pack"
+        while waiting_for_flock(build_lock) < 2:
+            assert all(h.process.poll() is None for h in holders) and time.monotonic() < deadline, "no two waiters"
+            time.sleep(0.01)
+        os.close(build_lock)
+        build_lock = -1
+        one, two = (holder.result() for holder in holders)
+        assert sorted([one["reused"], two["reused"]]) == [False, True], "one packs, the other takes its pack"
         assert one["path"] == two["path"] and one["inode"] == two["inode"]
-        first.release()
-        second.release()
+        for holder in holders:
+            holder.release()
     finally:
-        first.kill()
-        if second is not None:
-            second.kill()
+        if build_lock >= 0:
+            os.close(build_lock)
+        for holder in holders:
+            holder.kill()
     assert sorted(path.name for path in entry.iterdir()) == ["build.lock", "job.zip", "pack.json", "use.lock"]
     with zipfile.ZipFile(entry / "job.zip") as archive:
         assert archive.testzip() is None
