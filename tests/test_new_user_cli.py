@@ -574,7 +574,7 @@ def test_submit_a_directory_packs_it_and_brings_results_back(lab, tmp_path):
     assert list(cache.glob("*/my-job.zip")) == [pack]
     plain = tmp_path / "plain"
     plain.mkdir()
-    refused = rtcxfer(lab, "submit", str(plain), cwd=tmp_path)
+    refused = rtcxfer(lab, "submit", str(plain), "--pack-cache", str(cache), cwd=tmp_path)
     assert refused.returncode == EXIT_USAGE and "without rtcxfer.json" in refused.stderr, describe(refused)
 
 
