@@ -76,14 +76,25 @@ __all__ = [
     "advertise",
     "remote_packet_size",
     "tuning_supported",
+    "tuning_unsupported_reason",
 ]
 
 ATTRIBUTE = "x-rtcxfer-sctp-packet"
 """SDP attribute (``a=x-rtcxfer-sctp-packet:<bytes>``) by which an rtcxfer peer says it reads
 SCTP packets up to that size and answers probes of it."""
 
-STOCK_PACKET_SIZE = getattr(aiortc.rtcsctptransport, "SCTP_MAX_PACKET_LENGTH", 1189)
-"""aiortc's own SCTP packet size: it fits the minimum IPv6 MTU, so every path carries it."""
+# RFC 9260 section 3: what aiortc adds around a DATA chunk's user data (12-byte common header,
+# 16-byte DATA chunk header); aiortc names them only since 1.10.
+_SCTP_COMMON_HEADER = 12
+_SCTP_DATA_CHUNK_HEADER = 16
+
+STOCK_PACKET_SIZE = getattr(
+    aiortc.rtcsctptransport,
+    "SCTP_MAX_PACKET_LENGTH",
+    aiortc.rtcsctptransport.USERDATA_MAX_LENGTH + _SCTP_COMMON_HEADER + _SCTP_DATA_CHUNK_HEADER,
+)
+"""aiortc's own SCTP packet size, which every path carries: 1189 bytes since aiortc 1.10 (the
+minimum IPv6 MTU), 1228 before (1200 bytes of user data)."""
 
 MAX_PACKET_SIZE = 16384
 """DTLS carries at most 2**14 plaintext bytes in one record: the most one datagram can hold."""
@@ -129,27 +140,45 @@ _PIECES_KEPT = 32  # packets being joined at once; older ones are given up (SCTP
 _MAX_PIECES = 16
 
 
-def tuning_supported() -> bool:
-    """Whether this aiortc has the methods and constants the tuning rewrites (checked by
-    name and by the literal, so a future aiortc that changed them just runs at stock size)."""
+def tuning_unsupported_reason() -> str | None:
+    """Why this aiortc cannot take the tuning, or None when it can: the tuning rewrites
+    methods and constants by name and by literal, so an aiortc that changed them (older or
+    newer than the ones it was written for) just runs at stock size."""
     sctp_module = aiortc.rtcsctptransport
-    needed = ("SCTP_COMMON_HEADER_LENGTH", "SCTP_DATA_CHUNK_HEADER_LENGTH", "HeartbeatChunk", "HeartbeatAckChunk")
-    if not all(hasattr(sctp_module, name) for name in (*needed, "DataChunk", "serialize_packet")):
-        return False
+    needed = (
+        "SCTP_COMMON_HEADER_LENGTH",
+        "SCTP_DATA_CHUNK_HEADER_LENGTH",
+        "HeartbeatChunk",
+        "HeartbeatAckChunk",
+        "DataChunk",
+        "serialize_packet",
+    )
+    missing = [name for name in needed if not hasattr(sctp_module, name)]
+    if missing:
+        return f"its SCTP module has no {', '.join(missing)}"
     sctp_class = sctp_module.RTCSctpTransport
     dtls_class = aiortc.rtcdtlstransport.RTCDtlsTransport
     for name in _SCTP_METHODS:
         function = getattr(sctp_class, name, None)
         if function is None or "USERDATA_MAX_LENGTH" not in function.__code__.co_names:
-            return False
+            return f"RTCSctpTransport.{name} does not size packets by USERDATA_MAX_LENGTH"
     for name in ("_handle_data", "_send_chunk", "_receive_chunk"):
         if not callable(getattr(sctp_class, name, None)):
-            return False
+            return f"RTCSctpTransport has no {name}"
     for name in _DTLS_METHODS:
         function = getattr(dtls_class, name, None)
         if function is None or function.__code__.co_consts.count(_AIORTC_DTLS_BUFFER) != 1:
-            return False
-    return True
+            return f"RTCDtlsTransport.{name} does not read {_AIORTC_DTLS_BUFFER}-byte buffers"
+    return None
+
+
+def tuning_supported() -> bool:
+    """Whether this aiortc has the methods and constants the tuning rewrites."""
+    return tuning_unsupported_reason() is None
+
+
+def _aiortc_version() -> str:
+    return getattr(aiortc, "__version__", "of unknown version")
 
 
 def userdata_max_length(packet_size: int) -> int:
@@ -288,12 +317,14 @@ class PacketSizer:
     """
 
     def __init__(self, enabled: bool = True, on_change: Callable[[PacketSize], None] | None = None) -> None:
-        self._supported = enabled and tuning_supported()
-        self._disabled_reason = (
-            None
-            if self._supported
-            else ("disabled by PeerOptions" if not enabled else "aiortc internals differ from 1.16")
-        )
+        unsupported = tuning_unsupported_reason() if enabled else None
+        self._supported = enabled and unsupported is None
+        if not enabled:
+            self._disabled_reason: str | None = "disabled by PeerOptions"
+        elif unsupported is not None:
+            self._disabled_reason = f"large packets off: aiortc {_aiortc_version()} differs from 1.16, {unsupported}"
+        else:
+            self._disabled_reason = None
         self._on_change = on_change
         self._sctp: Any = None
         self._globals: dict[str, Any] | None = None

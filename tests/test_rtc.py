@@ -19,6 +19,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from hypothesis import given
 from hypothesis import strategies as st
+from loguru import logger
 
 from rtcxfer.errors import (
     ConnectionClosedError,
@@ -46,6 +47,7 @@ from rtcxfer.sctp_packet_size import (
     PacketSizer,
     remote_packet_size,
     tuning_supported,
+    tuning_unsupported_reason,
 )
 
 STEP = 10.0  # seconds any single await may take before the test fails
@@ -564,7 +566,9 @@ def test_large_packets_are_off_unless_both_peers_offer_them():
             await fast.accept_answer(answer)
             a, b = await asyncio.gather(fast.wait_channel_open(STEP), stock.wait_channel_open(STEP))
             assert (await fast.packet_size_settled(STEP)).size == STOCK_PACKET_SIZE
-            assert "stock WebRTC endpoint" in fast.packet_size.reason
+            # An older aiortc never offers large packets (see the test below): ours is stock too.
+            ours_is_stock = "stock WebRTC endpoint" if tuning_supported() else "differs from 1.16"
+            assert ours_is_stock in fast.packet_size.reason
             assert stock.packet_size.size == STOCK_PACKET_SIZE
             assert "disabled" in stock.packet_size.reason
             assert "USERDATA_MAX_LENGTH" in vars(type(fast._pc.sctp))["_send"].__code__.co_names
@@ -575,6 +579,48 @@ def test_large_packets_are_off_unless_both_peers_offer_them():
             await asyncio.gather(fast.close(), stock.close())
 
     run(main())
+
+
+def test_an_aiortc_without_the_tuned_internals_runs_stock_packets_and_says_why(monkeypatch):
+    """On an aiortc whose internals differ from the ones the tuning rewrites (aiortc 1.9 lacks
+    its SCTP header constants; here a method that no longer reads USERDATA_MAX_LENGTH stands for
+    a future one), two rtcxfer peers offer nothing, rewrite nothing, log why, and still work."""
+    sctp_class = aiortc.rtcsctptransport.RTCSctpTransport
+    t3_expired = sctp_class._t3_expired
+
+    def _t3_expired(self):
+        t3_expired(self)
+
+    monkeypatch.setattr(sctp_class, "_t3_expired", _t3_expired)
+    why = tuning_unsupported_reason()
+    assert why is not None
+    lines: list[str] = []
+    handler = logger.add(lambda message: lines.append(message.record["message"]), level="INFO")
+
+    async def main():
+        offerer, answerer = PeerConnection(), PeerConnection()
+        try:
+            offer = await offerer.create_offer()
+            answer = await answerer.accept_offer(offer)
+            assert ATTRIBUTE not in offer and ATTRIBUTE not in answer
+            await offerer.accept_answer(answer)
+            a, b = await asyncio.gather(offerer.wait_channel_open(STEP), answerer.wait_channel_open(STEP))
+            for peer in (offerer, answerer):
+                settled = await peer.packet_size_settled(STEP)
+                assert settled.size == settled.datagram == STOCK_PACKET_SIZE
+                assert f"aiortc {aiortc.__version__} differs from 1.16, {why}" in settled.reason
+                assert "_send" not in vars(peer._pc.sctp) and "_recv_next" not in vars(peer._pc.sctp.transport)
+            await _send_and_check(total=512 * 1024)(a, b)
+            await _send_and_check(total=512 * 1024)(b, a)
+        finally:
+            await asyncio.gather(offerer.close(), answerer.close())
+
+    try:
+        run(main())
+    finally:
+        logger.remove(handler)
+    said = [line for line in lines if line.startswith(f"SCTP packets {STOCK_PACKET_SIZE} bytes (large packets off")]
+    assert len(said) == 2, lines
 
 
 @needs_sctp_tuning
