@@ -52,9 +52,10 @@ from rtcxfer.sctp_packet_size import (
 
 STEP = 10.0  # seconds any single await may take before the test fails
 
-# The SCTP packet size mechanism rewrites aiortc >= 1.16 internals; older aiortc runs at stock size.
+# The SCTP packet size mechanism rewrites aiortc >= 1.16 internals; older aiortc runs at stock size
+# (test_an_aiortc_without_the_tuned_internals_runs_stock_packets_and_says_why).
 needs_sctp_tuning = pytest.mark.skipif(
-    not tuning_supported(), reason="this aiortc lacks the internals the SCTP tuning needs"
+    not tuning_supported(), reason=f"no large SCTP packets on this aiortc: {tuning_unsupported_reason()}"
 )
 
 
