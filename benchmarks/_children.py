@@ -498,6 +498,45 @@ async def s3_side(args: argparse.Namespace, role: str) -> dict:
     return {"files": results, "received": received, **mem.report()}
 
 
+# --- ablation: direct without SHA-256 ------------------------------------------------------
+
+
+class _NoDigest:
+    """Stands in for a sha256 object that is never fed (the ablation's point)."""
+
+    def update(self, data) -> None:
+        pass
+
+    def hexdigest(self) -> str:
+        return "0" * 64
+
+
+def skip_sha256(where: str) -> None:
+    """Benchmark-only ablation, not a mode rtcxfer offers: ``receiver`` drops the receiver's
+    SHA-256 pass over the bytes (and its comparison), ``sender`` the sender's (its END then
+    announces zeros, which only an ablated receiver accepts). Shows what each pass costs."""
+    import hashlib
+    import types
+
+    from rtcxfer.transports import direct, partial
+
+    def sha256(data: bytes = b""):
+        return hashlib.sha256(data) if data else _NoDigest()  # transfer ids still hash their key
+
+    stand_in = types.SimpleNamespace(sha256=sha256)
+    if where == "receiver":
+        partial.hashlib = stand_in
+
+        def check_complete(state) -> str:
+            if state.received != state.meta.size:
+                raise partial.IntegrityError(f"received {state.received} of {state.meta.size} bytes")
+            return state.meta.sha256
+
+        partial.check_complete = check_complete
+    elif where == "sender":
+        direct.hashlib = stand_in
+
+
 # --- entry ----------------------------------------------------------------------------------
 
 ROLES = {
@@ -538,7 +577,10 @@ def child_main(argv: list[str]) -> None:
     parser.add_argument("--s3-endpoint")
     parser.add_argument("--streams", type=int, default=1, help="TLS connections at once (tls-send/tls-recv)")
     parser.add_argument("--fingerprint")
+    parser.add_argument("--skip-sha256", action="append", default=[], choices=["sender", "receiver"])
     args = parser.parse_args(argv)
+    for where in args.skip_sha256:
+        skip_sha256(where)
     if args.loop == "uvloop":
         from rtcxfer.rtc import install_uvloop_if_available
 

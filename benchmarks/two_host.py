@@ -40,9 +40,11 @@ class TwoHostRunner:
     workdir: Path
     loop: str
 
-    async def pair(self, kind: str, files: list[Path], *, loop: str, fast: bool = True) -> tuple[dict, dict]:
+    async def pair(
+        self, kind: str, files: list[Path], *, loop: str, fast: bool = True, extra: tuple[str, ...] = ()
+    ) -> tuple[dict, dict]:
         room = f"bench-{secrets.token_hex(4)}"
-        common = ["--url", self.url, "--room", room, "--loop", loop, "--any-interface"] + (
+        common = ["--url", self.url, "--room", room, "--loop", loop, "--any-interface", *extra] + (
             [] if fast else ["--no-fast"]
         )
         receiver = await spawn(

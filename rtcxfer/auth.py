@@ -73,6 +73,27 @@ class Transcript:
         return LABEL + b"".join(len(field).to_bytes(4, "big") + field for field in fields)
 
 
+#: A worker's token shorter than this is reported as weak (:func:`weak_token_reason`).
+MIN_TOKEN_CHARS = 20
+#: ... and so is one made of fewer distinct characters.
+MIN_DISTINCT_TOKEN_CHARS = 8
+
+
+def weak_token_reason(token: str) -> str | None:
+    """Why ``token`` is easy to guess, or ``None``.
+
+    The proofs never reveal the token, but a peer in the room that poses as the worker receives
+    each connecting client's proof, and can test guesses against it offline as fast as it can
+    compute HMACs: only a token too long to enumerate is safe. ``secrets.token_urlsafe(32)``
+    gives 43 characters.
+    """
+    if len(token) < MIN_TOKEN_CHARS:
+        return f"it has {len(token)} characters (fewer than {MIN_TOKEN_CHARS})"
+    if len(set(token)) < MIN_DISTINCT_TOKEN_CHARS:
+        return f"it uses only {len(set(token))} different characters"
+    return None
+
+
 def signaling_token(secret: str) -> str:
     """What the ``rtcxfer`` command presents to (and expects at) the signaling server for a
     room secret: an HMAC of it, so the secret itself, which is also the worker's token by

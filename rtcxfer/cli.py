@@ -455,14 +455,27 @@ def worker(
     help="Only a worker that meets EXPR (repeatable), e.g. gpu_memory_mb>=16000, label.site=hpc, transport=direct.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the outcome on stdout.")
+@click.option(
+    "--pack-cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="RTCXFER_PACK_CACHE",
+    default=None,
+    help="Where packed directories are kept for the next run (default: $XDG_CACHE_HOME/rtcxfer/packs, "
+    "else ~/.cache/rtcxfer/packs) [env RTCXFER_PACK_CACHE].",
+)
+@click.option(
+    "--no-pack-cache", is_flag=True, help="Pack a directory for this run only (it cannot resume over direct)."
+)
 def submit(
     package, signal_url, room, token, token_file, signal_token, shared_root, ice_servers, any_interface, transport,
-    results_dir, timeout, quiet, worker_id, requirements, as_json,
+    results_dir, timeout, quiet, worker_id, requirements, as_json, pack_cache, no_pack_cache,
 ) -> None:
     """Run PACKAGE on a worker and download its results.
 
     PACKAGE is a ZIP with rtcxfer.json at its root, or a directory holding rtcxfer.json (sent
-    as a ZIP of its files). It is checked before anything is sent.
+    as a ZIP of its files, kept in --pack-cache so that a re-run of the unchanged directory
+    sends the same file and resumes an interrupted upload). It is checked before anything is
+    sent.
 
     Exits 0 when the job succeeded, 1 when it failed, 2 when PACKAGE is not a job package or a
     forced transport is not installed or not usable, 3 when no worker could be reached (none
@@ -470,10 +483,9 @@ def submit(
     worker stopped during the job (submit again later), 130 when cancelled with Ctrl-C (the job
     is cancelled on the worker too). When every matching worker is busy, it waits in the queue.
     """
-    import tempfile
-
     from rtcxfer.config import resolve_token
-    from rtcxfer.packing import PackageError, check_package, pack_directory
+    from rtcxfer.pack_cache import PackCacheError
+    from rtcxfer.packing import PackageError, check_package
     from rtcxfer.progress import ProgressDisplay
     from rtcxfer.worker_choice import RequirementError, parse_requirement
 
@@ -485,15 +497,17 @@ def submit(
     token = resolve_token(click.get_current_context(), token, token_file)
     display = ProgressDisplay(enabled=not quiet)
     outcome = _SubmitOutcome(as_json, worker_id, requirements)
-    with tempfile.TemporaryDirectory(prefix="rtcxfer-pack-") as packing:
+    with contextlib.ExitStack() as packed:
+        pack = None
         try:
             if package.is_dir():
-                # Named after the directory, so a re-run sends the same name and the same bytes
-                # (the ZIP is deterministic) and resumes an interrupted upload.
-                package = pack_directory(package, Path(packing) / f"{package.resolve().name or 'package'}.zip")
+                pack = packed.enter_context(_pack(package, pack_cache, no_pack_cache))
+                if pack.reused and not quiet:
+                    click.echo(f"rtcxfer: {package.name} is unchanged: sending its earlier pack {pack.path}", err=True)
+                package = pack.path
             else:
                 check_package(package)
-        except PackageError as error:
+        except (PackageError, PackCacheError) as error:
             outcome.failure = str(error)
             click.echo(f"error: {error}", err=True)
             code = EXIT_USAGE
@@ -520,11 +534,26 @@ def submit(
                 display.close()
                 click.echo("cancelled", err=True)
                 code = EXIT_CANCELLED
+            if pack is not None:
+                pack.succeeded = code == EXIT_OK
     if as_json:
         from rtcxfer.cli_room import submit_json
 
         click.echo(submit_json(outcome.result, code, outcome.failure))
     sys.exit(code)
+
+
+def _pack(directory: Path, cache_dir: Path | None, no_cache: bool):
+    """The pack of ``directory`` for ``submit``: from the pack cache, or for this run only
+    (``--no-pack-cache``, or a cache that cannot be used safely, which is said)."""
+    from rtcxfer import pack_cache
+
+    if not no_cache:
+        try:
+            return pack_cache.PackCache.open(cache_dir).pack(directory)
+        except pack_cache.PackCacheError as error:
+            click.echo(f"rtcxfer: {error}; packing for this run only (--pack-cache DIR chooses another)", err=True)
+    return pack_cache.one_off(directory)
 
 
 class _SubmitOutcome:

@@ -52,8 +52,17 @@ def check_package(path: Path) -> Manifest:
         raise PackageError(f"{path}: {MANIFEST_NAME}: {error}") from None
 
 
-def pack_directory(directory: Path, destination: Path) -> Path:
-    """Write the files under ``directory`` into the ZIP ``destination`` (deterministically).
+#: The version of what :func:`pack_directory` writes: a change to the ZIP's layout (member
+#: order, timestamps, modes, compression) must change it, so packs kept by
+#: :mod:`rtcxfer.pack_cache` under the old layout are not taken for the new one.
+FORMAT_VERSION = 1
+
+#: One file of a directory to pack: its name in the ZIP, its path, its ``lstat``.
+Member = tuple[str, Path, os.stat_result]
+
+
+def directory_members(directory: Path) -> list[Member]:
+    """The files :func:`pack_directory` puts in the package of ``directory``, sorted by name.
 
     Links and other special files are refused rather than followed: what the worker runs is
     what the directory holds, nothing it points to.
@@ -63,24 +72,42 @@ def pack_directory(directory: Path, destination: Path) -> Path:
             f"{directory} is a directory without {MANIFEST_NAME}; put one there "
             f'(e.g. {{"command": ["python", "main.py"]}}) to send it as a job'
         )
-    members: list[tuple[str, Path]] = []
-    for parent, subdirs, names in os.walk(directory, followlinks=False):
-        subdirs.sort()
-        for name in [*subdirs, *names]:
-            path = Path(parent) / name
-            mode = path.lstat().st_mode
-            if stat.S_ISLNK(mode) or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                raise PackageError(f"{path} is a link or a special file; a package holds regular files only")
-        members += [(Path(parent, name).relative_to(directory).as_posix(), Path(parent, name)) for name in names]
+    members: list[Member] = []
+    try:
+        # onerror: a subdirectory that cannot be read is an error, not a package without it.
+        for parent, subdirs, names in os.walk(directory, onerror=_raise, followlinks=False):
+            subdirs.sort()
+            for name in [*subdirs, *names]:
+                path = Path(parent) / name
+                info = path.lstat()
+                if stat.S_ISLNK(info.st_mode) or not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+                    raise PackageError(f"{path} is a link or a special file; a package holds regular files only")
+                if stat.S_ISREG(info.st_mode):
+                    members.append((path.relative_to(directory).as_posix(), path, info))
+    except OSError as error:
+        raise PackageError(f"cannot read {error.filename or directory}: {error.strerror or error}") from None
+    return sorted(members, key=lambda member: member[0])
+
+
+def _raise(error: OSError) -> None:
+    raise error
+
+
+def pack_directory(directory: Path, destination: Path, members: list[Member] | None = None) -> Path:
+    """Write the files under ``directory`` (its :func:`directory_members`, unless the caller
+    listed them already) into the ZIP ``destination``, deterministically."""
+    if members is None:
+        members = directory_members(directory)
     destination.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(destination, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, path in sorted(members):
+        for name, path, _ in members:
             info = zipfile.ZipInfo(name, FIXED_DATE_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = (stat.S_IFREG | 0o644) << 16
+            # O_NOFOLLOW: a file swapped for a link since it was listed is refused, not followed.
             with (
-                open(path, "rb") as source,
-                archive.open(info, "w", force_zip64=path.stat().st_size >= 1 << 31) as target,
+                os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as source,
+                archive.open(info, "w", force_zip64=os.fstat(source.fileno()).st_size >= 1 << 31) as target,
             ):
                 while block := source.read(1 << 20):
                     target.write(block)

@@ -4,9 +4,10 @@ A job's input is received under its session's private directory, which goes when
 ends (nothing a client sent outlives it there). A partial input left by an interrupted upload
 (Ctrl-C, a dropped connection) is moved instead into the worker's *kept partials* directory,
 ``<work dir>/partial-uploads``, named as before: ``.<name>.<transfer id>.part``. The transfer id
-is derived from the file's name, size and SHA-256 (or, for ``direct``, its inode and mtime),
-so the next upload of the same package, in any session, adopts it and the sender continues
-from its end; the whole file is still checked against the SHA-256 it announces.
+is derived from the file's name, size and SHA-256 (or, for ``direct``, its inode and mtime:
+``submit DIR`` sends the very same file again from :mod:`rtcxfer.pack_cache`), so the next
+upload of the same package, in any session, adopts it and the sender continues from its end;
+the whole file is still checked against the SHA-256 it announces.
 
 The directory is bounded: a kept partial older than :data:`MAX_AGE_SECONDS` goes, and beyond
 :data:`MAX_BYTES` in all the oldest go first. It lies inside the worker's work directory, so a
@@ -31,6 +32,12 @@ MAX_AGE_SECONDS = 24 * 3600
 #: the oldest go first.
 MAX_BYTES = 16 * 1024**3
 MAX_SHARE = 0.1
+
+
+def receiving_into(directory: Path) -> bool:
+    """Whether a transfer of this process is still writing a partial at the top of ``directory``."""
+    names = {str(directory), str(Path(directory).resolve())}
+    return any(folder in names and not state.detached for (folder, _), state in ACTIVE_PARTS.items())
 
 
 def keep_partials(directory: Path, kept: Path) -> int:

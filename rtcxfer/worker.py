@@ -87,6 +87,8 @@ RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY = 0.5, 30.0
 LOG_QUEUE_LINES = 10_000
 UNAUTHENTICATED = "unauthenticated"
 MIB = 1024 * 1024
+#: How long a stopped job's input may take to stop arriving before its partial is kept (seconds).
+INPUT_SETTLE_SECONDS = 3.0
 #: How a job stopped by the worker's own shutdown is reported (``JOB_FAILED::Job X stopped:
 #: ...``): the client tells it from a cancel or a failure by this text (``rtcxfer submit``
 #: exits with its own code).
@@ -167,6 +169,13 @@ class RTCWorkerClient:
         self.token = token
         if token is None:
             logger.warning("worker runs WITHOUT a token: anyone who reaches it can run jobs on it")
+        elif (weakness := auth.weak_token_reason(token)) is not None:
+            logger.warning(
+                "weak token: {}. A peer in the room posing as this worker gets each client's proof and can "
+                "try guesses offline; use a long random one: python3 -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'",
+                weakness,
+            )
         if work_dir:
             # Absolute: jobs run inside their package folder and get paths under this one.
             self.work_dir = Path(work_dir).absolute()
@@ -722,8 +731,7 @@ class WorkerSession:
             self.job = self._new_job(frame.job_id, frame.results_via)
             await self.link.send(JobAccepted(frame.job_id))
         if stale is not None:
-            await self._keep_partial_input(stale)
-            await asyncio.to_thread(_remove_quietly, stale.directory)
+            await self._drop_input(stale)
 
     def _new_job(self, job_id: str, results_via: str | None) -> Job:
         assert self.directory is not None, "jobs exist only in authenticated sessions"
@@ -749,12 +757,25 @@ class WorkerSession:
         self.job = None
         self.context.incoming_dir = self.directory
         self.worker.stats["failed"] += 1
+        # A task the session's cleanup waits for: the client's Ctrl-C ends the session right
+        # after its cancel, and the session's removal must not take the partial with it.
+        dropping = asyncio.create_task(self._drop_input(job))
+        self._job_tasks.add(dropping)
+        dropping.add_done_callback(self._job_tasks.discard)
         await self._report(JobFailed(f"Job {job_id} was cancelled"))
+
+    async def _drop_input(self, job: Job) -> None:
+        """Keep a job's partial input for a resume, then remove the job's files."""
         await self._keep_partial_input(job)
         await asyncio.to_thread(_remove_quietly, job.directory)
 
     async def _keep_partial_input(self, job: Job) -> None:
         """An upload that stopped part-way is kept for the client's re-run to resume."""
+        # The cancel comes over the data channel, the bytes may come over a connection of their
+        # own (direct): let the receiver see the sender stop and let go of the partial first.
+        deadline = time.monotonic() + INPUT_SETTLE_SECONDS
+        while resume.receiving_into(job.incoming_dir) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         kept = self.worker.kept_partials_dir
         if await asyncio.to_thread(resume.keep_partials, job.incoming_dir, kept):
             await asyncio.to_thread(resume.prune, kept)

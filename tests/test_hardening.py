@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -205,6 +206,24 @@ def test_2_the_client_refuses_a_worker_that_cannot_prove_the_token(tmp_path):
     assert hello.startswith("HELLO::2::") and TOKEN not in hello
     assert proof.startswith("AUTH_PROOF::") and TOKEN not in proof
     assert afterwards == []  # no JOB_SUBMIT, no path, no file
+
+
+@pytest.mark.parametrize(
+    ("token", "weak"),
+    [
+        ("s3cret", True),
+        ("correct-horse-batte", True),  # 19 characters
+        ("ab" * 20, True),  # long, but two different characters
+        ("correct-horse-battery", False),
+        (secrets.token_urlsafe(16), False),  # what `rtcxfer demo` makes
+    ],
+)
+def test_2_a_worker_warns_about_a_token_that_can_be_guessed_offline(tmp_path, logs, token, weak):
+    RTCWorkerClient(token=token, work_dir=tmp_path / "w")
+    warnings = [message for level, message in logs if level == "WARNING" and message.startswith("weak token")]
+    assert bool(warnings) is weak, warnings
+    if weak:
+        assert "offline" in warnings[0] and "token_urlsafe(32)" in warnings[0] and token not in warnings[0]
 
 
 # --- 3: a worker without a token --------------------------------------------------------------

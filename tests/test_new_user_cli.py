@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -291,19 +292,24 @@ def big_package(path: Path, megabytes: int) -> Path:
     return path
 
 
-def test_a_rerun_after_ctrl_c_resumes_the_upload_and_leaves_no_session_directory(lab, tmp_path):
-    package = big_package(tmp_path / "big.zip", 192)
-    args = ["submit", str(package), "--signal", lab.url, "--room", ROOM, "--token", TOKEN, "--transport", "rtc-chunked"]
-    stderr = tmp_path / "first.err"
-    first = start_submit(args, stderr, tmp_path)
-
-    def arriving() -> bool:
-        parts = lab.work.glob("session-*/job-*/incoming/.big.zip.*.part")
-        return any(part.stat().st_size > 0 for part in parts if part.exists())
-
+def interrupt_upload(lab: Lab, args: list[str], name: str, cwd: Path) -> int:
+    """Run ``rtcxfer ARGS``, Ctrl-C it as soon as the first bytes of the package ``name``
+    reach the worker, and return the size of the partial upload the worker kept."""
+    stderr = cwd / "first.err"
+    first = start_submit(args, stderr, cwd)
     try:
-        wait_until(arriving, "the upload's first bytes on the worker")
-        first.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + GUARD
+        # Direct moves a GiB a second on loopback: watch closely, and freeze the client at once.
+        while not any(
+            part.stat().st_size > 0
+            for part in lab.work.glob(f"session-*/job-*/incoming/.{name}.*.part")
+            if part.exists()
+        ):
+            assert first.poll() is None and time.monotonic() < deadline, stderr.read_text()
+            time.sleep(0.002)
+        first.send_signal(signal.SIGSTOP)
+        first.send_signal(signal.SIGINT)  # the user's Ctrl-C, handled once it runs again
+        first.send_signal(signal.SIGCONT)
         assert first.wait(GUARD) == 130, stderr.read_text()
     finally:
         if first.poll() is None:
@@ -312,8 +318,16 @@ def test_a_rerun_after_ctrl_c_resumes_the_upload_and_leaves_no_session_directory
     kept = lab.work / "partial-uploads"
     wait_until(lambda: kept.is_dir() and any(kept.iterdir()), "kept partial upload")
     partial_size = sum(p.stat().st_size for p in kept.iterdir())
-    assert 0 < partial_size < package.stat().st_size, "the first run must have been interrupted mid-upload"
     wait_until(lambda: not list(lab.work.glob("session-*")), "session directory removal")
+    return partial_size
+
+
+def test_a_rerun_after_ctrl_c_resumes_the_upload_and_leaves_no_session_directory(lab, tmp_path):
+    package = big_package(tmp_path / "big.zip", 192)
+    args = ["submit", str(package), "--signal", lab.url, "--room", ROOM, "--token", TOKEN, "--transport", "rtc-chunked"]
+    partial_size = interrupt_upload(lab, args, "big.zip", tmp_path)
+    assert 0 < partial_size < package.stat().st_size, "the first run must have been interrupted mid-upload"
+    kept = lab.work / "partial-uploads"
 
     second = rtcxfer(lab, "submit", str(package), "--transport", "rtc-chunked", cwd=tmp_path)
     assert second.returncode == EXIT_OK, describe(second)
@@ -551,13 +565,82 @@ def test_submit_a_directory_packs_it_and_brings_results_back(lab, tmp_path):
         "pathlib.Path(os.environ['RTCXFER_OUTPUT_DIR'], 'count.txt').write_text(str(len(text.split())))\n"
     )
     (job / "inputs" / "words.txt").write_text("one two three four\n")
-    run = rtcxfer(lab, "submit", str(job), "--quiet", cwd=tmp_path)
+    cache = tmp_path / "packs"
+    run = rtcxfer(lab, "submit", str(job), "--quiet", "--pack-cache", str(cache), cwd=tmp_path)
     assert run.returncode == EXIT_OK, describe(run)
     assert (results_of(run, tmp_path) / "count.txt").read_text() == "4"
+    assert "earlier pack" not in run.stderr
+    (pack,) = cache.glob("*/my-job.zip")
+    again = rtcxfer(lab, "submit", str(job), cwd=tmp_path, env=environment(RTCXFER_PACK_CACHE=str(cache)))
+    assert again.returncode == EXIT_OK, describe(again)
+    assert f"rtcxfer: my-job is unchanged: sending its earlier pack {pack}\n" in again.stderr
+    quiet = rtcxfer(lab, "submit", str(job), "--quiet", "--pack-cache", str(cache), cwd=tmp_path)
+    assert quiet.returncode == EXIT_OK and "earlier pack" not in quiet.stderr, describe(quiet)
+    assert list(cache.glob("*/my-job.zip")) == [pack]
     plain = tmp_path / "plain"
     plain.mkdir()
-    refused = rtcxfer(lab, "submit", str(plain), cwd=tmp_path)
+    refused = rtcxfer(lab, "submit", str(plain), "--pack-cache", str(cache), cwd=tmp_path)
     assert refused.returncode == EXIT_USAGE and "without rtcxfer.json" in refused.stderr, describe(refused)
+
+
+def test_the_pack_cache_comes_from_the_configuration_and_an_unsafe_one_is_refused_saying_why(tmp_path):
+    job = tmp_path / "cfg-job"
+    job.mkdir()
+    (job / "rtcxfer.json").write_text(json.dumps({"command": ["python", "main.py"]}))
+    configured = tmp_path / "configured-packs"
+    (tmp_path / "rtcxfer.toml").write_text(f'signal = "ws://127.0.0.1:9"\n[submit]\npack-cache = "{configured}"\n')
+    # Nothing listens on port 9: the submit packs, then cannot connect (exit 3).
+    run = rtcxfer(None, "submit", str(job), "--timeout", "1", "--token", "t", cwd=tmp_path, connect=False)
+    assert run.returncode == EXIT_CONNECTION, describe(run)
+    assert len(list(configured.glob("*/cfg-job.zip"))) == 1
+    assert stat.S_IMODE(configured.stat().st_mode) == 0o700
+
+    open_to_all = tmp_path / "open-packs"
+    open_to_all.mkdir()
+    open_to_all.chmod(0o777)
+    args = ["submit", str(job), "--timeout", "1", "--token", "t", "--pack-cache", str(open_to_all)]
+    refused = rtcxfer(None, *args, cwd=tmp_path, connect=False)
+    assert refused.returncode == EXIT_CONNECTION, describe(refused)
+    assert "may be written by other users" in refused.stderr and "packing for this run only" in refused.stderr
+    assert not list(open_to_all.iterdir())
+    no_cache = rtcxfer(None, *args[:-2], "--no-pack-cache", cwd=tmp_path, connect=False)
+    assert no_cache.returncode == EXIT_CONNECTION and "pack cache" not in no_cache.stderr, describe(no_cache)
+    assert len(list(configured.glob("*/cfg-job.zip"))) == 1
+    assert_clean(run.stderr + refused.stderr + no_cache.stderr)
+
+
+def test_an_interrupted_submit_of_a_directory_resumes_over_direct_on_the_next_run(lab, tmp_path):
+    job = tmp_path / "bigdir"
+    job.mkdir()
+    (job / "rtcxfer.json").write_text(json.dumps({"command": ["python", "job.py"]}))
+    (job / "job.py").write_text(
+        "import hashlib, os, pathlib\n"
+        "data = pathlib.Path('blob.bin').read_bytes()\n"
+        "pathlib.Path(os.environ['RTCXFER_OUTPUT_DIR'], 'sha.txt').write_text(hashlib.sha256(data).hexdigest())\n"
+    )
+    blob = os.urandom(96 << 20)  # random: the pack is as large, so the upload takes a while
+    (job / "blob.bin").write_bytes(blob)
+    cache = tmp_path / "packs"
+    args = ["submit", str(job), "--signal", lab.url, "--room", ROOM, "--token", TOKEN, "--transport", "direct"]
+    args += ["--pack-cache", str(cache)]
+    partial_size = interrupt_upload(lab, args, "bigdir.zip", tmp_path)
+    (pack,) = cache.glob("*/bigdir.zip")
+    packed = pack.stat()
+    assert 0 < partial_size < packed.st_size, "the first run must have been interrupted mid-upload"
+    kept = lab.work / "partial-uploads"
+
+    second = rtcxfer(lab, "submit", str(job), "--transport", "direct", "--pack-cache", str(cache), cwd=tmp_path)
+    assert second.returncode == EXIT_OK, describe(second)
+    assert "bigdir is unchanged: sending its earlier pack" in second.stderr, second.stderr
+    resumed = r"-> bigdir\.zip via direct: \d+\.\d MiB, resuming at \d+\.\d [KM]iB"
+    assert re.search(resumed, second.stderr), second.stderr
+    sent = re.search(r"^sent bigdir\.zip via direct: (\d+\.\d) MiB", second.stderr, re.M)
+    assert sent and float(sent.group(1)) * (1 << 20) < packed.st_size - partial_size + (1 << 20), second.stderr
+    assert (results_of(second, tmp_path) / "sha.txt").read_text() == hashlib.sha256(blob).hexdigest()
+    again = pack.stat()
+    assert (again.st_ino, again.st_mtime_ns) == (packed.st_ino, packed.st_mtime_ns), "the very same file was sent"
+    assert not kept.exists(), "the adopted partial is gone, and its directory with it"
+    print(f"interrupted at {partial_size} of {packed.st_size} bytes; the re-run sent {sent.group(1)} MiB")
 
 
 # --- points 3 and 5 on a terminal: a spinner while waiting, bars that reach 100 % ------------

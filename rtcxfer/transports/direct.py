@@ -139,8 +139,6 @@ BLOCK = 1024 * 1024
 MAX_DATA_RECORD = 4 * 1024 * 1024
 MAX_META_RECORD = 64 * 1024
 MAX_REPLY_RECORD = 4096
-#: The receiver starts writing a file back to disk after this many bytes (see _receive_bytes).
-SYNC_EVERY = 64 * 1024 * 1024
 #: Seconds between progress reports.
 PROGRESS_INTERVAL = 0.1
 
@@ -821,38 +819,14 @@ def _receive_bytes(
     """DATA records into the partial file until END; returns the SHA-256 END announces.
     Receiving runs here, hashing and writing in a :class:`_Stage`. Blocking: runs in a thread;
     the event loop leaves ``state`` alone while ``state.busy``."""
-    handle, digest = state.handle, state.digest
-    assert handle is not None
-    syncing: threading.Thread | None = None
-    unsynced = 0
+    assert state.handle is not None
 
     def store(piece: memoryview) -> None:
-        nonlocal syncing, unsynced
-        handle.write(piece)
-        digest.update(piece)
-        state.received += len(piece)
+        state.write(piece)
         if report is not None:
             report(state.received)
-        unsynced += len(piece)
-        if unsynced >= SYNC_EVERY and (syncing is None or not syncing.is_alive()):
-            # Written back while the rest arrives, so the fsync before the rename waits for
-            # the tail only, not for the whole file (nothing is written back before 10 % of
-            # memory is dirty, which a GiB does not reach on a large machine).
-            handle.flush()
-            syncing = threading.Thread(target=_write_back, args=(handle.fileno(),), daemon=True)
-            syncing.start()
-            unsynced = 0
 
-    try:
-        return _receive_records(connection, state, store)
-    finally:
-        if syncing is not None:
-            syncing.join()
-
-
-def _write_back(fd: int) -> None:
-    with suppress(OSError):  # the fsync before the rename reports any error
-        os.fdatasync(fd)
+    return _receive_records(connection, state, store)
 
 
 def _receive_records(connection: Connection, state: partial.Incoming, store: Callable[[memoryview], None]) -> str:

@@ -1,12 +1,13 @@
 """Partial files: the receiving side that every byte-moving transport shares.
 
 A file a peer sends is written to ``.<basename>.<transfer_id>.part`` beside its final name
-under the receiving side's ``incoming_dir``, hashed as it is written, checked for size and
-SHA-256, fsynced and only then renamed onto its final name: nothing incomplete ever carries
-the final name. A partial left by a dropped connection is resumed by the next transfer with
-the same id (:func:`transfer_id_for` derives it from the file, so a new session, or another
-transport in the same session, finds it): its prefix is hashed again, so the final check
-covers the whole file.
+under the receiving side's ``incoming_dir``, hashed as it is written and handed to the disk
+as it arrives (:mod:`rtcxfer.transports.write_behind`), checked for size and SHA-256, fsynced
+and only then renamed onto its final name: nothing incomplete ever carries the final name.
+A partial left by a dropped connection is resumed by the next transfer with the same id
+(:func:`transfer_id_for` derives it from the file, so a new session, or another transport in
+the same session, finds it): its prefix is hashed again, so the final check covers the whole
+file.
 
 ``rtc-chunked`` and ``direct`` announce a file differently (a ``FILE_META`` frame, a record on
 a TLS connection) but receive it through the same functions here. They raise
@@ -31,6 +32,7 @@ from rtcxfer.errors import IntegrityError, PathError, StorageFullError, Transfer
 from rtcxfer.frames import quote_for_log, quote_for_reply
 from rtcxfer.log import logger
 from rtcxfer.security import OUTSIDE_ROOT_MESSAGE, check_relative_text, makedirs_beneath, open_beneath
+from rtcxfer.transports.write_behind import WriteBehind
 
 #: Block size for hashing whole files off the loop.
 HASH_BLOCK = 1024 * 1024
@@ -202,13 +204,26 @@ class Incoming:
     device: int | None = None
     #: Event-loop time of the last bytes written (or of the announcement).
     last_activity: float = 0.0
+    write_behind: WriteBehind | None = None
 
     @property
     def outstanding(self) -> int:
         """Bytes this transfer has been promised and not yet written."""
         return max(0, self.meta.size - self.received)
 
+    def write(self, data: bytes | memoryview) -> None:
+        """Append ``data`` to the partial and to its hash; the disk starts writing it back
+        while more arrives. Blocking."""
+        assert self.handle is not None and self.write_behind is not None
+        self.handle.write(data)
+        self.digest.update(data)
+        self.received += len(data)
+        self.write_behind.written(len(data))
+
     def close_handle(self) -> None:
+        if self.write_behind is not None:
+            self.write_behind.close()
+            self.write_behind = None
         handle, self.handle = self.handle, None
         if handle is not None:
             try:
@@ -316,6 +331,7 @@ async def open_part(state: Incoming) -> None:
         else:
             state.handle = dest.open_new_part()
             state.digest = hashlib.sha256()
+        state.write_behind = WriteBehind(state.handle.fileno(), state.received)
         free = dest.free_bytes()
         state.device = os.fstat(state.handle.fileno()).st_dev
     except (PathError, StorageFullError, OSError) as error:

@@ -270,13 +270,11 @@ class RtcChunkedTransport(Transport):
             self._drop(state, remove=True)
             raise _file_error(tid, f"chunk beyond the announced size of {meta.size} bytes")
         try:
-            state.handle.write(payload)
+            state.write(payload)
         except OSError as error:
             self._drop(state, remove=True)
             logger.warning("rtc-chunked: writing {} failed: {}", state.dest.part_relative, error)
             raise _file_error(tid, "cannot write the file") from None
-        state.digest.update(payload)
-        state.received += length
         state.last_activity = asyncio.get_running_loop().time()
         progress = self.context.progress_reporter(self.name)
         if progress is not None:
