@@ -1,10 +1,10 @@
 """SCTP packet size between two rtcxfer peers: large packets, in datagrams the path carries.
 
-aiortc sizes every SCTP packet for the smallest IPv6 path MTU (1189 bytes, 1160 of user data),
-and each packet costs Python work on both sides (a DTLS record, SCTP parsing, a SACK,
-reassembly). Packets of one DTLS record (16 KiB) move about 10x the bytes per second. Between
-machines such a datagram leaves as IP fragments, and a path that drops fragments (many NATs
-and firewalls) swallows every one of them: the association stalls.
+aiortc sizes every SCTP packet for a small path MTU (1189 bytes from aiortc 1.16, for the
+smallest IPv6 one; 1228 before), and each packet costs Python work on both sides (a DTLS
+record, SCTP parsing, a SACK, reassembly). Packets of one DTLS record (16 KiB) move about 10x
+the bytes per second. Between machines such a datagram leaves as IP fragments, and a path that
+drops fragments (many NATs and firewalls) swallows every one of them: the association stalls.
 
 The mechanism (packetization-layer path MTU discovery, RFC 8899 section 4 for SCTP):
 
@@ -21,7 +21,7 @@ The mechanism (packetization-layer path MTU discovery, RFC 8899 section 4 for SC
    its own datagram, which the peer joins before its SCTP sees the packet (:data:`_PIECE_MAGIC`:
    source port 0, which no SCTP packet carries). Losing a piece loses the packet, which SCTP
    resends, as with IP fragments, but no middlebox can tell pieces from other datagrams. The
-   datagram size starts at aiortc's 1189 bytes, which every path carries.
+   datagram size starts at aiortc's own packet size, which every path carries.
 3. Once the association is up, each side sends padded HEARTBEAT chunks of every size in
    :data:`PROBE_SIZES` at once; the peer echoes each one in a HEARTBEAT-ACK of the same size
    (RFC 9260 section 8.3), so an acknowledged probe proves that datagrams of that size cross
@@ -76,14 +76,26 @@ __all__ = [
     "advertise",
     "remote_packet_size",
     "tuning_supported",
+    "tuning_unsupported_reason",
 ]
 
 ATTRIBUTE = "x-rtcxfer-sctp-packet"
 """SDP attribute (``a=x-rtcxfer-sctp-packet:<bytes>``) by which an rtcxfer peer says it reads
 SCTP packets up to that size and answers probes of it."""
 
-STOCK_PACKET_SIZE = getattr(aiortc.rtcsctptransport, "SCTP_MAX_PACKET_LENGTH", 1189)
-"""aiortc's own SCTP packet size: it fits the minimum IPv6 MTU, so every path carries it."""
+# RFC 9260 section 3: what aiortc adds around a DATA chunk's user data (12-byte common header,
+# 16-byte DATA chunk header). The protocol's values, not aiortc's names for them: aiortc has
+# both names only from 1.16, and 1.16 needs Python 3.11.
+_SCTP_COMMON_HEADER = 12
+_SCTP_DATA_CHUNK_HEADER = 16
+
+STOCK_PACKET_SIZE = getattr(
+    aiortc.rtcsctptransport,
+    "SCTP_MAX_PACKET_LENGTH",
+    aiortc.rtcsctptransport.USERDATA_MAX_LENGTH + _SCTP_COMMON_HEADER + _SCTP_DATA_CHUNK_HEADER,
+)
+"""aiortc's own SCTP packet size, which every path carries: 1189 bytes from aiortc 1.16 on (it
+fits the minimum IPv6 MTU), 1228 before (1200 bytes of user data)."""
 
 MAX_PACKET_SIZE = 16384
 """DTLS carries at most 2**14 plaintext bytes in one record: the most one datagram can hold."""
@@ -129,33 +141,43 @@ _PIECES_KEPT = 32  # packets being joined at once; older ones are given up (SCTP
 _MAX_PIECES = 16
 
 
-def tuning_supported() -> bool:
-    """Whether this aiortc has the methods and constants the tuning rewrites (checked by
-    name and by the literal, so a future aiortc that changed them just runs at stock size)."""
+def tuning_unsupported_reason() -> str | None:
+    """Why this aiortc cannot take the tuning, or None when it can (aiortc 1.9 to 1.16 can):
+    the tuning rewrites methods and constants by name and by literal, so an aiortc that changed
+    them just runs at stock size."""
     sctp_module = aiortc.rtcsctptransport
-    needed = ("SCTP_COMMON_HEADER_LENGTH", "SCTP_DATA_CHUNK_HEADER_LENGTH", "HeartbeatChunk", "HeartbeatAckChunk")
-    if not all(hasattr(sctp_module, name) for name in (*needed, "DataChunk", "serialize_packet")):
-        return False
+    needed = ("USERDATA_MAX_LENGTH", "HeartbeatChunk", "HeartbeatAckChunk", "DataChunk", "serialize_packet")
+    missing = [name for name in needed if not hasattr(sctp_module, name)]
+    if missing:
+        return f"the SCTP module has no {', '.join(missing)}"
     sctp_class = sctp_module.RTCSctpTransport
     dtls_class = aiortc.rtcdtlstransport.RTCDtlsTransport
     for name in _SCTP_METHODS:
         function = getattr(sctp_class, name, None)
         if function is None or "USERDATA_MAX_LENGTH" not in function.__code__.co_names:
-            return False
+            return f"RTCSctpTransport.{name} does not size packets by USERDATA_MAX_LENGTH"
     for name in ("_handle_data", "_send_chunk", "_receive_chunk"):
         if not callable(getattr(sctp_class, name, None)):
-            return False
+            return f"RTCSctpTransport has no {name}"
     for name in _DTLS_METHODS:
         function = getattr(dtls_class, name, None)
         if function is None or function.__code__.co_consts.count(_AIORTC_DTLS_BUFFER) != 1:
-            return False
-    return True
+            return f"RTCDtlsTransport.{name} does not read {_AIORTC_DTLS_BUFFER}-byte buffers"
+    return None
+
+
+def tuning_supported() -> bool:
+    """Whether this aiortc has the methods and constants the tuning rewrites."""
+    return tuning_unsupported_reason() is None
+
+
+def _aiortc_version() -> str:
+    return getattr(aiortc, "__version__", "of unknown version")
 
 
 def userdata_max_length(packet_size: int) -> int:
     """User data per DATA chunk in a packet of ``packet_size`` bytes (aiortc's own formula)."""
-    module = aiortc.rtcsctptransport
-    return (packet_size - module.SCTP_COMMON_HEADER_LENGTH - module.SCTP_DATA_CHUNK_HEADER_LENGTH) // 4 * 4
+    return (packet_size - _SCTP_COMMON_HEADER - _SCTP_DATA_CHUNK_HEADER) // 4 * 4
 
 
 # --------------------------------------------------------------------------- SDP
@@ -288,12 +310,14 @@ class PacketSizer:
     """
 
     def __init__(self, enabled: bool = True, on_change: Callable[[PacketSize], None] | None = None) -> None:
-        self._supported = enabled and tuning_supported()
-        self._disabled_reason = (
-            None
-            if self._supported
-            else ("disabled by PeerOptions" if not enabled else "aiortc internals differ from 1.16")
-        )
+        unsupported = tuning_unsupported_reason() if enabled else None
+        self._supported = enabled and unsupported is None
+        if not enabled:
+            self._disabled_reason: str | None = "disabled by PeerOptions"
+        elif unsupported is not None:
+            self._disabled_reason = f"large packets off: in aiortc {_aiortc_version()}, {unsupported}"
+        else:
+            self._disabled_reason = None
         self._on_change = on_change
         self._sctp: Any = None
         self._globals: dict[str, Any] | None = None

@@ -100,6 +100,7 @@ __all__ = [
     "SignalingServer",
     "SignalingServerError",
     "SignalingTimeoutError",
+    "connect_directly",
     "run_signaling_server",
 ]
 
@@ -146,8 +147,15 @@ _CLOSE_POLICY = 1008
 _CLOSE_TRY_AGAIN_LATER = 1013
 
 # websockets >= 15 routes client connections through any proxy named in the environment;
-# signaling goes straight to the given address (tests and demos stay on 127.0.0.1).
+# signaling goes straight to the given address (tests and demos stay on 127.0.0.1). Older
+# websockets never use a proxy and refuse the option.
 _DIRECT = {"proxy": None} if "proxy" in inspect.signature(connect.__init__).parameters else {}
+
+
+def connect_directly(url: str, **options: Any) -> connect:
+    """websockets' ``connect`` (await it or use it with ``async with``) to ``url`` itself,
+    never through a proxy from the environment, on every websockets rtcxfer supports."""
+    return connect(url, **_DIRECT, **options)
 
 
 def _is_id(value: object) -> bool:
@@ -188,8 +196,13 @@ class SignalingServerError(SignalingError):
         self.peer_id = peer_id
 
 
-class SignalingTimeoutError(SignalingError, TimeoutError):
-    """Nothing arrived from the signaling server in time (a peer, a message, a reply)."""
+# One class on Python 3.11+; on 3.10 asyncio's is not the builtin, and either must catch ours.
+_TIMEOUT_ERRORS = (TimeoutError,) if asyncio.TimeoutError is TimeoutError else (TimeoutError, asyncio.TimeoutError)
+
+
+class SignalingTimeoutError(SignalingError, *_TIMEOUT_ERRORS):
+    """Nothing arrived from the signaling server in time (a peer, a message, a reply): both a
+    ``TimeoutError`` and an ``asyncio.TimeoutError`` on every Python rtcxfer supports."""
 
 
 class _Refusal(Exception):
@@ -857,9 +870,9 @@ class SignalingClient:
         if self._ws is not None or self._closed:
             raise SignalingError(f"{self!r} was already connected once; make a new client")
         try:
-            ws = await connect(self.url, open_timeout=self.open_timeout,
-                               close_timeout=self.close_timeout,
-                               max_size=2 * self.max_message_bytes, **_DIRECT)
+            ws = await connect_directly(self.url, open_timeout=self.open_timeout,
+                                        close_timeout=self.close_timeout,
+                                        max_size=2 * self.max_message_bytes)
         except (OSError, asyncio.TimeoutError, WebSocketException) as exc:
             raise SignalingError(
                 f"cannot reach the signaling server at {self.url}: {describe(exc)}") from exc

@@ -1,9 +1,10 @@
 """A minimal rtcxfer client written from ``docs/protocol.md`` alone.
 
-It is the document's test: it uses only aiortc, websockets and the standard library, never
-``rtcxfer`` itself, so anything it needs that the document does not say shows up here as a
-failure (the comments cite the section each step follows). Transports: ``rtc-chunked`` and
-``shared-fs`` (section 3.2); ``direct`` is not offered.
+It is the document's test: it uses only aiortc (and cryptography, in which aiortc hands out
+certificates), websockets and the standard library, never ``rtcxfer`` itself, so anything it
+needs that the document does not say shows up here as a failure (the comments cite the section
+each step follows). Transports: ``rtc-chunked`` and ``shared-fs`` (section 3.2); ``direct`` is
+not offered.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import inspect
 import json
 import os
 import re
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.rtcdtlstransport import certificate_digest
+from cryptography.hazmat.primitives import hashes
 from websockets.asyncio.client import connect as websocket_connect
 
 PROTOCOL_VERSION = 2
@@ -42,6 +44,10 @@ FRAME_TIMEOUT = 60.0
 #: Backpressure on the data channel: stop queueing chunks above this many buffered bytes.
 SEND_BUFFER_HIGH = 4 * 1024 * 1024
 SEND_BUFFER_LOW = 1024 * 1024
+
+#: Straight to the signaling server: websockets >= 15 would use a proxy named in the environment,
+#: and older ones have no such option.
+NO_PROXY = {"proxy": None} if "proxy" in inspect.signature(websocket_connect.__init__).parameters else {}
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -232,7 +238,7 @@ class DocClient:
 
     async def connect(self, signal_url: str, room: str, room_secret: str | None) -> None:
         """Register as a client, find the worker, offer, and wait for the channel to open."""
-        self._websocket = await websocket_connect(signal_url, proxy=None, open_timeout=10)
+        self._websocket = await websocket_connect(signal_url, open_timeout=10, **NO_PROXY)
         peer_id = f"client-{secrets.token_hex(4)}"
         register = {"type": "register", "room": room, "role": "client", "peer_id": peer_id}
         if room_secret is not None:
@@ -295,7 +301,9 @@ class DocClient:
         # aiortc exposes the peer's certificate only on its (private) OpenSSL connection; the
         # document's alternative, the answer's a=fingerprint, is what that handshake checked.
         peer_certificate = dtls._ssl.get_peer_certificate(as_cryptography=True)
-        remote = certificate_digest(peer_certificate, "sha-256")
+        # Not aiortc's certificate_digest: its signature changed between aiortc releases.
+        digest = peer_certificate.fingerprint(hashes.SHA256()).hex().upper()
+        remote = ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
         if remote.upper() not in sdp_sha256_fingerprints(self._pc.remoteDescription.sdp):
             raise ProtocolViolation("the worker's certificate is not the one its SDP announced")
         return local.upper(), remote.upper()

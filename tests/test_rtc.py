@@ -19,6 +19,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from hypothesis import given
 from hypothesis import strategies as st
+from loguru import logger
 
 from rtcxfer.errors import (
     ConnectionClosedError,
@@ -46,13 +47,15 @@ from rtcxfer.sctp_packet_size import (
     PacketSizer,
     remote_packet_size,
     tuning_supported,
+    tuning_unsupported_reason,
 )
 
 STEP = 10.0  # seconds any single await may take before the test fails
 
-# The SCTP packet size mechanism rewrites aiortc >= 1.16 internals; older aiortc runs at stock size.
+# The SCTP packet size mechanism rewrites aiortc internals (those of 1.9 to 1.16); an aiortc whose
+# internals differ runs at stock size (test_an_aiortc_without_the_tuned_internals_runs_stock_packets_and_says_why).
 needs_sctp_tuning = pytest.mark.skipif(
-    not tuning_supported(), reason="this aiortc lacks the internals the SCTP tuning needs"
+    not tuning_supported(), reason=f"no large SCTP packets on this aiortc: {tuning_unsupported_reason()}"
 )
 
 
@@ -546,7 +549,8 @@ def test_two_rtcxfer_peers_probe_and_use_large_sctp_packets_on_loopback():
             # Per connection: aiortc's module constant, used by every other peer, is untouched.
             assert aiortc.rtcsctptransport.USERDATA_MAX_LENGTH == STOCK_USERDATA
             await _send_and_check()(a, b)
-            await _send_and_check(size=200_000)(b, a)
+            # Messages of many packets, up to what the peer takes (65536 bytes before aiortc 1.16).
+            await _send_and_check(size=min(200_000, b.max_message_size or 200_000))(b, a)
             await a.send_text("after the bulk")
             assert await recv(b) == "after the bulk"
         finally:
@@ -564,7 +568,9 @@ def test_large_packets_are_off_unless_both_peers_offer_them():
             await fast.accept_answer(answer)
             a, b = await asyncio.gather(fast.wait_channel_open(STEP), stock.wait_channel_open(STEP))
             assert (await fast.packet_size_settled(STEP)).size == STOCK_PACKET_SIZE
-            assert "stock WebRTC endpoint" in fast.packet_size.reason
+            # An older aiortc never offers large packets (see the test below): ours is stock too.
+            ours_is_stock = "stock WebRTC endpoint" if tuning_supported() else "large packets off: in aiortc"
+            assert ours_is_stock in fast.packet_size.reason
             assert stock.packet_size.size == STOCK_PACKET_SIZE
             assert "disabled" in stock.packet_size.reason
             assert "USERDATA_MAX_LENGTH" in vars(type(fast._pc.sctp))["_send"].__code__.co_names
@@ -575,6 +581,48 @@ def test_large_packets_are_off_unless_both_peers_offer_them():
             await asyncio.gather(fast.close(), stock.close())
 
     run(main())
+
+
+def test_an_aiortc_without_the_tuned_internals_runs_stock_packets_and_says_why(monkeypatch):
+    """On an aiortc whose internals differ from the ones the tuning rewrites (here a method that
+    no longer reads USERDATA_MAX_LENGTH stands for a future aiortc), two rtcxfer peers offer
+    nothing, rewrite nothing, log why, and still work."""
+    sctp_class = aiortc.rtcsctptransport.RTCSctpTransport
+    t3_expired = sctp_class._t3_expired
+
+    def _t3_expired(self):
+        t3_expired(self)
+
+    monkeypatch.setattr(sctp_class, "_t3_expired", _t3_expired)
+    why = tuning_unsupported_reason()
+    assert why is not None
+    lines: list[str] = []
+    handler = logger.add(lambda message: lines.append(message.record["message"]), level="INFO")
+
+    async def main():
+        offerer, answerer = PeerConnection(), PeerConnection()
+        try:
+            offer = await offerer.create_offer()
+            answer = await answerer.accept_offer(offer)
+            assert ATTRIBUTE not in offer and ATTRIBUTE not in answer
+            await offerer.accept_answer(answer)
+            a, b = await asyncio.gather(offerer.wait_channel_open(STEP), answerer.wait_channel_open(STEP))
+            for peer in (offerer, answerer):
+                settled = await peer.packet_size_settled(STEP)
+                assert settled.size == settled.datagram == STOCK_PACKET_SIZE
+                assert f"large packets off: in aiortc {aiortc.__version__}, {why}" in settled.reason
+                assert "_send" not in vars(peer._pc.sctp) and "_recv_next" not in vars(peer._pc.sctp.transport)
+            await _send_and_check(total=512 * 1024)(a, b)
+            await _send_and_check(total=512 * 1024)(b, a)
+        finally:
+            await asyncio.gather(offerer.close(), answerer.close())
+
+    try:
+        run(main())
+    finally:
+        logger.remove(handler)
+    said = [line for line in lines if line.startswith(f"SCTP packets {STOCK_PACKET_SIZE} bytes (large packets off")]
+    assert len(said) == 2, lines
 
 
 @needs_sctp_tuning

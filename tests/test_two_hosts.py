@@ -19,13 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from rtcxfer.sctp_packet_size import MAX_PACKET_SIZE, STOCK_PACKET_SIZE, tuning_supported
+from rtcxfer.sctp_packet_size import MAX_PACKET_SIZE, STOCK_PACKET_SIZE, tuning_supported, tuning_unsupported_reason
 
 PEER = Path(__file__).resolve().parent / "two_host_peer.py"
 REPO = PEER.parent.parent
 GUARD = 120.0
 
-pytestmark = pytest.mark.skipif(not tuning_supported(), reason="this aiortc lacks the internals the tuning needs")
+# What these tests check does not exist on an aiortc the tuning cannot rewrite (it then runs
+# stock packets: test_rtc.py::test_an_aiortc_without_the_tuned_internals_runs_stock_packets_and_says_why).
+pytestmark = pytest.mark.skipif(
+    not tuning_supported(), reason=f"no large SCTP packets on this aiortc: {tuning_unsupported_reason()}"
+)
 
 
 class PeerProcess:

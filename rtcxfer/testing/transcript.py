@@ -25,7 +25,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import attrs
-from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -34,7 +33,7 @@ from rtcxfer.auth import signaling_token
 from rtcxfer.client import JobResult, RTCClient
 from rtcxfer.frames import CHUNK_HEADER_SIZE
 from rtcxfer.sample import build_sample_package
-from rtcxfer.signaling import SignalingClient, SignalingServer
+from rtcxfer.signaling import SignalingClient, SignalingServer, connect_directly
 from rtcxfer.worker import RTCWorkerClient
 
 __all__ = ["Transcript", "record_job"]
@@ -121,7 +120,7 @@ async def _signaling_tap(upstream_url: str, transcript: Transcript) -> AsyncIter
 
     async def handle(peer: ServerConnection) -> None:
         label = ["?"]
-        async with connect(upstream_url, proxy=None) as server:
+        async with connect_directly(upstream_url) as server:
             tasks = [
                 asyncio.create_task(pump(peer, server, label, True)),
                 asyncio.create_task(pump(server, peer, label, False)),
