@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -193,11 +194,16 @@ async def stock_receiver(args: argparse.Namespace) -> dict:
             raw.send("done")
             finished.set()
 
+    closed = asyncio.Event()
     raw.on("message", on_message)
+    raw.on("close", closed.set)
     try:
         await asyncio.wait_for(finished.wait(), 3600)
-        await asyncio.wait_for(channel.drain(), STEP)
-        await asyncio.sleep(0.5)  # let "done" leave before the connection closes
+        # The sender closes once "done" reached it; closing first could drop "done" on the
+        # way (stock SCTP resends it only while the association lives), leaving the sender
+        # waiting for it.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(closed.wait(), STEP)
     finally:
         handle.close()
         target.unlink(missing_ok=True)
@@ -234,7 +240,7 @@ async def stock_sender(args: argparse.Namespace) -> dict:
                     while raw.bufferedAmount > raw.bufferedAmountLowThreshold:
                         low.clear()
                         await low.wait()
-            await asyncio.wait_for(done.wait(), 3600)
+            await asyncio.wait_for(done.wait(), STEP)
             results.append({"size": size, "seconds": time.perf_counter() - started})
     finally:
         await peer.close()

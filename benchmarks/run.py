@@ -76,6 +76,36 @@ def _last_json(output: bytes) -> dict:
     raise RuntimeError(f"a benchmark child printed no result: {output[-2000:]!r}")
 
 
+def _idle_and_total() -> tuple[int, int]:
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    return fields[3] + fields[4], sum(fields)  # idle + iowait, all
+
+
+async def settle(idle_share: float = 0.9, interval: float = 0.25, limit: float = 5.0) -> None:
+    """Wait (at most ``limit`` s) until the CPUs were idle ``idle_share`` of ``interval``.
+
+    The kernel goes on working for a few seconds after a case (which work was not pinned
+    down): measured here, the first direct transfer right after raw TCP ran 10-15 % slower
+    than the next one, and with a 3 s pause in between it did not.
+    """
+    deadline = time.monotonic() + limit
+    idle, total = _idle_and_total()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(interval)
+        now_idle, now_total = _idle_and_total()
+        if now_total > total and (now_idle - idle) / (now_total - total) >= idle_share:
+            return
+        idle, total = now_idle, now_total
+
+
+async def quiet() -> None:
+    """Before a case: nothing of the one before (dirty pages, the kernel's clean-up) may land
+    in its time. Every case of every benchmark here starts with this."""
+    os.sync()
+    await settle()
+
+
 async def spawn(role: str, *args: str, stdin: bool = False, prefix: list[str] = ()) -> asyncio.subprocess.Process:
     """A child ``run.py --child ROLE``; ``prefix`` runs it elsewhere (``ip netns exec NS``)."""
     command = [*prefix, sys.executable, str(HERE / "run.py"), "--child", role, *args]
@@ -111,6 +141,7 @@ class Runner:
 
     async def pair(self, kind: str, files: list[Path], *, loop: str, fast: bool = True, extra=()) -> tuple[dict, dict]:
         """Receiver and sender of one data-channel case; returns (sender, receiver) results."""
+        await quiet()
         room = self._room()
         common = ["--url", self.url, "--room", room, "--loop", loop, *extra] + ([] if fast else ["--no-fast"])
         receiver = await spawn(f"{kind}-recv", *common, "--dir", str(self.workdir / "incoming"))
@@ -121,6 +152,7 @@ class Runner:
         return results[0], results[1]
 
     async def tcp(self, files: list[Path]) -> tuple[dict, dict]:
+        await quiet()
         receiver = await spawn("tcp-recv", "--dir", str(self.workdir / "incoming"))
         assert receiver.stdout is not None
         port = json.loads(await asyncio.wait_for(receiver.stdout.readline(), 60))["port"]
@@ -129,6 +161,7 @@ class Runner:
         return results[0], results[1]
 
     async def shared_fs(self, root: Path, files: list[Path]) -> tuple[dict, dict]:
+        await quiet()
         room, token = self._room(), secrets.token_hex(8)
         common = ["--url", self.url, "--room", room, "--token", token, "--root", str(root), "--loop", self.args.loop]
         worker = await spawn("sfs-worker", *common, "--dir", str(self.workdir / "worker"), stdin=True)

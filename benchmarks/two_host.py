@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import attrs
-from run import MiB, Table, finish, make_file, mbps, spawn
+from run import MiB, Table, finish, make_file, mbps, quiet, spawn
 
 from rtcxfer.testing.two_hosts import TwoHosts, missing_requirements, two_hosts
 
@@ -43,6 +43,7 @@ class TwoHostRunner:
     async def pair(
         self, kind: str, files: list[Path], *, loop: str, fast: bool = True, extra: tuple[str, ...] = ()
     ) -> tuple[dict, dict]:
+        await quiet()
         room = f"bench-{secrets.token_hex(4)}"
         common = ["--url", self.url, "--room", room, "--loop", loop, "--any-interface", *extra] + (
             [] if fast else ["--no-fast"]
@@ -58,6 +59,7 @@ class TwoHostRunner:
         return results[0], results[1]
 
     async def tcp(self, files: list[Path]) -> tuple[dict, dict]:
+        await quiet()
         host = self.bed.b.address
         receiver = await spawn(
             "tcp-recv", "--host", host, "--dir", str(self.workdir / "incoming"), prefix=self.bed.b.prefix

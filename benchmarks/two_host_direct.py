@@ -24,13 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import statistics
 import time
-from collections.abc import Awaitable
 from pathlib import Path
 
-from run import MiB, Table, finish, make_file, mbps, rss, spawn
+from run import MiB, Table, finish, make_file, mbps, quiet, rss, spawn
 from two_host import TwoHostRunner, _start_signaling
 
 from rtcxfer.testing.two_hosts import two_hosts
@@ -40,6 +38,7 @@ STREAM_COUNTS = (1, 2, 4)
 
 
 async def _streams(runner: TwoHostRunner, file: Path, count: int) -> tuple[dict, dict]:
+    await quiet()
     host = runner.bed.b.address
     incoming = str(runner.workdir / "incoming")
     receiver = await spawn(
@@ -104,37 +103,6 @@ def cpu(results: tuple[dict, dict]) -> float:
     return results[0]["cpu_seconds"] + results[1]["cpu_seconds"]
 
 
-def _idle_and_total() -> tuple[int, int]:
-    with open("/proc/stat") as stat:
-        fields = [int(value) for value in stat.readline().split()[1:]]
-    return fields[3] + fields[4], sum(fields)  # idle + iowait, all
-
-
-async def settle(idle_share: float = 0.9, interval: float = 0.25, limit: float = 5.0) -> None:
-    """Wait (at most ``limit`` s) until the CPUs were idle ``idle_share`` of ``interval``.
-
-    The kernel goes on working for a few seconds after a case (freeing a quarter GiB of
-    socket buffers and page cache): measured here, the first direct transfer right after raw
-    TCP ran 10-15 % slower than the next one, and with a 3 s pause in between it did not.
-    """
-    deadline = time.monotonic() + limit
-    idle, total = _idle_and_total()
-    while time.monotonic() < deadline:
-        await asyncio.sleep(interval)
-        now_idle, now_total = _idle_and_total()
-        if now_total > total and (now_idle - idle) / (now_total - total) >= idle_share:
-            return
-        idle, total = now_idle, now_total
-
-
-async def _timed(case: Awaitable[tuple[dict, dict]]) -> tuple[dict, dict]:
-    """Every case starts on a quiet machine: nothing of the one before (write-back, the
-    kernel's clean-up) lands in its time."""
-    os.sync()
-    await settle()
-    return await case
-
-
 async def direct_main(args, workdir: Path) -> None:
     size = args.direct_size
     file = workdir / f"direct-{size}MiB.bin"
@@ -158,9 +126,9 @@ async def direct_main(args, workdir: Path) -> None:
                 for round_no in range(1, args.rounds + 1):
                     for name, _, extra in cases:
                         if extra is None:
-                            data[name].append(await _timed(runner.tcp([file])))
+                            data[name].append(await runner.tcp([file]))
                         else:
-                            data[name].append(await _timed(runner.pair("direct", [file], loop=args.loop, extra=extra)))
+                            data[name].append(await runner.pair("direct", [file], loop=args.loop, extra=extra))
                     print(
                         f"  {bed.describe()}: round {round_no}/{args.rounds}: "
                         + ", ".join(f"{name} {mbps(data[name][-1][0]):.1f}" for name, _, _ in cases)
@@ -211,14 +179,14 @@ async def _big_and_streams(args, runner: TwoHostRunner, file: Path, link_name: s
     print("  direct, 1 GiB once ...", flush=True)
     big = runner.workdir / "direct-1GiB.bin"
     make_file(big, 1024 * MiB)
-    sent, received = await _timed(runner.pair("direct", [big], loop=args.loop))
+    sent, received = await runner.pair("direct", [big], loop=args.loop)
     big.unlink()
     table.row(f"{link_name}: direct, 1024 MiB", "MB/s", [mbps(sent)])
     notes.append(f"direct 1 GiB, peak RSS: sender {rss(sent)}, receiver {rss(received)}")
     streams: dict[int, list[float]] = {count: [] for count in STREAM_COUNTS}
     for _ in range(args.rounds):
         for count in STREAM_COUNTS:
-            streams[count].append(mbps((await _timed(_streams(runner, file, count)))[0]))
+            streams[count].append(mbps((await _streams(runner, file, count))[0]))
     for count in STREAM_COUNTS:
         table.row(f"{link_name}: TLS 1.3, {count} connection(s) at once, no hash", "MB/s", streams[count])
     for count in STREAM_COUNTS[1:]:
