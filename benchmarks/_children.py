@@ -85,8 +85,8 @@ def emit(result: dict) -> None:
 
 
 async def _connect(args: argparse.Namespace, role: str):
-    from rtcxfer.rtc import PeerOptions, connect_via, signaling_adapter
-    from rtcxfer.signaling import SignalingClient
+    from rtcxfer.net.peer import PeerOptions, connect_via, signaling_adapter
+    from rtcxfer.net.signaling import SignalingClient
 
     peer_role = "client" if role == "worker" else "worker"
     # --any-interface: across the two-host bed, whose only interface besides lo is the veth.
@@ -112,10 +112,10 @@ def _packet_report(peer) -> dict:
 async def byte_receiver(args: argparse.Namespace, name: str = "rtc-chunked") -> dict:
     """The worker side of a byte-moving transport (rtc-chunked, direct): receives until the
     sender closes the session."""
-    from rtcxfer.engine import Session
-    from rtcxfer.link import Link
-    from rtcxfer.plugins import PluginHost
-    from rtcxfer.transport import TransportContext
+    from rtcxfer.protocol.engine import Session
+    from rtcxfer.net.link import Link
+    from rtcxfer.transport.host import PluginHost
+    from rtcxfer.transport.base import TransportContext
 
     peer, channel = await _connect(args, "worker")
     host = PluginHost(autoload=False)
@@ -141,10 +141,10 @@ async def byte_receiver(args: argparse.Namespace, name: str = "rtc-chunked") -> 
 
 async def byte_sender(args: argparse.Namespace, name: str = "rtc-chunked") -> dict:
     """The client side of a byte-moving transport: negotiates, then sends each file, timed."""
-    from rtcxfer.engine import Session
-    from rtcxfer.link import Link
-    from rtcxfer.plugins import PluginHost
-    from rtcxfer.transport import TransportContext
+    from rtcxfer.protocol.engine import Session
+    from rtcxfer.net.link import Link
+    from rtcxfer.transport.host import PluginHost
+    from rtcxfer.transport.base import TransportContext
 
     peer, channel = await _connect(args, "client")
     host = PluginHost(autoload=False)
@@ -404,7 +404,7 @@ async def tls_sender(args: argparse.Namespace) -> dict:
 
 
 async def sfs_worker(args: argparse.Namespace) -> dict:
-    from rtcxfer.worker import RTCWorkerClient
+    from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
 
     async def executor(context) -> None:  # the job run is not what is measured
         return None
@@ -428,9 +428,9 @@ async def sfs_client(args: argparse.Namespace) -> dict:
     as its job's package and answers about it (here PATH_ERROR, the bytes are no ZIP) after
     PATH_VALIDATED, which must not be read as the answer to the next package's request.
     """
-    from rtcxfer.client import RTCClient
-    from rtcxfer.plugins import PluginHost
-    from rtcxfer.rtc import PeerOptions
+    from rtcxfer.client.rtc_client import RTCClient
+    from rtcxfer.transport.host import PluginHost
+    from rtcxfer.net.peer import PeerOptions
 
     mem = Memory()
     results = []
@@ -468,10 +468,10 @@ def _s3_options(args: argparse.Namespace) -> dict:
 
 
 async def s3_side(args: argparse.Namespace, role: str) -> dict:
-    from rtcxfer.engine import Session
-    from rtcxfer.link import Link
-    from rtcxfer.plugins import PluginHost
-    from rtcxfer.transport import TransportContext
+    from rtcxfer.protocol.engine import Session
+    from rtcxfer.net.link import Link
+    from rtcxfer.transport.host import PluginHost
+    from rtcxfer.transport.base import TransportContext
 
     peer, channel = await _connect(args, role)
     host = PluginHost()
@@ -524,7 +524,9 @@ def skip_sha256(where: str) -> None:
     import hashlib
     import types
 
-    from rtcxfer.transports import direct, partial
+    from rtcxfer.transports import direct
+
+    from rtcxfer.files import receiving as partial
 
     def sha256(data: bytes = b""):
         return hashlib.sha256(data) if data else _NoDigest()  # transfer ids still hash their key
@@ -588,7 +590,7 @@ def child_main(argv: list[str]) -> None:
     for where in args.skip_sha256:
         skip_sha256(where)
     if args.loop == "uvloop":
-        from rtcxfer.rtc import install_uvloop_if_available
+        from rtcxfer.net.peer import install_uvloop_if_available
 
         if not install_uvloop_if_available():
             raise SystemExit("uvloop is not installed")

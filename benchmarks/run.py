@@ -239,7 +239,7 @@ class MotoS3:
 
 def codec_rates(seconds: float = 1.0) -> tuple[float, float]:
     """Frames encoded and decoded per second, over a mix of the protocol's frames."""
-    from rtcxfer.frames import (
+    from rtcxfer.protocol.frames import (
         FileAccept,
         FileMeta,
         JobLog,
@@ -340,7 +340,7 @@ def worst(results: list[dict]) -> dict:
 
 
 async def main_async(args: argparse.Namespace, workdir: Path) -> None:
-    from rtcxfer.signaling import SignalingServer
+    from rtcxfer.net.signaling import SignalingServer
 
     ab_size = args.size * MiB
     sfs_sizes = [1 * MiB, 64 * MiB, 1024 * MiB] if not args.quick else [1 * MiB, 16 * MiB, 256 * MiB]

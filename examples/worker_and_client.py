@@ -13,11 +13,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rtcxfer.auth import signaling_token
-from rtcxfer.client import RTCClient
-from rtcxfer.sample import build_sample_package
-from rtcxfer.signaling import SignalingServer
-from rtcxfer.worker import RTCWorkerClient
+from rtcxfer.protocol.auth import signaling_token
+from rtcxfer.client.rtc_client import RTCClient
+from rtcxfer.client.sample import build_sample_package
+from rtcxfer.net.signaling import SignalingServer
+from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
 
 
 async def run(package: Path, results: Path) -> int:

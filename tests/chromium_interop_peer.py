@@ -16,13 +16,13 @@ import hashlib
 import sys
 from pathlib import Path
 
-from rtcxfer.auth import signaling_token
-from rtcxfer.engine import Session
-from rtcxfer.link import Link
-from rtcxfer.plugins import PluginHost
-from rtcxfer.rtc import connect_via, signaling_adapter
-from rtcxfer.signaling import SignalingClient
-from rtcxfer.transport import ReceivedFile, TransportContext
+from rtcxfer.protocol.auth import signaling_token
+from rtcxfer.protocol.engine import Session
+from rtcxfer.net.link import Link
+from rtcxfer.transport.host import PluginHost
+from rtcxfer.net.peer import connect_via, signaling_adapter
+from rtcxfer.net.signaling import SignalingClient
+from rtcxfer.transport.base import ReceivedFile, TransportContext
 
 GUARD = 90.0
 

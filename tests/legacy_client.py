@@ -19,8 +19,8 @@ from pathlib import Path
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from rtcxfer import rtc
-from rtcxfer.signaling import SignalingClient
+from rtcxfer.net import peer as rtc
+from rtcxfer.net.signaling import SignalingClient
 
 CHANNEL_LABEL = "my-data-channel"
 CHUNK_SIZE = 64 * 1024

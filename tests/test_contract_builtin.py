@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from rtcxfer.frames import FileMeta
-from rtcxfer.plugins import PluginHost
+from rtcxfer.protocol.frames import FileMeta
+from rtcxfer.transport.host import PluginHost
 from rtcxfer.testing.contract import TransportContract
 
 

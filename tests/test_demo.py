@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rtcxfer.sample import sample_text
+from rtcxfer.client.sample import sample_text
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -24,11 +24,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtcxfer.errors import IntegrityError, TransferError
-from rtcxfer.plugins import PluginHost
+from rtcxfer.protocol.errors import IntegrityError, TransferError
+from rtcxfer.transport.host import PluginHost
 from rtcxfer.testing.contract import _wait_for_received, contract_pair, make_file, run_async, sha256_of
-from rtcxfer.transport import TransportContext
-from rtcxfer.transports import direct, direct_tls, partial
+from rtcxfer.transport.base import TransportContext
+from rtcxfer.transports import direct, direct_tls
+from rtcxfer.files import receiving as partial
 from rtcxfer.transports.direct import parse_meta
 from rtcxfer.transports.direct_tls import (
     DATA,
@@ -464,8 +465,8 @@ def test_a_job_whose_direct_connection_broke_falls_back_to_rtc_chunked(tmp_path)
     from test_client import assert_sample_results, connected
     from worker_harness import TOKEN, make_worker
 
-    from rtcxfer.client import RTCClient
-    from rtcxfer.sample import build_sample_package
+    from rtcxfer.client.rtc_client import RTCClient
+    from rtcxfer.client.sample import build_sample_package
 
     package = build_sample_package(tmp_path / "p.zip")
     events = []

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from test_e2e_cli import SUBMIT_GUARD, _environment, describe, expected_sample_results, files_under, result_dir
 
-from rtcxfer.sample import build_sample_package, sample_text
+from rtcxfer.client.sample import build_sample_package, sample_text
 from rtcxfer.testing.processes import WORKER_READY, CliProcess, start_signaling
 from rtcxfer.testing.two_hosts import TwoHosts
 

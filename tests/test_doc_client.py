@@ -12,7 +12,7 @@ import aioice.ice
 import pytest
 from doc_client import DocClient, WorkerRefused, room_token
 
-from rtcxfer.sample import build_sample_package
+from rtcxfer.client.sample import build_sample_package
 from rtcxfer.testing.processes import WORKER_READY, CliProcess, cli_environment, start_signaling
 
 ROOM = "lab"
@@ -67,7 +67,7 @@ def loopback_candidates(monkeypatch):
 
 
 def expected_results(data: bytes) -> dict[str, bytes]:
-    """What the sample job writes (rtcxfer.sample): a summary and a copy of data.txt."""
+    """What the sample job writes (rtcxfer.client.sample): a summary and a copy of data.txt."""
     lines = data.splitlines()
     words = sum(len(line.split()) for line in lines)
     summary = f"lines={len(lines)} words={words} sha256={hashlib.sha256(data).hexdigest()}\n"

@@ -26,7 +26,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from rtcxfer.sample import build_sample_package, sample_text
+from rtcxfer.client.sample import build_sample_package, sample_text
 from rtcxfer.testing.processes import (
     DEATH_GUARD,
     SIGNALING_READY,

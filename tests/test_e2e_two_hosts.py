@@ -16,8 +16,8 @@ import sys
 import pytest
 from test_e2e_cli import SUBMIT_GUARD, _environment, describe, expected_sample_results, files_under, result_dir
 
-from rtcxfer.sample import build_sample_package, sample_text
-from rtcxfer.sctp_packet_size import STOCK_PACKET_SIZE, tuning_supported
+from rtcxfer.client.sample import build_sample_package, sample_text
+from rtcxfer.net.aiortc_internals import STOCK_PACKET_SIZE, tuning_supported
 from rtcxfer.testing.processes import WORKER_READY, CliProcess, start_signaling
 
 TOKEN = f"e2e2h-{secrets.token_hex(8)}"

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtcxfer.engine import APPLICATION, ChunkReceived, FrameReceived, ProtocolViolation, Session
-from rtcxfer.errors import LocalProtocolError, TransferError, UnclaimedFrameError
-from rtcxfer.frames import (
+from rtcxfer.protocol.engine import APPLICATION, ChunkReceived, FrameReceived, ProtocolViolation, Session
+from rtcxfer.protocol.errors import LocalProtocolError, TransferError, UnclaimedFrameError
+from rtcxfer.protocol.frames import (
     FileError,
     FileMeta,
     JobFailed,
@@ -15,8 +15,8 @@ from rtcxfer.frames import (
     SharedInputPath,
     pack_chunk_header,
 )
-from rtcxfer.hookspecs import hookimpl
-from rtcxfer.plugins import PluginHost
+from rtcxfer.transport.hookspecs import hookimpl
+from rtcxfer.transport.host import PluginHost
 from rtcxfer.testing import SessionPair
 
 SHA = "cd" * 32
@@ -175,9 +175,9 @@ def test_the_sans_io_core_imports_no_io_library():
 
     script = (
         "import sys\n"
-        "import rtcxfer.frames, rtcxfer.engine, rtcxfer.hookspecs, rtcxfer.errors, rtcxfer.testing\n"
-        "import rtcxfer.legacy.protocol\n"
-        "import rtcxfer.auth, rtcxfer.limits\n"
+        "import rtcxfer.protocol.frames, rtcxfer.protocol.engine, rtcxfer.transport.hookspecs, rtcxfer.protocol.errors, rtcxfer.testing\n"
+        "import rtcxfer.protocol.legacy\n"
+        "import rtcxfer.protocol.auth, rtcxfer.net.rate_limits\n"
         "print(sorted(m for m in ('asyncio', 'aiortc', 'fsspec', 'loguru') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from rtcxfer import frames
-from rtcxfer.errors import FrameDecodeError, LocalProtocolError, RemoteProtocolError
-from rtcxfer.frames import (
+from rtcxfer.protocol import frames
+from rtcxfer.protocol.errors import FrameDecodeError, LocalProtocolError, RemoteProtocolError
+from rtcxfer.protocol.frames import (
     BUILTIN_FRAME_TYPES,
     DEFAULT_CATALOGUE,
     FieldSpec,

@@ -31,14 +31,18 @@ from worker_harness import (
     worker_session,
 )
 
-from rtcxfer import auth, resume, rtc
-from rtcxfer.client import RTCClient
-from rtcxfer.errors import AuthenticationError, ConnectionClosedError
-from rtcxfer.frames import pack_chunk_header
-from rtcxfer.limits import WorkerLimits
-from rtcxfer.sample import build_sample_package, sample_text
-from rtcxfer.signaling import SignalingClient, SignalingServer
-from rtcxfer.worker import RTCWorkerClient
+from rtcxfer.protocol import auth
+
+from rtcxfer.files import kept_partials as resume
+
+from rtcxfer.net import peer as rtc
+from rtcxfer.client.rtc_client import RTCClient
+from rtcxfer.protocol.errors import AuthenticationError, ConnectionClosedError
+from rtcxfer.protocol.frames import pack_chunk_header
+from rtcxfer.net.rate_limits import WorkerLimits
+from rtcxfer.client.sample import build_sample_package, sample_text
+from rtcxfer.net.signaling import SignalingClient, SignalingServer
+from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
 
 LOOPBACK = "127.0.0.1"
 #: A second loopback address: "another host" for the per-address limits, still only lo.
@@ -278,7 +282,7 @@ def test_5_disk_full_cleanup_does_not_follow_an_output_directory_swapped_for_a_s
                 os.symlink(outside, small / "jobs" / "out")
             return real_copy(source, sink, length)
 
-        monkeypatch.setattr("rtcxfer.worker.shutil.copyfileobj", copy_then_swap)
+        monkeypatch.setattr("rtcxfer.worker.rtc_worker_client.shutil.copyfileobj", copy_then_swap)
 
         async def scenario():
             async with worker_session(worker) as peer:
@@ -502,7 +506,7 @@ def test_15_garbage_gets_a_few_replies_and_log_lines_then_the_session_is_closed(
 
 
 def test_16_peer_text_cannot_forge_log_lines_or_send_terminal_escapes(tmp_path, logs):
-    forged = "oops\n2026-11-30 05:00:00 | ERROR | rtcxfer.worker: forged line\x1b[31m red\x1b[0m\u2028"
+    forged = "oops\n2026-11-30 05:00:00 | ERROR | rtcxfer.worker.rtc_worker_client: forged line\x1b[31m red\x1b[0m\u2028"
     worker = make_worker(None, tmp_path / "work")
     tid = "ef" * 16
 

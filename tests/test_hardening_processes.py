@@ -22,11 +22,13 @@ import attrs
 import pytest
 from worker_harness import hold_sockets
 
-from rtcxfer import auth, rtc
-from rtcxfer.client import RTCClient
-from rtcxfer.errors import SignalingError
-from rtcxfer.sample import build_sample_package, sample_text
-from rtcxfer.signaling import SignalingClient
+from rtcxfer.protocol import auth
+
+from rtcxfer.net import peer as rtc
+from rtcxfer.client.rtc_client import RTCClient
+from rtcxfer.protocol.errors import SignalingError
+from rtcxfer.client.sample import build_sample_package, sample_text
+from rtcxfer.net.signaling import SignalingClient
 from rtcxfer.testing.processes import SIGNALING_READY, WORKER_READY, CliProcess
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, prctl and POSIX signals")
@@ -336,7 +338,7 @@ ESCAPING_PROGRAM = (
 
 @pytest.mark.parametrize("mode", ["cgroup-if-writable", "--no-cgroup"])
 def test_13_the_job_supervisor_tracks_setsid_escapees_by_cgroup_or_as_subreaper(tmp_path, mode):
-    from rtcxfer import jobrunner
+    from rtcxfer.worker import jobrunner
 
     program = tmp_path / "escape.py"
     program.write_text(ESCAPING_PROGRAM)
@@ -381,7 +383,7 @@ def test_2_the_rtcxfer_command_never_sends_the_token_to_the_signaling_server(tmp
     """``rtcxfer worker --token T`` and ``rtcxfer signal --token T``: the server admits the
     worker, and what it received was an HMAC of T, never T (a server or a network observer
     learns nothing that authenticates to the worker)."""
-    from rtcxfer.signaling import SignalingServer
+    from rtcxfer.net.signaling import SignalingServer
 
     received: list[str] = []
 
@@ -419,7 +421,7 @@ def test_12_a_job_of_the_same_user_cannot_read_the_workers_environment(tmp_path)
     dedicated user is) and calls the same function; its child, also ``nobody``, is refused."""
     if os.geteuid() != 0:
         pytest.skip("needs root to drop privileges to nobody")
-    from rtcxfer import jobrunner
+    from rtcxfer.worker import jobrunner
 
     script = (
         "import os, subprocess, sys\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rtcxfer.jobs import JobContext, OutputLimiter
+from rtcxfer.worker.jobs import JobContext, OutputLimiter
 
 
 class FakeClock:

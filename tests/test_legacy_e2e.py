@@ -23,7 +23,7 @@ from legacy_client import (
 )
 from test_e2e_cli import _environment
 
-from rtcxfer.auth import signaling_token
+from rtcxfer.protocol.auth import signaling_token
 from rtcxfer.testing.processes import WORKER_READY, CliProcess, start_signaling
 
 TOKEN = f"legacy-{secrets.token_hex(8)}"

@@ -1,4 +1,4 @@
-"""The legacy codec (rtcxfer.legacy.protocol) without a network: every message of
+"""The legacy codec (rtcxfer.protocol.legacy) without a network: every message of
 shared/spec/legacy-protocol.md, and hypothesis over hostile input and upload sequences."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtcxfer.errors import LocalProtocolError
-from rtcxfer.legacy import protocol, speaks_legacy
-from rtcxfer.legacy.protocol import FileMeta, UploadRefused, UploadTracker, decode
+from rtcxfer.protocol.errors import LocalProtocolError
+from rtcxfer.protocol import legacy as protocol
+from rtcxfer.protocol.legacy import FileMeta, UploadRefused, UploadTracker, decode, speaks_legacy
 
 LEGACY_PREFIXES = [
     "PACKAGE_TYPE::",

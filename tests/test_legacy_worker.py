@@ -24,7 +24,7 @@ from legacy_client import (
 from loguru import logger
 from worker_harness import make_worker, run
 
-from rtcxfer import rtc
+from rtcxfer.net import peer as rtc
 
 WAIT = 60.0
 NAME = "labels.v001.slp.training_job.zip"
@@ -374,7 +374,7 @@ def test_shared_storage_attempt_falling_back_to_rtc_transfer(worker, shared):
 
 def test_shared_storage_job_on_a_worker_without_shared_storage(tmp_path, monkeypatch):
     monkeypatch.delenv("SHARED_STORAGE_ROOT", raising=False)
-    monkeypatch.setattr("rtcxfer.shared_storage.KNOWN_MOUNT_POINTS", ())
+    monkeypatch.setattr("rtcxfer.files.shared_storage.KNOWN_MOUNT_POINTS", ())
     worker = make_worker(None, tmp_path / "work", legacy=True)
 
     async def scenario():

@@ -21,7 +21,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from rtcxfer.sample import build_sample_package
+from rtcxfer.client.sample import build_sample_package
 from rtcxfer.testing.processes import SIGNALING_READY, WORKER_READY, CliProcess, cli_environment
 
 REPO = Path(__file__).resolve().parent.parent

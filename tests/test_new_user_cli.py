@@ -26,7 +26,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from rtcxfer.sample import build_sample_package
+from rtcxfer.client.sample import build_sample_package
 from rtcxfer.testing.processes import WORKER_READY, CliProcess, cli_environment, start_signaling
 
 REPO = Path(__file__).resolve().parent.parent

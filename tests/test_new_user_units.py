@@ -15,13 +15,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtcxfer import config, resume
-from rtcxfer.client import ClientEvent
-from rtcxfer.packing import PackageError, check_package, pack_directory
-from rtcxfer.progress import ProgressDisplay, format_size, transfer_record
-from rtcxfer.sample import build_sample_package
-from rtcxfer.transport import TransportContext
-from rtcxfer.transports.partial import part_name
+from rtcxfer.cli import config
+
+from rtcxfer.files import kept_partials as resume
+from rtcxfer.client.rtc_client import ClientEvent
+from rtcxfer.client.packing import PackageError, check_package, pack_directory
+from rtcxfer.cli.progress import ProgressDisplay, format_size, transfer_record
+from rtcxfer.client.sample import build_sample_package
+from rtcxfer.transport.base import TransportContext
+from rtcxfer.files.receiving import part_name
 
 # --- point 7: the package is checked on the client --------------------------------------
 

@@ -1,4 +1,4 @@
-"""The pack cache of ``submit DIR`` (``rtcxfer.pack_cache``): real directories, real files,
+"""The pack cache of ``submit DIR`` (``rtcxfer.client.pack_cache``): real directories, real files,
 real ``flock`` between real processes (a second ``python`` holds or builds a pack while this
 one looks). Timeouts are hang guards, never assertions about speed."""
 
@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from rtcxfer import pack_cache, packing
-from rtcxfer.pack_cache import PackCache, PackCacheError, fingerprint
-from rtcxfer.packing import PackageError, directory_members, pack_directory
+from rtcxfer.client import pack_cache
+
+from rtcxfer.client import packing
+from rtcxfer.client.pack_cache import PackCache, PackCacheError, fingerprint
+from rtcxfer.client.packing import PackageError, directory_members, pack_directory
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file locks")
 
@@ -32,7 +34,7 @@ GUARD = 60.0
 HOLDER = """
 import json, os, sys
 from pathlib import Path
-from rtcxfer.pack_cache import PackCache
+from rtcxfer.client.pack_cache import PackCache
 with PackCache.open(Path(sys.argv[1])).pack(Path(sys.argv[2])) as pack:
     print(json.dumps({"path": str(pack.path), "reused": pack.reused, "inode": os.stat(pack.path).st_ino}), flush=True)
     sys.stdin.readline()
@@ -352,7 +354,7 @@ def test_a_subdirectory_it_cannot_read_is_an_error_not_a_smaller_package():
         script = (
             "import os, sys\n"
             "from pathlib import Path\n"
-            "from rtcxfer.packing import PackageError, directory_members\n"
+            "from rtcxfer.client.packing import PackageError, directory_members\n"
             "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
             "try:\n"
             "    directory_members(Path(sys.argv[1]))\n"

@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from rtcxfer.hookspecs import hookimpl
-from rtcxfer.plugins import PluginHost, PluginWarning
-from rtcxfer.transport import Transport
+from rtcxfer.protocol.frames import SharedInputPath
+from rtcxfer.transport.base import Transport
+from rtcxfer.transport.hookspecs import hookimpl
+from rtcxfer.transport.host import PluginHost, PluginWarning
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 ECHO_MODULE = """
-from rtcxfer import frames
-from rtcxfer.hookspecs import hookimpl
-from rtcxfer.transport import Transport
+from rtcxfer.protocol import frames
+from rtcxfer.transport.hookspecs import hookimpl
+from rtcxfer.transport.base import Transport
 
 
 @frames.frame_type("ECHO_BYTES")
@@ -131,8 +132,8 @@ def test_plugin_that_fails_to_import_is_skipped_with_a_warning(plugin_env):
 
 
 CLAIM_SCRIPT = """
-from rtcxfer.engine import Session
-from rtcxfer.plugins import PluginHost
+from rtcxfer.protocol.engine import Session
+from rtcxfer.transport.host import PluginHost
 host = PluginHost()
 session = Session(host.claim, catalogue=host.catalogue)
 event = session.receive("ECHO_BYTES::t1::hello::world")
@@ -163,7 +164,7 @@ def test_disabling_autoload_keeps_only_the_builtins(plugin_env):
 def test_builtin_transports_can_be_blocked_too():
     host = PluginHost(autoload=False, blocked=["shared-fs"])
     assert [info.name for info in host.transports()] == ["direct", "rtc-chunked"]
-    assert host.claim(__import__("rtcxfer.frames").frames.SharedInputPath("x")) is None
+    assert host.claim(SharedInputPath("x")) is None
 
 
 def test_plugin_breaking_the_contract_is_skipped_not_fatal():

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rtcxfer.frames import unpack_chunk
-from rtcxfer.plugins import PluginHost
+from rtcxfer.protocol.frames import unpack_chunk
+from rtcxfer.transport.host import PluginHost
 from rtcxfer.testing.transcript import Transcript, record_job
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -161,7 +161,7 @@ def test_worked_example_is_the_sequence_of_a_real_run(transcripts, transport, he
 
 
 def test_the_authentication_test_vector_is_what_rtcxfer_computes() -> None:
-    from rtcxfer import auth
+    from rtcxfer.protocol import auth
 
     section = _section(_doc(), "### 3.1")
     transcript = auth.Transcript("11" * 32, "22" * 32, ":".join(["AA"] * 32), ":".join(["BB"] * 32),

@@ -1,4 +1,4 @@
-"""Integration tests of rtcxfer.rtc: two real aiortc peers on 127.0.0.1 in one process.
+"""Integration tests of rtcxfer.net.peer: two real aiortc peers on 127.0.0.1 in one process.
 
 pytest-asyncio is not used: each test runs its coroutine with ``asyncio.run`` under an overall
 ``wait_for`` bound, and the awaits that could block (recv, opening) carry their own bound, so a
@@ -21,12 +21,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from loguru import logger
 
-from rtcxfer.errors import (
+from rtcxfer.protocol.errors import (
     ConnectionClosedError,
     LocalProtocolError,
     RemoteProtocolError,
 )
-from rtcxfer.rtc import (
+from rtcxfer.net.peer import (
     CHANNEL_LABEL,
     DEFAULT_HIGH_WATERMARK,
     DataChannel,
@@ -39,7 +39,7 @@ from rtcxfer.rtc import (
     signaling_adapter,
     strip_non_loopback_candidates,
 )
-from rtcxfer.sctp_packet_size import (
+from rtcxfer.net.aiortc_internals import (
     ATTRIBUTE,
     MAX_PACKET_SIZE,
     SOCKET_RECEIVE_BUFFER,
@@ -669,7 +669,7 @@ def test_plain_aiortc_peer_interoperates_with_a_large_packet_peer():
 def test_only_a_whole_echo_of_a_probe_confirms_its_size():
     from aiortc.rtcsctptransport import HeartbeatAckChunk
 
-    from rtcxfer.sctp_packet_size import _PROBE_TAG
+    from rtcxfer.net.aiortc_internals import _PROBE_TAG
 
     async def main():
         sizer = PacketSizer()

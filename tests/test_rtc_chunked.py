@@ -17,17 +17,17 @@ from pathlib import Path
 import attrs
 import pytest
 
-from rtcxfer.errors import ConnectionClosedError, IntegrityError, LocalProtocolError, TransferError
-from rtcxfer.frames import (
+from rtcxfer.protocol.errors import ConnectionClosedError, IntegrityError, LocalProtocolError, TransferError
+from rtcxfer.protocol.frames import (
     FileAccept,
     FileError,
     FileMeta,
     ProtocolErrorFrame,
     pack_chunk_header,
 )
-from rtcxfer.signaling import SignalingServer
+from rtcxfer.net.signaling import SignalingServer
 from rtcxfer.testing import LinkedPeers, linked_peers
-from rtcxfer.transport import ReceivedFile, TransportContext
+from rtcxfer.transport.base import ReceivedFile, TransportContext
 from rtcxfer.transports.rtc_chunked import (
     DEFAULT_CHUNK_SIZE,
     MAX_CHUNK_SIZE,

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from rtcxfer.errors import (
+from rtcxfer.protocol.errors import (
     ArchiveError,
     ArchiveLimitError,
     CorruptArchiveError,
     StorageFullError,
     UnsafeArchiveError,
 )
-from rtcxfer.safezip import ExtractResult, ZipLimits, extract_zip
+from rtcxfer.files.safezip import ExtractResult, ZipLimits, extract_zip
 
 MiB = 1024 * 1024
 

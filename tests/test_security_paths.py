@@ -10,8 +10,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from rtcxfer import security
-from rtcxfer.errors import (
+from rtcxfer.files import paths as security
+from rtcxfer.protocol.errors import (
     NotARegularFileError,
     PathError,
     PathNotFoundError,
@@ -19,7 +19,7 @@ from rtcxfer.errors import (
     RemoteProtocolError,
     UnsafePathError,
 )
-from rtcxfer.security import (
+from rtcxfer.files.paths import (
     check_relative_text,
     is_dir_beneath,
     makedirs_beneath,

@@ -8,12 +8,12 @@ import secrets
 
 from worker_harness import TOKEN, run
 
-from rtcxfer import rtc
-from rtcxfer.client import RTCClient
-from rtcxfer.errors import RemoteProtocolError
-from rtcxfer.sample import build_sample_package, sample_text
-from rtcxfer.signaling import SignalingClient, SignalingServer
-from rtcxfer.worker import RTCWorkerClient
+from rtcxfer.net import peer as rtc
+from rtcxfer.client.rtc_client import RTCClient
+from rtcxfer.protocol.errors import RemoteProtocolError
+from rtcxfer.client.sample import build_sample_package, sample_text
+from rtcxfer.net.signaling import SignalingClient, SignalingServer
+from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
 
 LOOPBACK = "127.0.0.1"
 

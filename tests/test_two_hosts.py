@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rtcxfer.sctp_packet_size import MAX_PACKET_SIZE, STOCK_PACKET_SIZE, tuning_supported, tuning_unsupported_reason
+from rtcxfer.net.aiortc_internals import MAX_PACKET_SIZE, STOCK_PACKET_SIZE, tuning_supported, tuning_unsupported_reason
 
 PEER = Path(__file__).resolve().parent / "two_host_peer.py"
 REPO = PEER.parent.parent

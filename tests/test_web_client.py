@@ -31,7 +31,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from rtcxfer.sample import build_sample_package
+from rtcxfer.client.sample import build_sample_package
 from rtcxfer.testing.loopback_namespace import LoopbackNamespace, namespace_support_problem
 from rtcxfer.testing.processes import SIGNALING_READY, WORKER_READY, CliProcess, cli_environment
 
@@ -360,7 +360,7 @@ HASH_LENGTHS = [0, 1, 55, 56, 63, 64, 65, 127, 128, 1000, 65536 + 17]
 def test_the_pages_sha256_and_hmac_agree_with_python(site: Site) -> None:
     import hmac
 
-    from rtcxfer import auth
+    from rtcxfer.protocol import auth
 
     page = site.new_page()
     results = page.evaluate(
@@ -397,7 +397,7 @@ def test_chromium_and_aiortc_move_files_both_ways_with_rtc_chunked(site: Site, t
     """The aiortc side offers (as rtcxfer's client does, SCTP tuning offer included), the
     browser answers; a file goes to the browser with Python's rtc-chunked and comes back with
     the browser's."""
-    from rtcxfer.sctp_packet_size import tuning_supported
+    from rtcxfer.net.aiortc_internals import tuning_supported
 
     outbound = tmp_path / "outbound.bin"
     outbound.write_bytes(random.Random(7).randbytes(8 * 1024 * 1024 + 12345))
@@ -551,8 +551,8 @@ def _frame_texts():
 def test_the_pages_frame_codec_accepts_exactly_what_python_accepts(site: Site) -> None:
     from hypothesis import HealthCheck, Phase, example, given, settings
 
-    from rtcxfer.errors import RemoteProtocolError
-    from rtcxfer.frames import FrameCatalogue
+    from rtcxfer.protocol.errors import RemoteProtocolError
+    from rtcxfer.protocol.frames import FrameCatalogue
 
     catalogue = FrameCatalogue()
     page = site.new_page()

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtcxfer.signaling import SignalingClient, SignalingServer
+from rtcxfer.net.signaling import SignalingClient, SignalingServer
 from rtcxfer.testing.processes import SIGNALING_READY, CliProcess
 from rtcxfer.web import CONTENT_SECURITY_POLICY, WebAssets
 

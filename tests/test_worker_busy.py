@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from rtcxfer.client import RTCClient
-from rtcxfer.sample import build_sample_package
-from rtcxfer.signaling import SignalingServer
-from rtcxfer.worker import RTCWorkerClient
+from rtcxfer.client.rtc_client import RTCClient
+from rtcxfer.client.sample import build_sample_package
+from rtcxfer.net.signaling import SignalingServer
+from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
 
 TOKEN = "busy-test-token"
 

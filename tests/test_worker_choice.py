@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtcxfer.worker_choice import (
+from rtcxfer.client.worker_choice import (
     RequirementError,
     WorkerInfo,
     describe_room,
@@ -17,7 +17,7 @@ from rtcxfer.worker_choice import (
     queue_position,
     rank,
 )
-from rtcxfer.worker_slots import JobSlots
+from rtcxfer.worker.slots import JobSlots
 
 BIG = WorkerInfo("big", {"state": "idle", "slots": 1, "running": 0, "gpus": [{"model": "A100", "memory_mb": 40960}],
                          "labels": {"site": "hpc"}, "transports": ["shared-fs", "direct"], "shared_root": "a" * 32})

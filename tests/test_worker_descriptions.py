@@ -13,17 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtcxfer.signaling import SignalingClient, SignalingServer
-from rtcxfer.worker_description import (
-    MAX_DESCRIPTION_BYTES,
-    ROOT_MARKER,
-    DescriptionError,
-    build_description,
-    parse_label,
-    parse_nvidia_smi,
-    shared_root_fingerprint,
-    validate_description,
-)
+from rtcxfer.net.signaling import SignalingClient, SignalingServer
+from rtcxfer.files.shared_storage import ROOT_MARKER, shared_root_fingerprint
+from rtcxfer.protocol.worker_description import MAX_DESCRIPTION_BYTES, DescriptionError, parse_label, validate_description
+from rtcxfer.worker.description import build_description, parse_nvidia_smi
 from tests.test_signaling import LOOPBACK, STEP, assert_silent, async_test, raw, recv_json, registered, send_json
 
 GOOD = {
@@ -219,7 +212,7 @@ async def test_a_second_worker_with_a_taken_id_is_told_to_use_peer_id() -> None:
 
 
 def test_a_worker_refuses_bad_labels_at_once_and_leaves_out_odd_transport_names(tmp_path: Path) -> None:
-    from rtcxfer.worker import RTCWorkerClient
+    from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
 
     with pytest.raises(DescriptionError):
         RTCWorkerClient(token="t", work_dir=tmp_path, labels={"bad key": "x"})

@@ -14,13 +14,13 @@ import pytest
 from loguru import logger
 from worker_harness import make_worker, run, run_shared_job, worker_session
 
-from rtcxfer.filesystem import FilesystemAdapter
-from rtcxfer.frames import pack_chunk_header
-from rtcxfer.sample import build_sample_package, sample_text
-from rtcxfer.security import validate_path_in_root
-from rtcxfer.shared_storage import KNOWN_MOUNT_POINTS, detect_shared_root
+from rtcxfer.files.filesystem import FilesystemAdapter
+from rtcxfer.protocol.frames import pack_chunk_header
+from rtcxfer.client.sample import build_sample_package, sample_text
+from rtcxfer.files.paths import validate_path_in_root
+from rtcxfer.files.shared_storage import KNOWN_MOUNT_POINTS, detect_shared_root
 from rtcxfer.transports import shared_fs
-from rtcxfer.worker import RTCWorkerClient
+from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_detect_shared_storage_on_initialization(shared, tmp_path, monkeypatch):
     assert worker.shared_storage_root == shared.resolve()
     assert isinstance(worker.fs_adapter, FilesystemAdapter)
     monkeypatch.delenv("SHARED_STORAGE_ROOT")
-    monkeypatch.setattr("rtcxfer.shared_storage.KNOWN_MOUNT_POINTS", ())
+    monkeypatch.setattr("rtcxfer.files.shared_storage.KNOWN_MOUNT_POINTS", ())
     nothing = RTCWorkerClient(token="t", work_dir=tmp_path / "work2")
     assert nothing.shared_storage_root is None and nothing.fs_adapter is None
     assert "shared-fs" not in nothing.offered_transports()
@@ -425,7 +425,7 @@ def test_receive_rtc_transfer_messages(tmp_path, monkeypatch):
     # A worker with no shared storage at all still runs a job sent with FILE_META: the
     # chunked logic never touches shared-storage resolution.
     monkeypatch.delenv("SHARED_STORAGE_ROOT", raising=False)
-    monkeypatch.setattr("rtcxfer.shared_storage.KNOWN_MOUNT_POINTS", ())
+    monkeypatch.setattr("rtcxfer.files.shared_storage.KNOWN_MOUNT_POINTS", ())
     worker = make_worker(None, tmp_path / "work")
     data = build_sample_package(tmp_path / "package.zip").read_bytes()
     resolved: list[str] = []

@@ -1,5 +1,5 @@
 """Write-behind of partial files: new bytes are handed to the disk as they arrive, so the fsync
-before the rename waits only for the tail (:mod:`rtcxfer.transports.write_behind`)."""
+before the rename waits only for the tail (:mod:`rtcxfer.files.write_behind`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from rtcxfer.transports import write_behind
-from rtcxfer.transports.write_behind import FALLBACK_SYNC_BYTES, WRITE_BEHIND_BYTES, WriteBehind
+from rtcxfer.files import write_behind
+from rtcxfer.files.write_behind import FALLBACK_SYNC_BYTES, WRITE_BEHIND_BYTES, WriteBehind
 
 MiB = 1024 * 1024
 

@@ -36,7 +36,7 @@ async def read_json_line() -> dict:
 
 
 async def send(args: argparse.Namespace) -> dict:
-    from rtcxfer.rtc import PeerConnection, PeerOptions
+    from rtcxfer.net.peer import PeerConnection, PeerOptions
 
     peer = PeerConnection(PeerOptions(loopback_only=False))
     changes: list[dict] = []
@@ -74,7 +74,7 @@ async def send(args: argparse.Namespace) -> dict:
 
 
 async def receive_rtcxfer() -> dict:
-    from rtcxfer.rtc import PeerConnection, PeerOptions
+    from rtcxfer.net.peer import PeerConnection, PeerOptions
 
     peer = PeerConnection(PeerOptions(loopback_only=False))
     emit({"answer": await peer.accept_offer((await read_json_line())["offer"])})

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from websockets.exceptions import ConnectionClosed
 
-from rtcxfer import auth, rtc
-from rtcxfer.frames import DEFAULT_CATALOGUE, Frame, unpack_chunk
-from rtcxfer.signaling import connect_directly
-from rtcxfer.worker import RTCWorkerClient
+from rtcxfer.protocol import auth
+
+from rtcxfer.net import peer as rtc
+from rtcxfer.protocol.frames import DEFAULT_CATALOGUE, Frame, unpack_chunk
+from rtcxfer.net.signaling import connect_directly
+from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
 
 TOKEN = "test-token"
 WAIT = 30.0

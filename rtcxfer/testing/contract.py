@@ -29,7 +29,7 @@ under its final name that is incomplete.
 Fixtures to override (all have defaults except ``transport_name``):
 
 * ``transport_name``: the transport's name as registered.
-* ``host``: the :class:`~rtcxfer.plugins.PluginHost` (default: built-ins and entry points).
+* ``host``: the :class:`~rtcxfer.transport.host.PluginHost` (default: built-ins and entry points).
 * ``make_contexts``: ``make(tmp_path) -> (client_context, worker_context)``; the suite sets
   ``on_file`` itself.
 * ``sizes``: file sizes to send each way.
@@ -54,11 +54,11 @@ from typing import Any, TypeVar
 import attrs
 import pytest
 
-from rtcxfer.errors import RtcxferError
-from rtcxfer.frames import Frame, ProtocolErrorFrame
-from rtcxfer.plugins import PluginHost
+from rtcxfer.protocol.errors import RtcxferError
+from rtcxfer.protocol.frames import Frame, ProtocolErrorFrame
 from rtcxfer.testing.peers import LinkedPeers, PeerSide, linked_peers
-from rtcxfer.transport import Delivery, ReceivedFile, Transport, TransportContext
+from rtcxfer.transport.base import Delivery, ReceivedFile, Transport, TransportContext
+from rtcxfer.transport.host import PluginHost
 
 __all__ = [
     "HOSTILE_NAMES",

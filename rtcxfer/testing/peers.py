@@ -7,12 +7,12 @@ For integration tests of transports, the worker and the client::
         peers.client.link.add_handler("rtc-chunked", transport)
         ...
 
-:func:`linked_peers` starts a :class:`~rtcxfer.signaling.SignalingServer` on 127.0.0.1 with an
+:func:`linked_peers` starts a :class:`~rtcxfer.net.signaling.SignalingServer` on 127.0.0.1 with an
 ephemeral port (or uses the one given, so that several sessions can follow each other through
 one server), registers a worker and a client in a fresh room, connects two loopback-only
-peers through it (:func:`~rtcxfer.rtc.connect_via` with
-:func:`~rtcxfer.rtc.signaling_adapter`; the client offers), builds a
-:class:`~rtcxfer.engine.Session` and a :class:`~rtcxfer.link.Link` per side, and starts both
+peers through it (:func:`~rtcxfer.net.peer.connect_via` with
+:func:`~rtcxfer.net.peer.signaling_adapter`; the client offers), builds a
+:class:`~rtcxfer.protocol.engine.Session` and a :class:`~rtcxfer.net.link.Link` per side, and starts both
 links' receive loops. On exit everything is closed and awaited, each step bounded by
 ``timeout``. No packet leaves the loopback interface.
 """
@@ -26,12 +26,12 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import attrs
 
-from rtcxfer.engine import Session
-from rtcxfer.link import Link
 from rtcxfer.log import logger
-from rtcxfer.plugins import PluginHost
-from rtcxfer.rtc import DataChannel, PeerConnection, PeerOptions, connect_via, signaling_adapter
-from rtcxfer.signaling import SignalingClient, SignalingServer
+from rtcxfer.net.link import Link
+from rtcxfer.net.peer import DataChannel, PeerConnection, PeerOptions, connect_via, signaling_adapter
+from rtcxfer.net.signaling import SignalingClient, SignalingServer
+from rtcxfer.protocol.engine import Session
+from rtcxfer.transport.host import PluginHost
 
 __all__ = ["LinkedPeers", "PeerSide", "linked_peers"]
 

@@ -6,8 +6,8 @@ side, so protocol behaviour can be tested without a network.
 
 from __future__ import annotations
 
-from rtcxfer.engine import Claim, Event, Session
-from rtcxfer.frames import DEFAULT_CATALOGUE, Frame, FrameCatalogue
+from rtcxfer.protocol.engine import Claim, Event, Session
+from rtcxfer.protocol.frames import DEFAULT_CATALOGUE, Frame, FrameCatalogue
 
 SIDES = ("client", "worker")
 

@@ -28,13 +28,13 @@ import attrs
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from rtcxfer import rtc
-from rtcxfer.auth import signaling_token
-from rtcxfer.client import JobResult, RTCClient
-from rtcxfer.frames import CHUNK_HEADER_SIZE
-from rtcxfer.sample import build_sample_package
-from rtcxfer.signaling import SignalingClient, SignalingServer, connect_directly
-from rtcxfer.worker import RTCWorkerClient
+from rtcxfer.client.rtc_client import JobResult, RTCClient
+from rtcxfer.client.sample import build_sample_package
+from rtcxfer.net import peer as rtc
+from rtcxfer.net.signaling import SignalingClient, SignalingServer, connect_directly
+from rtcxfer.protocol.auth import signaling_token
+from rtcxfer.protocol.frames import CHUNK_HEADER_SIZE
+from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
 
 __all__ = ["Transcript", "record_job"]
 
@@ -149,7 +149,7 @@ async def record_job(transport: str = "rtc-chunked", directory: Path | None = No
     shared = directory / "shared"
     package = build_sample_package(shared / "jobs" / "sample-package.zip")
     # As `rtcxfer signal --token` and the other commands do: the server sees only an HMAC of the
-    # room secret (rtcxfer.auth.signaling_token), never the secret.
+    # room secret (rtcxfer.protocol.auth.signaling_token), never the secret.
     room_token, worker_token = signaling_token("ROOMSECRET"), secrets.token_urlsafe(16)
     transcript = Transcript()
     async with SignalingServer(LOOPBACK, 0, default_token=room_token) as server, _signaling_tap(

@@ -20,7 +20,7 @@ Setting up (once per session, in :meth:`DirectTransport.negotiate`, at most abou
 Both sides listen and both try at once, so a client that cannot reach the worker is reached by
 it instead (the roles swap) and failing both ways costs one 2 s attempt, not two. The client
 prefers its own connections, then the worker's; without either, ``negotiate`` raises a
-:class:`~rtcxfer.errors.TransferError` saying why, and the client uses the next transport.
+:class:`~rtcxfer.protocol.errors.TransferError` saying why, and the client uses the next transport.
 
 A listener binds an ephemeral port on the addresses its ICE host candidates use (127.0.0.1
 only in loopback mode, the default), with a certificate made when the process first needs one
@@ -45,7 +45,7 @@ connection, records are ``kind`` (1 byte) and ``length`` (8 bytes big-endian) th
     END sha256 (hex)                      ->
                                           <- ACK sha256 (hex)         or  ERROR reason
 
-The receiving side is :mod:`rtcxfer.transports.partial`, shared with ``rtc-chunked``: a hidden
+The receiving side is :mod:`rtcxfer.files.receiving`, shared with ``rtc-chunked``: a hidden
 partial file, SHA-256 while writing, size and hash checked, fsync, rename; a partial left by a
 dropped connection is resumed from its length by the next transfer of the same unchanged file.
 The sender hashes as it sends (a separate pass first would cost a third of the time at these
@@ -93,7 +93,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from rtcxfer.errors import (
+from rtcxfer.files import receiving as partial
+from rtcxfer.files.paths import check_relative_text
+from rtcxfer.log import logger
+from rtcxfer.protocol.errors import (
     ConnectionClosedError,
     IntegrityError,
     LocalProtocolError,
@@ -102,12 +105,9 @@ from rtcxfer.errors import (
     UnsafePathError,
     describe,
 )
-from rtcxfer.frames import Frame, frame_type, quote_for_reply, text, token
-from rtcxfer.hookspecs import hookimpl
-from rtcxfer.log import logger
-from rtcxfer.security import check_relative_text
-from rtcxfer.transport import Delivery, ReceivedFile, Transport
-from rtcxfer.transports import partial
+from rtcxfer.protocol.frames import Frame, frame_type, quote_for_reply, text, token
+from rtcxfer.transport.base import Delivery, ReceivedFile, Transport
+from rtcxfer.transport.hookspecs import hookimpl
 from rtcxfer.transports.direct_tls import (
     ACCEPT,
     ACK,
@@ -125,8 +125,8 @@ from rtcxfer.transports.direct_tls import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from rtcxfer.link import Link
-    from rtcxfer.transport import TransportContext
+    from rtcxfer.net.link import Link
+    from rtcxfer.transport.base import TransportContext
 
 NAME = "direct"
 #: How long the client waits, after its own attempt failed, for the worker's attempt to end.
@@ -212,7 +212,7 @@ def parse_meta(payload: bytes) -> DirectMeta:
 
 
 def _loopback_mode() -> bool:
-    from rtcxfer.rtc import _loopback_restriction_active
+    from rtcxfer.net.peer import _loopback_restriction_active
 
     return _loopback_restriction_active()
 

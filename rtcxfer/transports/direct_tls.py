@@ -27,9 +27,9 @@ from pathlib import Path
 
 import attrs
 
-from rtcxfer.errors import ConnectionClosedError, TransferError, describe
-from rtcxfer.frames import Frame, frame_type, hex_digits, integer, text
 from rtcxfer.log import logger
+from rtcxfer.protocol.errors import ConnectionClosedError, TransferError, describe
+from rtcxfer.protocol.frames import Frame, frame_type, hex_digits, integer, text
 
 #: A connection attempt gives up after this many seconds.
 CONNECT_TIMEOUT = 2.0

@@ -17,7 +17,7 @@ session sending the same file gets the same id and resumes), streams chunks from
 receiver asks for, respecting the data channel's backpressure, and returns once ``FILE_ACK``
 arrives with the right hash.
 
-Receiver: validates ``FILE_META`` (name through :func:`~rtcxfer.security.check_relative_text`,
+Receiver: validates ``FILE_META`` (name through :func:`~rtcxfer.files.paths.check_relative_text`,
 size, chunk size, no second transfer with the same id), and streams the chunks into
 ``.<basename>.<transfer_id>.part`` in the destination directory under
 ``context.incoming_dir``, hashing as it writes; the file is never held in memory. ``FILE_END``
@@ -70,7 +70,11 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from rtcxfer.errors import (
+from rtcxfer.files import receiving as partial
+from rtcxfer.files.paths import check_relative_text
+from rtcxfer.files.receiving import SendReport, hash_file, part_name, transfer_id_for  # noqa: F401  (re-exported)
+from rtcxfer.log import logger
+from rtcxfer.protocol.errors import (
     ConnectionClosedError,
     IntegrityError,
     LocalProtocolError,
@@ -79,7 +83,7 @@ from rtcxfer.errors import (
     UnsafePathError,
     describe,
 )
-from rtcxfer.frames import (
+from rtcxfer.protocol.frames import (
     CHUNK_HEADER_SIZE,
     FileAccept,
     FileAck,
@@ -90,17 +94,13 @@ from rtcxfer.frames import (
     quote_for_log,
     quote_for_reply,
 )
-from rtcxfer.hookspecs import hookimpl
-from rtcxfer.log import logger
-from rtcxfer.security import check_relative_text
-from rtcxfer.transport import Delivery, ReceivedFile, Transport
-from rtcxfer.transports import partial
-from rtcxfer.transports.partial import SendReport, hash_file, part_name, transfer_id_for  # noqa: F401  (re-exported)
+from rtcxfer.transport.base import Delivery, ReceivedFile, Transport
+from rtcxfer.transport.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover
-    from rtcxfer.engine import ChunkReceived
-    from rtcxfer.link import Link
-    from rtcxfer.transport import TransportContext
+    from rtcxfer.net.link import Link
+    from rtcxfer.protocol.engine import ChunkReceived
+    from rtcxfer.transport.base import TransportContext
 
 #: Header plus payload of a default chunk is exactly 64 KiB.
 DEFAULT_CHUNK_SIZE = 65536 - CHUNK_HEADER_SIZE

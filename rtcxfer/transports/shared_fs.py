@@ -19,8 +19,18 @@ import shutil
 import time
 from pathlib import Path, PurePosixPath
 
-from rtcxfer import security
-from rtcxfer.errors import (
+from rtcxfer.files import paths as security
+from rtcxfer.files.filesystem import FilesystemAdapter
+from rtcxfer.files.shared_storage import (
+    PROBE_BYTES,
+    PROBE_DIR,
+    make_then_create,
+    remove_empty_directories,
+    write_probe,
+)
+from rtcxfer.log import logger
+from rtcxfer.protocol import texts
+from rtcxfer.protocol.errors import (
     PathError,
     PathNotFoundError,
     PathOutsideRootError,
@@ -28,8 +38,7 @@ from rtcxfer.errors import (
     TransferError,
     UnsafePathError,
 )
-from rtcxfer.filesystem import FilesystemAdapter
-from rtcxfer.frames import (
+from rtcxfer.protocol.frames import (
     Frame,
     PathErrorFrame,
     PathValidated,
@@ -40,24 +49,8 @@ from rtcxfer.frames import (
     quote_for_log,
     quote_for_reply,
 )
-from rtcxfer.hookspecs import hookimpl
-from rtcxfer.log import logger
-from rtcxfer.shared_storage import (
-    PROBE_BYTES,
-    PROBE_DIR,
-    make_then_create,
-    remove_empty_directories,
-    write_probe,
-)
-from rtcxfer.transport import Delivery, ReceivedFile, Transport
-
-#: The spec's texts for PATH_ERROR, by the kind of failure.
-OUTSIDE_ROOT = "Path outside shared storage"
-INPUT_MISSING = "Input path does not exist"
-NOT_FOUND = "File not found"
-PERMISSION_DENIED = "Permission denied"
-CORRUPTED = "File corrupted or invalid format"
-NOT_SHARED = "Shared storage is not available on this worker"
+from rtcxfer.transport.base import Delivery, ReceivedFile, Transport
+from rtcxfer.transport.hookspecs import hookimpl
 
 #: Where the client stages a file that is not already under its shared root.
 STAGING_DIR = PurePosixPath("rtcxfer-staging")
@@ -71,11 +64,11 @@ SLOW_VALIDATION_SECONDS = 1.0
 def path_error_text(error: PathError) -> str:
     """The spec's PATH_ERROR text for ``error``, with the peer's own path."""
     if isinstance(error, (UnsafePathError, PathOutsideRootError)):
-        prefix = OUTSIDE_ROOT
+        prefix = texts.OUTSIDE_ROOT
     elif isinstance(error, PathPermissionError):
-        prefix = PERMISSION_DENIED
+        prefix = texts.PERMISSION_DENIED
     else:
-        prefix = NOT_FOUND
+        prefix = texts.NOT_FOUND
     return f"{prefix}: {quote_for_reply(error.peer_path)}"
 
 
@@ -154,7 +147,7 @@ class SharedFsTransport(Transport):
 
     async def _receive_input(self, relative: str) -> None:
         if self.root is None:
-            await self.link.send(PathErrorFrame(f"{NOT_SHARED}: {relative}"))
+            await self.link.send(PathErrorFrame(f"{texts.NOT_SHARED}: {relative}"))
             return
         try:
             path, size = await asyncio.to_thread(self.validate_input, relative)
@@ -186,7 +179,7 @@ class SharedFsTransport(Transport):
             logger.error(
                 "shared input {} does not exist (worker path {})", quote_for_log(relative), quote_for_log(str(path))
             )
-            raise PathNotFoundError(INPUT_MISSING, peer_path=relative)
+            raise PathNotFoundError(texts.INPUT_MISSING, peer_path=relative)
         # Opening proves it is a readable regular file, with no symlink followed on the way.
         with security.open_peer_path(relative, self.root) as handle:
             size = handle.seek(0, 2)
@@ -211,8 +204,8 @@ class SharedFsTransport(Transport):
                 error,
                 quote_for_log(str(self._absolute(relative))),
             )
-        if str(error) == INPUT_MISSING:
-            return f"{INPUT_MISSING}: {quote_for_reply(relative)}"
+        if str(error) == texts.INPUT_MISSING:
+            return f"{texts.INPUT_MISSING}: {quote_for_reply(relative)}"
         return path_error_text(error)
 
     def _absolute(self, relative: str) -> Path | str:
@@ -221,7 +214,7 @@ class SharedFsTransport(Transport):
 
     async def _receive_output(self, relative: str) -> None:
         if self.root is None:
-            await self.link.send(PathErrorFrame(f"{NOT_SHARED}: {relative}"))
+            await self.link.send(PathErrorFrame(f"{texts.NOT_SHARED}: {relative}"))
             return
         try:
             path = await asyncio.to_thread(self._make_output_dir, relative)

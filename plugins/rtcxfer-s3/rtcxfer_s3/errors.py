@@ -1,6 +1,6 @@
 """Typed errors of the s3 transport, rooted in rtcxfer's own hierarchy.
 
-Every failure a transfer can meet is a :class:`rtcxfer.errors.TransferError`, so a client that
+Every failure a transfer can meet is a :class:`rtcxfer.protocol.errors.TransferError`, so a client that
 falls back to another transport on ``TransferError`` needs nothing s3-specific. Each class
 has a short ``code`` that leads the ``reason`` of an ``S3_ERROR`` frame, so the sender can
 raise the same class the receiver met. Messages name buckets and keys, never credentials.
@@ -8,7 +8,7 @@ raise the same class the receiver met. Messages name buckets and keys, never cre
 
 from __future__ import annotations
 
-from rtcxfer.errors import IntegrityError, RtcxferError, TransferError, UnsafePathError
+from rtcxfer.protocol.errors import IntegrityError, RtcxferError, TransferError, UnsafePathError
 
 
 class S3ConfigError(RtcxferError, ValueError):

@@ -6,7 +6,7 @@ SHA-256 digests. Credentials and endpoint URLs never do; each peer uses its own.
 
 from __future__ import annotations
 
-from rtcxfer.frames import Frame, frame_type, hex_digits, integer, text, token
+from rtcxfer.protocol.frames import Frame, frame_type, hex_digits, integer, text, token
 
 #: Verdicts of :class:`S3ReachResult`.
 REACHABLE = "reachable"

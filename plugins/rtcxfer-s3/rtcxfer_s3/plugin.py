@@ -6,8 +6,8 @@ are imported only when a transfer needs them.
 
 from __future__ import annotations
 
-from rtcxfer.frames import Frame
-from rtcxfer.hookspecs import hookimpl
+from rtcxfer.protocol.frames import Frame
+from rtcxfer.transport.hookspecs import hookimpl
 from rtcxfer_s3.frames import S3_FRAME_TYPES
 from rtcxfer_s3.transport import S3Transport
 

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
-from rtcxfer.errors import PathError, RtcxferError
-from rtcxfer.security import check_relative_text
+from rtcxfer.protocol.errors import PathError, RtcxferError
+from rtcxfer.files.paths import check_relative_text
 from rtcxfer_s3.errors import (
     S3AccessDeniedError,
     S3BucketNotFoundError,
@@ -87,7 +87,7 @@ class S3Location:
         """The file name a peer's ``key`` carries, after checking it the way a peer path is.
 
         The key must be exactly ``<prefix>/<transfer_id>/<name>`` in canonical form, with a
-        ``name`` that passes :func:`rtcxfer.security.check_relative_text`. S3 itself gives
+        ``name`` that passes :func:`rtcxfer.files.paths.check_relative_text`. S3 itself gives
         ``..`` no meaning, but some S3-compatible stores and proxies normalise keys, so a key
         that is not already canonical is refused rather than rewritten.
         """

@@ -16,7 +16,7 @@ Only the location, keys, sizes and digests cross the data channel; credentials a
 URLs stay on each side. s3fs's synchronous API runs in worker threads (``asyncio.to_thread``),
 never on the event loop.
 
-Every failure is a typed :class:`rtcxfer.errors.TransferError` (see :mod:`rtcxfer_s3.errors`):
+Every failure is a typed :class:`rtcxfer.protocol.errors.TransferError` (see :mod:`rtcxfer_s3.errors`):
 the sender raises it from :meth:`S3Transport.send_file`, so a client can fall back to another
 transport, and the receiver answers ``S3_ERROR`` and keeps serving the session.
 """
@@ -32,17 +32,17 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from rtcxfer.errors import (
+from rtcxfer.protocol.errors import (
     ConnectionClosedError,
     PathError,
     RtcxferError,
     TransferError,
     describe,
 )
-from rtcxfer.frames import Frame
+from rtcxfer.protocol.frames import Frame
 from rtcxfer.log import logger
-from rtcxfer.security import check_relative_text, makedirs_beneath, open_beneath
-from rtcxfer.transport import Delivery, ReceivedFile, Transport
+from rtcxfer.files.paths import check_relative_text, makedirs_beneath, open_beneath
+from rtcxfer.transport.base import Delivery, ReceivedFile, Transport
 from rtcxfer_s3.errors import (
     S3ConfigError,
     S3IntegrityError,
@@ -68,8 +68,8 @@ from rtcxfer_s3.frames import (
 from rtcxfer_s3.settings import URL_ENV, S3Location, S3Settings, classify, redact_url
 
 if TYPE_CHECKING:  # pragma: no cover
-    from rtcxfer.link import Link
-    from rtcxfer.transport import TransportContext
+    from rtcxfer.net.link import Link
+    from rtcxfer.transport.base import TransportContext
 
 #: Bytes read from the local file, or from the object, per step.
 IO_BLOCK = 1024 * 1024
@@ -235,7 +235,7 @@ class S3Transport(Transport):
     async def send_file(self, path: Path, name: str) -> Delivery:
         """Upload ``path``, announce it as ``name`` and return once the peer verified it.
 
-        Raises :class:`~rtcxfer.errors.UnsafePathError` for a name that is not a plain
+        Raises :class:`~rtcxfer.protocol.errors.UnsafePathError` for a name that is not a plain
         relative path, :class:`S3NotAgreedError` when s3 is not usable in this session, an
         :class:`S3StorageError` when the upload fails, and the error the receiver reported
         (:class:`S3IntegrityError`, :class:`S3ObjectNotFoundError`...) otherwise.

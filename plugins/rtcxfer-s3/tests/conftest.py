@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from moto_server import REGION, MotoServer, start_moto
 
-from rtcxfer.plugins import PluginHost
+from rtcxfer.transport.host import PluginHost
 
 _HERMETIC_ENV = {
     "AWS_DEFAULT_REGION": REGION,

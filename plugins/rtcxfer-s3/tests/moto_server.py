@@ -23,7 +23,7 @@ from pathlib import Path
 import attrs
 import boto3
 
-from rtcxfer.transport import TransportContext
+from rtcxfer.transport.base import TransportContext
 
 BUCKET = "rtcxfer-test"
 PREFIX = "transfers"

@@ -23,7 +23,7 @@ from rtcxfer_s3 import (
 )
 from rtcxfer_s3.frames import S3Error, S3Object
 
-from rtcxfer.errors import TransferError
+from rtcxfer.protocol.errors import TransferError
 from rtcxfer.testing.contract import contract_pair, make_file, run_async
 
 MiB = 1024 * 1024

@@ -10,7 +10,7 @@ from moto_server import BUCKET, PREFIX, make_contexts
 from rtcxfer_s3 import S3NotAgreedError, S3Transport
 from rtcxfer_s3.frames import S3Reach
 
-from rtcxfer.errors import ConnectionClosedError
+from rtcxfer.protocol.errors import ConnectionClosedError
 from rtcxfer.testing.contract import contract_pair, make_file, run_async, sha256_of
 
 MiB = 1024 * 1024
@@ -148,7 +148,7 @@ def test_an_invalid_location_from_the_peer_is_answered_not_fatal(host, moto, tmp
 def test_environment_variables_configure_both_sides(host, moto, tmp_path, monkeypatch):
     monkeypatch.setenv("RTCXFER_S3_URL", f"s3://{BUCKET}/{PREFIX}/env")
     monkeypatch.setenv("RTCXFER_S3_ENDPOINT_URL", moto.url)
-    from rtcxfer.transport import TransportContext
+    from rtcxfer.transport.base import TransportContext
 
     client = TransportContext("client", tmp_path / "c")
     worker = TransportContext("worker", tmp_path / "w")

@@ -17,8 +17,8 @@ from rtcxfer_s3.errors import (
 from rtcxfer_s3.settings import MIN_PART_SIZE, S3Location, S3Settings, classify, redact_url
 from rtcxfer_s3.transport import S3Transport
 
-from rtcxfer.errors import PathError, TransferError, UnsafePathError
-from rtcxfer.transport import TransportContext
+from rtcxfer.protocol.errors import PathError, TransferError, UnsafePathError
+from rtcxfer.transport.base import TransportContext
 
 TID = "ab" * 16
 

@@ -30,7 +30,7 @@ import pytest
 import rtcxfer_s3
 from moto_server import REGION, MotoServer
 
-from rtcxfer.sample import build_sample_package, sample_text
+from rtcxfer.client.sample import build_sample_package, sample_text
 from rtcxfer.testing.processes import START_GUARD, WORKER_READY, CliProcess, start_signaling
 
 TOKEN = f"s3-e2e-{secrets.token_hex(8)}"

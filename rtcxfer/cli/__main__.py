@@ -1,0 +1,5 @@
+"""``python -m rtcxfer.cli``: the ``rtcxfer`` command."""
+
+from rtcxfer.cli.main import main
+
+main()

@@ -1,0 +1,60 @@
+"""What the ``rtcxfer`` command tells a user when something stops it: why, and what to do.
+
+Each function turns an error into one message; the command prints it and picks the exit code.
+"""
+
+from __future__ import annotations
+
+from rtcxfer.protocol.errors import AuthenticationError, NoWorkerError, describe
+
+#: ``rtcxfer submit`` exit code when the worker stopped (its operator shut it down, or it
+#: went away) during the job: nothing failed in the job and the user cancelled nothing; submit
+#: again once a worker is back (75 is EX_TEMPFAIL of sysexits.h: "try again later").
+EXIT_WORKER_STOPPED = 75
+
+
+def signaling_refusal(code: str, url: str, room: str, *, role: str, peer_id: str | None = None) -> str | None:
+    """The message for a refusal by the signaling server with ``code``, or ``None`` if it has
+    no advice of its own."""
+    if code == "bad-token":
+        return (
+            f"the signaling server at {url} refused the room token (bad-token), so no worker was tried. "
+            "Use the token the server was started with (`rtcxfer signal --token`): --token, --token-file or "
+            "RTCXFER_TOKEN, or --signal-token when the server has a token of its own"
+        )
+    if code == "duplicate-peer":
+        who = f"the id {peer_id!r}" if peer_id else "this peer's id"
+        hint = "start this worker with another --peer-id" if role == "worker" else "try again"
+        return f"another peer already uses {who} in room {room!r} on {url}: {hint} (or stop the other one)"
+    if code == "room-full":
+        return f"room {room!r} on {url} is full: use another --room, or ask the server's operator"
+    return None
+
+
+def connect_failure(error: BaseException, url: str, room: str, timeout: float) -> str:
+    """The message for a ``submit`` that could not reach a worker (exit 3)."""
+    from rtcxfer.net.signaling import SignalingServerError, SignalingTimeoutError
+
+    if isinstance(error, AuthenticationError):
+        return f"{error}. Check that --token (or --token-file, RTCXFER_TOKEN) is the worker's token"
+    if isinstance(error, NoWorkerError):
+        return str(error)  # it names the workers the room has and what they lack
+    if isinstance(error, SignalingServerError):
+        advice = signaling_refusal(error.code, url, room, role="client")
+        if advice is not None:
+            return advice
+    if isinstance(error, SignalingTimeoutError) and "joined room" in str(error):
+        return (
+            f"no worker joined room {room!r} on {url} within {timeout:g} s. Is a worker running with "
+            f"--room {room} and the same --signal? (--timeout waits longer)"
+        )
+    if "cannot reach the signaling server" in str(error):
+        return f"{error}. Is `rtcxfer signal` running there, and is --signal right?"
+    return f"cannot reach a worker in room {room!r} via {url}: {describe(error)}"
+
+
+def worker_stopped(job_id: str) -> str:
+    return (
+        f"the worker stopped while running job {job_id} (it was shut down or lost its connection); "
+        "you cancelled nothing. Submit again once a worker is back"
+    )

@@ -1,0 +1,625 @@
+"""RTCClient: submits a job package to a worker, picks a transport per file, falls back when
+one fails, and brings the results home.
+
+::
+
+    async with RTCClient(token="s3cret", results_dir="results") as client:
+        await client.connect("ws://127.0.0.1:8765", room="lab")
+        result = await client.submit(Path("package.zip"))
+        print(result.results_dir)
+
+Results land in ``results_dir/<job id>/`` only once complete: they are gathered in a hidden
+staging directory beside it and renamed into place, so nothing half-written is ever shown there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from rtcxfer.files import paths as security
+from rtcxfer.files.shared_storage import detect_shared_root, remove_empty_directories
+from rtcxfer.log import logger
+from rtcxfer.net.link import Link
+from rtcxfer.protocol import auth, texts
+from rtcxfer.protocol.engine import APPLICATION, Session
+from rtcxfer.protocol.errors import (
+    AuthenticationError,
+    ConnectionClosedError,
+    JobError,
+    PathError,
+    PluginError,
+    RtcxferError,
+    TransferError,
+    WorkerBusyError,
+    describe,
+)
+from rtcxfer.protocol.frames import (
+    PROTOCOL_VERSION,
+    AuthChallenge,
+    AuthFailed,
+    AuthProof,
+    Frame,
+    Hello,
+    JobAccepted,
+    JobCancel,
+    JobComplete,
+    JobFailed,
+    JobLog,
+    JobProgress,
+    JobStatus,
+    JobSubmit,
+    PathErrorFrame,
+    ProtocolErrorFrame,
+    Welcome,
+    WorkerBusy,
+    quote_for_log,
+)
+from rtcxfer.transport.base import Transport, TransportContext
+from rtcxfer.transport.host import PluginHost
+
+#: Frames the client application handles itself.
+APPLICATION_FRAMES: tuple[type[Frame], ...] = (
+    AuthChallenge,
+    Welcome,
+    AuthFailed,
+    WorkerBusy,
+    JobAccepted,
+    JobStatus,
+    JobLog,
+    JobProgress,
+    JobComplete,
+    JobFailed,
+    ProtocolErrorFrame,
+)
+#: Where, under the shared root, the client asks the worker to write results.
+SHARED_RESULTS_DIR = "rtcxfer-results"
+BYTE_FALLBACK = "rtc-chunked"
+#: How a job that lost its worker mid-way is reported (:attr:`JobResult.worker_stopped`).
+WORKER_WENT_AWAY = "the worker went away"
+LOG_TAIL = 20
+#: Seconds to wait for the worker's report on a cancelled job (its processes get a grace period).
+CANCEL_REPORT_TIMEOUT = 20.0
+
+
+@attrs.frozen
+class ClientEvent:
+    """Something to show the user: ``kind`` is one of ``status``, ``log``, ``progress``,
+    ``transfer`` (bytes of a file moving) or ``notice`` (a fallback, a retry)."""
+
+    kind: str
+    job_id: str | None
+    data: dict[str, Any]
+
+
+@attrs.frozen
+class JobResult:
+    """How a job ended and where its results are."""
+
+    job_id: str
+    ok: bool
+    results_dir: Path | None
+    file_count: int = 0
+    total_mb: float = 0.0
+    input_transport: str | None = None
+    results_transport: str | None = None
+    failure: str | None = None
+    log_tail: tuple[str, ...] = ()
+    #: The peer id of the worker that ran the job (None for a session made with :meth:`RTCClient.attach`).
+    worker_id: str | None = None
+    #: Bytes of the package sent, and of the result files received.
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    #: ``total``, ``transfer`` (input and results moving) and ``run`` (the job's command), where known.
+    seconds: dict = attrs.field(factory=dict)
+
+    @property
+    def worker_stopped(self) -> bool:
+        """The job ended because the worker stopped (shut down, or left), not by its own failure."""
+        failure = self.failure or ""
+        return texts.WORKER_SHUTTING_DOWN in failure or failure.startswith(WORKER_WENT_AWAY)
+
+
+class RTCClient:
+    """The client. ``transport`` forces one transport for inputs and results."""
+
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        shared_storage_root: str | os.PathLike[str] | None = None,
+        results_dir: str | os.PathLike[str] = "rtcxfer-results",
+        plugins: PluginHost | None = None,
+        transport: str | None = None,
+        transport_options: dict | None = None,
+        on_event: Callable[[ClientEvent], None] | None = None,
+        peer_options=None,
+        detect_shared_storage: bool = True,
+    ) -> None:
+        choice = detect_shared_root(shared_storage_root) if (detect_shared_storage or shared_storage_root) else None
+        self.shared_storage_root: Path | None = choice.root if choice else None
+        self.token = token
+        self.results_dir = Path(results_dir)
+        self.plugins = plugins or PluginHost()
+        self.forced_transport = transport
+        if transport is not None:
+            self.plugins.transport(transport)  # an unknown name fails here, with what is installed
+        self.transport_options = dict(transport_options or {})
+        self.on_event = on_event
+        self.peer_options = peer_options
+        #: Transports both peers offer and that passed negotiation, best first.
+        self.session_transports: list[str] = []
+        self.link: Link | None = None
+        self.transports: dict[str, Transport] = {}
+        self._peer = None
+        self._signaling = None
+        self._run_task: asyncio.Task | None = None
+        self._watch_task: asyncio.Task | None = None
+        self._closed_reason = "the connection to the worker closed"
+        self._reports: asyncio.Queue[Frame] = asyncio.Queue()
+        self._cancel_report: asyncio.Future | None = None
+        self._log_tail: list[str] = []
+        #: The worker of this session, once connected through the signaling server.
+        self.worker_id: str | None = None
+        self._status_times: dict[str, float] = {}
+        #: Whether the package is being sent now (transfers then go up, else down).
+        self._uploading = False
+        self.context = TransportContext(
+            role="client",
+            incoming_dir=self.results_dir,
+            shared_root=self.shared_storage_root,
+            options={name: dict(value) for name, value in self.transport_options.items()},
+            progress=self._transfer_progress,
+        )
+        #: Why each transport the user might ask for is not usable in this session.
+        self.unusable_transports: dict[str, str] = {}
+
+    def _transfer_progress(self, transport: str, name: str, done: int, total: int) -> None:
+        direction = "up" if self._uploading else "down"
+        self._emit("transfer", None, name=name, done=done, total=total, transport=transport, direction=direction)
+
+    def _emit(self, kind: str, job_id: str | None, **data: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(ClientEvent(kind, job_id, data))
+
+    # --- connecting -------------------------------------------------------------------
+
+    async def connect(
+        self,
+        signaling_url: str,
+        room: str,
+        *,
+        signaling_token: str | None = None,
+        worker_id: str | None = None,
+        timeout: float = 30.0,
+        require: Iterable[str] = (),
+    ) -> None:
+        """Find a worker through the signaling server, connect, authenticate, negotiate.
+
+        ``worker_id`` forces one worker; ``require`` holds expressions every candidate must meet
+        (see :mod:`rtcxfer.client.worker_choice`). Among the rest the best is tried first, a full one is
+        skipped, and when every one is busy this waits in the room's queue (saying so through
+        ``notice`` events). :class:`~rtcxfer.protocol.errors.NoWorkerError` when none can ever fit.
+        """
+        from rtcxfer.client.room import open_session_in_room
+        from rtcxfer.client.worker_choice import parse_requirement
+        from rtcxfer.files.shared_storage import shared_root_fingerprint
+        from rtcxfer.net.signaling import SignalingClient
+
+        requirements = [parse_requirement(text) for text in require]
+        if signaling_token is None and self.token:
+            # What `rtcxfer signal --token` expects when given the same token: an HMAC of it.
+            signaling_token = auth.signaling_token(self.token)
+        self._signaling = SignalingClient(
+            signaling_url, room, "client", f"client-{secrets.token_hex(4)}", signaling_token
+        )
+        await self._signaling.connect()
+        try:
+            own = await asyncio.to_thread(shared_root_fingerprint, self.shared_storage_root)
+            self.worker_id = await open_session_in_room(
+                self._signaling,
+                lambda candidate: self._open_session(candidate, timeout),
+                worker_id=worker_id,
+                requirements=requirements,
+                own_fingerprint=own,
+                timeout=timeout,
+                notice=lambda text: self._emit("notice", None, message=text),
+            )
+        except BaseException:
+            await self._detach()
+            await self._signaling.close()
+            raise
+        self._emit("notice", None, message=f"worker {self.worker_id} took the session")
+
+    async def _open_session(self, worker_id: str, timeout: float) -> None:
+        """A session with ``worker_id``; torn down again if it refuses (WorkerBusyError)."""
+        from rtcxfer.net import peer as rtc
+
+        assert self._signaling is not None
+        send, receive = rtc.signaling_adapter(self._signaling, worker_id)
+        self._peer, channel = await rtc.connect_via(send, receive, "offerer", self.peer_options, timeout)
+        self._peer.watch_packet_size(lambda size: self._emit("notice", None, message=size.describe()))
+        self._watch_task = asyncio.create_task(self._watch_worker(worker_id))
+        try:
+            await self.attach(channel, worker_id)
+        except WorkerBusyError:
+            await self._detach()
+            raise
+
+    async def _detach(self) -> None:
+        """Undo a session attempt: the worker refused it (or connecting failed)."""
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
+            self._watch_task = None
+        if self.link is not None:
+            self.link.close()
+        if self._run_task is not None:
+            await asyncio.gather(self._run_task, return_exceptions=True)
+            self._run_task = None
+        if self._peer is not None:
+            await self._peer.close()
+            self._peer = None
+        self.link = None
+        self.transports = {}
+        self._reports = asyncio.Queue()
+
+    async def _watch_worker(self, worker_id: str) -> None:
+        """End the session as soon as the signaling server says the worker left the room.
+
+        A worker that dies sends nothing over the data channel; ICE would notice only when
+        consent expires, half a minute later, while the signaling server sees its socket close.
+        """
+        from rtcxfer.net.signaling import SignalingServerError
+        from rtcxfer.protocol.errors import SignalingError
+
+        assert self._signaling is not None
+        while True:
+            try:
+                event = await self._signaling.receive()
+            except SignalingServerError as error:
+                logger.debug("signaling: {}", describe(error))
+                continue
+            except SignalingError:
+                return  # signaling is gone, not necessarily the worker: the channel tells
+            if event.get("type") == "peer-left" and event.get("peer_id") == worker_id:
+                logger.warning("worker {} left the room", worker_id)
+                self._closed_reason = f"{WORKER_WENT_AWAY} ({worker_id}): it stopped or lost its connection"
+                if self.link is not None:
+                    self.link.close()
+                return
+
+    async def attach(self, channel, worker_id: str | None = None) -> None:
+        """Use an already open data channel to the worker: authenticate and negotiate.
+
+        :class:`~rtcxfer.protocol.errors.WorkerBusyError` when the worker has no free job slot."""
+        engine = Session(self.plugins.claim, catalogue=self.plugins.catalogue, application_frames=APPLICATION_FRAMES)
+        self.link = Link(channel, engine, name="client")
+        self.context.on_notice = self._reports.put_nowait
+        for info in self.plugins.transports():
+            transport = info.transport(self.link, self.context)
+            self.transports[info.name] = transport
+            self.link.add_handler(info.name, transport)
+        self.link.add_handler(APPLICATION, self)
+        self._run_task = asyncio.create_task(self.link.run())
+        offered = [name for name, t in self.transports.items() if type(t).usable(self.context)]
+        self.unusable_transports = {
+            name: type(t).unusable_because(self.context) for name, t in self.transports.items() if name not in offered
+        }
+        reply = await self._authenticate(",".join(offered) or "none", worker_id or "the worker")
+        theirs = set(reply.transports.split(","))
+        self.session_transports = []
+        for name in offered:
+            if name not in theirs:
+                self.unusable_transports[name] = "the worker does not offer it (not installed or not configured there)"
+                continue
+            why = ""
+            try:
+                usable = await self.transports[name].negotiate()
+                why = self.transports[name].not_negotiated_because
+            except (RtcxferError, asyncio.TimeoutError) as error:
+                logger.info("transport {} failed to negotiate: {}", name, describe(error))  # the notice shows it
+                usable, why = False, describe(error)
+            if usable:
+                self.session_transports.append(name)
+            else:
+                self.unusable_transports[name] = why or "it failed its check between these peers"
+                detail = f": {why}" if why else ""
+                self._emit("notice", None, message=f"{name} is not usable between these peers{detail}")
+        self._emit("notice", None, message=f"transports for this session: {', '.join(self.session_transports)}")
+
+    async def _authenticate(self, offered: str, worker_name: str = "the worker") -> Welcome:
+        """Prove the token to the worker and make it prove the token back (see :mod:`rtcxfer.protocol.auth`).
+
+        Raises :class:`AuthenticationError` if the worker refuses us, or if it cannot prove it
+        knows the token: then it is not the worker we were told of (a peer registered under its
+        id, or a relay in between), and nothing is sent to it.
+        """
+        client_nonce = auth.new_nonce()
+        reply = await self._ask(Hello(PROTOCOL_VERSION, client_nonce, offered), (AuthChallenge, AuthFailed))
+        if isinstance(reply, AuthFailed):
+            raise AuthenticationError(f"the worker refused this client: {quote_for_log(reply.reason)}")
+        assert self.link is not None
+        local, remote = auth.channel_fingerprints(self.link.channel)
+        transcript = auth.Transcript(client_nonce, reply.worker_nonce, local, remote, offered)
+        # Without a token the proof is made with an empty key: only a worker run with
+        # --insecure-no-token accepts it.
+        proof = auth.client_proof(self.token or "", transcript)
+        welcome = await self._ask(AuthProof(proof), (Welcome, AuthFailed, WorkerBusy))
+        if isinstance(welcome, WorkerBusy):
+            raise WorkerBusyError(worker_name, quote_for_log(welcome.reason))
+        if isinstance(welcome, AuthFailed):
+            raise AuthenticationError(f"the worker refused this client: {quote_for_log(welcome.reason)}")
+        if welcome.worker_proof == auth.NO_PROOF:
+            if self.token is not None:
+                raise AuthenticationError(
+                    "the worker runs without a token (--insecure-no-token), so it cannot prove it is the worker "
+                    "you meant; refusing to send it anything"
+                )
+            logger.warning("connected to a worker without a token: anyone could be running it")
+            return welcome
+        if self.token is None or not auth.proofs_match(
+            auth.worker_proof(self.token, transcript, welcome.transports), welcome.worker_proof
+        ):
+            raise AuthenticationError(
+                "the peer posing as the worker could not prove it knows the token: it may be an impostor "
+                "(another peer registered under the worker's id) or a relay in between; refusing to send it anything"
+            )
+        return welcome
+
+    async def _ask(self, frame: Frame, answers: tuple[type[Frame], ...], timeout: float = 60.0) -> Frame:
+        assert self.link is not None
+        waiting = asyncio.create_task(self.link.wait_for(lambda f: isinstance(f, answers), timeout))
+        await asyncio.sleep(0)  # the waiter is registered before the question leaves
+        await self.link.send(frame)
+        return await waiting
+
+    async def close(self) -> None:
+        """Close the session (after every acknowledged transfer) and the signaling connection."""
+        if self._cancel_report is not None:
+            self._cancel_report.cancel()
+            await self._settle_cancelled_job()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
+        if self.link is not None:
+            self.link.close()
+        if self._run_task is not None:
+            await asyncio.gather(self._run_task, return_exceptions=True)
+        if self._peer is not None:
+            await self._peer.close()
+        if self._signaling is not None:
+            await self._signaling.close()
+
+    async def __aenter__(self) -> RTCClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # --- application frames -----------------------------------------------------------
+
+    async def on_frame(self, frame: Frame) -> None:
+        if isinstance(frame, JobLog):
+            self._log_tail = (self._log_tail + [frame.line])[-LOG_TAIL:]
+            self._emit("log", frame.job_id, line=frame.line)
+        elif isinstance(frame, JobProgress):
+            self._emit("progress", frame.job_id, done=frame.done, total=frame.total)
+        elif isinstance(frame, JobStatus):
+            self._status_times[frame.state] = time.monotonic()
+            if frame.state == "sending-results":
+                # Made only now, before the first result file is announced (frames are handled
+                # in order), so a client killed while its job runs leaves nothing behind.
+                self.context.incoming_dir.mkdir(parents=True, exist_ok=True)
+            self._emit("status", frame.job_id, state=frame.state)
+        elif isinstance(frame, ProtocolErrorFrame):
+            logger.warning("worker reports a protocol error: {}", quote_for_log(frame.reason))
+            self._reports.put_nowait(frame)
+        else:
+            self._reports.put_nowait(frame)
+
+    def on_closed(self) -> None:
+        self._reports.put_nowait(ProtocolErrorFrame(self._closed_reason))
+
+    # --- jobs -------------------------------------------------------------------------
+
+    def choose(self, forced: str | None = None) -> str:
+        """The transport to use: the forced one, else the best negotiated for this session."""
+        forced = forced or self.forced_transport
+        if forced is not None:
+            if forced not in self.session_transports:
+                why = self.unusable_transports.get(forced, "it was not negotiated")
+                raise PluginError(
+                    f"transport {forced!r} is not usable in this session: {why} "
+                    f"(usable: {', '.join(self.session_transports) or 'none'})"
+                )
+            return forced
+        if not self.session_transports:
+            raise PluginError("no transport is usable between these peers")
+        return self.session_transports[0]
+
+    async def submit(
+        self, package: str | os.PathLike[str], *, job_id: str | None = None, transport: str | None = None
+    ) -> JobResult:
+        """Run ``package`` (a ZIP with ``rtcxfer.json``) on the worker and fetch its results.
+
+        ``transport`` forces one transport for this job (default: the client's choice).
+        Cancelling the awaiting task cancels the job on the worker.
+        """
+        if self.link is None:
+            raise ConnectionClosedError("connect() first")
+        package = Path(package)
+        if not package.is_file():
+            raise JobError(f"package {package} does not exist or is not a file")
+        job_id = job_id or f"job-{secrets.token_hex(4)}"
+        input_via = self.choose(forced=transport)
+        started = time.monotonic()
+        self._status_times = {}
+        try:
+            result = await self._run(package, job_id, input_via, forced=bool(transport or self.forced_transport))
+        except asyncio.CancelledError:
+            await self._cancel(job_id)
+            raise
+        received = await asyncio.to_thread(_tree_bytes, result.results_dir) if result.results_dir else 0
+        return attrs.evolve(
+            result,
+            worker_id=self.worker_id,
+            bytes_sent=package.stat().st_size,
+            bytes_received=received,
+            seconds=_phase_seconds(started, time.monotonic(), self._status_times),
+        )
+
+    async def _run(self, package: Path, job_id: str, input_via: str, *, forced: bool) -> JobResult:
+        results_via = input_via
+        attempted: set[str] = set()
+        while True:
+            attempted.add(input_via)
+            outcome = await self._attempt(package, job_id, input_via, results_via)
+            if isinstance(outcome, JobResult):
+                return outcome
+            can_fall_back = BYTE_FALLBACK in self.session_transports and BYTE_FALLBACK not in attempted
+            if forced or not can_fall_back:
+                return self._failed(job_id, input_via, results_via, outcome)
+            self._emit("notice", job_id, message=f"{input_via} failed ({outcome}); retrying over {BYTE_FALLBACK}")
+            input_via = results_via = BYTE_FALLBACK
+
+    async def _attempt(self, package: Path, job_id: str, input_via: str, results_via: str) -> JobResult | str:
+        """One try: a JobResult when the job ran (well or not), or the reason to retry."""
+        await self._settle_cancelled_job()
+        self._drain_reports()
+        self._log_tail = []
+        reply = await self._ask(JobSubmit(job_id, results_via), (JobAccepted, JobFailed, ProtocolErrorFrame))
+        if not isinstance(reply, JobAccepted):
+            return self._failed(job_id, input_via, results_via, _reason(reply))
+        staging = self.results_dir / f".{job_id}.partial"
+        await asyncio.to_thread(shutil.rmtree, staging, True)
+        self.results_dir.mkdir(parents=True, exist_ok=True)  # an unusable one fails before the job runs
+        self.context.incoming_dir = staging
+        shared_output = f"{SHARED_RESULTS_DIR}/{job_id}"
+        try:
+            if results_via == "shared-fs":
+                await self.transports["shared-fs"].request_output(shared_output)
+            self._emit("status", job_id, state=f"sending input via {input_via}")
+            self._uploading = True
+            try:
+                await self.transports[input_via].send_file(package, package.name)
+            finally:
+                self._uploading = False
+            report = await self._reports.get()
+            if isinstance(report, JobComplete):
+                final = await self._collect(report, staging, results_via)
+                return JobResult(
+                    job_id,
+                    True,
+                    final,
+                    report.file_count or 0,
+                    report.total_mb or 0.0,
+                    input_via,
+                    results_via,
+                    None,
+                    tuple(self._log_tail),
+                )
+            if isinstance(report, PathErrorFrame):
+                return report.message  # e.g. a corrupted package read in place: retry with bytes
+            return self._failed(job_id, input_via, results_via, _reason(report))
+        except (TransferError, PathError) as error:
+            return f"{describe(error)}"
+        finally:
+            self.context.incoming_dir = self.results_dir
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+            if results_via == "shared-fs" and self.shared_storage_root is not None:
+                # The worker's copy on shared storage is ours to remove once collected (or
+                # useless, if the job failed); left there, every job would leave a directory.
+                shared_copy = self.shared_storage_root / shared_output
+                await asyncio.to_thread(shutil.rmtree, shared_copy, True)
+                await asyncio.to_thread(remove_empty_directories, shared_copy.parent, self.shared_storage_root)
+
+    def _failed(self, job_id: str, input_via: str, results_via: str, reason: str) -> JobResult:
+        return JobResult(job_id, False, None, 0, 0.0, input_via, results_via, reason, tuple(self._log_tail))
+
+    def _drain_reports(self) -> None:
+        while not self._reports.empty():
+            self._reports.get_nowait()
+
+    async def _collect(self, report: JobComplete, staging: Path, results_via: str) -> Path:
+        """Put the job's results in ``results_dir/<job id>`` (complete, or not at all)."""
+        staging.mkdir(parents=True, exist_ok=True)
+        if results_via == "shared-fs":
+            assert self.shared_storage_root is not None
+            await asyncio.to_thread(_copy_shared_results, self.shared_storage_root, report.relative_path, staging)
+        final = self.results_dir / report.job_id
+        if final.exists():
+            final = self.results_dir / f"{report.job_id}-{secrets.token_hex(3)}"
+        os.replace(staging, final)
+        return final
+
+    async def _settle_cancelled_job(self) -> None:
+        """Wait for the report that ends a job cancelled earlier in this session, so it is not
+        taken for the answer to the next one (JOB_FAILED names no job id in its fields)."""
+        waiting, self._cancel_report = self._cancel_report, None
+        if waiting is not None:
+            await asyncio.gather(waiting, return_exceptions=True)
+
+    async def _cancel(self, job_id: str) -> None:
+        if self.link is None or self.link.closed:
+            return
+        self._emit("notice", job_id, message=f"cancelling {job_id}")
+
+        def ends(frame: Frame) -> bool:
+            return (isinstance(frame, JobComplete) and frame.job_id == job_id) or (
+                isinstance(frame, JobFailed) and frame.reason.startswith(f"Job {job_id} ")
+            )
+
+        self._cancel_report = asyncio.ensure_future(self.link.wait_for(ends, CANCEL_REPORT_TIMEOUT))
+        try:
+            await asyncio.shield(self.link.send(JobCancel(job_id)))
+        except RtcxferError as error:
+            logger.warning("could not cancel {}: {}", job_id, describe(error))
+
+
+def _tree_bytes(directory: Path) -> int:
+    return sum(path.lstat().st_size for path in directory.rglob("*") if path.is_file() and not path.is_symlink())
+
+
+def _phase_seconds(started: float, ended: float, states: dict[str, float]) -> dict[str, float]:
+    """Where a job's time went, from the worker's JOB_STATUS moments as this client saw them."""
+    seconds = {"total": round(ended - started, 3)}
+    if "running" in states and "sending-results" in states:
+        seconds["run"] = round(states["sending-results"] - states["running"], 3)
+    if "extracting" in states and "sending-results" in states:
+        seconds["transfer"] = round((states["extracting"] - started) + (ended - states["sending-results"]), 3)
+    return seconds
+
+
+def _reason(frame: Frame) -> str:
+    for field in ("reason", "message"):
+        if hasattr(frame, field):
+            return getattr(frame, field)
+    return frame.encode()
+
+
+def _copy_shared_results(root: Path, relative: str, destination: Path) -> None:
+    """Copy the worker's results from our shared root; the path came from the peer, so it is
+    validated like any other, and links inside it are not followed."""
+    source = security.resolve_peer_path(relative, root)
+    for directory, subdirs, names in os.walk(source, followlinks=False):
+        subdirs.sort()
+        for name in sorted(names):
+            path = Path(directory) / name
+            if not stat.S_ISREG(path.lstat().st_mode):
+                logger.warning("shared result {} is not a regular file; skipped", path)
+                continue
+            inside = path.relative_to(source).as_posix()
+            target = destination / inside
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with security.open_beneath(root, f"{relative}/{inside}") as handle, open(target, "xb") as out:
+                shutil.copyfileobj(handle, out, 1 << 20)

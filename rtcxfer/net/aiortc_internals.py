@@ -1,0 +1,596 @@
+"""SCTP packet size between two rtcxfer peers: large packets, in datagrams the path carries.
+
+aiortc sizes every SCTP packet for a small path MTU (1189 bytes from aiortc 1.16, for the
+smallest IPv6 one; 1228 before), and each packet costs Python work on both sides (a DTLS
+record, SCTP parsing, a SACK, reassembly). Packets of one DTLS record (16 KiB) move about 10x
+the bytes per second. Between machines such a datagram leaves as IP fragments, and a path that
+drops fragments (many NATs and firewalls) swallows every one of them: the association stalls.
+
+The mechanism (packetization-layer path MTU discovery, RFC 8899 section 4 for SCTP):
+
+1. A peer that reads large packets (its DTLS buffers widened, and it joins pieces, below) says
+   so in its SDP with ``a=x-rtcxfer-sctp-packet:16384``. Other endpoints ignore the unknown
+   attribute (RFC 4566); without it from the remote nothing here happens, so a stock WebRTC
+   peer sees no difference: no probe, no large packet. (A stock aiortc reads at most 1500 bytes
+   of a DTLS record and writes a record larger than that in 1500-byte pieces, so it can neither
+   take a large packet nor answer a large probe; tried on aiortc 1.16, probes of 4-16 KiB leave
+   its DTLS out of step and the association stalls. Probing is therefore only for peers that
+   advertise.)
+2. Two such peers send SCTP packets of 16 KiB, each in datagrams of the largest size the path
+   is known to carry: a packet larger than that crosses in pieces, each its own DTLS record in
+   its own datagram, which the peer joins before its SCTP sees the packet (:data:`_PIECE_MAGIC`:
+   source port 0, which no SCTP packet carries). Losing a piece loses the packet, which SCTP
+   resends, as with IP fragments, but no middlebox can tell pieces from other datagrams. The
+   datagram size starts at aiortc's own packet size, which every path carries.
+3. Once the association is up, each side sends padded HEARTBEAT chunks of every size in
+   :data:`PROBE_SIZES` at once; the peer echoes each one in a HEARTBEAT-ACK of the same size
+   (RFC 9260 section 8.3), so an acknowledged probe proves that datagrams of that size cross
+   the path both ways and through the peer's receive path. The datagram size becomes the
+   largest acknowledged one (at once, as each answer comes); probes still unanswered after
+   :data:`PROBE_TIMEOUT` are reported as lost. Where the path passes IP fragments, that is
+   16 KiB: one datagram per packet, the kernel fragments and joins it.
+4. A black hole later on (the path stops carrying what it carried): a retransmission timeout
+   while datagrams are larger than stock sends :data:`BLACK_HOLE_PROBES` probes of the size in
+   use; if none is answered within :data:`BLACK_HOLE_PROBE_TIMEOUT`, datagrams are cut to the
+   stock size from then on (aiortc's minimum RTO is 1 s, so within 2 s of the loss), the
+   packets in flight included, and the path is probed again after
+   :data:`REPROBE_AFTER_BLACK_HOLE` seconds. A timeout from congestion is answered by the
+   probes and changes nothing. Probes run again every :data:`REPROBE_INTERVAL` seconds while
+   the datagram size is below the packet size.
+
+On loopback the first probe round confirms 16 KiB within a millisecond or two: the special case
+earlier versions had for loopback is this mechanism's easy case.
+
+aiortc has no setting for any of this: the size is the module constant ``USERDATA_MAX_LENGTH``
+and the DTLS buffer sizes are literals (1500) in two methods. Instead of patching the modules,
+which would change every peer in the process, one connection's transports get copies of the few
+methods involved, bound to the instance, reading the size from a dictionary of their own. This
+module is the only one that knows; the day aiortc offers a setting, it is the one file to go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import struct
+import types
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import aiortc.rtcdtlstransport
+import aiortc.rtcsctptransport
+import attrs
+
+from rtcxfer.log import logger
+
+__all__ = [
+    "ATTRIBUTE",
+    "MAX_PACKET_SIZE",
+    "PROBE_SIZES",
+    "STOCK_PACKET_SIZE",
+    "PacketSize",
+    "PacketSizer",
+    "advertise",
+    "remote_packet_size",
+    "tuning_supported",
+    "tuning_unsupported_reason",
+]
+
+ATTRIBUTE = "x-rtcxfer-sctp-packet"
+"""SDP attribute (``a=x-rtcxfer-sctp-packet:<bytes>``) by which an rtcxfer peer says it reads
+SCTP packets up to that size and answers probes of it."""
+
+# RFC 9260 section 3: what aiortc adds around a DATA chunk's user data (12-byte common header,
+# 16-byte DATA chunk header). The protocol's values, not aiortc's names for them: aiortc has
+# both names only from 1.16, and 1.16 needs Python 3.11.
+_SCTP_COMMON_HEADER = 12
+_SCTP_DATA_CHUNK_HEADER = 16
+
+STOCK_PACKET_SIZE = getattr(
+    aiortc.rtcsctptransport,
+    "SCTP_MAX_PACKET_LENGTH",
+    aiortc.rtcsctptransport.USERDATA_MAX_LENGTH + _SCTP_COMMON_HEADER + _SCTP_DATA_CHUNK_HEADER,
+)
+"""aiortc's own SCTP packet size, which every path carries: 1189 bytes from aiortc 1.16 on (it
+fits the minimum IPv6 MTU), 1228 before (1200 bytes of user data)."""
+
+MAX_PACKET_SIZE = 16384
+"""DTLS carries at most 2**14 plaintext bytes in one record: the most one datagram can hold."""
+
+PROBE_SIZES = (16384, 8192, 4096, 1400)
+"""Sizes probed, largest first. 1400 still fits a 1500-byte MTU with IPv4 or IPv6, UDP and DTLS
+overhead (37 bytes for AES-GCM) around it: on a path that drops fragments, the most it carries."""
+
+PROBE_TIMEOUT = 1.0
+"""Seconds to wait for the acknowledgements of one probe round (a LAN answers in milliseconds)."""
+
+BLACK_HOLE_PROBES = 3
+BLACK_HOLE_PROBE_TIMEOUT = 0.5
+"""After a retransmission timeout (aiortc's RTO is at least 1 s), this many probes of the size in
+use, and this long to wait for any answer: a black hole is noticed within 2 s of the loss."""
+
+SOCKET_RECEIVE_BUFFER = 4 * 1024 * 1024
+"""UDP receive buffer asked for between two rtcxfer peers (see :func:`_widen_receive_buffers`)."""
+
+REPROBE_AFTER_BLACK_HOLE = 10.0
+REPROBE_INTERVAL = 60.0
+
+# What the widened DTLS methods read at once: a whole UDP datagram, so that one record (its
+# 2**14 plaintext bytes plus header, explicit nonce and tag) is never split across two reads.
+_DTLS_BUFFER = 65536
+_AIORTC_DTLS_BUFFER = 1500
+_SCTP_METHODS = ("_send", "_transmit", "_receive_sack_chunk", "_t3_expired")
+_DTLS_METHODS = ("_recv_next", "_write_ssl")
+
+_UNDECIDED = "not decided yet"
+_HEARTBEAT_INFO = 1  # RFC 9260 section 3.3.5: the Heartbeat Info parameter type
+_PROBE_TAG = b"rtcxfer-pmtu-probe"
+# SCTP common header (12) + chunk header (4) + parameter header (4): what a probe adds to its info.
+_PROBE_OVERHEAD = 20
+
+# A piece of an SCTP packet too large for the current size: magic (source port 0 and "rx"),
+# packet number, piece index, piece count. No SCTP packet has source port 0 (RFC 9260 3.1).
+_PIECE_MAGIC = b"\x00\x00rx"
+_PIECE_HEADER = struct.Struct("!4sIBB")
+_PIECES_KEPT = 32  # packets being joined at once; older ones are given up (SCTP resends)
+# Pieces of one packet: a 16 KiB packet cut to the stock size needs 15. With these limits a
+# peer can make us hold at most 32 * 16 * 16 KiB = 8 MiB of pieces.
+_MAX_PIECES = 16
+
+
+def tuning_unsupported_reason() -> str | None:
+    """Why this aiortc cannot take the tuning, or None when it can (aiortc 1.9 to 1.16 can):
+    the tuning rewrites methods and constants by name and by literal, so an aiortc that changed
+    them just runs at stock size."""
+    sctp_module = aiortc.rtcsctptransport
+    needed = ("USERDATA_MAX_LENGTH", "HeartbeatChunk", "HeartbeatAckChunk", "DataChunk", "serialize_packet")
+    missing = [name for name in needed if not hasattr(sctp_module, name)]
+    if missing:
+        return f"the SCTP module has no {', '.join(missing)}"
+    sctp_class = sctp_module.RTCSctpTransport
+    dtls_class = aiortc.rtcdtlstransport.RTCDtlsTransport
+    for name in _SCTP_METHODS:
+        function = getattr(sctp_class, name, None)
+        if function is None or "USERDATA_MAX_LENGTH" not in function.__code__.co_names:
+            return f"RTCSctpTransport.{name} does not size packets by USERDATA_MAX_LENGTH"
+    for name in ("_handle_data", "_send_chunk", "_receive_chunk"):
+        if not callable(getattr(sctp_class, name, None)):
+            return f"RTCSctpTransport has no {name}"
+    for name in _DTLS_METHODS:
+        function = getattr(dtls_class, name, None)
+        if function is None or function.__code__.co_consts.count(_AIORTC_DTLS_BUFFER) != 1:
+            return f"RTCDtlsTransport.{name} does not read {_AIORTC_DTLS_BUFFER}-byte buffers"
+    return None
+
+
+def tuning_supported() -> bool:
+    """Whether this aiortc has the methods and constants the tuning rewrites."""
+    return tuning_unsupported_reason() is None
+
+
+def _aiortc_version() -> str:
+    return getattr(aiortc, "__version__", "of unknown version")
+
+
+def userdata_max_length(packet_size: int) -> int:
+    """User data per DATA chunk in a packet of ``packet_size`` bytes (aiortc's own formula)."""
+    return (packet_size - _SCTP_COMMON_HEADER - _SCTP_DATA_CHUNK_HEADER) // 4 * 4
+
+
+# --------------------------------------------------------------------------- SDP
+
+
+def remote_packet_size(sdp: str) -> int | None:
+    """The size the remote says it reads (:data:`ATTRIBUTE`), or None (a stock endpoint)."""
+    prefix = f"a={ATTRIBUTE}:"
+    for line in sdp.splitlines():
+        if line.startswith(prefix):
+            try:
+                size = int(line[len(prefix) :].strip())
+            except ValueError:
+                return None
+            return size if size >= STOCK_PACKET_SIZE else None
+    return None
+
+
+def advertise(sdp: str, size: int = MAX_PACKET_SIZE) -> str:
+    """``sdp`` with the attribute added to its application (data channel) section."""
+    lines = sdp.splitlines(keepends=True)
+    newline = "\r\n" if "\r\n" in sdp else "\n"
+    out: list[str] = []
+    in_application = False
+    added = False
+    for line in lines:
+        if line.startswith("m="):
+            if in_application and not added:
+                out.append(f"a={ATTRIBUTE}:{size}{newline}")
+                added = True
+            in_application = line.startswith("m=application")
+        out.append(line)
+    if in_application and not added:
+        if out and not out[-1].endswith(("\n", "\r")):
+            out[-1] += newline
+        out.append(f"a={ATTRIBUTE}:{size}{newline}")
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------- aiortc internals
+
+
+def _clone(function: Any, *, globals_: dict | None = None, buffer: int | None = None) -> Any:
+    code = function.__code__
+    if buffer is not None:
+        code = code.replace(co_consts=tuple(buffer if c == _AIORTC_DTLS_BUFFER else c for c in code.co_consts))
+    clone = types.FunctionType(
+        code,
+        function.__globals__ if globals_ is None else globals_,
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
+    )
+    clone.__kwdefaults__ = function.__kwdefaults__
+    clone.__qualname__ = function.__qualname__
+    return clone
+
+
+def widen_dtls_buffers(dtls: Any, size: int = _DTLS_BUFFER) -> None:
+    """Let one DTLS transport read and write records of up to ``size`` bytes (idempotent).
+
+    Reading more than one record per datagram is valid DTLS; aiortc writes and reads one
+    record per send. Done once the handshake is over, so that the handshake runs as stock.
+    """
+
+    def widen() -> None:
+        if getattr(dtls, "_rtcxfer_buffer", None) == size:
+            return
+        for name in _DTLS_METHODS:
+            function = getattr(type(dtls), name)
+            setattr(dtls, name, types.MethodType(_clone(function, buffer=size), dtls))
+        dtls._rtcxfer_buffer = size
+
+    if dtls.state == "connected":
+        widen()
+        return
+
+    def on_state() -> None:
+        if dtls.state == "connected":
+            widen()
+
+    dtls.on("statechange", on_state)
+
+
+def _widen_receive_buffers(sctp: Any) -> None:
+    """Ask for :data:`SOCKET_RECEIVE_BUFFER` on the connection's UDP sockets.
+
+    At 16 KiB a datagram, the kernel's default (about 208 KiB) holds a few milliseconds of a
+    fast transfer: a receiver that loses the CPU that long drops datagrams (``RcvbufErrors``),
+    and SCTP slows down to resend them. The kernel caps the request at ``net.core.rmem_max``.
+    """
+    try:
+        protocols = sctp.transport.transport._connection._protocols
+    except AttributeError:
+        return
+    for protocol in protocols:
+        udp = getattr(protocol, "transport", None)
+        handle = udp.get_extra_info("socket") if udp is not None else None
+        if handle is None:
+            continue
+        try:
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RECEIVE_BUFFER)
+            logger.debug("UDP receive buffer: {} bytes", handle.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        except OSError as error:
+            logger.debug("cannot widen a UDP receive buffer: {}", error)
+
+
+@attrs.frozen
+class PacketSize:
+    """The SCTP packet size a connection sends, the datagram size the path is known to carry
+    (smaller packets travel in pieces of that size), and why."""
+
+    size: int
+    datagram: int
+    reason: str
+
+    def describe(self) -> str:
+        if self.datagram < self.size:
+            return f"SCTP packets {self.size} bytes in {self.datagram}-byte datagrams ({self.reason})"
+        return f"SCTP packets {self.size} bytes ({self.reason})"
+
+
+class PacketSizer:
+    """The packet size of one connection's SCTP transport: advertise, probe, use, fall back.
+
+    Driven by ``rtcxfer.net.peer.PeerConnection``: :meth:`prepare` before our SDP leaves (then
+    :meth:`advertise_in`), :meth:`remote_description` with the peer's SDP, :meth:`start` once
+    the channel is open, :meth:`close` at the end. ``on_change`` is called with every new
+    :class:`PacketSize` (synchronously; it must not raise).
+    """
+
+    def __init__(self, enabled: bool = True, on_change: Callable[[PacketSize], None] | None = None) -> None:
+        unsupported = tuning_unsupported_reason() if enabled else None
+        self._supported = enabled and unsupported is None
+        if not enabled:
+            self._disabled_reason: str | None = "disabled by PeerOptions"
+        elif unsupported is not None:
+            self._disabled_reason = f"large packets off: in aiortc {_aiortc_version()}, {unsupported}"
+        else:
+            self._disabled_reason = None
+        self._on_change = on_change
+        self._sctp: Any = None
+        self._globals: dict[str, Any] | None = None
+        self._limit = STOCK_PACKET_SIZE
+        self._current = PacketSize(STOCK_PACKET_SIZE, STOCK_PACKET_SIZE, _UNDECIDED)
+        self._settled = asyncio.Event()
+        self._prepared = False
+        self._task: asyncio.Task | None = None
+        self._black_hole = asyncio.Event()
+        self._check: asyncio.Task | None = None
+        #: Retransmission timeouts seen (each one checked with probes when datagrams are large).
+        self.retransmission_timeouts = 0
+        self._probes: dict[bytes, tuple[int, asyncio.Future]] = {}
+        self._piece_numbers = itertools.count()
+        self._joining: OrderedDict[int, list[bytes | None]] = OrderedDict()
+
+    # -- state
+
+    @property
+    def current(self) -> PacketSize:
+        return self._current
+
+    @property
+    def decided(self) -> bool:
+        """True once any size was chosen for a reason (a confirmed probe, a stock peer...)."""
+        return self._current.reason != _UNDECIDED
+
+    @property
+    def active(self) -> bool:
+        """True when both sides read large packets and this side probes and adapts."""
+        return self._globals is not None
+
+    async def settled(self, timeout: float | None = None) -> PacketSize:
+        """The size once the first decision is made (probes answered or given up)."""
+        await asyncio.wait_for(self._settled.wait(), timeout)
+        return self._current
+
+    def _decide(self, datagram: int, reason: str, *, settle: bool = True) -> None:
+        """Use datagrams of up to ``datagram`` bytes (the path carries them) from now on."""
+        packet = self._limit if self._globals is not None else STOCK_PACKET_SIZE
+        decision = PacketSize(packet, min(datagram, packet), reason)
+        changed = decision != self._current
+        self._current = decision
+        if settle:
+            self._settled.set()
+        if changed:
+            logger.info("{}", self._current.describe())
+            if self._on_change is not None:
+                self._on_change(self._current)
+
+    # -- SDP
+
+    def prepare(self, sctp: Any) -> None:
+        """Widen our DTLS buffers (once connected): we must read large records before we say so."""
+        if not self._supported or self._prepared or sctp is None:
+            return
+        widen_dtls_buffers(sctp.transport)
+        self._prepared = True
+
+    def advertise_in(self, sdp: str) -> str:
+        return advertise(sdp, MAX_PACKET_SIZE) if self._prepared else sdp
+
+    def remote_description(self, sdp: str, sctp: Any) -> None:
+        """Read the peer's offer or answer; switch to adaptive sizing if it reads large packets."""
+        if self._disabled_reason is not None:
+            self._decide(STOCK_PACKET_SIZE, self._disabled_reason)
+            return
+        remote = remote_packet_size(sdp)
+        if remote is None or sctp is None:
+            self._decide(STOCK_PACKET_SIZE, "the peer does not offer larger packets (a stock WebRTC endpoint)")
+            return
+        self._limit = min(remote, MAX_PACKET_SIZE)
+        self._install(sctp)
+
+    def _install(self, sctp: Any) -> None:
+        if self._globals is not None:
+            return
+        self.prepare(sctp)
+        module = aiortc.rtcsctptransport
+        namespace = dict(vars(module))
+        userdata = userdata_max_length(self._limit)
+        namespace["USERDATA_MAX_LENGTH"] = userdata
+        for name in _SCTP_METHODS:
+            setattr(sctp, name, types.MethodType(_clone(getattr(type(sctp), name), globals_=namespace), sctp))
+        # aiortc starts the congestion window at 3 packets; the same at the larger size.
+        sctp._cwnd = 3 * userdata
+        self._globals = namespace
+        self._sctp = sctp
+        self._current = PacketSize(self._limit, STOCK_PACKET_SIZE, _UNDECIDED)
+        sizer = self
+        handle_data = sctp._handle_data
+        send_chunk = sctp._send_chunk
+        receive_chunk = sctp._receive_chunk
+        t3_expired = sctp._t3_expired
+
+        async def _handle_data(data: bytes) -> None:
+            if data[:4] == _PIECE_MAGIC:
+                data = sizer._join(data)
+                if data is None:
+                    return
+            await handle_data(data)
+
+        async def _send_chunk(chunk: Any) -> None:
+            if isinstance(chunk, module.DataChunk) and len(chunk.user_data) > userdata_max_length(
+                sizer._current.datagram
+            ):
+                await sizer._send_in_pieces(chunk)
+            else:
+                await send_chunk(chunk)
+
+        async def _receive_chunk(chunk: Any) -> None:
+            if isinstance(chunk, module.HeartbeatAckChunk) and sizer._probe_answered(chunk):
+                return
+            await receive_chunk(chunk)
+
+        def _t3() -> None:
+            sizer._on_retransmission_timeout()
+            t3_expired()
+
+        sctp._handle_data = _handle_data
+        sctp._send_chunk = _send_chunk
+        sctp._receive_chunk = _receive_chunk
+        sctp._t3_expired = _t3
+
+    # -- pieces: packets larger than the datagrams the path is known to carry
+
+    async def _send_in_pieces(self, chunk: Any) -> None:
+        sctp = self._sctp
+        packet = aiortc.rtcsctptransport.serialize_packet(
+            sctp._local_port, sctp._remote_port, sctp._remote_verification_tag, chunk
+        )
+        room = self._current.datagram - _PIECE_HEADER.size
+        count = -(-len(packet) // room)
+        number = next(self._piece_numbers) & 0xFFFFFFFF
+        for index in range(count):
+            header = _PIECE_HEADER.pack(_PIECE_MAGIC, number, index, count)
+            await sctp.transport._send_data(header + packet[index * room : (index + 1) * room])
+
+    def _join(self, piece: bytes) -> bytes | None:
+        # From the peer: anything malformed is dropped, as SCTP drops a bad packet.
+        if len(piece) <= _PIECE_HEADER.size:
+            return None
+        _, number, index, count = _PIECE_HEADER.unpack_from(piece)
+        if not index < count <= _MAX_PIECES or len(piece) - _PIECE_HEADER.size > MAX_PACKET_SIZE:
+            return None
+        parts = self._joining.get(number)
+        if parts is None or len(parts) != count:
+            parts = self._joining[number] = [None] * count
+            while len(self._joining) > _PIECES_KEPT:
+                self._joining.popitem(last=False)
+        parts[index] = piece[_PIECE_HEADER.size :]
+        if any(part is None for part in parts):
+            return None
+        del self._joining[number]
+        packet = b"".join(parts)  # type: ignore[arg-type]
+        return packet if len(packet) <= _DTLS_BUFFER else None
+
+    # -- probing
+
+    def start(self) -> None:
+        """Start probing (the association must be up); idempotent, a no-op unless active."""
+        if self._globals is None or self._task is not None:
+            return
+        # Now the sockets exist (an answerer gathers its candidates after reading the offer).
+        _widen_receive_buffers(self._sctp)
+        self._task = asyncio.get_running_loop().create_task(self._probe_loop())
+
+    def close(self) -> None:
+        for task in (self._task, self._check):
+            if task is not None:
+                task.cancel()
+        for _, future in self._probes.values():
+            future.cancel()
+        self._probes.clear()
+
+    def _probe_answered(self, chunk: Any) -> bool:
+        params = getattr(chunk, "params", None)
+        if not params or params[0][0] != _HEARTBEAT_INFO or not params[0][1].startswith(_PROBE_TAG):
+            return False
+        key = params[0][1][len(_PROBE_TAG) : len(_PROBE_TAG) + 8]
+        entry = self._probes.get(key)
+        # Only an echo of the whole probe proves that its size came back through the path.
+        if entry is not None and len(params[0][1]) == entry[0] - _PROBE_OVERHEAD and not entry[1].done():
+            del self._probes[key]
+            entry[1].set_result(entry[0])
+            # Use a confirmed size at once; the round's verdict on larger ones comes later.
+            if entry[0] > self._current.datagram:
+                self._decide(entry[0], "path probe confirmed", settle=False)
+        return True
+
+    async def _send_probe(self, size: int) -> asyncio.Future:
+        module = aiortc.rtcsctptransport
+        nonce = os.urandom(8)
+        future = asyncio.get_running_loop().create_future()
+        self._probes[nonce] = (size, future)
+        info = _PROBE_TAG + nonce
+        chunk = module.HeartbeatChunk()
+        chunk.params = [(_HEARTBEAT_INFO, info + bytes(size - _PROBE_OVERHEAD - len(info)))]
+        # Straight to DTLS: a probe is never cut into pieces.
+        await type(self._sctp)._send_chunk(self._sctp, chunk)
+        return future
+
+    async def probe(
+        self, sizes: tuple[int, ...] = PROBE_SIZES, timeout: float = PROBE_TIMEOUT, *, first: bool = False
+    ) -> int | None:
+        """Probe every size in ``sizes`` (up to the peer's limit) at once; the largest answered
+        (with ``first``, the first answered) within ``timeout`` seconds, or None."""
+        sizes = tuple(size for size in sizes if size <= self._limit)
+        futures = [await self._send_probe(size) for size in sizes]
+        if not futures:
+            return None
+        when = asyncio.FIRST_COMPLETED if first else asyncio.ALL_COMPLETED
+        done, pending = await asyncio.wait(futures, timeout=timeout, return_when=when)
+        for future in pending:
+            future.cancel()
+        self._probes = {k: v for k, v in self._probes.items() if not v[1].done()}
+        answered = [future.result() for future in done if not future.cancelled()]
+        return max(answered, default=None)
+
+    def _established(self) -> bool:
+        sctp = self._sctp
+        return sctp is not None and sctp._association_state == type(sctp).State.ESTABLISHED
+
+    async def _probe_loop(self) -> None:
+        try:
+            await self._probe_rounds()
+        except ConnectionError as error:
+            # DTLS closed under a probe: the connection is ending, and so does probing.
+            logger.debug("path probing stopped: {}", error)
+
+    async def _probe_rounds(self) -> None:
+        delay = 0.0
+        while True:
+            await asyncio.sleep(delay)
+            if not self._established():
+                if self._sctp is None or self._sctp.state == "closed":
+                    return
+                delay = 0.05
+                continue
+            self._black_hole.clear()
+            larger = tuple(size for size in PROBE_SIZES if size > self._current.datagram)
+            best = await self.probe(larger) if larger else None
+            unanswered = [size for size in larger if best is None or size > best]
+            lost = f"probes of {min(unanswered, default=0)} bytes and more unanswered: the path drops IP fragments?"
+            if best is not None and best >= self._current.datagram:
+                self._decide(best, "path probe confirmed" + (f"; {lost}" if unanswered else ""))
+            elif not self._settled.is_set():
+                self._decide(STOCK_PACKET_SIZE, lost if unanswered else "the peer reads no larger packets")
+            try:
+                await asyncio.wait_for(self._black_hole.wait(), REPROBE_INTERVAL)
+                delay = REPROBE_AFTER_BLACK_HOLE
+            except asyncio.TimeoutError:
+                delay = 0.0
+
+    def _on_retransmission_timeout(self) -> None:
+        self.retransmission_timeouts += 1
+        # A timeout alone does not tell congestion from a black hole: ask the path once more.
+        if self._current.datagram <= STOCK_PACKET_SIZE or self._check is not None:
+            return
+        self._check = asyncio.get_running_loop().create_task(self._check_black_hole(self._current.datagram))
+
+    async def _check_black_hole(self, size: int) -> None:
+        try:
+            # A few copies, so that one congestion loss is not taken for a black hole.
+            try:
+                answered = await self.probe((size,) * BLACK_HOLE_PROBES, BLACK_HOLE_PROBE_TIMEOUT, first=True)
+            except ConnectionError:
+                return
+            if answered is None and self._current.datagram == size:
+                self._decide(
+                    STOCK_PACKET_SIZE,
+                    f"datagrams of {size} bytes stopped getting through: black hole on the path, probing again later",
+                )
+                self._black_hole.set()
+        finally:
+            self._check = None

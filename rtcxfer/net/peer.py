@@ -1,0 +1,820 @@
+"""rtcxfer's aiortc glue: peer connection, data channel, backpressure (with
+:mod:`rtcxfer.net.aiortc_internals`, the only modules that import aiortc).
+
+What lives here:
+
+* :func:`restrict_host_candidates_to_loopback` and :class:`PeerOptions`: the loopback-only mode
+  in which no packet is ever sent to an address other than 127.0.0.1 (no STUN, no TURN, no mDNS,
+  host candidates on 127.0.0.1 only, remote candidates elsewhere dropped).
+* :class:`PeerConnection`: one ``RTCPeerConnection`` carrying one ordered, reliable data channel
+  labelled ``"rtcxfer"``. aiortc gathers every candidate before ``setLocalDescription`` returns,
+  so the SDP exchange is exactly one message each way (no trickle ICE).
+* :class:`DataChannel`: ``send_text`` / ``send_bytes`` with backpressure on ``bufferedAmount``,
+  ``recv`` from a queue fed synchronously by aiortc's ``message`` event, ``drain``.
+* :func:`connect_pair_in_process` (tests, benchmarks) and :func:`connect_via` (glue for any
+  signaling client that can send and receive an SDP dict).
+* 16 KiB SCTP packets between two rtcxfer peers (instead of aiortc's 1189 bytes, 1228 before
+  aiortc 1.16; about 10x the throughput) in datagrams as large as the path carries, found by
+  probing: the mechanism lives in :mod:`rtcxfer.net.aiortc_internals`, driven from
+  :class:`PeerConnection`. A stock peer sees no difference.
+
+Facts about aiortc 1.16 this module relies on (read in its source):
+
+* ``RTCDataChannel.send`` accepts exactly ``str`` and ``bytes`` (an ``isinstance`` check); a
+  ``bytearray`` or ``memoryview`` raises ``ValueError``, so those are converted with ``bytes()``
+  once. A ``str`` is UTF-8 encoded by aiortc; the limit applies to the encoded length.
+* The largest message ``send`` accepts is the *remote's* ``a=max-message-size`` (262144 for
+  aiortc peers, 65536 when the SDP has none, 0 meaning unlimited). aiortc keeps it in the private
+  ``RTCSctpTransport._remote_max_message_size`` (set when SCTP starts) and raises ``ValueError``
+  above it; we check first and raise :class:`~rtcxfer.protocol.errors.LocalProtocolError`.
+* ``bufferedAmount`` counts bytes queued locally (not delivered). ``bufferedamountlow`` fires
+  only when the amount *crosses* down to ``bufferedAmountLowThreshold``.
+* ``pc.close()`` aborts SCTP and drops whatever is queued or in flight: callers must finish a
+  transfer at the application level (end marker + acknowledgement) before closing.
+* ``RTCPeerConnection`` and ``RTCDataChannel`` remove all their listeners once closed, after
+  emitting ``connectionstatechange`` / ``close`` one last time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+import aioice.ice
+import attrs
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.exceptions import InvalidStateError
+from cryptography.hazmat.primitives import hashes
+
+from rtcxfer.log import logger
+from rtcxfer.net.aiortc_internals import PacketSize, PacketSizer
+from rtcxfer.protocol.errors import (
+    ConnectionClosedError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from rtcxfer.protocol.frames import quote_for_log
+
+if TYPE_CHECKING:  # pragma: no cover - typing.Self is 3.11+, never imported at run time
+    from typing import Self
+
+__all__ = [
+    "CHANNEL_LABEL",
+    "DEFAULT_HIGH_WATERMARK",
+    "DataChannel",
+    "PairCloser",
+    "PeerConnection",
+    "PeerOptions",
+    "connect_pair_in_process",
+    "connect_via",
+    "install_uvloop_if_available",
+    "restrict_host_candidates_to_loopback",
+    "signaling_adapter",
+    "strip_non_loopback_candidates",
+]
+
+CHANNEL_LABEL = "rtcxfer"
+"""Label of the single data channel rtcxfer opens; other labels from a peer are refused."""
+
+DEFAULT_HIGH_WATERMARK = 4 * 1024 * 1024
+"""Above this many locally queued bytes, senders wait (design: 1-4 MiB is a good start)."""
+
+LOOPBACK_ADDRESS = "127.0.0.1"
+
+# What aiortc assumes when the remote SDP carries no a=max-message-size (RFC 8841 section 6).
+_DEFAULT_REMOTE_MAX_MESSAGE_SIZE = 65536
+
+# How often drain() looks at bufferedAmount: the event aiortc offers fires at the low
+# threshold, not at zero, and a few milliseconds are nothing next to its ~7 MB/s.
+_DRAIN_POLL_SECONDS = 0.005
+
+Message = str | bytes
+Role = Literal["offerer", "answerer"]
+SignalingSend = Callable[[dict[str, str]], Awaitable[Any]]
+SignalingReceive = Callable[[], Awaitable[Any]]
+
+
+# --------------------------------------------------------------------------- loopback mode
+
+
+def _loopback_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    # aioice's own version lists every interface but skips 127.0.0.1, the one we want.
+    return [LOOPBACK_ADDRESS] if use_ipv4 else []
+
+
+def restrict_host_candidates_to_loopback() -> None:
+    """Make aioice gather host candidates on 127.0.0.1 only, for the whole process.
+
+    aioice 0.13's ``Connection.gather_candidates`` calls the module global
+    ``get_host_addresses(use_ipv4=..., use_ipv6=...)`` at call time, so replacing
+    ``aioice.ice.get_host_addresses`` is enough. Idempotent. It is a one-way, process-wide switch: once applied, every
+    peer connection in the process (even one built with ``loopback_only=False``) gathers only
+    127.0.0.1.
+    """
+    if aioice.ice.get_host_addresses is not _loopback_host_addresses:
+        aioice.ice.get_host_addresses = _loopback_host_addresses
+        logger.debug("aioice host candidates restricted to {}", LOOPBACK_ADDRESS)
+
+
+def _loopback_restriction_active() -> bool:
+    return aioice.ice.get_host_addresses is _loopback_host_addresses
+
+
+def strip_non_loopback_candidates(sdp: str) -> str:
+    """Return ``sdp`` without the ``a=candidate`` lines whose address is not 127.0.0.1.
+
+    Applied to every remote description in loopback-only mode: a peer's SDP could name any
+    address, or an ``.local`` mDNS host name that aioice would resolve by multicast, and either
+    would send packets off the loopback interface.
+    """
+    kept: list[str] = []
+    dropped = 0
+    for line in sdp.splitlines(keepends=True):
+        if line.startswith("a=candidate:"):
+            # a=candidate:<foundation> <component> <transport> <priority> <address> <port> typ ..
+            fields = line.split()
+            if len(fields) < 6 or fields[4] != LOOPBACK_ADDRESS:
+                dropped += 1
+                continue
+        kept.append(line)
+    if dropped:
+        logger.debug("dropped {} non-loopback remote ICE candidate(s)", dropped)
+    return "".join(kept)
+
+
+def _ice_server(entry: Any) -> RTCIceServer:
+    if isinstance(entry, RTCIceServer):
+        return entry
+    if isinstance(entry, str):
+        return RTCIceServer(urls=entry)
+    raise TypeError(f"an ICE server is a URL string or an RTCIceServer, not {type(entry).__name__}")
+
+
+def _check_ice_servers(instance: PeerOptions, attribute: attrs.Attribute, value: tuple) -> None:
+    if instance.loopback_only and value:
+        raise ValueError("ice_servers must be empty when loopback_only is set (no STUN/TURN)")
+    for entry in value:
+        _ice_server(entry)
+
+
+@attrs.frozen
+class PeerOptions:
+    """How a :class:`PeerConnection` is built.
+
+    ``loopback_only`` (the default) restricts host candidates to 127.0.0.1, uses no ICE server
+    and drops remote candidates that are not 127.0.0.1: nothing is ever sent to any other
+    address. ``ice_servers`` (STUN or TURN URL strings, or
+    ``RTCIceServer`` objects) is only allowed without ``loopback_only``; even then the default
+    is no ICE server at all, never aiortc's public STUN default.
+
+    ``high_watermark`` is the :class:`DataChannel` send-side buffer limit in bytes.
+
+    ``large_packets`` (default on): offer the peer SCTP packets larger than aiortc's stock size
+    (:data:`~rtcxfer.net.aiortc_internals.STOCK_PACKET_SIZE`); when it is an rtcxfer peer too, both
+    send 16 KiB packets in datagrams of the largest size the path is confirmed (by probing) to
+    carry (:mod:`rtcxfer.net.aiortc_internals`). A stock peer never sees a difference.
+    """
+
+    loopback_only: bool = True
+    ice_servers: tuple = attrs.field(default=(), converter=tuple, validator=_check_ice_servers)
+    high_watermark: int = attrs.field(default=DEFAULT_HIGH_WATERMARK, validator=attrs.validators.ge(0))
+    large_packets: bool = True
+
+    def rtc_configuration(self) -> RTCConfiguration:
+        """An ``RTCConfiguration`` with an explicit (empty in loopback mode) ICE server list.
+
+        ``iceServers`` is always passed: ``RTCConfiguration()`` alone means a public STUN server.
+        """
+        servers = [] if self.loopback_only else [_ice_server(s) for s in self.ice_servers]
+        return RTCConfiguration(iceServers=servers)
+
+
+def _remote_max_message_size_from_sdp(sdp: str) -> int:
+    for line in sdp.splitlines():
+        if line.startswith("a=max-message-size:"):
+            try:
+                return int(line.split(":", 1)[1])
+            except ValueError:
+                break
+    return _DEFAULT_REMOTE_MAX_MESSAGE_SIZE
+
+
+# --------------------------------------------------------------------------- data channel
+
+# Queue sentinel: everything before it is delivered, then recv raises.
+_CLOSED = object()
+
+
+class DataChannel:
+    """An open (or opening) ``RTCDataChannel`` with awaitable send, recv and drain.
+
+    Built by :class:`PeerConnection` (never by hand in application code): the ``message``
+    handler is attached in the constructor, which the answering side runs synchronously inside
+    aiortc's ``datachannel`` event, so no early message can be lost.
+
+    Receive side: aiortc has no receive-side flow control (SCTP's window is fed regardless of
+    whether anybody reads), so the queue is unbounded; a bounded queue could only drop
+    messages or block aiortc's event loop. Memory is bounded by the *sender's* backpressure
+    and by the reader keeping up; a reader that stops reading lets the queue grow.
+    """
+
+    def __init__(
+        self,
+        channel: RTCDataChannel,
+        *,
+        high_watermark: int = DEFAULT_HIGH_WATERMARK,
+        remote_max_message_size: int = _DEFAULT_REMOTE_MAX_MESSAGE_SIZE,
+    ) -> None:
+        if high_watermark < 0:
+            raise ValueError("high_watermark must be >= 0")
+        self._channel = channel
+        self._high = high_watermark
+        self._remote_max_message_size = remote_max_message_size
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._room = asyncio.Event()  # set by bufferedamountlow and by closing
+        self._settled = asyncio.Event()  # set once open, or once closed before opening
+        self._closed = False
+        self._close_reason = "data channel closed"
+
+        channel.bufferedAmountLowThreshold = high_watermark // 4
+        channel.on("message", self._on_message)
+        channel.on("bufferedamountlow", self._room.set)
+        channel.on("open", self._settled.set)
+        channel.on("close", self._on_close)
+        if channel.readyState == "open":
+            self._settled.set()
+        elif channel.readyState in ("closing", "closed"):
+            self._mark_closed(f"data channel already {channel.readyState}")
+
+    # -- event handlers: called synchronously by pyee, so they must never raise
+
+    def _on_message(self, message: Message) -> None:
+        if not self._closed:
+            self._queue.put_nowait(message)
+
+    def _on_close(self) -> None:
+        self._mark_closed("data channel closed")
+
+    def _mark_closed(self, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._close_reason = reason
+        self._queue.put_nowait(_CLOSED)
+        self._room.set()
+        self._settled.set()
+        logger.debug("data channel {!r}: {}", self._channel.label, reason)
+
+    # -- properties
+
+    @property
+    def label(self) -> str:
+        return self._channel.label
+
+    @property
+    def closed(self) -> bool:
+        """True once the channel or its peer connection closed (or failed), locally or remotely."""
+        return self._closed
+
+    @property
+    def is_open(self) -> bool:
+        return not self._closed and self._channel.readyState == "open"
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes queued locally by aiortc and not yet handed to SCTP (not "delivered")."""
+        return self._channel.bufferedAmount
+
+    @property
+    def high_watermark(self) -> int:
+        return self._high
+
+    @property
+    def max_message_size(self) -> int | None:
+        """The largest message (in bytes, UTF-8 for text) the remote accepts; None if unlimited.
+
+        aiortc enforces ``RTCSctpTransport._remote_max_message_size`` (private: 65536 until
+        SCTP starts, which is before the channel opens, then the remote's
+        ``a=max-message-size``). Reading it keeps our check and aiortc's in agreement; the
+        value parsed from the remote SDP is the fallback for an aiortc without that attribute.
+        """
+        size = getattr(
+            self._channel.transport,
+            "_remote_max_message_size",
+            self._remote_max_message_size,
+        )
+        return size or None
+
+    def remote_candidate_addresses(self) -> frozenset[str]:
+        """The IP addresses of the remote peer's ICE candidates (empty before ICE started)."""
+        ice = self._channel.transport.transport.transport  # SCTP -> DTLS -> ICE
+        return frozenset(candidate.ip for candidate in ice.getRemoteCandidates() if candidate.ip)
+
+    # -- sending
+
+    async def send_text(self, text: str) -> None:
+        """Send one text message, waiting first while the local buffer is over the watermark.
+
+        Raises :class:`LocalProtocolError` if its UTF-8 form exceeds :attr:`max_message_size`,
+        :class:`ConnectionClosedError` if the channel is closed.
+        """
+        if self._closed:
+            raise ConnectionClosedError(self._close_reason)
+        limit = self.max_message_size
+        # UTF-8 needs at most 4 bytes a character: only encode when the text could be too big.
+        if limit is not None and len(text) * 4 > limit:
+            size = len(text.encode("utf-8"))
+            if size > limit:
+                raise LocalProtocolError(f"text message of {size} bytes exceeds the remote's maximum of {limit}")
+        if self._channel.bufferedAmount > self._high:
+            await self._wait_for_room()
+        self._send(text)
+
+    async def send_bytes(self, data: bytes | bytearray | memoryview) -> None:
+        """Send one binary message, waiting first while the local buffer is over the watermark.
+
+        ``bytes`` are handed to aiortc without a copy; a ``bytearray`` or ``memoryview`` is
+        copied once, because aiortc's ``send`` accepts nothing else. Raises
+        :class:`LocalProtocolError` above :attr:`max_message_size`,
+        :class:`ConnectionClosedError` if the channel is closed.
+        """
+        if self._closed:
+            raise ConnectionClosedError(self._close_reason)
+        size = data.nbytes if isinstance(data, memoryview) else len(data)
+        limit = self.max_message_size
+        if limit is not None and size > limit:
+            raise LocalProtocolError(f"binary message of {size} bytes exceeds the remote's maximum of {limit}")
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        if self._channel.bufferedAmount > self._high:
+            await self._wait_for_room()
+        self._send(data)
+
+    async def _wait_for_room(self) -> None:
+        channel = self._channel
+        # Check before each wait: bufferedamountlow fires only on a downward crossing, and
+        # other senders may have refilled the buffer between the event and our wake-up.
+        while channel.bufferedAmount > self._high:
+            if self._closed:
+                raise ConnectionClosedError(self._close_reason)
+            self._room.clear()
+            await self._room.wait()
+        if self._closed:
+            raise ConnectionClosedError(self._close_reason)
+
+    def _send(self, message: Message) -> None:
+        try:
+            self._channel.send(message)
+        except InvalidStateError as exc:
+            # readyState is closing/closed: aiortc got there before our close event did.
+            raise ConnectionClosedError(f"data channel is {self._channel.readyState}") from exc
+        except ValueError as exc:
+            # Only reachable if aiortc's limit changed under us; our own check runs first.
+            raise LocalProtocolError(str(exc)) from exc
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until aiortc's local send queue is empty (``bufferedAmount == 0``).
+
+        This means "handed to SCTP", not "received": it does not replace an application-level
+        acknowledgement before closing. Raises ``asyncio.TimeoutError`` after ``timeout`` seconds and
+        :class:`ConnectionClosedError` if the channel closes with bytes still queued.
+        """
+
+        async def _drain() -> None:
+            while self._channel.bufferedAmount > 0:
+                if self._closed:
+                    raise ConnectionClosedError(
+                        f"{self._close_reason} with {self._channel.bufferedAmount} bytes unsent"
+                    )
+                await asyncio.sleep(_DRAIN_POLL_SECONDS)
+
+        await asyncio.wait_for(_drain(), timeout)
+
+    # -- receiving
+
+    async def recv(self) -> Message:
+        """The next message (``str`` for text, ``bytes`` for binary), in order.
+
+        Messages received before the channel closed are still returned; after them, and on
+        every later call, :class:`ConnectionClosedError` is raised.
+        """
+        try:
+            item = self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            item = await self._queue.get()
+        if item is _CLOSED:
+            # Put it back so that concurrent and later receivers wake and fail too.
+            self._queue.put_nowait(_CLOSED)
+            raise ConnectionClosedError(self._close_reason)
+        return item
+
+    def close(self) -> None:
+        """Close the channel (an SCTP stream reset) and wake receivers and senders.
+
+        Queued but unsent bytes may be lost: :meth:`drain` and wait for the peer's
+        acknowledgement first.
+        """
+        self._mark_closed("data channel closed locally")
+        if self._channel.readyState not in ("closing", "closed"):
+            self._channel.close()
+
+    def dtls_fingerprints(self) -> tuple[str, str] | None:
+        """SHA-256 fingerprints ``(local, remote)`` of the DTLS certificates this channel runs
+        over, as this side's handshake saw them (the remote one from the certificate the peer
+        really presented); None before DTLS is up. Session authentication binds both."""
+        try:
+            dtls = self._channel.transport.transport
+            local = next(f.value for f in dtls.getLocalParameters().fingerprints if f.algorithm == "sha-256")
+            peer_certificate = dtls._ssl.get_peer_certificate(as_cryptography=True)
+        except (AttributeError, StopIteration):
+            return None
+        if peer_certificate is None:
+            return None
+        # Computed here: aiortc's certificate_digest changed its signature between releases.
+        digest = peer_certificate.fingerprint(hashes.SHA256()).hex().upper()
+        remote = ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+        return local.upper(), remote
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else self._channel.readyState
+        return f"<DataChannel {self._channel.label!r} {state} buffered={self.buffered_amount}>"
+
+
+# --------------------------------------------------------------------------- peer connection
+
+
+class PeerConnection:
+    """One ``RTCPeerConnection`` carrying the ``"rtcxfer"`` data channel.
+
+    Offerer: ``sdp = await create_offer()``, send it, ``await accept_answer(answer)``.
+    Answerer: ``answer = await accept_offer(sdp)``, send it back. Both then
+    ``channel = await wait_channel_open(timeout)`` and finally ``await close()``.
+    Construct it inside a running event loop.
+
+    If the connection fails or closes, the channel is marked closed so that waiting receivers
+    and senders wake with :class:`ConnectionClosedError`; ``close()`` must still be called to
+    release the sockets.
+    """
+
+    def __init__(self, options: PeerOptions | None = None, *, any_channel_label: bool = False) -> None:
+        self._options = options if options is not None else PeerOptions()
+        # Whether a channel the peer opens may carry another label than "rtcxfer".
+        self._any_channel_label = any_channel_label
+        if self._options.loopback_only:
+            restrict_host_candidates_to_loopback()
+        elif _loopback_restriction_active():
+            logger.warning(
+                "loopback_only=False, but host candidates were restricted to {} earlier in "
+                "this process: only loopback candidates will be gathered",
+                LOOPBACK_ADDRESS,
+            )
+        self._pc = RTCPeerConnection(configuration=self._options.rtc_configuration())
+        #: Observers of the SCTP packet size (``PacketSize``); called on every change.
+        self.on_packet_size: list[Callable[[PacketSize], None]] = []
+        self._sizer = PacketSizer(self._options.large_packets, on_change=self._packet_size_changed)
+        self._channel: DataChannel | None = None
+        # Set once the channel wrapper exists, or once the connection ended without one.
+        self._channel_ready = asyncio.Event()
+        self._ended_reason: str | None = None
+        self._closing = False
+        # A fallback for max_message_size until SCTP starts and aiortc records the value.
+        self._remote_max_message_size = _DEFAULT_REMOTE_MAX_MESSAGE_SIZE
+        self._pc.on("connectionstatechange", self._on_connection_state_change)
+        self._pc.on("datachannel", self._on_datachannel)
+
+    # -- properties
+
+    @property
+    def options(self) -> PeerOptions:
+        return self._options
+
+    @property
+    def connection_state(self) -> str:
+        return self._pc.connectionState
+
+    @property
+    def local_sdp(self) -> str | None:
+        description = self._pc.localDescription
+        return description.sdp if description is not None else None
+
+    @property
+    def channel(self) -> DataChannel | None:
+        """The data channel wrapper once it exists (it may not be open yet)."""
+        return self._channel
+
+    # -- aiortc events (synchronous, must not raise)
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if (channel.label != CHANNEL_LABEL and not self._any_channel_label) or self._channel is not None:
+            logger.warning("refusing unexpected data channel {!r} from the peer", channel.label)
+            channel.close()
+            return
+        # Synchronously, inside the event: the message handler must exist before aiortc
+        # delivers the next packet, or the peer's first messages are lost.
+        self._channel = self._wrap(channel)
+        self._channel_ready.set()
+
+    def _on_connection_state_change(self) -> None:
+        state = self._pc.connectionState
+        logger.debug("peer connection state: {}", state)
+        if state in ("failed", "closed") and self._ended_reason is None:
+            self._ended_reason = f"peer connection {state}"
+            if self._channel is not None:
+                self._channel._mark_closed(self._ended_reason)
+            self._channel_ready.set()
+
+    def _wrap(self, channel: RTCDataChannel) -> DataChannel:
+        return DataChannel(
+            channel,
+            high_watermark=self._options.high_watermark,
+            remote_max_message_size=self._remote_max_message_size,
+        )
+
+    def _check_usable(self) -> None:
+        if self._closing:
+            raise ConnectionClosedError("peer connection closed")
+
+    async def _set_remote(self, sdp: str, kind: str) -> None:
+        if self._options.loopback_only:
+            sdp = strip_non_loopback_candidates(sdp)
+        try:
+            await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        except InvalidStateError as exc:
+            raise LocalProtocolError(f"cannot accept an SDP {kind} now: {exc}") from exc
+        except ValueError as exc:
+            raise RemoteProtocolError(f"the peer's SDP {kind} is invalid: {exc}") from exc
+        self._remote_max_message_size = _remote_max_message_size_from_sdp(sdp)
+        if self._channel is not None:
+            self._channel._remote_max_message_size = self._remote_max_message_size
+        self._sizer.remote_description(sdp, self._pc.sctp)
+
+    def _local_sdp_to_send(self) -> str:
+        return self._sizer.advertise_in(self._pc.localDescription.sdp)
+
+    def _packet_size_changed(self, size: PacketSize) -> None:
+        for observer in list(self.on_packet_size):
+            try:
+                observer(size)
+            except Exception:  # an observer's bug must not break the SCTP transport
+                logger.exception("packet size observer failed")
+
+    def watch_packet_size(self, callback: Callable[[PacketSize], None]) -> None:
+        """Call ``callback`` with the packet size now if it is decided, and on every change."""
+        if self._sizer.decided:
+            callback(self._sizer.current)
+        self.on_packet_size.append(callback)
+
+    @property
+    def packet_size(self) -> PacketSize:
+        """The SCTP packet size this side sends now, and why."""
+        return self._sizer.current
+
+    @property
+    def sctp_packet_size(self) -> int:
+        return self._sizer.current.size
+
+    async def packet_size_settled(self, timeout: float | None = 5.0) -> PacketSize:
+        """The packet size once the first probe round is over (or known without one)."""
+        return await self._sizer.settled(timeout)
+
+    # -- offer / answer
+
+    async def create_offer(self) -> str:
+        """Create the ``"rtcxfer"`` channel (ordered, reliable) and return the SDP offer.
+
+        The channel must exist before the offer, or the SDP has no application section.
+        The returned SDP already holds every local candidate.
+        """
+        self._check_usable()
+        if self._channel is not None:
+            raise LocalProtocolError("create_offer() was already called on this connection")
+        self._channel = self._wrap(self._pc.createDataChannel(CHANNEL_LABEL, ordered=True))
+        self._channel_ready.set()
+        self._sizer.prepare(self._pc.sctp)
+        try:
+            offer = await self._pc.createOffer()
+            await self._pc.setLocalDescription(offer)
+        except InvalidStateError as exc:
+            raise LocalProtocolError(f"cannot create an offer now: {exc}") from exc
+        return self._local_sdp_to_send()
+
+    async def accept_offer(self, sdp: str) -> str:
+        """Apply the peer's SDP offer and return our SDP answer (with all our candidates)."""
+        self._check_usable()
+        await self._set_remote(sdp, "offer")
+        try:
+            answer = await self._pc.createAnswer()
+            await self._pc.setLocalDescription(answer)
+        except InvalidStateError as exc:
+            raise LocalProtocolError(f"cannot create an answer now: {exc}") from exc
+        return self._local_sdp_to_send()
+
+    async def accept_answer(self, sdp: str) -> None:
+        """Apply the peer's SDP answer to the offer :meth:`create_offer` returned."""
+        self._check_usable()
+        if self._channel is None:
+            raise LocalProtocolError("accept_answer() before create_offer()")
+        await self._set_remote(sdp, "answer")
+
+    async def wait_channel_open(self, timeout: float | None = 30.0) -> DataChannel:
+        """Wait until the data channel is open and return it.
+
+        Raises ``asyncio.TimeoutError`` (the builtin ``TimeoutError`` on Python 3.11+)
+        after ``timeout`` seconds (None: no limit) and
+        :class:`ConnectionClosedError` if the connection fails or closes first.
+        """
+
+        async def _wait() -> DataChannel:
+            await self._channel_ready.wait()
+            channel = self._channel
+            if channel is None:
+                raise ConnectionClosedError(self._ended_reason or "peer connection closed")
+            await channel._settled.wait()
+            if channel.closed:
+                raise ConnectionClosedError(channel._close_reason)
+            self._sizer.start()
+            return channel
+
+        return await asyncio.wait_for(_wait(), timeout)
+
+    async def close(self) -> None:
+        """Close the connection (idempotent). Unsent and in-flight bytes are dropped."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._ended_reason is None:
+            self._ended_reason = "peer connection closed locally"
+        if self._channel is not None:
+            self._channel._mark_closed(self._ended_reason)
+        self._channel_ready.set()
+        self._sizer.close()
+        # Shielded: when the peer has gone, aiortc is often closing already in a task of its
+        # own, and our close() then awaits that task's future; cancelling us (the client left
+        # the room meanwhile) would cancel that future, and aiortc's task would then fail
+        # ("Task exception was never retrieved ... InvalidStateError").
+        await asyncio.shield(self._pc.close())
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<PeerConnection {self._pc.connectionState} channel={self._channel!r}>"
+
+
+# --------------------------------------------------------------------------- conveniences
+
+
+class PairCloser:
+    """The ``close_fn`` of :func:`connect_pair_in_process`: ``await close_fn()`` closes both.
+
+    ``offerer`` and ``answerer`` are the two :class:`PeerConnection` objects, for tests that
+    need to close or inspect one side only.
+    """
+
+    def __init__(self, offerer: PeerConnection, answerer: PeerConnection) -> None:
+        self.offerer = offerer
+        self.answerer = answerer
+
+    async def __call__(self) -> None:
+        await asyncio.gather(self.offerer.close(), self.answerer.close())
+
+
+async def connect_pair_in_process(
+    options: PeerOptions | None = None, timeout: float = 30.0
+) -> tuple[DataChannel, DataChannel, PairCloser]:
+    """Two real peers in this process, SDP handed over directly (no signaling server).
+
+    Returns ``(offerer_channel, answerer_channel, close_fn)``; both channels are open.
+    """
+    options = options if options is not None else PeerOptions()
+    offerer = PeerConnection(options)
+    answerer = PeerConnection(options)
+    close_fn = PairCloser(offerer, answerer)
+    try:
+        answer = await answerer.accept_offer(await offerer.create_offer())
+        await offerer.accept_answer(answer)
+        results = await asyncio.gather(
+            offerer.wait_channel_open(timeout),
+            answerer.wait_channel_open(timeout),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+    except BaseException:
+        await close_fn()
+        raise
+    offerer_channel, answerer_channel = results
+    return offerer_channel, answerer_channel, close_fn
+
+
+def _expect_sdp(message: Any, kind: str) -> str:
+    if not isinstance(message, Mapping):
+        raise RemoteProtocolError(f"expected an SDP {kind} message, got a {type(message).__name__}")
+    got = message.get("kind")
+    sdp = message.get("sdp")
+    if got == "error" and isinstance(message.get("message"), str):
+        # The other side says what it expected instead (see docs/protocol.md, section 1.4).
+        raise RemoteProtocolError(f"the peer refused our SDP {'offer' if kind == 'answer' else 'message'}: "
+                                  f"{quote_for_log(message['message'], 300)}")
+    if got != kind or not isinstance(sdp, str):
+        # Describe, never echo: the message came from the network.
+        raise RemoteProtocolError(f"expected an SDP {kind} message, got kind {str(got)[:32]!r}")
+    return sdp
+
+
+async def connect_via(
+    signaling_send: SignalingSend,
+    signaling_receive: SignalingReceive,
+    role: Role,
+    options: PeerOptions | None = None,
+    timeout: float = 30.0,
+) -> tuple[PeerConnection, DataChannel]:
+    """Connect through any signaling channel, given a way to send and to receive one message.
+
+    ``signaling_send(payload)`` delivers ``{"kind": "offer" | "answer", "sdp": ...}`` to the
+    other side; ``signaling_receive()`` returns the next such payload from it. With a
+    ``SignalingClient``, whose ``receive()`` wraps payloads in relay events and interleaves
+    peer events, :func:`signaling_adapter` builds the pair::
+
+        send, receive = signaling_adapter(client, peer_id)
+        peer, channel = await connect_via(send, receive, "offerer")
+
+    The offerer sends the offer and receives the answer; the answerer the reverse. The whole
+    handshake, up to an open channel, is bounded by ``timeout`` (``asyncio.TimeoutError``). A
+    payload of the wrong shape or kind raises :class:`RemoteProtocolError`. On any failure the
+    peer connection is closed. Returns ``(peer_connection, open_channel)``; the caller owns
+    ``peer_connection.close()``.
+    """
+    if role not in ("offerer", "answerer"):
+        raise ValueError(f"role must be 'offerer' or 'answerer', not {role!r}")
+    peer = PeerConnection(options)
+
+    async def _handshake() -> DataChannel:
+        if role == "offerer":
+            await signaling_send({"kind": "offer", "sdp": await peer.create_offer()})
+            await peer.accept_answer(_expect_sdp(await signaling_receive(), "answer"))
+        else:
+            offer = _expect_sdp(await signaling_receive(), "offer")
+            await signaling_send({"kind": "answer", "sdp": await peer.accept_offer(offer)})
+        return await peer.wait_channel_open(None)
+
+    try:
+        channel = await asyncio.wait_for(_handshake(), timeout)
+    except BaseException:
+        await peer.close()
+        raise
+    return peer, channel
+
+
+def signaling_adapter(client: Any, peer_id: str) -> tuple[SignalingSend, SignalingReceive]:
+    """``(send, receive)`` for :func:`connect_via` over a ``rtcxfer.net.signaling.SignalingClient``.
+
+    Duck-typed (``send_to(peer_id, payload)`` and ``receive()`` returning
+    ``{"type": "relay", "from": ..., "payload": {...}}`` or peer events), so this module needs
+    no import of the signaling one. ``receive`` returns the payload of the next relay from
+    ``peer_id``, skips other events, and raises :class:`ConnectionClosedError` if ``peer_id``
+    leaves the room, since the handshake could then never complete.
+    """
+
+    async def send(payload: dict[str, str]) -> None:
+        await client.send_to(peer_id, payload)
+
+    async def receive() -> Any:
+        while True:
+            event = await client.receive()
+            kind = event.get("type") if isinstance(event, Mapping) else None
+            if kind == "relay" and event.get("from") == peer_id:
+                return event.get("payload")
+            if kind == "peer-left" and event.get("peer_id") == peer_id:
+                raise ConnectionClosedError(f"peer {peer_id!r} left during the SDP exchange")
+            # Joins, and relays from other peers, are not part of this handshake.
+            logger.debug("signaling event ignored during the SDP exchange: {}", kind)
+
+    return send, receive
+
+
+def install_uvloop_if_available() -> bool:
+    """Install uvloop's event loop policy if uvloop is importable; return whether it was.
+
+    Call it before ``asyncio.run``; loops created earlier are unaffected. uvloop speeds aiortc
+    up by about 1.3-1.5x here and is an optional extra (``rtcxfer[fast]``).
+    """
+    try:
+        import uvloop
+    except ImportError:
+        logger.debug("uvloop is not installed; keeping the default event loop")
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    logger.debug("uvloop event loop policy installed")
+    return True

@@ -1,0 +1,160 @@
+"""The base class every transport plugin subclasses.
+
+A transport moves the bytes of one file between the peers in its own way: a relative path on
+storage both mount, chunks over the data channel, an object store. The class attributes
+below are the sans-IO part of the contract that discovery, selection and dispatch rely on.
+
+This module imports no asyncio, aiortc, fsspec or loguru.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
+
+import attrs
+
+from rtcxfer.protocol.frames import Frame
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rtcxfer.net.link import Link
+    from rtcxfer.protocol.engine import ChunkReceived
+
+
+class Transport:
+    """A way to move a file's bytes. Subclasses set the class attributes below."""
+
+    #: Unique name used on the wire and on the command line, e.g. ``"shared-fs"``.
+    name: ClassVar[str] = ""
+    #: Automatic selection prefers the transport with the highest rank both peers offer.
+    rank: ClassVar[int] = 0
+    #: The frame classes this transport owns; :meth:`claims` answers from them.
+    frame_types: ClassVar[tuple[type[Frame], ...]] = ()
+    #: One line for ``rtcxfer plugins``.
+    description: ClassVar[str] = ""
+
+    @classmethod
+    def claims(cls, frame: Frame) -> bool:
+        """Whether a frame received from the peer belongs to this transport."""
+        return isinstance(frame, cls.frame_types)
+
+    @classmethod
+    def usable(cls, context: TransportContext) -> bool:
+        """Whether this side can offer the transport at all (e.g. a shared root is mounted)."""
+        return True
+
+    @classmethod
+    def unusable_because(cls, context: TransportContext) -> str:
+        """Why :meth:`usable` said no, and what would make it yes: shown to the user who asked
+        for this transport. A plugin with settings overrides it (which one is missing)."""
+        return "this side does not offer it"
+
+    #: Set by :meth:`negotiate` when it returns ``False``: the verdict, for the user.
+    not_negotiated_because: str = ""
+
+    # The I/O part of the contract: one instance per session, made by the worker or client.
+
+    def __init__(self, link: Link, context: TransportContext) -> None:
+        self.link = link
+        self.context = context
+
+    async def negotiate(self) -> bool:
+        """Client side, once per session after both peers listed this transport: check it
+        really works between them (shared-fs writes a probe the worker must read back).
+        ``False`` means the transport is not used in this session."""
+        return True
+
+    async def on_frame(self, frame: Frame) -> None:
+        """Handle a frame the engine dispatched to this transport."""
+        raise NotImplementedError
+
+    async def on_chunk(self, event: ChunkReceived) -> None:
+        """Handle bytes of a transfer this transport opened (byte-moving transports only)."""
+        raise NotImplementedError
+
+    def on_closed(self) -> None:
+        """The session ended: drop partial state (never present a partial file as complete)."""
+
+    async def send_file(self, path: Path, name: str) -> Delivery:
+        """Deliver the local file ``path`` to the peer as ``name``; return once confirmed."""
+        raise NotImplementedError
+
+
+@attrs.frozen
+class ReceivedFile:
+    """A file that arrived from the peer and is complete and verified at ``path``."""
+
+    name: str
+    path: Path
+    size: int
+    transport: str
+    sha256: str | None = None
+    transfer_id: str | None = None
+    #: How to open it for reading; by default a plain open of ``path``.
+    opener: Callable[[], BinaryIO] | None = attrs.field(default=None, eq=False, repr=False)
+
+    def open(self) -> BinaryIO:
+        """Open the file for reading (binary)."""
+        return self.opener() if self.opener is not None else open(self.path, "rb")
+
+
+@attrs.frozen
+class Delivery:
+    """A file this side delivered to the peer, as the peer confirmed it."""
+
+    name: str
+    size: int
+    transport: str
+    sha256: str | None = None
+    #: How the peer refers to it: a relative path for shared-fs, a transfer id for rtc-chunked.
+    reference: str = ""
+
+
+@attrs.define
+class TransportContext:
+    """What a transport's per-session object needs to know about its side of the session."""
+
+    #: ``"client"`` or ``"worker"``.
+    role: str
+    #: Where files received by bytes-moving transports are placed (the application may change
+    #: it between jobs).
+    incoming_dir: Path
+    #: The shared storage root on this side, if any.
+    shared_root: Path | None = None
+    #: Called with every :class:`ReceivedFile` once it is complete and verified.
+    on_file: Callable[[ReceivedFile], Awaitable[None] | None] | None = None
+    #: Called with frames a transport received but did not expect (e.g. a PATH_ERROR about a
+    #: package the worker already accepted), so the application can react.
+    on_notice: Callable[[Frame], None] | None = None
+    #: Where partial files of earlier sessions wait to be resumed (the worker's inputs; see
+    #: :mod:`rtcxfer.files.kept_partials`), or ``None``.
+    kept_partials_dir: Path | None = None
+    #: Largest file a peer may announce.
+    max_file_bytes: int = 1 << 40
+    #: Transport-specific settings, by transport name.
+    options: dict[str, Any] = attrs.field(factory=dict)
+    #: Called as ``progress(transport, name, bytes_done, total)`` by every transport that moves
+    #: bytes, in both directions (sending and receiving), so an application shows a bar for a
+    #: transport it has never heard of. ``bytes_done == total`` ends a file.
+    progress: Callable[[str, str, int, int], None] | None = None
+
+    def progress_reporter(self, transport: str) -> Callable[[str, int, int], None] | None:
+        """``progress(name, done, total)`` for ``transport``: its own ``progress`` option if the
+        application gave one, else :attr:`progress` with the transport's name filled in."""
+        own = self.options.get(transport, {}).get("progress")
+        if own is not None:
+            return own
+        shared = self.progress
+        if shared is None:
+            return None
+        return lambda name, done, total: shared(transport, name, done, total)
+
+    async def deliver(self, received: ReceivedFile) -> None:
+        """Hand a complete, verified file to :attr:`on_file` (a plain or a coroutine function)."""
+        if self.on_file is None:
+            return
+        result = self.on_file(received)
+        if inspect.isawaitable(result):
+            await result
