@@ -112,10 +112,10 @@ def _packet_report(peer) -> dict:
 async def byte_receiver(args: argparse.Namespace, name: str = "rtc-chunked") -> dict:
     """The worker side of a byte-moving transport (rtc-chunked, direct): receives until the
     sender closes the session."""
-    from rtcxfer.protocol.engine import Session
     from rtcxfer.net.link import Link
-    from rtcxfer.transport.host import PluginHost
+    from rtcxfer.protocol.engine import Session
     from rtcxfer.transport.base import TransportContext
+    from rtcxfer.transport.host import PluginHost
 
     peer, channel = await _connect(args, "worker")
     host = PluginHost(autoload=False)
@@ -141,10 +141,10 @@ async def byte_receiver(args: argparse.Namespace, name: str = "rtc-chunked") -> 
 
 async def byte_sender(args: argparse.Namespace, name: str = "rtc-chunked") -> dict:
     """The client side of a byte-moving transport: negotiates, then sends each file, timed."""
-    from rtcxfer.protocol.engine import Session
     from rtcxfer.net.link import Link
-    from rtcxfer.transport.host import PluginHost
+    from rtcxfer.protocol.engine import Session
     from rtcxfer.transport.base import TransportContext
+    from rtcxfer.transport.host import PluginHost
 
     peer, channel = await _connect(args, "client")
     host = PluginHost(autoload=False)
@@ -429,8 +429,8 @@ async def sfs_client(args: argparse.Namespace) -> dict:
     PATH_VALIDATED, which must not be read as the answer to the next package's request.
     """
     from rtcxfer.client.rtc_client import RTCClient
-    from rtcxfer.transport.host import PluginHost
     from rtcxfer.net.peer import PeerOptions
+    from rtcxfer.transport.host import PluginHost
 
     mem = Memory()
     results = []
@@ -468,10 +468,10 @@ def _s3_options(args: argparse.Namespace) -> dict:
 
 
 async def s3_side(args: argparse.Namespace, role: str) -> dict:
-    from rtcxfer.protocol.engine import Session
     from rtcxfer.net.link import Link
-    from rtcxfer.transport.host import PluginHost
+    from rtcxfer.protocol.engine import Session
     from rtcxfer.transport.base import TransportContext
+    from rtcxfer.transport.host import PluginHost
 
     peer, channel = await _connect(args, role)
     host = PluginHost()
@@ -524,9 +524,8 @@ def skip_sha256(where: str) -> None:
     import hashlib
     import types
 
-    from rtcxfer.transports import direct
-
     from rtcxfer.files import receiving as partial
+    from rtcxfer.transports import direct
 
     def sha256(data: bytes = b""):
         return hashlib.sha256(data) if data else _NoDigest()  # transfer ids still hash their key

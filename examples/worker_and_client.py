@@ -13,10 +13,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rtcxfer.protocol.auth import signaling_token
 from rtcxfer.client.rtc_client import RTCClient
 from rtcxfer.client.sample import build_sample_package
 from rtcxfer.net.signaling import SignalingServer
+from rtcxfer.protocol.auth import signaling_token
 from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
 
 

@@ -16,13 +16,13 @@ import hashlib
 import sys
 from pathlib import Path
 
-from rtcxfer.protocol.auth import signaling_token
-from rtcxfer.protocol.engine import Session
 from rtcxfer.net.link import Link
-from rtcxfer.transport.host import PluginHost
 from rtcxfer.net.peer import connect_via, signaling_adapter
 from rtcxfer.net.signaling import SignalingClient
+from rtcxfer.protocol.auth import signaling_token
+from rtcxfer.protocol.engine import Session
 from rtcxfer.transport.base import ReceivedFile, TransportContext
+from rtcxfer.transport.host import PluginHost
 
 GUARD = 90.0
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from worker_harness import TOKEN, make_worker
 
-from rtcxfer.net import peer as rtc
 from rtcxfer.client.rtc_client import RTCClient
-from rtcxfer.protocol.errors import AuthenticationError, PluginError
 from rtcxfer.client.sample import build_sample_package, sample_text
+from rtcxfer.net import peer as rtc
+from rtcxfer.protocol.errors import AuthenticationError, PluginError
 
 
 def summary_of(data: bytes) -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from rtcxfer.protocol.frames import FileMeta
-from rtcxfer.transport.host import PluginHost
 from rtcxfer.testing.contract import TransportContract
+from rtcxfer.transport.host import PluginHost
 
 
 class TestRtcChunkedContract(TransportContract):

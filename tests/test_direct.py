@@ -24,12 +24,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rtcxfer.files import receiving as partial
 from rtcxfer.protocol.errors import IntegrityError, TransferError
-from rtcxfer.transport.host import PluginHost
 from rtcxfer.testing.contract import _wait_for_received, contract_pair, make_file, run_async, sha256_of
 from rtcxfer.transport.base import TransportContext
+from rtcxfer.transport.host import PluginHost
 from rtcxfer.transports import direct, direct_tls
-from rtcxfer.files import receiving as partial
 from rtcxfer.transports.direct import parse_meta
 from rtcxfer.transports.direct_tls import (
     DATA,

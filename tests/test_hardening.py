@@ -31,17 +31,15 @@ from worker_harness import (
     worker_session,
 )
 
-from rtcxfer.protocol import auth
-
-from rtcxfer.files import kept_partials as resume
-
-from rtcxfer.net import peer as rtc
 from rtcxfer.client.rtc_client import RTCClient
+from rtcxfer.client.sample import build_sample_package, sample_text
+from rtcxfer.files import kept_partials as resume
+from rtcxfer.net import peer as rtc
+from rtcxfer.net.rate_limits import WorkerLimits
+from rtcxfer.net.signaling import SignalingClient, SignalingServer
+from rtcxfer.protocol import auth
 from rtcxfer.protocol.errors import AuthenticationError, ConnectionClosedError
 from rtcxfer.protocol.frames import pack_chunk_header
-from rtcxfer.net.rate_limits import WorkerLimits
-from rtcxfer.client.sample import build_sample_package, sample_text
-from rtcxfer.net.signaling import SignalingClient, SignalingServer
 from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
 
 LOOPBACK = "127.0.0.1"
@@ -506,7 +504,7 @@ def test_15_garbage_gets_a_few_replies_and_log_lines_then_the_session_is_closed(
 
 
 def test_16_peer_text_cannot_forge_log_lines_or_send_terminal_escapes(tmp_path, logs):
-    forged = "oops\n2026-11-30 05:00:00 | ERROR | rtcxfer.worker.rtc_worker_client: forged line\x1b[31m red\x1b[0m\u2028"
+    forged = "oops\n2026-11-30 05:00:00 | ERROR | rtcxfer.worker: forged line\x1b[31m red\x1b[0m\u2028"
     worker = make_worker(None, tmp_path / "work")
     tid = "ef" * 16
 

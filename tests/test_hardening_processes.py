@@ -22,13 +22,12 @@ import attrs
 import pytest
 from worker_harness import hold_sockets
 
-from rtcxfer.protocol import auth
-
-from rtcxfer.net import peer as rtc
 from rtcxfer.client.rtc_client import RTCClient
-from rtcxfer.protocol.errors import SignalingError
 from rtcxfer.client.sample import build_sample_package, sample_text
+from rtcxfer.net import peer as rtc
 from rtcxfer.net.signaling import SignalingClient
+from rtcxfer.protocol import auth
+from rtcxfer.protocol.errors import SignalingError
 from rtcxfer.testing.processes import SIGNALING_READY, WORKER_READY, CliProcess
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, prctl and POSIX signals")

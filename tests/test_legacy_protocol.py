@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtcxfer.protocol.errors import LocalProtocolError
 from rtcxfer.protocol import legacy as protocol
+from rtcxfer.protocol.errors import LocalProtocolError
 from rtcxfer.protocol.legacy import FileMeta, UploadRefused, UploadTracker, decode, speaks_legacy
 
 LEGACY_PREFIXES = [

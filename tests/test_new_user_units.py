@@ -16,14 +16,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rtcxfer.cli import config
-
-from rtcxfer.files import kept_partials as resume
-from rtcxfer.client.rtc_client import ClientEvent
-from rtcxfer.client.packing import PackageError, check_package, pack_directory
 from rtcxfer.cli.progress import ProgressDisplay, format_size, transfer_record
+from rtcxfer.client.packing import PackageError, check_package, pack_directory
+from rtcxfer.client.rtc_client import ClientEvent
 from rtcxfer.client.sample import build_sample_package
-from rtcxfer.transport.base import TransportContext
+from rtcxfer.files import kept_partials as resume
 from rtcxfer.files.receiving import part_name
+from rtcxfer.transport.base import TransportContext
 
 # --- point 7: the package is checked on the client --------------------------------------
 

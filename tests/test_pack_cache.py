@@ -19,9 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rtcxfer.client import pack_cache
-
-from rtcxfer.client import packing
+from rtcxfer.client import pack_cache, packing
 from rtcxfer.client.pack_cache import PackCache, PackCacheError, fingerprint
 from rtcxfer.client.packing import PackageError, directory_members, pack_directory
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from rtcxfer.protocol.frames import unpack_chunk
-from rtcxfer.transport.host import PluginHost
 from rtcxfer.testing.transcript import Transcript, record_job
+from rtcxfer.transport.host import PluginHost
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 #: The frames of the core protocol and of the built-in transports (not of installed plugins).

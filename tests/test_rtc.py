@@ -21,10 +21,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from loguru import logger
 
-from rtcxfer.protocol.errors import (
-    ConnectionClosedError,
-    LocalProtocolError,
-    RemoteProtocolError,
+from rtcxfer.net.aiortc_internals import (
+    ATTRIBUTE,
+    MAX_PACKET_SIZE,
+    SOCKET_RECEIVE_BUFFER,
+    STOCK_PACKET_SIZE,
+    PacketSizer,
+    remote_packet_size,
+    tuning_supported,
+    tuning_unsupported_reason,
 )
 from rtcxfer.net.peer import (
     CHANNEL_LABEL,
@@ -39,15 +44,10 @@ from rtcxfer.net.peer import (
     signaling_adapter,
     strip_non_loopback_candidates,
 )
-from rtcxfer.net.aiortc_internals import (
-    ATTRIBUTE,
-    MAX_PACKET_SIZE,
-    SOCKET_RECEIVE_BUFFER,
-    STOCK_PACKET_SIZE,
-    PacketSizer,
-    remote_packet_size,
-    tuning_supported,
-    tuning_unsupported_reason,
+from rtcxfer.protocol.errors import (
+    ConnectionClosedError,
+    LocalProtocolError,
+    RemoteProtocolError,
 )
 
 STEP = 10.0  # seconds any single await may take before the test fails

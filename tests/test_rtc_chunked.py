@@ -17,6 +17,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from rtcxfer.net.signaling import SignalingServer
 from rtcxfer.protocol.errors import ConnectionClosedError, IntegrityError, LocalProtocolError, TransferError
 from rtcxfer.protocol.frames import (
     FileAccept,
@@ -25,7 +26,6 @@ from rtcxfer.protocol.frames import (
     ProtocolErrorFrame,
     pack_chunk_header,
 )
-from rtcxfer.net.signaling import SignalingServer
 from rtcxfer.testing import LinkedPeers, linked_peers
 from rtcxfer.transport.base import ReceivedFile, TransportContext
 from rtcxfer.transports.rtc_chunked import (

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from rtcxfer.files.safezip import ExtractResult, ZipLimits, extract_zip
 from rtcxfer.protocol.errors import (
     ArchiveError,
     ArchiveLimitError,
@@ -22,7 +23,6 @@ from rtcxfer.protocol.errors import (
     StorageFullError,
     UnsafeArchiveError,
 )
-from rtcxfer.files.safezip import ExtractResult, ZipLimits, extract_zip
 
 MiB = 1024 * 1024
 

@@ -19,9 +19,9 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from rtcxfer.protocol.errors import ArchiveError, PathError, PathOutsideRootError
-from rtcxfer.files.safezip import ZipLimits, extract_zip
 from rtcxfer.files.paths import open_beneath, resolve_peer_path
+from rtcxfer.files.safezip import ZipLimits, extract_zip
+from rtcxfer.protocol.errors import ArchiveError, PathError, PathOutsideRootError
 from tests.test_safezip import Member, build
 
 SYMLINK_NAMES = ["in_rel", "in_abs", "file_in", "out_dir", "out_file", "chain", "dangling", "loop1", "dotdot", "prefix"]

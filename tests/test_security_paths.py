@@ -11,14 +11,6 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from rtcxfer.files import paths as security
-from rtcxfer.protocol.errors import (
-    NotARegularFileError,
-    PathError,
-    PathNotFoundError,
-    PathOutsideRootError,
-    RemoteProtocolError,
-    UnsafePathError,
-)
 from rtcxfer.files.paths import (
     check_relative_text,
     is_dir_beneath,
@@ -28,6 +20,14 @@ from rtcxfer.files.paths import (
     resolve_peer_path,
     stat_beneath,
     validate_path_in_root,
+)
+from rtcxfer.protocol.errors import (
+    NotARegularFileError,
+    PathError,
+    PathNotFoundError,
+    PathOutsideRootError,
+    RemoteProtocolError,
+    UnsafePathError,
 )
 
 UNSAFE_TEXTS = {

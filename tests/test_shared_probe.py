@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from rtcxfer.protocol.frames import SharedProbe
 from rtcxfer.files.shared_storage import PROBE_BYTES, PROBE_DIR
+from rtcxfer.protocol.frames import SharedProbe
 from rtcxfer.transports.shared_fs import check_probe
 
 

@@ -21,7 +21,6 @@ from loguru import logger
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from rtcxfer.protocol.errors import SignalingError
 from rtcxfer.net.signaling import (
     ERROR_CODES,
     SignalingClient,
@@ -31,6 +30,7 @@ from rtcxfer.net.signaling import (
     connect_directly,
     run_signaling_server,
 )
+from rtcxfer.protocol.errors import SignalingError
 
 LOOPBACK = "127.0.0.1"
 STEP = 2.0  # seconds: the longest any single expected message may take

@@ -8,11 +8,11 @@ import secrets
 
 from worker_harness import TOKEN, run
 
-from rtcxfer.net import peer as rtc
 from rtcxfer.client.rtc_client import RTCClient
-from rtcxfer.protocol.errors import RemoteProtocolError
 from rtcxfer.client.sample import build_sample_package, sample_text
+from rtcxfer.net import peer as rtc
 from rtcxfer.net.signaling import SignalingClient, SignalingServer
+from rtcxfer.protocol.errors import RemoteProtocolError
 from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
 
 LOOPBACK = "127.0.0.1"

@@ -13,9 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtcxfer.net.signaling import SignalingClient, SignalingServer
 from rtcxfer.files.shared_storage import ROOT_MARKER, shared_root_fingerprint
-from rtcxfer.protocol.worker_description import MAX_DESCRIPTION_BYTES, DescriptionError, parse_label, validate_description
+from rtcxfer.net.signaling import SignalingClient, SignalingServer
+from rtcxfer.protocol.worker_description import (
+    MAX_DESCRIPTION_BYTES,
+    DescriptionError,
+    parse_label,
+    validate_description,
+)
 from rtcxfer.worker.description import build_description, parse_nvidia_smi
 from tests.test_signaling import LOOPBACK, STEP, assert_silent, async_test, raw, recv_json, registered, send_json
 

@@ -14,11 +14,11 @@ import pytest
 from loguru import logger
 from worker_harness import make_worker, run, run_shared_job, worker_session
 
-from rtcxfer.files.filesystem import FilesystemAdapter
-from rtcxfer.protocol.frames import pack_chunk_header
 from rtcxfer.client.sample import build_sample_package, sample_text
+from rtcxfer.files.filesystem import FilesystemAdapter
 from rtcxfer.files.paths import validate_path_in_root
 from rtcxfer.files.shared_storage import KNOWN_MOUNT_POINTS, detect_shared_root
+from rtcxfer.protocol.frames import pack_chunk_header
 from rtcxfer.transports import shared_fs
 from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
 

@@ -13,11 +13,10 @@ from pathlib import Path
 
 from websockets.exceptions import ConnectionClosed
 
-from rtcxfer.protocol import auth
-
 from rtcxfer.net import peer as rtc
-from rtcxfer.protocol.frames import DEFAULT_CATALOGUE, Frame, unpack_chunk
 from rtcxfer.net.signaling import connect_directly
+from rtcxfer.protocol import auth
+from rtcxfer.protocol.frames import DEFAULT_CATALOGUE, Frame, unpack_chunk
 from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
 
 TOKEN = "test-token"

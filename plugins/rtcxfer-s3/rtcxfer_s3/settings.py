@@ -17,8 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
-from rtcxfer.protocol.errors import PathError, RtcxferError
 from rtcxfer.files.paths import check_relative_text
+from rtcxfer.protocol.errors import PathError, RtcxferError
 from rtcxfer_s3.errors import (
     S3AccessDeniedError,
     S3BucketNotFoundError,

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from rtcxfer.files.paths import check_relative_text, makedirs_beneath, open_beneath
+from rtcxfer.log import logger
 from rtcxfer.protocol.errors import (
     ConnectionClosedError,
     PathError,
@@ -40,8 +42,6 @@ from rtcxfer.protocol.errors import (
     describe,
 )
 from rtcxfer.protocol.frames import Frame
-from rtcxfer.log import logger
-from rtcxfer.files.paths import check_relative_text, makedirs_beneath, open_beneath
 from rtcxfer.transport.base import Delivery, ReceivedFile, Transport
 from rtcxfer_s3.errors import (
     S3ConfigError,
