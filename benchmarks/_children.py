@@ -113,13 +113,13 @@ async def byte_receiver(args: argparse.Namespace, name: str = "rtc-chunked") -> 
     """The worker side of a byte-moving transport (rtc-chunked, direct): receives until the
     sender closes the session."""
     from rtcxfer.net.link import Link
-    from rtcxfer.protocol.engine import Session
+    from rtcxfer.protocol.engine import Engine
     from rtcxfer.transport.base import TransportContext
     from rtcxfer.transport.host import PluginHost
 
     peer, channel = await _connect(args, "worker")
     host = PluginHost(autoload=False)
-    link = Link(channel, Session(host.claim, catalogue=host.catalogue), name="worker")
+    link = Link(channel, Engine(host.claim, catalogue=host.catalogue), name="worker")
     mem = Memory()
     mem.mark_idle()
     received: list[dict] = []
@@ -142,13 +142,13 @@ async def byte_receiver(args: argparse.Namespace, name: str = "rtc-chunked") -> 
 async def byte_sender(args: argparse.Namespace, name: str = "rtc-chunked") -> dict:
     """The client side of a byte-moving transport: negotiates, then sends each file, timed."""
     from rtcxfer.net.link import Link
-    from rtcxfer.protocol.engine import Session
+    from rtcxfer.protocol.engine import Engine
     from rtcxfer.transport.base import TransportContext
     from rtcxfer.transport.host import PluginHost
 
     peer, channel = await _connect(args, "client")
     host = PluginHost(autoload=False)
-    link = Link(channel, Session(host.claim, catalogue=host.catalogue), name="client")
+    link = Link(channel, Engine(host.claim, catalogue=host.catalogue), name="client")
     mem = Memory()
     mem.mark_idle()
     options = {"rtc-chunked": {"chunk_size": args.chunk_size}} if args.chunk_size else {}
@@ -469,14 +469,14 @@ def _s3_options(args: argparse.Namespace) -> dict:
 
 async def s3_side(args: argparse.Namespace, role: str) -> dict:
     from rtcxfer.net.link import Link
-    from rtcxfer.protocol.engine import Session
+    from rtcxfer.protocol.engine import Engine
     from rtcxfer.transport.base import TransportContext
     from rtcxfer.transport.host import PluginHost
 
     peer, channel = await _connect(args, role)
     host = PluginHost()
     info = {t.name: t for t in host.transports()}["s3"]
-    link = Link(channel, Session(host.claim, catalogue=host.catalogue), name=role)
+    link = Link(channel, Engine(host.claim, catalogue=host.catalogue), name=role)
     mem = Memory()
     mem.mark_idle()
     results = []

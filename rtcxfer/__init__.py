@@ -34,7 +34,7 @@ PUBLIC = {
     "build_sample_package": "rtcxfer.client.sample",
     "RTCWorkerClient": "rtcxfer.worker.rtc_worker_client",
     "JobContext": "rtcxfer.worker.jobs",
-    "WorkerLimits": "rtcxfer.net.rate_limits",
+    "WorkerLimits": "rtcxfer.worker.limits",
     "SignalingServer": "rtcxfer.net.signaling",
     "SignalingClient": "rtcxfer.net.signaling",
     "PeerOptions": "rtcxfer.net.peer",

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 MOVED: dict[str, tuple[str, ...]] = {
     "rtcxfer.advice": ("rtcxfer.cli.messages",),
     "rtcxfer.auth": ("rtcxfer.protocol.auth",),
-    "rtcxfer.cli_room": ("rtcxfer.cli.room_commands",),
+    "rtcxfer.cli_room": ("rtcxfer.cli.workers", "rtcxfer.cli.worker", "rtcxfer.cli.submit", "rtcxfer.cli.tables"),
     "rtcxfer.config": ("rtcxfer.cli.config",),
     "rtcxfer.demo": ("rtcxfer.cli.demo",),
     "rtcxfer.engine": ("rtcxfer.protocol.engine",),
@@ -37,7 +37,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "rtcxfer.legacy": ("rtcxfer.protocol.legacy",),
     "rtcxfer.legacy.protocol": ("rtcxfer.protocol.legacy",),
     "rtcxfer.legacy.session": ("rtcxfer.worker.legacy_session",),
-    "rtcxfer.limits": ("rtcxfer.net.rate_limits",),
+    "rtcxfer.limits": ("rtcxfer.worker.limits", "rtcxfer.net.rate_limits"),
     "rtcxfer.link": ("rtcxfer.net.link",),
     "rtcxfer.pack_cache": ("rtcxfer.client.pack_cache",),
     "rtcxfer.packing": ("rtcxfer.client.packing",),
@@ -61,6 +61,7 @@ MOVED: dict[str, tuple[str, ...]] = {
         "rtcxfer.files.shared_storage",
     ),
     "rtcxfer.worker_slots": ("rtcxfer.worker.slots",),
+    "rtcxfer.testing.session_pair": ("rtcxfer.testing.engine_pair",),
 }
 #: Old paths that were packages: their stand-ins can have submodules.
 PACKAGES = frozenset({"rtcxfer.legacy"})

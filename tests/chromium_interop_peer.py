@@ -20,7 +20,7 @@ from rtcxfer.net.link import Link
 from rtcxfer.net.peer import connect_via, signaling_adapter
 from rtcxfer.net.signaling import SignalingClient
 from rtcxfer.protocol.auth import signaling_token
-from rtcxfer.protocol.engine import Session
+from rtcxfer.protocol.engine import Engine
 from rtcxfer.transport.base import ReceivedFile, TransportContext
 from rtcxfer.transport.host import PluginHost
 
@@ -36,7 +36,7 @@ async def main(url: str, room: str, token: str, browser_id: str, send_file: Path
         host = PluginHost(autoload=False)
         received: asyncio.Future[ReceivedFile] = asyncio.get_running_loop().create_future()
         context = TransportContext(role="client", incoming_dir=receive_dir, on_file=received.set_result)
-        link = Link(channel, Session(host.claim, catalogue=host.catalogue), name="python-peer")
+        link = Link(channel, Engine(host.claim, catalogue=host.catalogue), name="python-peer")
         [info] = [info for info in host.transports() if info.name == "rtc-chunked"]
         transport = info.transport(link, context)
         link.add_handler("rtc-chunked", transport)

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtcxfer.protocol.engine import APPLICATION, ChunkReceived, FrameReceived, ProtocolViolation, Session
+from rtcxfer.protocol.engine import APPLICATION, ChunkReceived, Engine, FrameReceived, ProtocolViolation
 from rtcxfer.protocol.errors import LocalProtocolError, TransferError, UnclaimedFrameError
 from rtcxfer.protocol.frames import (
     FileError,
@@ -14,8 +14,9 @@ from rtcxfer.protocol.frames import (
     ProtocolErrorFrame,
     SharedInputPath,
     pack_chunk_header,
+    reply_to,
 )
-from rtcxfer.testing import SessionPair
+from rtcxfer.testing import EnginePair
 from rtcxfer.transport.hookspecs import hookimpl
 from rtcxfer.transport.host import PluginHost
 
@@ -31,7 +32,7 @@ def host():
 
 @pytest.fixture
 def pair(host):
-    return SessionPair(host.claim, catalogue=host.catalogue)
+    return EnginePair(host.claim, catalogue=host.catalogue)
 
 
 def test_frames_are_dispatched_to_the_transport_that_claims_them(pair):
@@ -43,7 +44,7 @@ def test_frames_are_dispatched_to_the_transport_that_claims_them(pair):
 
 
 def test_transfers_of_different_transports_are_in_flight_at_once(pair):
-    client, worker = pair.sessions["client"], pair.sessions["worker"]
+    client, worker = pair.engines["client"], pair.engines["worker"]
     for session in (client, worker):
         session.open_transfer(TID_A, "rtc-chunked")
         session.open_transfer(TID_B, "s3-like")
@@ -73,12 +74,12 @@ def test_malformed_frame_gets_an_error_reply_and_the_session_goes_on(pair):
     event = pair.deliver("client", "SHARED_INPUT_PATH")
     assert isinstance(event, ProtocolViolation)
     assert event.reply.TYPE == "PROTOCOL_ERROR" and "SHARED_INPUT_PATH" in event.reply.reason
-    assert pair.sessions["worker"].violations == 1
+    assert pair.engines["worker"].violations == 1
     assert pair.send("client", SharedInputPath("ok")).handler == "shared-fs"
 
 
 def test_unclaimed_frame_gets_an_error_reply():
-    session = Session(lambda frame: None)
+    session = Engine(lambda frame: None)
     event = session.receive("SHARED_INPUT_PATH::x")
     assert isinstance(event, ProtocolViolation) and isinstance(event.error, UnclaimedFrameError)
     assert event.reply == ProtocolErrorFrame("no handler for SHARED_INPUT_PATH frames in this session")
@@ -88,13 +89,13 @@ def test_unclaimed_frame_gets_an_error_reply():
     "wire", ["PROTOCOL_ERROR::bad", f"FILE_ERROR::{TID_A}::gone", "JOB_FAILED::x", "PATH_ERROR::y"]
 )
 def test_unclaimed_error_reports_are_never_answered(wire):
-    session = Session(lambda frame: None, application_frames=())
+    session = Engine(lambda frame: None, application_frames=())
     event = session.receive(wire)
     assert isinstance(event, ProtocolViolation) and event.reply is None
 
 
 def test_two_engines_cannot_ping_pong_errors_forever():
-    left, right = Session(lambda f: None, application_frames=()), Session(lambda f: None, application_frames=())
+    left, right = Engine(lambda f: None, application_frames=()), Engine(lambda f: None, application_frames=())
     message, bounces = "GARBAGE", 0
     sessions = [right, left]
     while message is not None and bounces < 10:
@@ -110,18 +111,18 @@ def test_protocol_errors_from_the_peer_reach_the_application(pair):
 
 
 def test_application_frames_are_delivered_to_the_application(host):
-    session = Session(host.claim, catalogue=host.catalogue, application_frames=(JobFailed,))
+    session = Engine(host.claim, catalogue=host.catalogue, application_frames=(JobFailed,))
     assert session.receive("JOB_FAILED::boom") == FrameReceived(JobFailed("boom"), APPLICATION)
 
 
 def test_opening_a_transfer_twice_is_the_peers_fault_and_sending_on_a_closed_one_ours(pair):
-    worker = pair.sessions["worker"]
+    worker = pair.engines["worker"]
     worker.open_transfer(TID_A, "rtc-chunked")
     with pytest.raises(TransferError) as caught:
         worker.open_transfer(TID_A, "rtc-chunked")
-    assert caught.value.reply_frame() == FileError(TID_A, "transfer already open")
+    assert reply_to(caught.value) == FileError(TID_A, "transfer already open")
     with pytest.raises(LocalProtocolError):
-        pair.sessions["client"].chunk_header(TID_B, 0)
+        pair.engines["client"].chunk_header(TID_B, 0)
     with pytest.raises(LocalProtocolError):
         worker.open_transfer("not-hex", "rtc-chunked")
 
@@ -134,7 +135,7 @@ def test_a_plugin_whose_claim_raises_does_not_end_the_session():
 
     host = PluginHost(autoload=False)
     assert host.register(Exploding(), "exploding")
-    session = Session(host.claim, catalogue=host.catalogue)
+    session = Engine(host.claim, catalogue=host.catalogue)
     event = session.receive(f"FILE_ACK::{TID_A}::{SHA}")
     assert isinstance(event, ProtocolViolation) and isinstance(event.error, UnclaimedFrameError)
     # The session goes on and keeps answering.
@@ -158,7 +159,7 @@ def test_a_plugin_whose_claim_raises_does_not_end_the_session():
 )
 def test_no_sequence_of_messages_crashes_the_engine(messages):
     host = PluginHost(autoload=False)
-    session = Session(host.claim, catalogue=host.catalogue)
+    session = Engine(host.claim, catalogue=host.catalogue)
     session.open_transfer(TID_A, "rtc-chunked")
     for message in messages:
         event = session.receive(message)

@@ -20,6 +20,7 @@ from rtcxfer.protocol.frames import (
     SharedInputPath,
     SharedOutputPath,
     frame_type,
+    reply_to,
 )
 
 SHA = "ab" * 32
@@ -96,7 +97,7 @@ def test_greedy_field_keeps_separators(wire, expected):
 def test_malformed_frames_raise_the_remote_error(wire):
     with pytest.raises(FrameDecodeError) as caught:
         frames.decode(wire)
-    reply = caught.value.reply_frame()
+    reply = reply_to(caught.value)
     assert reply.TYPE == "PROTOCOL_ERROR"
     assert len(reply.reason) < frames.MAX_FRAME_CHARS
 
@@ -238,7 +239,7 @@ def test_arbitrary_text_decodes_to_its_own_encoding_or_raises_remote_error(text)
         frame = frames.decode(text)
     except RemoteProtocolError as error:
         assert isinstance(error, FrameDecodeError)
-        assert error.reply_frame().TYPE == "PROTOCOL_ERROR"
+        assert reply_to(error).TYPE == "PROTOCOL_ERROR"
         return
     assert frames.encode(frame) == text
 

@@ -35,11 +35,11 @@ from rtcxfer.client.rtc_client import RTCClient
 from rtcxfer.client.sample import build_sample_package, sample_text
 from rtcxfer.files import kept_partials as resume
 from rtcxfer.net import peer as rtc
-from rtcxfer.net.rate_limits import WorkerLimits
 from rtcxfer.net.signaling import SignalingClient, SignalingServer
 from rtcxfer.protocol import auth
 from rtcxfer.protocol.errors import AuthenticationError, ConnectionClosedError
 from rtcxfer.protocol.frames import pack_chunk_header
+from rtcxfer.worker.limits import WorkerLimits
 from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
 
 LOOPBACK = "127.0.0.1"
@@ -280,7 +280,7 @@ def test_5_disk_full_cleanup_does_not_follow_an_output_directory_swapped_for_a_s
                 os.symlink(outside, small / "jobs" / "out")
             return real_copy(source, sink, length)
 
-        monkeypatch.setattr("rtcxfer.worker.rtc_worker_client.shutil.copyfileobj", copy_then_swap)
+        monkeypatch.setattr("rtcxfer.files.results.shutil.copyfileobj", copy_then_swap)
 
         async def scenario():
             async with worker_session(worker) as peer:

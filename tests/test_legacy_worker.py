@@ -22,7 +22,7 @@ from legacy_client import (
     unzip,
 )
 from loguru import logger
-from worker_harness import make_worker, run
+from worker_harness import make_worker, run, worker_session
 
 from rtcxfer.net import peer as rtc
 
@@ -387,3 +387,35 @@ def test_shared_storage_job_on_a_worker_without_shared_storage(tmp_path, monkeyp
         "PATH_ERROR::Shared storage is not available on this worker: jobs/job_1",
         "PATH_ERROR::Missing input or output path for shared storage job",
     ]
+
+
+def test_a_legacy_session_holds_one_of_the_workers_job_slots(shared, tmp_path):
+    worker = make_worker(shared, tmp_path / "work", legacy=True, slots=1)
+    data = sample_data("slot", 50)  # random lines: made once
+    package = legacy_package(NAME, data)
+
+    async def scenario():
+        async with legacy_session(worker) as first:
+            await first.upload(package, NAME)
+            await first.wait_for("TRAIN_JOB_START::")
+            held = (worker.job_slots.running, worker.description()["state"])
+            # The only slot is taken: a second legacy client's upload is refused before a byte
+            # is sent, and a native client hears WORKER_BUSY.
+            async with legacy_session(worker) as second:
+                await second.send(f"FILE_META::{NAME}:{len(package)}:False")
+                refusal = await second.next_text()
+            async with worker_session(worker, authenticate=False) as native:
+                busy = await native.hello()
+            _, result = await first.wait_for_file()
+            # The job is over: its slot is free while its session stays open.
+            await asyncio.sleep(0)
+            after = worker.job_slots.running
+        return held, refusal, busy, result, after
+
+    held, refusal, busy, result, after = run(scenario())
+    assert held == (1, "busy")
+    assert refusal.startswith(f"[rtcxfer] refused: upload of '{NAME}' refused: this worker is busy"), refusal
+    assert busy.startswith("WORKER_BUSY::"), busy
+    assert unzip(result) == expected_results(data)
+    assert (after, worker.job_slots.peak) == (0, 1)
+    assert worker.stats == {"completed": 1, "failed": 0}

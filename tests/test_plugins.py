@@ -132,10 +132,10 @@ def test_plugin_that_fails_to_import_is_skipped_with_a_warning(plugin_env):
 
 
 CLAIM_SCRIPT = """
-from rtcxfer.protocol.engine import Session
+from rtcxfer.protocol.engine import Engine
 from rtcxfer.transport.host import PluginHost
 host = PluginHost()
-session = Session(host.claim, catalogue=host.catalogue)
+session = Engine(host.claim, catalogue=host.catalogue)
 event = session.receive("ECHO_BYTES::t1::hello::world")
 print(type(event).__name__, getattr(event, "handler", None), getattr(event, "frame", None))
 """

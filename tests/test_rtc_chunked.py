@@ -373,7 +373,7 @@ def test_bad_input_gets_an_error_and_the_receiver_keeps_serving(tmp_path, case):
             sha = make_file(source, 100_000)
             delivery = await r.transports["client"].send_file(source, "ok.bin")
             assert delivery.sha256 == sha == sha256_of(r.incoming["worker"] / "ok.bin")
-            assert r.peers.worker.session.open_transfers == {}
+            assert r.peers.worker.engine.open_transfers == {}
 
     run(main())
 
@@ -393,7 +393,7 @@ def test_receiver_asking_for_an_offset_beyond_the_file_is_refused_by_the_sender(
             with pytest.raises(TransferError, match="beyond"):
                 await asyncio.wait_for(sending, STEP)
             assert (await errors).transfer_id == meta.transfer_id
-            assert r.peers.client.session.open_transfers == {}
+            assert r.peers.client.engine.open_transfers == {}
 
     run(main())
 
@@ -494,10 +494,10 @@ def test_cancelled_send_closes_the_transfer_on_both_sides_and_a_retry_works(tmp_
             # The receiver hears FILE_ERROR, closes the transfer and keeps its partial: a sender
             # stopped by its user (Ctrl-C) comes back with the same file (issue 15).
             for _ in range(200):
-                if not r.peers.worker.session.open_transfers:
+                if not r.peers.worker.engine.open_transfers:
                     break
                 await asyncio.sleep(0.05)
-            assert r.peers.worker.session.open_transfers == {}
+            assert r.peers.worker.engine.open_transfers == {}
             kept = [name for name in files_under(r.incoming["worker"]) if name.endswith(".part")]
             assert len(kept) == 1 and files_under(r.incoming["worker"]) == kept
             del sender.context.options["rtc-chunked"]["progress"]

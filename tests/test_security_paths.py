@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from rtcxfer.files import paths as security
+from rtcxfer.files import paths
 from rtcxfer.files.paths import (
     check_relative_text,
     is_dir_beneath,
@@ -135,11 +135,11 @@ def test_check_relative_text_refuses_non_text() -> None:
 def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run each descriptor test with openat2 and with the O_NOFOLLOW walk fallback."""
     if request.param == "openat2":
-        if not security._Openat2.available():
+        if not paths._Openat2.available():
             pytest.skip("openat2 not available here")
     else:
-        monkeypatch.setattr(security._Openat2, "_probed", True)
-        monkeypatch.setattr(security._Openat2, "_syscall", None)
+        monkeypatch.setattr(paths._Openat2, "_probed", True)
+        monkeypatch.setattr(paths._Openat2, "_syscall", None)
     return request.param
 
 
@@ -508,7 +508,7 @@ def test_remove_tree_tolerates_another_remover_of_the_same_tree(tmp_path: Path) 
         def remove(path: Path, start: threading.Barrier = start, errors: list[BaseException] = errors) -> None:
             start.wait()
             try:
-                security.remove_tree(path)
+                paths.remove_tree(path)
             except OSError as error:
                 errors.append(error)
 

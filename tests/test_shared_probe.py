@@ -7,9 +7,8 @@ import os
 
 import pytest
 
-from rtcxfer.files.shared_storage import PROBE_BYTES, PROBE_DIR
+from rtcxfer.files.shared_storage import PROBE_BYTES, PROBE_DIR, check_probe
 from rtcxfer.protocol.frames import SharedProbe
-from rtcxfer.transports.shared_fs import check_probe
 
 
 def _probe(root, content: bytes, sha256: str | None = None) -> SharedProbe:

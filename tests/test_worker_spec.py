@@ -430,7 +430,7 @@ def test_receive_rtc_transfer_messages(tmp_path, monkeypatch):
     data = build_sample_package(tmp_path / "package.zip").read_bytes()
     resolved: list[str] = []
     monkeypatch.setattr(
-        shared_fs.security,
+        shared_fs.paths,
         "resolve_peer_path",
         lambda *a: resolved.append(a) or pytest.fail("shared-storage resolution attempted"),
     )

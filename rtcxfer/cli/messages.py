@@ -1,4 +1,5 @@
-"""What the ``rtcxfer`` command tells a user when something stops it: why, and what to do.
+"""What the ``rtcxfer`` command tells a user when something stops it: why, what to do, and
+with which exit code.
 
 Each function turns an error into one message; the command prints it and picks the exit code.
 """
@@ -7,9 +8,13 @@ from __future__ import annotations
 
 from rtcxfer.protocol.errors import AuthenticationError, NoWorkerError, describe
 
-#: ``rtcxfer submit`` exit code when the worker stopped (its operator shut it down, or it
-#: went away) during the job: nothing failed in the job and the user cancelled nothing; submit
-#: again once a worker is back (75 is EX_TEMPFAIL of sysexits.h: "try again later").
+#: Exit codes of ``rtcxfer submit`` (and ``workers``): success, the job failed, a usage error
+#: (not a job package, a forced transport not usable), no worker reachable or the token refused,
+#: cancelled with Ctrl-C.
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_CONNECTION, EXIT_CANCELLED = 0, 1, 2, 3, 130
+#: The worker stopped (its operator shut it down, or it went away) during the job: nothing
+#: failed in the job and the user cancelled nothing; submit again once a worker is back (75 is
+#: EX_TEMPFAIL of sysexits.h: "try again later").
 EXIT_WORKER_STOPPED = 75
 
 

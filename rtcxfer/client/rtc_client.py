@@ -18,7 +18,6 @@ import asyncio
 import os
 import secrets
 import shutil
-import stat
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -26,12 +25,11 @@ from typing import Any
 
 import attrs
 
-from rtcxfer.files import paths as security
-from rtcxfer.files.shared_storage import detect_shared_root, remove_empty_directories
+from rtcxfer.files.shared_storage import detect_shared_root
 from rtcxfer.log import logger
 from rtcxfer.net.link import Link
-from rtcxfer.protocol import auth, texts
-from rtcxfer.protocol.engine import APPLICATION, Session
+from rtcxfer.protocol import auth
+from rtcxfer.protocol.engine import APPLICATION, Engine
 from rtcxfer.protocol.errors import (
     AuthenticationError,
     ConnectionClosedError,
@@ -56,6 +54,7 @@ from rtcxfer.protocol.frames import (
     JobFailed,
     JobLog,
     JobProgress,
+    JobState,
     JobStatus,
     JobSubmit,
     PathErrorFrame,
@@ -81,9 +80,6 @@ APPLICATION_FRAMES: tuple[type[Frame], ...] = (
     JobFailed,
     ProtocolErrorFrame,
 )
-#: Where, under the shared root, the client asks the worker to write results.
-SHARED_RESULTS_DIR = "rtcxfer-results"
-BYTE_FALLBACK = "rtc-chunked"
 #: How a job that lost its worker mid-way is reported (:attr:`JobResult.worker_stopped`).
 WORKER_WENT_AWAY = "the worker went away"
 LOG_TAIL = 20
@@ -121,12 +117,18 @@ class JobResult:
     bytes_received: int = 0
     #: ``total``, ``transfer`` (input and results moving) and ``run`` (the job's command), where known.
     seconds: dict = attrs.field(factory=dict)
+    #: The job ended because the worker stopped (it said it was shutting down, or it left the
+    #: room), not by its own failure: submit it again once a worker is back.
+    worker_stopped: bool = False
 
-    @property
-    def worker_stopped(self) -> bool:
-        """The job ended because the worker stopped (shut down, or left), not by its own failure."""
-        failure = self.failure or ""
-        return texts.WORKER_SHUTTING_DOWN in failure or failure.startswith(WORKER_WENT_AWAY)
+
+@attrs.frozen
+class SessionEnded:
+    """What the client's report queue gets when the session ends before the job's report."""
+
+    reason: str
+    #: The worker left the room (it stopped, or lost its connection).
+    worker_went_away: bool
 
 
 class RTCClient:
@@ -165,7 +167,8 @@ class RTCClient:
         self._run_task: asyncio.Task | None = None
         self._watch_task: asyncio.Task | None = None
         self._closed_reason = "the connection to the worker closed"
-        self._reports: asyncio.Queue[Frame] = asyncio.Queue()
+        self._worker_went_away = False
+        self._reports: asyncio.Queue[Frame | SessionEnded] = asyncio.Queue()
         self._cancel_report: asyncio.Future | None = None
         self._log_tail: list[str] = []
         #: The worker of this session, once connected through the signaling server.
@@ -294,6 +297,7 @@ class RTCClient:
             if event.get("type") == "peer-left" and event.get("peer_id") == worker_id:
                 logger.warning("worker {} left the room", worker_id)
                 self._closed_reason = f"{WORKER_WENT_AWAY} ({worker_id}): it stopped or lost its connection"
+                self._worker_went_away = True
                 if self.link is not None:
                     self.link.close()
                 return
@@ -302,7 +306,7 @@ class RTCClient:
         """Use an already open data channel to the worker: authenticate and negotiate.
 
         :class:`~rtcxfer.protocol.errors.WorkerBusyError` when the worker has no free job slot."""
-        engine = Session(self.plugins.claim, catalogue=self.plugins.catalogue, application_frames=APPLICATION_FRAMES)
+        engine = Engine(self.plugins.claim, catalogue=self.plugins.catalogue, application_frames=APPLICATION_FRAMES)
         self.link = Link(channel, engine, name="client")
         self.context.on_notice = self._reports.put_nowait
         for info in self.plugins.transports():
@@ -416,7 +420,7 @@ class RTCClient:
             self._emit("progress", frame.job_id, done=frame.done, total=frame.total)
         elif isinstance(frame, JobStatus):
             self._status_times[frame.state] = time.monotonic()
-            if frame.state == "sending-results":
+            if frame.state == JobState.SENDING_RESULTS:
                 # Made only now, before the first result file is announced (frames are handled
                 # in order), so a client killed while its job runs leaves nothing behind.
                 self.context.incoming_dir.mkdir(parents=True, exist_ok=True)
@@ -428,7 +432,7 @@ class RTCClient:
             self._reports.put_nowait(frame)
 
     def on_closed(self) -> None:
-        self._reports.put_nowait(ProtocolErrorFrame(self._closed_reason))
+        self._reports.put_nowait(SessionEnded(self._closed_reason, self._worker_went_away))
 
     # --- jobs -------------------------------------------------------------------------
 
@@ -486,11 +490,11 @@ class RTCClient:
             outcome = await self._attempt(package, job_id, input_via, results_via)
             if isinstance(outcome, JobResult):
                 return outcome
-            can_fall_back = BYTE_FALLBACK in self.session_transports and BYTE_FALLBACK not in attempted
-            if forced or not can_fall_back:
-                return self._failed(job_id, input_via, results_via, outcome)
-            self._emit("notice", job_id, message=f"{input_via} failed ({outcome}); retrying over {BYTE_FALLBACK}")
-            input_via = results_via = BYTE_FALLBACK
+            fallback = self.plugins.fallback_transport(self.session_transports)
+            if forced or fallback is None or fallback in attempted:
+                return self._failed(job_id, input_via, results_via, f"Job {job_id} did not complete: {outcome}")
+            self._emit("notice", job_id, message=f"{input_via} failed ({outcome}); retrying over {fallback}")
+            input_via = results_via = fallback
 
     async def _attempt(self, package: Path, job_id: str, input_via: str, results_via: str) -> JobResult | str:
         """One try: a JobResult when the job ran (well or not), or the reason to retry."""
@@ -504,10 +508,9 @@ class RTCClient:
         await asyncio.to_thread(shutil.rmtree, staging, True)
         self.results_dir.mkdir(parents=True, exist_ok=True)  # an unusable one fails before the job runs
         self.context.incoming_dir = staging
-        shared_output = f"{SHARED_RESULTS_DIR}/{job_id}"
+        results_transport = self.transports[results_via]
         try:
-            if results_via == "shared-fs":
-                await self.transports["shared-fs"].request_output(shared_output)
+            await results_transport.request_results(job_id)
             self._emit("status", job_id, state=f"sending input via {input_via}")
             self._uploading = True
             try:
@@ -516,7 +519,7 @@ class RTCClient:
                 self._uploading = False
             report = await self._reports.get()
             if isinstance(report, JobComplete):
-                final = await self._collect(report, staging, results_via)
+                final = await self._collect(report, staging, results_transport)
                 return JobResult(
                     job_id,
                     True,
@@ -530,32 +533,34 @@ class RTCClient:
                 )
             if isinstance(report, PathErrorFrame):
                 return report.message  # e.g. a corrupted package read in place: retry with bytes
-            return self._failed(job_id, input_via, results_via, _reason(report))
+            if isinstance(report, SessionEnded):
+                reason = report.reason if report.worker_went_away else f"Job {job_id} did not complete: {report.reason}"
+                return self._failed(job_id, input_via, results_via, reason, report.worker_went_away)
+            stopped = self._status_times.get(JobState.WORKER_STOPPING) is not None
+            return self._failed(job_id, input_via, results_via, _reason(report), stopped)
         except (TransferError, PathError) as error:
             return f"{describe(error)}"
         finally:
             self.context.incoming_dir = self.results_dir
             await asyncio.to_thread(shutil.rmtree, staging, True)
-            if results_via == "shared-fs" and self.shared_storage_root is not None:
-                # The worker's copy on shared storage is ours to remove once collected (or
-                # useless, if the job failed); left there, every job would leave a directory.
-                shared_copy = self.shared_storage_root / shared_output
-                await asyncio.to_thread(shutil.rmtree, shared_copy, True)
-                await asyncio.to_thread(remove_empty_directories, shared_copy.parent, self.shared_storage_root)
+            await results_transport.discard_results(job_id)
 
-    def _failed(self, job_id: str, input_via: str, results_via: str, reason: str) -> JobResult:
-        return JobResult(job_id, False, None, 0, 0.0, input_via, results_via, reason, tuple(self._log_tail))
+    def _failed(
+        self, job_id: str, input_via: str, results_via: str, reason: str, worker_stopped: bool = False
+    ) -> JobResult:
+        return JobResult(
+            job_id, False, None, 0, 0.0, input_via, results_via, reason, tuple(self._log_tail),
+            worker_stopped=worker_stopped,
+        )
 
     def _drain_reports(self) -> None:
         while not self._reports.empty():
             self._reports.get_nowait()
 
-    async def _collect(self, report: JobComplete, staging: Path, results_via: str) -> Path:
+    async def _collect(self, report: JobComplete, staging: Path, transport: Transport) -> Path:
         """Put the job's results in ``results_dir/<job id>`` (complete, or not at all)."""
         staging.mkdir(parents=True, exist_ok=True)
-        if results_via == "shared-fs":
-            assert self.shared_storage_root is not None
-            await asyncio.to_thread(_copy_shared_results, self.shared_storage_root, report.relative_path, staging)
+        await transport.collect_results(report.job_id, report.relative_path, staging)
         final = self.results_dir / report.job_id
         if final.exists():
             final = self.results_dir / f"{report.job_id}-{secrets.token_hex(3)}"
@@ -564,7 +569,8 @@ class RTCClient:
 
     async def _settle_cancelled_job(self) -> None:
         """Wait for the report that ends a job cancelled earlier in this session, so it is not
-        taken for the answer to the next one (JOB_FAILED names no job id in its fields)."""
+        taken for the answer to the next one (JOB_FAILED names no job id in its fields, but a
+        session runs one job at a time: the first report after a cancel is that job's)."""
         waiting, self._cancel_report = self._cancel_report, None
         if waiting is not None:
             await asyncio.gather(waiting, return_exceptions=True)
@@ -575,9 +581,7 @@ class RTCClient:
         self._emit("notice", job_id, message=f"cancelling {job_id}")
 
         def ends(frame: Frame) -> bool:
-            return (isinstance(frame, JobComplete) and frame.job_id == job_id) or (
-                isinstance(frame, JobFailed) and frame.reason.startswith(f"Job {job_id} ")
-            )
+            return isinstance(frame, (JobComplete, JobFailed))
 
         self._cancel_report = asyncio.ensure_future(self.link.wait_for(ends, CANCEL_REPORT_TIMEOUT))
         try:
@@ -593,10 +597,11 @@ def _tree_bytes(directory: Path) -> int:
 def _phase_seconds(started: float, ended: float, states: dict[str, float]) -> dict[str, float]:
     """Where a job's time went, from the worker's JOB_STATUS moments as this client saw them."""
     seconds = {"total": round(ended - started, 3)}
-    if "running" in states and "sending-results" in states:
-        seconds["run"] = round(states["sending-results"] - states["running"], 3)
-    if "extracting" in states and "sending-results" in states:
-        seconds["transfer"] = round((states["extracting"] - started) + (ended - states["sending-results"]), 3)
+    running, sending, extracting = JobState.RUNNING, JobState.SENDING_RESULTS, JobState.EXTRACTING
+    if running in states and sending in states:
+        seconds["run"] = round(states[sending] - states[running], 3)
+    if extracting in states and sending in states:
+        seconds["transfer"] = round((states[extracting] - started) + (ended - states[sending]), 3)
     return seconds
 
 
@@ -606,20 +611,3 @@ def _reason(frame: Frame) -> str:
             return getattr(frame, field)
     return frame.encode()
 
-
-def _copy_shared_results(root: Path, relative: str, destination: Path) -> None:
-    """Copy the worker's results from our shared root; the path came from the peer, so it is
-    validated like any other, and links inside it are not followed."""
-    source = security.resolve_peer_path(relative, root)
-    for directory, subdirs, names in os.walk(source, followlinks=False):
-        subdirs.sort()
-        for name in sorted(names):
-            path = Path(directory) / name
-            if not stat.S_ISREG(path.lstat().st_mode):
-                logger.warning("shared result {} is not a regular file; skipped", path)
-                continue
-            inside = path.relative_to(source).as_posix()
-            target = destination / inside
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with security.open_beneath(root, f"{relative}/{inside}") as handle, open(target, "xb") as out:
-                shutil.copyfileobj(handle, out, 1 << 20)

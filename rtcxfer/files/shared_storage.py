@@ -1,8 +1,10 @@
 """Finding the shared storage root on this machine, and proving that a peer sees the same one.
 
 Two mounts with the same name are not proof of the same storage, so a session verifies it:
-the client writes a probe file with random content under its root and the worker must read the
-same bytes under its own root (see the ``shared-fs`` transport).
+the client writes a probe file with random content under its root (:func:`write_probe`) and the
+worker must read the same bytes under its own root (:func:`check_probe`; see the ``shared-fs``
+transport, and ``rtcxfer doctor``, which runs both on one machine). A worker also tells its
+room a fingerprint of its storage that never shows its path (:func:`shared_root_fingerprint`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from typing import TypeVar
 
 import attrs
 
+from rtcxfer.files import paths
 from rtcxfer.log import logger
+from rtcxfer.protocol.errors import PathError
+from rtcxfer.protocol.frames import SharedProbe
 
 _T = TypeVar("_T")
 
@@ -166,3 +171,28 @@ def _read_marker(marker: Path) -> bytes | None:
         return None
     with os.fdopen(fd, "rb") as handle:
         return handle.read(256).strip()
+
+
+def check_probe(root: Path | None, probe: SharedProbe) -> str:
+    """The worker's verdict on a probe: ``verified``, ``mismatch``, ``missing`` or ``unavailable``."""
+    if root is None:
+        return "unavailable"
+    if PurePosixPath(probe.relative_path).parent != PROBE_DIR:
+        # Only probe files may be hashed: anything else would let a peer test the content of
+        # arbitrary files against guessed hashes.
+        logger.warning("refused a probe outside {}: {!r}", PROBE_DIR, probe.relative_path)
+        return "missing"
+    try:
+        with paths.open_peer_path(probe.relative_path, root) as handle:
+            content = handle.read(PROBE_BYTES + 1)
+    except PathError as error:
+        logger.info("shared storage probe not readable here: {}", error)
+        return "missing"
+    if len(content) > PROBE_BYTES:
+        # Not a probe file (they are at most PROBE_BYTES long), and hashing only a prefix of it
+        # would call two different files the same.
+        logger.info("shared storage probe: mismatch (the file is longer than {} bytes)", PROBE_BYTES)
+        return "mismatch"
+    verdict = "verified" if hashlib.sha256(content).hexdigest() == probe.sha256 else "mismatch"
+    logger.info("shared storage probe: {}", verdict)
+    return verdict

@@ -1,7 +1,7 @@
 """The I/O edge of one session: the data channel on one side, the engine and handlers on the other.
 
 A :class:`Link` pumps every message received on a data channel through a sans-IO
-:class:`~rtcxfer.protocol.engine.Session` and hands each event to the handler that claimed it: a
+:class:`~rtcxfer.protocol.engine.Engine` and hands each event to the handler that claimed it: a
 transport's per-session object, or the application (worker or client). Replies to unusable
 input are sent back on the spot, and the loop goes on; nothing the peer sends ends it.
 
@@ -18,9 +18,9 @@ from typing import Protocol
 
 from rtcxfer.log import logger
 from rtcxfer.net.rate_limits import LogThrottle
-from rtcxfer.protocol.engine import APPLICATION, ChunkReceived, FrameReceived, ProtocolViolation, Session
+from rtcxfer.protocol.engine import APPLICATION, ChunkReceived, Engine, FrameReceived, ProtocolViolation
 from rtcxfer.protocol.errors import ConnectionClosedError, RemoteProtocolError, describe
-from rtcxfer.protocol.frames import Frame, quote_for_log
+from rtcxfer.protocol.frames import Frame, quote_for_log, reply_to
 
 #: Refused inputs logged in full per link; later ones are summarised (a flood must not flood the log).
 LOGGED_VIOLATIONS = 5
@@ -48,10 +48,10 @@ class Link:
     """Connects a data channel, a session engine and the session's handlers."""
 
     def __init__(
-        self, channel: Channel, session: Session, *, name: str = "link", max_violations: int | None = None
+        self, channel: Channel, engine: Engine, *, name: str = "link", max_violations: int | None = None
     ) -> None:
         self.channel = channel
-        self.session = session
+        self.engine = engine
         self.name = name
         #: Unusable messages tolerated before the link closes (None: no limit). The owner may
         #: change it as the session's trust changes (tight before authentication).
@@ -73,11 +73,11 @@ class Link:
 
     async def send(self, frame: Frame) -> None:
         """Send a control frame."""
-        await self.channel.send_text(self.session.send(frame))
+        await self.channel.send_text(self.engine.send(frame))
 
     async def send_chunk(self, transfer_id: str, offset: int, payload: bytes | memoryview) -> None:
         """Send the bytes at ``offset`` of an open transfer (header and payload in one message)."""
-        await self.channel.send_bytes(self.session.chunk_header(transfer_id, offset) + payload)
+        await self.channel.send_bytes(self.engine.chunk_header(transfer_id, offset) + payload)
 
     # --- waiting ----------------------------------------------------------------------
 
@@ -114,7 +114,7 @@ class Link:
                 except ConnectionClosedError:
                     logger.debug("{}: channel closed", self.name)
                     return
-                await self._dispatch(self.session.receive(message))
+                await self._dispatch(self.engine.receive(message))
         finally:
             self._closed.set()
             for _, future in self._waiters:
@@ -176,7 +176,7 @@ class Link:
         except RemoteProtocolError as error:
             # A handler refusing the peer's input: tell the peer, keep serving.
             self._log_refusal(f"refused peer input: {describe(error)}")
-            await self._send_quietly(error.reply_frame())
+            await self._send_quietly(reply_to(error))
         except ConnectionClosedError:
             # The handler's own reply found the channel closed; the next recv ends the loop.
             logger.debug("{}: channel closed while handling {}", self.name, type(event).__name__)

@@ -1,7 +1,8 @@
-"""The sans-IO session engine: data-channel messages in, events out; frames in, messages out.
+"""The sans-IO protocol engine of one session: data-channel messages in, events out; frames
+in, messages out.
 
-A :class:`Session` does no I/O. The edge that owns the data channel feeds every received
-message to :meth:`Session.receive` and acts on the event it gets back:
+A :class:`Engine` does no I/O. The edge that owns the data channel feeds every received
+message to :meth:`Engine.receive` and acts on the event it gets back:
 
 * :class:`FrameReceived`: a control frame, and the name of the handler (a transport, or the
   application for session-level frames) that claimed it;
@@ -9,8 +10,8 @@ message to :meth:`Session.receive` and acts on the event it gets back:
 * :class:`ProtocolViolation`: the peer sent something unusable; send ``reply`` (if any) and
   carry on. Nothing a peer sends makes the session raise.
 
-Outgoing frames go through :meth:`Session.send` and outgoing file bytes through
-:meth:`Session.chunk_header`. Transfers of different transports can be open at once: each
+Outgoing frames go through :meth:`Engine.send` and outgoing file bytes through
+:meth:`Engine.chunk_header`. Transfers of different transports can be open at once: each
 open transfer id is owned by one handler, and binary chunks are routed by that id.
 
 This module imports no asyncio, aiortc, fsspec or loguru.
@@ -39,6 +40,7 @@ from rtcxfer.protocol.frames import (
     ProtocolErrorFrame,
     pack_chunk_header,
     quote_for_reply,
+    reply_to,
     unpack_chunk,
 )
 
@@ -81,7 +83,7 @@ class ProtocolViolation:
 Event = FrameReceived | ChunkReceived | ProtocolViolation
 
 
-class Session:
+class Engine:
     """One peer-to-peer session's protocol state, without I/O.
 
     ``claim`` answers which transport handles a frame (usually
@@ -144,7 +146,7 @@ class Session:
 
     def _violation(self, error: RemoteProtocolError, *, reply: bool = True) -> ProtocolViolation:
         self.violations += 1
-        return ProtocolViolation(error, error.reply_frame() if reply else None)
+        return ProtocolViolation(error, reply_to(error) if reply else None)
 
     # --- sending ----------------------------------------------------------------------
 
@@ -154,7 +156,7 @@ class Session:
 
     def reply_to(self, error: RemoteProtocolError) -> str:
         """The wire text of the reply that tells the peer about ``error``."""
-        return self.send(error.reply_frame())
+        return self.send(reply_to(error))
 
     def chunk_header(self, transfer_id: str, offset: int) -> bytes:
         """The header to put before the bytes at ``offset`` of an open transfer."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pragma: no cover - typing only; frames imports this module
+if TYPE_CHECKING:  # pragma: no cover - typing only: frames imports this module, never the reverse
     from rtcxfer.protocol.frames import Frame
 
 
@@ -35,21 +35,13 @@ class RemoteProtocolError(RtcxferError):
     """The peer sent something we refuse; ``reply`` is the frame that tells it why.
 
     ``reply`` may be ``None`` when the caller will build the reply itself (for example a
-    transport that knows which job the failure belongs to).
+    transport that knows which job the failure belongs to); :func:`rtcxfer.protocol.frames.reply_to`
+    gives the frame to send either way.
     """
 
     def __init__(self, message: str, reply: Frame | None = None) -> None:
         super().__init__(message)
         self.reply = reply
-
-    def reply_frame(self) -> Frame:
-        """The frame to send back: ``reply`` if one was given, else a generic PROTOCOL_ERROR."""
-        if self.reply is not None:
-            return self.reply
-        from rtcxfer.protocol.frames import ProtocolErrorFrame  # local: frames imports errors
-
-        return ProtocolErrorFrame(reason=str(self))
-
 
 class FrameDecodeError(RemoteProtocolError):
     """A text frame from the peer could not be decoded (unknown type, wrong fields)."""

@@ -395,9 +395,20 @@ class JobAccepted(Frame):
     job_id: str = token()
 
 
+class JobState:
+    """The states ``JOB_STATUS`` reports (docs/protocol.md, section 6.3)."""
+
+    EXTRACTING = "extracting"
+    RUNNING = "running"
+    SENDING_RESULTS = "sending-results"
+    #: The worker is shutting down and stops the job; ``JOB_FAILED`` follows. Nothing failed in
+    #: the job itself: it can be submitted again once a worker is back.
+    WORKER_STOPPING = "worker-stopping"
+
+
 @frame_type("JOB_STATUS")
 class JobStatus(Frame):
-    """Worker -> client: the job moved to ``state`` (extracting, running, sending-results)."""
+    """Worker -> client: the job moved to ``state`` (one of :class:`JobState`)."""
 
     job_id: str = token()
     state: str = token()
@@ -462,6 +473,12 @@ BUILTIN_FRAME_TYPES: tuple[type[Frame], ...] = (
     JobCancel,
     ProtocolErrorFrame,
 )
+
+
+def reply_to(error: RemoteProtocolError) -> Frame:
+    """The frame that tells the peer about ``error``: its own ``reply`` if it has one, else a
+    generic ``PROTOCOL_ERROR`` with its text."""
+    return error.reply if error.reply is not None else ProtocolErrorFrame(reason=str(error))
 
 
 # --- the codec ----------------------------------------------------------------------------

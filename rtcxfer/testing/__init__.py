@@ -1,12 +1,12 @@
 """Helpers for testing rtcxfer and transport plugins (importable by third parties).
 
-``SessionPair`` is sans-IO; ``linked_peers`` (real aiortc peers through a real signaling
+``EnginePair`` is sans-IO; ``linked_peers`` (real aiortc peers through a real signaling
 server) is imported on first use, so importing this package does not load aiortc.
 """
 
-from rtcxfer.testing.session_pair import SessionPair
+from rtcxfer.testing.engine_pair import EnginePair, SessionPair
 
-__all__ = ["LinkedPeers", "PeerSide", "SessionPair", "linked_peers"]
+__all__ = ["EnginePair", "LinkedPeers", "PeerSide", "SessionPair", "linked_peers"]
 
 
 def __getattr__(name: str):

@@ -30,7 +30,7 @@ from rtcxfer.log import logger
 from rtcxfer.net.link import Link
 from rtcxfer.net.peer import DataChannel, PeerConnection, PeerOptions, connect_via, signaling_adapter
 from rtcxfer.net.signaling import SignalingClient, SignalingServer
-from rtcxfer.protocol.engine import Session
+from rtcxfer.protocol.engine import Engine
 from rtcxfer.transport.host import PluginHost
 
 __all__ = ["LinkedPeers", "PeerSide", "linked_peers"]
@@ -40,12 +40,12 @@ LOOPBACK = "127.0.0.1"
 
 @attrs.define(eq=False)
 class PeerSide:
-    """One side of a connected pair: its role, connection, channel, session and link."""
+    """One side of a connected pair: its role, connection, channel, protocol engine and link."""
 
     role: str
     peer: PeerConnection
     channel: DataChannel
-    session: Session
+    engine: Engine
     link: Link
     #: The task running ``link.run()``.
     task: asyncio.Task[None]
@@ -124,9 +124,9 @@ async def linked_peers(
 
         sides = []
         for role, peer, channel in (("worker", worker_pc, worker_channel), ("client", client_pc, client_channel)):
-            session = Session(host.claim, catalogue=host.catalogue)
-            link = Link(channel, session, name=role)
-            side = PeerSide(role, peer, channel, session, link, task=None)  # type: ignore[arg-type]
+            engine = Engine(host.claim, catalogue=host.catalogue)
+            link = Link(channel, engine, name=role)
+            side = PeerSide(role, peer, channel, engine, link, task=None)  # type: ignore[arg-type]
             if prepare is not None:
                 prepare(side)
             sides.append(side)

@@ -4,13 +4,28 @@ A transport moves the bytes of one file between the peers in its own way: a rela
 storage both mount, chunks over the data channel, an object store. The class attributes
 below are the sans-IO part of the contract that discovery, selection and dispatch rely on.
 
+What a transport can do is declared here, never inferred from its name: the client and the
+worker ask the transport, so a third party's transport can take any role a built-in has.
+
+* :attr:`Transport.fallback`: it moves bytes over the session itself and works wherever the
+  session does; when another transport fails, the client retries with it.
+* Results: a finished job's results go back by the transport the client named in
+  ``JOB_SUBMIT``. By default they are sent file by file (:meth:`Transport.send_file`) into the
+  client's staging directory; a transport that delivers them *in place* (shared storage both
+  mount, so no byte crosses the session) sets :attr:`Transport.delivers_results_in_place` and
+  overrides :meth:`~Transport.request_results`, :meth:`~Transport.send_results`,
+  :meth:`~Transport.collect_results` and :meth:`~Transport.discard_results`.
+* Inputs read in place: :meth:`Transport.unusable_input_reply` says what the peer is told when
+  an input the transport delivered is not a usable package (shared-fs answers with the
+  specification's ``PATH_ERROR``, which asks the client to retry with bytes).
+
 This module imports no asyncio, aiortc, fsspec or loguru.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
@@ -34,6 +49,14 @@ class Transport:
     frame_types: ClassVar[tuple[type[Frame], ...]] = ()
     #: One line for ``rtcxfer plugins``.
     description: ClassVar[str] = ""
+    #: Moves the bytes over the session itself, so it works wherever the session does: the
+    #: transport the client falls back on when another one fails. Among the transports both
+    #: peers offer that declare it, the one registered last is used (an installed plugin can
+    #: take the role over from the built-in ``rtc-chunked``).
+    fallback: ClassVar[bool] = False
+    #: Results are written where the client reads them (storage both peers mount): no bytes
+    #: cross the session. Such a transport overrides the results methods below.
+    delivers_results_in_place: ClassVar[bool] = False
 
     @classmethod
     def claims(cls, frame: Frame) -> bool:
@@ -81,6 +104,45 @@ class Transport:
         """Deliver the local file ``path`` to the peer as ``name``; return once confirmed."""
         raise NotImplementedError
 
+    # Results: how a finished job's files come back when the client chose this transport.
+
+    async def request_results(self, job_id: str) -> None:
+        """Client, before the job's input is sent: prepare whatever the worker needs to deliver
+        this job's results by this transport (shared-fs asks for an output directory). By
+        default nothing: the results arrive as files."""
+
+    @property
+    def results_requested(self) -> bool:
+        """Worker: the client asked, in this session, for results by this transport (for a
+        client of the specification's messages only, which names no transport: shared-fs after a
+        ``SHARED_OUTPUT_PATH``)."""
+        return False
+
+    async def send_results(self, job_id: str, output_dir: Path, files: Sequence[tuple[str, int]]) -> str:
+        """Worker: deliver the result ``files`` (relative names and sizes under ``output_dir``)
+        of a finished job; return the relative path ``JOB_COMPLETE`` reports. By default each
+        file is sent with :meth:`send_file` under its relative name, and the path is the job id.
+
+        Raises :class:`~rtcxfer.protocol.errors.StorageFullError` when the destination is full,
+        a :class:`~rtcxfer.protocol.errors.PathError` when the client's destination cannot be
+        written, or another :class:`~rtcxfer.protocol.errors.RtcxferError`."""
+        for relative_name, _ in files:
+            await self.send_file(output_dir / relative_name, relative_name)
+        return job_id
+
+    async def collect_results(self, job_id: str, reference: str, destination: Path) -> None:
+        """Client, after ``JOB_COMPLETE`` named ``reference``: put the job's results in
+        ``destination``. By default nothing: they arrived there as files."""
+
+    async def discard_results(self, job_id: str) -> None:
+        """Client, once the results are collected (or the job failed): remove whatever the
+        worker left for this job outside the session. By default nothing."""
+
+    def unusable_input_reply(self, received: ReceivedFile) -> Frame | None:
+        """Worker: the frame that tells the client an input this transport delivered is not a
+        usable package, or ``None`` for the usual ``JOB_FAILED``."""
+        return None
+
 
 @attrs.frozen
 class ReceivedFile:
@@ -123,6 +185,9 @@ class TransportContext:
     incoming_dir: Path
     #: The shared storage root on this side, if any.
     shared_root: Path | None = None
+    #: The application's ``FilesystemAdapter`` over :attr:`shared_root`, if it has one (the
+    #: worker specification's ``fs_adapter``); a transport makes its own otherwise.
+    shared_filesystem: Any = None
     #: Called with every :class:`ReceivedFile` once it is complete and verified.
     on_file: Callable[[ReceivedFile], Awaitable[None] | None] | None = None
     #: Called with frames a transport received but did not expect (e.g. a PATH_ERROR about a

@@ -216,6 +216,17 @@ class PluginHost:
             installed = ", ".join(sorted(self._transports)) or "none"
             raise PluginError(f"no transport named {name!r} is installed (installed: {installed})") from None
 
+    def fallback_transport(self, among: Iterable[str]) -> str | None:
+        """The transport to fall back on, of those named in ``among`` (the ones usable in a
+        session): the one declaring :attr:`~rtcxfer.transport.base.Transport.fallback` that
+        was registered last, so an installed plugin takes the role over from a built-in; ``None``
+        when none of them declares it."""
+        usable = set(among)
+        for name in reversed(list(self._transports)):
+            if name in usable and self._transports[name].transport.fallback:
+                return name
+        return None
+
     def claim(self, frame: Frame) -> str | None:
         """The name of the transport that handles ``frame`` (firstresult hook), or ``None``."""
         try:

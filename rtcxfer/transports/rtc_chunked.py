@@ -154,6 +154,7 @@ class RtcChunkedTransport(Transport):
     rank = 10
     frame_types = (FileMeta, FileAccept, FileEnd, FileAck, FileError)
     description = "chunks over the WebRTC data channel, verified by SHA-256, resumable"
+    fallback = True
 
     def __init__(self, link: Link, context: TransportContext) -> None:
         super().__init__(link, context)
@@ -226,7 +227,7 @@ class RtcChunkedTransport(Transport):
         except TransferError as error:
             raise _file_error(tid, str(error)) from None
         try:
-            self.link.session.open_transfer(tid, self.name)
+            self.link.engine.open_transfer(tid, self.name)
         except TransferError:
             partial.abandon(state, remove=False)
             raise
@@ -369,7 +370,7 @@ class RtcChunkedTransport(Transport):
         tid = state.meta.transfer_id
         if self._incoming.get(tid) is state:
             del self._incoming[tid]
-            self.link.session.close_transfer(tid)
+            self.link.engine.close_transfer(tid)
         partial.abandon(state, remove=remove)
 
     # --- sending ----------------------------------------------------------------------
@@ -440,7 +441,7 @@ class RtcChunkedTransport(Transport):
         loop = asyncio.get_running_loop()
         outgoing = _Outgoing(tid, name, size, sha256, loop.create_future(), loop.create_future())
         try:
-            self.link.session.open_transfer(tid, self.name)
+            self.link.engine.open_transfer(tid, self.name)
         except RemoteProtocolError as error:
             raise LocalProtocolError(f"transfer id {tid} is already open: {error}") from None
         self._outgoing[tid] = outgoing
@@ -464,7 +465,7 @@ class RtcChunkedTransport(Transport):
             raise
         finally:
             self._outgoing.pop(tid, None)
-            self.link.session.close_transfer(tid)
+            self.link.engine.close_transfer(tid)
             outgoing.settle()
             self.reports.append(SendReport(tid, name, size, offset, outgoing.sent))
         logger.info("rtc-chunked: delivered {} ({} bytes, {} sent from offset {})", name, size, outgoing.sent, offset)

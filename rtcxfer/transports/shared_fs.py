@@ -8,22 +8,26 @@ place. The worker's absolute paths are logged, never sent.
 
 Client side: prove once per session that the worker sees the same storage (a probe file with
 random content), then send paths instead of bytes.
+
+Results are delivered in place: the client asks for an output directory under the shared
+root (``SHARED_OUTPUT_PATH::rtcxfer-results/<job id>``), the worker writes the result files
+there (fsync'ed, no link followed) and reports it in ``JOB_COMPLETE``, and the client copies
+them out of its own mount and removes the worker's copy.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import secrets
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from rtcxfer.files import paths as security
+from rtcxfer.files import paths, results
 from rtcxfer.files.filesystem import FilesystemAdapter
 from rtcxfer.files.shared_storage import (
-    PROBE_BYTES,
-    PROBE_DIR,
+    check_probe,
     make_then_create,
     remove_empty_directories,
     write_probe,
@@ -54,6 +58,8 @@ from rtcxfer.transport.hookspecs import hookimpl
 
 #: Where the client stages a file that is not already under its shared root.
 STAGING_DIR = PurePosixPath("rtcxfer-staging")
+#: Where, under the shared root, the client asks the worker to write results.
+RESULTS_DIR = PurePosixPath("rtcxfer-results")
 
 #: How long the client waits for the worker to answer a path message.
 REPLY_TIMEOUT = 60.0
@@ -72,29 +78,9 @@ def path_error_text(error: PathError) -> str:
     return f"{prefix}: {quote_for_reply(error.peer_path)}"
 
 
-def check_probe(root: Path | None, probe: SharedProbe) -> str:
-    """The worker's verdict on a probe: ``verified``, ``mismatch``, ``missing`` or ``unavailable``."""
-    if root is None:
-        return "unavailable"
-    if PurePosixPath(probe.relative_path).parent != PROBE_DIR:
-        # Only probe files may be hashed: anything else would let a peer test the content of
-        # arbitrary files against guessed hashes.
-        logger.warning("refused a probe outside {}: {!r}", PROBE_DIR, probe.relative_path)
-        return "missing"
-    try:
-        with security.open_peer_path(probe.relative_path, root) as handle:
-            content = handle.read(PROBE_BYTES + 1)
-    except PathError as error:
-        logger.info("shared storage probe not readable here: {}", error)
-        return "missing"
-    if len(content) > PROBE_BYTES:
-        # Not a probe file (they are at most PROBE_BYTES long), and hashing only a prefix of it
-        # would call two different files the same.
-        logger.info("shared storage probe: mismatch (the file is longer than {} bytes)", PROBE_BYTES)
-        return "mismatch"
-    verdict = "verified" if hashlib.sha256(content).hexdigest() == probe.sha256 else "mismatch"
-    logger.info("shared storage probe: {}", verdict)
-    return verdict
+def results_path(job_id: str) -> str:
+    """The output directory the client asks for, relative to the shared root."""
+    return (RESULTS_DIR / job_id).as_posix()
 
 
 class SharedPathRefused(TransferError):
@@ -106,6 +92,7 @@ class SharedFsTransport(Transport):
     rank = 100
     frame_types = (SharedInputPath, SharedOutputPath, PathValidated, PathErrorFrame, SharedProbe, SharedProbeResult)
     description = "a relative path on storage both peers mount; no bytes cross the data channel"
+    delivers_results_in_place = True
 
     @classmethod
     def usable(cls, context) -> bool:
@@ -122,7 +109,7 @@ class SharedFsTransport(Transport):
         super().__init__(link, context)
         root = context.shared_root
         self.root: Path | None = Path(root).resolve() if root is not None else None
-        self.fs_adapter: FilesystemAdapter | None = context.options.get("shared-fs", {}).get("fs_adapter")
+        self.fs_adapter: FilesystemAdapter | None = context.shared_filesystem
         if self.fs_adapter is None and self.root is not None:
             self.fs_adapter = FilesystemAdapter(self.root)
         #: Client side: whether the worker proved it sees our storage in this session.
@@ -163,7 +150,7 @@ class SharedFsTransport(Transport):
             transport=self.name,
             # Read in place through the safe opener: a symlink swapped in since validation
             # is refused at open time.
-            opener=lambda: security.open_peer_path(relative, root),
+            opener=lambda: paths.open_peer_path(relative, root),
         )
         await self.context.deliver(received)
 
@@ -174,14 +161,14 @@ class SharedFsTransport(Transport):
         """
         assert self.root is not None and self.fs_adapter is not None
         started = time.perf_counter()
-        path = security.resolve_peer_path(relative, self.root)
+        path = paths.resolve_peer_path(relative, self.root)
         if not self.fs_adapter.exists(path):
             logger.error(
                 "shared input {} does not exist (worker path {})", quote_for_log(relative), quote_for_log(str(path))
             )
             raise PathNotFoundError(texts.INPUT_MISSING, peer_path=relative)
         # Opening proves it is a readable regular file, with no symlink followed on the way.
-        with security.open_peer_path(relative, self.root) as handle:
+        with paths.open_peer_path(relative, self.root) as handle:
             size = handle.seek(0, 2)
         elapsed = time.perf_counter() - started
         log = logger.warning if elapsed > SLOW_VALIDATION_SECONDS else logger.info
@@ -229,8 +216,8 @@ class SharedFsTransport(Transport):
         started = time.perf_counter()
         # Created component by component with no symlink followed; an existing file or a
         # symlink on the way is refused.
-        path = security.makedirs_beneath(self.root, relative)
-        security.validate_path_in_root(path, self.root)
+        path = paths.makedirs_beneath(self.root, relative)
+        paths.validate_path_in_root(path, self.root)
         logger.info("shared output directory {} ready in {:.4f} s", relative, time.perf_counter() - started)
         return path
 
@@ -303,6 +290,42 @@ class SharedFsTransport(Transport):
         reply = await self._request(SharedOutputPath(relative))
         if not (isinstance(reply, PathValidated) and reply.which == "output"):
             raise SharedPathRefused(getattr(reply, "message", f"unexpected reply {reply!r}"))
+
+    # --- results, delivered in place ----------------------------------------------------
+
+    async def request_results(self, job_id: str) -> None:
+        await self.request_output(results_path(job_id))
+
+    @property
+    def results_requested(self) -> bool:
+        return self.output is not None
+
+    async def send_results(self, job_id: str, output_dir: Path, files: Sequence[tuple[str, int]]) -> str:
+        """Write the results under the output directory the client asked for; its relative path."""
+        if self.output is None or self.root is None:
+            raise TransferError("no SHARED_OUTPUT_PATH was given for the results")
+        relative, _ = self.output
+        label = f"shared-fs ({self.context.role})"
+        await asyncio.to_thread(results.publish_beneath, self.root, output_dir, files, relative, label)
+        return relative
+
+    async def collect_results(self, job_id: str, reference: str, destination: Path) -> None:
+        if self.root is None:
+            raise TransferError("shared-fs has no shared root on this side")
+        await asyncio.to_thread(results.copy_out_of, self.root, reference, destination)
+
+    async def discard_results(self, job_id: str) -> None:
+        # The worker's copy on shared storage is ours to remove once collected (or useless, if
+        # the job failed); left there, every job would leave a directory.
+        if self.root is None:
+            return
+        copy = self.root / results_path(job_id)
+        await asyncio.to_thread(shutil.rmtree, copy, True)
+        await asyncio.to_thread(remove_empty_directories, copy.parent, self.root)
+
+    def unusable_input_reply(self, received: ReceivedFile) -> Frame | None:
+        # The specification's reply, which also asks the client to retry with the bytes.
+        return PathErrorFrame(f"{texts.CORRUPTED}: {received.name}")
 
     def _stage(self, path: Path, name: str) -> str:
         assert self.root is not None

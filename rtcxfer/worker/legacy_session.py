@@ -29,42 +29,39 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import shutil
 import stat
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import attrs
 
-from rtcxfer.files import paths as security
-from rtcxfer.files.safezip import extract_zip
+from rtcxfer.files import paths, results
+from rtcxfer.files.receiving import part_name
 from rtcxfer.log import logger
 from rtcxfer.protocol import legacy as protocol
 from rtcxfer.protocol import texts
 from rtcxfer.protocol.errors import (
-    ArchiveError,
     ConnectionClosedError,
-    JobError,
     PathError,
     RemoteProtocolError,
     RtcxferError,
     StorageFullError,
     describe,
 )
-from rtcxfer.protocol.frames import Frame, SharedInputPath, SharedOutputPath
+from rtcxfer.protocol.frames import Frame, JobState, SharedInputPath, SharedOutputPath
 from rtcxfer.protocol.legacy import JOB_TEXTS, JobTexts, UploadRefused, UploadTracker
-from rtcxfer.protocol.manifest import MANIFEST_NAME, Manifest
+from rtcxfer.protocol.manifest import MANIFEST_NAME, Manifest, ManifestError
 from rtcxfer.transport.base import ReceivedFile
-from rtcxfer.transports.rtc_chunked import part_name
 from rtcxfer.transports.shared_fs import SharedFsTransport
-from rtcxfer.worker.jobs import JobContext, JobFailedError, run_manifest_command
-from rtcxfer.worker.rtc_worker_client import RTCWorkerClient, _result_files, publish_shared_results
+from rtcxfer.worker.jobs import JobFailedError, run_manifest_command
+from rtcxfer.worker.pipeline import Job, JobOutcome, Outcome, remove_quietly, run_job
 
-#: Output lines queued for the client before further lines are counted and dropped.
-LOG_QUEUE_LINES = 10_000
+if TYPE_CHECKING:  # pragma: no cover
+    from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
+
 MISSING_PATHS = "Missing input or output path for shared storage job"
 #: Prefix of the lines by which the worker itself tells a legacy client something.
 NOTICE_PREFIX = "[rtcxfer]"
@@ -73,17 +70,21 @@ PACKAGE_FOLDER = "."
 #: The exit code reported when a job ended without one (timed out, could not start).
 NO_EXIT_CODE = 1
 #: The name a manifest has when it names none.
-_UNNAMED = attrs.fields(Manifest).name.default
+UNNAMED = attrs.fields(Manifest).name.default
+#: What a legacy upload is called where the job's input says which transport brought it.
+LEGACY_UPLOAD = "legacy-upload"
 
 
 @attrs.frozen
-class _JobSettings:
+class JobSettings:
     """The session's settings when a job started (the client may change them while it runs)."""
 
     package_type: str
     output_dir: str
     job_id: str
-    shared: bool
+    #: The results go to this path of the shared storage (a shared-storage job), else they are
+    #: zipped and sent back over the channel.
+    shared_output: str | None = None
 
 
 class ReplayChannel:
@@ -112,7 +113,7 @@ async def peek_dialect(channel) -> tuple[ReplayChannel, bool] | None:
     return ReplayChannel(first, channel), protocol.speaks_legacy(first)
 
 
-class _FrameSender:
+class FrameSender:
     """What the shared-fs transport needs of a link: ``send(frame)``. The replies it sends
     (``PATH_VALIDATED::input``, ``PATH_ERROR::...``) are the same text in both dialects."""
 
@@ -121,45 +122,6 @@ class _FrameSender:
 
     async def send(self, frame: Frame) -> None:
         await self.channel.send_text(frame.encode())
-
-
-class _LineSender:
-    """Sends a job's output lines in order without ever blocking the job; a flood beyond
-    :data:`LOG_QUEUE_LINES` queued lines is counted and reported instead."""
-
-    def __init__(self, session: LegacySession, texts: JobTexts) -> None:
-        self.session = session
-        self.texts = texts
-        self.queue: asyncio.Queue[str] = asyncio.Queue(LOG_QUEUE_LINES)
-        self.dropped = 0
-        self.task = asyncio.create_task(self._run())
-
-    def put(self, line: str) -> None:
-        try:
-            self.queue.put_nowait(line)
-        except asyncio.QueueFull:
-            self.dropped += 1
-
-    async def _run(self) -> None:
-        while True:
-            line = await self.queue.get()
-            try:
-                await self.session.send(self.texts.line(line))
-                if self.dropped and self.queue.empty():
-                    dropped, self.dropped = self.dropped, 0
-                    await self.session.send(self.texts.line(f"{NOTICE_PREFIX} {dropped} lines of output were dropped"))
-            finally:
-                self.queue.task_done()
-
-    async def close(self) -> None:
-        """Send what is queued (unless the channel closed), then stop."""
-        joined = asyncio.ensure_future(self.queue.join())
-        try:
-            await asyncio.wait({joined, self.task}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            joined.cancel()
-            self.task.cancel()
-            await asyncio.gather(joined, self.task, return_exceptions=True)
 
 
 class LegacySession:
@@ -180,10 +142,12 @@ class LegacySession:
         #: The job this session runs, until its last message to the client is sent.
         self.job_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
-        context = worker._context_template()
+        context = worker.transport_context()
         context.incoming_dir = self.directory
         context.on_file = self._on_shared_input
-        self.shared = SharedFsTransport(_FrameSender(channel), context)
+        # The legacy protocol's shared-storage messages are the worker specification's: the
+        # shared-fs transport validates them (and answers with the specification's texts).
+        self.shared = SharedFsTransport(FrameSender(channel), context)
         self.shared_input: ReceivedFile | None = None
 
     # --- the receive loop -------------------------------------------------------------
@@ -191,24 +155,27 @@ class LegacySession:
     async def run(self) -> None:
         logger.info("{}: legacy protocol session (authenticated only by the signaling server's token)", self.name)
         try:
-            while True:
-                try:
-                    message = await self.channel.recv()
-                except ConnectionClosedError:
-                    return
-                try:
-                    await self._handle(protocol.decode(message))
-                except ConnectionClosedError:
-                    return
-                except RemoteProtocolError as error:
-                    await self._refuse(str(error))
-                except (RtcxferError, OSError) as error:
-                    # The peer's message could not be served here (a full disk, a failing
-                    # write): the session goes on, as after any refusal.
-                    logger.error("{}: could not handle the client's message: {}", self.name, describe(error))
-                    await self._refuse(describe(error))
+            await self._receive_loop()
         finally:
             await self._close()
+
+    async def _receive_loop(self) -> None:
+        while True:
+            try:
+                message = await self.channel.recv()
+            except ConnectionClosedError:
+                return
+            try:
+                await self._handle(protocol.decode(message))
+            except ConnectionClosedError:
+                return
+            except RemoteProtocolError as error:
+                await self._refuse(str(error))
+            except (RtcxferError, OSError) as error:
+                # The peer's message could not be served here (a full disk, a failing
+                # write): the session goes on, as after any refusal.
+                logger.error("{}: could not handle the client's message: {}", self.name, describe(error))
+                await self._refuse(describe(error))
 
     async def _close(self) -> None:
         if self.job_task is not None:
@@ -218,7 +185,8 @@ class LegacySession:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._drop_part()
         self.shared.on_closed()
-        await asyncio.to_thread(shutil.rmtree, self.directory, True)
+        self.worker.job_slots.release(self)
+        await asyncio.to_thread(remove_quietly, self.directory)
 
     async def _handle(self, event: protocol.Event) -> None:
         if isinstance(event, protocol.FileBytes):
@@ -253,6 +221,10 @@ class LegacySession:
     async def send(self, text: str) -> None:
         await self.channel.send_text(text)
 
+    async def notice(self, text: str) -> None:
+        """One line of the worker's own for the client (never raises)."""
+        await self._notice(text)
+
     async def _notice(self, text: str) -> None:
         try:
             await self.send(f"{NOTICE_PREFIX} {text}\n")
@@ -270,7 +242,7 @@ class LegacySession:
             self.output_dir = text
             return
         try:
-            relative = security.check_relative_text(text)
+            relative = paths.check_relative_text(text)
         except PathError as error:
             problem: str | None = str(error)
         else:
@@ -289,11 +261,14 @@ class LegacySession:
         if self._job_running():
             raise UploadRefused(f"upload of {protocol.excerpt(meta.name)} refused: a job is running in this session")
         try:
-            relative = security.check_relative_text(meta.name)
+            relative = paths.check_relative_text(meta.name)
         except PathError as error:
             raise UploadRefused(f"upload of {protocol.excerpt(meta.name)} refused: {error}") from None
         if len(relative.parts) != 1 or relative.as_posix() != meta.name or meta.name.startswith("."):
             raise UploadRefused(f"upload of {protocol.excerpt(meta.name)} refused: not a plain file name")
+        busy = self._take_slot()
+        if busy is not None:
+            raise UploadRefused(f"upload of {protocol.excerpt(meta.name)} refused: {busy}")
         self.uploads.announce(meta)
         self._drop_part()
         self._stray_reported = False
@@ -314,7 +289,7 @@ class LegacySession:
             if self._part is None:
                 upload_dir = Path(tempfile.mkdtemp(prefix="upload-", dir=self.directory))
                 self._part_path = upload_dir / part_name(upload.name, secrets.token_hex(16))
-                self._part = security.open_beneath(upload_dir, self._part_path.name, "xb")
+                self._part = paths.open_beneath(upload_dir, self._part_path.name, "xb")
             self._part.write(data)
         except (OSError, PathError, StorageFullError) as error:
             self.uploads.abort()
@@ -328,7 +303,7 @@ class LegacySession:
         if part is not None:
             part.close()
         if path is not None:
-            shutil.rmtree(path.parent, ignore_errors=True)
+            remove_quietly(path.parent)
 
     async def _end_of_file(self) -> None:
         try:
@@ -341,48 +316,49 @@ class LegacySession:
         if path is None:  # announced as empty: nothing was written yet
             upload_dir = Path(tempfile.mkdtemp(prefix="upload-", dir=self.directory))
             path = upload_dir / part_name(upload.name, secrets.token_hex(16))
-            part = security.open_beneath(upload_dir, path.name, "xb")
+            part = paths.open_beneath(upload_dir, path.name, "xb")
         assert part is not None
         final = path.parent / upload.name
         try:
             await asyncio.to_thread(_complete_part, part, path, final)
         except OSError as error:
-            shutil.rmtree(path.parent, ignore_errors=True)
+            remove_quietly(path.parent)
             raise _cannot_store(upload, error) from None
         logger.info("{}: received {} ({} bytes)", self.name, upload.name, upload.size)
-        settings = _JobSettings(self.package_type, self.output_dir, self.job_id or "", shared=False)
-        self._start_job(self._rtc_job(final, path.parent, settings))
+        job_id = self.job_id or f"job_{secrets.token_hex(4)}"
+        received = ReceivedFile(upload.name, final, upload.size, LEGACY_UPLOAD)
+        settings = JobSettings(self.package_type, self.output_dir, job_id)
+        self._start_job(Job(job_id, path.parent), received, settings)
 
     # --- jobs -------------------------------------------------------------------------
 
-    def _start_job(self, coroutine) -> None:
-        self.job_task = asyncio.create_task(coroutine)
+    def _take_slot(self) -> str | None:
+        """One of the worker's job slots for the job this session is about to start (from its
+        upload on); ``None`` when taken, else why not. sleap-rtc's clients connect for each job
+        and leave without a word once they have the results, so a legacy session holds a slot
+        only from a job's announcement to its end, not for the whole session."""
+        busy = self.worker.job_slots.take(self)
+        if busy is not None:
+            logger.info("{}: refused, busy: {}", self.name, busy)
+            return f"this worker is busy ({busy}); try again later"
+        return None
+
+    def _start_job(self, job: Job, received: ReceivedFile, settings: JobSettings) -> None:
+        dialect = LegacyJobDialect(self, job, received, settings)
+        self.job_task = asyncio.create_task(run_job(self.worker, job, received, dialect))
         self._tasks.add(self.job_task)
         self.job_task.add_done_callback(self._job_done)
 
-    def _job_over(self) -> None:
+    def end_job(self) -> None:
         """Called by the job right after its last message, before any await: the client may
         start its next job as soon as it reads that message."""
-        if self.job_task is asyncio.current_task():
-            self.job_task = None
+        self.job_task = None
+        self.worker.job_slots.release(self)
 
     def _job_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
         if self.job_task is task:
             self.job_task = None
-        if not task.cancelled() and task.exception() is not None:
-            logger.opt(exception=task.exception()).error("{}: legacy job crashed", self.name)
-
-    async def _rtc_job(self, package: Path, job_dir: Path, settings: _JobSettings) -> None:
-        try:
-            output, _ = await self._run_package(lambda: open(package, "rb"), package.name, job_dir, settings)
-            if output is not None:
-                await self._send_results(output, package.name, job_dir, settings.output_dir)
-        except ConnectionClosedError:
-            logger.info("{}: the client left before its results were sent", self.name)
-        finally:
-            self._job_over()
-            await asyncio.to_thread(shutil.rmtree, job_dir, True)
 
     async def _on_shared_input(self, received: ReceivedFile) -> None:
         self.shared_input = received
@@ -396,146 +372,179 @@ class LegacySession:
         if self._job_running() or (self.uploads.current is not None and self.uploads.current.started):
             await self.send(protocol.job_failed(job_id, "another job or upload is in progress in this session"))
             return
+        busy = self._take_slot()
+        if busy is not None:
+            await self.send(protocol.job_failed(job_id, busy))
+            return
         self.uploads.discard_unstarted()
         # Each pair of paths serves one job; the next job names its own.
         self.shared_input = None
         self.shared.output = None
-        job_dir = Path(tempfile.mkdtemp(prefix="job-", dir=self.directory))
-        settings = _JobSettings(self.package_type, self.output_dir, job_id, shared=True)
-        self._start_job(self._shared_job(received, output[0], job_dir, settings))
+        job = Job(job_id, Path(tempfile.mkdtemp(prefix="job-", dir=self.directory)))
+        self._start_job(job, received, JobSettings(self.package_type, self.output_dir, job_id, output[0]))
 
-    async def _shared_job(
-        self, received: ReceivedFile, relative_output: str, job_dir: Path, settings: _JobSettings
-    ) -> None:
-        job_id = settings.job_id
-        try:
-            output, failure = await self._run_package(received.open, received.name, job_dir, settings)
-            if output is None or failure is not None:
-                await self.send(protocol.job_failed(job_id, failure or "the job did not run"))
-                return
-            files = await asyncio.to_thread(_result_files, output)
-            try:
-                # The worker's one implementation of writing results to shared storage, with
-                # its no-symlink opener, fsync and clean-up of a full disk.
-                await asyncio.to_thread(
-                    publish_shared_results, self.worker.shared_storage_root, output, files, relative_output, self.name
-                )
-            except StorageFullError:
-                self.worker.stats["failed"] += 1
-                await self.send(protocol.job_failed(job_id, texts.DISK_FULL))
-                return
-            except PathError as error:
-                self.worker.stats["failed"] += 1
-                await self.send(protocol.job_failed(job_id, f"cannot write results: {error}: {error.peer_path}"))
-                return
-            self.worker.stats["completed"] += 1
-            await self.send(protocol.job_complete(job_id, relative_output))
-        except ConnectionClosedError:
-            logger.info("{}: the client left before job {} was reported", self.name, job_id)
-        finally:
-            self._job_over()
-            await asyncio.to_thread(shutil.rmtree, job_dir, True)
 
-    async def _run_package(
-        self, opener: Callable[[], BinaryIO], package_name: str, job_dir: Path, settings: _JobSettings
-    ) -> tuple[Path | None, str | None]:
-        """Extract and run a package, sending the legacy job texts. Returns the job's output
-        directory (None: there is no package to take results from) and why the job failed
-        (None: it succeeded). The client has been told either way."""
-        texts = JOB_TEXTS[settings.package_type]
-        stem = protocol.package_stem(Path(package_name).name)
-        try:
-            package_dir = await asyncio.to_thread(self._extract, opener, job_dir, stem)
-        except (ArchiveError, PathError, StorageFullError, OSError) as error:
-            logger.error("{}: package {} is unusable: {}", self.name, package_name, describe(error))
-            self.worker.stats["failed"] += 1
-            await self._notice(f"package {protocol.excerpt(package_name)} refused: {error}")
-            await self.send(texts.error(stem, NO_EXIT_CODE))
-            await self.send(texts.done)
-            return None, f"{texts.CORRUPTED}: {package_name}"
-        output = package_dir / settings.output_dir
-        try:
-            if settings.output_dir != PACKAGE_FOLDER:
-                await asyncio.to_thread(security.makedirs_beneath, package_dir, settings.output_dir)
-            manifest = await asyncio.to_thread(self._manifest, package_dir, texts, stem)
-        except (JobError, PathError) as error:
-            self.worker.stats["failed"] += 1
-            await self._notice(f"job not run: {error}")
-            await self.send(texts.error(stem, NO_EXIT_CODE))
-            await self.send(texts.done)
-            return output, f"job not run: {error}"
-        if manifest is None and self.worker.executor is run_manifest_command:
-            self.worker.stats["failed"] += 1
-            await self.send(texts.missing_script or texts.error(stem, NO_EXIT_CODE))
-            await self.send(texts.done)
-            return output, f"the package has no {texts.script}"
-        name = manifest.name if manifest is not None and manifest.name != _UNNAMED else stem
-        if texts.opening is not None:
-            await self.send(texts.opening)
-        await self.send(texts.start(name))
-        lines = _LineSender(self, texts)
-        context = JobContext(
-            job_id=settings.job_id or name,
-            package_dir=package_dir,
-            output_dir=output,
-            env_allow=self.worker.job_env_allow,
-            manifest=manifest,
-            log=lines.put,
-            progress=lambda done, total: None,  # a legacy client has no progress message
-            timeout_seconds=self.worker.job_timeout,
-            kill_grace_seconds=self.worker.kill_grace_seconds,
-        )
-        failure: str | None = None
-        exit_code = 0
-        try:
-            await self.worker.executor(context)
-        except JobError as error:
-            failure = f"Job failed: {error}"
-            known = isinstance(error, JobFailedError) and error.exit_code is not None
-            exit_code = error.exit_code if known else NO_EXIT_CODE
-            if not known:  # timed out, or could not start: the output does not say so
-                lines.put(f"{NOTICE_PREFIX} {error}")
-        finally:
-            await lines.close()
-        if failure is None:
-            await self.send(texts.end(name))
-        else:
-            self.worker.stats["failed"] += 1
-            await self.send(texts.error(name, exit_code))
-        await self.send(texts.done)
-        if failure is None and not settings.shared:
-            self.worker.stats["completed"] += 1
-        return output, failure
+class LegacyJobDialect:
+    """What sleap-rtc's protocol says of one job (``shared/spec/legacy-protocol.md``).
 
-    def _extract(self, opener: Callable[[], BinaryIO], job_dir: Path, stem: str) -> Path:
-        with opener() as archive:
-            root = extract_zip(archive, job_dir, self.worker.zip_limits).root
+    RTC-transfer job: ``TRAIN_JOB_START::{name}``, the output lines,
+    ``TRAIN_JOB_END::{name}`` or ``TRAIN_JOB_ERROR::{name}::{code}``, ``TRAINING_JOBS_DONE``
+    (the ``track`` type's own texts for tracking), then ``{package folder}/{OUTPUT_DIR}`` zipped,
+    as the legacy worker did also after a failed command. Shared-storage job: the same texts,
+    then the results on the shared storage and ``JOB_COMPLETE::{job id}::{output path}`` (or
+    ``JOB_FAILED::{job id}::{why}``)."""
+
+    def __init__(self, session: LegacySession, job: Job, received: ReceivedFile, settings: JobSettings) -> None:
+        self.session = session
+        self.job = job
+        self.received = received
+        self.settings = settings
+        self.texts: JobTexts = JOB_TEXTS[settings.package_type]
+        self.label = session.name
+        self.stem = protocol.package_stem(Path(received.name).name)
+        #: The job's name in the texts: the manifest's, else the package's stem.
+        self.job_name = self.stem
+        self._output: Path | None = None
+        self._missing_script = False
+        self._ended = False
+
+    # --- the package --------------------------------------------------------------------
+
+    def package_dir(self, extracted: Path) -> Path:
         # sleap-rtc's packages hold one folder named like the ZIP; a flat ZIP runs at its root.
-        return root / stem if security.is_dir_beneath(root, stem) else root
+        return extracted / self.stem if paths.is_dir_beneath(extracted, self.stem) else extracted
 
-    def _manifest(self, package_dir: Path, texts: JobTexts, stem: str) -> Manifest | None:
-        """The package's rtcxfer.json if it has one, else its script run with bash (None: no
-        script, or the worker's own executor decides what to run)."""
+    def output_dir(self, package_dir: Path) -> Path:
+        self._output = package_dir / self.settings.output_dir
+        if self.settings.output_dir != PACKAGE_FOLDER:
+            paths.makedirs_beneath(package_dir, self.settings.output_dir)
+        return self._output
+
+    def manifest(self, package_dir: Path) -> Manifest | None:
+        """The package's rtcxfer.json if it has one, else its script run with bash (None: the
+        worker's own executor decides what to run)."""
         if (package_dir / MANIFEST_NAME).is_file():
-            return Manifest.load(package_dir)
-        if self.worker.executor is not run_manifest_command:
+            manifest = Manifest.load(package_dir)
+            if manifest.name != UNNAMED:
+                self.job_name = manifest.name
+            return manifest
+        if self.session.worker.executor is not run_manifest_command:
             return None
-        if texts.missing_script is not None and not _is_file_beneath(package_dir, texts.script):
-            return None
+        if self.texts.missing_script is not None and not _is_file_beneath(package_dir, self.texts.script):
+            self._missing_script = True
+            raise ManifestError(f"the package has no {self.texts.script}")
         # A missing train-script.sh is left to bash, whose message becomes the job's output.
-        return Manifest(("bash", texts.script), name=stem)
+        return Manifest(("bash", self.texts.script), name=self.stem)
 
-    async def _send_results(self, output: Path, package_name: str, job_dir: Path, output_dir: str) -> None:
-        name = protocol.result_name(package_name)
-        archive = job_dir / name
-        size = await asyncio.to_thread(_zip_results, output, archive)
-        await self.send(protocol.result_meta(name, size, output_dir))
+    # --- what the client hears --------------------------------------------------------
+
+    async def stage(self, state: str) -> None:
+        texts_ = self.texts
+        if state == JobState.RUNNING:
+            if texts_.opening is not None:
+                await self.session.send(texts_.opening)
+            await self.session.send(texts_.start(self.job_name))
+        elif state == JobState.SENDING_RESULTS:
+            await self.session.send(texts_.end(self.job_name))
+            await self.session.send(texts_.done)
+
+    def line(self, text: str) -> str:
+        return self.texts.line(text)
+
+    def progress(self, done: int, total: int) -> None:
+        return None  # a legacy client has no progress message
+
+    def dropped(self, count: int) -> str:
+        return self.texts.line(f"{NOTICE_PREFIX} {count} lines of output were dropped")
+
+    async def send(self, message: str) -> None:
+        await self.session.send(message)
+
+    async def deliver_results(self, output_dir: Path, files: Sequence[tuple[str, int]]) -> tuple[str, str]:
+        shared_output = self.settings.shared_output
+        if shared_output is None:
+            await self._send_zipped(output_dir)
+            return self.job.job_id, LEGACY_UPLOAD
+        root = self.session.worker.shared_storage_root
+        assert root is not None, "a shared-storage job needs the shared root"
+        # The worker's one way of writing results to shared storage: no link followed, fsync,
+        # and what was written removed again on a full disk.
+        await asyncio.to_thread(results.publish_beneath, root, output_dir, files, shared_output, self.label)
+        return shared_output, self.session.shared.name
+
+    async def _send_zipped(self, output_dir: Path) -> None:
+        name = protocol.result_name(self.received.name)
+        archive = self.job.directory / name
+        size = await asyncio.to_thread(_zip_results, output_dir, archive)
+        await self.session.send(protocol.result_meta(name, size, self.settings.output_dir))
         with open(archive, "rb") as handle:
             while block := await asyncio.to_thread(handle.read, 32 * protocol.RESULT_CHUNK_SIZE):
                 for start in range(0, len(block), protocol.RESULT_CHUNK_SIZE):
-                    await self.channel.send_bytes(block[start : start + protocol.RESULT_CHUNK_SIZE])
-        await self.send(protocol.END_OF_FILE)
-        logger.info("{}: sent {} ({} bytes)", self.name, name, size)
+                    await self.session.channel.send_bytes(block[start : start + protocol.RESULT_CHUNK_SIZE])
+        await self.session.send(protocol.END_OF_FILE)
+        self._end()
+        logger.info("{}: sent {} ({} bytes)", self.label, name, size)
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self.session.end_job()
+
+    async def report(self, outcome: JobOutcome) -> None:
+        try:
+            await self._report(outcome)
+        except ConnectionClosedError:
+            logger.info("{}: the client left before job {} was reported", self.label, self.job.job_id)
+        except RtcxferError as error:
+            logger.warning("{}: job {} not reported: {}", self.label, self.job.job_id, describe(error))
+        finally:
+            self._end()
+
+    async def _report(self, outcome: JobOutcome) -> None:
+        kind = outcome.outcome
+        shared = self.settings.shared_output is not None
+        job_id = self.settings.job_id
+        if kind in (Outcome.CANCELLED, Outcome.WORKER_STOPPING):
+            if kind is Outcome.WORKER_STOPPING:
+                await self.session.notice("the worker is shutting down; the job was stopped")
+            return
+        if kind is Outcome.COMPLETE:
+            if shared:
+                assert outcome.results_path is not None
+                await self.session.send(protocol.job_complete(job_id, outcome.results_path))
+            return
+        failure = await self._tell_failure(outcome)
+        if shared:
+            await self.session.send(protocol.job_failed(job_id, failure))
+        elif kind in (Outcome.FAILED, Outcome.NOT_RUNNABLE) and self._output is not None:
+            await self._send_zipped(self._output)  # as the legacy worker, also after a failure
+
+    async def _tell_failure(self, outcome: JobOutcome) -> str:
+        """The job texts of a failed job; the reason a shared-storage job's JOB_FAILED gives."""
+        kind, texts_ = outcome.outcome, self.texts
+        if kind is Outcome.UNUSABLE_PACKAGE:
+            await self.session.notice(f"package {protocol.excerpt(self.received.name)} refused: {outcome.detail}")
+            await self.session.send(texts_.error(self.stem, NO_EXIT_CODE))
+            await self.session.send(texts_.done)
+            return f"{texts.CORRUPTED}: {self.received.name}"
+        if kind is Outcome.NOT_RUNNABLE:
+            if self._missing_script:
+                await self.session.send(texts_.missing_script or texts_.error(self.stem, NO_EXIT_CODE))
+            else:
+                await self.session.notice(f"job not run: {outcome.detail}")
+                await self.session.send(texts_.error(self.stem, NO_EXIT_CODE))
+            await self.session.send(texts_.done)
+            return f"job not run: {outcome.detail}"
+        if kind in (Outcome.FAILED, Outcome.INTERNAL_ERROR):
+            known = isinstance(outcome.error, JobFailedError) and outcome.exit_code is not None
+            if not known:  # timed out, or could not start: the output does not say so
+                await self.session.send(texts_.line(f"{NOTICE_PREFIX} {outcome.detail}"))
+            await self.session.send(texts_.error(self.job_name, outcome.exit_code if known else NO_EXIT_CODE))
+            await self.session.send(texts_.done)
+            return f"Job failed: {outcome.detail}"
+        if kind is Outcome.DISK_FULL:
+            return texts.DISK_FULL
+        return outcome.detail  # results not delivered
 
 
 def _complete_part(part: BinaryIO, path: Path, final: Path) -> None:
@@ -552,16 +561,17 @@ def _zip_results(output: Path, archive: Path) -> int:
     """Zip the regular files under ``output`` (names relative to it, as sleap-rtc's
     ``make_archive`` writes them) into ``archive``; its size. Blocking."""
     with zipfile.ZipFile(archive, "x", zipfile.ZIP_DEFLATED) as bundle:
-        for relative, _ in _result_files(output):
-            with security.open_beneath(output, relative, "rb") as source:
+        for relative, _ in results.result_files(output):
+            with paths.open_beneath(output, relative, "rb") as source:
                 with bundle.open(relative, "w", force_zip64=True) as sink:
-                    shutil.copyfileobj(source, sink, 1 << 20)
+                    while block := source.read(results.COPY_BLOCK):
+                        sink.write(block)
     return archive.stat().st_size
 
 
 def _is_file_beneath(root: Path, relative: str) -> bool:
     try:
-        return stat.S_ISREG(security.stat_beneath(root, relative).st_mode)
+        return stat.S_ISREG(paths.stat_beneath(root, relative).st_mode)
     except PathError:
         return False
 

@@ -1,9 +1,12 @@
 """A worker's job slots and its draining state (sans-IO).
 
-A slot is held by an authenticated session from ``WELCOME`` until the session ends: a session
-runs one job at a time, so a worker never runs more jobs than it has slots. A full or draining
-worker refuses the next session with a reason (``WORKER_BUSY``) instead of queueing it, so that
-the client can try another worker or wait for a slot where it can see the whole room.
+A slot is held by an authenticated session of rtcxfer's protocol from ``WELCOME`` until the
+session ends, and by a legacy session (sleap-rtc's clients come back for every job) from a
+job's announcement to its end: a session runs one job at a time, so a worker never runs more
+jobs than it has slots, whichever dialect brought them. A full or draining worker refuses the
+next session with a reason (``WORKER_BUSY``; a legacy client gets the reason as a line of text)
+instead of queueing it, so that the client can try another worker or wait for a slot where it
+can see the whole room.
 """
 
 from __future__ import annotations

@@ -1,0 +1,251 @@
+"""``rtcxfer submit``: run a package on a worker of the room and bring its results home."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from rtcxfer.cli.messages import (
+    EXIT_CANCELLED,
+    EXIT_CONNECTION,
+    EXIT_JOB_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    EXIT_WORKER_STOPPED,
+)
+from rtcxfer.cli.options import apply_options, connection_options, network_options, peer_options, room_token
+from rtcxfer.cli.running import Interrupted, run_until_interrupted
+
+
+@click.command()
+@click.argument("package", type=click.Path(exists=True, path_type=Path))
+@apply_options(connection_options)
+@apply_options(network_options)
+@click.option("--transport", default=None, help="Force one transport (see `rtcxfer plugins`); default: automatic.")
+@click.option(
+    "--results",
+    "results_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("rtcxfer-results"),
+    show_default=True,
+    help="Where results are placed.",
+)
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for a worker.")
+@click.option("--quiet", is_flag=True, help="No progress bars or job output; just the result.")
+@click.option("--worker", "worker_id", default=None, metavar="ID", help="Run on this worker of the room.")
+@click.option(
+    "--require",
+    "requirements",
+    multiple=True,
+    metavar="EXPR",
+    help="Only a worker that meets EXPR (repeatable), e.g. gpu_memory_mb>=16000, label.site=hpc, transport=direct.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the outcome on stdout.")
+@click.option(
+    "--pack-cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="RTCXFER_PACK_CACHE",
+    default=None,
+    help="Where packed directories are kept for the next run (default: $XDG_CACHE_HOME/rtcxfer/packs, "
+    "else ~/.cache/rtcxfer/packs) [env RTCXFER_PACK_CACHE].",
+)
+@click.option(
+    "--no-pack-cache", is_flag=True, help="Pack a directory for this run only (it cannot resume over direct)."
+)
+def submit(
+    package, signal_url, room, token, token_file, signal_token, shared_root, ice_servers, any_interface, transport,
+    results_dir, timeout, quiet, worker_id, requirements, as_json, pack_cache, no_pack_cache,
+) -> None:
+    """Run PACKAGE on a worker and download its results.
+
+    PACKAGE is a ZIP with rtcxfer.json at its root, or a directory holding rtcxfer.json (sent
+    as a ZIP of its files, kept in --pack-cache so that a re-run of the unchanged directory
+    sends the same file and resumes an interrupted upload). It is checked before anything is
+    sent.
+
+    Exits 0 when the job succeeded, 1 when it failed, 2 when PACKAGE is not a job package or a
+    forced transport is not installed or not usable, 3 when no worker could be reached (none
+    meets --require, the one --worker names is absent) or the token was refused, 75 when the
+    worker stopped during the job (submit again later), 130 when cancelled with Ctrl-C (the job
+    is cancelled on the worker too). When every matching worker is busy, it waits in the queue.
+    """
+    from rtcxfer.cli.config import resolve_token
+    from rtcxfer.cli.progress import ProgressDisplay
+    from rtcxfer.client.pack_cache import PackCacheError
+    from rtcxfer.client.packing import PackageError, check_package
+    from rtcxfer.client.worker_choice import RequirementError, parse_requirement
+
+    for text in requirements:
+        try:
+            parse_requirement(text)
+        except RequirementError as error:
+            raise click.BadParameter(str(error), param_hint="--require") from None
+    token = resolve_token(click.get_current_context(), token, token_file)
+    display = ProgressDisplay(enabled=not quiet)
+    outcome = _SubmitOutcome(as_json, worker_id, requirements)
+    with contextlib.ExitStack() as packed:
+        pack = None
+        try:
+            if package.is_dir():
+                pack = packed.enter_context(_pack(package, pack_cache, no_pack_cache))
+                if pack.reused and not quiet:
+                    click.echo(f"rtcxfer: {package.name} is unchanged: sending its earlier pack {pack.path}", err=True)
+                package = pack.path
+            else:
+                check_package(package)
+        except (PackageError, PackCacheError) as error:
+            outcome.failure = str(error)
+            click.echo(f"error: {error}", err=True)
+            code = EXIT_USAGE
+        else:
+            try:
+                code = run_until_interrupted(
+                    _submit(
+                        package,
+                        signal_url,
+                        room,
+                        token,
+                        signal_token,
+                        shared_root,
+                        ice_servers,
+                        any_interface,
+                        transport,
+                        results_dir,
+                        timeout,
+                        display,
+                        outcome,
+                    )
+                )
+            except Interrupted:
+                display.close()
+                click.echo("cancelled", err=True)
+                code = EXIT_CANCELLED
+            if pack is not None:
+                pack.succeeded = code == EXIT_OK
+    if as_json:
+        click.echo(submit_json(outcome.result, code, outcome.failure))
+    sys.exit(code)
+
+
+def _pack(directory: Path, cache_dir: Path | None, no_cache: bool):
+    """The pack of ``directory`` for ``submit``: from the pack cache, or for this run only
+    (``--no-pack-cache``, or a cache that cannot be used safely, which is said)."""
+    from rtcxfer.client import pack_cache
+
+    if not no_cache:
+        try:
+            return pack_cache.PackCache.open(cache_dir).pack(directory)
+        except pack_cache.PackCacheError as error:
+            click.echo(f"rtcxfer: {error}; packing for this run only (--pack-cache DIR chooses another)", err=True)
+    return pack_cache.one_off(directory)
+
+
+class _SubmitOutcome:
+    """What ``submit`` learned, for its ``--json`` line; human lines go to stderr with --json."""
+
+    def __init__(self, as_json: bool, worker_id: str | None, requirements: tuple[str, ...]) -> None:
+        self.as_json = as_json
+        self.worker_id = worker_id
+        self.requirements = requirements
+        self.result = None
+        self.failure: str | None = None
+
+    def say(self, line: str) -> None:
+        click.echo(line, err=self.as_json)
+
+
+async def _submit(
+    package, signal_url, room, token, signal_token, shared_root, ice_servers, any_interface, transport, results_dir,
+    timeout, display, outcome,
+) -> int:
+    from rtcxfer.cli import messages as advice
+    from rtcxfer.client.rtc_client import RTCClient
+    from rtcxfer.protocol.errors import PluginError, RtcxferError, describe
+
+    try:
+        client = RTCClient(
+            token=token,
+            shared_storage_root=shared_root,
+            results_dir=results_dir,
+            transport=transport,
+            on_event=display.handle,
+            peer_options=peer_options(ice_servers, any_interface),
+        )
+    except PluginError as error:
+        click.echo(f"error: {error}", err=True)
+        return EXIT_USAGE
+    try:
+        async with client:
+            try:
+                async with display.waiting(f"waiting for a worker in room {room!r} (signaling {signal_url})"):
+                    await client.connect(
+                        signal_url,
+                        room,
+                        signaling_token=room_token(signal_token or token),
+                        timeout=timeout,
+                        worker_id=outcome.worker_id,
+                        require=outcome.requirements,
+                    )
+            except (RtcxferError, asyncio.TimeoutError, OSError) as error:
+                outcome.failure = advice.connect_failure(error, signal_url, room, timeout)
+                click.echo(f"error: {outcome.failure}", err=True)
+                return EXIT_CONNECTION
+            result = await client.submit(package)
+            outcome.result = result
+    except PluginError as error:
+        display.close()
+        click.echo(f"error: {error}", err=True)
+        return EXIT_USAGE
+    except RtcxferError as error:
+        display.close()
+        click.echo(f"error: {describe(error)}", err=True)
+        return EXIT_JOB_FAILED
+    display.close()
+    if result.ok:
+        from rtcxfer.cli.progress import format_size
+
+        files = "1 file" if result.file_count == 1 else f"{result.file_count} files"
+        # Measured here: JOB_COMPLETE's total is in MiB with two decimals, too coarse for small results.
+        size = sum(path.stat().st_size for path in result.results_dir.rglob("*") if path.is_file())
+        outcome.say(
+            f"job {result.job_id} complete on worker {result.worker_id}: {files}, {format_size(size)} "
+            f"(input via {result.input_transport}, results via {result.results_transport})"
+        )
+        outcome.say(f"results: {result.results_dir}")
+        return EXIT_OK
+    if result.worker_stopped:
+        click.echo(f"error: {advice.worker_stopped(result.job_id)} ({result.failure})", err=True)
+        return EXIT_WORKER_STOPPED
+    # The worker's words (they name the job: "Job X failed: ..."), or the client's own.
+    click.echo(f"error: {result.failure or f'job {result.job_id} failed; no reason given'}", err=True)
+    return EXIT_JOB_FAILED
+
+
+
+
+def submit_json(result, exit_code: int, failure: str | None = None) -> str:
+    """The one line ``rtcxfer submit --json`` prints at the end."""
+    if result is None:
+        return json.dumps({"ok": False, "exit_status": exit_code, "failure": failure})
+    seconds = dict(result.seconds)
+    return json.dumps(
+        {
+            "ok": result.ok,
+            "exit_status": exit_code,
+            "job_id": result.job_id,
+            "worker_id": result.worker_id,
+            "input_transport": result.input_transport,
+            "results_transport": result.results_transport,
+            "bytes_sent": result.bytes_sent,
+            "bytes_received": result.bytes_received,
+            "seconds": {key: seconds.get(key) for key in ("total", "transfer", "run")},
+            "results_dir": str(Path(result.results_dir).resolve()) if result.results_dir else None,
+            "failure": result.failure if not result.ok else failure,
+        },
+        sort_keys=False,
+    )

@@ -1,0 +1,199 @@
+"""``rtcxfer worker``: serve jobs; ``--drain`` (or SIGUSR1) lets a running worker finish its jobs
+and take no new ones."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+import click
+
+from rtcxfer.cli.options import apply_options, connection_options, network_options, peer_options, room_token
+from rtcxfer.cli.running import Interrupted, run_until_interrupted
+
+
+@click.command()
+@apply_options(connection_options)
+@apply_options(network_options)
+@click.option("--peer-id", default="worker", show_default=True, help="This worker's id in the room.")
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where jobs are extracted and run (default: a temporary directory).",
+)
+@click.option("--job-timeout", type=float, default=None, help="Seconds a job may run (default: the manifest's).")
+@click.option(
+    "--job-env",
+    "job_env",
+    multiple=True,
+    metavar="NAME",
+    help="Pass this variable of the worker's environment to jobs (repeatable; NAME* for a prefix). "
+    "Only PATH, HOME, locale and GPU selection variables are passed by default.",
+)
+@click.option(
+    "--max-unauthenticated",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Sessions at once that have not yet proved the token; further offers are dropped.",
+)
+@click.option(
+    "--auth-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=20.0,
+    show_default=True,
+    help="Seconds from a client's offer until it must have proved the token.",
+)
+@click.option(
+    "--insecure-no-token",
+    is_flag=True,
+    help="Serve without a token: ANYONE who reaches the signaling room can run jobs here.",
+)
+@click.option(
+    "--legacy",
+    is_flag=True,
+    help="Also serve clients of sleap-rtc's existing data-channel protocol. Such a session cannot present "
+    "the worker's token: it is authenticated only by the signaling server's token.",
+)
+@click.option("--slots", type=click.IntRange(1, 1024), default=1, show_default=True, help="Jobs run at once.")
+@click.option(
+    "--label", "labels", multiple=True, metavar="KEY=VALUE", help="Tell the room about this worker (repeatable)."
+)
+@click.option(
+    "--pid-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write this worker's pid here."
+)
+@click.option(
+    "--drain",
+    is_flag=True,
+    help="Do not start a worker: tell the one whose pid is in --pid-file to finish its running jobs and take "
+    "no new ones (the same as sending it SIGUSR1).",
+)
+def worker(
+    signal_url, room, token, token_file, signal_token, shared_root, ice_servers, any_interface, peer_id, work_dir,
+    job_timeout, job_env, max_unauthenticated, auth_timeout, insecure_no_token, legacy, slots, labels, pid_file, drain,
+) -> None:
+    """Serve jobs: run each package's command and send its results back.
+
+    Needs a token (--token or RTCXFER_TOKEN): every client must prove it knows it, and the
+    worker proves it back, without the token ever crossing the network.
+    """
+    from rtcxfer.cli.config import resolve_token
+    from rtcxfer.protocol.errors import SignalingError, describe
+    from rtcxfer.protocol.worker_description import DescriptionError, parse_label
+    from rtcxfer.worker.limits import WorkerLimits
+    from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
+
+    if drain:
+        if pid_file is None:
+            raise click.UsageError("--drain needs --pid-file (the file the running worker was started with)")
+        try:
+            pid = signal_drain(pid_file)
+        except (OSError, ValueError) as error:
+            raise click.ClickException(f"cannot signal the worker in {pid_file}: {error}") from None
+        click.echo(f"asked worker {pid} to drain: it finishes its running jobs and takes no new ones", err=True)
+        return
+    try:
+        label_map = dict(parse_label(text) for text in labels)
+    except DescriptionError as error:
+        raise click.BadParameter(str(error), param_hint="--label") from None
+    token = resolve_token(click.get_current_context(), token, token_file)
+
+    if not token and not insecure_no_token:
+        raise click.UsageError(
+            "a worker needs a token (--token or RTCXFER_TOKEN); without one anyone in the room could run jobs "
+            "here. Make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'. "
+            "To really serve anyone, pass --insecure-no-token."
+        )
+    if insecure_no_token and not token:
+        click.echo(
+            "WARNING: --insecure-no-token: this worker runs ANY job from ANY peer that reaches the room, "
+            "and clients cannot tell it from an impostor.",
+            err=True,
+        )
+    from rtcxfer.worker.jobrunner import forbid_inspection
+
+    # Jobs run as this user: keep them from reading the token out of /proc/<worker>/environ.
+    forbid_inspection()
+    runner = RTCWorkerClient(
+        token=token or None,
+        insecure_no_token=insecure_no_token,
+        shared_storage_root=shared_root,
+        work_dir=work_dir,
+        job_timeout=job_timeout,
+        job_env_allow=job_env,
+        limits=WorkerLimits(max_unauthenticated=max_unauthenticated, auth_timeout=auth_timeout),
+        legacy=legacy,
+        slots=slots,
+        labels=label_map,
+    )
+    if pid_file is not None:
+        write_pid_file(pid_file)
+    shared = runner.shared_storage_root or "none"
+    click.echo(
+        f"worker {peer_id}: shared storage {shared}; transports {', '.join(runner.offered_transports())}; "
+        f"work directory {runner.work_dir}",
+        err=True,
+    )
+    if legacy:
+        click.echo(
+            f"worker {peer_id}: also serving sleap-rtc's legacy protocol; legacy sessions are authenticated "
+            "only by the signaling server's token",
+            err=True,
+        )
+
+    def ready() -> None:
+        plural = "s" if slots != 1 else ""
+        click.echo(
+            f"worker {peer_id} waiting for jobs in room {room!r} on {signal_url} ({slots} job slot{plural})", err=True
+        )
+
+    def drain_now() -> None:
+        click.echo(f"worker {peer_id}: draining: running jobs finish, no new ones are taken", err=True)
+        runner.drain()
+
+    async def serve() -> None:
+        install_drain_signal(drain_now)
+        await runner.serve(
+            signal_url,
+            room,
+            peer_id=peer_id,
+            signaling_token=room_token(signal_token or token),
+            peer_options=peer_options(ice_servers, any_interface),
+            on_ready=ready,
+            on_notice=lambda text: click.echo(f"worker {peer_id}: {text}", err=True),
+        )
+
+    try:
+        run_until_interrupted(serve())
+    except Interrupted:
+        click.echo("worker stopped", err=True)
+    except SignalingError as error:
+        from rtcxfer.cli.messages import signaling_refusal
+
+        code = getattr(error, "code", None)
+        advice = signaling_refusal(code, signal_url, room, role="worker", peer_id=peer_id) if code else None
+        raise click.ClickException(advice or f"signaling: {describe(error)}") from None
+    finally:
+        runner.close()
+
+
+def install_drain_signal(drain) -> None:
+    """SIGUSR1 drains the worker (where the platform has it)."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+        loop.add_signal_handler(signal.SIGUSR1, drain)
+
+
+def write_pid_file(path: Path) -> None:
+    path.write_text(f"{os.getpid()}\n")
+
+
+def signal_drain(pid_file: Path) -> int:
+    """Ask the worker whose pid ``pid_file`` holds to drain; its pid. Raises OSError/ValueError."""
+    pid = int(pid_file.read_text().strip())
+    os.kill(pid, signal.SIGUSR1)
+    return pid

@@ -1,0 +1,79 @@
+"""``rtcxfer workers``: the workers of a room, as a table or as JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable
+
+import click
+
+from rtcxfer.cli.messages import EXIT_CONNECTION
+from rtcxfer.cli.options import apply_options, connection_options, room_token
+from rtcxfer.cli.running import run_until_interrupted
+from rtcxfer.cli.tables import render_table
+from rtcxfer.client.worker_choice import WorkerInfo, format_duration, uptime
+
+
+@click.command()
+@apply_options(connection_options[:5])
+@click.option("--json", "as_json", is_flag=True, help="Print the workers and their descriptions as JSON.")
+def workers(signal_url, room, token, token_file, signal_token, as_json) -> None:
+    """List the workers of a room: state, job slots, GPU, labels, transports, uptime."""
+    from rtcxfer.cli.config import resolve_token
+    from rtcxfer.client.room import list_workers
+    from rtcxfer.protocol.errors import RtcxferError, describe
+
+    token = resolve_token(click.get_current_context(), token, token_file)
+
+    try:
+        found = run_until_interrupted(list_workers(signal_url, room, signaling_token=room_token(signal_token or token)))
+    except RtcxferError as error:
+        click.echo(f"error: cannot list the workers of room {room!r} via {signal_url}: {describe(error)}", err=True)
+        sys.exit(EXIT_CONNECTION)
+    if as_json:
+        click.echo(workers_json(found))
+    elif not found:
+        click.echo(f"no workers in room {room!r}", err=True)
+    else:
+        click.echo(render_table(WORKER_COLUMNS, worker_rows(found)))
+
+
+WORKER_COLUMNS = ("ID", "STATE", "SLOTS", "GPU", "LABELS", "TRANSPORTS", "UP")
+
+
+def worker_rows(workers: Iterable[WorkerInfo], now: float | None = None) -> list[tuple[str, ...]]:
+    """One row per worker for the ``rtcxfer workers`` table."""
+    rows = []
+    for worker in workers:
+        gpus = worker.gpus
+        if gpus:
+            gpu = ", ".join(f"{g.get('model')} ({g.get('memory_mb', '?')} MiB)" for g in gpus)
+        else:
+            gpu = "none"
+        labels = ",".join(f"{k}={v}" for k, v in sorted(worker.labels.items())) or "-"
+        slots = f"{worker.running}/{worker.slots}" if worker.description else "?"
+        rows.append(
+            (
+                worker.peer_id,
+                worker.state,
+                slots,
+                gpu,
+                labels,
+                ",".join(worker.transports) or "-",
+                format_duration(uptime(worker.description, now)),
+            )
+        )
+    return rows
+
+
+def workers_json(workers: Iterable[WorkerInfo], now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    return json.dumps(
+        [
+            {"id": w.peer_id, "uptime_seconds": uptime(w.description, now), **dict(w.description)}
+            for w in workers
+        ],
+        indent=2,
+    )
