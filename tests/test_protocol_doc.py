@@ -1,5 +1,7 @@
-"""``docs/protocol.md`` stays true: what a real job puts on the wire is described there, and every
-example in it decodes with the codec."""
+"""``docs/protocol.md`` stays true: its frame table, field kinds, limits and chunk header are the
+protocol table's (``rtcxfer/web/static/protocol.json``, generated from the frame definitions and
+held to them by tests/test_protocol_table.py), what a real job puts on the wire is described
+there, and every example in it decodes with the codec."""
 
 from __future__ import annotations
 
@@ -13,12 +15,18 @@ import pytest
 from rtcxfer.protocol.frames import unpack_chunk
 from rtcxfer.testing.transcript import Transcript, record_job
 from rtcxfer.transport.host import PluginHost
+from rtcxfer.web.protocol_table import PROTOCOL_TABLE_PATH
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 #: The frames of the core protocol and of the built-in transports (not of installed plugins).
 BUILTIN = PluginHost(autoload=False).catalogue
+#: The machine-readable protocol table the document must agree with.
+TABLE = json.loads(PROTOCOL_TABLE_PATH.read_text(encoding="utf-8"))
 DIRECTION = re.compile(r"^(?:C->W|W->C) ")
 FRAME_LINE = re.compile(r"^[A-Z][A-Z0-9_]*(?:::|$)")
+#: One entry of the fields column of section 4.2: `name` kind, maybe (greedy) or (optional).
+DOCUMENTED_FIELD = re.compile(r"`([a-z][a-z0-9_]*)` (token|text|int|float|hex\((\d+)\))(?: \((greedy|optional)\))?")
+FRAME_ROW = re.compile(r"^\| `([A-Z][A-Z0-9_]*)` \| ([^|]*) \|", re.MULTILINE)
 
 
 def _doc() -> str:
@@ -50,6 +58,31 @@ def _section(text: str, heading: str) -> str:
 
 def _documented_frame_types(text: str) -> set[str]:
     return set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", _section(text, "### 4.2"), re.MULTILINE))
+
+
+def _documented_fields(frame: str, cell: str) -> list[dict[str, object]]:
+    """The fields of one row of section 4.2's table, in the protocol table's form."""
+    fields = []
+    for entry in cell.strip().split(", "):
+        match = DOCUMENTED_FIELD.fullmatch(entry)
+        assert match, f"docs/protocol.md 4.2, {frame}: cannot read the field {entry!r} (`name` kind [(greedy)])"
+        name, kind, length, flag = match.groups()
+        fields.append(
+            {
+                "name": name,
+                "kind": "hex" if length else kind,
+                "length": int(length) if length else None,
+                "greedy": flag == "greedy",
+                "optional": flag == "optional",
+            }
+        )
+    return fields
+
+
+def _table_rows(section: str) -> list[list[str]]:
+    """The body rows of the first Markdown table in ``section``, cells stripped."""
+    rows = [line.strip() for line in section.splitlines() if line.strip().startswith("|")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[2:]]
 
 
 def _example_frames(text: str) -> list[str]:
@@ -96,8 +129,46 @@ def _without_timing(sequence: list[tuple[str, str]]) -> list[tuple[str, str]]:
     ]
 
 
-def test_every_builtin_frame_type_is_described_and_nothing_else() -> None:
-    assert _documented_frame_types(_doc()) == {frame.TYPE for frame in BUILTIN}
+def test_the_frame_table_is_the_protocol_table() -> None:
+    rows = FRAME_ROW.findall(_section(_doc(), "### 4.2"))
+    documented = [frame for frame, _ in rows]
+    assert len(documented) == len(set(documented)), "a frame type has two rows in docs/protocol.md 4.2"
+    table = TABLE["frame_types"]
+    only_documented, only_in_table = set(documented) - set(table), set(table) - set(documented)
+    assert not only_documented, f"described in docs/protocol.md 4.2 but not in protocol.json: {only_documented}"
+    assert not only_in_table, f"in protocol.json but not described in docs/protocol.md 4.2: {only_in_table}"
+    for frame, cell in rows:
+        assert _documented_fields(frame, cell) == table[frame]["fields"], f"docs/protocol.md 4.2, {frame}"
+    # ... and protocol.json is made of the built-in frame types (tests/test_protocol_table.py holds the rest).
+    assert set(documented) == {frame.TYPE for frame in BUILTIN}
+
+
+def test_the_syntax_section_gives_the_tables_kinds_and_limits() -> None:
+    section = _section(_doc(), "### 4.1")
+    kinds = {re.sub(r"\(N\)$", "", row[0].strip("`")): row[1] for row in _table_rows(section)}
+    assert set(kinds) == set(TABLE["field_kinds"])
+    assert kinds["token"] == f"`{TABLE['field_kinds']['token']['pattern']}`"
+    assert f"`TYPE` matches `{TABLE['type_name_pattern']}`" in section
+    assert f"the separator is exactly `{TABLE['separator']}`" in section
+    assert f"A frame is at most {TABLE['max_frame_chars']} characters." in section
+    errors = " ".join(_section(_doc(), "### 4.4").split())
+    sentence = errors[errors.index("Error reports ("): errors.index("are never answered")]
+    assert sorted(re.findall(r"`([A-Z_]+)`", sentence)) == TABLE["error_reports"]
+    assert f"cut to {TABLE['max_echo_chars']} characters" in errors
+
+
+def test_the_chunk_header_section_is_the_tables_layout() -> None:
+    section = _section(_doc(), "### 5.1")
+    header = TABLE["chunk_header"]
+    assert f"a {header['size']}-byte header" in section
+    rows = _table_rows(section)
+    documented = [(row[0], row[1].replace(" ", "_")) for row in rows if row[1] != "payload"]
+    assert documented == [
+        (f"{field['offset']}-{field['offset'] + field['size'] - 1}", field["name"]) for field in header["fields"]
+    ]
+    magic = " ".join(header["magic"][i: i + 2] for i in range(0, len(header["magic"]), 2))
+    assert rows[0][2].startswith(f"`{magic}`")
+    assert f"**{header['byte_order']}-endian**" in rows[2][2]
 
 
 def test_every_example_frame_decodes_and_reencodes_exactly() -> None:

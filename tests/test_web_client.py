@@ -18,6 +18,7 @@ Hang guards below are generous for a loaded 2-core machine; nothing asserts a sp
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import secrets
@@ -32,8 +33,10 @@ import attrs
 import pytest
 
 from rtcxfer.client.sample import build_sample_package
+from rtcxfer.protocol.frames import CHUNK_HEADER_SIZE, pack_chunk_header
 from rtcxfer.testing.loopback_namespace import LoopbackNamespace, namespace_support_problem
 from rtcxfer.testing.processes import SIGNALING_READY, WORKER_READY, CliProcess, cli_environment
+from rtcxfer.web.protocol_table import PROTOCOL_TABLE_PATH
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = f"web-{secrets.token_hex(8)}"
@@ -457,52 +460,62 @@ def test_chromium_and_aiortc_move_files_both_ways_with_rtc_chunked(site: Site, t
     page.context.close()
 
 
-# The frame types the page knows, with a strategy for each field's raw text: mostly valid
-# values, sometimes near misses, so that both acceptance and refusal are compared.
-def _raw_field(kind: str):
+#: The protocol table the page loads (generated from the frame definitions; a test in
+#: tests/test_protocol_table.py keeps it current).
+PROTOCOL_TABLE = json.loads(PROTOCOL_TABLE_PATH.read_text(encoding="utf-8"))
+
+
+def test_the_page_speaks_the_protocol_table_it_is_served(site: Site) -> None:
+    page = site.new_page()
+    loaded = page.evaluate(
+        """async () => {
+            const frames = await import("/frames.js");
+            const { PROTOCOL_VERSION } = await import("/session.js");
+            const { DEFAULT_CHUNK_SIZE } = await import("/transfer.js");
+            const header = frames.chunkHeader(frames.hexToBytes("ab".repeat(16)), 65536);
+            const parsed = frames.parseChunk(new Uint8Array([...header, 7]));
+            return { table: frames.PROTOCOL, version: PROTOCOL_VERSION, errorReports: [...frames.ERROR_REPORTS],
+                     header: frames.bytesToHex(header), parsed: { ...parsed, payload: Array.from(parsed.payload) },
+                     defaultChunkSize: DEFAULT_CHUNK_SIZE };
+        }"""
+    )
+    assert loaded["table"] == PROTOCOL_TABLE
+    # The page's own code speaks the table's version (a new version needs new page code).
+    assert loaded["version"] == PROTOCOL_TABLE["protocol_version"]
+    assert sorted(loaded["errorReports"]) == PROTOCOL_TABLE["error_reports"]
+    assert bytes.fromhex(loaded["header"]) == pack_chunk_header("ab" * 16, 65536)
+    assert loaded["parsed"] == {"transferId": "ab" * 16, "offset": 65536, "payload": [7]}
+    assert loaded["defaultChunkSize"] == 65536 - CHUNK_HEADER_SIZE
+    assert page.problems == []
+    page.context.close()
+
+
+# A strategy for each field's raw text, by the field's kind in the table: mostly valid values,
+# sometimes near misses, so that both acceptance and refusal are compared.
+def _raw_field(field: dict):
     from hypothesis import strategies as st
 
+    kind, length = field["kind"], field["length"]
     valid = {
-        "token": st.from_regex(r"[A-Za-z0-9._,+=@-]{1,12}", fullmatch=True),
-        "text": st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=20),
-        "int": st.integers(0, 2**53 - 1).map(str),
-        "float": st.floats(0, 1e20, allow_nan=False).map(repr),
-        "hex32": st.binary(min_size=16, max_size=16).map(bytes.hex),
-        "hex64": st.binary(min_size=32, max_size=32).map(bytes.hex),
-    }[kind]
+        "token": lambda: st.from_regex(r"[A-Za-z0-9._,+=@-]{1,12}", fullmatch=True),
+        "text": lambda: st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=20),
+        "int": lambda: st.integers(0, 2**53 - 1).map(str),
+        "float": lambda: st.floats(0, 1e20, allow_nan=False).map(repr),
+        "hex": lambda: st.binary(min_size=length // 2, max_size=length // 2).map(bytes.hex),
+    }[kind]()
     near_miss = {
-        "token": st.sampled_from(["", "a b", "x" * 129, "a:b", "é"]),
-        "text": st.sampled_from(["", ":", "a:", ":a", "a::b"]),
-        "int": st.sampled_from(["01", "-1", "1.0", "", "1e3", str(2**64), str(2**53 + 1)]),
-        "float": st.one_of(st.floats(0, 1e6).map(lambda x: f"{x:.3f}"), st.sampled_from(["1e5", "3", "inf", "-0.0"])),
-        "hex32": st.binary(min_size=16, max_size=16).map(lambda b: b.hex().upper()),
-        "hex64": st.binary(min_size=31, max_size=31).map(bytes.hex),
-    }[kind]
+        "token": lambda: st.sampled_from(["", "a b", "x" * 129, "a:b", "é"]),
+        "text": lambda: st.sampled_from(["", ":", "a:", ":a", "a::b"]),
+        "int": lambda: st.sampled_from(["01", "-1", "1.0", "", "1e3", str(2**64), str(2**53 + 1)]),
+        "float": lambda: st.one_of(
+            st.floats(0, 1e6).map(lambda x: f"{x:.3f}"), st.sampled_from(["1e5", "3", "inf", "-0.0"])
+        ),
+        "hex": lambda: st.one_of(
+            st.binary(min_size=length // 2, max_size=length // 2).map(lambda b: b.hex().upper()),
+            st.binary(min_size=length // 2 - 1, max_size=length // 2 - 1).map(bytes.hex),
+        ),
+    }[kind]()
     return st.one_of(valid, valid, valid, near_miss)
-
-
-PAGE_FRAME_FIELDS = {
-    "HELLO": ["int", "hex64", "token"],
-    "AUTH_CHALLENGE": ["hex64"],
-    "AUTH_PROOF": ["hex64"],
-    "WELCOME": ["int", "token", "token"],
-    "AUTH_FAILED": ["text"],
-    "JOB_SUBMIT": ["token", "token"],
-    "JOB_ACCEPTED": ["token"],
-    "JOB_STATUS": ["token", "token"],
-    "JOB_LOG": ["token", "text"],
-    "JOB_PROGRESS": ["token", "int", "int"],
-    "JOB_CANCEL": ["token"],
-    "JOB_COMPLETE": ["token", "text", "int", "float"],
-    "JOB_FAILED": ["text"],
-    "PATH_ERROR": ["text"],
-    "PROTOCOL_ERROR": ["text"],
-    "FILE_META": ["hex32", "text", "int", "hex64", "int"],
-    "FILE_ACCEPT": ["hex32", "int"],
-    "FILE_END": ["hex32"],
-    "FILE_ACK": ["hex32", "hex64"],
-    "FILE_ERROR": ["hex32", "text"],
-}
 
 
 ID32 = "bf1a8fe1e92ca866f4f55cfddd83a44c"
@@ -530,6 +543,12 @@ CODEC_EDGES = [
     "JOB_LOG::job 1::x",
     "AUTH_FAILED",
     "NOT_A_FRAME::x",
+    "DIRECT_RESULT::client-connects::-",
+    "DIRECT_RESULT::unreachable::gave up: a::b",
+    f"DIRECT_OFFER::42693::{SHA}::{SHA}::{SHA}::127.0.0.1,::1",
+    f"SHARED_PROBE::{SHA}::.rtcxfer/probes/x.probe",
+    "SHARED_PROBE_RESULT::verified",
+    "WORKER_BUSY::all 2 job slots are taken",
 ]
 
 
@@ -538,11 +557,11 @@ def _frame_texts():
 
     @st.composite
     def frame_text(draw) -> str:
-        type_name = draw(st.sampled_from(sorted(PAGE_FRAME_FIELDS)))
-        kinds = list(PAGE_FRAME_FIELDS[type_name])
-        count = draw(st.sampled_from([len(kinds), len(kinds), max(0, len(kinds) - 2), len(kinds) + 1]))
-        kinds = (kinds + ["text"])[:count]
-        return "::".join([type_name, *(draw(_raw_field(kind)) for kind in kinds)])
+        type_name = draw(st.sampled_from(sorted(PROTOCOL_TABLE["frame_types"])))
+        fields = list(PROTOCOL_TABLE["frame_types"][type_name]["fields"])
+        count = draw(st.sampled_from([len(fields), len(fields), max(0, len(fields) - 2), len(fields) + 1]))
+        fields = (fields + [{"kind": "text", "length": None}])[:count]
+        return "::".join([type_name, *(draw(_raw_field(field)) for field in fields)])
 
     # Long lists: one browser round trip checks many frames.
     return st.lists(frame_text(), min_size=100, max_size=150)
@@ -552,9 +571,10 @@ def test_the_pages_frame_codec_accepts_exactly_what_python_accepts(site: Site) -
     from hypothesis import HealthCheck, Phase, example, given, settings
 
     from rtcxfer.protocol.errors import RemoteProtocolError
-    from rtcxfer.protocol.frames import FrameCatalogue
+    from rtcxfer.transport.host import PluginHost
 
-    catalogue = FrameCatalogue()
+    # What the table was made from: the core frames and the built-in transports' frames.
+    catalogue = PluginHost(autoload=False).catalogue
     page = site.new_page()
     page.evaluate("async () => { window.frames_ = await import('/frames.js'); }")
 

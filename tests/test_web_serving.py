@@ -61,6 +61,7 @@ def test_the_page_and_each_file_come_with_their_type_and_a_strict_policy() -> No
                 suffix = entry.name.rpartition(".")[2]
                 expected = {
                     "js": "text/javascript; charset=utf-8",
+                    "json": "application/json",
                     "css": "text/css; charset=utf-8",
                     "html": "text/html; charset=utf-8",
                     "png": "image/png",

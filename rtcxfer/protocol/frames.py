@@ -38,10 +38,16 @@ MAX_ECHO_CHARS = 200
 #: Longest excerpt of peer text written into one log line.
 MAX_LOG_CHARS = 500
 
-_TYPE_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
-_TOKEN = re.compile(r"[A-Za-z0-9._,+=@-]{1,128}")
-_INT = re.compile(r"0|[1-9][0-9]{0,19}")
-_FLOAT = re.compile(r"[0-9][0-9.e+-]{0,31}")
+# What a frame type's name and the text of each field kind must fully match; published in the
+# protocol table (rtcxfer.protocol.schema), so the patterns keep to syntax JavaScript shares.
+TYPE_NAME_PATTERN = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._,+=@-]{1,128}")
+INT_PATTERN = re.compile(r"0|[1-9][0-9]{0,19}")
+#: A first filter only: a float must also be in Python's shortest round-trip form.
+FLOAT_PATTERN = re.compile(r"[0-9][0-9.e+-]{0,31}")
+HEX_DIGITS = "0123456789abcdef"
+#: Every kind a field can be declared with (see :class:`FieldSpec`).
+FIELD_KINDS = ("text", "token", "hex", "int", "float")
 
 
 # --- field declarations -------------------------------------------------------------------
@@ -105,15 +111,15 @@ class FieldSpec:
                 return "contains '::' or starts or ends with ':'"
             return None
         if self.kind == "token":
-            return None if _TOKEN.fullmatch(raw) else "not a token ([A-Za-z0-9._,+=@-], 1-128 chars)"
+            return None if TOKEN_PATTERN.fullmatch(raw) else "not a token ([A-Za-z0-9._,+=@-], 1-128 chars)"
         if self.kind == "hex":
-            if len(raw) != self.length or any(c not in "0123456789abcdef" for c in raw):
+            if len(raw) != self.length or any(c not in HEX_DIGITS for c in raw):
                 return f"not {self.length} lowercase hex digits"
             return None
         if self.kind == "int":
-            return None if _INT.fullmatch(raw) else "not a canonical non-negative integer"
+            return None if INT_PATTERN.fullmatch(raw) else "not a canonical non-negative integer"
         if self.kind == "float":
-            if not _FLOAT.fullmatch(raw):
+            if not FLOAT_PATTERN.fullmatch(raw):
                 return "not a non-negative decimal number"
             try:
                 value = float(raw)
@@ -182,8 +188,8 @@ def frame_type(type_name: str):
     optional fields must come last.
     """
 
-    if not _TYPE_NAME.fullmatch(type_name):
-        raise LocalProtocolError(f"frame type name {type_name!r} must match {_TYPE_NAME.pattern}")
+    if not TYPE_NAME_PATTERN.fullmatch(type_name):
+        raise LocalProtocolError(f"frame type name {type_name!r} must match {TYPE_NAME_PATTERN.pattern}")
 
     def decorate(cls: F) -> F:
         cls = attrs.frozen(cls)
@@ -641,7 +647,10 @@ def encode(frame: Frame) -> str:
 
 #: Marks a binary message as an rtcxfer chunk, version 1.
 CHUNK_MAGIC = b"RX\x01"
-_CHUNK_HEADER = struct.Struct(">3s16sQ")
+#: The chunk header's fields in order, as :mod:`struct` codes, all big-endian (network order).
+CHUNK_HEADER_FIELDS = (("magic", "3s"), ("transfer_id", "16s"), ("offset", "Q"))
+CHUNK_HEADER_BYTE_ORDER = ">"
+_CHUNK_HEADER = struct.Struct(CHUNK_HEADER_BYTE_ORDER + "".join(code for _, code in CHUNK_HEADER_FIELDS))
 CHUNK_HEADER_SIZE = _CHUNK_HEADER.size
 
 

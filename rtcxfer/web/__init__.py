@@ -1,9 +1,10 @@
 """The browser client's files, served by ``rtcxfer signal`` next to its WebSocket endpoint.
 
 A plain HTTP ``GET`` (one without ``Upgrade: websocket``) of ``/`` or of one of the files in
-``static/`` gets that file; every other path gets 404. Only the names listed at import time are
-served, so no request path is ever joined to a directory: ``..``, encoded slashes and the like
-cannot reach another file. Every response carries a strict Content-Security-Policy (scripts and
+``static/`` gets that file (among them ``protocol.json``, the protocol table the page's codec
+loads; see :mod:`rtcxfer.web.protocol_table`); every other path gets 404. Only the names listed
+at import time are served, so no request path is ever joined to a directory: ``..``, encoded
+slashes and the like cannot reach another file. Every response carries a strict Content-Security-Policy (scripts and
 styles from this origin only, no inline script, no eval, connections to this origin only) and
 headers that keep the page out of frames and caches.
 """
@@ -26,6 +27,8 @@ CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".css": "text/css; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
+    # JSON is UTF-8 by definition (RFC 8259): the type takes no charset.
+    ".json": "application/json",
     ".txt": "text/plain; charset=utf-8",
     ".png": "image/png",
 }

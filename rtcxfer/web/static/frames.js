@@ -2,56 +2,64 @@
 // describes them: schema-driven decoding where at most one field per type is "greedy" (may
 // hold "::"), fields before it split from the left, fields after it from the right, and a frame
 // is accepted only in its canonical form.
+//
+// The schema is not written here: it is protocol.json next to this page, generated from the
+// Python frame definitions (python -m rtcxfer.web.protocol_table) and loaded once, when this
+// module is first imported, so every module that imports this one can use it at once.
 
-export const SEPARATOR = "::";
-export const MAX_FRAME_CHARS = 65536;
-export const MAX_ECHO_CHARS = 200;
-export const CHUNK_HEADER_SIZE = 27;
-const CHUNK_MAGIC = [0x52, 0x58, 0x01]; // "RX", version 1
+// The shape of protocol.json this code reads (its "table_format").
+const TABLE_FORMAT = 1;
 
-const TOKEN = /^[A-Za-z0-9._,+=@-]{1,128}$/;
-const INT = /^(0|[1-9][0-9]{0,19})$/;
-const FLOAT = /^[0-9][0-9.e+-]{0,31}$/;
-const HEX = /^[0-9a-f]+$/;
+function frozen(value) {
+  if (value && typeof value === "object") {
+    Object.values(value).forEach(frozen);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+async function loadProtocolTable() {
+  const url = new URL("./protocol.json", import.meta.url);
+  const response = await fetch(url, { cache: "no-store" });
+  if (!response.ok) throw new Error(`could not load the protocol table ${url.pathname}: HTTP ${response.status}`);
+  const table = await response.json();
+  if (table.table_format !== TABLE_FORMAT) {
+    throw new Error(`the protocol table has format ${table.table_format}; this page reads format ${TABLE_FORMAT}`);
+  }
+  return frozen(table);
+}
+
+/** The protocol table (protocol.json): version, limits, field kinds, chunk header, frame types. */
+export const PROTOCOL = await loadProtocolTable();
+export const SEPARATOR = PROTOCOL.separator;
+export const MAX_FRAME_CHARS = PROTOCOL.max_frame_chars;
+export const MAX_ECHO_CHARS = PROTOCOL.max_echo_chars;
+/** {TYPE: {fields: [{name, kind, length, greedy, optional}, ...]}}, fields in wire order. */
+export const FRAME_TYPES = PROTOCOL.frame_types;
+// Reports that are never answered with another error, so two peers cannot bounce errors.
+export const ERROR_REPORTS = new Set(PROTOCOL.error_reports);
+
+const fullMatch = (pattern) => new RegExp(`^(?:${pattern})$`);
+const TOKEN = fullMatch(PROTOCOL.field_kinds.token.pattern);
+const INT = fullMatch(PROTOCOL.field_kinds.int.pattern);
+const FLOAT = fullMatch(PROTOCOL.field_kinds.float.pattern);
+const HEX_ALPHABET = PROTOCOL.field_kinds.hex.alphabet;
 const TOO_LARGE = "too large for this client";
 
-// kind: "token" | "text" | "int" | "float" | "hex32" | "hex64"; "greedy" marks the one field
-// that may hold "::"; "optional" fields come last, all together or not at all.
-const f = (name, kind, extra = {}) => ({ name, kind, ...extra });
-const greedyText = (name) => f(name, "text", { greedy: true });
+// The chunk header: where each of its fields lies.
+export const CHUNK_HEADER_SIZE = PROTOCOL.chunk_header.size;
+const CHUNK_MAGIC = hexToBytes(PROTOCOL.chunk_header.magic);
+const HEADER = Object.fromEntries(PROTOCOL.chunk_header.fields.map((field) => [field.name, field]));
+const LITTLE_ENDIAN = PROTOCOL.chunk_header.byte_order === "little";
+if (HEADER.magic?.size !== CHUNK_MAGIC.length || HEADER.transfer_id?.size !== 16
+    || HEADER.offset?.size !== 8 || HEADER.offset.kind !== "uint") {
+  throw new Error("the protocol table's chunk header is not one this page can read");
+}
 
-export const FRAME_TYPES = {
-  HELLO: [f("version", "int"), f("client_nonce", "token"), f("transports", "token")],
-  AUTH_CHALLENGE: [f("worker_nonce", "hex64")],
-  AUTH_PROOF: [f("proof", "hex64")],
-  WELCOME: [f("version", "int"), f("transports", "token"), f("worker_proof", "token")],
-  AUTH_FAILED: [greedyText("reason")],
-  WORKER_BUSY: [greedyText("reason")],
-  JOB_SUBMIT: [f("job_id", "token"), f("results_via", "token")],
-  JOB_ACCEPTED: [f("job_id", "token")],
-  JOB_STATUS: [f("job_id", "token"), f("state", "token")],
-  JOB_LOG: [f("job_id", "token"), greedyText("line")],
-  JOB_PROGRESS: [f("job_id", "token"), f("done", "int"), f("total", "int")],
-  JOB_CANCEL: [f("job_id", "token")],
-  JOB_COMPLETE: [
-    f("job_id", "token"), greedyText("relative_path"),
-    f("file_count", "int", { optional: true }), f("total_mb", "float", { optional: true }),
-  ],
-  JOB_FAILED: [greedyText("reason")],
-  PATH_ERROR: [greedyText("message")],
-  PROTOCOL_ERROR: [greedyText("reason")],
-  FILE_META: [
-    f("transfer_id", "hex32"), greedyText("name"), f("size", "int"), f("sha256", "hex64"),
-    f("chunk_size", "int"),
-  ],
-  FILE_ACCEPT: [f("transfer_id", "hex32"), f("offset", "int")],
-  FILE_END: [f("transfer_id", "hex32")],
-  FILE_ACK: [f("transfer_id", "hex32"), f("sha256", "hex64")],
-  FILE_ERROR: [f("transfer_id", "hex32"), greedyText("reason")],
-};
-
-// Reports that are never answered with another error, so two peers cannot bounce errors.
-export const ERROR_REPORTS = new Set(["PROTOCOL_ERROR", "FILE_ERROR", "PATH_ERROR", "JOB_FAILED"]);
+/** The fields of frame type `type` in wire order, or null for a type this page does not know. */
+function fieldsOf(type) {
+  return Object.hasOwn(FRAME_TYPES, type) ? FRAME_TYPES[type].fields : null;
+}
 
 export class FrameError extends Error {}
 
@@ -88,11 +96,9 @@ function problemWith(spec, raw) {
     case "float":
       if (!FLOAT.test(raw)) return "not a non-negative decimal number";
       return Number.isFinite(Number(raw)) && pythonFloatRepr(Number(raw)) === raw ? null : "not a canonical number";
-    case "hex32":
-    case "hex64": {
-      const length = spec.kind === "hex32" ? 32 : 64;
-      return raw.length === length && HEX.test(raw) ? null : `not ${length} lowercase hex digits`;
-    }
+    case "hex":
+      return raw.length === spec.length && Array.from(raw).every((ch) => HEX_ALPHABET.includes(ch))
+        ? null : `not ${spec.length} lowercase hex digits`;
     default:
       return `unknown field kind ${spec.kind}`;
   }
@@ -159,7 +165,7 @@ export function quoteForReply(text) {
 
 /** Encode a frame: encodeFrame("FILE_ACK", {transfer_id, sha256}). */
 export function encodeFrame(type, values = {}) {
-  const specs = FRAME_TYPES[type];
+  const specs = fieldsOf(type);
   if (!specs) throw new FrameError(`unknown frame type ${type}`);
   const present = specs.filter((spec) => !spec.optional || values[spec.name] !== undefined);
   const wire = [type, ...present.map((spec) => format(spec, values[spec.name]))].join(SEPARATOR);
@@ -173,7 +179,7 @@ export function decodeFrame(message) {
   if (message.length > MAX_FRAME_CHARS) throw new FrameError(`frame longer than ${MAX_FRAME_CHARS} characters`);
   const at = message.indexOf(SEPARATOR);
   const type = at < 0 ? message : message.slice(0, at);
-  const specs = Object.hasOwn(FRAME_TYPES, type) ? FRAME_TYPES[type] : null;
+  const specs = fieldsOf(type);
   if (!specs) throw new FrameError(`unknown frame type: ${quoteForReply(type)}`);
   if (at < 0) throw new FrameError(`${type} needs fields`);
   const rest = message.slice(at + SEPARATOR.length);
@@ -214,23 +220,25 @@ export function hexToBytes(hex) {
   return bytes;
 }
 
-/** The 27-byte header of a chunk: magic, 16-byte transfer id, big-endian 64-bit offset. */
+/** The header of a chunk (magic, 16-byte transfer id, 64-bit offset), laid out as the table says. */
 export function chunkHeader(transferIdBytes, offset) {
   const header = new Uint8Array(CHUNK_HEADER_SIZE);
-  header.set(CHUNK_MAGIC, 0);
-  header.set(transferIdBytes, 3);
-  new DataView(header.buffer).setBigUint64(19, BigInt(offset), false);
+  header.set(CHUNK_MAGIC, HEADER.magic.offset);
+  header.set(transferIdBytes, HEADER.transfer_id.offset);
+  new DataView(header.buffer).setBigUint64(HEADER.offset.offset, BigInt(offset), LITTLE_ENDIAN);
   return header;
 }
 
 /** {transferId, offset, payload} of a binary message, or null if it is not an rtcxfer chunk. */
 export function parseChunk(buffer) {
   const bytes = new Uint8Array(buffer);
-  if (bytes.length <= CHUNK_HEADER_SIZE || CHUNK_MAGIC.some((value, i) => bytes[i] !== value)) return null;
-  const offset = new DataView(bytes.buffer, bytes.byteOffset).getBigUint64(19, false);
+  const magicAt = HEADER.magic.offset;
+  if (bytes.length <= CHUNK_HEADER_SIZE || CHUNK_MAGIC.some((value, i) => bytes[magicAt + i] !== value)) return null;
+  const offset = new DataView(bytes.buffer, bytes.byteOffset).getBigUint64(HEADER.offset.offset, LITTLE_ENDIAN);
   if (offset > BigInt(Number.MAX_SAFE_INTEGER)) return null;
+  const idAt = HEADER.transfer_id.offset;
   return {
-    transferId: bytesToHex(bytes.subarray(3, 19)),
+    transferId: bytesToHex(bytes.subarray(idAt, idAt + HEADER.transfer_id.size)),
     offset: Number(offset),
     payload: bytes.subarray(CHUNK_HEADER_SIZE),
   };

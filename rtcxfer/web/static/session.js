@@ -6,6 +6,8 @@ import { NO_PROOF, clientProof, proofsMatch, workerProof } from "./auth.js";
 import { randomHex } from "./frames.js";
 import { RtcChunked, TRANSPORT, safeUploadName } from "./transfer.js";
 
+// The version this page's code speaks (its authentication is section 3.1's), not read from
+// protocol.json: a new version needs new code here. A browser test holds the two equal.
 export const PROTOCOL_VERSION = 2;
 
 export class AuthError extends Error {}
