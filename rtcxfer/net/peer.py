@@ -17,7 +17,10 @@ What lives here:
   labelled ``"rtcxfer"``. aiortc gathers every candidate before ``setLocalDescription`` returns,
   so the SDP exchange is exactly one message each way (no trickle ICE).
 * :class:`DataChannel`: ``send_text`` / ``send_bytes`` with backpressure on ``bufferedAmount``,
-  ``recv`` from a queue fed synchronously by aiortc's ``message`` event, ``drain``.
+  ``recv`` from a queue fed synchronously by aiortc's ``message`` event, ``drain``; and the
+  connection under it (``loopback_only``, ``local_host_addresses``,
+  ``remote_candidate_addresses``: :class:`rtcxfer.net.link.ConnectionAddresses`), for the
+  ``direct`` transport.
 * :func:`connect_pair_in_process` (tests, benchmarks) and :func:`connect_via` (glue for any
   signaling client that can send and receive an SDP dict).
 * 16 KiB SCTP packets between two rtcxfer peers (instead of aiortc's 1189 bytes, 1228 before
@@ -31,9 +34,10 @@ Facts about aiortc 1.16 this module relies on (read in its source):
   ``bytearray`` or ``memoryview`` raises ``ValueError``, so those are converted with ``bytes()``
   once. A ``str`` is UTF-8 encoded by aiortc; the limit applies to the encoded length.
 * The largest message ``send`` accepts is the *remote's* ``a=max-message-size`` (262144 for
-  aiortc peers, 65536 when the SDP has none, 0 meaning unlimited); aiortc 1.16 raises
-  ``ValueError`` above it (:func:`~rtcxfer.net.aiortc_internals.remote_max_message_size`). We
-  check first and raise :class:`~rtcxfer.protocol.errors.LocalProtocolError`.
+  aiortc 1.16 peers, 65536 for aiortc 1.9 to 1.15 and when the SDP has none, 0 meaning
+  unlimited); aiortc 1.16 raises ``ValueError`` above it
+  (:func:`~rtcxfer.net.aiortc_internals.remote_max_message_size`). We check first and raise
+  :class:`~rtcxfer.protocol.errors.LocalProtocolError`.
 * ``bufferedAmount`` counts bytes queued locally (not delivered). ``bufferedamountlow`` fires
   only when the amount *crosses* down to ``bufferedAmountLowThreshold``.
 * aiortc gathers candidates in ``setLocalDescription``, on the ICE transports made by then (the
@@ -159,11 +163,14 @@ def _check_ice_servers(instance: PeerOptions, attribute: attrs.Attribute, value:
 class PeerOptions:
     """How a :class:`PeerConnection` is built.
 
-    ``loopback_only`` (the default) restricts host candidates to 127.0.0.1, uses no ICE server
-    and drops remote candidates that are not 127.0.0.1: nothing is ever sent to any other
-    address. ``ice_servers`` (STUN or TURN URL strings, or
-    ``RTCIceServer`` objects) is only allowed without ``loopback_only``; even then the default
-    is no ICE server at all, never aiortc's public STUN default.
+    ``loopback_only`` (the default) restricts this connection's host candidates to 127.0.0.1,
+    uses no ICE server and drops remote candidates that are not 127.0.0.1: nothing is ever sent
+    to any other address. Other connections in the process are not affected: one built with
+    ``loopback_only=False`` gathers on every interface whatever was built before it. Where this
+    aiortc/aioice cannot restrict one connection, a loopback-only one is refused
+    (:class:`~rtcxfer.net.aiortc_internals.UnsupportedAiortcError`). ``ice_servers`` (STUN or
+    TURN URL strings, or ``RTCIceServer`` objects) is only allowed without ``loopback_only``;
+    even then the default is no ICE server at all, never aiortc's public STUN default.
 
     ``high_watermark`` is the :class:`DataChannel` send-side buffer limit in bytes.
 
