@@ -173,15 +173,16 @@ def peer_certificate(channel: RTCDataChannel) -> x509.Certificate | None:
 
     aiortc shows only the fingerprints the peer's SDP announced; the certificate is in the
     pyOpenSSL connection kept in the private ``RTCDtlsTransport._ssl`` (aiortc 1.9 to 1.16).
-    pyOpenSSL gives a ``cryptography`` certificate with ``as_cryptography=True`` from 24.3 on;
-    aiortc 1.9 and 1.10 accept pyOpenSSL 24.0, whose ``X509`` is converted instead.
+    pyOpenSSL 25 (which aiortc 1.11 on require) gives a ``cryptography`` certificate with
+    ``as_cryptography=True``; aiortc 1.9 and 1.10 accept pyOpenSSL 24.0, which has no such
+    argument (tried): its ``X509`` is converted instead.
     """
     connection = getattr(dtls_transport(channel), "_ssl", None)
     if connection is None:
         return None
     try:
         return connection.get_peer_certificate(as_cryptography=True)
-    except TypeError:  # pyOpenSSL before 24.3
+    except TypeError:  # no as_cryptography (pyOpenSSL 24.0)
         certificate = connection.get_peer_certificate()
         return certificate.to_cryptography() if certificate is not None else None
 
@@ -210,7 +211,7 @@ def remote_candidate_addresses(channel: RTCDataChannel) -> frozenset[str]:
 
 def host_restriction_unsupported_reason() -> str | None:
     """Why this aioice cannot restrict one connection's host candidates, or None when it can
-    (aioice 0.9 to 0.13 can): :func:`restrict_host_candidates` needs
+    (aioice 0.9.0 to 0.10.2 and 0.13.0 can, read in their source): :func:`restrict_host_candidates` needs
     ``Connection.gather_candidates`` to be a coroutine that looks ``get_host_addresses`` up in
     its module's globals."""
     gather = getattr(aioice.ice.Connection, "gather_candidates", None)
@@ -221,7 +222,7 @@ def host_restriction_unsupported_reason() -> str | None:
     return None
 
 
-def _only(addresses: tuple[str, ...]) -> Callable[..., list[str]]:
+def _host_addresses_only(addresses: tuple[str, ...]) -> Callable[..., list[str]]:
     def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
         # aioice's own version lists every interface but skips 127.0.0.1 and ::1.
         return [address for address in addresses if (use_ipv6 if ":" in address else use_ipv4)]
@@ -239,8 +240,8 @@ def restrict_host_candidates(pc: RTCPeerConnection, addresses: Sequence[str]) ->
 
     aioice's ``Connection.gather_candidates`` looks up the module global ``get_host_addresses``
     when it runs. Each aioice ``Connection`` of ``pc`` gets its own copy of that method, bound to
-    it, whose globals are a copy of the module's with ``get_host_addresses`` returning
-    ``addresses``. The connections are reached through ``RTCPeerConnection.__iceTransports``
+    it, whose globals are a copy of the module's (taken now) with ``get_host_addresses``
+    returning ``addresses``. The connections are reached through ``RTCPeerConnection.__iceTransports``
     (the set aiortc gathers) and ``RTCIceGatherer._connection`` (aiortc 1.9 to 1.16).
 
     Raises :class:`UnsupportedAiortcError`, changing nothing, when aioice or aiortc lacks one of
@@ -271,7 +272,7 @@ def restrict_host_candidates(pc: RTCPeerConnection, addresses: Sequence[str]) ->
     if not pending:
         return
     namespace = dict(vars(aioice.ice))
-    namespace["get_host_addresses"] = _only(wanted)
+    namespace["get_host_addresses"] = _host_addresses_only(wanted)
     gather = _clone(aioice.ice.Connection.gather_candidates, globals_=namespace)
     for connection in pending:
         connection.gather_candidates = types.MethodType(gather, connection)

@@ -227,14 +227,15 @@ def listen_addresses(context: TransportContext, channel: object) -> list[str]:
     addresses = connection_addresses(channel)
     if addresses is None or addresses.loopback_only:
         return ["127.0.0.1"]
-    return [address for address in addresses.local_host_addresses() if not _is_link_local(address)]
+    return [address for address in addresses.local_host_addresses() if _listenable(address)]
 
 
-def _is_link_local(address: str) -> bool:
+def _listenable(address: str) -> bool:
     try:
-        return ipaddress.ip_address(address).is_link_local
-    except ValueError:  # not an IP address (an mDNS name): nothing to listen on
-        return True
+        # Not link-local, which the connecting side skips (an IPv6 one needs an interface an offer cannot name).
+        return not ipaddress.ip_address(address).is_link_local
+    except ValueError:  # not an IP address (an mDNS name)
+        return False
 
 
 def reachable_addresses(context: TransportContext, offered: str, channel: object) -> list[str]:
