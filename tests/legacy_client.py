@@ -20,6 +20,7 @@ from pathlib import Path
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from rtcxfer.net import peer as rtc
+from rtcxfer.net.aiortc_internals import restrict_host_candidates
 from rtcxfer.net.signaling import SignalingClient
 
 CHANNEL_LABEL = "my-data-channel"
@@ -169,14 +170,14 @@ class LegacyConnection:
         self.channel: AiortcChannel | None = None
 
     async def __aenter__(self) -> LegacyConnection:
-        # Loopback only, as every test: no ICE server, host candidates on 127.0.0.1.
-        rtc.restrict_host_candidates_to_loopback()
         self.signaling = SignalingClient(self.url, self.room, "client", f"legacy-{secrets.token_hex(4)}", self.token)
         await self.signaling.connect()
         worker_id = await self.signaling.wait_for_peer(role="worker", timeout=WAIT)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         # sleap-rtc's client creates the channel, with default options, before its offer.
         self.channel = AiortcChannel(self.pc.createDataChannel(self.label))
+        # Loopback only, as every test: no ICE server, host candidates on 127.0.0.1.
+        restrict_host_candidates(self.pc, ["127.0.0.1"])
         await self.pc.setLocalDescription(await self.pc.createOffer())
         send, receive = rtc.signaling_adapter(self.signaling, worker_id)
         await send({"kind": "offer", "sdp": self.pc.localDescription.sdp})

@@ -25,12 +25,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rtcxfer.files import receiving as partial
+from rtcxfer.net.peer import PeerConnection, PeerOptions, connect_pair_in_process
 from rtcxfer.protocol.errors import IntegrityError, TransferError
 from rtcxfer.testing.contract import _wait_for_received, contract_pair, make_file, run_async, sha256_of
 from rtcxfer.transport.base import TransportContext
 from rtcxfer.transport.host import PluginHost
 from rtcxfer.transports import direct, direct_tls
-from rtcxfer.transports.direct import parse_meta
+from rtcxfer.transports.direct import listen_addresses, parse_meta, reachable_addresses
 from rtcxfer.transports.direct_tls import (
     DATA,
     END,
@@ -40,6 +41,7 @@ from rtcxfer.transports.direct_tls import (
     Listener,
     parse_record_header,
 )
+from rtcxfer.worker.legacy_session import ReplayChannel
 
 MiB = 1024 * 1024
 HOST = PluginHost(autoload=False)
@@ -521,3 +523,35 @@ def test_an_offered_address_that_is_not_a_peer_candidate_is_never_connected_to(t
             bystander.accept()
     finally:
         bystander.close()
+
+
+def test_the_addresses_follow_the_connection_not_the_process(tmp_path):
+    """A loopback-only connection listens on and accepts 127.0.0.1 only; an any-interface one in
+    the same process listens on its own ICE host addresses and accepts any unicast address (the
+    peer's candidates narrow that down before connecting); the ``addresses`` option overrides
+    both. The any-interface peer only gathers (no STUN server: nothing is sent), never connects."""
+    client, _ = contexts(tmp_path)
+    configured, _ = contexts(tmp_path, addresses=["127.0.0.1", "fd00::9"])
+    offered = "127.0.0.1,192.0.2.9,fd00::9,fe80::1,224.0.0.1,0.0.0.0,not-an-address"
+
+    async def scenario() -> None:
+        loopback, _, close = await connect_pair_in_process()
+        anywhere = PeerConnection(PeerOptions(loopback_only=False))
+        try:
+            await anywhere.create_offer()
+            assert anywhere.channel is not None
+            own = anywhere.channel.local_host_addresses()
+            assert own and "127.0.0.1" not in own
+            for channel in (loopback, ReplayChannel("first message", loopback), object()):
+                assert listen_addresses(client, channel) == ["127.0.0.1"]
+                assert reachable_addresses(client, offered, channel) == ["127.0.0.1"]
+            for channel in (anywhere.channel, ReplayChannel("first message", anywhere.channel)):
+                assert listen_addresses(client, channel) == list(own)
+                assert reachable_addresses(client, offered, channel) == ["127.0.0.1", "192.0.2.9", "fd00::9"]
+                assert listen_addresses(configured, channel) == ["127.0.0.1", "fd00::9"]
+                assert reachable_addresses(configured, offered, channel) == ["127.0.0.1", "fd00::9"]
+        finally:
+            await anywhere.close()
+            await close()
+
+    run_async(scenario(), 60)

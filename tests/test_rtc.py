@@ -21,13 +21,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from loguru import logger
 
+from rtcxfer.net import aiortc_internals
 from rtcxfer.net.aiortc_internals import (
     ATTRIBUTE,
     MAX_PACKET_SIZE,
     SOCKET_RECEIVE_BUFFER,
     STOCK_PACKET_SIZE,
     PacketSizer,
+    UnsupportedAiortcError,
+    host_restriction_unsupported_reason,
     remote_packet_size,
+    restrict_host_candidates,
     tuning_supported,
     tuning_unsupported_reason,
 )
@@ -40,7 +44,6 @@ from rtcxfer.net.peer import (
     connect_pair_in_process,
     connect_via,
     install_uvloop_if_available,
-    restrict_host_candidates_to_loopback,
     signaling_adapter,
     strip_non_loopback_candidates,
 )
@@ -90,12 +93,107 @@ def test_ice_servers_refused_in_loopback_mode_and_kept_otherwise():
     assert PeerOptions(loopback_only=False).rtc_configuration().iceServers == []
 
 
-def test_restriction_is_idempotent():
-    restrict_host_candidates_to_loopback()
-    patched = aioice.ice.get_host_addresses
-    restrict_host_candidates_to_loopback()
-    assert aioice.ice.get_host_addresses is patched
-    assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True) == ["127.0.0.1"]
+def test_this_aioice_can_restrict_one_connection():
+    assert host_restriction_unsupported_reason() is None
+
+
+def test_loopback_and_any_interface_peers_in_one_process_each_gather_what_they_asked_for():
+    """The restriction is per connection: any-interface peers made before and after
+    loopback-only ones (offerer and answerer), and a plain aiortc peer, still gather on every
+    interface aioice finds, and aioice's module is left as it was. The any-interface peers only
+    gather (no STUN server: nothing is sent) and never connect."""
+    real_host_addresses = aioice.ice.get_host_addresses
+    everywhere = set(real_host_addresses(use_ipv4=True, use_ipv6=True))
+
+    async def any_interface_offer() -> None:
+        peer = PeerConnection(PeerOptions(loopback_only=False))
+        try:
+            sdp = await peer.create_offer()
+            assert peer.channel is not None and not peer.channel.loopback_only
+            assert set(peer.channel.local_host_addresses()) == everywhere == set(candidate_addresses(sdp))
+        finally:
+            await peer.close()
+
+    async def loopback_pair() -> None:
+        offerer, answerer = PeerConnection(), PeerConnection()
+        try:
+            offer = await offerer.create_offer()
+            answer = await answerer.accept_offer(offer)
+            for sdp in (offer, answer):
+                assert set(candidate_addresses(sdp)) == {"127.0.0.1"}
+            # (The answerer's channel exists once the peers connect; they need not, here.)
+            assert offerer.channel is not None and offerer.channel.loopback_only
+            assert offerer.channel.local_host_addresses() == ("127.0.0.1",)
+        finally:
+            await asyncio.gather(offerer.close(), answerer.close())
+
+    async def stock_offer() -> None:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            pc.createDataChannel(CHANNEL_LABEL)
+            await pc.setLocalDescription(await pc.createOffer())
+            assert set(candidate_addresses(pc.localDescription.sdp)) == everywhere
+        finally:
+            await pc.close()
+
+    async def main():
+        await any_interface_offer()
+        await loopback_pair()
+        await any_interface_offer()
+        await stock_offer()
+        await loopback_pair()
+        assert aioice.ice.get_host_addresses is real_host_addresses
+
+    assert "127.0.0.1" not in everywhere  # aioice's own gathering skips loopback
+    run(main())
+
+
+def test_restricting_twice_is_harmless_and_after_gathering_refused():
+    async def main():
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            pc.createDataChannel(CHANNEL_LABEL)
+            restrict_host_candidates(pc, ["127.0.0.1"])
+            restrict_host_candidates(pc, ["127.0.0.1"])
+            await pc.setLocalDescription(await pc.createOffer())
+            assert set(candidate_addresses(pc.localDescription.sdp)) == {"127.0.0.1"}
+            restrict_host_candidates(pc, ["127.0.0.1"])  # the same: nothing to do
+            with pytest.raises(UnsupportedAiortcError, match="gathered them already"):
+                restrict_host_candidates(pc, ["127.0.0.1", "::1"])
+        finally:
+            await pc.close()
+
+    run(main())
+
+
+def test_an_aioice_that_cannot_be_restricted_per_connection_gets_no_loopback_peer(monkeypatch):
+    """Fail closed: no loopback-only peer at all (and nothing gathered) rather than one that
+    gathers on every interface."""
+
+    async def gather_candidates(self) -> None:  # reads no module global: cannot be redirected
+        raise AssertionError("a loopback-only peer gathered")
+
+    monkeypatch.setattr(aioice.ice.Connection, "gather_candidates", gather_candidates)
+    reason = host_restriction_unsupported_reason()
+    assert reason is not None and "get_host_addresses" in reason
+    with pytest.raises(UnsupportedAiortcError, match="get_host_addresses"):
+        PeerConnection()
+
+
+def test_a_loopback_peer_whose_restriction_failed_sends_no_sdp(monkeypatch):
+    """The check after gathering: if aioice gathered elsewhere all the same, the offer never
+    leaves and the connection is closed."""
+    if not set(aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)):
+        pytest.skip("this machine has no address but loopback")
+    monkeypatch.setattr(aiortc_internals, "restrict_host_candidates", lambda pc, addresses: None)
+
+    async def main():
+        peer = PeerConnection()
+        with pytest.raises(UnsupportedAiortcError, match="loopback-only, yet"):
+            await peer.create_offer()
+        assert peer.connection_state == "closed"
+
+    run(main())
 
 
 def test_remote_candidates_off_loopback_are_dropped():
@@ -126,6 +224,34 @@ def test_local_sdp_candidates_are_all_loopback():
             await asyncio.gather(offerer.wait_channel_open(STEP), answerer.wait_channel_open(STEP))
         finally:
             await asyncio.gather(offerer.close(), answerer.close())
+
+    run(main())
+
+
+def test_an_open_channel_tells_its_connection():
+    """What the direct transport asks of a channel, and the DTLS certificates both sides saw."""
+
+    async def main():
+        a, b, close = await connect_pair_in_process()
+        try:
+            for channel, remote in ((a, close.answerer), (b, close.offerer)):
+                assert channel.loopback_only
+                assert channel.local_host_addresses() == ("127.0.0.1",)
+                assert channel.remote_candidate_addresses() == frozenset({"127.0.0.1"})
+                # What the remote advertises: 262144 from aiortc 1.16 (aiortc 1.9 says 65536).
+                advertised = [line for line in remote.local_sdp.splitlines() if line.startswith("a=max-message-size:")]
+                assert [f"a=max-message-size:{channel.max_message_size}"] == advertised
+            a_local, a_remote = a.dtls_fingerprints()
+            b_local, b_remote = b.dtls_fingerprints()
+            assert (a_local, a_remote) == (b_remote, b_local) and a_local != b_local
+            offer_fingerprints = {
+                line.split()[1].upper()
+                for line in close.offerer.local_sdp.splitlines()
+                if line.startswith("a=fingerprint:sha-256 ")
+            }
+            assert offer_fingerprints == {a_local}
+        finally:
+            await close()
 
     run(main())
 
@@ -634,6 +760,7 @@ def test_plain_aiortc_peer_interoperates_with_a_large_packet_peer():
         ours = PeerConnection()
         theirs = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         opened = asyncio.get_running_loop().create_future()
+
         received: asyncio.Queue = asyncio.Queue()
 
         @theirs.on("datachannel")
@@ -645,6 +772,8 @@ def test_plain_aiortc_peer_interoperates_with_a_large_packet_peer():
             offer = await ours.create_offer()
             assert ATTRIBUTE in offer
             await theirs.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            # Its host candidates on 127.0.0.1 too (nothing else changes: its SCTP and DTLS stay stock).
+            restrict_host_candidates(theirs, ["127.0.0.1"])
             await theirs.setLocalDescription(await theirs.createAnswer())
             await ours.accept_answer(theirs.localDescription.sdp)
             channel = await ours.wait_channel_open(STEP)

@@ -1,4 +1,30 @@
-"""SCTP packet size between two rtcxfer peers: large packets, in datagrams the path carries.
+"""Every aiortc and aioice internal rtcxfer relies on, in one module, each behind a probe or a fallback.
+
+aiortc and aioice have no public way to do what the functions below do. Nothing else in rtcxfer
+reads or writes a private name of either library, or leans on their internal layout:
+:mod:`rtcxfer.net.peer` (the only other module that imports aiortc) calls these functions. The
+day aiortc offers a setting for one of them, its part of this file is what goes.
+
+Checked in the source of aiortc 1.9.0 to 1.16.0 and aioice 0.9.0 to 0.10.2 and 0.13.0, and run (the tests of
+``tests/test_rtc.py``) against aiortc 1.9.0 with aioice 0.10.2 on Python 3.10 (the ``oldest`` tox
+environment) and aiortc 1.16.0 with aioice 0.13.0.
+
+**One connection's facts.** :func:`dtls_transport` and :func:`ice_transport` walk the chain under a
+data channel (public attributes; the layout, one SCTP over one DTLS over one ICE transport, is what
+is relied on); :func:`remote_max_message_size` reads the limit aiortc enforces on ``send``;
+:func:`peer_certificate` the certificate the peer really presented in the DTLS handshake;
+:func:`local_host_addresses` and :func:`remote_candidate_addresses` the addresses of this
+connection's ICE candidates, for transports that open connections of their own.
+
+**Host candidates of one connection.** :func:`restrict_host_candidates` makes one peer
+connection gather host candidates on the given addresses only (127.0.0.1 for a loopback-only
+peer), leaving every other connection in the process as it is: one connection's aioice objects
+get their own copy of the gathering method, whose globals resolve ``get_host_addresses`` to
+those addresses. :func:`host_restriction_unsupported_reason` is its probe; where it fails the
+restriction raises :class:`UnsupportedAiortcError` rather than let a loopback-only peer gather
+elsewhere.
+
+**SCTP packet size between two rtcxfer peers: large packets, in datagrams the path carries.**
 
 aiortc sizes every SCTP packet for a small path MTU (1189 bytes from aiortc 1.16, for the
 smallest IPv6 one; 1228 before), and each packet costs Python work on both sides (a DTLS
@@ -44,27 +70,36 @@ earlier versions had for loopback is this mechanism's easy case.
 aiortc has no setting for any of this: the size is the module constant ``USERDATA_MAX_LENGTH``
 and the DTLS buffer sizes are literals (1500) in two methods. Instead of patching the modules,
 which would change every peer in the process, one connection's transports get copies of the few
-methods involved, bound to the instance, reading the size from a dictionary of their own. This
-module is the only one that knows; the day aiortc offers a setting, it is the one file to go.
+methods involved, bound to the instance, reading the size from a dictionary of their own
+(:func:`tuning_unsupported_reason` is the probe).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dis
+import inspect
 import itertools
 import os
 import socket
 import struct
 import types
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
+import aioice
+import aioice.ice
 import aiortc.rtcdtlstransport
 import aiortc.rtcsctptransport
 import attrs
 
 from rtcxfer.log import logger
+from rtcxfer.protocol.errors import RtcxferError
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from aiortc import RTCDataChannel, RTCDtlsTransport, RTCIceTransport, RTCPeerConnection
+    from cryptography import x509
 
 __all__ = [
     "ATTRIBUTE",
@@ -73,11 +108,179 @@ __all__ = [
     "STOCK_PACKET_SIZE",
     "PacketSize",
     "PacketSizer",
+    "UnsupportedAiortcError",
     "advertise",
+    "dtls_transport",
+    "host_restriction_unsupported_reason",
+    "ice_transport",
+    "local_host_addresses",
+    "peer_certificate",
+    "remote_candidate_addresses",
+    "remote_max_message_size",
     "remote_packet_size",
+    "restrict_host_candidates",
     "tuning_supported",
     "tuning_unsupported_reason",
 ]
+
+
+class UnsupportedAiortcError(RtcxferError):
+    """This aiortc or aioice lacks an internal that rtcxfer needs for what was asked (the
+    message says which, and in which version)."""
+
+
+def _aiortc_version() -> str:
+    return getattr(aiortc, "__version__", "of unknown version")
+
+
+def _aioice_version() -> str:
+    return getattr(aioice, "__version__", "of unknown version")
+
+
+# --------------------------------------------------------------------------- one connection's facts
+
+
+def dtls_transport(channel: RTCDataChannel) -> RTCDtlsTransport:
+    """The DTLS transport a data channel runs over: ``channel.transport`` (its
+    ``RTCSctpTransport``), then that one's ``transport``.
+
+    Public attributes of aiortc's ORTC-style API; what is relied on is the layout (aiortc 1.9 to
+    1.16): one SCTP transport over one DTLS transport over one ICE transport per connection.
+    """
+    return channel.transport.transport
+
+
+def ice_transport(channel: RTCDataChannel) -> RTCIceTransport:
+    """The ICE transport under a data channel (see :func:`dtls_transport`)."""
+    return dtls_transport(channel).transport
+
+
+def remote_max_message_size(channel: RTCDataChannel, fallback: int) -> int:
+    """The largest message aiortc lets ``channel`` send (0: no limit).
+
+    aiortc 1.16 keeps the remote's ``a=max-message-size`` in the private
+    ``RTCSctpTransport._remote_max_message_size`` (65536 until SCTP starts, which is before the
+    channel opens) and refuses larger messages with ``ValueError``; reading it keeps the caller's
+    check and aiortc's in agreement. aiortc 1.9 to 1.15 have no such attribute (and no limit of
+    their own): ``fallback``, the value the caller read in the remote's SDP, is returned then.
+    """
+    return getattr(channel.transport, "_remote_max_message_size", fallback)
+
+
+def peer_certificate(channel: RTCDataChannel) -> x509.Certificate | None:
+    """The certificate the peer really presented in the DTLS handshake of ``channel``'s
+    connection; None before the handshake.
+
+    aiortc shows only the fingerprints the peer's SDP announced; the certificate is in the
+    pyOpenSSL connection kept in the private ``RTCDtlsTransport._ssl`` (aiortc 1.9 to 1.16).
+    pyOpenSSL 25 (which aiortc 1.11 on require) gives a ``cryptography`` certificate with
+    ``as_cryptography=True``; aiortc 1.9 and 1.10 accept pyOpenSSL 24.0, which has no such
+    argument (tried): its ``X509`` is converted instead.
+    """
+    connection = getattr(dtls_transport(channel), "_ssl", None)
+    if connection is None:
+        return None
+    try:
+        return connection.get_peer_certificate(as_cryptography=True)
+    except TypeError:  # no as_cryptography (pyOpenSSL 24.0)
+        certificate = connection.get_peer_certificate()
+        return certificate.to_cryptography() if certificate is not None else None
+
+
+def local_host_addresses(channel: RTCDataChannel) -> tuple[str, ...]:
+    """The addresses of this connection's own ICE host candidates, in the order gathered,
+    each once (empty before gathering: aiortc gathers in ``setLocalDescription``).
+
+    Public API (``RTCIceGatherer.getLocalCandidates``) under :func:`ice_transport`'s layout.
+    """
+    gatherer = ice_transport(channel).iceGatherer
+    host = (candidate.ip for candidate in gatherer.getLocalCandidates() if candidate.type == "host")
+    return tuple(dict.fromkeys(address for address in host if address))
+
+
+def remote_candidate_addresses(channel: RTCDataChannel) -> frozenset[str]:
+    """The IP addresses of the remote peer's ICE candidates (empty before ICE started).
+
+    Public API (``RTCIceTransport.getRemoteCandidates``) under :func:`ice_transport`'s layout.
+    """
+    return frozenset(candidate.ip for candidate in ice_transport(channel).getRemoteCandidates() if candidate.ip)
+
+
+# --------------------------------------------------------------------------- host candidates of one connection
+
+
+def host_restriction_unsupported_reason() -> str | None:
+    """Why this aioice cannot restrict one connection's host candidates, or None when it can
+    (aioice 0.9.0 to 0.10.2 and 0.13.0 can, read in their source): :func:`restrict_host_candidates` needs
+    ``Connection.gather_candidates`` to be a coroutine that looks ``get_host_addresses`` up in
+    its module's globals."""
+    gather = getattr(aioice.ice.Connection, "gather_candidates", None)
+    if gather is None or not inspect.iscoroutinefunction(gather):
+        return f"aioice {_aioice_version()}'s Connection has no gather_candidates coroutine"
+    if not any(op.opname == "LOAD_GLOBAL" and op.argval == "get_host_addresses" for op in dis.get_instructions(gather)):
+        return f"aioice {_aioice_version()}'s Connection.gather_candidates does not look up get_host_addresses"
+    return None
+
+
+def _host_addresses_only(addresses: tuple[str, ...]) -> Callable[..., list[str]]:
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        # aioice's own version lists every interface but skips 127.0.0.1 and ::1.
+        return [address for address in addresses if (use_ipv6 if ":" in address else use_ipv4)]
+
+    return get_host_addresses
+
+
+def restrict_host_candidates(pc: RTCPeerConnection, addresses: Sequence[str]) -> None:
+    """Make every ICE gatherer ``pc`` has so far gather host candidates on ``addresses`` only
+    (those of the IP versions aioice asks for); no other connection in the process changes.
+
+    Call it right before each ``setLocalDescription``: aiortc gathers there, on the ICE
+    transports it has made by then (the offerer's once its data channel exists, the answerer's
+    once the offer is set). Idempotent.
+
+    aioice's ``Connection.gather_candidates`` looks up the module global ``get_host_addresses``
+    when it runs. Each aioice ``Connection`` of ``pc`` gets its own copy of that method, bound to
+    it, whose globals are a copy of the module's (taken now) with ``get_host_addresses``
+    returning ``addresses``. The connections are reached through ``RTCPeerConnection.__iceTransports``
+    (the set aiortc gathers) and ``RTCIceGatherer._connection`` (aiortc 1.9 to 1.16).
+
+    Raises :class:`UnsupportedAiortcError`, changing nothing, when aioice or aiortc lacks one of
+    these (:func:`host_restriction_unsupported_reason`) or when one of the gatherers has
+    started gathering already.
+    """
+    wanted = tuple(addresses)
+
+    def refusal(why: str) -> UnsupportedAiortcError:
+        return UnsupportedAiortcError(f"cannot restrict one connection's host candidates: {why}")
+
+    reason = host_restriction_unsupported_reason()
+    if reason is not None:
+        raise refusal(reason)
+    transports = getattr(pc, "_RTCPeerConnection__iceTransports", None)
+    if not isinstance(transports, set):
+        raise refusal(f"aiortc {_aiortc_version()}'s RTCPeerConnection has no __iceTransports set")
+    pending = []
+    for transport in transports:
+        connection = getattr(getattr(transport, "iceGatherer", None), "_connection", None)
+        if not isinstance(connection, aioice.ice.Connection):
+            raise refusal(f"aiortc {_aiortc_version()}'s RTCIceGatherer has no aioice _connection")
+        if getattr(connection, "_rtcxfer_host_addresses", None) == wanted:
+            continue
+        if connection.local_candidates or getattr(connection, "_local_candidates_start", False):
+            raise refusal("this connection has gathered them already")
+        pending.append(connection)
+    if not pending:
+        return
+    namespace = dict(vars(aioice.ice))
+    namespace["get_host_addresses"] = _host_addresses_only(wanted)
+    gather = _clone(aioice.ice.Connection.gather_candidates, globals_=namespace)
+    for connection in pending:
+        connection.gather_candidates = types.MethodType(gather, connection)
+        connection._rtcxfer_host_addresses = wanted
+    logger.debug("host candidates of this connection restricted to {}", ", ".join(wanted))
+
+
+# --------------------------------------------------------------------------- SCTP packet size
 
 ATTRIBUTE = "x-rtcxfer-sctp-packet"
 """SDP attribute (``a=x-rtcxfer-sctp-packet:<bytes>``) by which an rtcxfer peer says it reads
@@ -171,10 +374,6 @@ def tuning_supported() -> bool:
     return tuning_unsupported_reason() is None
 
 
-def _aiortc_version() -> str:
-    return getattr(aiortc, "__version__", "of unknown version")
-
-
 def userdata_max_length(packet_size: int) -> int:
     """User data per DATA chunk in a packet of ``packet_size`` bytes (aiortc's own formula)."""
     return (packet_size - _SCTP_COMMON_HEADER - _SCTP_DATA_CHUNK_HEADER) // 4 * 4
@@ -217,7 +416,7 @@ def advertise(sdp: str, size: int = MAX_PACKET_SIZE) -> str:
     return "".join(out)
 
 
-# --------------------------------------------------------------------------- aiortc internals
+# --------------------------------------------------------------------------- copies of aiortc methods
 
 
 def _clone(function: Any, *, globals_: dict | None = None, buffer: int | None = None) -> Any:

@@ -27,12 +27,44 @@ LOGGED_VIOLATIONS = 5
 
 
 class Channel(Protocol):
-    """What a link needs of a data channel (``rtcxfer.net.peer.DataChannel`` provides it)."""
+    """What a link needs of a data channel (``rtcxfer.net.peer.DataChannel`` provides it).
+
+    A channel may also tell about the connection under it (:class:`ConnectionAddresses`), for
+    transports that open connections of their own; :func:`connection_addresses` asks.
+    """
 
     async def send_text(self, text: str) -> None: ...
     async def send_bytes(self, data: bytes | bytearray | memoryview) -> None: ...
     async def recv(self) -> str | bytes: ...
     def close(self) -> None: ...
+
+
+class ConnectionAddresses(Protocol):
+    """The addresses of the connection a channel runs over (``rtcxfer.net.peer.DataChannel``
+    provides them): where this side may listen, and which peer addresses it may reach.
+
+    ``loopback_only``: the connection sends nothing to any address but 127.0.0.1, and whatever
+    rides on it must not either. ``local_host_addresses()``: the addresses of this side's own
+    ICE host candidates. ``remote_candidate_addresses()``: those of the peer's ICE candidates.
+    """
+
+    @property
+    def loopback_only(self) -> bool: ...
+    def local_host_addresses(self) -> tuple[str, ...]: ...
+    def remote_candidate_addresses(self) -> frozenset[str]: ...
+
+
+def connection_addresses(channel: object) -> ConnectionAddresses | None:
+    """``channel`` itself if it tells the addresses of its connection, else None (a channel
+    that cannot tell, such as a test's stand-in: treat it as loopback-only).
+
+    Attribute lookup, not ``isinstance``: wrappers that delegate by ``__getattr__`` (the
+    worker's replaying channel, a test's recording one) tell what the channel they wrap tells.
+    """
+    names = ("local_host_addresses", "remote_candidate_addresses")
+    if all(callable(getattr(channel, name, None)) for name in names) and hasattr(channel, "loopback_only"):
+        return channel  # type: ignore[return-value]
+    return None
 
 
 class Handler(Protocol):

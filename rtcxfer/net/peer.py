@@ -1,16 +1,26 @@
-"""rtcxfer's aiortc glue: peer connection, data channel, backpressure (with
-:mod:`rtcxfer.net.aiortc_internals`, the only modules that import aiortc).
+"""rtcxfer's aiortc glue: peer connection, data channel, backpressure.
+
+With :mod:`rtcxfer.net.aiortc_internals`, the only modules that import aiortc. This one uses
+aiortc's public API only: every private name or internal layout of aiortc and aioice it relies
+on (the remote's max message size, the DTLS peer certificate, the ICE transport under a channel,
+one connection's host candidates) is reached through a function of ``aiortc_internals``.
 
 What lives here:
 
-* :func:`restrict_host_candidates_to_loopback` and :class:`PeerOptions`: the loopback-only mode
-  in which no packet is ever sent to an address other than 127.0.0.1 (no STUN, no TURN, no mDNS,
-  host candidates on 127.0.0.1 only, remote candidates elsewhere dropped).
+* :class:`PeerOptions` and :func:`strip_non_loopback_candidates`: the loopback-only mode (the
+  default) in which no packet is ever sent to an address other than 127.0.0.1: no STUN, no TURN,
+  no mDNS, this connection's host candidates on 127.0.0.1 only
+  (:func:`~rtcxfer.net.aiortc_internals.restrict_host_candidates`, per connection: an
+  any-interface peer in the same process gathers on every interface), remote candidates
+  elsewhere dropped.
 * :class:`PeerConnection`: one ``RTCPeerConnection`` carrying one ordered, reliable data channel
   labelled ``"rtcxfer"``. aiortc gathers every candidate before ``setLocalDescription`` returns,
   so the SDP exchange is exactly one message each way (no trickle ICE).
 * :class:`DataChannel`: ``send_text`` / ``send_bytes`` with backpressure on ``bufferedAmount``,
-  ``recv`` from a queue fed synchronously by aiortc's ``message`` event, ``drain``.
+  ``recv`` from a queue fed synchronously by aiortc's ``message`` event, ``drain``; and the
+  connection under it (``loopback_only``, ``local_host_addresses``,
+  ``remote_candidate_addresses``: :class:`rtcxfer.net.link.ConnectionAddresses`), for the
+  ``direct`` transport.
 * :func:`connect_pair_in_process` (tests, benchmarks) and :func:`connect_via` (glue for any
   signaling client that can send and receive an SDP dict).
 * 16 KiB SCTP packets between two rtcxfer peers (instead of aiortc's 1189 bytes, 1228 before
@@ -24,11 +34,14 @@ Facts about aiortc 1.16 this module relies on (read in its source):
   ``bytearray`` or ``memoryview`` raises ``ValueError``, so those are converted with ``bytes()``
   once. A ``str`` is UTF-8 encoded by aiortc; the limit applies to the encoded length.
 * The largest message ``send`` accepts is the *remote's* ``a=max-message-size`` (262144 for
-  aiortc peers, 65536 when the SDP has none, 0 meaning unlimited). aiortc keeps it in the private
-  ``RTCSctpTransport._remote_max_message_size`` (set when SCTP starts) and raises ``ValueError``
-  above it; we check first and raise :class:`~rtcxfer.protocol.errors.LocalProtocolError`.
+  aiortc 1.16 peers, 65536 for aiortc 1.9 to 1.15 and when the SDP has none, 0 meaning
+  unlimited); aiortc 1.16 raises ``ValueError`` above it
+  (:func:`~rtcxfer.net.aiortc_internals.remote_max_message_size`). We check first and raise
+  :class:`~rtcxfer.protocol.errors.LocalProtocolError`.
 * ``bufferedAmount`` counts bytes queued locally (not delivered). ``bufferedamountlow`` fires
   only when the amount *crosses* down to ``bufferedAmountLowThreshold``.
+* aiortc gathers candidates in ``setLocalDescription``, on the ICE transports made by then (the
+  offerer's once its data channel exists, the answerer's once the offer is set).
 * ``pc.close()`` aborts SCTP and drops whatever is queued or in flight: callers must finish a
   transfer at the application level (end marker + acknowledgement) before closing.
 * ``RTCPeerConnection`` and ``RTCDataChannel`` remove all their listeners once closed, after
@@ -41,7 +54,6 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-import aioice.ice
 import attrs
 from aiortc import (
     RTCConfiguration,
@@ -54,7 +66,8 @@ from aiortc.exceptions import InvalidStateError
 from cryptography.hazmat.primitives import hashes
 
 from rtcxfer.log import logger
-from rtcxfer.net.aiortc_internals import PacketSize, PacketSizer
+from rtcxfer.net import aiortc_internals
+from rtcxfer.net.aiortc_internals import PacketSize, PacketSizer, UnsupportedAiortcError
 from rtcxfer.protocol.errors import (
     ConnectionClosedError,
     LocalProtocolError,
@@ -75,7 +88,6 @@ __all__ = [
     "connect_pair_in_process",
     "connect_via",
     "install_uvloop_if_available",
-    "restrict_host_candidates_to_loopback",
     "signaling_adapter",
     "strip_non_loopback_candidates",
 ]
@@ -104,27 +116,10 @@ SignalingReceive = Callable[[], Awaitable[Any]]
 # --------------------------------------------------------------------------- loopback mode
 
 
-def _loopback_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-    # aioice's own version lists every interface but skips 127.0.0.1, the one we want.
-    return [LOOPBACK_ADDRESS] if use_ipv4 else []
-
-
-def restrict_host_candidates_to_loopback() -> None:
-    """Make aioice gather host candidates on 127.0.0.1 only, for the whole process.
-
-    aioice 0.13's ``Connection.gather_candidates`` calls the module global
-    ``get_host_addresses(use_ipv4=..., use_ipv6=...)`` at call time, so replacing
-    ``aioice.ice.get_host_addresses`` is enough. Idempotent. It is a one-way, process-wide switch: once applied, every
-    peer connection in the process (even one built with ``loopback_only=False``) gathers only
-    127.0.0.1.
-    """
-    if aioice.ice.get_host_addresses is not _loopback_host_addresses:
-        aioice.ice.get_host_addresses = _loopback_host_addresses
-        logger.debug("aioice host candidates restricted to {}", LOOPBACK_ADDRESS)
-
-
-def _loopback_restriction_active() -> bool:
-    return aioice.ice.get_host_addresses is _loopback_host_addresses
+def _candidate_addresses(sdp: str) -> list[str]:
+    # a=candidate:<foundation> <component> <transport> <priority> <address> <port> typ ..
+    fields = (line.split() for line in sdp.splitlines() if line.startswith("a=candidate:"))
+    return [each[4] if len(each) > 4 else "" for each in fields]
 
 
 def strip_non_loopback_candidates(sdp: str) -> str:
@@ -168,11 +163,14 @@ def _check_ice_servers(instance: PeerOptions, attribute: attrs.Attribute, value:
 class PeerOptions:
     """How a :class:`PeerConnection` is built.
 
-    ``loopback_only`` (the default) restricts host candidates to 127.0.0.1, uses no ICE server
-    and drops remote candidates that are not 127.0.0.1: nothing is ever sent to any other
-    address. ``ice_servers`` (STUN or TURN URL strings, or
-    ``RTCIceServer`` objects) is only allowed without ``loopback_only``; even then the default
-    is no ICE server at all, never aiortc's public STUN default.
+    ``loopback_only`` (the default) restricts this connection's host candidates to 127.0.0.1,
+    uses no ICE server and drops remote candidates that are not 127.0.0.1: nothing is ever sent
+    to any other address. Other connections in the process are not affected: one built with
+    ``loopback_only=False`` gathers on every interface whatever was built before it. Where this
+    aiortc/aioice cannot restrict one connection, a loopback-only one is refused
+    (:class:`~rtcxfer.net.aiortc_internals.UnsupportedAiortcError`). ``ice_servers`` (STUN or
+    TURN URL strings, or ``RTCIceServer`` objects) is only allowed without ``loopback_only``;
+    even then the default is no ICE server at all, never aiortc's public STUN default.
 
     ``high_watermark`` is the :class:`DataChannel` send-side buffer limit in bytes.
 
@@ -196,7 +194,7 @@ class PeerOptions:
         return RTCConfiguration(iceServers=servers)
 
 
-def _remote_max_message_size_from_sdp(sdp: str) -> int:
+def _max_message_size_in_sdp(sdp: str) -> int:
     for line in sdp.splitlines():
         if line.startswith("a=max-message-size:"):
             try:
@@ -223,6 +221,9 @@ class DataChannel:
     whether anybody reads), so the queue is unbounded; a bounded queue could only drop
     messages or block aiortc's event loop. Memory is bounded by the *sender's* backpressure
     and by the reader keeping up; a reader that stops reading lets the queue grow.
+
+    It also tells about the connection under it (:class:`rtcxfer.net.link.ConnectionAddresses`):
+    :attr:`loopback_only`, :meth:`local_host_addresses`, :meth:`remote_candidate_addresses`.
     """
 
     def __init__(
@@ -230,13 +231,15 @@ class DataChannel:
         channel: RTCDataChannel,
         *,
         high_watermark: int = DEFAULT_HIGH_WATERMARK,
-        remote_max_message_size: int = _DEFAULT_REMOTE_MAX_MESSAGE_SIZE,
+        sdp_max_message_size: int = _DEFAULT_REMOTE_MAX_MESSAGE_SIZE,
+        loopback_only: bool = True,
     ) -> None:
         if high_watermark < 0:
             raise ValueError("high_watermark must be >= 0")
         self._channel = channel
         self._high = high_watermark
-        self._remote_max_message_size = remote_max_message_size
+        self._loopback_only = loopback_only
+        self._sdp_max_message_size = sdp_max_message_size
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._room = asyncio.Event()  # set by bufferedamountlow and by closing
         self._settled = asyncio.Event()  # set once open, or once closed before opening
@@ -300,22 +303,27 @@ class DataChannel:
     def max_message_size(self) -> int | None:
         """The largest message (in bytes, UTF-8 for text) the remote accepts; None if unlimited.
 
-        aiortc enforces ``RTCSctpTransport._remote_max_message_size`` (private: 65536 until
-        SCTP starts, which is before the channel opens, then the remote's
-        ``a=max-message-size``). Reading it keeps our check and aiortc's in agreement; the
-        value parsed from the remote SDP is the fallback for an aiortc without that attribute.
+        The limit aiortc itself enforces when it has one, else the remote SDP's
+        ``a=max-message-size`` (:func:`~rtcxfer.net.aiortc_internals.remote_max_message_size`).
         """
-        size = getattr(
-            self._channel.transport,
-            "_remote_max_message_size",
-            self._remote_max_message_size,
-        )
-        return size or None
+        return aiortc_internals.remote_max_message_size(self._channel, self._sdp_max_message_size) or None
+
+    # -- the connection under the channel
+
+    @property
+    def loopback_only(self) -> bool:
+        """True when the connection was built loopback-only: its host candidates are 127.0.0.1
+        and remote candidates elsewhere were dropped, so it sends nothing off loopback."""
+        return self._loopback_only
+
+    def local_host_addresses(self) -> tuple[str, ...]:
+        """The addresses of this connection's own ICE host candidates (``("127.0.0.1",)`` for a
+        loopback-only one; empty before candidates are gathered)."""
+        return aiortc_internals.local_host_addresses(self._channel)
 
     def remote_candidate_addresses(self) -> frozenset[str]:
         """The IP addresses of the remote peer's ICE candidates (empty before ICE started)."""
-        ice = self._channel.transport.transport.transport  # SCTP -> DTLS -> ICE
-        return frozenset(candidate.ip for candidate in ice.getRemoteCandidates() if candidate.ip)
+        return aiortc_internals.remote_candidate_addresses(self._channel)
 
     # -- sending
 
@@ -430,9 +438,9 @@ class DataChannel:
         over, as this side's handshake saw them (the remote one from the certificate the peer
         really presented); None before DTLS is up. Session authentication binds both."""
         try:
-            dtls = self._channel.transport.transport
+            dtls = aiortc_internals.dtls_transport(self._channel)
             local = next(f.value for f in dtls.getLocalParameters().fingerprints if f.algorithm == "sha-256")
-            peer_certificate = dtls._ssl.get_peer_certificate(as_cryptography=True)
+            peer_certificate = aiortc_internals.peer_certificate(self._channel)
         except (AttributeError, StopIteration):
             return None
         if peer_certificate is None:
@@ -468,13 +476,10 @@ class PeerConnection:
         # Whether a channel the peer opens may carry another label than "rtcxfer".
         self._any_channel_label = any_channel_label
         if self._options.loopback_only:
-            restrict_host_candidates_to_loopback()
-        elif _loopback_restriction_active():
-            logger.warning(
-                "loopback_only=False, but host candidates were restricted to {} earlier in "
-                "this process: only loopback candidates will be gathered",
-                LOOPBACK_ADDRESS,
-            )
+            unsupported = aiortc_internals.host_restriction_unsupported_reason()
+            if unsupported is not None:
+                # Fail before anything is gathered: a loopback-only peer must not gather elsewhere.
+                raise UnsupportedAiortcError(f"no loopback-only peer: {unsupported}")
         self._pc = RTCPeerConnection(configuration=self._options.rtc_configuration())
         #: Observers of the SCTP packet size (``PacketSize``); called on every change.
         self.on_packet_size: list[Callable[[PacketSize], None]] = []
@@ -484,8 +489,8 @@ class PeerConnection:
         self._channel_ready = asyncio.Event()
         self._ended_reason: str | None = None
         self._closing = False
-        # A fallback for max_message_size until SCTP starts and aiortc records the value.
-        self._remote_max_message_size = _DEFAULT_REMOTE_MAX_MESSAGE_SIZE
+        # The remote SDP's a=max-message-size: the limit where aiortc keeps none of its own.
+        self._sdp_max_message_size = _DEFAULT_REMOTE_MAX_MESSAGE_SIZE
         self._pc.on("connectionstatechange", self._on_connection_state_change)
         self._pc.on("datachannel", self._on_datachannel)
 
@@ -534,7 +539,8 @@ class PeerConnection:
         return DataChannel(
             channel,
             high_watermark=self._options.high_watermark,
-            remote_max_message_size=self._remote_max_message_size,
+            sdp_max_message_size=self._sdp_max_message_size,
+            loopback_only=self._options.loopback_only,
         )
 
     def _check_usable(self) -> None:
@@ -550,10 +556,26 @@ class PeerConnection:
             raise LocalProtocolError(f"cannot accept an SDP {kind} now: {exc}") from exc
         except ValueError as exc:
             raise RemoteProtocolError(f"the peer's SDP {kind} is invalid: {exc}") from exc
-        self._remote_max_message_size = _remote_max_message_size_from_sdp(sdp)
+        self._sdp_max_message_size = _max_message_size_in_sdp(sdp)
         if self._channel is not None:
-            self._channel._remote_max_message_size = self._remote_max_message_size
+            self._channel._sdp_max_message_size = self._sdp_max_message_size
         self._sizer.remote_description(sdp, self._pc.sctp)
+
+    async def _set_local(self, description: RTCSessionDescription) -> None:
+        """``setLocalDescription``, where aiortc gathers: a loopback-only connection's gatherers
+        are restricted to 127.0.0.1 first, and what they gathered is checked after."""
+        if self._options.loopback_only:
+            aiortc_internals.restrict_host_candidates(self._pc, (LOOPBACK_ADDRESS,))
+        await self._pc.setLocalDescription(description)
+        if self._options.loopback_only:
+            gathered = _candidate_addresses(self._pc.localDescription.sdp)
+            elsewhere = sorted({address for address in gathered if address != LOOPBACK_ADDRESS})
+            if elsewhere:
+                # Only if aioice changed under the restriction; never let such an SDP leave.
+                await self.close()
+                raise UnsupportedAiortcError(
+                    f"loopback-only, yet aioice gathered host candidates on {', '.join(elsewhere)}: connection closed"
+                )
 
     def _local_sdp_to_send(self) -> str:
         return self._sizer.advertise_in(self._pc.localDescription.sdp)
@@ -599,8 +621,7 @@ class PeerConnection:
         self._channel_ready.set()
         self._sizer.prepare(self._pc.sctp)
         try:
-            offer = await self._pc.createOffer()
-            await self._pc.setLocalDescription(offer)
+            await self._set_local(await self._pc.createOffer())
         except InvalidStateError as exc:
             raise LocalProtocolError(f"cannot create an offer now: {exc}") from exc
         return self._local_sdp_to_send()
@@ -610,8 +631,7 @@ class PeerConnection:
         self._check_usable()
         await self._set_remote(sdp, "offer")
         try:
-            answer = await self._pc.createAnswer()
-            await self._pc.setLocalDescription(answer)
+            await self._set_local(await self._pc.createAnswer())
         except InvalidStateError as exc:
             raise LocalProtocolError(f"cannot create an answer now: {exc}") from exc
         return self._local_sdp_to_send()

@@ -22,8 +22,8 @@ it instead (the roles swap) and failing both ways costs one 2 s attempt, not two
 prefers its own connections, then the worker's; without either, ``negotiate`` raises a
 :class:`~rtcxfer.protocol.errors.TransferError` saying why, and the client uses the next transport.
 
-A listener binds an ephemeral port on the addresses its ICE host candidates use (127.0.0.1
-only in loopback mode, the default), with a certificate made when the process first needs one
+A listener binds an ephemeral port on the addresses of its connection's ICE host candidates
+(127.0.0.1 only for a loopback-only one, the default), with a certificate made when the process first needs one
 (the ``cryptography`` package, no files; see :func:`.direct_tls.identity`). The offer crosses the data
 channel, which carries frames only once the session is mutually authenticated. The connecting side
 tries only offered addresses that are among the peer's ICE candidates, speaks TLS 1.3 only,
@@ -66,8 +66,8 @@ records and the transfers.
 Options (``context.options["direct"]``):
 
 * ``enabled``: ``False`` to never offer the transport.
-* ``addresses``: addresses to listen on and accept connecting to (default: the ICE host
-  addresses; ``127.0.0.1`` in loopback mode).
+* ``addresses``: addresses to listen on and accept connecting to (default: the connection's ICE
+  host addresses; ``127.0.0.1`` when it is loopback-only).
 * ``connect_timeout``: seconds a connection attempt may take (default 2).
 * ``progress``: ``callable(name, bytes_done, total)``, called as bytes leave and arrive
   (default: ``TransportContext.progress``).
@@ -96,6 +96,7 @@ import attrs
 from rtcxfer.files import receiving as partial
 from rtcxfer.files.paths import check_relative_text
 from rtcxfer.log import logger
+from rtcxfer.net.link import connection_addresses
 from rtcxfer.protocol.errors import (
     ConnectionClosedError,
     IntegrityError,
@@ -211,31 +212,39 @@ def parse_meta(payload: bytes) -> DirectMeta:
 # --- addresses ----------------------------------------------------------------------------
 
 
-def _loopback_mode() -> bool:
-    from rtcxfer.net.peer import _loopback_restriction_active
+def _loopback_only(channel: object) -> bool:
+    addresses = connection_addresses(channel)
+    # A channel that cannot tell about its connection is taken as the default: loopback-only.
+    return addresses is None or addresses.loopback_only
 
-    return _loopback_restriction_active()
 
-
-def listen_addresses(context: TransportContext) -> list[str]:
-    """Where to listen: the ``addresses`` option, else the ICE host addresses (127.0.0.1 in
-    loopback mode)."""
+def listen_addresses(context: TransportContext, channel: object) -> list[str]:
+    """Where to listen: the ``addresses`` option, else the addresses of the ICE host
+    candidates of the connection ``channel`` runs over (127.0.0.1 if it is loopback-only)."""
     configured = _options(context).get("addresses")
     if configured:
         return [str(address) for address in configured]
-    if _loopback_mode():
+    addresses = connection_addresses(channel)
+    if addresses is None or addresses.loopback_only:
         return ["127.0.0.1"]
-    import aioice.ice
-
-    found = aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)
-    return [address for address in found if not ipaddress.ip_address(address).is_link_local]
+    return [address for address in addresses.local_host_addresses() if _listenable(address)]
 
 
-def reachable_addresses(context: TransportContext, offered: str) -> list[str]:
-    """The offered addresses this side may connect to: only loopback ones in loopback mode
-    (no packet leaves the machine), only the configured ones when ``addresses`` is set."""
+def _listenable(address: str) -> bool:
+    try:
+        # Not link-local, which the connecting side skips (an IPv6 one needs an interface an offer cannot name).
+        return not ipaddress.ip_address(address).is_link_local
+    except ValueError:  # not an IP address (an mDNS name)
+        return False
+
+
+def reachable_addresses(context: TransportContext, offered: str, channel: object) -> list[str]:
+    """The offered addresses this side may connect to: only loopback ones when the connection
+    ``channel`` runs over is loopback-only (no packet leaves the machine), only the configured
+    ones when ``addresses`` is set."""
     result = []
     configured = _options(context).get("addresses")
+    loopback_only = _loopback_only(channel)
     for raw in offered.split(","):
         try:
             address = ipaddress.ip_address(raw.strip())
@@ -247,7 +256,7 @@ def reachable_addresses(context: TransportContext, offered: str) -> list[str]:
             networks = [ipaddress.ip_network(str(each), strict=False) for each in configured]
             if not any(address.version == net.version and address in net for net in networks):
                 continue
-        elif _loopback_mode() and not address.is_loopback:
+        elif loopback_only and not address.is_loopback:
             continue
         result.append(str(address))
     return result
@@ -326,7 +335,7 @@ class DirectTransport(Transport):
         assert self._peer_offer is not None and self._peer_failure is not None
         loop = asyncio.get_running_loop()
         started = loop.time()
-        self._listener = Listener(listen_addresses(self.context), loop, self.context.role)
+        self._listener = Listener(listen_addresses(self.context, self.link.channel), loop, self.context.role)
         await self.link.send(self._listener.offer())
         try:
             offer = await asyncio.wait_for(asyncio.shield(self._peer_offer), OFFER_TIMEOUT)
@@ -379,7 +388,7 @@ class DirectTransport(Transport):
         return None
 
     async def _connect(self, offer: DirectOffer) -> dict[str, Connection]:
-        addresses = reachable_addresses(self.context, offer.addresses)
+        addresses = reachable_addresses(self.context, offer.addresses, self.link.channel)
         candidates = self._peer_candidates()
         if candidates:
             # The addresses a peer listens on are its ICE host candidates: connecting only to
@@ -400,8 +409,8 @@ class DirectTransport(Transport):
             raise TransferError(describe(error)) from None
 
     def _peer_candidates(self) -> frozenset[str]:
-        addresses = getattr(self.link.channel, "remote_candidate_addresses", None)
-        return addresses() if addresses is not None else frozenset()
+        addresses = connection_addresses(self.link.channel)
+        return addresses.remote_candidate_addresses() if addresses is not None else frozenset()
 
     # --- negotiation: worker side -----------------------------------------------------
 
@@ -433,7 +442,9 @@ class DirectTransport(Transport):
 
     async def _answer_offer(self, offer: DirectOffer) -> None:
         try:
-            self._listener = Listener(listen_addresses(self.context), asyncio.get_running_loop(), self.context.role)
+            self._listener = Listener(
+                listen_addresses(self.context, self.link.channel), asyncio.get_running_loop(), self.context.role
+            )
         except RtcxferError as error:
             await self.link.send(DirectResult(UNREACHABLE, quote_for_reply(str(error))))
             return
