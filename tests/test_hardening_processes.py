@@ -25,7 +25,8 @@ from worker_harness import hold_sockets
 from rtcxfer.client.rtc_client import RTCClient
 from rtcxfer.client.sample import build_sample_package, sample_text
 from rtcxfer.net import peer as rtc
-from rtcxfer.net.signaling import SignalingClient
+from rtcxfer.net.signaling import Relay, SignalingClient
+from rtcxfer.net.signaling.handshake import SdpAnswer, SdpOffer, decode_handshake
 from rtcxfer.protocol import auth
 from rtcxfer.protocol.errors import SignalingError
 from rtcxfer.testing.processes import SIGNALING_READY, WORKER_READY, CliProcess
@@ -193,11 +194,11 @@ async def impostor(url: str, room: str, seen: list[str], stop: asyncio.Event) ->
                 event = await signaling.receive(timeout=0.2)
             except SignalingError:
                 continue
-            payload = event.get("payload") or {}
-            if payload.get("kind") != "offer":
+            offer = decode_handshake(event.payload) if isinstance(event, Relay) else None
+            if not isinstance(offer, SdpOffer):
                 continue
             peer = rtc.PeerConnection()
-            await signaling.send_to(event["from"], {"kind": "answer", "sdp": await peer.accept_offer(payload["sdp"])})
+            await signaling.send_to(event.sender, SdpAnswer(await peer.accept_offer(offer.sdp)).to_payload())
             channel = await peer.wait_channel_open(30)
             with contextlib.suppress(Exception):
                 while True:
