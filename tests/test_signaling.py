@@ -394,6 +394,8 @@ REGISTER_GARBAGE = {
     "peer-id-newline": {"room": "r", "role": "client", "peer_id": "c\nINFO forged log line"},
     "peer-id-too-long": {"room": "r", "role": "client", "peer_id": "c" * 129},
     "token-int": {"room": "r", "role": "client", "peer_id": "c", "token": 1234},
+    "role-list": {"room": "r", "role": ["worker"], "peer_id": "c"},
+    "started-at-beyond-float": {"room": "r", "role": "worker", "peer_id": "c", "description": {"started_at": 10**400}},
 }
 
 

@@ -97,6 +97,7 @@ __all__ = [
     "decode_server_message",
     "encode",
     "is_id",
+    "is_role",
     "utf8_longer_than",
 ]
 
@@ -140,12 +141,18 @@ def is_id(value: object) -> bool:
     return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
 
 
+def is_role(value: object) -> bool:
+    """Whether ``value`` is ``"worker"`` or ``"client"`` (a JSON list is unhashable: no ``in``)."""
+    return isinstance(value, str) and value in ROLES
+
+
 def utf8_longer_than(text: str, limit: int) -> bool:
     """Whether ``text`` takes more than ``limit`` bytes of UTF-8."""
     # A character is at most 4 bytes: short texts need no encoding pass to be measured.
     if len(text) * 4 <= limit:
         return False
-    return len(text) > limit or len(text.encode("utf-8")) > limit
+    # surrogatepass: a lone surrogate (which no WebSocket delivers) is measured, not an error.
+    return len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -386,7 +393,7 @@ def _register(message: dict[str, Any]) -> Register:
     token = message.get("token")
     if not is_id(room):
         raise MalformedMessage("register needs a 'room' matching [A-Za-z0-9._:@+=-]{1,128}")
-    if role not in ROLES:
+    if not is_role(role):
         raise MalformedMessage("register needs a 'role': 'worker' or 'client'")
     if not is_id(peer_id):
         raise MalformedMessage("register needs a 'peer_id' matching [A-Za-z0-9._:@+=-]{1,128}")
@@ -452,7 +459,7 @@ def _received_description(entry: Mapping[str, Any], on_invalid: DescriptionProbl
 
 def _peer_fields(message: Mapping[str, Any]) -> tuple[str, str]:
     peer_id, role = message.get("peer_id"), message.get("role")
-    if not is_id(peer_id) or role not in ROLES:
+    if not is_id(peer_id) or not is_role(role):
         raise MalformedMessage("a peer needs a 'peer_id' and a 'role'")
     return peer_id, role
 
