@@ -379,21 +379,25 @@ def test_6_one_address_cannot_take_the_real_servers_sockets_from_the_others(clus
 # --- 2, continued: the token does not go to the signaling server either ---------------------
 
 
-def test_2_the_rtcxfer_command_never_sends_the_token_to_the_signaling_server(tmp_path):
+def test_2_the_rtcxfer_command_never_sends_the_token_to_the_signaling_server(tmp_path, monkeypatch):
     """``rtcxfer worker --token T`` and ``rtcxfer signal --token T``: the server admits the
     worker, and what it received was an HMAC of T, never T (a server or a network observer
     learns nothing that authenticates to the worker)."""
     from rtcxfer.net.signaling import SignalingServer
+    from rtcxfer.net.signaling import server as signaling_server
 
     received: list[str] = []
+    decode_request = signaling_server.decode_request
 
-    class RecordingServer(SignalingServer):
-        def _parse(self, data):
-            received.append(data if isinstance(data, str) else repr(data))
-            return super()._parse(data)
+    def recording(data, *args):
+        received.append(data if isinstance(data, str) else repr(data))
+        return decode_request(data, *args)
+
+    # Every message the server reads goes through the decoder.
+    monkeypatch.setattr(signaling_server, "decode_request", recording)
 
     async def scenario():
-        async with RecordingServer("127.0.0.1", 0, default_token=auth.signaling_token(TOKEN)) as server:
+        async with SignalingServer("127.0.0.1", 0, default_token=auth.signaling_token(TOKEN)) as server:
             worker = CliProcess(
                 "worker-recorded", ["worker", "--signal", server.url, "--room", "rec", "--token", TOKEN],
                 tmp_path, env=environment(),
