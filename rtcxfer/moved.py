@@ -51,7 +51,11 @@ MOVED: dict[str, tuple[str, ...]] = {
     "rtcxfer.sctp_packet_size": ("rtcxfer.net.aiortc_internals",),
     "rtcxfer.security": ("rtcxfer.files.paths",),
     "rtcxfer.shared_storage": ("rtcxfer.files.shared_storage",),
-    "rtcxfer.signaling": ("rtcxfer.net.signaling",),
+    "rtcxfer.signaling": (
+        "rtcxfer.net.signaling.server",
+        "rtcxfer.net.signaling.client",
+        "rtcxfer.net.signaling.messages",
+    ),
     "rtcxfer.transports.partial": ("rtcxfer.files.receiving",),
     "rtcxfer.transports.write_behind": ("rtcxfer.files.write_behind",),
     "rtcxfer.worker_choice": ("rtcxfer.client.worker_choice",),

@@ -25,7 +25,8 @@ from worker_harness import hold_sockets
 from rtcxfer.client.rtc_client import RTCClient
 from rtcxfer.client.sample import build_sample_package, sample_text
 from rtcxfer.net import peer as rtc
-from rtcxfer.net.signaling import SignalingClient
+from rtcxfer.net.signaling import Relay, SignalingClient
+from rtcxfer.net.signaling.handshake import SdpAnswer, SdpOffer, decode_handshake
 from rtcxfer.protocol import auth
 from rtcxfer.protocol.errors import SignalingError
 from rtcxfer.testing.processes import SIGNALING_READY, WORKER_READY, CliProcess
@@ -193,11 +194,11 @@ async def impostor(url: str, room: str, seen: list[str], stop: asyncio.Event) ->
                 event = await signaling.receive(timeout=0.2)
             except SignalingError:
                 continue
-            payload = event.get("payload") or {}
-            if payload.get("kind") != "offer":
+            offer = decode_handshake(event.payload) if isinstance(event, Relay) else None
+            if not isinstance(offer, SdpOffer):
                 continue
             peer = rtc.PeerConnection()
-            await signaling.send_to(event["from"], {"kind": "answer", "sdp": await peer.accept_offer(payload["sdp"])})
+            await signaling.send_to(event.sender, SdpAnswer(await peer.accept_offer(offer.sdp)).to_payload())
             channel = await peer.wait_channel_open(30)
             with contextlib.suppress(Exception):
                 while True:
@@ -378,21 +379,25 @@ def test_6_one_address_cannot_take_the_real_servers_sockets_from_the_others(clus
 # --- 2, continued: the token does not go to the signaling server either ---------------------
 
 
-def test_2_the_rtcxfer_command_never_sends_the_token_to_the_signaling_server(tmp_path):
+def test_2_the_rtcxfer_command_never_sends_the_token_to_the_signaling_server(tmp_path, monkeypatch):
     """``rtcxfer worker --token T`` and ``rtcxfer signal --token T``: the server admits the
     worker, and what it received was an HMAC of T, never T (a server or a network observer
     learns nothing that authenticates to the worker)."""
     from rtcxfer.net.signaling import SignalingServer
+    from rtcxfer.net.signaling import server as signaling_server
 
     received: list[str] = []
+    decode_request = signaling_server.decode_request
 
-    class RecordingServer(SignalingServer):
-        def _parse(self, data):
-            received.append(data if isinstance(data, str) else repr(data))
-            return super()._parse(data)
+    def recording(data, *args):
+        received.append(data if isinstance(data, str) else repr(data))
+        return decode_request(data, *args)
+
+    # Every message the server reads goes through the decoder.
+    monkeypatch.setattr(signaling_server, "decode_request", recording)
 
     async def scenario():
-        async with RecordingServer("127.0.0.1", 0, default_token=auth.signaling_token(TOKEN)) as server:
+        async with SignalingServer("127.0.0.1", 0, default_token=auth.signaling_token(TOKEN)) as server:
             worker = CliProcess(
                 "worker-recorded", ["worker", "--signal", server.url, "--room", "rec", "--token", TOKEN],
                 tmp_path, env=environment(),

@@ -47,6 +47,7 @@ from rtcxfer.net.peer import (
     signaling_adapter,
     strip_non_loopback_candidates,
 )
+from rtcxfer.net.signaling.messages import PeerJoined, PeerLeft, Relay
 from rtcxfer.protocol.errors import (
     ConnectionClosedError,
     LocalProtocolError,
@@ -524,7 +525,7 @@ class FakeSignalingClient:
 
     async def send_to(self, peer_id: str, payload) -> None:
         assert self.other is not None and peer_id == self.other.peer_id
-        await self.other.inbox.put({"type": "relay", "from": self.peer_id, "payload": payload})
+        await self.other.inbox.put(Relay(self.peer_id, payload))
 
     async def receive(self):
         return await self.inbox.get()
@@ -535,8 +536,8 @@ def test_connect_via_signaling_adapter():
         alice, bob = FakeSignalingClient("alice"), FakeSignalingClient("bob")
         alice.other, bob.other = bob, alice
         # Noise the adapter must skip: a join and a relay from a stranger.
-        await bob.inbox.put({"type": "peer-joined", "peer_id": "alice", "role": "client"})
-        await bob.inbox.put({"type": "relay", "from": "eve", "payload": {"kind": "answer"}})
+        await bob.inbox.put(PeerJoined("alice", "client"))
+        await bob.inbox.put(Relay("eve", {"kind": "answer"}))
         (pc_a, a), (pc_b, b) = await asyncio.gather(
             connect_via(*signaling_adapter(alice, "bob"), "offerer", timeout=STEP),
             connect_via(*signaling_adapter(bob, "alice"), "answerer", timeout=STEP),
@@ -548,7 +549,7 @@ def test_connect_via_signaling_adapter():
             await asyncio.gather(pc_a.close(), pc_b.close())
 
         carol = FakeSignalingClient("carol")
-        await carol.inbox.put({"type": "peer-left", "peer_id": "dave", "role": "worker"})
+        await carol.inbox.put(PeerLeft("dave", "worker"))
         _, receive = signaling_adapter(carol, "dave")
         with pytest.raises(ConnectionClosedError):
             await asyncio.wait_for(receive(), STEP)

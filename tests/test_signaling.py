@@ -23,6 +23,8 @@ from websockets.exceptions import ConnectionClosed
 
 from rtcxfer.net.signaling import (
     ERROR_CODES,
+    PeerJoined,
+    Relay,
     SignalingClient,
     SignalingServer,
     SignalingServerError,
@@ -129,19 +131,11 @@ async def test_worker_and_client_exchange_offer_and_answer() -> None:
             assert client.peers == {"gpu-1": "worker"}
 
             await client.send_to("gpu-1", {"kind": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 x"})
-            assert await worker.receive(STEP) == {"type": "peer-joined", "peer_id": "laptop", "role": "client"}
-            assert await worker.receive(STEP) == {
-                "type": "relay",
-                "from": "laptop",
-                "payload": {"kind": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 x"},
-            }
+            assert await worker.receive(STEP) == PeerJoined("laptop", "client")
+            assert await worker.receive(STEP) == Relay("laptop", {"kind": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 x"})
 
             await worker.send_to("laptop", {"kind": "answer", "sdp": "v=0 answer"})
-            assert await client.receive(STEP) == {
-                "type": "relay",
-                "from": "gpu-1",
-                "payload": {"kind": "answer", "sdp": "v=0 answer"},
-            }
+            assert await client.receive(STEP) == Relay("gpu-1", {"kind": "answer", "sdp": "v=0 answer"})
         # The server notices the two closed sockets on its own schedule.
         for _ in range(100):
             if server.rooms == {}:
@@ -341,7 +335,7 @@ async def test_client_surfaces_server_errors_from_receive() -> None:
                 await client.receive(STEP)
             assert (error.value.code, error.value.peer_id) == ("unknown-peer", "ghost")
             await worker.send_to("c", {"kind": "hello"})
-            assert (await client.receive(STEP))["payload"] == {"kind": "hello"}
+            assert (await client.receive(STEP)).payload == {"kind": "hello"}
             with pytest.raises(SignalingTimeoutError):
                 await client.receive(QUIET)
             with pytest.raises(TypeError):
@@ -400,6 +394,8 @@ REGISTER_GARBAGE = {
     "peer-id-newline": {"room": "r", "role": "client", "peer_id": "c\nINFO forged log line"},
     "peer-id-too-long": {"room": "r", "role": "client", "peer_id": "c" * 129},
     "token-int": {"room": "r", "role": "client", "peer_id": "c", "token": 1234},
+    "role-list": {"room": "r", "role": ["worker"], "peer_id": "c"},
+    "started-at-beyond-float": {"room": "r", "role": "worker", "peer_id": "c", "description": {"started_at": 10**400}},
 }
 
 

@@ -11,7 +11,7 @@ from worker_harness import TOKEN, run
 from rtcxfer.client.rtc_client import RTCClient
 from rtcxfer.client.sample import build_sample_package, sample_text
 from rtcxfer.net import peer as rtc
-from rtcxfer.net.signaling import SignalingClient, SignalingServer
+from rtcxfer.net.signaling import Relay, SignalingClient, SignalingServer
 from rtcxfer.protocol.errors import RemoteProtocolError
 from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
 
@@ -35,8 +35,8 @@ async def _relays_from(client: SignalingClient, sender: str, seconds: float) -> 
             event = await client.receive(timeout=left)
         except asyncio.TimeoutError:
             break
-        if event.get("type") == "relay" and event.get("from") == sender:
-            payloads.append(event["payload"])
+        if isinstance(event, Relay) and event.sender == sender:
+            payloads.append(event.payload)
     return payloads
 
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtcxfer.files.shared_storage import ROOT_MARKER, shared_root_fingerprint
-from rtcxfer.net.signaling import SignalingClient, SignalingServer
+from rtcxfer.net.signaling import PeerJoined, PeerUpdated, SignalingClient, SignalingServer
 from rtcxfer.protocol.worker_description import (
     MAX_DESCRIPTION_BYTES,
     DescriptionError,
@@ -151,14 +151,14 @@ async def test_descriptions_reach_the_room_and_updates_follow() -> None:
                 idle = {**GOOD, "state": "idle", "running": 0}
                 await worker.describe(idle)
                 event = await client.receive(STEP)
-                assert event == {"type": "peer-updated", "peer_id": "gpu1", "role": "worker", "description": idle}
+                assert event == PeerUpdated("gpu1", "worker", idle)
                 assert client.workers == {"gpu1": idle}
                 async with SignalingClient(server.url, "lab", "worker", "gpu2") as bare:
                     joined = await client.receive(STEP)
-                    assert joined == {"type": "peer-joined", "peer_id": "gpu2", "role": "worker"}
+                    assert joined == PeerJoined("gpu2", "worker")
                     assert client.workers == {"gpu1": idle, "gpu2": {}}
                     await bare.describe({"state": "idle", "slots": 1, "running": 0})
-                    assert (await client.receive(STEP))["description"]["slots"] == 1
+                    assert (await client.receive(STEP)).description["slots"] == 1
 
 
 @async_test()

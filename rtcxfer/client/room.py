@@ -20,7 +20,14 @@ from rtcxfer.client.worker_choice import (
     rank,
 )
 from rtcxfer.log import logger
-from rtcxfer.net.signaling import SignalingClient, SignalingServerError, SignalingTimeoutError
+from rtcxfer.net.signaling import (
+    PeerJoined,
+    PeerLeft,
+    PeerUpdated,
+    SignalingClient,
+    SignalingServerError,
+    SignalingTimeoutError,
+)
 from rtcxfer.protocol.errors import NoWorkerError, SignalingError, WorkerBusyError, describe
 
 __all__ = ["list_workers", "open_session_in_room"]
@@ -112,5 +119,5 @@ async def _wait_for_room_change(signaling) -> None:
             continue
         except SignalingError:
             raise
-        if event.get("type") in ("peer-joined", "peer-left", "peer-updated"):
+        if isinstance(event, (PeerJoined, PeerLeft, PeerUpdated)):
             return

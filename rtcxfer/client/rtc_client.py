@@ -282,7 +282,7 @@ class RTCClient:
         A worker that dies sends nothing over the data channel; ICE would notice only when
         consent expires, half a minute later, while the signaling server sees its socket close.
         """
-        from rtcxfer.net.signaling import SignalingServerError
+        from rtcxfer.net.signaling import PeerLeft, SignalingServerError
         from rtcxfer.protocol.errors import SignalingError
 
         assert self._signaling is not None
@@ -294,7 +294,7 @@ class RTCClient:
                 continue
             except SignalingError:
                 return  # signaling is gone, not necessarily the worker: the channel tells
-            if event.get("type") == "peer-left" and event.get("peer_id") == worker_id:
+            if isinstance(event, PeerLeft) and event.peer_id == worker_id:
                 logger.warning("worker {} left the room", worker_id)
                 self._closed_reason = f"{WORKER_WENT_AWAY} ({worker_id}): it stopped or lost its connection"
                 self._worker_went_away = True

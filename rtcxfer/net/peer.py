@@ -68,6 +68,8 @@ from cryptography.hazmat.primitives import hashes
 from rtcxfer.log import logger
 from rtcxfer.net import aiortc_internals
 from rtcxfer.net.aiortc_internals import PacketSize, PacketSizer, UnsupportedAiortcError
+from rtcxfer.net.signaling.handshake import HandshakeRefusal, SdpAnswer, SdpOffer, decode_handshake
+from rtcxfer.net.signaling.messages import PeerLeft, Relay
 from rtcxfer.protocol.errors import (
     ConnectionClosedError,
     LocalProtocolError,
@@ -739,18 +741,17 @@ async def connect_pair_in_process(
 
 
 def _expect_sdp(message: Any, kind: str) -> str:
-    if not isinstance(message, Mapping):
-        raise RemoteProtocolError(f"expected an SDP {kind} message, got a {type(message).__name__}")
-    got = message.get("kind")
-    sdp = message.get("sdp")
-    if got == "error" and isinstance(message.get("message"), str):
+    handshake = decode_handshake(message)
+    if isinstance(handshake, HandshakeRefusal):
         # The other side says what it expected instead (see docs/protocol.md, section 1.4).
         raise RemoteProtocolError(f"the peer refused our SDP {'offer' if kind == 'answer' else 'message'}: "
-                                  f"{quote_for_log(message['message'], 300)}")
-    if got != kind or not isinstance(sdp, str):
-        # Describe, never echo: the message came from the network.
-        raise RemoteProtocolError(f"expected an SDP {kind} message, got kind {str(got)[:32]!r}")
-    return sdp
+                                  f"{quote_for_log(handshake.message, 300)}")
+    if isinstance(handshake, (SdpOffer, SdpAnswer)) and handshake.KIND == kind:
+        return handshake.sdp
+    if not isinstance(message, Mapping):
+        raise RemoteProtocolError(f"expected an SDP {kind} message, got a {type(message).__name__}")
+    # Describe, never echo: the message came from the network.
+    raise RemoteProtocolError(f"expected an SDP {kind} message, got kind {str(message.get('kind'))[:32]!r}")
 
 
 async def connect_via(
@@ -782,11 +783,11 @@ async def connect_via(
 
     async def _handshake() -> DataChannel:
         if role == "offerer":
-            await signaling_send({"kind": "offer", "sdp": await peer.create_offer()})
+            await signaling_send(SdpOffer(await peer.create_offer()).to_payload())
             await peer.accept_answer(_expect_sdp(await signaling_receive(), "answer"))
         else:
             offer = _expect_sdp(await signaling_receive(), "offer")
-            await signaling_send({"kind": "answer", "sdp": await peer.accept_offer(offer)})
+            await signaling_send(SdpAnswer(await peer.accept_offer(offer)).to_payload())
         return await peer.wait_channel_open(None)
 
     try:
@@ -798,13 +799,13 @@ async def connect_via(
 
 
 def signaling_adapter(client: Any, peer_id: str) -> tuple[SignalingSend, SignalingReceive]:
-    """``(send, receive)`` for :func:`connect_via` over a ``rtcxfer.net.signaling.SignalingClient``.
+    """``(send, receive)`` for :func:`connect_via` over a ``rtcxfer.net.signaling.SignalingClient``
+    (or anything with its ``send_to(peer_id, payload)`` and ``receive()``).
 
-    Duck-typed (``send_to(peer_id, payload)`` and ``receive()`` returning
-    ``{"type": "relay", "from": ..., "payload": {...}}`` or peer events), so this module needs
-    no import of the signaling one. ``receive`` returns the payload of the next relay from
-    ``peer_id``, skips other events, and raises :class:`ConnectionClosedError` if ``peer_id``
-    leaves the room, since the handshake could then never complete.
+    ``receive`` returns the payload of the next :class:`~rtcxfer.net.signaling.messages.Relay`
+    from ``peer_id``, skips other events, and raises :class:`ConnectionClosedError` if
+    ``peer_id`` leaves the room (:class:`~rtcxfer.net.signaling.messages.PeerLeft`), since the
+    handshake could then never complete.
     """
 
     async def send(payload: dict[str, str]) -> None:
@@ -813,13 +814,12 @@ def signaling_adapter(client: Any, peer_id: str) -> tuple[SignalingSend, Signali
     async def receive() -> Any:
         while True:
             event = await client.receive()
-            kind = event.get("type") if isinstance(event, Mapping) else None
-            if kind == "relay" and event.get("from") == peer_id:
-                return event.get("payload")
-            if kind == "peer-left" and event.get("peer_id") == peer_id:
+            if isinstance(event, Relay) and event.sender == peer_id:
+                return event.payload
+            if isinstance(event, PeerLeft) and event.peer_id == peer_id:
                 raise ConnectionClosedError(f"peer {peer_id!r} left during the SDP exchange")
             # Joins, and relays from other peers, are not part of this handshake.
-            logger.debug("signaling event ignored during the SDP exchange: {}", kind)
+            logger.debug("signaling event ignored during the SDP exchange: {}", type(event).__name__)
 
     return send, receive
 

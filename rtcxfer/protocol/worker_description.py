@@ -93,9 +93,14 @@ def _transports(value: object) -> list[str]:
 
 
 def _started_at(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    try:
+        # An integer too large for a float raises OverflowError, in isfinite() as in float().
+        seconds = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
         raise DescriptionError("started_at must be a non-negative number (seconds since the epoch)")
-    return float(value)
+    return seconds
 
 
 def _fingerprint(value: object) -> str | None:

@@ -16,6 +16,7 @@ document's examples from a real run. The test that keeps the document true uses 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import sys
@@ -32,6 +33,7 @@ from rtcxfer.client.rtc_client import JobResult, RTCClient
 from rtcxfer.client.sample import build_sample_package
 from rtcxfer.net import peer as rtc
 from rtcxfer.net.signaling import SignalingClient, SignalingServer, connect_directly
+from rtcxfer.net.signaling.messages import MalformedMessage, Register, decode_request
 from rtcxfer.protocol.auth import signaling_token
 from rtcxfer.protocol.frames import CHUNK_HEADER_SIZE
 from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
@@ -112,8 +114,11 @@ async def _signaling_tap(upstream_url: str, transcript: Transcript) -> AsyncIter
     async def pump(source, sink, label: list[str], outward: bool) -> None:
         async for raw in source:
             message = json.loads(raw)
-            if outward and message.get("type") == "register":
-                label[0] = "W" if message.get("role") == "worker" else "C"
+            if outward:
+                with contextlib.suppress(MalformedMessage):
+                    request = decode_request(raw)
+                    if isinstance(request, Register):
+                        label[0] = "W" if request.role == "worker" else "C"
             arrow = f"{label[0]}->S" if outward else f"S->{label[0]}"
             transcript.lines.append((f"SIG {arrow}", message))
             await sink.send(raw)

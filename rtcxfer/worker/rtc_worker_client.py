@@ -29,7 +29,8 @@ from rtcxfer.files.safezip import ZipLimits
 from rtcxfer.files.shared_storage import detect_shared_root
 from rtcxfer.log import logger
 from rtcxfer.net.rate_limits import LogThrottle, TokenBucket
-from rtcxfer.net.signaling import SignalingServerError
+from rtcxfer.net.signaling import PeerLeft, Relay, SignalingServerError
+from rtcxfer.net.signaling.handshake import HandshakeRefusal, SdpAnswer, SdpOffer, decode_handshake
 from rtcxfer.protocol import auth
 from rtcxfer.protocol.errors import (
     RtcxferError,
@@ -359,16 +360,17 @@ class RTCWorkerClient:
                 except SignalingError as error:
                     logger.warning("signaling connection ended: {}; registering again", describe(error))
                     return
-                payload = event.get("payload")
-                if event.get("type") == "relay" and isinstance(payload, dict) and payload.get("kind") == "offer":
-                    self._offer(signaling, event["from"], payload, options, tasks)
-                elif event.get("type") == "relay":
-                    self._unexpected_payload(signaling, event["from"], payload)
-                elif event.get("type") == "peer-left":
+                if isinstance(event, Relay):
+                    offer = decode_handshake(event.payload)
+                    if isinstance(offer, SdpOffer):
+                        self._offer(signaling, event.sender, offer, options, tasks)
+                    else:
+                        self._unexpected_payload(signaling, event.sender, event.payload)
+                elif isinstance(event, PeerLeft):
                     # Clients stay in the room for their whole session, so leaving it ends
                     # the session: a killed client is noticed now, not when ICE consent
                     # expires half a minute later, and its job is stopped.
-                    self._end_sessions_of(event.get("peer_id"), tasks, "left the room")
+                    self._end_sessions_of(event.peer_id, tasks, "left the room")
 
     @contextlib.asynccontextmanager
     async def _sessions_stopped_before_leaving(self, tasks: dict[asyncio.Task, str]):
@@ -411,7 +413,7 @@ class RTCWorkerClient:
             got = f"a {type(payload).__name__}"
         message = f'a worker expects the payload {{"kind": "offer", "sdp": <the SDP offer>}}; got {got}'
         logger.info("relay from {} is not an offer ({}); told it what is expected", sender, got)
-        task = asyncio.create_task(self._send_quietly(signaling, sender, {"kind": "error", "message": message}))
+        task = asyncio.create_task(self._send_quietly(signaling, sender, HandshakeRefusal(message).to_payload()))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -422,7 +424,7 @@ class RTCWorkerClient:
         except SignalingError as error:
             logger.debug("could not relay to {}: {}", peer_id, describe(error))
 
-    def _offer(self, signaling, client_id: str, offer: dict, options, tasks: dict[asyncio.Task, str]) -> None:
+    def _offer(self, signaling, client_id: str, offer: SdpOffer, options, tasks: dict[asyncio.Task, str]) -> None:
         refusal = self._startups.admit(client_id)
         if refusal is not None:
             # Dropped unanswered: an answer would cost signaling budget, a peer connection sockets.
@@ -435,7 +437,7 @@ class RTCWorkerClient:
         tasks[task] = client_id
         task.add_done_callback(lambda done: tasks.pop(done, None))
 
-    async def _answer(self, signaling, client_id: str, offer: dict, options) -> None:
+    async def _answer(self, signaling, client_id: str, offer: SdpOffer, options) -> None:
         """Answer one admitted offer; its startup slot is held until the client authenticates."""
         from rtcxfer.net import peer as rtc
 
@@ -444,16 +446,12 @@ class RTCWorkerClient:
         release = lambda: self._startups.release(client_id)  # noqa: E731
         peer = None
         try:
-            sdp = offer.get("sdp")
-            if not isinstance(sdp, str):
-                logger.warning("offer from {} has no SDP", client_id)
-                return
             # A legacy client labels its channel as it likes ("my-data-channel").
             peer = rtc.PeerConnection(options, any_channel_label=self.legacy)
             on_notice = self._on_notice
             if on_notice is not None:
                 peer.watch_packet_size(lambda size: on_notice(f"client {client_id}: {size.describe()}"))
-            await signaling.send_to(client_id, {"kind": "answer", "sdp": await peer.accept_offer(sdp)})
+            await signaling.send_to(client_id, SdpAnswer(await peer.accept_offer(offer.sdp)).to_payload())
             channel = await peer.wait_channel_open(max(0.0, deadline - loop.time()))
             logger.info("client {} connected", client_id)
             await self.serve_channel(

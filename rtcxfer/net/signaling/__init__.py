@@ -1,0 +1,74 @@
+"""A small WebSocket signaling server and its client: how a client and a worker find each other.
+
+Peers join a *room* and exchange opaque JSON payloads (SDP offers and answers) through the
+server; after that the WebRTC data channel carries everything. One concern per module:
+
+* :mod:`~rtcxfer.net.signaling.messages`: the wire protocol, sans-IO: every message as a
+  typed object (:class:`Register`, :class:`Registered`, :class:`PeerJoined`, :class:`Relay`,
+  ...), the error codes, the codec;
+* :mod:`~rtcxfer.net.signaling.handshake`: rtcxfer's own relayed payloads (SDP offer, answer,
+  error), sans-IO;
+* :mod:`~rtcxfer.net.signaling.rooms`: the server's book of rooms, registrations, worker
+  descriptions and per-address counts, behind an interface a shared store could implement;
+* :mod:`~rtcxfer.net.signaling.server`: :class:`SignalingServer` (sockets, limits, relay);
+* :mod:`~rtcxfer.net.signaling.client`: :class:`SignalingClient`, whose ``receive()`` returns
+  :data:`RoomEvent` objects.
+
+The names below are re-exported here: ``from rtcxfer.net.signaling import SignalingClient``.
+"""
+
+from rtcxfer.net.signaling.client import (
+    SignalingClient,
+    SignalingServerError,
+    SignalingTimeoutError,
+    connect_directly,
+)
+from rtcxfer.net.signaling.messages import (
+    ALREADY_REGISTERED,
+    BAD_MESSAGE,
+    BAD_TOKEN,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DUPLICATE_PEER,
+    ERROR_CODES,
+    FORBIDDEN,
+    NOT_REGISTERED,
+    RATE_LIMITED,
+    ROLES,
+    ROOM_FULL,
+    SERVER_FULL,
+    UNKNOWN_PEER,
+    PeerJoined,
+    PeerLeft,
+    PeerUpdated,
+    Relay,
+    RoomEvent,
+)
+from rtcxfer.net.signaling.server import DEFAULT_PORT, SignalingServer, run_signaling_server
+
+__all__ = [
+    "ALREADY_REGISTERED",
+    "BAD_MESSAGE",
+    "BAD_TOKEN",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_PORT",
+    "DUPLICATE_PEER",
+    "ERROR_CODES",
+    "FORBIDDEN",
+    "NOT_REGISTERED",
+    "RATE_LIMITED",
+    "ROLES",
+    "ROOM_FULL",
+    "SERVER_FULL",
+    "UNKNOWN_PEER",
+    "PeerJoined",
+    "PeerLeft",
+    "PeerUpdated",
+    "Relay",
+    "RoomEvent",
+    "SignalingClient",
+    "SignalingServer",
+    "SignalingServerError",
+    "SignalingTimeoutError",
+    "connect_directly",
+    "run_signaling_server",
+]
