@@ -163,7 +163,7 @@ async def _submit(
     package, signal_url, room, token, signal_token, shared_root, ice_servers, any_interface, transport, results_dir,
     timeout, display, outcome,
 ) -> int:
-    from rtcxfer.cli import messages as advice
+    from rtcxfer.cli import messages
     from rtcxfer.client.rtc_client import RTCClient
     from rtcxfer.protocol.errors import PluginError, RtcxferError, describe
 
@@ -192,7 +192,7 @@ async def _submit(
                         require=outcome.requirements,
                     )
             except (RtcxferError, asyncio.TimeoutError, OSError) as error:
-                outcome.failure = advice.connect_failure(error, signal_url, room, timeout)
+                outcome.failure = messages.connect_failure(error, signal_url, room, timeout)
                 click.echo(f"error: {outcome.failure}", err=True)
                 return EXIT_CONNECTION
             result = await client.submit(package)
@@ -219,7 +219,7 @@ async def _submit(
         outcome.say(f"results: {result.results_dir}")
         return EXIT_OK
     if result.worker_stopped:
-        click.echo(f"error: {advice.worker_stopped(result.job_id)} ({result.failure})", err=True)
+        click.echo(f"error: {messages.worker_stopped(result.job_id)} ({result.failure})", err=True)
         return EXIT_WORKER_STOPPED
     # The worker's words (they name the job: "Job X failed: ..."), or the client's own.
     click.echo(f"error: {result.failure or f'job {result.job_id} failed; no reason given'}", err=True)

@@ -245,11 +245,11 @@ class RTCClient:
 
     async def _open_session(self, worker_id: str, timeout: float) -> None:
         """A session with ``worker_id``; torn down again if it refuses (WorkerBusyError)."""
-        from rtcxfer.net import peer as rtc
+        from rtcxfer.net import peer
 
         assert self._signaling is not None
-        send, receive = rtc.signaling_adapter(self._signaling, worker_id)
-        self._peer, channel = await rtc.connect_via(send, receive, "offerer", self.peer_options, timeout)
+        send, receive = peer.signaling_adapter(self._signaling, worker_id)
+        self._peer, channel = await peer.connect_via(send, receive, "offerer", self.peer_options, timeout)
         self._peer.watch_packet_size(lambda size: self._emit("notice", None, message=size.describe()))
         self._watch_task = asyncio.create_task(self._watch_worker(worker_id))
         try:

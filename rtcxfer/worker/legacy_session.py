@@ -41,8 +41,7 @@ import attrs
 from rtcxfer.files import paths, results
 from rtcxfer.files.receiving import part_name
 from rtcxfer.log import logger
-from rtcxfer.protocol import legacy as protocol
-from rtcxfer.protocol import texts
+from rtcxfer.protocol import legacy, texts
 from rtcxfer.protocol.errors import (
     ConnectionClosedError,
     PathError,
@@ -110,7 +109,7 @@ async def peek_dialect(channel) -> tuple[ReplayChannel, bool] | None:
         first = await channel.recv()
     except ConnectionClosedError:
         return None
-    return ReplayChannel(first, channel), protocol.speaks_legacy(first)
+    return ReplayChannel(first, channel), legacy.speaks_legacy(first)
 
 
 class FrameSender:
@@ -133,7 +132,7 @@ class LegacySession:
         self.name = name
         self.directory = Path(tempfile.mkdtemp(prefix="legacy-", dir=worker.work_dir))
         self.package_type = "train"
-        self.output_dir = protocol.DEFAULT_OUTPUT_DIR
+        self.output_dir = legacy.DEFAULT_OUTPUT_DIR
         self.job_id: str | None = None
         self.uploads = UploadTracker(worker.max_file_bytes)
         self._part: BinaryIO | None = None
@@ -166,7 +165,7 @@ class LegacySession:
             except ConnectionClosedError:
                 return
             try:
-                await self._handle(protocol.decode(message))
+                await self._handle(legacy.decode(message))
             except ConnectionClosedError:
                 return
             except RemoteProtocolError as error:
@@ -188,30 +187,30 @@ class LegacySession:
         self.worker.job_slots.release(self)
         await asyncio.to_thread(remove_quietly, self.directory)
 
-    async def _handle(self, event: protocol.Event) -> None:
-        if isinstance(event, protocol.FileBytes):
+    async def _handle(self, event: legacy.Event) -> None:
+        if isinstance(event, legacy.FileBytes):
             await self._bytes(event.data)
-        elif isinstance(event, protocol.KeepAlive):
+        elif isinstance(event, legacy.KeepAlive):
             return
-        elif isinstance(event, protocol.FileMeta):
+        elif isinstance(event, legacy.FileMeta):
             await self._file_meta(event)
-        elif isinstance(event, protocol.EndOfFile):
+        elif isinstance(event, legacy.EndOfFile):
             await self._end_of_file()
-        elif isinstance(event, protocol.PackageType):
+        elif isinstance(event, legacy.PackageType):
             self.package_type = event.kind
-        elif isinstance(event, protocol.OutputDir):
+        elif isinstance(event, legacy.OutputDir):
             await self._set_output_dir(event.path)
-        elif isinstance(event, protocol.JobId):
+        elif isinstance(event, legacy.JobId):
             self.job_id = event.job_id
-        elif isinstance(event, protocol.SharedInputPath):
+        elif isinstance(event, legacy.SharedInputPath):
             self.shared_input = None
             await self.shared.on_frame(SharedInputPath(event.relative_path))
-        elif isinstance(event, protocol.SharedOutputPath):
+        elif isinstance(event, legacy.SharedOutputPath):
             self.shared.output = None
             await self.shared.on_frame(SharedOutputPath(event.relative_path))
-        elif isinstance(event, protocol.SharedStorageJob):
+        elif isinstance(event, legacy.SharedStorageJob):
             await self._start_shared_job()
-        elif isinstance(event, protocol.ZmqControl):
+        elif isinstance(event, legacy.ZmqControl):
             logger.info("{}: GUI control messages (ZMQ_CTRL) are not supported; ignored", self.name)
         else:
             logger.warning("{}: client sent an unrecognized message ({}): {}", self.name, event.reason, event.excerpt)
@@ -248,7 +247,7 @@ class LegacySession:
         else:
             problem = "a ':' cannot be sent back in FILE_META" if ":" in text else None
         if problem is not None:
-            await self._refuse(f"OUTPUT_DIR {protocol.excerpt(text)}: {problem}; keeping {self.output_dir}")
+            await self._refuse(f"OUTPUT_DIR {legacy.excerpt(text)}: {problem}; keeping {self.output_dir}")
             return
         self.output_dir = relative.as_posix()
 
@@ -257,18 +256,18 @@ class LegacySession:
     def _job_running(self) -> bool:
         return self.job_task is not None
 
-    async def _file_meta(self, meta: protocol.FileMeta) -> None:
+    async def _file_meta(self, meta: legacy.FileMeta) -> None:
         if self._job_running():
-            raise UploadRefused(f"upload of {protocol.excerpt(meta.name)} refused: a job is running in this session")
+            raise UploadRefused(f"upload of {legacy.excerpt(meta.name)} refused: a job is running in this session")
         try:
             relative = paths.check_relative_text(meta.name)
         except PathError as error:
-            raise UploadRefused(f"upload of {protocol.excerpt(meta.name)} refused: {error}") from None
+            raise UploadRefused(f"upload of {legacy.excerpt(meta.name)} refused: {error}") from None
         if len(relative.parts) != 1 or relative.as_posix() != meta.name or meta.name.startswith("."):
-            raise UploadRefused(f"upload of {protocol.excerpt(meta.name)} refused: not a plain file name")
+            raise UploadRefused(f"upload of {legacy.excerpt(meta.name)} refused: not a plain file name")
         busy = self._take_slot()
         if busy is not None:
-            raise UploadRefused(f"upload of {protocol.excerpt(meta.name)} refused: {busy}")
+            raise UploadRefused(f"upload of {legacy.excerpt(meta.name)} refused: {busy}")
         self.uploads.announce(meta)
         self._drop_part()
         self._stray_reported = False
@@ -370,11 +369,11 @@ class LegacySession:
             return
         job_id = self.job_id or f"job_{secrets.token_hex(4)}"
         if self._job_running() or (self.uploads.current is not None and self.uploads.current.started):
-            await self.send(protocol.job_failed(job_id, "another job or upload is in progress in this session"))
+            await self.send(legacy.job_failed(job_id, "another job or upload is in progress in this session"))
             return
         busy = self._take_slot()
         if busy is not None:
-            await self.send(protocol.job_failed(job_id, busy))
+            await self.send(legacy.job_failed(job_id, busy))
             return
         self.uploads.discard_unstarted()
         # Each pair of paths serves one job; the next job names its own.
@@ -401,7 +400,7 @@ class LegacyJobDialect:
         self.settings = settings
         self.texts: JobTexts = JOB_TEXTS[settings.package_type]
         self.label = session.name
-        self.stem = protocol.package_stem(Path(received.name).name)
+        self.stem = legacy.package_stem(Path(received.name).name)
         #: The job's name in the texts: the manifest's, else the package's stem.
         self.job_name = self.stem
         self._output: Path | None = None
@@ -473,15 +472,15 @@ class LegacyJobDialect:
         return shared_output, self.session.shared.name
 
     async def _send_zipped(self, output_dir: Path) -> None:
-        name = protocol.result_name(self.received.name)
+        name = legacy.result_name(self.received.name)
         archive = self.job.directory / name
         size = await asyncio.to_thread(_zip_results, output_dir, archive)
-        await self.session.send(protocol.result_meta(name, size, self.settings.output_dir))
+        await self.session.send(legacy.result_meta(name, size, self.settings.output_dir))
         with open(archive, "rb") as handle:
-            while block := await asyncio.to_thread(handle.read, 32 * protocol.RESULT_CHUNK_SIZE):
-                for start in range(0, len(block), protocol.RESULT_CHUNK_SIZE):
-                    await self.session.channel.send_bytes(block[start : start + protocol.RESULT_CHUNK_SIZE])
-        await self.session.send(protocol.END_OF_FILE)
+            while block := await asyncio.to_thread(handle.read, 32 * legacy.RESULT_CHUNK_SIZE):
+                for start in range(0, len(block), legacy.RESULT_CHUNK_SIZE):
+                    await self.session.channel.send_bytes(block[start : start + legacy.RESULT_CHUNK_SIZE])
+        await self.session.send(legacy.END_OF_FILE)
         self._end()
         logger.info("{}: sent {} ({} bytes)", self.label, name, size)
 
@@ -511,11 +510,11 @@ class LegacyJobDialect:
         if kind is Outcome.COMPLETE:
             if shared:
                 assert outcome.results_path is not None
-                await self.session.send(protocol.job_complete(job_id, outcome.results_path))
+                await self.session.send(legacy.job_complete(job_id, outcome.results_path))
             return
         failure = await self._tell_failure(outcome)
         if shared:
-            await self.session.send(protocol.job_failed(job_id, failure))
+            await self.session.send(legacy.job_failed(job_id, failure))
         elif kind in (Outcome.FAILED, Outcome.NOT_RUNNABLE) and self._output is not None:
             await self._send_zipped(self._output)  # as the legacy worker, also after a failure
 
@@ -523,7 +522,7 @@ class LegacyJobDialect:
         """The job texts of a failed job; the reason a shared-storage job's JOB_FAILED gives."""
         kind, texts_ = outcome.outcome, self.texts
         if kind is Outcome.UNUSABLE_PACKAGE:
-            await self.session.notice(f"package {protocol.excerpt(self.received.name)} refused: {outcome.detail}")
+            await self.session.notice(f"package {legacy.excerpt(self.received.name)} refused: {outcome.detail}")
             await self.session.send(texts_.error(self.stem, NO_EXIT_CODE))
             await self.session.send(texts_.done)
             return f"{texts.CORRUPTED}: {self.received.name}"
@@ -576,5 +575,5 @@ def _is_file_beneath(root: Path, relative: str) -> bool:
         return False
 
 
-def _cannot_store(upload: protocol.Upload, error: BaseException) -> UploadRefused:
-    return UploadRefused(f"upload of {protocol.excerpt(upload.name)} dropped: cannot store it: {error}")
+def _cannot_store(upload: legacy.Upload, error: BaseException) -> UploadRefused:
+    return UploadRefused(f"upload of {legacy.excerpt(upload.name)} dropped: cannot store it: {error}")

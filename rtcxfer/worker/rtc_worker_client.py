@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
-from rtcxfer.files import kept_partials as resume
+from rtcxfer.files import kept_partials
 from rtcxfer.files.filesystem import FilesystemAdapter
 from rtcxfer.files.safezip import ZipLimits
 from rtcxfer.files.shared_storage import detect_shared_root
@@ -126,8 +126,8 @@ class RTCWorkerClient:
             # A directory the worker made for itself goes with it (close(), or at exit at the latest).
             self._remove_work_dir = weakref.finalize(self, remove_quietly, self.work_dir)
         #: Partial uploads of interrupted sessions, for a re-run to resume (:mod:`rtcxfer.files.kept_partials`).
-        self.kept_partials_dir = self.work_dir / resume.DIRECTORY_NAME
-        resume.prune(self.kept_partials_dir)
+        self.kept_partials_dir = self.work_dir / kept_partials.DIRECTORY_NAME
+        kept_partials.prune(self.kept_partials_dir)
         self.plugins = plugins or PluginHost()
         self.executor: Executor = executor or run_manifest_command
         self.job_timeout = job_timeout
@@ -277,7 +277,7 @@ class RTCWorkerClient:
         first connection or a refusal of the worker's own configuration (a wrong signaling
         token) raises :class:`~rtcxfer.protocol.errors.SignalingError`.
         """
-        from rtcxfer.net import peer as rtc
+        from rtcxfer.net.peer import PeerOptions
 
         if signaling_token is None and self.token:
             # What `rtcxfer signal --token` expects when given the worker's token.
@@ -289,7 +289,7 @@ class RTCWorkerClient:
                 "and is authenticated only by the signaling server's token"
             )
 
-        options = peer_options or rtc.PeerOptions()
+        options = peer_options or PeerOptions()
         tasks: dict[asyncio.Task, str] = {}  # each session's task -> its client's peer id
         delay = RECONNECT_FIRST_DELAY
         registrations = 0
@@ -439,7 +439,7 @@ class RTCWorkerClient:
 
     async def _answer(self, signaling, client_id: str, offer: SdpOffer, options) -> None:
         """Answer one admitted offer; its startup slot is held until the client authenticates."""
-        from rtcxfer.net import peer as rtc
+        from rtcxfer.net.peer import PeerConnection
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.auth_timeout
@@ -447,7 +447,7 @@ class RTCWorkerClient:
         peer = None
         try:
             # A legacy client labels its channel as it likes ("my-data-channel").
-            peer = rtc.PeerConnection(options, any_channel_label=self.legacy)
+            peer = PeerConnection(options, any_channel_label=self.legacy)
             on_notice = self._on_notice
             if on_notice is not None:
                 peer.watch_packet_size(lambda size: on_notice(f"client {client_id}: {size.describe()}"))
