@@ -670,11 +670,11 @@ class IncomingFile:
         self.verify(sha256)
         received = await self.publish()
         logger.info(
-            "{}: received {} ({} bytes, resumed from {}), verified",
+            "{}: received {} ({} bytes){}, verified",
             self.transport,
             quote_for_reply(self.name),
             self.size,
-            self.offset,
+            f", resumed from {self.offset}" if self.offset else "",
         )
         if acknowledge is not None:
             try:
