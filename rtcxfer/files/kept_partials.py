@@ -22,7 +22,7 @@ import stat
 import time
 from pathlib import Path
 
-from rtcxfer.files.receiving import ACTIVE_PARTS, PART_NAME
+from rtcxfer.files.receiving import PART_NAME, is_being_received, is_receiving_into
 from rtcxfer.log import logger
 
 DIRECTORY_NAME = "partial-uploads"
@@ -36,8 +36,7 @@ MAX_SHARE = 0.1
 
 def receiving_into(directory: Path) -> bool:
     """Whether a transfer of this process is still writing a partial at the top of ``directory``."""
-    names = {str(directory), str(Path(directory).resolve())}
-    return any(folder in names and not state.detached for (folder, _), state in ACTIVE_PARTS.items())
+    return is_receiving_into(directory)
 
 
 def keep_partials(directory: Path, kept: Path) -> int:
@@ -53,7 +52,7 @@ def keep_partials(directory: Path, kept: Path) -> int:
             continue
         if entry.stat(follow_symlinks=False).st_size == 0:
             continue  # nothing to resume from; goes with the session's directory
-        if (str(Path(directory).resolve()), entry.name) in ACTIVE_PARTS:
+        if is_being_received(directory, entry.name):
             continue
         try:
             kept.mkdir(mode=0o700, exist_ok=True)

@@ -67,6 +67,7 @@ __all__ = [
     "makedirs_beneath",
     "open_beneath",
     "open_directory_beneath",
+    "open_for_update_at",
     "open_peer_path",
     "remove_tree",
     "resolve_peer_path",
@@ -517,15 +518,18 @@ def open_directory_beneath(
     root: str | os.PathLike[str], relative: str | os.PathLike[str], *, create: bool = False, perm: int = 0o777
 ) -> int:
     """A descriptor of the directory ``relative`` beneath ``root`` (created with its parents if
-    ``create``), reached without following any symlink. The caller closes it.
+    ``create``), reached without following any symlink. The caller closes it. ``""`` or ``"."``
+    is ``root`` itself.
 
-    Work done through the descriptor (:func:`create_fresh_at`, ``os.unlink(name, dir_fd=fd)``)
-    stays in that very directory even if its path is later swapped for a symlink elsewhere.
-    Errors are the typed ones of :func:`makedirs_beneath`.
+    Work done through the descriptor (:func:`create_fresh_at`, :func:`open_for_update_at`,
+    ``os.unlink(name, dir_fd=fd)``) stays in that very directory even if its path is later
+    swapped for a symlink elsewhere. The descriptor may be an ``O_PATH`` one (Linux): use it as
+    ``dir_fd`` and with :func:`fsync_directory_at`, not for reading. Errors are the typed ones
+    of :func:`makedirs_beneath`.
     """
     _require_dir_fd_support()
     text = _as_text(relative)
-    rel = check_relative_text(text)
+    rel = PurePosixPath() if text in ("", ".") else check_relative_text(text)
     with _root_fd(root) as (root_fd, resolved_root):
         try:
             if create:
@@ -554,6 +558,33 @@ def create_fresh_at(dir_fd: int, name: str, *, perm: int = 0o666) -> BinaryIO:
     except OSError as exc:
         raise _map_os_error(exc, name, Path(f"<directory fd {dir_fd}>") / name) from None
     return os.fdopen(fd, "wb")
+
+
+def open_for_update_at(dir_fd: int, name: str) -> BinaryIO:
+    """The existing regular file ``name`` in the directory ``dir_fd``, open for reading and
+    writing (``"r+b"``, positioned at its start).
+
+    No symlink is followed (a symlink raises :class:`PathOutsideRootError`), a FIFO never
+    blocks, and anything but a regular file raises :class:`NotARegularFileError`; a missing
+    file raises :class:`PathNotFoundError`.
+    """
+    if not name or "/" in name or name in (".", ".."):
+        raise UnsafePathError("Unsafe path: not a single file name", peer_path=name)
+    where = Path(f"<directory fd {dir_fd}>") / name
+    flags = os.O_RDWR | _O_NONBLOCK | _O_NOFOLLOW | _O_CLOEXEC | _O_NOCTTY
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        raise _map_os_error(exc, name, where) from None
+    try:
+        _prepare_file(fd, "rb")
+        return os.fdopen(fd, "r+b")
+    except OSError as exc:
+        os.close(fd)
+        raise _map_os_error(exc, name, where) from None
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def fsync_directory_at(dir_fd: int) -> None:

@@ -45,9 +45,9 @@ connection, records are ``kind`` (1 byte) and ``length`` (8 bytes big-endian) th
     END sha256 (hex)                      ->
                                           <- ACK sha256 (hex)         or  ERROR reason
 
-The receiving side is :mod:`rtcxfer.files.receiving`, shared with ``rtc-chunked``: a hidden
-partial file, SHA-256 while writing, size and hash checked, fsync, rename; a partial left by a
-dropped connection is resumed from its length by the next transfer of the same unchanged file.
+The receiving side is :class:`rtcxfer.files.receiving.IncomingFile`, shared with ``rtc-chunked``:
+a hidden partial file, SHA-256 while writing, size and hash checked, fsync, rename; a partial left
+by a dropped connection is resumed from its length by the next transfer of the same unchanged file.
 The sender hashes as it sends (a separate pass first would cost a third of the time at these
 rates), so the SHA-256 travels in END; the transfer id comes from the file's identity and
 modification time instead (:func:`transfer_id_of`). Bytes move in threads with blocking
@@ -80,7 +80,6 @@ import asyncio
 import hashlib
 import ipaddress
 import json
-import os
 import queue
 import ssl
 import threading
@@ -93,8 +92,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from rtcxfer.files import receiving as partial
 from rtcxfer.files.paths import check_relative_text
+from rtcxfer.files.receiving import REASON_HASH, REASON_INCOMPLETE, IncomingFile, SendReport, transfer_id_for_file
 from rtcxfer.log import logger
 from rtcxfer.net.link import connection_addresses
 from rtcxfer.protocol.errors import (
@@ -107,7 +106,7 @@ from rtcxfer.protocol.errors import (
     describe,
 )
 from rtcxfer.protocol.frames import Frame, frame_type, quote_for_reply, text, token
-from rtcxfer.transport.base import Delivery, ReceivedFile, Transport
+from rtcxfer.transport.base import Delivery, Transport
 from rtcxfer.transport.hookspecs import hookimpl
 from rtcxfer.transports.direct_tls import (
     ACCEPT,
@@ -174,13 +173,11 @@ class DirectResult(Frame):
 
 @attrs.frozen
 class DirectMeta:
-    """A file announced on a connection (the fields :mod:`partial` reads); its SHA-256 comes
-    with the END record, after the bytes."""
+    """A file announced on a connection; its SHA-256 comes with the END record, after the bytes."""
 
     transfer_id: str
     name: str
     size: int
-    sha256: str = ""
 
     def encode(self) -> bytes:
         fields = {"transfer_id": self.transfer_id, "name": self.name, "size": self.size}
@@ -297,7 +294,7 @@ class DirectTransport(Transport):
         #: Set once the set-up ended, with or without connections.
         self._settled = asyncio.Event()
         #: One entry per completed or attempted send, for callers and tests.
-        self.reports: list[partial.SendReport] = []
+        self.reports: list[SendReport] = []
         #: How the connections of this session were made: ``client-connects``,
         #: ``worker-connects``, or ``None`` (not (yet) usable).
         self.mode: str | None = None
@@ -528,13 +525,16 @@ class DirectTransport(Transport):
 
     # --- receiving ----------------------------------------------------------------------
 
-    async def _io(self, function: Callable[..., Any], *args: Any) -> Any:
-        """Run blocking connection work in this session's own threads."""
+    def _session_threads(self) -> ThreadPoolExecutor:
         if self._threads is None:
             prefix = f"rtcxfer-direct-{self.context.role}"
             self._threads = ThreadPoolExecutor(SESSION_THREADS, thread_name_prefix=prefix)
+        return self._threads
+
+    async def _io(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking connection work in this session's own threads."""
         try:
-            work = asyncio.get_running_loop().run_in_executor(self._threads, function, *args)
+            work = asyncio.get_running_loop().run_in_executor(self._session_threads(), function, *args)
         except RuntimeError:  # the threads were shut down with the session
             raise ConnectionClosedError("the session ended") from None
         return await work
@@ -558,66 +558,53 @@ class DirectTransport(Transport):
         """One file; ``False`` when the connection is no longer usable."""
         try:
             meta = parse_meta(payload)
-            if meta.size > self.context.max_file_bytes:
-                raise TransferError(f"size {meta.size} exceeds the limit of {self.context.max_file_bytes} bytes")
-            state = await partial.start_incoming(meta, self.context.incoming_dir, self.context.kept_partials_dir)
+            incoming = await IncomingFile.open(
+                self.context.incoming_dir,
+                transfer_id=meta.transfer_id,
+                name=meta.name,
+                size=meta.size,
+                transport=self.name,
+                kept_partials_dir=self.context.kept_partials_dir,
+                max_size=self.context.max_file_bytes,
+            )
         except TransferError as error:
             logger.warning("direct: refused a file: {}", error)
             return await self._reply(connection, ERROR, str(error).encode())
         logger.info(
-            "direct: receiving {} ({} bytes) from offset {}", quote_for_reply(meta.name), meta.size, state.received
+            "direct: receiving {} ({} bytes) from offset {}", quote_for_reply(meta.name), meta.size, incoming.offset
         )
-        if not await self._reply(connection, ACCEPT, state.received.to_bytes(8, "big")):
-            partial.abandon(state, remove=False)
+        if not await self._reply(connection, ACCEPT, incoming.offset.to_bytes(8, "big")):
+            incoming.abandon(keep=True)
             return False
-        state.busy = True
         report = _progress_reporter(
             self.context.progress_reporter(self.name), meta.name, meta.size, asyncio.get_running_loop()
         )
         if report is not None:
-            report(state.received)  # the start, so a resumed file is not counted as sent now
+            report(incoming.offset)  # the start, so a resumed file is not counted as sent now
         try:
-            state.meta = attrs.evolve(meta, sha256=await self._io(_receive_bytes, connection, state, report))
+            announced = await incoming.run_in_thread(
+                _receive_bytes, connection, incoming, report, executor=self._session_threads()
+            )
         except BaseException as error:
-            # Kept for a resume; a thread may still hold the handle if we were cancelled.
+            # Kept for a resume (once the receiving thread let go of it, if we were cancelled).
+            incoming.abandon(keep=True)
             if isinstance(error, asyncio.CancelledError):
-                state.detached = True
                 connection.close()
                 raise
-            state.busy = False
             logger.info(
-                "direct: {} interrupted at {} of {} bytes: {}", meta.name, state.received, meta.size, describe(error)
+                "direct: {} interrupted at {} of {} bytes: {}", meta.name, incoming.received, meta.size, describe(error)
             )
-            partial.abandon(state, remove=False)
             return False
-        state.busy = False
+        usable = True
+
+        async def acknowledge(digest: str) -> None:
+            nonlocal usable
+            usable = await self._reply(connection, ACK, digest.encode())
+
         try:
-            digest = partial.check_complete(state)
-        except IntegrityError as error:
-            partial.abandon(state, remove=True)
+            await incoming.complete(announced, acknowledge=acknowledge, deliver=self.context.deliver)
+        except TransferError as error:  # the partial is gone
             return await self._reply(connection, ERROR, str(error).encode())
-        state.busy = True
-        try:
-            await asyncio.to_thread(state.finish)
-        except OSError as error:
-            state.busy = False
-            partial.abandon(state, remove=True)
-            logger.warning("direct: placing {} failed: {}", meta.name, error)
-            return await self._reply(connection, ERROR, b"cannot store the file")
-        state.busy = False
-        partial.abandon(state, remove=False)
-        logger.info(
-            "direct: received {} ({} bytes, resumed from {}), verified",
-            quote_for_reply(meta.name),
-            meta.size,
-            state.resumed_from,
-        )
-        usable = await self._reply(connection, ACK, digest.encode())
-        received = ReceivedFile(meta.name, state.dest.final_path, meta.size, self.name, digest, meta.transfer_id)
-        try:
-            await self.context.deliver(received)
-        except Exception:  # the application's bug must not end the session with the peer
-            logger.exception("direct: on_file failed for {}", received.name)
         return usable
 
     async def _reply(self, connection: Connection, kind: int, payload: bytes) -> bool:
@@ -668,7 +655,7 @@ class DirectTransport(Transport):
                         logger.info("direct: resuming {} at byte {} of {}", name, offset, size)
                     report = _progress_reporter(progress, name, size, asyncio.get_running_loop())
                     sha256 = await self._io(_send_bytes, connection, path, offset, size, report)
-                    self.reports.append(partial.SendReport(tid, name, size, offset, size - offset))
+                    self.reports.append(SendReport(tid, name, size, offset, size - offset))
                     kind, answer = await asyncio.wait_for(self._reply_record(connection), timeout)
                 elif kind != ERROR:
                     raise ConnectionClosedError(f"the peer answered {name} with an impossible offset or out of turn")
@@ -685,7 +672,7 @@ class DirectTransport(Transport):
                 raise TransferError(f"direct connection to {connection.peer} failed: {describe(error)}") from None
             if kind == ERROR:
                 reason = answer.decode("utf-8", "replace")
-                integrity = reason.startswith((partial.REASON_HASH, partial.REASON_INCOMPLETE))
+                integrity = reason.startswith((REASON_HASH, REASON_INCOMPLETE))
                 raise (IntegrityError if integrity else TransferError)(f"the peer refused {name}: {reason}")
             if kind != ACK or answer.decode("ascii", "replace") != sha256:
                 raise IntegrityError(f"the peer confirmed {name} with another SHA-256")
@@ -718,10 +705,9 @@ def _progress_reporter(
 
 def transfer_id_of(role: str, path: Path, name: str) -> tuple[str, int]:
     """(transfer id, size) of sending ``path`` as ``name``: the same unchanged file gets the
-    same id in a later session (and so resumes); a modified one gets a new id."""
-    info = os.stat(path)
-    identity = f"{info.st_dev}:{info.st_ino}:{info.st_mtime_ns}"
-    return partial.transfer_id_for(role, name, info.st_size, identity), info.st_size
+    same id in a later session (and so resumes); a modified one gets a new id
+    (:func:`rtcxfer.files.receiving.transfer_id_for_file`)."""
+    return transfer_id_for_file(role, path, name)
 
 
 class _Stage:
@@ -824,26 +810,24 @@ def _send_bytes(
     return sha256
 
 
-def _receive_bytes(
-    connection: Connection, state: partial.Incoming, report: Callable[[int], None] | None = None
-) -> str:
-    """DATA records into the partial file until END; returns the SHA-256 END announces.
-    Receiving runs here, hashing and writing in a :class:`_Stage`. Blocking: runs in a thread;
-    the event loop leaves ``state`` alone while ``state.busy``."""
-    assert state.handle is not None
+def _receive_bytes(connection: Connection, incoming: IncomingFile, report: Callable[[int], None] | None = None) -> str:
+    """DATA records into the incoming file until END; returns the SHA-256 END announces.
+    Receiving runs here, hashing and writing in a :class:`_Stage`. Blocking: runs in the
+    thread :meth:`IncomingFile.run_in_thread` lends the file to (a write raises once it was
+    abandoned, which ends the loop)."""
 
     def store(piece: memoryview) -> None:
-        state.write(piece)
+        incoming.write(piece)
         if report is not None:
-            report(state.received)
+            report(incoming.received)
 
-    return _receive_records(connection, state, store)
+    return _receive_records(connection, incoming, store)
 
 
-def _receive_records(connection: Connection, state: partial.Incoming, store: Callable[[memoryview], None]) -> str:
+def _receive_records(connection: Connection, incoming: IncomingFile, store: Callable[[memoryview], None]) -> str:
     """The record loop of :func:`_receive_bytes`: ``store`` gets the bytes in another thread."""
-    size = state.meta.size
-    taken = state.received
+    size = incoming.size
+    taken = incoming.received
     with connection.using() as tls, _Stage(store) as storing:
         while True:
             header = tls.recv_exactly(RECORD_HEADER.size)
@@ -871,8 +855,6 @@ def _receive_records(connection: Connection, state: partial.Incoming, store: Cal
                 storing.hand_over(buffer, filled)
                 taken += filled
                 length -= filled
-            if state.detached:
-                raise ConnectionClosedError("transfer taken over by another session")
 
 
 def _close_pair_when_done(future: asyncio.Future) -> None:

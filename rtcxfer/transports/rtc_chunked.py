@@ -17,12 +17,13 @@ session sending the same file gets the same id and resumes), streams chunks from
 receiver asks for, respecting the data channel's backpressure, and returns once ``FILE_ACK``
 arrives with the right hash.
 
-Receiver: validates ``FILE_META`` (name through :func:`~rtcxfer.files.paths.check_relative_text`,
-size, chunk size, no second transfer with the same id), and streams the chunks into
-``.<basename>.<transfer_id>.part`` in the destination directory under
-``context.incoming_dir``, hashing as it writes; the file is never held in memory. ``FILE_END``
-checks size and SHA-256, fsyncs, renames the partial onto the final name and sends
-``FILE_ACK``; any mismatch gets ``FILE_ERROR`` and the partial is removed.
+Receiver: validates ``FILE_META`` (chunk size, no second transfer with the same id) and
+receives the file through :class:`~rtcxfer.files.receiving.IncomingFile`, the receiving side
+every byte-moving transport shares: the name is checked, the chunks go to
+``.<basename>.<transfer_id>.part`` beside the final name under ``context.incoming_dir``, hashed
+as they are written; the file is never held in memory. ``FILE_END`` completes it (size and
+SHA-256 checked, fsync, rename onto the final name) and is answered by ``FILE_ACK``; any
+mismatch gets ``FILE_ERROR`` and the partial is removed.
 
 Resume: when a session ends mid-transfer the partial stays (it never has the final name, so it
 is never mistaken for a complete file). A ``FILE_META`` with the same id finds it, hashes the
@@ -70,9 +71,17 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from rtcxfer.files import receiving as partial
 from rtcxfer.files.paths import check_relative_text
-from rtcxfer.files.receiving import SendReport, hash_file, part_name, transfer_id_for  # noqa: F401  (re-exported)
+from rtcxfer.files.receiving import (
+    REASON_HASH,
+    REASON_INCOMPLETE,
+    REASON_SENDER_CANCELLED,
+    IncomingFile,
+    SendReport,
+    hash_file,
+    part_name,  # noqa: F401  (re-exported: the legacy session names its partials with it)
+    transfer_id_for,
+)
 from rtcxfer.log import logger
 from rtcxfer.protocol.errors import (
     ConnectionClosedError,
@@ -94,7 +103,7 @@ from rtcxfer.protocol.frames import (
     quote_for_log,
     quote_for_reply,
 )
-from rtcxfer.transport.base import Delivery, ReceivedFile, Transport
+from rtcxfer.transport.base import Delivery, Transport
 from rtcxfer.transport.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -115,6 +124,18 @@ DEFAULT_IDLE_TIMEOUT = 300.0
 
 def _file_error(transfer_id: str, reason: str, error_class: type[TransferError] = TransferError) -> TransferError:
     return error_class(reason, reply=FileError(transfer_id=transfer_id, reason=reason))
+
+
+@attrs.define(eq=False)
+class _Incoming:
+    """A file this side is receiving: its announcement and the file being written."""
+
+    meta: FileMeta
+    file: IncomingFile
+
+    @property
+    def received(self) -> int:
+        return self.file.received
 
 
 @attrs.define(eq=False)
@@ -158,7 +179,7 @@ class RtcChunkedTransport(Transport):
 
     def __init__(self, link: Link, context: TransportContext) -> None:
         super().__init__(link, context)
-        self._incoming: dict[str, partial.Incoming] = {}
+        self._incoming: dict[str, _Incoming] = {}
         self._outgoing: dict[str, _Outgoing] = {}
         self._idle_checks: set[asyncio.Task] = set()
         #: One entry per completed or attempted send, for callers and tests.
@@ -187,18 +208,14 @@ class RtcChunkedTransport(Transport):
     def on_closed(self) -> None:
         for outgoing in list(self._outgoing.values()):
             outgoing.fail(ConnectionClosedError(f"connection closed during the transfer of {outgoing.name}"))
-        for state in list(self._incoming.values()):
-            if state.busy:
-                # A thread still works on the handle; it cleans up when it returns.
-                state.detached = True
-                continue
+        for incoming in list(self._incoming.values()):
             logger.info(
                 "rtc-chunked: session closed with {} of {} bytes of {} received; partial kept for resume",
-                state.received,
-                state.meta.size,
-                state.meta.name,
+                incoming.received,
+                incoming.meta.size,
+                incoming.meta.name,
             )
-            self._drop(state, remove=False)
+            self._drop(incoming, keep=True)
 
     # --- receiving --------------------------------------------------------------------
 
@@ -207,15 +224,13 @@ class RtcChunkedTransport(Transport):
         tid = meta.transfer_id
         if tid in self._incoming:
             # Both sides must agree the id is closed after a FILE_ERROR: drop the first one too.
-            self._drop(self._incoming[tid], remove=True)
+            self._drop(self._incoming[tid], keep=False)
             raise _file_error(tid, "transfer already open")
         if tid in self._outgoing:
             raise _file_error(tid, "transfer id in use by this side")
         max_concurrent = int(self._options.get("max_concurrent", DEFAULT_MAX_CONCURRENT))
         if len(self._incoming) >= max_concurrent:
             raise _file_error(tid, f"too many concurrent transfers (at most {max_concurrent})")
-        if meta.size > self.context.max_file_bytes:
-            raise _file_error(tid, f"size {meta.size} exceeds the limit of {self.context.max_file_bytes} bytes")
         if not 1 <= meta.chunk_size <= MAX_CHUNK_SIZE:
             raise _file_error(tid, f"chunk size {meta.chunk_size} is not between 1 and {MAX_CHUNK_SIZE}")
 
@@ -223,84 +238,90 @@ class RtcChunkedTransport(Transport):
         tid = meta.transfer_id
         self._refuse_meta(meta)
         try:
-            state = await partial.start_incoming(meta, self.context.incoming_dir, self.context.kept_partials_dir)
+            file = await IncomingFile.open(
+                self.context.incoming_dir,
+                transfer_id=tid,
+                name=meta.name,
+                size=meta.size,
+                sha256=meta.sha256,
+                transport=self.name,
+                kept_partials_dir=self.context.kept_partials_dir,
+                max_size=self.context.max_file_bytes,
+            )
         except TransferError as error:
             raise _file_error(tid, str(error)) from None
         try:
             self.link.engine.open_transfer(tid, self.name)
         except TransferError:
-            partial.abandon(state, remove=False)
+            file.abandon(keep=True)
             raise
-        self._incoming[tid] = state
-        state.last_activity = asyncio.get_running_loop().time()
-        self._watch_idle(state)
+        incoming = self._incoming[tid] = _Incoming(meta, file)
+        self._watch_idle(incoming)
         logger.info(
             "rtc-chunked: receiving {} ({} bytes) from offset {}",
             quote_for_reply(meta.name),
             meta.size,
-            state.received,
+            file.offset,
         )
         progress = self.context.progress_reporter(self.name)
         if progress is not None:
-            progress(meta.name, state.received, meta.size)  # the start, so a resumed file is not counted as sent now
+            progress(meta.name, file.offset, meta.size)  # the start, so a resumed file is not counted as sent now
         try:
-            await self.link.send(FileAccept(transfer_id=tid, offset=state.received))
+            await self.link.send(FileAccept(transfer_id=tid, offset=file.offset))
         except ConnectionClosedError:
-            # Link.run only survives RemoteProtocolError from a handler; on_closed follows.
+            # Link.run only survives RemoteProtocolError from a handler; on_closed may have run.
             logger.info("rtc-chunked: connection closed before FILE_ACCEPT for {}", quote_for_reply(meta.name))
+            self._drop(incoming, keep=True)
 
     async def on_chunk(self, event: ChunkReceived) -> None:
         tid = event.transfer_id
-        state = self._incoming.get(tid)
-        if state is None:
+        incoming = self._incoming.get(tid)
+        if incoming is None:
             # Routed here because this side is *sending* that id: the peer has it backwards.
             raise TransferError(f"chunk for transfer {tid}, which this side is sending, not receiving")
-        if state.detached:
-            self._drop(state, remove=False)
-            raise _file_error(tid, "transfer resumed in another session")
-        meta = state.meta
+        meta, file = incoming.meta, incoming.file
         payload = event.payload
         length = len(payload)
-        if event.offset != state.received:
-            self._drop(state, remove=True)
-            raise _file_error(tid, f"chunk at offset {event.offset}, expected {state.received}")
+        if event.offset != file.received:
+            self._drop(incoming, keep=False)
+            raise _file_error(tid, f"chunk at offset {event.offset}, expected {file.received}")
         if length > meta.chunk_size:
-            self._drop(state, remove=True)
+            self._drop(incoming, keep=False)
             raise _file_error(tid, f"chunk of {length} bytes exceeds the announced chunk size {meta.chunk_size}")
-        if state.received + length > meta.size:
-            self._drop(state, remove=True)
+        if file.received + length > meta.size:
+            self._drop(incoming, keep=False)
             raise _file_error(tid, f"chunk beyond the announced size of {meta.size} bytes")
         try:
-            state.write(payload)
-        except OSError as error:
-            self._drop(state, remove=True)
-            logger.warning("rtc-chunked: writing {} failed: {}", state.dest.part_relative, error)
-            raise _file_error(tid, "cannot write the file") from None
-        state.last_activity = asyncio.get_running_loop().time()
+            file.write(payload)
+        except TransferError as error:
+            # Taken over by another session (its partial is not removed), or the disk refused.
+            self._drop(incoming, keep=False)
+            raise _file_error(tid, str(error)) from None
         progress = self.context.progress_reporter(self.name)
         if progress is not None:
-            progress(meta.name, state.received, meta.size)
+            progress(meta.name, file.received, meta.size)
 
-    def _watch_idle(self, state: partial.Incoming) -> None:
+    def _watch_idle(self, incoming: _Incoming) -> None:
         timeout = float(self._options.get("idle_timeout", DEFAULT_IDLE_TIMEOUT))
         loop = asyncio.get_running_loop()
+        file = incoming.file
 
         def check() -> None:
-            if self._incoming.get(state.meta.transfer_id) is not state or state.busy:
+            if self._incoming.get(incoming.meta.transfer_id) is not incoming or file.busy:
                 return
-            idle = loop.time() - state.last_activity
+            idle = file.idle_seconds
             if idle < timeout:
                 loop.call_later(timeout - idle, check)
                 return
             logger.warning(
                 "rtc-chunked: abandoning {}: no data for {:.0f} s ({} of {} bytes)",
-                quote_for_log(state.meta.name),
+                quote_for_log(incoming.meta.name),
                 idle,
-                state.received,
-                state.meta.size,
+                file.received,
+                incoming.meta.size,
             )
-            self._drop(state, remove=True)
-            task = asyncio.ensure_future(self._tell_idle(state.meta.transfer_id, timeout))
+            self._drop(incoming, keep=False)
+            task = asyncio.ensure_future(self._tell_idle(incoming.meta.transfer_id, timeout))
             self._idle_checks.add(task)
             task.add_done_callback(self._idle_checks.discard)
 
@@ -314,64 +335,34 @@ class RtcChunkedTransport(Transport):
 
     async def _on_end(self, end: FileEnd) -> None:
         tid = end.transfer_id
-        state = self._incoming.get(tid)
-        if state is None:
+        incoming = self._incoming.get(tid)
+        if incoming is None:
             if tid in self._outgoing:
                 raise TransferError(f"FILE_END for transfer {tid}, which this side is sending")
             raise _file_error(tid, "unknown transfer")
-        meta = state.meta
-        if state.detached:
-            self._drop(state, remove=False)
-            raise _file_error(tid, "transfer resumed in another session")
-        try:
-            digest = partial.check_complete(state)
-        except IntegrityError as error:
-            self._drop(state, remove=True)
-            raise _file_error(tid, str(error), IntegrityError) from None
-        state.busy = True
-        try:
-            await asyncio.to_thread(state.finish)
-        except OSError as error:
-            state.busy = False
-            self._drop(state, remove=True)
-            logger.warning("rtc-chunked: placing {} failed: {}", quote_for_log(meta.name), error)
-            raise _file_error(tid, "cannot store the file") from None
-        state.busy = False
-        self._drop(state, remove=False)
-        received = ReceivedFile(
-            name=meta.name,
-            path=state.dest.final_path,
-            size=meta.size,
-            transport=self.name,
-            sha256=digest,
-            transfer_id=tid,
-        )
-        logger.info(
-            "rtc-chunked: received {} ({} bytes, resumed from {}), verified",
-            quote_for_reply(meta.name),
-            meta.size,
-            state.resumed_from,
-        )
-        try:
+
+        async def acknowledge(digest: str) -> None:
+            # Closed before the FILE_ACK leaves: the sender may announce the same id right away.
+            self._forget(incoming)
             await self.link.send(FileAck(transfer_id=tid, sha256=digest))
-        except ConnectionClosedError:
-            # The file is complete and verified; the sender will just send it again.
-            logger.info("rtc-chunked: connection closed before FILE_ACK for {}", quote_for_reply(meta.name))
-        await self._deliver(received)
 
-    async def _deliver(self, received: ReceivedFile) -> None:
         try:
-            await self.context.deliver(received)
-        except Exception:  # the application's bug must not end the session with the peer
-            logger.exception("rtc-chunked: on_file failed for {}", received.name)
+            await incoming.file.complete(acknowledge=acknowledge, deliver=self.context.deliver)
+        except TransferError as error:  # the partial is gone already (or is another session's)
+            self._drop(incoming, keep=False)
+            error_class = IntegrityError if isinstance(error, IntegrityError) else TransferError
+            raise _file_error(tid, str(error), error_class) from None
 
-    def _drop(self, state: partial.Incoming, *, remove: bool) -> None:
-        """Forget an incoming transfer: close its handle, optionally delete its partial."""
-        tid = state.meta.transfer_id
-        if self._incoming.get(tid) is state:
+    def _forget(self, incoming: _Incoming) -> None:
+        tid = incoming.meta.transfer_id
+        if self._incoming.get(tid) is incoming:
             del self._incoming[tid]
             self.link.engine.close_transfer(tid)
-        partial.abandon(state, remove=remove)
+
+    def _drop(self, incoming: _Incoming, *, keep: bool) -> None:
+        """Forget an incoming transfer and abandon its file, keeping its partial or not."""
+        self._forget(incoming)
+        incoming.file.abandon(keep=keep)
 
     # --- sending ----------------------------------------------------------------------
 
@@ -393,18 +384,19 @@ class RtcChunkedTransport(Transport):
         outgoing = self._outgoing.get(tid)
         if outgoing is not None:
             outgoing.closed_by_peer = True
-            integrity = report.reason.startswith((partial.REASON_HASH, partial.REASON_INCOMPLETE))
+            integrity = report.reason.startswith((REASON_HASH, REASON_INCOMPLETE))
             error_class = IntegrityError if integrity else TransferError
             outgoing.fail(error_class(f"the peer refused {outgoing.name}: {quote_for_log(report.reason)}"))
             return
-        state = self._incoming.get(tid)
-        if state is not None:
+        incoming = self._incoming.get(tid)
+        if incoming is not None:
             logger.info(
-                "rtc-chunked: the sender abandoned {}: {}", quote_for_log(state.meta.name), quote_for_log(report.reason)
+                "rtc-chunked: the sender abandoned {}: {}",
+                quote_for_log(incoming.meta.name),
+                quote_for_log(report.reason),
             )
             # A sender stopped by its user comes back with the same file: keep what arrived.
-            keep = report.reason == partial.REASON_SENDER_CANCELLED
-            self._drop(state, remove=not state.busy and not keep)
+            self._drop(incoming, keep=report.reason == REASON_SENDER_CANCELLED)
             return
         # Never answer an error report with another one.
         logger.debug("rtc-chunked: FILE_ERROR for unknown transfer {}: {}", tid, quote_for_log(report.reason))
@@ -475,7 +467,7 @@ class RtcChunkedTransport(Transport):
         """Tell the receiver this side gave up, so it closes the transfer and drops the partial
         instead of waiting for chunks (and refusing the next FILE_META as a duplicate)."""
         if isinstance(error, asyncio.CancelledError):
-            reason = partial.REASON_SENDER_CANCELLED
+            reason = REASON_SENDER_CANCELLED
         else:
             reason = quote_for_reply(str(error) or type(error).__name__)
         try:

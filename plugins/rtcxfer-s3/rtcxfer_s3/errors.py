@@ -67,6 +67,13 @@ class S3IntegrityError(S3TransportError, IntegrityError):
     code = "integrity"
 
 
+class S3NoSpaceError(S3TransportError):
+    """The receiver has not enough free disk space for the object (once the space promised to
+    the files it is already receiving is set aside)."""
+
+    code = "no-space"
+
+
 class S3PeerRefusedError(S3TransportError):
     """The peer refused or failed the transfer for a reason without a more specific class."""
 
@@ -93,6 +100,7 @@ _BY_CODE: dict[str, type[S3TransportError]] = {
         S3AccessDeniedError,
         S3UnreachableError,
         S3IntegrityError,
+        S3NoSpaceError,
         S3PeerRefusedError,
     )
 }

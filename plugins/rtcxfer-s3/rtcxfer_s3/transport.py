@@ -7,14 +7,25 @@ One session, as the wire sees it::
                                               <-   credentials?)  S3_REACH_RESULT::reachable
     one transfer (either direction, once agreed):
     (multipart upload to <prefix>/<transfer_id>/<name>)
-    S3_OBJECT::id::size::sha256::key          ->  (key checked like a peer path, streamed
-                                                   download with SHA-256, fsync, rename)
+    S3_OBJECT::id::size::sha256::key          ->  (key checked like a peer path, free space
+                                                   reserved, a partial of the same id resumed,
+                                                   ranged download with SHA-256, fsync, rename)
                                               <-  S3_ACK::id::sha256   or   S3_ERROR::id::code: text
     (sender deletes the object when ``cleanup`` is on)
 
 Only the location, keys, sizes and digests cross the data channel; credentials and endpoint
 URLs stay on each side. s3fs's synchronous API runs in worker threads (``asyncio.to_thread``),
 never on the event loop.
+
+The receiving side is rtcxfer's own (:class:`rtcxfer.files.receiving.IncomingFile`, as for
+``rtc-chunked`` and ``direct``): a hidden partial beside the final name, free space reserved
+against the other files being received, write-behind, size and SHA-256 checked, fsync, rename.
+The transfer id is deterministic (:func:`rtcxfer.files.receiving.transfer_id_for_file`: the
+sender's role, the name, the size and the file's identity), and so is the key derived from it:
+when a download is interrupted (the session closed, the store failed mid-read) the partial is
+kept, and the next transfer of the same unchanged file, in this session or a later one, finds
+both the object (uploaded again under the same key) and the partial, and reads the object
+only from the partial's length on. The whole file's SHA-256 is still checked.
 
 Every failure is a typed :class:`rtcxfer.protocol.errors.TransferError` (see :mod:`rtcxfer_s3.errors`):
 the sender raises it from :meth:`S3Transport.send_file`, so a client can fall back to another
@@ -25,27 +36,30 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import secrets
 import threading
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rtcxfer.files.paths import check_relative_text, makedirs_beneath, open_beneath
+import attrs
+
+from rtcxfer.files.paths import check_relative_text
+from rtcxfer.files.receiving import IncomingFile, NotEnoughSpaceError, checked_name, transfer_id_for_file
 from rtcxfer.log import logger
 from rtcxfer.protocol.errors import (
     ConnectionClosedError,
-    PathError,
+    IntegrityError,
+    LocalProtocolError,
     RtcxferError,
     TransferError,
     describe,
 )
 from rtcxfer.protocol.frames import Frame
-from rtcxfer.transport.base import Delivery, ReceivedFile, Transport
+from rtcxfer.transport.base import Delivery, Transport
 from rtcxfer_s3.errors import (
     S3ConfigError,
     S3IntegrityError,
+    S3NoSpaceError,
     S3NotAgreedError,
     S3StorageError,
     S3TransportError,
@@ -73,13 +87,20 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Bytes read from the local file, or from the object, per step.
 IO_BLOCK = 1024 * 1024
-PART_SUFFIX = ".s3part"
-
-_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-class _Aborted(Exception):
-    """The session closed while a download thread was still running."""
+@attrs.frozen
+class DownloadReport:
+    """What one download of this side did: where it started (more than 0 when it resumed a
+    partial) and how many bytes it read from the object."""
+
+    transfer_id: str
+    name: str
+    size: int
+    offset: int
+    fetched: int
+    #: Whether the file was verified and placed under its name.
+    completed: bool
 
 
 def _settings_or_none(context: TransportContext) -> S3Settings | None:
@@ -122,8 +143,11 @@ class S3Transport(Transport):
         self.agreed: bool | None = None
         self._negotiation: asyncio.Task[bool] | None = None
         self._downloads: dict[str, asyncio.Task[None]] = {}
-        self._abort = threading.Event()
+        self._incoming: dict[str, IncomingFile] = {}
+        self._sending: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: One entry per download this side made or began, for callers and tests.
+        self.downloads: list[DownloadReport] = []
 
     @property
     def location(self) -> S3Location | None:
@@ -242,10 +266,15 @@ class S3Transport(Transport):
         """
         relative = str(check_relative_text(name))
         location = await self._require_agreement()
-        transfer_id = secrets.token_hex(16)
+        # Deterministic: the same unchanged file sent again gets the same id and key, so the
+        # receiver resumes the partial an interrupted download left.
+        transfer_id, _ = await asyncio.to_thread(transfer_id_for_file, self.context.role, Path(path), relative)
+        if transfer_id in self._sending:
+            raise LocalProtocolError(f"{relative} is already being sent in this session")
         key = location.key_for(transfer_id, relative)
         uploaded = False
         report = self._progress_reporter(relative)
+        self._sending.add(transfer_id)
         try:
             size, sha256 = await asyncio.to_thread(self._upload, Path(path), location.path_of(key), report)
             uploaded = True
@@ -257,6 +286,7 @@ class S3Transport(Transport):
         except asyncio.TimeoutError:
             raise S3TransportError(f"no answer for s3 object {key!r} within {self.settings.ack_timeout} s") from None
         finally:
+            self._sending.discard(transfer_id)
             if uploaded and self.settings.cleanup:
                 await asyncio.to_thread(self._remove_quietly, location.path_of(key))
         if isinstance(reply, S3Error):
@@ -364,74 +394,91 @@ class S3Transport(Transport):
             )
         try:
             name = location.name_from_key(frame.key, tid)
+            checked_name(name)
         except S3UnsafeKeyError as error:
             raise self._refusal(tid, error) from None
+        except TransferError as error:
+            raise self._refusal(tid, S3UnsafeKeyError(f"Unsafe key: {error}", peer_path=frame.key)) from None
         task = asyncio.ensure_future(self._receive(frame, name, location))
         self._downloads[tid] = task
         task.add_done_callback(lambda _: self._downloads.pop(tid, None))
 
     async def _receive(self, frame: S3Object, name: str, location: S3Location) -> None:
+        """One download, through rtcxfer's receiving API; the outcome goes back as S3_ACK or
+        S3_ERROR."""
         tid = frame.transfer_id
         try:
-            final_path = await asyncio.to_thread(self._download, frame, name, location, self._progress_reporter(name))
-        except (RtcxferError, _Aborted) as error:
-            if isinstance(error, _Aborted):
-                return
-            logger.warning("s3: transfer {} of {!r} failed: {}", tid, frame.key, describe(error))
-            reason = error.wire_reason() if hasattr(error, "wire_reason") else f"refused: {error}"
-            await self._send_quietly(S3Error(transfer_id=tid, reason=reason))
+            incoming = await IncomingFile.open(
+                self.context.incoming_dir,
+                transfer_id=tid,
+                name=name,
+                size=frame.size,
+                sha256=frame.sha256,
+                transport=self.name,
+                kept_partials_dir=self.context.kept_partials_dir,
+            )
+        except NotEnoughSpaceError:
+            error = S3NoSpaceError(f"not enough free space on this side for {name!r} ({frame.size} bytes)")
+            await self._fail(tid, frame, error)
             return
+        except TransferError as error:
+            await self._fail(tid, frame, S3TransportError(f"cannot receive {name!r} on this side: {error}"))
+            return
+        self._incoming[tid] = incoming
+        try:
+            await self._fetch(frame, incoming, location)
+            await incoming.complete(
+                acknowledge=lambda digest: self._send_quietly(S3Ack(transfer_id=tid, sha256=digest)),
+                deliver=self.context.deliver,
+            )
+        except IntegrityError as error:
+            # Bytes of this object that do not add up: the partial goes (a failed verify removed
+            # it already). An object of the wrong size was not read at all: the partial stays.
+            incoming.abandon(keep=incoming.received == incoming.offset)
+            if not isinstance(error, S3IntegrityError):
+                error = S3IntegrityError(
+                    f"SHA-256 of object {frame.key!r} does not match the announced one "
+                    + ("(changed or replaced before download)" if not incoming.offset else "(changed or replaced)")
+                )
+            await self._fail(tid, frame, error)
+        except RtcxferError as error:  # kept for the next transfer of the same file to resume
+            stopped = incoming.finished  # abandoned by on_closed: nobody to tell
+            incoming.abandon(keep=True)
+            if not stopped:
+                if not isinstance(error, S3TransportError):
+                    error = S3TransportError(f"cannot store {name!r} on this side: {error}")
+                await self._fail(tid, frame, error)
+        except asyncio.CancelledError:
+            incoming.abandon(keep=True)
+            raise
         except Exception as error:  # a bug here must not leave the sender waiting for ever
             logger.exception("s3: transfer {} failed unexpectedly", tid)
+            incoming.abandon(keep=True)
             await self._send_quietly(S3Error(transfer_id=tid, reason=f"failed: {type(error).__name__}"))
-            return
-        await self._send_quietly(S3Ack(transfer_id=tid, sha256=frame.sha256))
-        logger.info("s3: received {} ({} bytes)", name, frame.size)
-        received = ReceivedFile(
-            name=name, path=final_path, size=frame.size, transport=self.name, sha256=frame.sha256, transfer_id=tid
-        )
-        try:
-            await self.context.deliver(received)
-        except Exception:  # the application's callback: its failure is not the peer's business
-            logger.exception("s3: on_file failed for {}", name)
+        finally:
+            self._incoming.pop(tid, None)
+            self.downloads.append(
+                DownloadReport(
+                    tid, name, frame.size, incoming.offset, incoming.received - incoming.offset, incoming.published
+                )
+            )
+
+    async def _fail(self, tid: str, frame: S3Object, error: RtcxferError) -> None:
+        logger.warning("s3: transfer {} of {!r} failed: {}", tid, frame.key, describe(error))
+        reason = error.wire_reason() if hasattr(error, "wire_reason") else f"refused: {error}"
+        await self._send_quietly(S3Error(transfer_id=tid, reason=reason))
+
+    async def _fetch(self, frame: S3Object, incoming: IncomingFile, location: S3Location) -> None:
+        """Read the object from the partial's length on into ``incoming``, in a thread."""
+        report = self._progress_reporter(incoming.name)
+        await incoming.run_in_thread(self._download, frame, incoming, location.path_of(frame.key), report)
 
     def _download(
-        self, frame: S3Object, name: str, location: S3Location, report: Callable[[int, int], None] | None = None
-    ) -> Path:
-        """Stream the object into a partial file, verify, fsync, rename. Blocking.
-
-        The partial (``.<basename>.<transfer_id>.s3part``) never has the final name, and is
-        removed on any failure, so a name under ``incoming_dir`` always means a verified file.
-        """
-        root = Path(self.context.incoming_dir)
-        root.mkdir(parents=True, exist_ok=True)
-        relative = PurePosixPath(name)
-        try:
-            parent = makedirs_beneath(root, relative.parent.as_posix()) if relative.parent.parts else root.resolve()
-            part_relative = (relative.parent / f".{relative.name}.{frame.transfer_id}{PART_SUFFIX}").as_posix()
-            handle = open_beneath(root, part_relative, "xb")
-        except PathError as error:
-            raise S3UnsafeKeyError(f"Unsafe key: {error}", peer_path=frame.key) from None
-        part_path = parent / PurePosixPath(part_relative).name
-        s3_path = location.path_of(frame.key)
-        try:
-            with handle:
-                self._copy_verified(frame, s3_path, handle, report)
-                handle.flush()
-                os.fsync(handle.fileno())
-            self._place(parent, part_path.name, relative.name)
-        except OSError as error:
-            part_path.unlink(missing_ok=True)
-            raise S3TransportError(f"cannot store {name!r} on this side ({error.strerror or error})") from None
-        except BaseException:
-            part_path.unlink(missing_ok=True)
-            raise
-        return parent / relative.name
-
-    def _copy_verified(
-        self, frame: S3Object, s3_path: str, handle: Any, report: Callable[[int, int], None] | None = None
+        self, frame: S3Object, incoming: IncomingFile, s3_path: str, report: Callable[[int, int], None] | None = None
     ) -> None:
-        """Copy the object into ``handle``, checking size and SHA-256. Blocking."""
+        """Copy the object from ``incoming.received`` on into ``incoming``, checking its size
+        (its SHA-256 is checked by :meth:`IncomingFile.verify`). Blocking: runs in the thread
+        ``incoming`` is lent to; a write raises once the session closed."""
         what = f"downloading {s3_path}"
         fs = self._filesystem()
         bucket, _, key = s3_path.partition("/")
@@ -447,15 +494,17 @@ class S3Transport(Transport):
                 f"object {frame.key!r} has {size} bytes, {frame.size} were announced "
                 "(changed or replaced before download)"
             )
+        if report is not None:
+            report(incoming.received, size)
+        if incoming.received == size:
+            return  # a kept partial that holds it all: only the hash is left to check
         try:
             source = fs.open(s3_path, "rb", block_size=self.settings.part_size, size=size)
         except Exception as error:  # the store's failure, classified
             raise classify(error, what) from None
-        digest = hashlib.sha256()
-        count = 0
-        if report is not None:
-            report(0, frame.size)
         with source:
+            # A ranged read from there on: the bytes before are the partial's.
+            source.seek(incoming.received)
             while True:
                 try:
                     block = source.read(IO_BLOCK)
@@ -463,40 +512,20 @@ class S3Transport(Transport):
                     raise classify(error, what) from None
                 if not block:
                     break
-                if self._abort.is_set():
-                    raise _Aborted
-                count += len(block)
-                if count > frame.size:
+                if incoming.received + len(block) > size:
                     raise S3IntegrityError(f"object {frame.key!r} grew while being downloaded")
-                digest.update(block)
-                handle.write(block)
+                incoming.write(block)
                 if report is not None:
-                    report(count, frame.size)
-        if count != frame.size:
-            raise S3IntegrityError(f"object {frame.key!r} ended after {count} of {frame.size} bytes")
-        if digest.hexdigest() != frame.sha256:
-            raise S3IntegrityError(
-                f"SHA-256 of object {frame.key!r} does not match the announced one "
-                "(changed or replaced before download)"
-            )
-
-    @staticmethod
-    def _place(parent: Path, part_name: str, final_name: str) -> None:
-        fd = os.open(parent, _DIR_FLAGS)
-        try:
-            try:
-                os.replace(part_name, final_name, src_dir_fd=fd, dst_dir_fd=fd)
-            except IsADirectoryError:
-                raise S3TransportError(f"a directory named {final_name!r} is in the way") from None
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+                    report(incoming.received, size)
+        if incoming.received != size:
+            raise S3IntegrityError(f"object {frame.key!r} ended after {incoming.received} of {size} bytes")
 
     # --- the session's end ------------------------------------------------------------
 
     def on_closed(self) -> None:
-        # Download threads see the flag between blocks and remove their partial files.
-        self._abort.set()
+        # A download thread's next write raises; its partial is kept for a resume.
+        for incoming in list(self._incoming.values()):
+            incoming.abandon(keep=True)
         for task in list(self._downloads.values()) + list(self._tasks):
             task.cancel()
 

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 
 import pytest
-from moto_server import BUCKET, PREFIX, make_contexts
+from moto_server import BUCKET, PREFIX, keys_under, make_contexts
 from rtcxfer_s3 import S3NotAgreedError, S3Transport
 from rtcxfer_s3.frames import S3Reach
+from s3fs.core import S3File
 
+from rtcxfer.files.receiving import is_receiving_into
 from rtcxfer.protocol.errors import ConnectionClosedError
 from rtcxfer.testing.contract import contract_pair, make_file, run_async, sha256_of
 
 MiB = 1024 * 1024
-
-
-def keys_under(server, prefix: str = PREFIX) -> list[str]:
-    # No trailing "/" in Prefix: moto 5.2's IAM mode miscomputes signatures with "/" in the query.
-    listing = server.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
-    return [entry["Key"] for entry in listing.get("Contents", [])]
 
 
 def record_wire(pair) -> list[str]:
@@ -78,7 +75,7 @@ def test_multipart_round_trip_both_ways_with_progress_and_cleanup(host, moto, tm
         assert [done for _, done, _ in calls] == sorted(done for _, done, _ in calls)
     # Verified objects were cleaned up; no partial files were left behind.
     assert keys_under(moto) == []
-    assert not [p for p in tmp_path.rglob("*.s3part")]
+    assert not [p for p in tmp_path.rglob("*.part")]
     # Only names crossed the channel: no credentials, no endpoint.
     text = "\n".join(wire)
     assert wire and moto.secret not in text and moto.key not in text and moto.url not in text
@@ -164,28 +161,69 @@ def test_environment_variables_configure_both_sides(host, moto, tmp_path, monkey
     assert os.environ["RTCXFER_S3_URL"].endswith("/env")
 
 
-def test_a_session_closed_mid_download_leaves_neither_partial_nor_final_file(host, moto, tmp_path):
+def test_a_session_closed_mid_download_keeps_its_partial_and_the_next_session_resumes_it(
+    host, moto, tmp_path, monkeypatch
+):
+    size = 24 * MiB
     client, worker = make_contexts(tmp_path, moto, worker={"part_size": 5 * MiB})
-    source = make_file(tmp_path / "big.bin", 40 * MiB, seed=9)
+    source = make_file(tmp_path / "big.bin", size, seed=9)
     incoming = tmp_path / "worker-incoming"
+    # The store holds every read after the first range until the session is gone, so the
+    # close lands mid-download whatever the machine's speed.
+    read_range = S3File._fetch_range
+    holding, release = threading.Event(), threading.Event()
+    fetched: list[int] = []
 
-    async def scenario():
+    def held_read(self, start, end):
+        if start > 0:
+            holding.set()
+            release.wait(30)
+        return read_range(self, start, end)
+
+    def counted_read(self, start, end):
+        data = read_range(self, start, end)
+        fetched.append(len(data))
+        return data
+
+    async def interrupted():
         async with contract_pair(host, "s3", client, worker) as pair:
             assert await pair.client.negotiate()
             sending = asyncio.ensure_future(pair.client.send_file(source, "big.bin"))
-            while not list(incoming.rglob("*.s3part")):
-                assert not sending.done(), "the transfer finished before the download was seen"
-                await asyncio.sleep(0.005)
+            assert await asyncio.to_thread(holding.wait, 30), "the download never started"
             await pair.peers.worker.drop()
             with pytest.raises(ConnectionClosedError):
                 await asyncio.wait_for(sending, 30)
-            # The download thread notices the close between blocks and removes its partial.
+            release.set()
+            # The download thread's next write fails; it lets go of the partial and keeps it.
             for _ in range(500):
-                if not list(incoming.rglob("*")):
+                if not is_receiving_into(incoming):
                     break
                 await asyncio.sleep(0.01)
+            assert not is_receiving_into(incoming)
 
-    run_async(scenario())
-    assert list(incoming.rglob("*")) == []
+    async def resumed():
+        async with contract_pair(host, "s3", client, worker) as pair:
+            delivery = await pair.client.send_file(source, "big.bin")
+            while not pair.worker.downloads:
+                await asyncio.sleep(0.01)
+            return delivery, pair.worker.downloads[-1], pair.received["worker"]
+
+    monkeypatch.setattr(S3File, "_fetch_range", held_read)
+    try:
+        run_async(interrupted())
+    finally:
+        release.set()
+    [partial] = [path for path in incoming.iterdir() if path.name.startswith(".big.bin.")]
+    held = partial.stat().st_size
+    assert partial.name.endswith(".part") and 0 < held < size
+    assert not (incoming / "big.bin").exists()
     # The sender cleaned up the object even though the transfer never completed.
+    assert keys_under(moto) == []
+
+    monkeypatch.setattr(S3File, "_fetch_range", counted_read)
+    delivery, report, received = run_async(resumed())
+    assert (report.offset, report.fetched, report.completed) == (held, size - held, True)
+    assert sum(fetched) == size - held < size
+    assert delivery.sha256 == sha256_of(source) == sha256_of(incoming / "big.bin") == received[0].sha256
+    assert sorted(path.name for path in incoming.iterdir()) == ["big.bin"]
     assert keys_under(moto) == []
