@@ -17,6 +17,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from rtcxfer.files.receiving import part_name, transfer_id_for
 from rtcxfer.net.signaling import SignalingServer
 from rtcxfer.protocol.errors import ConnectionClosedError, IntegrityError, LocalProtocolError, TransferError
 from rtcxfer.protocol.frames import (
@@ -28,13 +29,7 @@ from rtcxfer.protocol.frames import (
 )
 from rtcxfer.testing import LinkedPeers, linked_peers
 from rtcxfer.transport.base import ReceivedFile, TransportContext
-from rtcxfer.transports.rtc_chunked import (
-    DEFAULT_CHUNK_SIZE,
-    MAX_CHUNK_SIZE,
-    RtcChunkedTransport,
-    part_name,
-    transfer_id_for,
-)
+from rtcxfer.transports.rtc_chunked import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, RtcChunkedTransport
 
 STEP = 20.0  # seconds any single wait may take
 MiB = 1024 * 1024

@@ -79,7 +79,6 @@ from rtcxfer.files.receiving import (
     IncomingFile,
     SendReport,
     hash_file,
-    part_name,  # noqa: F401  (re-exported: the legacy session names its partials with it)
     transfer_id_for,
 )
 from rtcxfer.log import logger

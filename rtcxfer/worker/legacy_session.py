@@ -27,19 +27,18 @@ signaling server's token.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import stat
 import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 import attrs
 
 from rtcxfer.files import paths, results
-from rtcxfer.files.receiving import part_name
+from rtcxfer.files.receiving import IncomingFile, new_transfer_id
 from rtcxfer.log import logger
 from rtcxfer.protocol import legacy, texts
 from rtcxfer.protocol.errors import (
@@ -47,7 +46,7 @@ from rtcxfer.protocol.errors import (
     PathError,
     RemoteProtocolError,
     RtcxferError,
-    StorageFullError,
+    TransferError,
     describe,
 )
 from rtcxfer.protocol.frames import Frame, JobState, SharedInputPath, SharedOutputPath
@@ -135,8 +134,9 @@ class LegacySession:
         self.output_dir = legacy.DEFAULT_OUTPUT_DIR
         self.job_id: str | None = None
         self.uploads = UploadTracker(worker.max_file_bytes)
-        self._part: BinaryIO | None = None
-        self._part_path: Path | None = None
+        #: The upload being received, and the directory it (then its job) lives in.
+        self._incoming: IncomingFile | None = None
+        self._upload_dir: Path | None = None
         self._stray_reported = False
         #: The job this session runs, until its last message to the client is sent.
         self.job_task: asyncio.Task | None = None
@@ -182,7 +182,7 @@ class LegacySession:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._drop_part()
+        self._drop_upload()
         self.shared.on_closed()
         self.worker.job_slots.release(self)
         await asyncio.to_thread(remove_quietly, self.directory)
@@ -269,7 +269,7 @@ class LegacySession:
         if busy is not None:
             raise UploadRefused(f"upload of {legacy.excerpt(meta.name)} refused: {busy}")
         self.uploads.announce(meta)
-        self._drop_part()
+        self._drop_upload()
         self._stray_reported = False
         if meta.gui:
             logger.info("{}: GUI progress (ZMQ) is not supported; the job's output is sent as text", self.name)
@@ -278,56 +278,63 @@ class LegacySession:
         try:
             upload = self.uploads.feed(len(data))
         except UploadRefused as error:
-            self._drop_part()
+            self._drop_upload()
             # One notice per run of refused bytes, not one per chunk.
             if not self._stray_reported:
                 self._stray_reported = True
                 raise error
             return
         try:
-            if self._part is None:
-                upload_dir = Path(tempfile.mkdtemp(prefix="upload-", dir=self.directory))
-                self._part_path = upload_dir / part_name(upload.name, secrets.token_hex(16))
-                self._part = paths.open_beneath(upload_dir, self._part_path.name, "xb")
-            self._part.write(data)
-        except (OSError, PathError, StorageFullError) as error:
+            if self._incoming is None:
+                self._incoming = await self._receive_upload(upload)
+            self._incoming.write(data)
+        except TransferError as error:
             self.uploads.abort()
-            self._drop_part()
+            self._drop_upload()
             self._stray_reported = True
             raise _cannot_store(upload, error) from None
 
-    def _drop_part(self) -> None:
-        part, self._part = self._part, None
-        path, self._part_path = self._part_path, None
-        if part is not None:
-            part.close()
-        if path is not None:
-            remove_quietly(path.parent)
+    async def _receive_upload(self, upload: legacy.Upload) -> IncomingFile:
+        """The receiving side of an upload, in a fresh directory that becomes its job's. A legacy
+        client announces no hash, so nothing can vouch for a kept prefix: never resumed."""
+        self._upload_dir = Path(tempfile.mkdtemp(prefix="upload-", dir=self.directory))
+        return await IncomingFile.open(
+            self._upload_dir,
+            transfer_id=new_transfer_id(),
+            name=upload.name,
+            size=upload.size,
+            transport=LEGACY_UPLOAD,
+            max_size=self.worker.max_file_bytes,
+            resume=False,
+        )
+
+    def _drop_upload(self) -> None:
+        incoming, self._incoming = self._incoming, None
+        upload_dir, self._upload_dir = self._upload_dir, None
+        if incoming is not None:
+            incoming.abandon(keep=False)
+        if upload_dir is not None:
+            remove_quietly(upload_dir)
 
     async def _end_of_file(self) -> None:
         try:
             upload = self.uploads.finish()
         except UploadRefused:
-            self._drop_part()
+            self._drop_upload()
             raise
-        part, path = self._part, self._part_path
-        self._part = self._part_path = None
-        if path is None:  # announced as empty: nothing was written yet
-            upload_dir = Path(tempfile.mkdtemp(prefix="upload-", dir=self.directory))
-            path = upload_dir / part_name(upload.name, secrets.token_hex(16))
-            part = paths.open_beneath(upload_dir, path.name, "xb")
-        assert part is not None
-        final = path.parent / upload.name
         try:
-            await asyncio.to_thread(_complete_part, part, path, final)
-        except OSError as error:
-            remove_quietly(path.parent)
+            if self._incoming is None:  # announced as empty: nothing was written yet
+                self._incoming = await self._receive_upload(upload)
+            received = await self._incoming.complete()
+        except TransferError as error:
+            self._drop_upload()
             raise _cannot_store(upload, error) from None
-        logger.info("{}: received {} ({} bytes)", self.name, upload.name, upload.size)
+        job_dir = self._upload_dir
+        assert job_dir is not None
+        self._incoming = self._upload_dir = None
         job_id = self.job_id or f"job_{secrets.token_hex(4)}"
-        received = ReceivedFile(upload.name, final, upload.size, LEGACY_UPLOAD)
         settings = JobSettings(self.package_type, self.output_dir, job_id)
-        self._start_job(Job(job_id, path.parent), received, settings)
+        self._start_job(Job(job_id, job_dir), received, settings)
 
     # --- jobs -------------------------------------------------------------------------
 
@@ -544,16 +551,6 @@ class LegacyJobDialect:
         if kind is Outcome.DISK_FULL:
             return texts.DISK_FULL
         return outcome.detail  # results not delivered
-
-
-def _complete_part(part: BinaryIO, path: Path, final: Path) -> None:
-    """fsync and close the partial upload, then rename it onto its final name. Blocking."""
-    try:
-        part.flush()
-        os.fsync(part.fileno())
-    finally:
-        part.close()
-    os.replace(path, final)
 
 
 def _zip_results(output: Path, archive: Path) -> int:
