@@ -22,7 +22,6 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from rtcxfer.net.signaling import (
-    ERROR_CODES,
     PeerJoined,
     Relay,
     SignalingClient,
@@ -32,6 +31,7 @@ from rtcxfer.net.signaling import (
     connect_directly,
     run_signaling_server,
 )
+from rtcxfer.net.signaling.messages import ERROR_CODES
 from rtcxfer.protocol.errors import SignalingError
 
 LOOPBACK = "127.0.0.1"

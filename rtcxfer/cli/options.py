@@ -94,3 +94,8 @@ def apply_options(options):
         return function
 
     return decorate
+
+
+def limit_option(flag: str, kind: click.ParamType, default: float, help: str):
+    """An option bounding what peers or jobs may cost, its default shown in ``--help``."""
+    return click.option(flag, type=kind, default=default, show_default=True, help=help)

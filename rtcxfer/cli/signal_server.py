@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from rtcxfer.cli.options import room_token, token_file_option
+from rtcxfer.cli.options import limit_option, room_token, token_file_option
 from rtcxfer.cli.running import Interrupted, run_until_interrupted
 
 
@@ -21,26 +21,17 @@ from rtcxfer.cli.running import Interrupted, run_until_interrupted
     "[env RTCXFER_TOKEN].",
 )
 @token_file_option
-@click.option(
-    "--max-per-address",
-    type=click.IntRange(1),
-    default=64,
-    show_default=True,
-    help="Sockets one remote address may hold (an eighth of them unregistered).",
+@limit_option(
+    "--max-per-address", click.IntRange(1), 64,
+    "Sockets one remote address may hold (an eighth of them unregistered).",
 )
-@click.option(
-    "--max-room-peers-per-address",
-    type=click.IntRange(1),
-    default=8,
-    show_default=True,
-    help="Peers one remote address may have in one room (of 16).",
+@limit_option(
+    "--max-room-peers-per-address", click.IntRange(1), 8,
+    "Peers one remote address may have in one room (of 16).",
 )
-@click.option(
-    "--idle-timeout",
-    type=click.FloatRange(0, min_open=True),
-    default=120.0,
-    show_default=True,
-    help="Seconds a client may sit in a room without relaying anything.",
+@limit_option(
+    "--idle-timeout", click.FloatRange(0, min_open=True), 120.0,
+    "Seconds a client may sit in a room without relaying anything.",
 )
 @click.option("--no-web", is_flag=True, help="Do not serve the browser client on the same port.")
 def signal_server(

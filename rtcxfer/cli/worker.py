@@ -11,7 +11,14 @@ from pathlib import Path
 
 import click
 
-from rtcxfer.cli.options import apply_options, connection_options, network_options, peer_options, room_token
+from rtcxfer.cli.options import (
+    apply_options,
+    connection_options,
+    limit_option,
+    network_options,
+    peer_options,
+    room_token,
+)
 from rtcxfer.cli.running import Interrupted, run_until_interrupted
 
 
@@ -34,19 +41,13 @@ from rtcxfer.cli.running import Interrupted, run_until_interrupted
     help="Pass this variable of the worker's environment to jobs (repeatable; NAME* for a prefix). "
     "Only PATH, HOME, locale and GPU selection variables are passed by default.",
 )
-@click.option(
-    "--max-unauthenticated",
-    type=click.IntRange(1),
-    default=8,
-    show_default=True,
-    help="Sessions at once that have not yet proved the token; further offers are dropped.",
+@limit_option(
+    "--max-unauthenticated", click.IntRange(1), 8,
+    "Sessions at once that have not yet proved the token; further offers are dropped.",
 )
-@click.option(
-    "--auth-timeout",
-    type=click.FloatRange(0, min_open=True),
-    default=20.0,
-    show_default=True,
-    help="Seconds from a client's offer until it must have proved the token.",
+@limit_option(
+    "--auth-timeout", click.FloatRange(0, min_open=True), 20.0,
+    "Seconds from a client's offer until it must have proved the token.",
 )
 @click.option(
     "--insecure-no-token",

@@ -26,30 +26,10 @@ from typing import TYPE_CHECKING
 from rtcxfer.files import kept_partials
 from rtcxfer.log import logger
 from rtcxfer.net.link import Link
-from rtcxfer.protocol import auth, texts
+from rtcxfer.protocol import auth, frames, texts
 from rtcxfer.protocol.engine import APPLICATION, Engine
 from rtcxfer.protocol.errors import ArchiveError, PathError, RtcxferError, TransferError, describe
-from rtcxfer.protocol.frames import (
-    PROTOCOL_VERSION,
-    AuthChallenge,
-    AuthFailed,
-    AuthProof,
-    Frame,
-    Hello,
-    JobAccepted,
-    JobCancel,
-    JobComplete,
-    JobFailed,
-    JobLog,
-    JobProgress,
-    JobState,
-    JobStatus,
-    JobSubmit,
-    ProtocolErrorFrame,
-    Welcome,
-    WorkerBusy,
-    quote_for_log,
-)
+from rtcxfer.protocol.frames import PROTOCOL_VERSION, Frame, JobState, quote_for_log
 from rtcxfer.protocol.manifest import Manifest
 from rtcxfer.transport.base import ReceivedFile, Transport
 from rtcxfer.worker.jobs import SUPERVISOR_MARGIN
@@ -59,7 +39,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
 
 #: Frames the worker application handles itself.
-APPLICATION_FRAMES: tuple[type[Frame], ...] = (Hello, AuthProof, JobSubmit, JobCancel, ProtocolErrorFrame)
+APPLICATION_FRAMES: tuple[type[Frame], ...] = (
+    frames.Hello,
+    frames.AuthProof,
+    frames.JobSubmit,
+    frames.JobCancel,
+    frames.ProtocolErrorFrame,
+)
 #: The handler name of frames that arrive before the client authenticated.
 UNAUTHENTICATED = "unauthenticated"
 MIB = 1024 * 1024
@@ -155,7 +141,7 @@ class WorkerSession:
     async def refuse(self, reason: str) -> None:
         logger.warning("{}: refused: {}", self.name, reason)
         try:
-            await self.link.send(AuthFailed(reason))
+            await self.link.send(frames.AuthFailed(reason))
         except RtcxferError as error:
             logger.debug("{}: refusal not sent: {}", self.name, describe(error))
         self.link.close()
@@ -163,17 +149,17 @@ class WorkerSession:
     # --- application frames -----------------------------------------------------------
 
     async def on_frame(self, frame: Frame) -> None:
-        if isinstance(frame, Hello):
+        if isinstance(frame, frames.Hello):
             await self._hello(frame)
-        elif isinstance(frame, AuthProof):
+        elif isinstance(frame, frames.AuthProof):
             await self._proof(frame)
         elif not self.authenticated:
             await self.refuse("authenticate with HELLO first")
-        elif isinstance(frame, JobSubmit):
+        elif isinstance(frame, frames.JobSubmit):
             await self._submit(frame)
-        elif isinstance(frame, JobCancel):
+        elif isinstance(frame, frames.JobCancel):
             await self._cancel(frame.job_id)
-        elif isinstance(frame, ProtocolErrorFrame):
+        elif isinstance(frame, frames.ProtocolErrorFrame):
             logger.warning("{}: client reports a protocol error: {}", self.name, quote_for_log(frame.reason))
 
     def on_closed(self) -> None:
@@ -183,7 +169,7 @@ class WorkerSession:
             logger.warning("{}: client disconnected; stopping job {}", self.name, self.job.job_id)
             self.job.task.cancel()
 
-    async def _hello(self, frame: Hello) -> None:
+    async def _hello(self, frame: frames.Hello) -> None:
         if self.authenticated or self._client_nonce is not None:
             await self.refuse("HELLO was already sent in this session")
             return
@@ -195,14 +181,14 @@ class WorkerSession:
             return
         self._client_nonce, self._client_transports = frame.client_nonce, frame.transports
         self._worker_nonce = auth.new_nonce()
-        await self.link.send(AuthChallenge(self._worker_nonce))
+        await self.link.send(frames.AuthChallenge(self._worker_nonce))
 
     def _transcript(self) -> auth.Transcript:
         assert self._client_nonce is not None and self._worker_nonce is not None
         local, remote = auth.channel_fingerprints(self.link.channel)
         return auth.Transcript(self._client_nonce, self._worker_nonce, remote, local, self._client_transports)
 
-    async def _proof(self, frame: AuthProof) -> None:
+    async def _proof(self, frame: frames.AuthProof) -> None:
         if self.authenticated or self._worker_nonce is None:
             await self.refuse("AUTH_PROOF out of order: send HELLO and answer its AUTH_CHALLENGE")
             return
@@ -216,7 +202,7 @@ class WorkerSession:
             # Only now, to a client that proved the token: the slots are the room's business.
             logger.info("{}: refused, busy: {}", self.name, busy)
             try:
-                await self.link.send(WorkerBusy(busy))
+                await self.link.send(frames.WorkerBusy(busy))
             except RtcxferError as error:
                 logger.debug("{}: busy reply not sent: {}", self.name, describe(error))
             self.link.close()
@@ -230,9 +216,9 @@ class WorkerSession:
         logger.info("{}: authenticated", self.name)
         transports = ",".join(self.worker.offered_transports()) or "none"
         proof = auth.worker_proof(token, transcript, transports) if token is not None else auth.NO_PROOF
-        await self.link.send(Welcome(PROTOCOL_VERSION, transports, proof))
+        await self.link.send(frames.Welcome(PROTOCOL_VERSION, transports, proof))
 
-    async def _submit(self, frame: JobSubmit) -> None:
+    async def _submit(self, frame: frames.JobSubmit) -> None:
         stale = None
         ending = self.job.task if self.job is not None and self.job.cancelled else None
         if ending is not None:
@@ -240,21 +226,24 @@ class WorkerSession:
             # (at most its grace and the supervisor's margin) rather than refuse the new one.
             await asyncio.wait({ending}, timeout=self.worker.kill_grace_seconds + SUPERVISOR_MARGIN + 5)
         if self.worker.job_slots.draining and (self.job is None or self.job.job_id != frame.job_id):
-            await self.link.send(JobFailed(f"Job {frame.job_id}: this worker is draining and accepts no new jobs"))
+            draining = f"Job {frame.job_id}: this worker is draining and accepts no new jobs"
+            await self.link.send(frames.JobFailed(draining))
             return
         if self.job is not None:
             if self.job.task is not None or self.job.job_id != frame.job_id:
-                await self.link.send(ProtocolErrorFrame(f"job {self.job.job_id} is still running in this session"))
+                running = f"job {self.job.job_id} is still running in this session"
+                await self.link.send(frames.ProtocolErrorFrame(running))
                 return
             # The client's retry of a job whose input never arrived (its transport failed
             # before delivering, e.g. an s3 upload was refused): start that job over.
             logger.info("{}: job {} submitted again before its input arrived", self.name, frame.job_id)
             stale, self.job = self.job, None
         if frame.results_via not in self.transports:
-            await self.link.send(JobFailed(f"Job {frame.job_id}: no transport {frame.results_via!r} on this worker"))
+            unknown = f"Job {frame.job_id}: no transport {frame.results_via!r} on this worker"
+            await self.link.send(frames.JobFailed(unknown))
         else:
             self.job = self._new_job(frame.job_id, frame.results_via)
-            await self.link.send(JobAccepted(frame.job_id))
+            await self.link.send(frames.JobAccepted(frame.job_id))
         if stale is not None:
             await self._drop_input(stale)
 
@@ -355,16 +344,16 @@ class NativeJobDialect:
     # --- what the client hears --------------------------------------------------------
 
     async def stage(self, state: str) -> None:
-        await self.session.link.send(JobStatus(self.job.job_id, state))
+        await self.session.link.send(frames.JobStatus(self.job.job_id, state))
 
     def line(self, text: str) -> Frame:
-        return JobLog(self.job.job_id, text)
+        return frames.JobLog(self.job.job_id, text)
 
     def progress(self, done: int, total: int) -> Frame:
-        return JobProgress(self.job.job_id, done, total)
+        return frames.JobProgress(self.job.job_id, done, total)
 
     def dropped(self, count: int) -> Frame:
-        return JobLog(self.job.job_id, f"[rtcxfer] {count} lines of output were dropped")
+        return frames.JobLog(self.job.job_id, f"[rtcxfer] {count} lines of output were dropped")
 
     async def send(self, message: Frame) -> None:
         await self.session.link.send(message)
@@ -390,26 +379,26 @@ class NativeJobDialect:
         kind = outcome.outcome
         if kind is Outcome.COMPLETE:
             assert outcome.results_path is not None
-            frame: Frame = JobComplete(
+            frame: Frame = frames.JobComplete(
                 job_id, outcome.results_path, outcome.file_count, round(outcome.total_bytes / MIB, 2)
             )
         elif kind is Outcome.UNUSABLE_PACKAGE and isinstance(outcome.error, ArchiveError):
             in_place = self._input_transport()
             reply = in_place.unusable_input_reply(self.received) if in_place and self.received else None
-            frame = reply or JobFailed(f"Job {job_id}: {outcome.detail}")
+            frame = reply or frames.JobFailed(f"Job {job_id}: {outcome.detail}")
         elif kind is Outcome.DISK_FULL:
-            frame = JobFailed(texts.DISK_FULL)  # the specification's words exactly
+            frame = frames.JobFailed(texts.DISK_FULL)  # the specification's words exactly
         elif kind is Outcome.CANCELLED:
-            frame = JobFailed(f"Job {job_id} was cancelled")
+            frame = frames.JobFailed(f"Job {job_id} was cancelled")
         elif kind is Outcome.WORKER_STOPPING:
-            await self._send_quietly(JobStatus(job_id, JobState.WORKER_STOPPING))
-            frame = JobFailed(f"Job {job_id} stopped: {texts.WORKER_SHUTTING_DOWN}")
+            await self._send_quietly(frames.JobStatus(job_id, JobState.WORKER_STOPPING))
+            frame = frames.JobFailed(f"Job {job_id} stopped: {texts.WORKER_SHUTTING_DOWN}")
         elif kind in (Outcome.FAILED, Outcome.INTERNAL_ERROR):
-            frame = JobFailed(f"Job {job_id} failed: {outcome.detail}")
+            frame = frames.JobFailed(f"Job {job_id} failed: {outcome.detail}")
         elif kind is Outcome.UNDELIVERED and not isinstance(outcome.error, PathError):
-            frame = JobFailed(f"Job {job_id}: cannot send results via {self.via}: {outcome.detail}")
+            frame = frames.JobFailed(f"Job {job_id}: cannot send results via {self.via}: {outcome.detail}")
         else:
-            frame = JobFailed(f"Job {job_id}: {outcome.detail}")
+            frame = frames.JobFailed(f"Job {job_id}: {outcome.detail}")
         logger.info("{}: {}", self.label, frame.encode())
         self.session.end_job(self.job)
         await self._send_quietly(frame)

@@ -14,7 +14,8 @@ server; after that the WebRTC data channel carries everything. One concern per m
 * :mod:`~rtcxfer.net.signaling.client`: :class:`SignalingClient`, whose ``receive()`` returns
   :data:`RoomEvent` objects.
 
-The names below are re-exported here: ``from rtcxfer.net.signaling import SignalingClient``.
+What most code needs is re-exported here (``from rtcxfer.net.signaling import SignalingClient``);
+the error codes and the other message types are in :mod:`~rtcxfer.net.signaling.messages`.
 """
 
 from rtcxfer.net.signaling.client import (
@@ -23,43 +24,11 @@ from rtcxfer.net.signaling.client import (
     SignalingTimeoutError,
     connect_directly,
 )
-from rtcxfer.net.signaling.messages import (
-    ALREADY_REGISTERED,
-    BAD_MESSAGE,
-    BAD_TOKEN,
-    DEFAULT_MAX_MESSAGE_BYTES,
-    DUPLICATE_PEER,
-    ERROR_CODES,
-    FORBIDDEN,
-    NOT_REGISTERED,
-    RATE_LIMITED,
-    ROLES,
-    ROOM_FULL,
-    SERVER_FULL,
-    UNKNOWN_PEER,
-    PeerJoined,
-    PeerLeft,
-    PeerUpdated,
-    Relay,
-    RoomEvent,
-)
+from rtcxfer.net.signaling.messages import PeerJoined, PeerLeft, PeerUpdated, Relay, RoomEvent
 from rtcxfer.net.signaling.server import DEFAULT_PORT, SignalingServer, run_signaling_server
 
 __all__ = [
-    "ALREADY_REGISTERED",
-    "BAD_MESSAGE",
-    "BAD_TOKEN",
-    "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_PORT",
-    "DUPLICATE_PEER",
-    "ERROR_CODES",
-    "FORBIDDEN",
-    "NOT_REGISTERED",
-    "RATE_LIMITED",
-    "ROLES",
-    "ROOM_FULL",
-    "SERVER_FULL",
-    "UNKNOWN_PEER",
     "PeerJoined",
     "PeerLeft",
     "PeerUpdated",

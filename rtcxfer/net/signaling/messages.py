@@ -266,10 +266,11 @@ class Registered:
 
 
 @attrs.frozen
-class PeerJoined:
-    """Another peer joined the room (with its description, if it is a worker that gave one)."""
+class PeerDescribed:
+    """A peer of the room and its description: what :class:`PeerJoined` and
+    :class:`PeerUpdated` carry."""
 
-    TYPE: ClassVar[str] = "peer-joined"
+    TYPE: ClassVar[str] = ""
     peer_id: str
     role: str
     description: dict[str, Any] | None = None
@@ -279,16 +280,17 @@ class PeerJoined:
 
 
 @attrs.frozen
-class PeerUpdated:
+class PeerJoined(PeerDescribed):
+    """Another peer joined the room (with its description, if it is a worker that gave one)."""
+
+    TYPE: ClassVar[str] = "peer-joined"
+
+
+@attrs.frozen
+class PeerUpdated(PeerDescribed):
     """A worker of the room changed its description."""
 
     TYPE: ClassVar[str] = "peer-updated"
-    peer_id: str
-    role: str
-    description: dict[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"type": self.TYPE, **PeerEntry(self.peer_id, self.role, self.description).to_json()}
 
 
 @attrs.frozen
