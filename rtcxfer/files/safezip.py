@@ -32,6 +32,7 @@ import attrs
 
 from rtcxfer.files.paths import check_relative_text, makedirs_beneath, open_beneath
 from rtcxfer.log import logger
+from rtcxfer.protocol import texts
 from rtcxfer.protocol.errors import (
     ArchiveLimitError,
     CorruptArchiveError,
@@ -281,13 +282,13 @@ class _Writer:
 def _corrupt(info: zipfile.ZipInfo | None, exc: BaseException) -> CorruptArchiveError:
     where = f" (member {_shown(info.orig_filename)})" if info is not None else ""
     logger.info("Corrupt archive{}: {!r}", where, exc)
-    return CorruptArchiveError(f"File corrupted or invalid format{where}")
+    return CorruptArchiveError(f"{texts.CORRUPTED}{where}")
 
 
 def _storage_error(exc: OSError) -> Exception:
     """``StorageFullError`` for a full disk or quota; any other local OS error as it is."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageFullError("Disk space exhausted on shared storage")
+        return StorageFullError(texts.DISK_FULL)
     return exc
 
 

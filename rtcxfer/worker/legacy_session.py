@@ -512,7 +512,7 @@ class LegacyJobDialect:
         job_id = self.settings.job_id
         if kind in (Outcome.CANCELLED, Outcome.WORKER_STOPPING):
             if kind is Outcome.WORKER_STOPPING:
-                await self.session.notice("the worker is shutting down; the job was stopped")
+                await self.session.notice(f"{texts.WORKER_SHUTTING_DOWN}; the job was stopped")
             return
         if kind is Outcome.COMPLETE:
             if shared:

@@ -37,6 +37,7 @@ from rtcxfer.files import paths
 from rtcxfer.files.results import result_files
 from rtcxfer.files.safezip import extract_zip
 from rtcxfer.log import logger
+from rtcxfer.protocol import texts
 from rtcxfer.protocol.errors import (
     ArchiveError,
     JobError,
@@ -331,7 +332,7 @@ def _operator_line(job_id: str, outcome: JobOutcome) -> str:
     if outcome.outcome is Outcome.CANCELLED:
         return f"job {job_id} was cancelled"
     if outcome.outcome is Outcome.WORKER_STOPPING:
-        return f"job {job_id} stopped: the worker is shutting down"
+        return f"job {job_id} stopped: {texts.WORKER_SHUTTING_DOWN}"
     return f"job {job_id} failed: {quote_for_log(outcome.detail or outcome.outcome.value)}"
 
 
