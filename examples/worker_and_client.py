@@ -13,11 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rtcxfer.client.rtc_client import RTCClient
-from rtcxfer.client.sample import build_sample_package
-from rtcxfer.net.signaling import SignalingServer
-from rtcxfer.protocol.auth import signaling_token
-from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
+from rtcxfer import RTCClient, RTCWorkerClient, SignalingServer, build_sample_package, signaling_token
 
 
 async def run(package: Path, results: Path) -> int:
