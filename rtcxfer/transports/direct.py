@@ -120,7 +120,7 @@ from rtcxfer.transports.direct_tls import (
     Connection,
     DirectOffer,
     Listener,
-    _connect_pair,
+    connect_pair,
     parse_record_header,
 )
 
@@ -393,7 +393,7 @@ class DirectTransport(Transport):
             addresses = [address for address in addresses if address in candidates]
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self._connect_timeout
-        attempt = loop.run_in_executor(_CONNECT_THREADS, _connect_pair, addresses, offer, deadline)
+        attempt = loop.run_in_executor(_CONNECT_THREADS, connect_pair, addresses, offer, deadline)
         try:
             return await asyncio.wait_for(asyncio.shield(attempt), self._connect_timeout + 0.25)
         except asyncio.TimeoutError:

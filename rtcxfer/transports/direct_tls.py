@@ -325,7 +325,7 @@ def _connect_one(address: str, port: int, fingerprint: str, token_bytes: bytes, 
     return Connection(tls, f"{address}:{port}")
 
 
-def _connect_pair(addresses: list[str], offer: DirectOffer, deadline: float) -> dict[str, Connection]:
+def connect_pair(addresses: list[str], offer: DirectOffer, deadline: float) -> dict[str, Connection]:
     """Both connections (by whose files they carry) to the first address that works."""
     if not addresses:
         raise ConnectionRefusedError(f"no usable address among those offered ({offer.addresses or 'none'})")
