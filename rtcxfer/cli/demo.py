@@ -15,17 +15,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import click
 
 from rtcxfer.cli.running import run_until_interrupted
-from rtcxfer.client.rtc_client import ClientEvent, JobResult, RTCClient
-from rtcxfer.client.sample import build_sample_package
-from rtcxfer.net.signaling import SignalingServer
-from rtcxfer.protocol.auth import signaling_token
-from rtcxfer.transport.host import PluginHost
-from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
+
+if TYPE_CHECKING:  # pragma: no cover - loaded when the demo runs: `rtcxfer --help` stays quick
+    from rtcxfer.client.rtc_client import ClientEvent, JobResult
 
 
 @attrs.frozen
@@ -42,6 +40,12 @@ async def run_demo(
 ) -> tuple[Path, list[DemoRun]]:
     """Run the sample job once per transport (default: every built-in one, best first);
     returns the demo directory and the runs."""
+    from rtcxfer.client.rtc_client import RTCClient
+    from rtcxfer.client.sample import build_sample_package
+    from rtcxfer.net.signaling import SignalingServer
+    from rtcxfer.protocol.auth import signaling_token
+    from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
+
     if transports is None:
         transports = builtin_transports()
     directory = Path(directory or tempfile.mkdtemp(prefix="rtcxfer-demo-"))
@@ -79,6 +83,8 @@ async def run_demo(
 
 def builtin_transports() -> tuple[str, ...]:
     """The transports rtcxfer itself ships, best first."""
+    from rtcxfer.transport.host import PluginHost
+
     return tuple(info.name for info in PluginHost(autoload=False).transports())
 
 
