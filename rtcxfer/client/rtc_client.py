@@ -536,7 +536,7 @@ class RTCClient:
             if isinstance(report, SessionEnded):
                 reason = report.reason if report.worker_went_away else f"Job {job_id} did not complete: {report.reason}"
                 return self._failed(job_id, input_via, results_via, reason, report.worker_went_away)
-            stopped = self._status_times.get(JobState.WORKER_STOPPING) is not None
+            stopped = JobState.WORKER_STOPPING in self._status_times
             return self._failed(job_id, input_via, results_via, _reason(report), stopped)
         except (TransferError, PathError) as error:
             return f"{describe(error)}"

@@ -290,10 +290,10 @@ async def _steps(
     try:
         await worker.executor(context)
     except JobError as error:
-        worker.tell_operator(f"job {job.job_id} ran {time.monotonic() - started:.1f} s")
         exit_code = error.exit_code if isinstance(error, JobFailedError) else None
         return JobOutcome(Outcome.FAILED, str(error), exit_code=exit_code, error=error)
-    worker.tell_operator(f"job {job.job_id} ran {time.monotonic() - started:.1f} s")
+    finally:
+        worker.tell_operator(f"job {job.job_id} ran {time.monotonic() - started:.1f} s")
     await output.close()
     await dialect.stage(JobState.SENDING_RESULTS)
     files = await asyncio.to_thread(result_files, output_dir)
