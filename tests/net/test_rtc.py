@@ -477,6 +477,39 @@ def test_connection_failure_wakes_the_waiters():
     run(main())
 
 
+# --- 17: a peer leaving while this side closes -------------------------------------------------
+
+
+def test_17_cancelling_a_close_while_aiortc_closes_by_itself_leaves_no_failed_task(caplog):
+    """The client leaves: aiortc starts closing the worker's connection in a task of its own,
+    the worker's close() joins it, and the worker's session task is then cancelled (peer-left).
+    The cancel must not reach aiortc's internal future, or aiortc's task fails with
+    ``InvalidStateError`` and asyncio prints "Task exception was never retrieved"."""
+    import gc
+    import logging
+
+    async def scenario():
+        for _ in range(3):
+            _, _, close = await connect_pair_in_process()
+            await close.offerer.close()  # the client is gone
+            aiortc_peer = close.answerer._pc
+            for _ in range(1000):  # until aiortc's own close task has begun (its private flag)
+                if aiortc_peer._RTCPeerConnection__isClosed:
+                    break
+                await asyncio.sleep(0.001)
+            closing = asyncio.create_task(close.answerer.close())
+            await asyncio.sleep(0)
+            closing.cancel()
+            await asyncio.gather(closing, return_exceptions=True)
+            await asyncio.sleep(0.3)
+            gc.collect()
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        run(scenario())
+        gc.collect()
+    assert not [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
 # --------------------------------------------------------------------------- signaling glue
 
 
