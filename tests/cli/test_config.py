@@ -6,8 +6,6 @@ import pytest
 
 from rtcxfer.cli import config
 
-# --- point 10: configuration file and token file -----------------------------------------
-
 COMMANDS = {
     "submit": [("signal", "signal_url"), ("room", "room"), ("token-file", "token_file")],
     "worker": [("signal", "signal_url"), ("room", "room"), ("peer-id", "peer_id")],

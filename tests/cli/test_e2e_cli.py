@@ -434,7 +434,7 @@ def _zip(path: Path, members: dict[str, str]) -> Path:
     ],
 )
 def test_unusable_package(cluster: Cluster, kind: str, members: dict[str, str], message: str) -> None:
-    """Refused by the client before anything is sent (issue 15): exit 2, with the reason."""
+    """Refused by the client before anything is sent: exit 2, with the reason."""
     path = cluster.root / "packages" / f"{kind}.zip"
     if members:
         _zip(path, members)

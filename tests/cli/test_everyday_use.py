@@ -1,4 +1,6 @@
-"""Issue 15: what a new user trips over, each point through the real ``rtcxfer`` command.
+"""The ``rtcxfer`` command as a user meets it, through the real command: no tracebacks, refusals in
+plain words, progress and logs that say what happens, resume after Ctrl-C, configuration and
+token files, directories as packages, nothing left behind.
 
 A signaling server and a worker run as subprocesses on 127.0.0.1 for the module (the worker at
 the default log level, as a user starts it); tests that stop a worker start their own. Every
@@ -164,7 +166,7 @@ def wait_until(check, what: str, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-# --- point 1: 50 jobs, good and bad, leave no traceback in either terminal -----------------
+# --- fifty jobs, good and bad, leave no traceback in either terminal ------------------------------
 
 
 def corrupt_body(path: Path) -> Path:
@@ -232,7 +234,7 @@ def test_fifty_jobs_good_and_bad_leave_no_traceback_in_either_terminal(lab, tmp_
     print(f"50 submits in {elapsed:.1f} s")
 
 
-# --- point 2: the worker's shutdown is reported as such -----------------------------------
+# --- the worker's shutdown is reported as such ----------------------------------------------------
 
 
 def test_worker_stopped_during_a_job_is_reported_as_a_shutdown_not_a_cancel(lab, tmp_path):
@@ -260,7 +262,7 @@ def test_worker_stopped_during_a_job_is_reported_as_a_shutdown_not_a_cancel(lab,
     assert_clean(text + log)
 
 
-# --- point 3: submit says at once what it waits for ----------------------------------------
+# --- submit says at once what it waits for --------------------------------------------------------
 
 
 def test_submit_says_at_once_which_room_it_waits_on_and_why_it_gave_up(lab, tmp_path):
@@ -274,7 +276,7 @@ def test_submit_says_at_once_which_room_it_waits_on_and_why_it_gave_up(lab, tmp_
     assert "\r" not in run.stderr  # not a terminal: no spinner frames
 
 
-# --- point 4: a re-run resumes the upload ---------------------------------------------------
+# --- a re-run resumes the upload ------------------------------------------------------------------
 
 
 def big_package(path: Path, megabytes: int) -> Path:
@@ -340,7 +342,7 @@ def test_a_rerun_after_ctrl_c_resumes_the_upload_and_leaves_no_session_directory
     assert not kept.exists(), "the adopted partial is gone, and its directory with it"
 
 
-# --- point 5: progress in both directions, plain when not a terminal -----------------------
+# --- progress in both directions, plain when not a terminal ---------------------------------------
 
 
 def test_progress_is_plain_records_every_transfer_both_ways_in_binary_units(lab, tmp_path):
@@ -356,7 +358,7 @@ def test_progress_is_plain_records_every_transfer_both_ways_in_binary_units(lab,
     assert_clean(run.stderr)
 
 
-# --- point 6: the worker says what it does with each job -----------------------------------
+# --- the worker says what it does with each job ---------------------------------------------------
 
 
 def test_the_worker_logs_each_job_at_the_default_level(lab, tmp_path):
@@ -383,7 +385,7 @@ def test_the_worker_logs_each_job_at_the_default_level(lab, tmp_path):
         assert re.search(line, log), f"{line!r} not in:\n{log[-3000:]}"
 
 
-# --- point 7: a bad package is refused before anything is sent ------------------------------
+# --- a bad package is refused before anything is sent ---------------------------------------------
 
 
 def test_a_bad_package_is_refused_at_once_with_exit_2_and_the_reason(tmp_path):
@@ -403,7 +405,7 @@ def test_a_bad_package_is_refused_at_once_with_exit_2_and_the_reason(tmp_path):
         assert reason in run.stderr and "waiting for a worker" not in run.stderr, f"{kind}: {run.stderr}"
 
 
-# --- point 8: every refusal says why and what to do ----------------------------------------
+# --- every refusal says why and what to do --------------------------------------------------------
 
 
 def test_refusals_say_why_and_what_to_do(lab, tmp_path):
@@ -449,7 +451,7 @@ def test_refusals_say_why_and_what_to_do(lab, tmp_path):
     assert doctor.returncode != 0 and "not a directory" in doctor.stdout, describe(doctor)
 
 
-# --- point 9: the README's Python and the example run as written ----------------------------
+# --- the README's Python and the example run as written -------------------------------------------
 
 
 def test_the_readme_python_snippet_and_the_example_run_as_written(tmp_path):
@@ -476,14 +478,14 @@ def test_the_readme_python_snippet_and_the_example_run_as_written(tmp_path):
     assert not list(tmp_path.glob("rtcxfer-worker-*")), "the worker's temporary directory is removed"
 
 
-# --- point 10: no empty directories left; the token from a file or a configuration -----------
+# --- no empty directories left; the token from a file or a configuration --------------------------
 
 
 def test_no_empty_directories_are_left_on_shared_storage_or_in_tmp(lab, tmp_path):
     package = build_sample_package(tmp_path / "pkg.zip")  # outside the shared root: staged there
     run = rtcxfer(lab, "submit", str(package), "--quiet", "--shared-root", str(lab.shared), cwd=tmp_path)
     assert run.returncode == EXIT_OK and "via shared-fs" in run.stdout, describe(run)
-    # Only the storage's identity marker stays (issue 14: the worker's shared-root fingerprint).
+    # Only the storage's identity marker stays (the worker's shared-root fingerprint).
     left = sorted(p.relative_to(lab.shared).as_posix() for p in lab.shared.rglob("*"))
     assert left in ([], [".rtcxfer", ".rtcxfer/storage-id"]), "no probes, rtcxfer-results or rtcxfer-staging"
     wait_until(lambda: not list(lab.work.glob("session-*")), "session directory removal")
@@ -552,7 +554,7 @@ def test_the_token_from_a_file_and_settings_from_rtcxfer_toml_with_flags_over_en
         by_file.stop()
 
 
-# --- point 11: a directory is sent as a package ----------------------------------------------
+# --- a directory is sent as a package -------------------------------------------------------------
 
 
 def test_submit_a_directory_packs_it_and_brings_results_back(lab, tmp_path):
@@ -643,7 +645,7 @@ def test_an_interrupted_submit_of_a_directory_resumes_over_direct_on_the_next_ru
     print(f"interrupted at {partial_size} of {packed.st_size} bytes; the re-run sent {sent.group(1)} MiB")
 
 
-# --- points 3 and 5 on a terminal: a spinner while waiting, bars that reach 100 % ------------
+# --- on a terminal: a spinner while waiting, bars that reach 100 % --------------------------------
 
 
 def run_on_a_terminal(args: list[str], cwd: Path) -> tuple[int, str]:

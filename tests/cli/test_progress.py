@@ -8,8 +8,6 @@ import io
 from rtcxfer.cli.progress import ProgressDisplay, format_size, transfer_record
 from rtcxfer.client.rtc_client import ClientEvent
 
-# --- point 5: progress ---------------------------------------------------------------------
-
 
 def transfer(name: str, done: int, total: int, direction: str = "up", transport: str = "rtc-chunked") -> ClientEvent:
     data = {"name": name, "done": done, "total": total, "transport": transport, "direction": direction}

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from rtcxfer.client.packing import PackageError, check_package, pack_directory
 from rtcxfer.client.sample import build_sample_package
 
-# --- point 7: the package is checked on the client --------------------------------------
+# --- the package is checked on the client ---------------------------------------------------------
 
 
 def bad_packages(directory: Path) -> dict[str, tuple[Path, str]]:
@@ -72,7 +72,7 @@ def test_check_package_never_raises_anything_but_package_error(data):
         path.unlink(missing_ok=True)
 
 
-# --- point 11: a directory becomes a package --------------------------------------------
+# --- a directory becomes a package ----------------------------------------------------------------
 
 
 def make_job_directory(directory: Path) -> Path:

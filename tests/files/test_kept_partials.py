@@ -8,8 +8,6 @@ import time
 from rtcxfer.files import kept_partials as resume
 from rtcxfer.files.receiving import part_name
 
-# --- point 4: kept partials -----------------------------------------------------------------
-
 
 def test_partials_are_kept_for_a_resume_and_pruned_by_age_and_size(tmp_path):
     incoming = tmp_path / "job" / "incoming"

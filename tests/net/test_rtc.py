@@ -477,10 +477,7 @@ def test_connection_failure_wakes_the_waiters():
     run(main())
 
 
-# --- 17: a peer leaving while this side closes -------------------------------------------------
-
-
-def test_17_cancelling_a_close_while_aiortc_closes_by_itself_leaves_no_failed_task(caplog):
+def test_cancelling_a_close_while_aiortc_closes_by_itself_leaves_no_failed_task(caplog):
     """The client leaves: aiortc starts closing the worker's connection in a task of its own,
     the worker's close() joins it, and the worker's session task is then cancelled (peer-left).
     The cancel must not reach aiortc's internal future, or aiortc's task fails with

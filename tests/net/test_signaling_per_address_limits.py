@@ -25,7 +25,7 @@ LINUX_LOOPBACK_NET = pytest.mark.skipif(
 
 
 @LINUX_LOOPBACK_NET
-def test_6_one_address_cannot_hold_the_servers_unregistered_sockets():
+def test_one_address_cannot_hold_the_servers_unregistered_sockets():
     async def scenario():
         async with SignalingServer(LOOPBACK, 0, max_connections=20, max_unregistered_per_address=4) as server:
             refused, held = await hold_sockets(server.url, OTHER_HOST, 12)
@@ -40,7 +40,7 @@ def test_6_one_address_cannot_hold_the_servers_unregistered_sockets():
 
 
 @LINUX_LOOPBACK_NET
-def test_8_squatters_are_capped_per_address_and_timed_out_when_idle():
+def test_squatters_are_capped_per_address_and_timed_out_when_idle():
     async def scenario():
         async with SignalingServer(
             LOOPBACK, 0, max_peers_per_room=16, max_peers_per_address_in_room=4, idle_timeout=1.0

@@ -124,7 +124,7 @@ def test_part_name_stays_within_the_file_name_limit():
     assert DEFAULT_CHUNK_SIZE + 27 == 65536
 
 
-# --- the issue's "done when" cases ----------------------------------------------------------
+# --- whole files both ways, resumed, and corrupted ------------------------------------------------
 
 
 def test_64_mib_each_way_verified_by_sha256(tmp_path):
@@ -487,7 +487,7 @@ def test_cancelled_send_closes_the_transfer_on_both_sides_and_a_retry_works(tmp_
             with pytest.raises(asyncio.CancelledError):
                 await sending
             # The receiver hears FILE_ERROR, closes the transfer and keeps its partial: a sender
-            # stopped by its user (Ctrl-C) comes back with the same file (issue 15).
+            # stopped by its user (Ctrl-C) comes back with the same file.
             for _ in range(200):
                 if not r.peers.worker.engine.open_transfers:
                     break

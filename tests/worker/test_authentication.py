@@ -35,11 +35,11 @@ def logs():
     logger.remove(handler)
 
 
-# --- 2: a relay between client and worker cannot splice the two sessions --------------------
+# --- impostors: a relay in the middle, a worker that cannot prove the token, weak tokens ----------
 
 
-def test_2_a_relay_in_the_middle_cannot_authenticate_either_way(tmp_path, logs):
-    """The impostor of the issue, one step further: it holds a channel to the real worker and
+def test_a_relay_in_the_middle_cannot_authenticate_either_way(tmp_path, logs):
+    """An impostor one step further than claiming to be the worker: it holds a channel to the real worker and
     one to the real client and copies every message between them (it never needs the token).
     Both proofs are bound to the DTLS fingerprints each side saw, so the worker refuses the
     forwarded proof and the client learns nothing it could use."""
@@ -77,7 +77,7 @@ def test_2_a_relay_in_the_middle_cannot_authenticate_either_way(tmp_path, logs):
     assert any("refused: invalid token" in message for _, message in logs)
 
 
-def test_2_the_client_refuses_a_worker_that_cannot_prove_the_token(tmp_path):
+def test_the_client_refuses_a_worker_that_cannot_prove_the_token(tmp_path):
     """An impostor worker (any peer that answers the client) gets a proof it cannot use and
     no token; it cannot make a WELCOME the client accepts, so the client sends no job."""
 
@@ -115,7 +115,7 @@ def test_2_the_client_refuses_a_worker_that_cannot_prove_the_token(tmp_path):
         (secrets.token_urlsafe(16), False),  # what `rtcxfer demo` makes
     ],
 )
-def test_2_a_worker_warns_about_a_token_that_can_be_guessed_offline(tmp_path, logs, token, weak):
+def test_a_worker_warns_about_a_token_that_can_be_guessed_offline(tmp_path, logs, token, weak):
     RTCWorkerClient(token=token, work_dir=tmp_path / "w")
     warnings = [message for level, message in logs if level == "WARNING" and message.startswith("weak token")]
     assert bool(warnings) is weak, warnings
@@ -123,10 +123,10 @@ def test_2_a_worker_warns_about_a_token_that_can_be_guessed_offline(tmp_path, lo
         assert "offline" in warnings[0] and "token_urlsafe(32)" in warnings[0] and token not in warnings[0]
 
 
-# --- 3: a worker without a token --------------------------------------------------------------
+# --- a worker without a token ---------------------------------------------------------------------
 
 
-def test_3_worker_without_token_needs_an_explicit_insecure_choice_and_clients_with_one_refuse_it(tmp_path):
+def test_worker_without_token_needs_an_explicit_insecure_choice_and_clients_with_one_refuse_it(tmp_path):
     with pytest.raises(ValueError, match="needs a token"):
         RTCWorkerClient(work_dir=tmp_path / "w0")
     insecure = RTCWorkerClient(insecure_no_token=True, work_dir=tmp_path / "w1")
@@ -146,6 +146,9 @@ def test_3_worker_without_token_needs_an_explicit_insecure_choice_and_clients_wi
     with pytest.raises(AuthenticationError, match="without a token"):
         run(attach(TOKEN))
     assert "rtc-chunked" in run(attach(None))  # served: the session negotiated its transports
+
+
+# --- what a peer without the token can send first -------------------------------------------------
 
 
 def test_an_old_client_hears_which_protocol_version_the_worker_speaks(tmp_path):

@@ -1,8 +1,10 @@
-"""Issue 11, in process: each attack as the issue describes it (scaled down), refused or survived.
+"""Hostile peers against a worker, in process: each attack (scaled down) refused or survived, and
+the worker's disk, directories and logs kept safe from what a peer sends.
 
 Real parts throughout: aiortc peers on loopback, the real signaling server on 127.0.0.1, the real
-worker and client, real files (a size-limited tmpfs where a full disk is the point). The
-attacks that are about real processes live in ``test_worker_process_security.py``.
+worker and client, real files (a size-limited tmpfs where a full disk is the point). Attacks on
+authentication are in ``test_authentication.py``; those that are about real processes in
+``test_worker_process_security.py``.
 """
 
 from __future__ import annotations
@@ -83,11 +85,11 @@ async def run_sample_job(url: str, room: str, tmp_path: Path, tag: str, **connec
     assert b"sha256=" + hashlib.sha256(data).hexdigest().encode() in (result.results_dir / "summary.txt").read_bytes()
 
 
-# --- 1: the signaling loop survives every error the server sends ---------------------------
+# --- the worker's signaling loop survives every error the server sends ----------------------------
 
 
-def test_1_worker_survives_rate_limits_unknown_peers_and_being_kicked(tmp_path, logs):
-    """The issue's attack, with a server strict enough that the worker's own answers trip its
+def test_worker_survives_rate_limits_unknown_peers_and_being_kicked(tmp_path, logs):
+    """Offers flooded at the worker, with a server strict enough that the worker's own answers trip its
     rate limit and then its persistent-flooding rule: the worker is told ``rate-limited`` and
     ``unknown-peer`` (a peer that offered and left), and finally has its socket closed; it keeps
     serving and registers again."""
@@ -130,10 +132,10 @@ def test_1_worker_survives_rate_limits_unknown_peers_and_being_kicked(tmp_path, 
     assert any("registering again" in m for m in messages), messages
 
 
-# --- 5 and 11: results never written or removed outside the shared root --------------------
+# --- results never written or removed outside the shared root -------------------------------------
 
 
-def test_5_disk_full_cleanup_does_not_follow_an_output_directory_swapped_for_a_symlink(tmp_path, monkeypatch):
+def test_disk_full_cleanup_does_not_follow_an_output_directory_swapped_for_a_symlink(tmp_path, monkeypatch):
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "a.bin").write_bytes(b"not the worker's to delete")
@@ -169,7 +171,7 @@ def test_5_disk_full_cleanup_does_not_follow_an_output_directory_swapped_for_a_s
         assert list((small / "jobs" / "out-moved").iterdir()) == []  # the real partial results went
 
 
-def test_11_results_are_not_written_through_a_hard_link_planted_in_the_output_directory(tmp_path):
+def test_results_are_not_written_through_a_hard_link_planted_in_the_output_directory(tmp_path):
     shared = tmp_path / "shared"
     (shared / "jobs" / "out").mkdir(parents=True)
     victim = tmp_path / "outside" / "victim.txt"
@@ -191,12 +193,12 @@ def test_11_results_are_not_written_through_a_hard_link_planted_in_the_output_di
     assert written.stat().st_ino != victim.stat().st_ino and victim.stat().st_nlink == 1
 
 
-# --- 7 and 9: session directories never leak ----------------------------------------------
+# --- session and work directories never leak ------------------------------------------------------
 
 
-def test_7_session_directories_are_removed_when_clients_vanish_mid_upload(tmp_path, logs):
+def test_session_directories_are_removed_when_clients_vanish_mid_upload(tmp_path, logs):
     """Clients that close their peer connection and their signaling connection together while
-    uploading (the issue's 30, scaled to 6): every session directory goes; a partial upload is
+    uploading (six of them): every session directory goes; a partial upload is
     kept only in the worker's bounded partial-uploads directory."""
     big = build_sample_package(tmp_path / "big.zip", data=os.urandom(24 * 1024 * 1024))
     work = tmp_path / "work"
@@ -232,7 +234,7 @@ def test_7_session_directories_are_removed_when_clients_vanish_mid_upload(tmp_pa
             return left
 
     left = run(scenario())
-    # Partial uploads are kept, bounded, for the clients' re-runs to resume (issue 15); no
+    # Partial uploads are kept, bounded, for the clients' re-runs to resume; no
     # session directory remains.
     assert [name for name in left if name != resume.DIRECTORY_NAME] == []
     kept = list((tmp_path / "work" / resume.DIRECTORY_NAME).glob("*"))
@@ -241,14 +243,14 @@ def test_7_session_directories_are_removed_when_clients_vanish_mid_upload(tmp_pa
     assert len(mid_upload) >= 3, "the clients should have vanished while uploading"
 
 
-def test_7_a_temporary_work_directory_is_removed_with_the_worker(tmp_path):
+def test_a_temporary_work_directory_is_removed_with_the_worker(tmp_path):
     worker = RTCWorkerClient(token=TOKEN)
     assert worker.work_dir.is_dir()
     worker.close()
     assert not worker.work_dir.exists()
 
 
-def test_9_two_thousand_nested_directories_in_a_file_name_are_cleaned_up(tmp_path):
+def test_two_thousand_nested_directories_in_a_file_name_are_cleaned_up(tmp_path):
     worker = make_worker(None, tmp_path / "work")
     name = "d/" * 2000 + "f"
     tid = "ab" * 16
@@ -267,11 +269,12 @@ def test_9_two_thousand_nested_directories_in_a_file_name_are_cleaned_up(tmp_pat
     assert list((tmp_path / "work").iterdir()) == []
 
 
-# --- 10: disk space promised to announced transfers ------------------------------------------
+# --- disk space promised to announced transfers ---------------------------------------------------
 
 
-def test_10_announced_sizes_are_reserved_against_free_space(tmp_path):
-    """The issue's 48 transfers of 63 MiB on 64 MiB free, scaled to 8 of 300 KiB on 1 MiB."""
+def test_announced_sizes_are_reserved_against_free_space(tmp_path):
+    """Many transfers that each fit the free space but together do not (48 of 63 MiB on 64 MiB free,
+    scaled to 8 of 300 KiB on 1 MiB): only as many as fit are accepted."""
     size = 300 * 1024
     with small_tmpfs(tmp_path / "work", "1m") as work:
         worker = make_worker(None, work)
@@ -292,7 +295,7 @@ def test_10_announced_sizes_are_reserved_against_free_space(tmp_path):
     assert len(accepted) + len(refused) == 8
 
 
-def test_10_an_idle_partial_transfer_is_abandoned_and_its_space_freed(tmp_path):
+def test_an_idle_partial_transfer_is_abandoned_and_its_space_freed(tmp_path):
     worker = make_worker(None, tmp_path / "work", transport_options={"rtc-chunked": {"idle_timeout": 0.5}})
     tid = "cd" * 16
 
@@ -309,10 +312,10 @@ def test_10_an_idle_partial_transfer_is_abandoned_and_its_space_freed(tmp_path):
     assert parts == []
 
 
-# --- 14: a manifest nested too deeply ------------------------------------------------------
+# --- a manifest nested too deeply -----------------------------------------------------------------
 
 
-def test_14_deeply_nested_manifest_fails_the_job_and_the_client_hears_it(tmp_path):
+def test_deeply_nested_manifest_fails_the_job_and_the_client_hears_it(tmp_path):
     shared = tmp_path / "shared"
     (shared / "jobs").mkdir(parents=True)
     import zipfile
@@ -334,10 +337,10 @@ def test_14_deeply_nested_manifest_fails_the_job_and_the_client_hears_it(tmp_pat
     assert accepted == "JOB_ACCEPTED::next"
 
 
-# --- 15: deadline and bad-message caps before authentication -------------------------------
+# --- deadline and bad-message caps ----------------------------------------------------------------
 
 
-def test_15_an_unauthenticated_session_is_closed_at_its_deadline(tmp_path):
+def test_an_unauthenticated_session_is_closed_at_its_deadline(tmp_path):
     worker = make_worker(None, tmp_path / "work", limits=WorkerLimits(auth_timeout=0.5))
 
     async def scenario():
@@ -357,7 +360,7 @@ async def wait_closed(peer: WorkerPeer, timeout: float = 10) -> bool:
 
 
 @pytest.mark.parametrize("authenticated, budget", [(False, 2), (True, 100)])
-def test_15_garbage_gets_a_few_replies_and_log_lines_then_the_session_is_closed(tmp_path, logs, authenticated, budget):
+def test_garbage_gets_a_few_replies_and_log_lines_then_the_session_is_closed(tmp_path, logs, authenticated, budget):
     worker = make_worker(None, tmp_path / "work")
 
     async def scenario():
@@ -377,10 +380,10 @@ def test_15_garbage_gets_a_few_replies_and_log_lines_then_the_session_is_closed(
     assert len(garbage_lines) <= 6
 
 
-# --- 16: peer text in log lines ----------------------------------------------------------------
+# --- peer text in log lines -----------------------------------------------------------------------
 
 
-def test_16_peer_text_cannot_forge_log_lines_or_send_terminal_escapes(tmp_path, logs):
+def test_peer_text_cannot_forge_log_lines_or_send_terminal_escapes(tmp_path, logs):
     forged = "oops\n2026-11-30 05:00:00 | ERROR | rtcxfer.worker: forged line\x1b[31m red\x1b[0m\u2028"
     worker = make_worker(None, tmp_path / "work")
     tid = "ef" * 16
@@ -403,7 +406,7 @@ def test_16_peer_text_cannot_forge_log_lines_or_send_terminal_escapes(tmp_path, 
         assert "\\x0a" in message and "\\x1b" in message
 
 
-# --- JOB_CANCEL of a job whose input never arrived --------------------------------------------
+# --- JOB_CANCEL of a job whose input never arrived ------------------------------------------------
 
 
 def test_job_cancel_clears_an_accepted_job_without_input(tmp_path):

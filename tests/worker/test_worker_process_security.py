@@ -1,5 +1,6 @@
-"""Issue 11 through real processes: a real ``rtcxfer signal`` (run without a token, as in the
-issue) and a real ``rtcxfer worker``, attacked by peers in this test process.
+"""A worker as a real process under attack: a real ``rtcxfer signal`` (run without a token, so that
+the worker's own token carries the weight) and a real ``rtcxfer worker``, attacked by peers in
+this test process; what its jobs inherit and what outlives them.
 
 Every process is stopped by its own pid; everything listens on 127.0.0.1 only. Timeouts are
 hang guards, never assertions about speed.
@@ -70,7 +71,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("hardening")
     services: list[CliProcess] = []
     try:
-        # No --token: rooms are open, as in the issue; the worker's own token must carry the weight.
+        # No --token: rooms are open; the worker's own token must carry the weight.
         signaling = CliProcess(
             "signal", ["signal", "--port", "0", "--max-room-peers-per-address", "16"], root, env=environment()
         )
@@ -140,13 +141,13 @@ async def flood_offers(url: str, peers: int, offers_each: int, room: str = ROOM,
         await offerer.close()
 
 
-# --- 1 and 4 ----------------------------------------------------------------------------------
+# --- offers flooded at a running worker -----------------------------------------------------------
 
 
-def test_1_4_flooded_offers_neither_stop_the_worker_nor_exhaust_its_descriptors(cluster):
-    """Two peers without the worker's token relay a couple of hundred copies of a valid offer
-    (the issue's attack on point 1), then ten more (point 4, scaled down); one offers and
-    leaves at once (unknown-peer). The worker never exits, creates at most its few startup
+def test_flooded_offers_neither_stop_the_worker_nor_exhaust_its_descriptors(cluster):
+    """Two peers without the worker's token relay a couple of hundred copies of a valid offer,
+    then ten more peers five each (many attackers, scaled down); one offers and leaves at once
+    (unknown-peer). The worker never exits, creates at most its few startup
     sessions (its open descriptors stay bounded far below one per offer), and serves a real
     client afterwards."""
     pid = cluster.worker.process.pid
@@ -183,7 +184,7 @@ def test_1_4_flooded_offers_neither_stop_the_worker_nor_exhaust_its_descriptors(
     assert cluster.worker.process.poll() is None
 
 
-# --- 2: an impostor worker --------------------------------------------------------------------
+# --- an impostor worker ---------------------------------------------------------------------------
 
 
 async def impostor(url: str, room: str, seen: list[str], stop: asyncio.Event) -> None:
@@ -211,7 +212,7 @@ async def impostor(url: str, room: str, seen: list[str], stop: asyncio.Event) ->
             await peer.close()
 
 
-def test_2_an_impostor_worker_gets_no_token_and_no_job_and_the_real_worker_waits_it_out(cluster):
+def test_an_impostor_worker_gets_no_token_and_no_job_and_the_real_worker_waits_it_out(cluster):
     room = "impostor"
     package = build_sample_package(cluster.root / "impostor.zip", data=b"secret data\n")
     seen: list[str] = []
@@ -249,10 +250,10 @@ def sample_job_in(cluster: Cluster, room: str) -> None:
     run(job(cluster, build_sample_package(cluster.root / f"{room}-ok.zip", data=data), room))
 
 
-# --- 3 and 7: starting and stopping a worker ----------------------------------------------
+# --- starting and stopping a worker ---------------------------------------------------------------
 
 
-def test_3_worker_refuses_to_start_without_a_token_and_warns_loudly_when_told_to(cluster):
+def test_worker_refuses_to_start_without_a_token_and_warns_loudly_when_told_to(cluster):
     refused = subprocess.run(
         [sys.executable, "-m", "rtcxfer.cli", "worker", "--signal", cluster.url, "--room", "no-token"],
         capture_output=True, text=True, env=environment(), timeout=GUARD, cwd=cluster.root,
@@ -265,7 +266,7 @@ def test_3_worker_refuses_to_start_without_a_token_and_warns_loudly_when_told_to
     insecure.stop()
 
 
-def test_7_a_workers_temporary_directory_goes_with_it(cluster):
+def test_a_workers_temporary_directory_goes_with_it(cluster):
     worker = cluster.start_worker("worker-tempdir", "tempdir", env=environment(RTCXFER_TOKEN=TOKEN))
     worker.wait_for(WORKER_READY)
     work_dir = Path(re.search(r"work directory (\S+)", worker.text()).group(1))
@@ -275,10 +276,10 @@ def test_7_a_workers_temporary_directory_goes_with_it(cluster):
     assert not work_dir.exists()
 
 
-# --- 12 and 13: what a job inherits and what outlives it ---------------------------------
+# --- what a job inherits and what outlives it -----------------------------------------------------
 
 
-def test_12_jobs_do_not_see_the_workers_secrets(cluster):
+def test_jobs_do_not_see_the_workers_secrets(cluster):
     program = (
         "import os, pathlib\n"
         "out = pathlib.Path(os.environ['RTCXFER_OUTPUT_DIR'])\n"
@@ -291,7 +292,7 @@ def test_12_jobs_do_not_see_the_workers_secrets(cluster):
     assert re.search(r"^PATH=", seen, re.MULTILINE) and "RTCXFER_OUTPUT_DIR=" in seen
 
 
-def test_13_a_grandchild_that_calls_setsid_does_not_outlive_its_job(cluster):
+def test_a_grandchild_that_calls_setsid_does_not_outlive_its_job(cluster):
     program = (
         "import os, pathlib, sys, time\n"
         "out = pathlib.Path(os.environ['RTCXFER_OUTPUT_DIR'])\n"
@@ -337,7 +338,7 @@ ESCAPING_PROGRAM = (
 
 
 @pytest.mark.parametrize("mode", ["cgroup-if-writable", "--no-cgroup"])
-def test_13_the_job_supervisor_tracks_setsid_escapees_by_cgroup_or_as_subreaper(tmp_path, mode):
+def test_the_job_supervisor_tracks_setsid_escapees_by_cgroup_or_as_subreaper(tmp_path, mode):
     from rtcxfer.worker import jobrunner
 
     program = tmp_path / "escape.py"
@@ -357,11 +358,11 @@ def test_13_the_job_supervisor_tracks_setsid_escapees_by_cgroup_or_as_subreaper(
     assert not alive(escapee), f"pid {escapee} outlived its job ({mode})"
 
 
-# --- 6: one address against the real server ------------------------------------------------
+# --- one address against the real server ----------------------------------------------------------
 
 
-def test_6_one_address_cannot_take_the_real_servers_sockets_from_the_others(cluster):
-    """The issue's client that holds the server's unregistered sockets, from 127.0.0.2 (another
+def test_one_address_cannot_take_the_real_servers_sockets_from_the_others(cluster):
+    """A client that holds the server's unregistered sockets, from 127.0.0.2 (another
     loopback address: "another host"): beyond its share (8 of --max-per-address 64) it is
     refused at once, while a peer from 127.0.0.1 still registers."""
     async def scenario():
@@ -376,10 +377,10 @@ def test_6_one_address_cannot_take_the_real_servers_sockets_from_the_others(clus
     assert refused == 12 and registered
 
 
-# --- 2, continued: the token does not go to the signaling server either ---------------------
+# --- the token does not go to the signaling server either -----------------------------------------
 
 
-def test_2_the_rtcxfer_command_never_sends_the_token_to_the_signaling_server(tmp_path, monkeypatch):
+def test_the_rtcxfer_command_never_sends_the_token_to_the_signaling_server(tmp_path, monkeypatch):
     """``rtcxfer worker --token T`` and ``rtcxfer signal --token T``: the server admits the
     worker, and what it received was an HMAC of T, never T (a server or a network observer
     learns nothing that authenticates to the worker)."""
@@ -418,7 +419,7 @@ def test_2_the_rtcxfer_command_never_sends_the_token_to_the_signaling_server(tmp
     assert any(auth.signaling_token(TOKEN) in message for message in received)
 
 
-def test_12_a_job_of_the_same_user_cannot_read_the_workers_environment(tmp_path):
+def test_a_job_of_the_same_user_cannot_read_the_workers_environment(tmp_path):
     """Beyond the allow-list: a job could read the token from /proc/<worker>/environ, since it
     runs as the same user. ``rtcxfer worker`` makes itself non-dumpable, which only root can
     look past. Here a process playing the worker drops to ``nobody`` (as a worker run as a
