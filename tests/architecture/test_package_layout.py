@@ -8,14 +8,12 @@ import shutil
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import grimp
 import pytest
 
 from rtcxfer import moved
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.cli import REPO
 
 
 def strongly_connected(graph: grimp.ImportGraph) -> list[set[str]]:

@@ -9,7 +9,6 @@ Timeouts here are hang guards, never assertions about speed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -27,24 +26,17 @@ import attrs
 import pytest
 
 from rtcxfer.client.sample import build_sample_package, sample_text
-from rtcxfer.testing.processes import (
-    DEATH_GUARD,
-    SIGNALING_READY,
-    WORKER_READY,
-    CliProcess,
-    cli_environment,
-    start_signaling,
-)
+from rtcxfer.testing.cluster import Cluster, start_cluster
+from rtcxfer.testing.job_files import expected_sample_results, files_under, job_package, results_dir_of
+from rtcxfer.testing.processes import COMMAND_GUARD, DEATH_GUARD, SIGNALING_READY, CliProcess, describe
+from tests.support.cli import environment
 
-REPO = Path(__file__).resolve().parents[2]
-CLI = (sys.executable, "-m", "rtcxfer.cli")
 TOKEN = f"e2e-{secrets.token_hex(8)}"
 MAIN_ROOM = "e2e-main"
 
-#: Hang guard (seconds), generous for a loaded 2-core machine.
-SUBMIT_GUARD = 120.0
-
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_CONNECTION, EXIT_CANCELLED = 0, 1, 2, 3, 130
+#: The jobs' own timeout: a hang guard for jobs meant to end by themselves or be stopped.
+JOB_GUARD = 120
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and process groups")
 
@@ -52,120 +44,54 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals a
 # --- processes ------------------------------------------------------------------------
 
 
-def _environment(log_level: str = "WARNING") -> dict[str, str]:
-    # A developer's own rtcxfer settings or shared mount must not leak into these runs.
-    return cli_environment(log_level, import_path=REPO)
-
-
-@attrs.define
-class Cluster:
-    """The module's signaling server and main worker, and a way to start more workers."""
-
-    root: Path
-    shared: Path
-    url: str
-    worker: CliProcess | None
-    services: list[CliProcess]
-    #: Workers also serve sleap-rtc's legacy protocol (an rtcxfer client must see no difference).
-    legacy: bool = False
-
-    def start_worker(self, room: str, shared_root: Path | None = None, name: str | None = None) -> CliProcess:
-        work_dir = self.root / f"work-{room}"
-        args = ["worker", "--signal", self.url, "--room", room, "--token", TOKEN, "--work-dir", str(work_dir)]
-        args += ["--shared-root", str(shared_root or self.shared)]
-        if self.legacy:
-            args.append("--legacy")
-        service = CliProcess(name or f"worker-{room}", args, self.root, env=_environment("INFO"))
-        self.services.append(service)
-        service.wait_for(WORKER_READY)
-        return service
-
-
 @pytest.fixture(scope="module", params=[False, True], ids=["rtcxfer-only", "legacy-on"])
 def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """The module's signaling server and main worker, with shared storage; with ``legacy-on`` the
+    workers also serve sleap-rtc's legacy protocol (an rtcxfer client must see no difference)."""
     root = tmp_path_factory.mktemp("e2e")
     shared = root / "shared"
     shared.mkdir()
-    services: list[CliProcess] = []
-    try:
-        signaling, url = start_signaling(root, token=TOKEN, env=_environment("INFO"))
-        services.append(signaling)
-        cluster = Cluster(root, shared, url, None, services, legacy=request.param)
-        cluster.worker = cluster.start_worker(MAIN_ROOM, name="worker-main")
+    options = ["--shared-root", str(shared), *(["--legacy"] if request.param else [])]
+    with start_cluster(
+        root, token=TOKEN, env=environment(), service_env=environment("INFO"), worker_options=options, shared=shared
+    ) as cluster:
+        cluster.worker = start_worker(cluster, MAIN_ROOM, name="worker-main")
         yield cluster
-    finally:
-        # Workers first, so none of them sees the signaling server vanish mid-job.
-        for service in reversed(services):
-            service.stop()
+
+
+def start_worker(cluster: Cluster, room: str, name: str | None = None) -> CliProcess:
+    return cluster.start_worker(room, name=name, work_dir=cluster.root / f"work-{room}")
 
 
 # --- submitting -----------------------------------------------------------------------
 
 
-def submit_args(
+def submit_options(
     cluster: Cluster,
-    package: Path,
     results: Path,
     *,
-    room: str = MAIN_ROOM,
-    token: str = TOKEN,
     shared_root: Path | None = None,
     transport: str | None = None,
     quiet: bool = True,
 ) -> list[str]:
-    args = [*CLI, "submit", str(package), "--signal", cluster.url, "--room", room, "--token", token]
-    args += ["--results", str(results), "--shared-root", str(shared_root or cluster.shared), "--timeout", "30"]
+    options = ["--results", str(results), "--shared-root", str(shared_root or cluster.shared), "--timeout", "30"]
     if transport is not None:
-        args += ["--transport", transport]
+        options += ["--transport", transport]
     if quiet:
-        args.append("--quiet")
-    return args
+        options.append("--quiet")
+    return options
 
 
-def submit(cluster: Cluster, package: Path, results: Path, **options) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        submit_args(cluster, package, results, **options),
-        capture_output=True,
-        text=True,
-        env=_environment(),
-        cwd=cluster.root,
-        timeout=SUBMIT_GUARD,
-        stdin=subprocess.DEVNULL,
-    )
+def submit(
+    cluster: Cluster, package: Path, results: Path, *, room: str = MAIN_ROOM, token: str | None = None, **options
+) -> subprocess.CompletedProcess[str]:
+    return cluster.submit(package, *submit_options(cluster, results, **options), room=room, token=token)
 
 
-def start_submit(cluster: Cluster, package: Path, results: Path, **options) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        submit_args(cluster, package, results, **options),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_environment(),
-        cwd=cluster.root,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def describe(run: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {run.returncode}\n--- stdout\n{run.stdout[-4000:]}\n--- stderr\n{run.stderr[-4000:]}"
-
-
-def result_dir(run: subprocess.CompletedProcess[str]) -> Path:
-    match = re.search(r"^results: (.+)$", run.stdout, re.MULTILINE)
-    assert match, describe(run)
-    return Path(match.group(1))
-
-
-def files_under(directory: Path) -> dict[str, bytes]:
-    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def expected_sample_results(data: bytes) -> dict[str, bytes]:
-    """What the sample job (rtcxfer/sample.py) must write, computed independently of it."""
-    lines = data.splitlines()
-    words = sum(len(line.split()) for line in lines)
-    summary = f"lines={len(lines)} words={words} sha256={hashlib.sha256(data).hexdigest()}\n"
-    return {"summary.txt": summary.encode(), "copy/data.txt": data}
+def start_submit(
+    cluster: Cluster, package: Path, results: Path, *, room: str = MAIN_ROOM, **options
+) -> subprocess.Popen[str]:
+    return cluster.start_submit(package, *submit_options(cluster, results, **options), room=room)
 
 
 def assert_no_leftovers(results: Path) -> None:
@@ -177,7 +103,7 @@ def assert_no_leftovers(results: Path) -> None:
 
 def assert_sample_ok(run: subprocess.CompletedProcess[str], data: bytes, results: Path) -> Path:
     assert run.returncode == EXIT_OK, describe(run)
-    final = result_dir(run)
+    final = results_dir_of(run)
     assert final.parent == results.resolve() or final.parent == results, describe(run)
     assert files_under(final) == expected_sample_results(data)
     assert_no_leftovers(results)
@@ -190,13 +116,6 @@ def unique_data(tag: str, lines: int = 500) -> bytes:
 
 def sample_package(path: Path, data: bytes) -> Path:
     return build_sample_package(path, data=data)
-
-
-def job_package(path: Path, program: str, *, timeout_seconds: float | None = 120) -> Path:
-    manifest: dict = {"name": path.stem, "command": ["python", "job.py"]}
-    if timeout_seconds is not None:
-        manifest["timeout_seconds"] = timeout_seconds
-    return build_sample_package(path, program=program, manifest=manifest)
 
 
 def assert_worker_serves(cluster: Cluster, tag: str, room: str = MAIN_ROOM) -> None:
@@ -226,7 +145,7 @@ def wait_dead(pids: list[int], timeout: float = DEATH_GUARD) -> list[int]:
     return alive
 
 
-def wait_for_file(path: Path, process: subprocess.Popen[str] | None = None, timeout: float = SUBMIT_GUARD) -> str:
+def wait_for_file(path: Path, process: subprocess.Popen[str] | None = None, timeout: float = COMMAND_GUARD) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():
@@ -257,7 +176,9 @@ def sleeper_job(cluster: Cluster, tag: str) -> Iterator[tuple[Path, Path]]:
     """A package whose job sleeps; yields (package, pid file). Its processes never outlive the test."""
     pid_file = cluster.shared / "pids" / f"{tag}.pids"
     pid_file.parent.mkdir(exist_ok=True)
-    package = job_package(cluster.root / "packages" / f"{tag}.zip", SLEEPER.format(pid_file=str(pid_file)))
+    package = job_package(
+        cluster.root / "packages" / f"{tag}.zip", SLEEPER.format(pid_file=str(pid_file)), timeout_seconds=JOB_GUARD
+    )
     try:
         yield package, pid_file
     finally:
@@ -362,7 +283,7 @@ sys.exit(3)
 
 
 def test_failing_job(cluster: Cluster) -> None:
-    package = job_package(cluster.root / "packages" / "failing.zip", FAILING)
+    package = job_package(cluster.root / "packages" / "failing.zip", FAILING, timeout_seconds=JOB_GUARD)
     results = cluster.root / "results" / "failing"
     run = submit(cluster, package, results)
     assert run.returncode == EXIT_JOB_FAILED, describe(run)
@@ -402,12 +323,12 @@ pathlib.Path(os.environ["RTCXFER_OUTPUT_DIR"], "flood.txt").write_text("survived
 
 
 def test_flooding_job(cluster: Cluster) -> None:
-    package = job_package(cluster.root / "packages" / "flooding.zip", FLOODING)
+    package = job_package(cluster.root / "packages" / "flooding.zip", FLOODING, timeout_seconds=JOB_GUARD)
     results = cluster.root / "results" / "flooding"
     # Not quiet: the client draws every line it gets and must still keep up.
     run = submit(cluster, package, results, quiet=False)
     assert run.returncode == EXIT_OK, describe(run)
-    assert files_under(result_dir(run)) == {"flood.txt": b"survived the flood\n"}
+    assert files_under(results_dir_of(run)) == {"flood.txt": b"survived the flood\n"}
     assert "flood line 0 " in run.stderr
     # Not every line crosses the wire, but the user is told, and sees how the output ended.
     assert re.search(r"\[rtcxfer\] \d+ lines of output were not forwarded", run.stderr), describe(run)
@@ -463,12 +384,12 @@ def test_wrong_token(cluster: Cluster) -> None:
 
 def test_wrong_token_refused_by_the_worker(cluster: Cluster) -> None:
     # A signaling server that admits anyone, so the token reaches the worker's own check.
-    open_signal = CliProcess("signal-open", ["signal", "--port", "0"], cluster.root, env=_environment("INFO"))
-    cluster.services.append(open_signal)
+    open_signal = cluster.start("signal-open", "signal", "--port", "0")
     url = open_signal.wait_for(SIGNALING_READY).group(1)
     room = "e2e-open"
-    guarded = Cluster(cluster.root, cluster.shared, url, cluster.worker, cluster.services)
-    guarded.start_worker(room)
+    # Its worker is the same but for the legacy protocol; it shares the module's processes.
+    guarded = attrs.evolve(cluster, url=url, worker_options=["--shared-root", str(cluster.shared)])
+    start_worker(guarded, room)
     data = unique_data("worker-token", 20)
     package = sample_package(cluster.root / "packages" / "worker-token.zip", data)
     results = cluster.root / "results" / "worker-token"
@@ -489,7 +410,7 @@ def test_cancelled_job(cluster: Cluster) -> None:
         try:
             pids = [int(p) for p in wait_for_file(pid_file, process).split()]
             process.send_signal(signal.SIGINT)
-            out, err = process.communicate(timeout=SUBMIT_GUARD)
+            out, err = process.communicate(timeout=COMMAND_GUARD)
         finally:
             stop_submit(process)
         assert process.returncode == EXIT_CANCELLED, f"{process.returncode}\n{out}\n{err}"
@@ -511,7 +432,7 @@ def test_client_killed_mid_job(cluster: Cluster) -> None:
         finally:
             stop_submit(process)
         # The worker only learns of it from the network: allow for its detection.
-        assert wait_dead(pids, timeout=SUBMIT_GUARD / 2) == [], "the job outlived its client"
+        assert wait_dead(pids, timeout=COMMAND_GUARD / 2) == [], "the job outlived its client"
     # Killed while its job ran: it had not started receiving results, so it left nothing.
     assert not results.exists() or not any(results.iterdir()), list(results.iterdir())
     assert_worker_serves(cluster, "after-client-killed")
@@ -519,14 +440,14 @@ def test_client_killed_mid_job(cluster: Cluster) -> None:
 
 def test_worker_killed_mid_job(cluster: Cluster) -> None:
     room = "e2e-doomed"
-    doomed = cluster.start_worker(room)
+    doomed = start_worker(cluster, room)
     results = cluster.root / "results" / "worker-killed"
     with sleeper_job(cluster, "worker-killed") as (package, pid_file):
         process = start_submit(cluster, package, results, room=room, transport="rtc-chunked")
         try:
             wait_for_file(pid_file, process)
             doomed.kill()
-            out, err = process.communicate(timeout=SUBMIT_GUARD)
+            out, err = process.communicate(timeout=COMMAND_GUARD)
         finally:
             stop_submit(process)
     assert process.returncode not in (EXIT_OK, None), f"{process.returncode}\n{out}\n{err}"

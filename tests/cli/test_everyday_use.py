@@ -25,13 +25,15 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import attrs
 import pytest
 
 from rtcxfer.client.sample import build_sample_package
-from rtcxfer.testing.processes import WORKER_READY, CliProcess, cli_environment, start_signaling
+from rtcxfer.testing.cluster import Cluster, start_cluster
+from rtcxfer.testing.job_files import job_package, results_dir_of
+from rtcxfer.testing.processes import WORKER_READY, CliProcess, cli_command, describe, run_cli, start_cli
+from tests.support.cli import REPO, environment
+from tests.support.packages import bad_packages
 
-REPO = Path(__file__).resolve().parents[2]
 TOKEN = f"newuser-{secrets.token_hex(8)}"
 ROOM = "newuser"
 GUARD = 120.0
@@ -43,91 +45,37 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 STRAY = ("Traceback", "Task exception was never retrieved", "InvalidStateError", "never awaited")
 
 
-def environment(**extra: str) -> dict[str, str]:
-    env = cli_environment("WARNING", import_path=REPO)
-    env.update(extra)
-    return env
-
-
-@attrs.define
-class Lab:
-    root: Path
-    shared: Path
-    work: Path
-    url: str
-    worker: CliProcess
-    services: list[CliProcess]
-
-    def start_worker(self, room: str, *extra: str, name: str | None = None, env=None) -> CliProcess:
-        args = ["worker", "--signal", self.url, "--room", room, "--token", TOKEN, *extra]
-        process = CliProcess(name or f"worker-{room}", args, self.root, env=env or environment())
-        self.services.append(process)
-        process.wait_for(WORKER_READY)
-        return process
-
-
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A signaling server and the main worker, with shared storage; the worker logs at the
+    default level, as a user starts it."""
     root = tmp_path_factory.mktemp("newuser")
-    shared, work = root / "shared", root / "work"
+    shared = root / "shared"
     shared.mkdir()
-    services: list[CliProcess] = []
-    try:
-        signaling, url = start_signaling(root, token=TOKEN, env=environment())
-        services.append(signaling)
-        worker = CliProcess(
-            "worker-main",
-            [
-                "worker",
-                "--signal",
-                url,
-                "--room",
-                ROOM,
-                "--token",
-                TOKEN,
-                "--work-dir",
-                str(work),
-                "--shared-root",
-                str(shared),
-            ],
-            root,
-            env=environment(),
+    with start_cluster(root, token=TOKEN, env=environment(), shared=shared) as cluster:
+        cluster.worker = cluster.start_worker(
+            ROOM, "--shared-root", str(shared), name="worker-main", work_dir=work_dir(cluster)
         )
-        services.append(worker)
-        worker.wait_for(WORKER_READY)
-        yield Lab(root, shared, work, url, worker, services)
-    finally:
-        for service in reversed(services):
-            service.stop()
+        yield cluster
+
+
+def work_dir(lab: Cluster) -> Path:
+    """The main worker's work directory."""
+    return lab.root / "work"
 
 
 def rtcxfer(
-    lab: Lab | None,
+    lab: Cluster | None,
     *args: str,
     cwd: Path,
     env: dict | None = None,
     connect: bool = True,
-    token: str | None = TOKEN,
+    token: str | None = None,
     room: str = ROOM,
 ) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "rtcxfer.cli", *args]
-    if connect and lab is not None:
-        command += ["--signal", lab.url, "--room", room]
-        if token is not None:
-            command += ["--token", token]
-    return subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        env=env or environment(),
-        cwd=cwd,
-        timeout=GUARD,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def describe(run: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {run.returncode}\n--- stdout\n{run.stdout[-3000:]}\n--- stderr\n{run.stderr[-3000:]}"
+    """``rtcxfer ARGS`` in ``cwd``, connected to ``room`` of ``lab`` unless told not to."""
+    connection = lab.connection_options(room, token) if connect and lab is not None else []
+    return run_cli(*args, *connection, env=env or environment(), cwd=cwd, timeout=GUARD)
 
 
 def assert_clean(text: str) -> None:
@@ -135,28 +83,10 @@ def assert_clean(text: str) -> None:
         assert stray not in text, text[-4000:]
 
 
-def results_of(run: subprocess.CompletedProcess[str], cwd: Path) -> Path:
-    match = re.search(r"^results: (.+)$", run.stdout, re.MULTILINE)
-    assert match, describe(run)
-    return cwd / match.group(1)
-
-
-def job_package(path: Path, program: str, **manifest) -> Path:
-    return build_sample_package(path, program=program, manifest={"command": ["python", "job.py"], **manifest})
-
-
 def start_submit(args: list[str], stderr: Path, cwd: Path) -> subprocess.Popen[str]:
     """``rtcxfer ARGS`` in the background, its stderr in the file ``stderr`` to watch."""
     with open(stderr, "w") as err:
-        return subprocess.Popen(
-            [sys.executable, "-m", "rtcxfer.cli", *args],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env=environment(),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-        )
+        return start_cli(*args, env=environment(), cwd=cwd, stderr=err)
 
 
 def wait_until(check, what: str, timeout: float = 30.0) -> None:
@@ -294,7 +224,7 @@ def big_package(path: Path, megabytes: int) -> Path:
     return path
 
 
-def interrupt_upload(lab: Lab, args: list[str], name: str, cwd: Path) -> int:
+def interrupt_upload(lab: Cluster, args: list[str], name: str, cwd: Path) -> int:
     """Run ``rtcxfer ARGS``, Ctrl-C it as soon as the first bytes of the package ``name``
     reach the worker, and return the size of the partial upload the worker kept."""
     stderr = cwd / "first.err"
@@ -304,7 +234,7 @@ def interrupt_upload(lab: Lab, args: list[str], name: str, cwd: Path) -> int:
         # Direct moves a GiB a second on loopback: watch closely, and freeze the client at once.
         while not any(
             part.stat().st_size > 0
-            for part in lab.work.glob(f"session-*/job-*/incoming/.{name}.*.part")
+            for part in work_dir(lab).glob(f"session-*/job-*/incoming/.{name}.*.part")
             if part.exists()
         ):
             assert first.poll() is None and time.monotonic() < deadline, stderr.read_text()
@@ -317,10 +247,10 @@ def interrupt_upload(lab: Lab, args: list[str], name: str, cwd: Path) -> int:
         if first.poll() is None:
             first.kill()
         first.wait(GUARD)
-    kept = lab.work / "partial-uploads"
+    kept = work_dir(lab) / "partial-uploads"
     wait_until(lambda: kept.is_dir() and any(kept.iterdir()), "kept partial upload")
     partial_size = sum(p.stat().st_size for p in kept.iterdir())
-    wait_until(lambda: not list(lab.work.glob("session-*")), "session directory removal")
+    wait_until(lambda: not list(work_dir(lab).glob("session-*")), "session directory removal")
     return partial_size
 
 
@@ -329,7 +259,7 @@ def test_a_rerun_after_ctrl_c_resumes_the_upload_and_leaves_no_session_directory
     args = ["submit", str(package), "--signal", lab.url, "--room", ROOM, "--token", TOKEN, "--transport", "rtc-chunked"]
     partial_size = interrupt_upload(lab, args, "big.zip", tmp_path)
     assert 0 < partial_size < package.stat().st_size, "the first run must have been interrupted mid-upload"
-    kept = lab.work / "partial-uploads"
+    kept = work_dir(lab) / "partial-uploads"
 
     second = rtcxfer(lab, "submit", str(package), "--transport", "rtc-chunked", cwd=tmp_path)
     assert second.returncode == EXIT_OK, describe(second)
@@ -338,7 +268,7 @@ def test_a_rerun_after_ctrl_c_resumes_the_upload_and_leaves_no_session_directory
     )
     with zipfile.ZipFile(package) as archive:
         expected = hashlib.sha256(archive.read("blob.bin")).hexdigest()
-    assert (results_of(second, tmp_path) / "sha.txt").read_text() == expected
+    assert (results_dir_of(second, tmp_path) / "sha.txt").read_text() == expected
     assert not kept.exists(), "the adopted partial is gone, and its directory with it"
 
 
@@ -389,18 +319,9 @@ def test_the_worker_logs_each_job_at_the_default_level(lab, tmp_path):
 
 
 def test_a_bad_package_is_refused_at_once_with_exit_2_and_the_reason(tmp_path):
-    from tests.client.test_packing import bad_packages
-
     for kind, (path, reason) in bad_packages(tmp_path).items():
         # Nothing listens on port 9: a submit that tried to connect would exit 3.
-        run = subprocess.run(
-            [sys.executable, "-m", "rtcxfer.cli", "submit", str(path), "--signal", "ws://127.0.0.1:9", "--token", "t"],
-            capture_output=True,
-            text=True,
-            env=environment(),
-            cwd=tmp_path,
-            timeout=GUARD,
-        )
+        run = rtcxfer(None, "submit", str(path), "--signal", "ws://127.0.0.1:9", "--token", "t", cwd=tmp_path)
         assert run.returncode == EXIT_USAGE, f"{kind}: {describe(run)}"
         assert reason in run.stderr and "waiting for a worker" not in run.stderr, f"{kind}: {run.stderr}"
 
@@ -488,7 +409,7 @@ def test_no_empty_directories_are_left_on_shared_storage_or_in_tmp(lab, tmp_path
     # Only the storage's identity marker stays (the worker's shared-root fingerprint).
     left = sorted(p.relative_to(lab.shared).as_posix() for p in lab.shared.rglob("*"))
     assert left in ([], [".rtcxfer", ".rtcxfer/storage-id"]), "no probes, rtcxfer-results or rtcxfer-staging"
-    wait_until(lambda: not list(lab.work.glob("session-*")), "session directory removal")
+    wait_until(lambda: not list(work_dir(lab).glob("session-*")), "session directory removal")
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
@@ -570,7 +491,7 @@ def test_submit_a_directory_packs_it_and_brings_results_back(lab, tmp_path):
     cache = tmp_path / "packs"
     run = rtcxfer(lab, "submit", str(job), "--quiet", "--pack-cache", str(cache), cwd=tmp_path)
     assert run.returncode == EXIT_OK, describe(run)
-    assert (results_of(run, tmp_path) / "count.txt").read_text() == "4"
+    assert (results_dir_of(run, tmp_path) / "count.txt").read_text() == "4"
     assert "earlier pack" not in run.stderr
     (pack,) = cache.glob("*/my-job.zip")
     again = rtcxfer(lab, "submit", str(job), cwd=tmp_path, env=environment(RTCXFER_PACK_CACHE=str(cache)))
@@ -629,7 +550,7 @@ def test_an_interrupted_submit_of_a_directory_resumes_over_direct_on_the_next_ru
     (pack,) = cache.glob("*/bigdir.zip")
     packed = pack.stat()
     assert 0 < partial_size < packed.st_size, "the first run must have been interrupted mid-upload"
-    kept = lab.work / "partial-uploads"
+    kept = work_dir(lab) / "partial-uploads"
 
     second = rtcxfer(lab, "submit", str(job), "--transport", "direct", "--pack-cache", str(cache), cwd=tmp_path)
     assert second.returncode == EXIT_OK, describe(second)
@@ -638,7 +559,7 @@ def test_an_interrupted_submit_of_a_directory_resumes_over_direct_on_the_next_ru
     assert re.search(resumed, second.stderr), second.stderr
     sent = re.search(r"^sent bigdir\.zip via direct: (\d+\.\d) MiB", second.stderr, re.M)
     assert sent and float(sent.group(1)) * (1 << 20) < packed.st_size - partial_size + (1 << 20), second.stderr
-    assert (results_of(second, tmp_path) / "sha.txt").read_text() == hashlib.sha256(blob).hexdigest()
+    assert (results_dir_of(second, tmp_path) / "sha.txt").read_text() == hashlib.sha256(blob).hexdigest()
     again = pack.stat()
     assert (again.st_ino, again.st_mtime_ns) == (packed.st_ino, packed.st_mtime_ns), "the very same file was sent"
     assert not kept.exists(), "the adopted partial is gone, and its directory with it"
@@ -679,7 +600,7 @@ def run_on_a_terminal(args: list[str], cwd: Path) -> tuple[int, str]:
 
 def test_on_a_terminal_a_spinner_while_waiting_and_bars_that_end_at_100_percent(lab, tmp_path):
     package = build_sample_package(tmp_path / "pkg.zip")
-    base = [sys.executable, "-m", "rtcxfer.cli", "submit", str(package), "--signal", lab.url, "--token", TOKEN]
+    base = cli_command("submit", str(package), "--signal", lab.url, "--token", TOKEN)
     code, waiting = run_on_a_terminal([*base, "--room", "nobody-on-a-tty", "--timeout", "1.5"], tmp_path)
     assert code == EXIT_CONNECTION, waiting
     assert re.search(r"\r[|/\\-] waiting for a worker in room 'nobody-on-a-tty'", waiting), waiting

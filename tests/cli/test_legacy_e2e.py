@@ -14,8 +14,10 @@ import attrs
 import pytest
 
 from rtcxfer.protocol.auth import signaling_token
-from rtcxfer.testing.processes import WORKER_READY, CliProcess, start_signaling
-from tests.cli.test_e2e_cli import _environment
+from rtcxfer.testing import run_async
+from rtcxfer.testing.cluster import start_cluster
+from rtcxfer.testing.processes import CliProcess
+from tests.support.cli import environment
 from tests.support.legacy_client import (
     LegacyClient,
     LegacyConnection,
@@ -49,27 +51,13 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     root = tmp_path_factory.mktemp("legacy-e2e")
     shared = root / "shared"
     (shared / "jobs").mkdir(parents=True)
-    started: list[CliProcess] = []
-    try:
-        signaling, url = start_signaling(root, token=TOKEN, env=_environment("INFO"))
-        started.append(signaling)
-        workers = []
-        for room, extra in ((LEGACY_ROOM, ["--legacy"]), (PLAIN_ROOM, [])):
-            args = ["worker", "--signal", url, "--room", room, "--token", TOKEN, "--work-dir", str(root / room)]
-            worker = CliProcess(
-                f"worker-{room}", [*args, "--shared-root", str(shared), *extra], root, env=_environment("INFO")
-            )
-            started.append(worker)
-            worker.wait_for(WORKER_READY)
-            workers.append(worker)
-        yield Services(url, shared, *workers)
-    finally:
-        for process in reversed(started):
-            process.stop()
-
-
-def run(coroutine):
-    return asyncio.run(asyncio.wait_for(coroutine, GUARD))
+    options = ["--shared-root", str(shared)]
+    with start_cluster(root, token=TOKEN, env=environment("INFO"), worker_options=options) as cluster:
+        legacy, plain = (
+            cluster.start_worker(room, *extra, work_dir=root / room)
+            for room, extra in ((LEGACY_ROOM, ["--legacy"]), (PLAIN_ROOM, []))
+        )
+        yield Services(cluster.url, shared, legacy, plain)
 
 
 async def rtc_job(client: LegacyClient, tag: str) -> None:
@@ -110,7 +98,7 @@ def test_rtc_transfer_job(services: Services) -> None:
         async with LegacyConnection(services.url, LEGACY_ROOM, ROOM_ADMISSION) as connection:
             await rtc_job(await connection.client(), "rtc")
 
-    run(scenario())
+    run_async(scenario(), GUARD)
 
 
 def test_shared_storage_job(services: Services) -> None:
@@ -118,7 +106,7 @@ def test_shared_storage_job(services: Services) -> None:
         async with LegacyConnection(services.url, LEGACY_ROOM, ROOM_ADMISSION) as connection:
             await shared_job(await connection.client(), services.shared)
 
-    run(scenario())
+    run_async(scenario(), GUARD)
 
 
 def test_mixed_session_on_one_channel(services: Services) -> None:
@@ -129,7 +117,7 @@ def test_mixed_session_on_one_channel(services: Services) -> None:
             await shared_job(client, services.shared)
             await rtc_job(client, "third")
 
-    run(scenario())
+    run_async(scenario(), GUARD)
 
 
 def test_without_legacy_the_client_is_refused_as_before(services: Services) -> None:
@@ -146,7 +134,7 @@ def test_without_legacy_the_client_is_refused_as_before(services: Services) -> N
             await client.send("SHARED_INPUT_PATH::jobs/job_1/a.zip")
             return unknown, await client.next_text()
 
-    unknown, unauthenticated = run(scenario())
+    unknown, unauthenticated = run_async(scenario(), GUARD)
     assert unknown == "PROTOCOL_ERROR::unknown frame type: PACKAGE_TYPE"
     assert unauthenticated == "AUTH_FAILED::authenticate with HELLO first"
     services.plain_worker.wait_for("refusing unexpected data channel 'my-data-channel'")

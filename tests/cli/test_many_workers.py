@@ -22,10 +22,10 @@ import attrs
 import pytest
 
 from rtcxfer.client.sample import build_sample_package
-from rtcxfer.testing.processes import SIGNALING_READY, WORKER_READY, CliProcess, cli_environment
+from rtcxfer.testing.cluster import Cluster, start_cluster
+from rtcxfer.testing.processes import WORKER_READY, CliProcess
+from tests.support.cli import environment
 
-REPO = Path(__file__).resolve().parents[2]
-CLI = (sys.executable, "-m", "rtcxfer.cli")
 TOKEN = "many-workers-test-token"
 ROOM = "lab"
 GUARD = 180.0
@@ -45,52 +45,46 @@ out = pathlib.Path(os.environ["RTCXFER_OUTPUT_DIR"])
 
 @attrs.define
 class Room:
-    root: Path
-    url: str
-    processes: list[CliProcess]
+    """The module's cluster, and its three workers by peer id."""
+
+    cluster: Cluster
     workers: dict[str, CliProcess]
 
-    def cli(self, *args: str, timeout: float = GUARD) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*CLI, *args], capture_output=True, text=True, timeout=timeout, env=environment(), cwd=self.root
-        )
+    @property
+    def root(self) -> Path:
+        return self.cluster.root
 
-    def submit_args(self, package: Path, results: Path, *extra: str) -> list[str]:
-        return [*CLI, "submit", str(package), "--signal", self.url, "--room", ROOM, "--token", TOKEN,
-                "--results", str(results), "--timeout", "60", *extra]
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.cluster.run(*args, timeout=GUARD)
 
-
-def environment(level: str = "WARNING") -> dict[str, str]:
-    return cli_environment(level, import_path=REPO)
+    def submit_options(self, results: Path, *extra: str) -> list[str]:
+        return ["--results", str(results), "--timeout", "60", *extra]
 
 
 @pytest.fixture(scope="module")
 def room(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Room]:
     root = tmp_path_factory.mktemp("many-workers")
     # Eleven peers of one room come from 127.0.0.1 here; the default per-address cap is eight.
-    signaling = CliProcess(
-        "signal", ["signal", "--port", "0", "--token", TOKEN, "--max-room-peers-per-address", "16"], root,
+    with start_cluster(
+        root,
+        token=TOKEN,
         env=environment(),
-    )
-    state = Room(root, "", [signaling], {})
-    url = state.url = signaling.wait_for(SIGNALING_READY).group(1)
-    try:
-        for peer_id, extra in (
-            ("gpu-a", ["--slots", "2"]),
-            ("gpu-b", ["--label", "site=hpc"]),
-            ("gpu-c", ["--pid-file", str(root / "gpu-c.pid")]),
-        ):
-            args = ["worker", "--signal", url, "--room", ROOM, "--token", TOKEN, "--peer-id", peer_id,
-                    "--work-dir", str(root / f"work-{peer_id}"), *extra]
-            worker = CliProcess(peer_id, args, root, env=environment("INFO"))
-            state.processes.append(worker)
-            state.workers[peer_id] = worker
-        for worker in state.workers.values():
+        service_env=environment("INFO"),
+        signal_options=["--max-room-peers-per-address", "16"],
+    ) as cluster:
+        workers = {
+            peer_id: cluster.start_worker(
+                ROOM, "--peer-id", peer_id, *extra, name=peer_id, work_dir=root / f"work-{peer_id}", wait=False
+            )
+            for peer_id, extra in (
+                ("gpu-a", ["--slots", "2"]),
+                ("gpu-b", ["--label", "site=hpc"]),
+                ("gpu-c", ["--pid-file", str(root / "gpu-c.pid")]),
+            )
+        }
+        for worker in workers.values():
             worker.wait_for(WORKER_READY)
-        yield state
-    finally:
-        for process in reversed(state.processes):
-            process.stop()
+        yield Room(cluster, workers)
 
 
 def max_overlap(intervals: list[tuple[float, float]]) -> int:
@@ -106,10 +100,7 @@ def test_eight_jobs_spread_over_three_workers_within_their_slots_and_a_drain(roo
     package = build_sample_package(room.root / "timed.zip", program=TIMED_PROGRAM)
     started = time.monotonic()
     submits = [
-        subprocess.Popen(
-            [*room.submit_args(package, room.root / f"results-{n}", "--json")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(), cwd=room.root,
-        )
+        room.cluster.start_submit(package, *room.submit_options(room.root / f"results-{n}", "--json"), room=ROOM)
         for n in range(8)
     ]
     drainer = room.workers["gpu-c"]
@@ -158,22 +149,20 @@ def test_eight_jobs_spread_over_three_workers_within_their_slots_and_a_drain(roo
     assert not re.search(r": authenticated$|job \S+ accepted", after, re.MULTILINE), after
     assert re.search(r"JOB_COMPLETE::", after), after  # its running job did finish
 
-    listing = room.cli("workers", "--signal", room.url, "--room", ROOM, "--token", TOKEN, "--json")
+    listing = room.cli("workers", *room.cluster.connection_options(ROOM), "--json")
     assert listing.returncode == 0, listing.stderr
     described = {entry["id"]: entry for entry in json.loads(listing.stdout)}
     assert described["gpu-c"]["state"] == "draining"
     assert described["gpu-a"]["slots"] == 2 and described["gpu-b"]["labels"] == {"site": "hpc"}
-    table = room.cli("workers", "--signal", room.url, "--room", ROOM, "--token", TOKEN)
+    table = room.cli("workers", *room.cluster.connection_options(ROOM))
     assert table.stdout.splitlines()[0].split() == ["ID", "STATE", "SLOTS", "GPU", "LABELS", "TRANSPORTS", "UP"]
     assert any(line.startswith("gpu-b") and "site=hpc" in line for line in table.stdout.splitlines())
 
 
 def test_a_requirement_nobody_meets_fails_at_once_listing_the_room(room: Room) -> None:
     package = build_sample_package(room.root / "plain.zip")
-    run = subprocess.run(
-        room.submit_args(package, room.root / "unmet", "--require", "gpu_memory_mb>=16000", "--json"),
-        capture_output=True, text=True, timeout=GUARD, env=environment(), cwd=room.root,
-    )
+    options = room.submit_options(room.root / "unmet", "--require", "gpu_memory_mb>=16000", "--json")
+    run = room.cluster.submit(package, *options, room=ROOM, timeout=GUARD)
     assert run.returncode == EXIT_CONNECTION, run.stderr
     assert "no worker in room 'lab' meets gpu_memory_mb>=16000" in run.stderr
     for worker_id in ("gpu-a", "gpu-b", "gpu-c"):
@@ -183,23 +172,18 @@ def test_a_requirement_nobody_meets_fails_at_once_listing_the_room(room: Room) -
 
 def test_a_label_requirement_and_a_named_worker(room: Room) -> None:
     package = build_sample_package(room.root / "plain.zip")
-    run = subprocess.run(
-        room.submit_args(package, room.root / "hpc", "--require", "label.site=hpc", "--json"),
-        capture_output=True, text=True, timeout=GUARD, env=environment(), cwd=room.root,
-    )
+    options = room.submit_options(room.root / "hpc", "--require", "label.site=hpc", "--json")
+    run = room.cluster.submit(package, *options, room=ROOM, timeout=GUARD)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["worker_id"] == "gpu-b"
-    absent = subprocess.run(
-        room.submit_args(package, room.root / "absent", "--worker", "gpu-z"),
-        capture_output=True, text=True, timeout=GUARD, env=environment(), cwd=room.root,
-    )
+    options = room.submit_options(room.root / "absent", "--worker", "gpu-z")
+    absent = room.cluster.submit(package, *options, room=ROOM, timeout=GUARD)
     assert absent.returncode == EXIT_CONNECTION
     assert "no worker 'gpu-z' in room 'lab'" in absent.stderr and "gpu-a" in absent.stderr
 
 
 def test_a_second_worker_with_a_taken_id_is_told_to_use_peer_id(room: Room) -> None:
-    args = ["worker", "--signal", room.url, "--room", ROOM, "--token", TOKEN, "--peer-id", "gpu-a"]
-    second = CliProcess("gpu-a-again", args, room.root, env=environment())
+    second = room.cluster.start_worker(ROOM, "--peer-id", "gpu-a", name="gpu-a-again", env=environment(), wait=False)
     try:
         second.wait_for(
             r"another peer is registered as 'gpu-a' in room 'lab': another worker \(give each worker its own id "

@@ -4,54 +4,24 @@ fallback to rtc-chunked, results placed whole."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from rtcxfer.client.rtc_client import RTCClient
-from rtcxfer.client.sample import build_sample_package, sample_text
-from rtcxfer.net import peer as rtc
+from rtcxfer.client.sample import build_sample_package
 from rtcxfer.protocol.errors import AuthenticationError, PluginError
-from tests.support.worker_harness import TOKEN, make_worker
-
-
-def summary_of(data: bytes) -> str:
-    lines = data.splitlines()
-    return f"lines={len(lines)} words={sum(len(x.split()) for x in lines)} sha256={hashlib.sha256(data).hexdigest()}\n"
-
-
-async def connected(worker, client: RTCClient):
-    client_end, worker_end, close = await rtc.connect_pair_in_process()
-    serving = asyncio.create_task(worker.serve_channel(worker_end, name="client-test"))
-    await client.attach(client_end)
-
-    async def shutdown():
-        await client.close()
-        await close()
-        await asyncio.wait_for(serving, 30)
-
-    return shutdown
+from rtcxfer.testing import run_async
+from tests.support.worker_harness import TOKEN, assert_sample_results, attached_client, make_worker
 
 
 def run_job(worker, client: RTCClient, package: Path, **submit_options):
     async def scenario():
-        shutdown = await connected(worker, client)
-        try:
+        async with attached_client(worker, client):
             return await client.submit(package, **submit_options)
-        finally:
-            await shutdown()
 
-    return asyncio.run(asyncio.wait_for(scenario(), 120))
-
-
-def assert_sample_results(result, data: bytes = sample_text()):
-    assert result.ok, result.failure
-    assert (result.results_dir / "summary.txt").read_text() == summary_of(data)
-    assert (result.results_dir / "copy" / "data.txt").read_bytes() == data
-    siblings = [p.name for p in result.results_dir.parent.iterdir()]
-    assert not [name for name in siblings if name.endswith(".partial")]
+    return run_async(scenario(), 120)
 
 
 @pytest.fixture
@@ -163,17 +133,11 @@ def test_wrong_token_is_refused_with_a_clear_error(shared, tmp_path):
     client = RTCClient(token="wrong", shared_storage_root=shared, results_dir=tmp_path / "results")
 
     async def scenario():
-        client_end, worker_end, close = await rtc.connect_pair_in_process()
-        serving = asyncio.create_task(make_worker(shared, tmp_path / "work").serve_channel(worker_end))
-        try:
-            with pytest.raises(AuthenticationError, match="invalid token"):
-                await client.attach(client_end)
-        finally:
-            await client.close()
-            await close()
-            await asyncio.wait_for(serving, 30)
+        with pytest.raises(AuthenticationError, match="invalid token"):
+            async with attached_client(make_worker(shared, tmp_path / "work"), client):
+                pass
 
-    asyncio.run(asyncio.wait_for(scenario(), 60))
+    run_async(scenario(), 60)
 
 
 def test_cancelling_submit_stops_the_job_on_the_worker(shared, tmp_path):
@@ -187,8 +151,7 @@ def test_cancelling_submit_stops_the_job_on_the_worker(shared, tmp_path):
     client = RTCClient(token=TOKEN, shared_storage_root=shared, results_dir=tmp_path / "results")
 
     async def scenario():
-        shutdown = await connected(worker, client)
-        try:
+        async with attached_client(worker, client):
             job = asyncio.create_task(client.submit(package))
             while not pid_file.exists() or not pid_file.read_text():
                 await asyncio.sleep(0.05)
@@ -204,11 +167,9 @@ def test_cancelling_submit_stops_the_job_on_the_worker(shared, tmp_path):
             # The same session runs the next job.
             again = await client.submit(build_sample_package(shared / "jobs" / "ok.zip"))
             assert again.ok
-        finally:
-            await shutdown()
         assert worker.stats == {"completed": 1, "failed": 1}
 
-    asyncio.run(asyncio.wait_for(scenario(), 120))
+    run_async(scenario(), 120)
 
 
 def _state(pid: int) -> str:

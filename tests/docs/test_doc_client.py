@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 import secrets
 
@@ -12,7 +11,9 @@ import aioice.ice
 import pytest
 
 from rtcxfer.client.sample import build_sample_package
-from rtcxfer.testing.processes import WORKER_READY, CliProcess, cli_environment, start_signaling
+from rtcxfer.testing import run_async
+from rtcxfer.testing.cluster import start_cluster
+from rtcxfer.testing.job_files import expected_sample_results
 from tests.docs.doc_client import DocClient, WorkerRefused, room_token
 
 ROOM = "lab"
@@ -27,55 +28,18 @@ DATA = "".join(f"{secrets.token_hex(32)}\n" for _ in range(2500)).encode()
 def servers(tmp_path_factory):
     """A signaling server and a worker with shared storage, as real processes."""
     base = tmp_path_factory.mktemp("doc-client")
-    shared_root, work_dir = base / "shared", base / "work"
+    shared_root = base / "shared"
     shared_root.mkdir()
-    work_dir.mkdir()
-    env = cli_environment()
-    signal, url = start_signaling(base, token=ROOM_SECRET, env=env)
-    worker = CliProcess(
-        "worker",
-        [
-            "worker",
-            "--signal",
-            url,
-            "--room",
-            ROOM,
-            "--token",
-            WORKER_TOKEN,
-            "--signal-token",
-            ROOM_SECRET,
-            "--shared-root",
-            str(shared_root),
-            "--work-dir",
-            str(work_dir),
-        ],
-        base,
-        env=env,
-    )
-    try:
-        worker.wait_for(WORKER_READY)
-        yield url, shared_root, base
-    finally:
-        worker.stop()
-        signal.stop()
+    with start_cluster(base, token=WORKER_TOKEN, signal_token=ROOM_SECRET) as cluster:
+        options = ["--signal-token", ROOM_SECRET, "--shared-root", str(shared_root)]
+        cluster.start_worker(ROOM, *options, name="worker", work_dir=base / "work")
+        yield cluster.url, shared_root, base
 
 
 @pytest.fixture(autouse=True)
 def loopback_candidates(monkeypatch):
     """This process's ICE gathers a host candidate on 127.0.0.1 and nothing else."""
     monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
-
-
-def expected_results(data: bytes) -> dict[str, bytes]:
-    """What the sample job writes (rtcxfer.client.sample): a summary and a copy of data.txt."""
-    lines = data.splitlines()
-    words = sum(len(line.split()) for line in lines)
-    summary = f"lines={len(lines)} words={words} sha256={hashlib.sha256(data).hexdigest()}\n"
-    return {"summary.txt": summary.encode(), "copy/data.txt": data}
-
-
-def run(coroutine):
-    return asyncio.run(asyncio.wait_for(coroutine, 120))
 
 
 def assert_loopback_only(sdp: str) -> None:
@@ -87,7 +51,7 @@ def test_rtc_chunked_then_shared_fs_job_in_one_session(servers):
     url, shared_root, base = servers
     package = build_sample_package(base / "client" / "sample-package.zip", data=DATA)
     shared_package = build_sample_package(shared_root / "jobs" / "sample-package.zip", data=DATA)
-    expected = expected_results(DATA)
+    expected = expected_sample_results(DATA)
 
     async def scenario():
         client = DocClient(transports=("shared-fs", "rtc-chunked"))
@@ -103,7 +67,7 @@ def test_rtc_chunked_then_shared_fs_job_in_one_session(servers):
         finally:
             await client.close()
 
-    client, welcome, chunked, shared = run(scenario())
+    client, welcome, chunked, shared = run_async(scenario())
     assert welcome.startswith("WELCOME::2::"), welcome
     assert client.usable_transports == ["shared-fs", "rtc-chunked"], client.log
 
@@ -148,7 +112,7 @@ def test_wrong_worker_token_gets_auth_failed(servers):
             await again.close()
         return refused.value.frame, closed, welcome
 
-    frame, closed, welcome = run(scenario())
+    frame, closed, welcome = run_async(scenario())
     assert frame == "AUTH_FAILED::invalid token"
     assert closed is None
     assert welcome.startswith("WELCOME::2::")

@@ -5,7 +5,6 @@ there, and every example in it decodes with the codec."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rtcxfer.protocol.frames import unpack_chunk
+from rtcxfer.testing import run_async
 from rtcxfer.testing.transcript import Transcript, record_job
 from rtcxfer.transport.host import PluginHost
 from rtcxfer.web.protocol_table import PROTOCOL_TABLE_PATH
@@ -200,7 +200,7 @@ def transcripts(tmp_path_factory) -> dict[str, Transcript]:
             for transport in ("rtc-chunked", "shared-fs", "direct")
         }
 
-    return asyncio.run(both())
+    return run_async(both())
 
 
 @pytest.mark.parametrize("transport", ["rtc-chunked", "shared-fs", "direct"])

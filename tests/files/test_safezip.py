@@ -5,12 +5,7 @@ from __future__ import annotations
 import io
 import os
 import stat
-import struct
-import subprocess
-import warnings
 import zipfile
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,96 +18,19 @@ from rtcxfer.protocol.errors import (
     StorageFullError,
     UnsafeArchiveError,
 )
+from tests.support.small_disk import small_tmpfs
+from tests.support.zips import (
+    Member,
+    build,
+    central_entries,
+    rename,
+    set_compression,
+    set_flag_bits,
+    set_header_offset,
+    set_sizes,
+)
 
 MiB = 1024 * 1024
-
-# --- building and doctoring archives (also used by test_security_fuzz) --------------------------
-
-CENTRAL_SIG = b"PK\x01\x02"
-
-
-@dataclass
-class Member:
-    """One archive member as written, odd modes and flags included."""
-
-    name: str
-    data: bytes = b""
-    mode: int | None = None  # full st_mode for external_attr's high 16 bits
-    compress: int = zipfile.ZIP_DEFLATED
-
-
-def build(members: Iterable[Member]) -> bytes:
-    """A ZIP archive holding ``members`` exactly as given (duplicates and odd modes included)."""
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "Duplicate name" is what some tests want
-        with zipfile.ZipFile(buffer, "w") as archive:
-            for member in members:
-                info = zipfile.ZipInfo(member.name, date_time=(2020, 1, 1, 0, 0, 0))
-                info.compress_type = member.compress
-                if member.mode is not None:
-                    info.external_attr = (member.mode & 0xFFFF) << 16
-                elif member.name.endswith("/"):
-                    info.external_attr = (stat.S_IFDIR | 0o755) << 16
-                else:
-                    info.external_attr = (stat.S_IFREG | 0o644) << 16
-                archive.writestr(info, member.data)
-    return buffer.getvalue()
-
-
-def central_entries(data: bytes) -> list[int]:
-    """Offsets of the central directory file headers."""
-    offsets = []
-    start = 0
-    while (found := data.find(CENTRAL_SIG, start)) >= 0:
-        offsets.append(found)
-        start = found + 4
-    return offsets
-
-
-def patch_u32(data: bytes, offset: int, value: int) -> bytes:
-    return data[:offset] + struct.pack("<I", value) + data[offset + 4 :]
-
-
-def set_sizes(data: bytes, index: int, *, uncompressed: int | None = None, compressed: int | None = None) -> bytes:
-    """Rewrite the sizes of member ``index`` in both its local and central headers."""
-    central = central_entries(data)[index]
-    local = struct.unpack_from("<I", data, central + 42)[0]
-    if uncompressed is not None:
-        data = patch_u32(data, central + 24, uncompressed)
-        data = patch_u32(data, local + 22, uncompressed)
-    if compressed is not None:
-        data = patch_u32(data, central + 20, compressed)
-        data = patch_u32(data, local + 18, compressed)
-    return data
-
-
-def set_flag_bits(data: bytes, index: int, bits: int) -> bytes:
-    """OR ``bits`` into member ``index``'s general purpose flags (zipfile resets them on write)."""
-    central = central_entries(data)[index]
-    local = struct.unpack_from("<I", data, central + 42)[0]
-    for offset in (central + 8, local + 6):
-        value = struct.unpack_from("<H", data, offset)[0] | bits
-        data = data[:offset] + struct.pack("<H", value) + data[offset + 2 :]
-    return data
-
-
-def set_compression(data: bytes, index: int, method: int) -> bytes:
-    central = central_entries(data)[index]
-    return data[: central + 10] + struct.pack("<H", method) + data[central + 12 :]
-
-
-def set_header_offset(data: bytes, index: int, offset: int) -> bytes:
-    return patch_u32(data, central_entries(data)[index] + 42, offset)
-
-
-def rename(data: bytes, old: bytes, new: bytes) -> bytes:
-    """Replace a member name everywhere (same length), e.g. to plant a NUL byte."""
-    assert len(old) == len(new)
-    return data.replace(old, new)
-
-
-# --- tests -------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -357,21 +275,8 @@ def test_progress_failure_cleans_up(parent: Path) -> None:
 @pytest.fixture
 def small_fs(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A 256 KiB tmpfs with 100 inodes, so that writing really runs out of space (needs root)."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,nr_inodes=100", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "256k", inodes=100) as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from rtcxfer.files.paths import open_beneath, resolve_peer_path
 from rtcxfer.files.safezip import ZipLimits, extract_zip
 from rtcxfer.protocol.errors import ArchiveError, PathError, PathOutsideRootError
-from tests.files.test_safezip import Member, build
+from tests.support.zips import Member, build
 
 SYMLINK_NAMES = ["in_rel", "in_abs", "file_in", "out_dir", "out_file", "chain", "dangling", "loop1", "dotdot", "prefix"]
 

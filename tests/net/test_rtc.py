@@ -53,6 +53,7 @@ from rtcxfer.protocol.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
+from rtcxfer.testing import run_async
 
 STEP = 10.0  # seconds any single await may take before the test fails
 
@@ -61,10 +62,6 @@ STEP = 10.0  # seconds any single await may take before the test fails
 needs_sctp_tuning = pytest.mark.skipif(
     not tuning_supported(), reason=f"no large SCTP packets on this aiortc: {tuning_unsupported_reason()}"
 )
-
-
-def run(coro, timeout: float = 30.0):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 async def recv(channel: DataChannel, timeout: float = STEP):
@@ -146,7 +143,7 @@ def test_loopback_and_any_interface_peers_in_one_process_each_gather_what_they_a
         assert aioice.ice.get_host_addresses is real_host_addresses
 
     assert "127.0.0.1" not in everywhere  # aioice's own gathering skips loopback
-    run(main())
+    run_async(main())
 
 
 def test_restricting_twice_is_harmless_and_after_gathering_refused():
@@ -164,7 +161,7 @@ def test_restricting_twice_is_harmless_and_after_gathering_refused():
         finally:
             await pc.close()
 
-    run(main())
+    run_async(main())
 
 
 def test_an_aioice_that_cannot_be_restricted_per_connection_gets_no_loopback_peer(monkeypatch):
@@ -194,7 +191,7 @@ def test_a_loopback_peer_whose_restriction_failed_sends_no_sdp(monkeypatch):
             await peer.create_offer()
         assert peer.connection_state == "closed"
 
-    run(main())
+    run_async(main())
 
 
 def test_remote_candidates_off_loopback_are_dropped():
@@ -226,7 +223,7 @@ def test_local_sdp_candidates_are_all_loopback():
         finally:
             await asyncio.gather(offerer.close(), answerer.close())
 
-    run(main())
+    run_async(main())
 
 
 def test_an_open_channel_tells_its_connection():
@@ -254,7 +251,7 @@ def test_an_open_channel_tells_its_connection():
         finally:
             await close()
 
-    run(main())
+    run_async(main())
 
 
 # --------------------------------------------------------------------------- messages
@@ -284,7 +281,7 @@ def test_text_and_binary_both_ways_in_order():
         finally:
             await close()
 
-    run(main())
+    run_async(main())
 
 
 def test_memoryview_and_bytearray_are_sent():
@@ -299,7 +296,7 @@ def test_memoryview_and_bytearray_are_sent():
         finally:
             await close()
 
-    run(main())
+    run_async(main())
 
 
 def test_message_sent_right_after_open_is_not_lost():
@@ -320,7 +317,7 @@ def test_message_sent_right_after_open_is_not_lost():
         finally:
             await asyncio.gather(offerer.close(), answerer.close())
 
-    run(main())
+    run_async(main())
 
 
 def test_large_transfer_with_backpressure():
@@ -364,7 +361,7 @@ def test_large_transfer_with_backpressure():
         finally:
             await close()
 
-    run(main(), timeout=45.0)
+    run_async(main(), timeout=45.0)
 
 
 def test_oversize_message_is_refused_before_sending():
@@ -387,7 +384,7 @@ def test_oversize_message_is_refused_before_sending():
         finally:
             await close()
 
-    run(main())
+    run_async(main())
 
 
 # --------------------------------------------------------------------------- closing
@@ -415,7 +412,7 @@ def test_closing_one_peer_wakes_the_other():
         finally:
             await close()
 
-    run(main())
+    run_async(main())
 
 
 def test_queued_messages_are_delivered_before_the_close_error():
@@ -434,7 +431,7 @@ def test_queued_messages_are_delivered_before_the_close_error():
         finally:
             await close()
 
-    run(main())
+    run_async(main())
 
 
 def test_channel_close_wakes_a_blocked_sender():
@@ -457,7 +454,7 @@ def test_channel_close_wakes_a_blocked_sender():
         finally:
             await close()
 
-    run(main())
+    run_async(main())
 
 
 def test_connection_failure_wakes_the_waiters():
@@ -474,7 +471,7 @@ def test_connection_failure_wakes_the_waiters():
             with pytest.raises(ConnectionClosedError):
                 await recv(offerer.channel)
 
-    run(main())
+    run_async(main())
 
 
 def test_cancelling_a_close_while_aiortc_closes_by_itself_leaves_no_failed_task(caplog):
@@ -502,7 +499,7 @@ def test_cancelling_a_close_while_aiortc_closes_by_itself_leaves_no_failed_task(
             gc.collect()
 
     with caplog.at_level(logging.ERROR, logger="asyncio"):
-        run(scenario())
+        run_async(scenario())
         gc.collect()
     assert not [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
 
@@ -526,7 +523,7 @@ def test_connect_via_queues():
         finally:
             await asyncio.gather(pc_a.close(), pc_b.close())
 
-    run(main())
+    run_async(main())
 
 
 def test_connect_via_rejects_wrong_message():
@@ -542,7 +539,7 @@ def test_connect_via_rejects_wrong_message():
         with pytest.raises(ValueError):
             await connect_via(send, receive, "observer", timeout=STEP)
 
-    run(main())
+    run_async(main())
 
 
 class FakeSignalingClient:
@@ -584,7 +581,7 @@ def test_connect_via_signaling_adapter():
         with pytest.raises(ConnectionClosedError):
             await asyncio.wait_for(receive(), STEP)
 
-    run(main())
+    run_async(main())
 
 
 # --------------------------------------------------------------------------- uvloop
@@ -606,7 +603,7 @@ def test_uvloop_policy_and_pair_under_uvloop():
             finally:
                 await close()
 
-        run(main())
+        run_async(main())
     finally:
         asyncio.set_event_loop_policy(previous)
 
@@ -631,7 +628,7 @@ def test_large_packets_are_offered_in_both_modes_unless_disabled():
         finally:
             await asyncio.gather(*(peer.close() for peer in peers), stock.close())
 
-    run(main())
+    run_async(main())
 
 
 def test_remote_packet_size_reads_only_a_sane_attribute():
@@ -713,7 +710,7 @@ def test_two_rtcxfer_peers_probe_and_use_large_sctp_packets_on_loopback():
         finally:
             await close()
 
-    run(main())
+    run_async(main())
 
 
 def test_large_packets_are_off_unless_both_peers_offer_them():
@@ -737,7 +734,7 @@ def test_large_packets_are_off_unless_both_peers_offer_them():
         finally:
             await asyncio.gather(fast.close(), stock.close())
 
-    run(main())
+    run_async(main())
 
 
 def test_an_aiortc_without_the_tuned_internals_runs_stock_packets_and_says_why(monkeypatch):
@@ -775,7 +772,7 @@ def test_an_aiortc_without_the_tuned_internals_runs_stock_packets_and_says_why(m
             await asyncio.gather(offerer.close(), answerer.close())
 
     try:
-        run(main())
+        run_async(main())
     finally:
         logger.remove(handler)
     said = [line for line in lines if line.startswith(f"SCTP packets {STOCK_PACKET_SIZE} bytes (large packets off")]
@@ -823,7 +820,7 @@ def test_plain_aiortc_peer_interoperates_with_a_large_packet_peer():
             await ours.close()
             await theirs.close()
 
-    run(main())
+    run_async(main())
 
 
 def test_only_a_whole_echo_of_a_probe_confirms_its_size():
@@ -844,4 +841,4 @@ def test_only_a_whole_echo_of_a_probe_confirms_its_size():
         ack.params = [(1, (_PROBE_TAG + nonce).ljust(4096 - 20, b"\0"))]
         assert sizer._probe_answered(ack) is True and future.result() == 4096
 
-    run(main())
+    run_async(main())

@@ -8,7 +8,6 @@ by the examples of ``docs/protocol.md``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from pathlib import Path
@@ -44,6 +43,7 @@ from rtcxfer.net.signaling.messages import (
 )
 from rtcxfer.net.signaling.rooms import InMemoryRooms, RoomLimits
 from rtcxfer.protocol.worker_description import validate_description
+from rtcxfer.testing import run_async
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
@@ -305,10 +305,6 @@ def test_the_documented_handshake_payloads() -> None:
 # -- the book of rooms --------------------------------------------------------------------------
 
 
-def run(coroutine: Any) -> Any:
-    return asyncio.run(coroutine)
-
-
 def test_rooms_keep_join_order_and_tell_who_else_is_there() -> None:
     async def scenario() -> None:
         rooms = InMemoryRooms()
@@ -335,7 +331,7 @@ def test_rooms_keep_join_order_and_tell_who_else_is_there() -> None:
         assert gone is not None and gone.others == ()
         assert rooms.snapshot() == {"lab": ["c1"]}
 
-    run(scenario())
+    run_async(scenario())
 
 
 def test_rooms_refuse_duplicates_full_rooms_and_greedy_addresses() -> None:
@@ -370,7 +366,7 @@ def test_rooms_refuse_duplicates_full_rooms_and_greedy_addresses() -> None:
         await rooms.disconnect("1")
         await rooms.connect("7", "a")
 
-    run(scenario())
+    run_async(scenario())
 
 
 OPERATIONS = st.lists(
@@ -446,7 +442,7 @@ def test_the_book_does_what_a_simple_model_predicts(operations: list[tuple[str, 
                     assert member is not None and (member.connection, member.address) == (
                         member_key, connected[member_key])
 
-    run(scenario())
+    run_async(scenario())
 
 
 def test_a_bad_message_refusal_replies_with_its_code() -> None:

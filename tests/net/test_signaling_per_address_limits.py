@@ -9,11 +9,11 @@ import sys
 import pytest
 
 from rtcxfer.net.signaling import SignalingClient, SignalingServer
+from rtcxfer.testing import run_async
 from tests.support.worker_harness import (
     hold_sockets,
     raw_websocket,
-    run,
-)
+    )
 
 LOOPBACK = "127.0.0.1"
 #: A second loopback address: "another host" for the per-address limits, still only lo.
@@ -35,7 +35,7 @@ def test_one_address_cannot_hold_the_servers_unregistered_sockets():
                 await ws.close()
             return refused, registered
 
-    refused, registered = run(scenario())
+    refused, registered = run_async(scenario())
     assert refused == 8 and registered
 
 
@@ -68,6 +68,6 @@ def test_squatters_are_capped_per_address_and_timed_out_when_idle():
                 await ws.close()
             return refused, in_room_before, in_room_after, stayed
 
-    refused, before, after, stayed = run(scenario())
+    refused, before, after, stayed = run_async(scenario())
     assert (refused, before, after) == (11, 4, 0)
     assert stayed

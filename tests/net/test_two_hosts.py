@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from rtcxfer.net.aiortc_internals import MAX_PACKET_SIZE, STOCK_PACKET_SIZE, tuning_supported, tuning_unsupported_reason
+from tests.support.cli import REPO
 
 PEER = Path(__file__).resolve().parent / "two_host_peer.py"
-REPO = PEER.parents[2]
 GUARD = 120.0
 
 # What these tests check does not exist on an aiortc the tuning cannot rewrite (it then runs

@@ -1,7 +1,9 @@
-"""Drive a real RTCWorkerClient through frames over two real aiortc peers on loopback.
+"""Drive a real RTCWorkerClient over two real aiortc peers on loopback, in this process.
 
-The test side holds the raw data channel, so every frame it sends and receives is the exact
-wire text; the worker side runs ``RTCWorkerClient.serve_channel`` as in production.
+With :func:`worker_session` the test side holds the raw data channel, so every frame it sends
+and receives is the exact wire text; with :func:`attached_client` a real ``RTCClient`` is the
+other side. The worker runs ``RTCWorkerClient.serve_channel`` as in production, or
+``RTCWorkerClient.serve`` through a real signaling server (:func:`start_serving`).
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from pathlib import Path
 
 from websockets.exceptions import ConnectionClosed
 
+from rtcxfer.client.rtc_client import JobResult, RTCClient
+from rtcxfer.client.sample import sample_text
 from rtcxfer.net import peer as rtc
 from rtcxfer.net.signaling import connect_directly
 from rtcxfer.protocol import auth
 from rtcxfer.protocol.frames import DEFAULT_CATALOGUE, Frame, unpack_chunk
+from rtcxfer.testing.job_files import sample_summary
 from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
 
 TOKEN = "test-token"
@@ -115,8 +120,46 @@ async def worker_session(worker: RTCWorkerClient, *, authenticate: bool = True):
         await asyncio.wait_for(serving, WAIT)
 
 
+@contextlib.asynccontextmanager
+async def attached_client(worker: RTCWorkerClient, client: RTCClient, name: str = "client-test"):
+    """``client`` attached to ``worker`` (raising what a refused client hears); both ends closed
+    afterwards."""
+    client_end, worker_end, close = await rtc.connect_pair_in_process()
+    serving_channel = asyncio.create_task(worker.serve_channel(worker_end, name=name))
+    try:
+        await client.attach(client_end)
+        yield client
+    finally:
+        await client.close()
+        await close()
+        await asyncio.wait_for(serving_channel, WAIT)
+
+
+async def start_serving(worker: RTCWorkerClient, url: str, room: str = "r", **serve_options) -> asyncio.Task:
+    """``worker`` serving ``room`` of the signaling server at ``url``, once it is registered
+    there; :func:`stop_serving` ends it."""
+    ready = asyncio.Event()
+    task = asyncio.create_task(worker.serve(url, room, on_ready=ready.set, **serve_options))
+    await asyncio.wait_for(ready.wait(), WAIT)
+    return task
+
+
+async def stop_serving(task: asyncio.Task) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def make_worker(shared_root: Path | None, work_dir: Path, **options) -> RTCWorkerClient:
     return RTCWorkerClient(token=TOKEN, shared_storage_root=shared_root, work_dir=work_dir, **options)
+
+
+def assert_sample_results(result: JobResult, data: bytes = sample_text()) -> None:
+    """The sample job's results arrived whole, and nothing half-written is left beside them."""
+    assert result.ok, result.failure
+    assert (result.results_dir / "summary.txt").read_text() == sample_summary(data)
+    assert (result.results_dir / "copy" / "data.txt").read_bytes() == data
+    siblings = [p.name for p in result.results_dir.parent.iterdir()]
+    assert not [name for name in siblings if name.endswith(".partial")]
 
 
 async def run_shared_job(peer: WorkerPeer, relative_input: str, relative_output: str) -> str:
@@ -148,7 +191,3 @@ async def hold_sockets(url: str, host: str, count: int) -> tuple[int, list]:
 async def raw_websocket(url: str, host: str = "127.0.0.1"):
     """A bare WebSocket to ``url`` from the loopback address ``host`` (never through a proxy)."""
     return await connect_directly(url, open_timeout=5, local_addr=(host, 0))
-
-
-def run(coroutine):
-    return asyncio.run(asyncio.wait_for(coroutine, 120))

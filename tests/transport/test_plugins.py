@@ -3,8 +3,6 @@
 import os
 import subprocess
 import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -12,8 +10,8 @@ from rtcxfer.protocol.frames import SharedInputPath
 from rtcxfer.transport.base import Transport
 from rtcxfer.transport.hookspecs import hookimpl
 from rtcxfer.transport.host import PluginHost, PluginWarning
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.support.cli import REPO
+from tests.support.distributions import install, make_distribution
 
 ECHO_MODULE = """
 from rtcxfer.protocol import frames
@@ -49,34 +47,10 @@ def rtcxfer_claim_frame(frame):
     return "echo" if EchoTransport.claims(frame) else None
 """
 
-SETUP_CFG = """
-[metadata]
-name = {dist}
-version = {version}
-
-[options]
-py_modules = {module}
-
-[options.entry_points]
-rtcxfer.transports =
-    {entry} = {module}
-"""
-
-
-def make_distribution(root: Path, dist: str, version: str, module: str, entry: str, source: str) -> Path:
-    project = root / dist
-    project.mkdir()
-    (project / "setup.cfg").write_text(SETUP_CFG.format(dist=dist, version=version, module=module, entry=entry))
-    (project / "setup.py").write_text("from setuptools import setup\nsetup()\n")
-    (project / f"{module}.py").write_text(textwrap.dedent(source))
-    return project
-
-
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory):
     """A directory holding two pip-installed plugin distributions: one good, one broken."""
     root = tmp_path_factory.mktemp("plugin-dists")
-    target = root / "site"
     good = make_distribution(root, "rtcxfer-echo", "1.2.3", "rtcxfer_echo", "echo", ECHO_MODULE)
     broken = make_distribution(
         root,
@@ -86,24 +60,9 @@ def plugin_env(tmp_path_factory):
         "broken",
         "raise ImportError('this plugin needs a library that is not installed')\n",
     )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--target",
-            str(target),
-            str(good),
-            str(broken),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    target = install(root / "site", good, broken)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(target), str(REPO_ROOT)])
+    env["PYTHONPATH"] = os.pathsep.join([str(target), str(REPO)])
     for name in ("RTCXFER_BLOCK_PLUGINS", "RTCXFER_DISABLE_PLUGIN_AUTOLOAD"):
         env.pop(name, None)
     return env

@@ -11,82 +11,43 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import attrs
 import pytest
 
 from rtcxfer.client.sample import build_sample_package, sample_text
-from rtcxfer.testing.processes import WORKER_READY, CliProcess, cli_environment, start_signaling
+from rtcxfer.testing.cluster import Cluster, start_cluster
+from rtcxfer.testing.processes import CliProcess
 from rtcxfer.transport.host import PluginHost
+from tests.support.cli import environment
+from tests.support.distributions import install, make_distribution
 
-REPO = Path(__file__).resolve().parents[2]
 THIRD_PARTY = Path(__file__).resolve().parent / "third_party"
 TOKEN = f"capabilities-{secrets.token_hex(8)}"
-GUARD = 120.0
-
-SETUP_CFG = """
-[metadata]
-name = rtcxfer-test-transports
-version = 0.0.1
-
-[options]
-py_modules = rtcxfer_test_transports
-
-[options.entry_points]
-rtcxfer.transports =
-    test-transports = rtcxfer_test_transports
-"""
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes")]
 
 
-@attrs.define
-class Lab:
-    root: Path
-    url: str
-    env: dict[str, str]
-    services: list[CliProcess]
-
-    def start_worker(self, room: str, **extra_env: str) -> CliProcess:
-        args = ["worker", "--signal", self.url, "--room", room, "--token", TOKEN, "--work-dir", str(self.root / room)]
-        env = {**self.env, "RTCXFER_LOG_LEVEL": "INFO", **extra_env}
-        worker = CliProcess(f"worker-{room}", args, self.root, env=env)
-        self.services.append(worker)
-        worker.wait_for(WORKER_READY)
-        return worker
-
-    def submit(self, room: str, package: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "rtcxfer.cli", "submit", str(package), "--signal", self.url, "--room", room]
-        command += ["--token", TOKEN, "--json", "--results", str(self.root / f"results-{room}"), *args]
-        return subprocess.run(
-            command, capture_output=True, text=True, env={**self.env, **extra_env}, cwd=self.root, timeout=GUARD
-        )
-
-
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A signaling server, and an environment in which the test transports are installed."""
     root = tmp_path_factory.mktemp("capabilities")
-    project = root / "dist"
-    project.mkdir()
-    (project / "setup.cfg").write_text(SETUP_CFG)
-    (project / "setup.py").write_text("from setuptools import setup\nsetup()\n")
-    (project / "rtcxfer_test_transports.py").write_text((THIRD_PARTY / "rtcxfer_test_transports.py").read_text())
-    site = root / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(project)],
-        check=True,
-        capture_output=True,
+    source = (THIRD_PARTY / "rtcxfer_test_transports.py").read_text()
+    project = make_distribution(
+        root, "rtcxfer-test-transports", "0.0.1", "rtcxfer_test_transports", "test-transports", source
     )
-    env = cli_environment("WARNING", import_path=REPO)
+    site = install(root / "site", project)
+    env = environment()
     env["PYTHONPATH"] = f"{site}:{env['PYTHONPATH']}"
-    services: list[CliProcess] = []
-    try:
-        signaling, url = start_signaling(root, token=TOKEN, env=env)
-        services.append(signaling)
-        yield Lab(root, url, env, services)
-    finally:
-        for service in reversed(services):
-            service.stop()
+    with start_cluster(root, token=TOKEN, env=env, service_env={**env, "RTCXFER_LOG_LEVEL": "INFO"}) as cluster:
+        yield cluster
+
+
+def start_worker(lab: Cluster, room: str, **extra_env: str) -> CliProcess:
+    return lab.start_worker(room, work_dir=lab.root / room, env={**lab.service_env, **extra_env})
+
+
+def submit(lab: Cluster, room: str, package: Path, *options: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    results = lab.root / f"results-{room}"
+    return lab.submit(package, "--json", "--results", str(results), *options, room=room, env={**lab.env, **extra_env})
 
 
 def outcome_of(run: subprocess.CompletedProcess[str]) -> dict:
@@ -96,8 +57,8 @@ def outcome_of(run: subprocess.CompletedProcess[str]) -> dict:
 
 def test_a_third_party_transport_declared_the_fallback_is_the_one_fallen_back_on(lab, tmp_path):
     package = build_sample_package(tmp_path / "job.zip", data=sample_text(300))
-    worker = lab.start_worker("fallback")
-    run = lab.submit("fallback", package)
+    worker = start_worker(lab, "fallback")
+    run = submit(lab, "fallback", package)
     outcome = outcome_of(run)
     assert run.returncode == 0, run.stderr[-3000:]
     # flaky (rank 200) is tried first and refuses; the client falls back on the transport that
@@ -113,8 +74,8 @@ def test_a_third_party_transport_delivers_results_in_place(lab, tmp_path):
     dropbox = tmp_path / "dropbox"
     dropbox.mkdir()
     package = build_sample_package(tmp_path / "job.zip", data=sample_text(300))
-    worker = lab.start_worker("in-place", DROPBOX_DIR=str(dropbox))
-    run = lab.submit("in-place", package, "--transport", "dropbox", DROPBOX_DIR=str(dropbox))
+    worker = start_worker(lab, "in-place", DROPBOX_DIR=str(dropbox))
+    run = submit(lab, "in-place", package, "--transport", "dropbox", DROPBOX_DIR=str(dropbox))
     outcome = outcome_of(run)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (outcome["input_transport"], outcome["results_transport"]) == ("dropbox", "dropbox")

@@ -466,8 +466,7 @@ def test_a_job_whose_direct_connection_broke_falls_back_to_rtc_chunked(tmp_path)
     again over rtc-chunked in the same session, and the user is told."""
     from rtcxfer.client.rtc_client import RTCClient
     from rtcxfer.client.sample import build_sample_package
-    from tests.client.test_client import assert_sample_results, connected
-    from tests.support.worker_harness import TOKEN, make_worker
+    from tests.support.worker_harness import TOKEN, assert_sample_results, attached_client, make_worker
 
     package = build_sample_package(tmp_path / "p.zip")
     events = []
@@ -476,13 +475,10 @@ def test_a_job_whose_direct_connection_broke_falls_back_to_rtc_chunked(tmp_path)
     )
 
     async def scenario():
-        shutdown = await connected(make_worker(None, tmp_path / "work"), client)
-        try:
+        async with attached_client(make_worker(None, tmp_path / "work"), client):
             assert client.session_transports[0] == "direct"
             client.transports["direct"]._send_connection.close()
             return await client.submit(package)
-        finally:
-            await shutdown()
 
     result = run_async(scenario(), 120)
     assert_sample_results(result)

@@ -13,20 +13,13 @@ import random
 import re
 import secrets
 import subprocess
-import sys
 from pathlib import Path
 
 from rtcxfer.client.sample import build_sample_package, sample_text
-from rtcxfer.testing.processes import WORKER_READY, CliProcess, start_signaling
+from rtcxfer.testing.job_files import expected_sample_results, files_under, results_dir_of
+from rtcxfer.testing.processes import describe
 from rtcxfer.testing.two_hosts import TwoHosts
-from tests.cli.test_e2e_cli import (
-    SUBMIT_GUARD,
-    _environment,
-    describe,
-    expected_sample_results,
-    files_under,
-    result_dir,
-)
+from tests.support.two_host_cluster import cluster_across, submit_from_a
 
 TOKEN = f"direct2h-{secrets.token_hex(8)}"
 ROOM = "direct-two-hosts"
@@ -34,31 +27,11 @@ ROOM = "direct-two-hosts"
 
 def submit_across(bed: TwoHosts, tmp_path: Path, *, signal_port: int = 0) -> tuple[subprocess.CompletedProcess, bytes]:
     """A worker in B, a signaling server and one automatic-choice ``rtcxfer submit`` in A."""
-    env = _environment("INFO")
-    services = []
-    try:
-        signaling, url = start_signaling(
-            tmp_path, token=TOKEN, env=env, host=bed.a.address, prefix=bed.a.prefix, port=signal_port
-        )
-        services.append(signaling)
-        (tmp_path / "worker-storage").mkdir()
-        worker_args = ["worker", "--signal", url, "--room", ROOM, "--token", TOKEN, "--any-interface"]
-        worker_args += ["--work-dir", str(tmp_path / "worker"), "--shared-root", str(tmp_path / "worker-storage")]
-        worker = CliProcess("worker", worker_args, tmp_path, env=env, prefix=bed.b.prefix)
-        services.append(worker)
-        worker.wait_for(WORKER_READY)
+    with cluster_across(bed, tmp_path, token=TOKEN, room=ROOM, signal_port=signal_port) as cluster:
         data = f"# direct {secrets.token_hex(8)}\n".encode() + sample_text(20000)
         package = build_sample_package(tmp_path / "package.zip", data=data)
-        command = [sys.executable, "-m", "rtcxfer.cli", "submit", str(package), "--signal", url, "--room", ROOM]
-        command += ["--token", TOKEN, "--results", str(tmp_path / "results"), "--any-interface", "--timeout", "90"]
-        run = bed.a.run(
-            command, capture_output=True, text=True, env=_environment(), cwd=tmp_path, timeout=SUBMIT_GUARD,
-            stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        return run, data
-    finally:
-        for service in reversed(services):
-            service.stop()
+        options = ["--results", str(tmp_path / "results"), "--timeout", "90"]
+        return submit_from_a(cluster, bed, package, *options, room=ROOM), data
 
 
 def test_submit_uses_direct_between_two_hosts_and_says_so(two_host_bed, tmp_path):
@@ -68,7 +41,7 @@ def test_submit_uses_direct_between_two_hosts_and_says_so(two_host_bed, tmp_path
     assert "input via direct, results via direct" in run.stdout, describe(run)
     assert "transports for this session: direct, rtc-chunked" in run.stderr, describe(run)
     assert "sending input via direct" in run.stderr, describe(run)
-    assert files_under(result_dir(run)) == expected_sample_results(data)
+    assert files_under(results_dir_of(run)) == expected_sample_results(data)
 
 
 def test_blocked_tcp_falls_back_to_rtc_chunked_within_3_s_and_says_why(two_host_bed, tmp_path):
@@ -77,7 +50,7 @@ def test_blocked_tcp_falls_back_to_rtc_chunked_within_3_s_and_says_why(two_host_
     run, data = submit_across(bed, tmp_path, signal_port=signal_port)
     assert run.returncode == 0, describe(run)
     assert "input via rtc-chunked, results via rtc-chunked" in run.stdout, describe(run)
-    assert files_under(result_dir(run)) == expected_sample_results(data)
+    assert files_under(results_dir_of(run)) == expected_sample_results(data)
     why = re.search(r"direct is not usable between these peers: .*gave up after ([\d.]+) s: (.*)", run.stderr)
     assert why, describe(run)
     assert float(why.group(1)) <= 3.0, why.group(0)

@@ -27,7 +27,7 @@ from rtcxfer.protocol.frames import (
     ProtocolErrorFrame,
     pack_chunk_header,
 )
-from rtcxfer.testing import LinkedPeers, linked_peers
+from rtcxfer.testing import LinkedPeers, linked_peers, run_async
 from rtcxfer.transport.base import ReceivedFile, TransportContext
 from rtcxfer.transports.rtc_chunked import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, RtcChunkedTransport
 
@@ -35,10 +35,6 @@ STEP = 20.0  # seconds any single wait may take
 MiB = 1024 * 1024
 TID = "ab" * 16
 SHA_ZERO = "0" * 64
-
-
-def run(coro, timeout: float = 60.0):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 def make_file(path: Path, size: int) -> str:
@@ -142,7 +138,7 @@ def test_64_mib_each_way_verified_by_sha256(tmp_path):
             )
         return r, to_worker, to_client
 
-    r, to_worker, to_client = run(main(), timeout=140)
+    r, to_worker, to_client = run_async(main(), timeout=140)
     assert (to_worker.size, to_worker.sha256, to_worker.transport) == (size, up_sha, "rtc-chunked")
     assert (to_client.size, to_client.sha256) == (size, down_sha)
     assert sha256_of(r.incoming["worker"] / "inputs/up.bin") == up_sha
@@ -187,7 +183,7 @@ def test_transfer_cut_at_half_resumes_from_the_receivers_partial(tmp_path):
                 second = r2.transports["client"].reports[-1]
             return held, first, second, delivery, r2
 
-    held, first, second, delivery, r2 = run(main(), timeout=90)
+    held, first, second, delivery, r2 = run_async(main(), timeout=90)
     assert first.offset == 0 and first.bytes_sent >= size // 2
     assert second.transfer_id == first.transfer_id == delivery.reference
     assert second.offset == held > 0
@@ -226,7 +222,7 @@ def test_byte_flipped_on_the_receive_path_is_caught_by_the_hash(tmp_path):
             delivery = await r.transports["client"].send_file(source, "src.bin")
         return r, delivery
 
-    r, delivery = run(main())
+    r, delivery = run_async(main())
     assert files_under(r.incoming["worker"]) == ["src.bin"]
     assert sha256_of(r.incoming["worker"] / "src.bin") == delivery.sha256
     assert len(r.received["worker"]) == 1
@@ -270,7 +266,7 @@ def test_resumed_prefix_is_covered_by_the_hash(tmp_path, held, corrupt, outcome)
             delivery = await sender.send_file(source, "f.bin")
             return sender.reports[-1], delivery
 
-    report, delivery = run(main())
+    report, delivery = run_async(main())
     assert report.offset == (0 if outcome == "integrity" else length)
     assert report.bytes_sent == size - report.offset
     assert delivery.sha256 == sha == sha256_of(incoming / "f.bin")
@@ -370,7 +366,7 @@ def test_bad_input_gets_an_error_and_the_receiver_keeps_serving(tmp_path, case):
             assert delivery.sha256 == sha == sha256_of(r.incoming["worker"] / "ok.bin")
             assert r.peers.worker.engine.open_transfers == {}
 
-    run(main())
+    run_async(main())
 
 
 def test_receiver_asking_for_an_offset_beyond_the_file_is_refused_by_the_sender(tmp_path):
@@ -390,7 +386,7 @@ def test_receiver_asking_for_an_offset_beyond_the_file_is_refused_by_the_sender(
             assert (await errors).transfer_id == meta.transfer_id
             assert r.peers.client.engine.open_transfers == {}
 
-    run(main())
+    run_async(main())
 
 
 def test_sender_stops_when_the_receiver_abandons_mid_file(tmp_path):
@@ -411,7 +407,7 @@ def test_sender_stops_when_the_receiver_abandons_mid_file(tmp_path):
             report = r.transports["client"].reports[-1]
             assert report.bytes_sent < size
 
-    run(main())
+    run_async(main())
 
 
 def test_sending_an_unsafe_name_is_refused_locally(tmp_path):
@@ -423,7 +419,7 @@ def test_sending_an_unsafe_name_is_refused_locally(tmp_path):
             with pytest.raises(LocalProtocolError):
                 await r.transports["client"].send_file(source, "../s.bin")
 
-    run(main())
+    run_async(main())
 
 
 # --- several transfers on one channel -------------------------------------------------------
@@ -445,7 +441,7 @@ def test_concurrent_transfers_share_one_channel_both_ways(tmp_path):
             sends.append(r.transports["worker"].send_file(back, "back.bin"))
             return r, await asyncio.gather(*sends)
 
-    r, deliveries = run(main())
+    r, deliveries = run_async(main())
     assert [d.sha256 for d in deliveries] == [*shas.values(), back_sha]
     for name, sha in shas.items():
         assert sha256_of(r.incoming["worker"] / name) == sha
@@ -466,7 +462,7 @@ def test_completed_file_of_the_same_name_is_replaced(tmp_path):
             await r.transports["client"].send_file(second, "same.bin")
         return r
 
-    r = run(main())
+    r = run_async(main())
     assert sha256_of(r.incoming["worker"] / "same.bin") == sha2
     assert files_under(r.incoming["worker"]) == ["same.bin"]
 
@@ -499,7 +495,7 @@ def test_cancelled_send_closes_the_transfer_on_both_sides_and_a_retry_works(tmp_
             delivery = await sender.send_file(source, "s.bin")
         return r, delivery
 
-    r, delivery = run(main())
+    r, delivery = run_async(main())
     assert delivery.sha256 == sha == sha256_of(r.incoming["worker"] / "s.bin")
     resumed = r.transports["client"].reports[-1]
     assert 0 < resumed.offset < size and resumed.bytes_sent == size - resumed.offset
@@ -541,7 +537,7 @@ def test_a_new_session_takes_a_partial_over_from_one_that_has_not_noticed_its_pe
                 error = await refused
             return delivery, report, error
 
-    delivery, report, error = run(main())
+    delivery, report, error = run_async(main())
     assert report.offset == held and report.bytes_sent == size - held
     assert delivery.sha256 == sha == sha256_of(tmp_path / "worker-incoming" / "f.bin")
     assert "another session" in error.reason

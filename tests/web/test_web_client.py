@@ -34,11 +34,12 @@ import pytest
 
 from rtcxfer.client.sample import build_sample_package
 from rtcxfer.protocol.frames import CHUNK_HEADER_SIZE, pack_chunk_header
+from rtcxfer.testing.cluster import Cluster, start_cluster
 from rtcxfer.testing.loopback_namespace import LoopbackNamespace, namespace_support_problem
-from rtcxfer.testing.processes import SIGNALING_READY, WORKER_READY, CliProcess, cli_environment
+from rtcxfer.testing.processes import CliProcess
 from rtcxfer.web.protocol_table import PROTOCOL_TABLE_PATH
+from tests.support.cli import REPO, environment
 
-REPO = Path(__file__).resolve().parents[2]
 TOKEN = f"web-{secrets.token_hex(8)}"
 ROOM = "web"
 SCREENSHOT = REPO / "docs" / "web-client.png"
@@ -79,36 +80,37 @@ def _browser_problem() -> str | None:
 pytestmark = pytest.mark.skipif(_browser_problem() is not None, reason=f"no browser: {_browser_problem()}")
 
 
-def _environment() -> dict[str, str]:
-    return cli_environment("INFO", import_path=REPO)
-
-
 @attrs.define
 class Site:
-    """The namespace, its signaling server and worker, and the browser that visits them."""
+    """The namespace, its signaling server and worker (a cluster whose processes run in the
+    namespace), and the browser that visits them."""
 
-    root: Path
+    cluster: Cluster
     namespace: LoopbackNamespace
-    python: Path
-    signal_url: str
     page_url: str
-    worker: CliProcess
-    services: list[CliProcess]
     browser: object
 
-    def start_signal(self, name: str, *args: str) -> tuple[CliProcess, str]:
-        """``rtcxfer signal`` in the namespace; its process and ws:// URL once it listens."""
-        service = CliProcess(name, ["signal", "--port", "0", *args], self.root, env=_environment(), python=self.python)
-        self.services.append(service)
-        return service, service.wait_for(SIGNALING_READY).group(1)
+    @property
+    def root(self) -> Path:
+        return self.cluster.root
+
+    @property
+    def python(self) -> Path:
+        """The namespace's python (a wrapper that enters the namespace)."""
+        return Path(self.cluster.python)
+
+    @property
+    def signal_url(self) -> str:
+        return self.cluster.url
+
+    @property
+    def worker(self) -> CliProcess:
+        return self.cluster.worker
 
     def start_worker(self, name: str, token: str, *extra: str) -> CliProcess:
-        args = ["worker", "--signal", self.signal_url, "--room", ROOM, "--token", token, "--peer-id", name, *extra]
-        args += ["--work-dir", str(self.root / f"work-{name}")]
-        service = CliProcess(name, args, self.root, env=_environment(), python=self.python)
-        self.services.append(service)
-        service.wait_for(WORKER_READY)
-        return service
+        return self.cluster.start_worker(
+            ROOM, "--peer-id", name, *extra, name=name, token=token, work_dir=self.root / f"work-{name}"
+        )
 
     def new_page(self, page_url: str | None = None):
         # The media permission lets Chromium enumerate its interfaces (only lo here) instead of
@@ -124,17 +126,8 @@ class Site:
         return page
 
     def python_submit(self, package: Path, results: Path) -> subprocess.CompletedProcess[str]:
-        args = [str(self.python), "-m", "rtcxfer.cli", "submit", str(package), "--signal", self.signal_url]
-        args += ["--room", ROOM, "--token", TOKEN, "--results", str(results), "--timeout", "30", "--quiet"]
-        return subprocess.run(
-            args,
-            capture_output=True,
-            text=True,
-            env=_environment(),
-            cwd=self.root,
-            timeout=PROCESS_GUARD,
-            stdin=subprocess.DEVNULL,
-        )
+        options = ["--results", str(results), "--timeout", "30", "--quiet"]
+        return self.cluster.submit(package, *options, room=ROOM, timeout=PROCESS_GUARD)
 
 
 @pytest.fixture(scope="module")
@@ -142,26 +135,21 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     from playwright.sync_api import sync_playwright
 
     root = tmp_path_factory.mktemp("web")
-    services: list[CliProcess] = []
     with LoopbackNamespace(root / "bin") as namespace:
-        try:
-            python = namespace.wrapper("python", sys.executable)
-            chromium = namespace.wrapper("chromium", _chromium())
+        python = namespace.wrapper("python", sys.executable)
+        chromium = namespace.wrapper("chromium", _chromium())
+        signal_options = ["--idle-timeout", str(IDLE_TIMEOUT)]
+        with start_cluster(
+            root, token=TOKEN, env=environment("INFO"), signal_options=signal_options, python=python
+        ) as cluster:
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_FLAGS, headless=True)
                 try:
-                    site = Site(root, namespace, python, "", "", None, services, browser)  # type: ignore[arg-type]
-                    _, site.signal_url = site.start_signal(
-                        "signal", "--token", TOKEN, "--idle-timeout", str(IDLE_TIMEOUT)
-                    )
-                    site.page_url = page_url_of(site.signal_url)
-                    site.worker = site.start_worker("worker", TOKEN)
+                    site = Site(cluster, namespace, page_url_of(cluster.url), browser)
+                    cluster.worker = site.start_worker("worker", TOKEN)
                     yield site
                 finally:
                     browser.close()
-        finally:
-            for service in reversed(services):
-                service.stop()
 
 
 def page_url_of(signal_url: str) -> str:
@@ -413,7 +401,7 @@ def test_chromium_and_aiortc_move_files_both_ways_with_rtc_chunked(site: Site, t
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_environment(),
+        env=environment("INFO"),
         cwd=tmp_path,
     )
     try:

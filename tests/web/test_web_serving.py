@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rtcxfer.net.signaling import SignalingClient, SignalingServer
+from rtcxfer.testing import run_async
 from rtcxfer.testing.processes import SIGNALING_READY, CliProcess
 from rtcxfer.web import CONTENT_SECURITY_POLICY, WebAssets
 
@@ -76,7 +77,7 @@ def test_the_page_and_each_file_come_with_their_type_and_a_strict_policy() -> No
             async with SignalingClient(server.url, "room", "worker", "worker"):
                 assert server.rooms == {"room": ["worker"]}
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 def test_the_policy_allows_only_this_origin_and_no_inline_script() -> None:
@@ -113,7 +114,7 @@ def test_nothing_but_the_listed_files_is_served(path: str) -> None:
             assert body == b"not found\n"
             assert headers["content-security-policy"] == CONTENT_SECURITY_POLICY
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 @given(st.text(max_size=80))
@@ -131,7 +132,7 @@ def test_without_web_the_port_speaks_only_websocket() -> None:
             assert status == 426  # websockets: Upgrade Required
             assert b"<html" not in body
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 def test_rtcxfer_signal_serves_the_page_unless_told_not_to(tmp_path: Path) -> None:

@@ -11,29 +11,20 @@ import secrets
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from loguru import logger
 
 from rtcxfer.client.rtc_client import RTCClient
 from rtcxfer.net import peer as rtc
 from rtcxfer.protocol import auth
 from rtcxfer.protocol.errors import AuthenticationError, ConnectionClosedError
+from rtcxfer.testing import run_async
 from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
 from tests.support.worker_harness import (
     TOKEN,
     WorkerPeer,
+    attached_client,
     make_worker,
-    run,
     worker_session,
 )
-
-
-@pytest.fixture
-def logs():
-    records: list[tuple[str, str]] = []
-    handler = logger.add(lambda message: records.append((message.record["level"].name, message.record["message"])))
-    yield records
-    logger.remove(handler)
-
 
 # --- impostors: a relay in the middle, a worker that cannot prove the token, weak tokens ----------
 
@@ -71,7 +62,7 @@ def test_a_relay_in_the_middle_cannot_authenticate_either_way(tmp_path, logs):
         await asyncio.wait_for(serving, 30)
         return seen
 
-    seen = run(scenario())
+    seen = run_async(scenario())
     assert not any(isinstance(m, str) and TOKEN in m for m in seen)
     assert [m.split("::")[0] for m in seen] == ["HELLO", "AUTH_CHALLENGE", "AUTH_PROOF", "AUTH_FAILED"]
     assert any("refused: invalid token" in message for _, message in logs)
@@ -99,7 +90,7 @@ def test_the_client_refuses_a_worker_that_cannot_prove_the_token(tmp_path):
         await close()
         return hello, proof, impostor.received[2:]
 
-    hello, proof, afterwards = run(scenario())
+    hello, proof, afterwards = run_async(scenario())
     assert hello.startswith("HELLO::2::") and TOKEN not in hello
     assert proof.startswith("AUTH_PROOF::") and TOKEN not in proof
     assert afterwards == []  # no JOB_SUBMIT, no path, no file
@@ -132,20 +123,13 @@ def test_worker_without_token_needs_an_explicit_insecure_choice_and_clients_with
     insecure = RTCWorkerClient(insecure_no_token=True, work_dir=tmp_path / "w1")
 
     async def attach(token: str | None):
-        client_end, worker_end, close = await rtc.connect_pair_in_process()
-        serving = asyncio.create_task(insecure.serve_channel(worker_end))
         client = RTCClient(token=token, detect_shared_storage=False, results_dir=tmp_path / "results")
-        try:
-            await client.attach(client_end)
+        async with attached_client(insecure, client):
             return client.session_transports
-        finally:
-            await client.close()
-            await close()
-            await asyncio.wait_for(serving, 30)
 
     with pytest.raises(AuthenticationError, match="without a token"):
-        run(attach(TOKEN))
-    assert "rtc-chunked" in run(attach(None))  # served: the session negotiated its transports
+        run_async(attach(TOKEN))
+    assert "rtc-chunked" in run_async(attach(None))  # served: the session negotiated its transports
 
 
 # --- what a peer without the token can send first -------------------------------------------------
@@ -159,7 +143,7 @@ def test_an_old_client_hears_which_protocol_version_the_worker_speaks(tmp_path):
             await peer.send(f"HELLO::1::{TOKEN}::rtc-chunked")
             return await peer.next_text()
 
-    assert run(scenario()) == "AUTH_FAILED::unsupported protocol version 1 (this worker speaks 2)"
+    assert run_async(scenario()) == "AUTH_FAILED::unsupported protocol version 1 (this worker speaks 2)"
 
 
 HEX64 = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
@@ -194,7 +178,7 @@ def test_no_sequence_of_messages_without_the_token_authenticates(tmp_path_factor
                     peer.received.append(await asyncio.wait_for(peer.channel.recv(), 0.3))
             return peer.received
 
-    replies = run(scenario())
+    replies = run_async(scenario())
     kinds = {r.split("::")[0] for r in replies if isinstance(r, str)}
     assert kinds <= {"AUTH_CHALLENGE", "AUTH_FAILED", "PROTOCOL_ERROR", "FILE_ERROR"}, replies
     assert list(work.iterdir()) == []

@@ -17,7 +17,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from loguru import logger
 
 from rtcxfer.client.rtc_client import RTCClient
 from rtcxfer.client.sample import build_sample_package, sample_text
@@ -25,53 +24,21 @@ from rtcxfer.files import kept_partials as resume
 from rtcxfer.net import peer as rtc
 from rtcxfer.net.signaling import SignalingClient, SignalingServer
 from rtcxfer.protocol.frames import pack_chunk_header
+from rtcxfer.testing import run_async
 from rtcxfer.worker.limits import WorkerLimits
 from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
+from tests.support.small_disk import small_tmpfs
 from tests.support.worker_harness import (
     TOKEN,
     WorkerPeer,
     make_worker,
-    run,
     run_shared_job,
+    start_serving,
+    stop_serving,
     worker_session,
 )
 
 LOOPBACK = "127.0.0.1"
-
-
-@pytest.fixture
-def logs():
-    records: list[tuple[str, str]] = []
-    handler = logger.add(lambda message: records.append((message.record["level"].name, message.record["message"])))
-    yield records
-    logger.remove(handler)
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str):
-    """A size-limited tmpfs at ``path`` (root only), unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a size-limited tmpfs")
-    path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-async def running_worker(server: SignalingServer, worker: RTCWorkerClient, room: str = "r") -> asyncio.Task:
-    ready = asyncio.Event()
-    task = asyncio.create_task(worker.serve(server.url, room, on_ready=ready.set))
-    await asyncio.wait_for(ready.wait(), 30)
-    return task
-
-
-async def stop(task: asyncio.Task) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 async def run_sample_job(url: str, room: str, tmp_path: Path, tag: str, **connect_options) -> None:
@@ -101,7 +68,7 @@ def test_worker_survives_rate_limits_unknown_peers_and_being_kicked(tmp_path, lo
             # Generous worker limits: here the point is what the server does to it.
             limits = WorkerLimits(max_unauthenticated=50, auth_timeout=3, offers_per_second=100, offer_burst=100)
             worker = RTCWorkerClient(token=TOKEN, work_dir=tmp_path / "work", limits=limits)
-            serving = await running_worker(server, worker)
+            serving = await start_serving(worker, server.url)
             offerer = rtc.PeerConnection()
             offer = {"kind": "offer", "sdp": await offerer.create_offer()}
             async with SignalingClient(server.url, "r", "client", "hit-and-run") as leaver:
@@ -121,10 +88,10 @@ def test_worker_survives_rate_limits_unknown_peers_and_being_kicked(tmp_path, lo
             await asyncio.sleep(3.5)  # the attackers' handshakes run out of time
             await run_sample_job(server.url, "r", tmp_path, "after-attack")
             assert not serving.done()
-            await stop(serving)
+            await stop_serving(serving)
             worker.close()
 
-    run(scenario())
+    run_async(scenario())
     messages = [message for _, message in logs]
     worker_heard = [m for m in messages if m.startswith("signaling server reports:")]
     assert any("rate-limited" in m for m in worker_heard), messages
@@ -139,7 +106,7 @@ def test_disk_full_cleanup_does_not_follow_an_output_directory_swapped_for_a_sym
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "a.bin").write_bytes(b"not the worker's to delete")
-    with small_tmpfs(tmp_path / "small", "512k") as small:
+    with small_tmpfs(tmp_path / "small", "512k", busy_ok=True) as small:
         (small / "jobs").mkdir()
         program = (
             "import os, pathlib\n"
@@ -165,7 +132,7 @@ def test_disk_full_cleanup_does_not_follow_an_output_directory_swapped_for_a_sym
             async with worker_session(worker) as peer:
                 return await run_shared_job(peer, "jobs/big.zip", "jobs/out")
 
-        assert run(scenario()) == "JOB_FAILED::Disk space exhausted on shared storage"
+        assert run_async(scenario()) == "JOB_FAILED::Disk space exhausted on shared storage"
         assert len(copies) == 2
         assert (outside / "a.bin").read_bytes() == b"not the worker's to delete"
         assert list((small / "jobs" / "out-moved").iterdir()) == []  # the real partial results went
@@ -186,7 +153,7 @@ def test_results_are_not_written_through_a_hard_link_planted_in_the_output_direc
         async with worker_session(worker) as peer:
             return await run_shared_job(peer, "jobs/p.zip", "jobs/out")
 
-    assert run(scenario()).startswith("JOB_COMPLETE::")
+    assert run_async(scenario()).startswith("JOB_COMPLETE::")
     assert victim.read_bytes() == b"precious"
     written = shared / "jobs" / "out" / "summary.txt"
     assert written.read_text().endswith(f"sha256={hashlib.sha256(data).hexdigest()}\n")
@@ -223,17 +190,17 @@ def test_session_directories_are_removed_when_clients_vanish_mid_upload(tmp_path
     async def scenario():
         async with SignalingServer(LOOPBACK, 0) as server:
             worker = RTCWorkerClient(token=TOKEN, work_dir=work)
-            serving = await running_worker(server, worker)
+            serving = await start_serving(worker, server.url)
             await asyncio.gather(*(vanishing_client(server.url, n) for n in range(6)))
             for _ in range(600):
                 if not worker.sessions and not list(work.iterdir()):
                     break
                 await asyncio.sleep(0.05)
             left = sorted(p.name for p in work.iterdir())
-            await stop(serving)
+            await stop_serving(serving)
             return left
 
-    left = run(scenario())
+    left = run_async(scenario())
     # Partial uploads are kept, bounded, for the clients' re-runs to resume; no
     # session directory remains.
     assert [name for name in left if name != resume.DIRECTORY_NAME] == []
@@ -265,7 +232,7 @@ def test_two_thousand_nested_directories_in_a_file_name_are_cleaned_up(tmp_path)
             found = subprocess.run(["find", str(tmp_path / "work"), "-name", "*.part"], capture_output=True, text=True)
             assert found.stdout.count(".part") == 1
 
-    run(scenario())
+    run_async(scenario())
     assert list((tmp_path / "work").iterdir()) == []
 
 
@@ -276,7 +243,7 @@ def test_announced_sizes_are_reserved_against_free_space(tmp_path):
     """Many transfers that each fit the free space but together do not (48 of 63 MiB on 64 MiB free,
     scaled to 8 of 300 KiB on 1 MiB): only as many as fit are accepted."""
     size = 300 * 1024
-    with small_tmpfs(tmp_path / "work", "1m") as work:
+    with small_tmpfs(tmp_path / "work", "1m", busy_ok=True) as work:
         worker = make_worker(None, work)
 
         async def scenario():
@@ -288,7 +255,7 @@ def test_announced_sizes_are_reserved_against_free_space(tmp_path):
                     replies.append(await peer.next_text())
                 return free, replies
 
-        free, replies = run(scenario())
+        free, replies = run_async(scenario())
     accepted = [r for r in replies if r.startswith("FILE_ACCEPT::")]
     refused = [r for r in replies if r.endswith("::not enough free space for the file")]
     assert len(accepted) == free // size and len(accepted) < 8
@@ -307,7 +274,7 @@ def test_an_idle_partial_transfer_is_abandoned_and_its_space_freed(tmp_path):
             parts = list((tmp_path / "work").rglob("*.part"))
             return reply, parts
 
-    reply, parts = run(scenario())
+    reply, parts = run_async(scenario())
     assert reply == f"FILE_ERROR::{tid}::no data for 0.5 s; transfer abandoned"
     assert parts == []
 
@@ -332,7 +299,7 @@ def test_deeply_nested_manifest_fails_the_job_and_the_client_hears_it(tmp_path):
             await peer.send("JOB_SUBMIT::next::rtc-chunked")  # and the session goes on
             return failed, await peer.expect("JOB_ACCEPTED::", "PROTOCOL_ERROR::")
 
-    failed, accepted = run(scenario())
+    failed, accepted = run_async(scenario())
     assert failed.startswith("JOB_FAILED::") and "nested too deeply" in failed
     assert accepted == "JOB_ACCEPTED::next"
 
@@ -347,7 +314,7 @@ def test_an_unauthenticated_session_is_closed_at_its_deadline(tmp_path):
         async with worker_session(worker, authenticate=False) as peer:
             return await peer.next_text(timeout=10), await wait_closed(peer)
 
-    refusal, closed = run(scenario())
+    refusal, closed = run_async(scenario())
     assert refusal == "AUTH_FAILED::no authentication within 0.5 s"
     assert closed
 
@@ -373,7 +340,7 @@ def test_garbage_gets_a_few_replies_and_log_lines_then_the_session_is_closed(tmp
             assert await wait_closed(peer)
             return peer.received
 
-    received = run(scenario())
+    received = run_async(scenario())
     replies = [m for m in received if isinstance(m, str) and m.startswith("PROTOCOL_ERROR::")]
     assert len(replies) <= budget
     garbage_lines = [m for level, m in logs if level == "WARNING" and "unusable input" in m]
@@ -398,7 +365,7 @@ def test_peer_text_cannot_forge_log_lines_or_send_terminal_escapes(tmp_path, log
             await peer.send("JOB_SUBMIT::j::rtc-chunked")
             await peer.expect("JOB_ACCEPTED::")  # every frame above has been handled
 
-    run(scenario())
+    run_async(scenario())
     mentioning = [message for _, message in logs if "forged line" in message]
     assert len(mentioning) >= 2
     for message in mentioning:
@@ -421,4 +388,4 @@ def test_job_cancel_clears_an_accepted_job_without_input(tmp_path):
             await peer.send("JOB_SUBMIT::second::rtc-chunked")
             return cancelled, await peer.next_text()
 
-    assert run(scenario()) == ("JOB_FAILED::Job first was cancelled", "JOB_ACCEPTED::second")
+    assert run_async(scenario()) == ("JOB_FAILED::Job first was cancelled", "JOB_ACCEPTED::second")

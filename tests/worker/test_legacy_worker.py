@@ -15,6 +15,7 @@ import pytest
 from loguru import logger
 
 from rtcxfer.net import peer as rtc
+from rtcxfer.testing import run_async
 from tests.support.legacy_client import (
     KEEP_ALIVE,
     LegacyClient,
@@ -24,7 +25,7 @@ from tests.support.legacy_client import (
     sample_data,
     unzip,
 )
-from tests.support.worker_harness import make_worker, run, worker_session
+from tests.support.worker_harness import make_worker, worker_session
 
 WAIT = 60.0
 NAME = "labels.v001.slp.training_job.zip"
@@ -44,7 +45,8 @@ def worker(shared: Path, tmp_path: Path):
 
 
 @pytest.fixture
-def logs():
+def info_lines():
+    """The library's log messages at INFO and above while the test runs."""
     records: list[str] = []
     handler = logger.add(lambda message: records.append(message.record["message"]), level="INFO")
     yield records
@@ -77,7 +79,7 @@ def test_rtc_training_job(worker):
         async with legacy_session(worker) as client:
             return await client.run_rtc_job(legacy_package(NAME, data), NAME)
 
-    texts, name, result = run(scenario())
+    texts, name, result = run_async(scenario())
     assert texts == [
         f"TRAIN_JOB_START::{STEM}",
         "training on 3000 lines\n",
@@ -103,7 +105,7 @@ def test_track_job_failing_script_and_other_output_dir(worker):
             await client.upload(empty, NAME, package_type="track")
             return found, await client.wait_for("INFERENCE_ERROR::"), await client.next_text()
 
-    (texts, name, result), missing, done = run(scenario())
+    (texts, name, result), missing, done = run_async(scenario())
     assert texts[:5] == [
         "INFERENCE_START",
         "INFERENCE_JOB_START::inference",
@@ -145,14 +147,14 @@ def test_manifest_wins_and_flat_packages_run(worker):
             whole = await client.run_rtc_job(legacy_package(NAME, b"w\n"), NAME, output_dir=".")
             return nested, flat, whole
 
-    (texts, _, result), (_, _, flat_result), (_, _, whole) = run(scenario())
+    (texts, _, result), (_, _, flat_result), (_, _, whole) = run_async(scenario())
     assert texts[0] == "TRAIN_JOB_START::from-manifest" and unzip(result) == {"m.txt": b"manifest"}
     assert unzip(flat_result) == expected_results(b"flat\n")
     everything = unzip(whole)
     assert everything["data.txt"] == b"w\n" and everything["models/copy.txt"] == b"w\n"
 
 
-def test_upload_streams_to_disk_and_a_short_upload_is_dropped(worker, tmp_path, logs):
+def test_upload_streams_to_disk_and_a_short_upload_is_dropped(worker, tmp_path, info_lines):
     half = bytes(range(256)) * 4096 * 4  # 4 MiB
 
     def parts() -> list[Path]:
@@ -174,7 +176,7 @@ def test_upload_streams_to_disk_and_a_short_upload_is_dropped(worker, tmp_path, 
             await assert_job_works(client)
             return refusal
 
-    refusal = run(scenario())
+    refusal = run_async(scenario())
     assert refusal == (
         f"[rtcxfer] refused: upload of '{NAME}' dropped: {len(half)} bytes arrived, {2 * len(half)} announced\n"
     )
@@ -197,7 +199,7 @@ def test_a_size_that_lies_and_bytes_before_file_meta_are_refused(worker, tmp_pat
             await assert_job_works(client)
             return first, second, third
 
-    first, second, third = run(scenario())
+    first, second, third = run_async(scenario())
     assert first == "[rtcxfer] refused: file bytes before FILE_META are refused\n"
     assert second == f"[rtcxfer] refused: upload of '{NAME}' dropped: more bytes than the announced 100\n"
     assert third == "[rtcxfer] refused: END_OF_FILE without an upload is refused\n"
@@ -225,7 +227,7 @@ def test_a_second_upload_while_one_runs_is_refused(worker):
             await client.wait_for_file()
             return during_upload, unzip(result), during_job
 
-    during_upload, result, during_job = run(scenario())
+    during_upload, result, during_job = run_async(scenario())
     assert during_upload == f"[rtcxfer] refused: upload of 'other.zip' refused: '{NAME}' is still being received\n"
     assert result == expected_results(data)
     assert during_job == "[rtcxfer] refused: upload of 'other.zip' refused: a job is running in this session\n"
@@ -248,14 +250,14 @@ def test_traversal_in_names_and_output_dirs_is_refused(worker, tmp_path, name, o
             await assert_job_works(client)
             return name_refusal, output_refusal
 
-    name_refusal, output_refusal = run(scenario())
+    name_refusal, output_refusal = run_async(scenario())
     assert name_refusal.startswith("[rtcxfer] refused: upload of ")
     assert output_refusal.startswith("[rtcxfer] refused: OUTPUT_DIR ") and output_refusal.endswith("keeping models\n")
     assert not (tmp_path / "evil.zip").exists() and not Path("/tmp/evil.zip").exists()
     assert not (tmp_path / "evil").exists() and not Path("/tmp/evil").exists()
 
 
-def test_unknown_messages_are_logged_and_ignored(worker, logs):
+def test_unknown_messages_are_logged_and_ignored(worker, info_lines):
     rng = random.Random(13)
     prefixes = ["PACKAGE_TYPE::", "FILE_META::", "JOB_ID::", "SHARED_STORAGE_JOB::", "TRAIN_", "", "OUTPUT"]
     garbage = [
@@ -273,11 +275,11 @@ def test_unknown_messages_are_logged_and_ignored(worker, logs):
             await assert_job_works(client)
             return list(client.texts)
 
-    texts = run(scenario())
+    texts = run_async(scenario())
     # Nothing was answered before the job's own texts.
     assert texts[0] == f"TRAIN_JOB_START::{STEM}"
-    assert any("unrecognized message (unknown message type): 'NOT_A_MESSAGE::x'" in line for line in logs)
-    assert any("ZMQ_CTRL" in line and "not supported" in line for line in logs)
+    assert any("unrecognized message (unknown message type): 'NOT_A_MESSAGE::x'" in line for line in info_lines)
+    assert any("ZMQ_CTRL" in line and "not supported" in line for line in info_lines)
 
 
 def test_corrupted_package_is_refused_and_the_session_goes_on(worker):
@@ -290,7 +292,7 @@ def test_corrupted_package_is_refused_and_the_session_goes_on(worker):
             await assert_job_works(client)
             return refusal, error, done
 
-    refusal, error, done = run(scenario())
+    refusal, error, done = run_async(scenario())
     assert refusal.startswith(f"[rtcxfer] package '{NAME}' refused: ")
     assert (error, done) == (f"TRAIN_JOB_ERROR::{STEM}::1", "TRAINING_JOBS_DONE")
 
@@ -308,7 +310,7 @@ def test_shared_storage_job(worker, shared):
             complete = await client.wait_for("JOB_COMPLETE::", "JOB_FAILED::")
             return verdicts, complete, list(client.texts)
 
-    verdicts, complete, texts = run(scenario())
+    verdicts, complete, texts = run_async(scenario())
     assert verdicts == ["PATH_VALIDATED::input", "PATH_VALIDATED::output"]
     assert complete == "JOB_COMPLETE::job_0a1b2c3d::jobs/job_0a1b2c3d"
     assert f"TRAIN_JOB_END::{STEM}" in texts and "TRAINING_JOBS_DONE" in texts
@@ -336,7 +338,7 @@ def test_shared_storage_paths_are_validated_as_the_specification_says(worker, sh
             await assert_job_works(client)
             return replies
 
-    assert run(scenario()) == [
+    assert run_async(scenario()) == [
         "PATH_ERROR::Missing input or output path for shared storage job",
         "PATH_ERROR::Path outside shared storage: ../../etc/passwd",
         "PATH_ERROR::Path outside shared storage: jobs/link.zip",
@@ -363,7 +365,7 @@ def test_shared_storage_attempt_falling_back_to_rtc_transfer(worker, shared):
             texts, name, result = await client.run_rtc_job(package, NAME)
             return replies, texts, unzip(result)
 
-    replies, texts, result = run(scenario())
+    replies, texts, result = run_async(scenario())
     assert replies == [
         f"PATH_ERROR::Input path does not exist: jobs/job_5e5e5e5e/{NAME}",
         "PATH_VALIDATED::output",
@@ -382,7 +384,7 @@ def test_shared_storage_job_on_a_worker_without_shared_storage(tmp_path, monkeyp
             await client.start_shared_job(NAME, 10, "job_1", f"jobs/job_1/{NAME}", "jobs/job_1")
             return [await client.next_text() for _ in range(3)]
 
-    assert run(scenario()) == [
+    assert run_async(scenario()) == [
         f"PATH_ERROR::Shared storage is not available on this worker: jobs/job_1/{NAME}",
         "PATH_ERROR::Shared storage is not available on this worker: jobs/job_1",
         "PATH_ERROR::Missing input or output path for shared storage job",
@@ -412,7 +414,7 @@ def test_a_legacy_session_holds_one_of_the_workers_job_slots(shared, tmp_path):
             after = worker.job_slots.running
         return held, refusal, busy, result, after
 
-    held, refusal, busy, result, after = run(scenario())
+    held, refusal, busy, result, after = run_async(scenario())
     assert held == (1, "busy")
     assert refusal.startswith(f"[rtcxfer] refused: upload of '{NAME}' refused: this worker is busy"), refusal
     assert busy.startswith("WORKER_BUSY::"), busy

@@ -11,17 +11,11 @@ from rtcxfer.client.sample import build_sample_package, sample_text
 from rtcxfer.net import peer as rtc
 from rtcxfer.net.signaling import Relay, SignalingClient, SignalingServer
 from rtcxfer.protocol.errors import RemoteProtocolError
+from rtcxfer.testing import run_async
 from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
-from tests.support.worker_harness import TOKEN, run
+from tests.support.worker_harness import TOKEN, attached_client, start_serving, stop_serving
 
 LOOPBACK = "127.0.0.1"
-
-
-async def _serving(server: SignalingServer, worker: RTCWorkerClient, room: str) -> asyncio.Task:
-    ready = asyncio.Event()
-    task = asyncio.create_task(worker.serve(server.url, room, on_ready=ready.set))
-    await asyncio.wait_for(ready.wait(), 30)
-    return task
 
 
 async def _relays_from(client: SignalingClient, sender: str, seconds: float) -> list[dict]:
@@ -43,7 +37,7 @@ def test_a_browser_style_offer_is_answered_with_what_the_worker_expects(tmp_path
     async def scenario() -> tuple[list[dict], list[dict], bool]:
         async with SignalingServer(LOOPBACK, 0) as server:
             worker = RTCWorkerClient(token=TOKEN, work_dir=tmp_path / "work")
-            serving = await _serving(server, worker, "lab")
+            serving = await start_serving(worker, server.url, "lab")
             async with SignalingClient(server.url, "lab", "client", "stranger") as stranger:
                 # RTCSessionDescription.toJSON() in a browser: "type", not "kind".
                 await stranger.send_to("worker", {"type": "offer", "sdp": "v=0\r\n"})
@@ -53,10 +47,10 @@ def test_a_browser_style_offer_is_answered_with_what_the_worker_expects(tmp_path
                     await stranger.send_to("worker", {"type": "offer", "sdp": "v=0\r\n"})
                 flood = await _relays_from(stranger, "worker", 1.5)
             still_serving = not serving.done()
-            await asyncio.gather(_cancel(serving))
+            await stop_serving(serving)
             return first, flood, still_serving
 
-    first, flood, still_serving = run(scenario())
+    first, flood, still_serving = run_async(scenario())
     assert len(first) == 1 and first[0]["kind"] == "error"
     assert '"kind": "offer"' in first[0]["message"] and "type" in first[0]["message"]
     assert len(flood) <= 6  # the worker's replies are rate-limited (burst 5, then 1/s)
@@ -80,13 +74,8 @@ def test_the_client_shows_the_error_a_peer_relays_instead_of_an_answer(tmp_path)
                     return str(error)
                 raise AssertionError("the handshake went on after an error payload")
 
-    reason = run(scenario())
+    reason = run_async(scenario())
     assert "no such job" in reason and "\x1b" not in reason
-
-
-async def _cancel(task: asyncio.Task) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 def test_a_relative_work_dir_gives_jobs_absolute_paths(tmp_path, monkeypatch) -> None:
@@ -97,18 +86,11 @@ def test_a_relative_work_dir_gives_jobs_absolute_paths(tmp_path, monkeypatch) ->
     package = build_sample_package(tmp_path / "package.zip", data=data)
 
     async def scenario():
-        client_end, worker_end, close = await rtc.connect_pair_in_process()
-        serving = asyncio.create_task(worker.serve_channel(worker_end))
         client = RTCClient(token=TOKEN, detect_shared_storage=False, results_dir=tmp_path / "results")
-        try:
-            await client.attach(client_end)
+        async with attached_client(worker, client):
             return await client.submit(package, transport="rtc-chunked")
-        finally:
-            await client.close()
-            await close()
-            await asyncio.wait_for(serving, 30)
 
-    result = run(scenario())
+    result = run_async(scenario())
     # The sample job writes to $RTCXFER_OUTPUT_DIR from inside its package folder: a relative
     # path there would name a directory that does not exist.
     assert result.ok, result.failure

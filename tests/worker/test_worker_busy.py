@@ -10,7 +10,9 @@ from pathlib import Path
 from rtcxfer.client.rtc_client import RTCClient
 from rtcxfer.client.sample import build_sample_package
 from rtcxfer.net.signaling import SignalingServer
+from rtcxfer.testing import run_async
 from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
+from tests.support.worker_harness import start_serving, stop_serving
 
 TOKEN = "busy-test-token"
 
@@ -19,9 +21,7 @@ def test_a_full_worker_refuses_and_the_client_queues_until_the_slot_is_free(tmp_
     async def scenario() -> None:
         async with SignalingServer("127.0.0.1", 0) as server:
             worker = RTCWorkerClient(token=TOKEN, work_dir=tmp_path / "work", slots=1, shared_storage_root=None)
-            ready = asyncio.Event()
-            serving = asyncio.create_task(worker.serve(server.url, "r", peer_id="solo", on_ready=ready.set))
-            await asyncio.wait_for(ready.wait(), 30)
+            serving = await start_serving(worker, server.url, "r", peer_id="solo")
             first = RTCClient(token=TOKEN, results_dir=tmp_path / "first", detect_shared_storage=False)
             notices: list[str] = []
             second = RTCClient(
@@ -47,8 +47,7 @@ def test_a_full_worker_refuses_and_the_client_queues_until_the_slot_is_free(tmp_
             finally:
                 await first.close()
                 await second.close()
-                serving.cancel()
-                await asyncio.gather(serving, return_exceptions=True)
+                await stop_serving(serving)
                 worker.close()
 
-    asyncio.run(asyncio.wait_for(scenario(), 120))
+    run_async(scenario(), 120)

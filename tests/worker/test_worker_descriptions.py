@@ -21,8 +21,9 @@ from rtcxfer.protocol.worker_description import (
     parse_label,
     validate_description,
 )
+from rtcxfer.testing import run_async
 from rtcxfer.worker.description import build_description, parse_nvidia_smi
-from tests.net.test_signaling import LOOPBACK, STEP, assert_silent, async_test, raw, recv_json, registered, send_json
+from tests.support.signaling import LOOPBACK, STEP, assert_silent, async_test, raw, recv_json, registered, send_json
 
 GOOD = {
     "state": "busy",
@@ -250,4 +251,4 @@ def test_the_server_passes_on_exactly_the_valid_descriptions(candidate: dict[str
                 assert update == {"type": "peer-updated", "peer_id": "gpu1", "role": "worker",
                                   "description": json.loads(json.dumps(expected))}
 
-    asyncio.run(asyncio.wait_for(scenario(), 10))
+    run_async(scenario(), 10)

@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import attrs
 import pytest
 
 from rtcxfer.client.rtc_client import RTCClient
@@ -29,12 +28,15 @@ from rtcxfer.net.signaling import Relay, SignalingClient
 from rtcxfer.net.signaling.handshake import SdpAnswer, SdpOffer, decode_handshake
 from rtcxfer.protocol import auth
 from rtcxfer.protocol.errors import SignalingError
-from rtcxfer.testing.processes import SIGNALING_READY, WORKER_READY, CliProcess
+from rtcxfer.testing import run_async
+from rtcxfer.testing.cluster import Cluster, start_cluster
+from rtcxfer.testing.job_files import job_package
+from rtcxfer.testing.processes import WORKER_READY, CliProcess, cli_command
+from tests.support import cli
 from tests.support.worker_harness import hold_sockets
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, prctl and POSIX signals")
 
-REPO = Path(__file__).resolve().parents[2]
 TOKEN = f"hardening-{os.urandom(6).hex()}"
 ROOM = "hardening"
 #: Secrets in the worker's environment that no job may see.
@@ -43,58 +45,31 @@ GUARD = 60.0
 
 
 def environment(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RTCXFER_", "AWS_")) and k != "SHARED_STORAGE_ROOT"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["RTCXFER_LOG_LEVEL"] = "INFO"
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-@attrs.define
-class Cluster:
-    root: Path
-    url: str
-    worker: CliProcess
-    services: list[CliProcess]
-
-    def start_worker(self, name: str, room: str, *args: str, env: dict[str, str] | None = None) -> CliProcess:
-        process = CliProcess(
-            name, ["worker", "--signal", self.url, "--room", room, *args], self.root, env=env or environment()
-        )
-        self.services.append(process)
-        return process
+    """The command's environment at INFO, without the developer's AWS settings: the secrets that
+    reach the worker are the ones this module gives it."""
+    env = {k: v for k, v in cli.environment("INFO").items() if not k.startswith("AWS_")}
+    return {**env, **extra}
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("hardening")
-    services: list[CliProcess] = []
-    try:
-        # No --token: rooms are open; the worker's own token must carry the weight.
-        signaling = CliProcess(
-            "signal", ["signal", "--port", "0", "--max-room-peers-per-address", "16"], root, env=environment()
-        )
-        services.append(signaling)
-        url = signaling.wait_for(SIGNALING_READY).group(1)
+    # No --token: rooms are open; the worker's own token must carry the weight.
+    with start_cluster(
+        root, token=None, env=environment(), signal_options=["--max-room-peers-per-address", "16"]
+    ) as cluster:
         # The token comes from the environment, like the other secrets there.
-        worker = CliProcess(
-            "worker",
-            ["worker", "--signal", url, "--room", ROOM, "--work-dir", str(root / "work"),
-             "--auth-timeout", "4", "--max-unauthenticated", "4"],
-            root,
+        cluster.worker = cluster.start_worker(
+            ROOM,
+            "--auth-timeout",
+            "4",
+            "--max-unauthenticated",
+            "4",
+            name="worker",
+            work_dir=root / "work",
             env=environment(**SECRETS),
         )
-        services.append(worker)
-        worker.wait_for(WORKER_READY)
-        yield Cluster(root, url, worker, services)
-    finally:
-        for service in reversed(services):
-            service.stop()
-
-
-def run(coroutine):
-    return asyncio.run(asyncio.wait_for(coroutine, 120))
+        yield cluster
 
 
 async def job(cluster: Cluster, package: Path, room: str = ROOM) -> Path:
@@ -108,13 +83,12 @@ async def job(cluster: Cluster, package: Path, room: str = ROOM) -> Path:
 
 def sample_job(cluster: Cluster, tag: str) -> None:
     data = sample_text(50) + tag.encode()
-    results = run(job(cluster, build_sample_package(cluster.root / f"{tag}.zip", data=data)))
+    results = run_async(job(cluster, build_sample_package(cluster.root / f"{tag}.zip", data=data)))
     assert (results / "summary.txt").read_text().endswith(f"sha256={hashlib.sha256(data).hexdigest()}\n")
 
 
 def program_package(cluster: Cluster, name: str, program: str) -> Path:
-    manifest = {"name": name, "command": ["python", "job.py"], "timeout_seconds": 60}
-    return build_sample_package(cluster.root / f"{name}.zip", program=program, manifest=manifest)
+    return job_package(cluster.root / f"{name}.zip", program, timeout_seconds=60)
 
 
 def open_fds(pid: int) -> int:
@@ -172,7 +146,7 @@ def test_flooded_offers_neither_stop_the_worker_nor_exhaust_its_descriptors(clus
             peak = max(peak, open_fds(pid))
             await asyncio.sleep(0.02)
 
-    run(attack())
+    run_async(attack())
     assert cluster.worker.process.poll() is None, cluster.worker.text()
     log = cluster.worker.text()
     assert "dropped an offer" in log
@@ -221,19 +195,21 @@ def test_an_impostor_worker_gets_no_token_and_no_job_and_the_real_worker_waits_i
         stop = asyncio.Event()
         squatting = asyncio.create_task(impostor(cluster.url, room, seen, stop))
         await asyncio.sleep(0.5)
-        real = cluster.start_worker("worker-impostor-room", room, "--work-dir", str(cluster.root / "w2"),
-                                    env=environment(RTCXFER_TOKEN=TOKEN))
+        real = cluster.start_worker(
+            room, name="worker-impostor-room", work_dir=cluster.root / "w2", env=environment(RTCXFER_TOKEN=TOKEN),
+            wait=False,
+        )  # fmt: skip
+        command = cli_command("submit", str(package), "--signal", cluster.url, "--room", room, "--token", TOKEN)
+        command += ["--quiet", "--timeout", "20", "--results", str(cluster.root / "r-impostor")]
         submit = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "rtcxfer.cli", "submit", str(package), "--signal", cluster.url, "--room", room,
-            "--token", TOKEN, "--quiet", "--timeout", "20", "--results", str(cluster.root / "r-impostor"),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment(), cwd=cluster.root,
+            *command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment(), cwd=cluster.root
         )
         out, err = await asyncio.wait_for(submit.communicate(), GUARD)
         stop.set()
         await squatting
         return real, submit.returncode, err.decode()
 
-    real, code, err = run(scenario())
+    real, code, err = run_async(scenario())
     assert code == 3, err
     assert "could not prove it knows the token" in err
     assert seen and not any(TOKEN in message for message in seen)
@@ -247,27 +223,24 @@ def test_an_impostor_worker_gets_no_token_and_no_job_and_the_real_worker_waits_i
 
 def sample_job_in(cluster: Cluster, room: str) -> None:
     data = sample_text(20) + room.encode()
-    run(job(cluster, build_sample_package(cluster.root / f"{room}-ok.zip", data=data), room))
+    run_async(job(cluster, build_sample_package(cluster.root / f"{room}-ok.zip", data=data), room))
 
 
 # --- starting and stopping a worker ---------------------------------------------------------------
 
 
 def test_worker_refuses_to_start_without_a_token_and_warns_loudly_when_told_to(cluster):
-    refused = subprocess.run(
-        [sys.executable, "-m", "rtcxfer.cli", "worker", "--signal", cluster.url, "--room", "no-token"],
-        capture_output=True, text=True, env=environment(), timeout=GUARD, cwd=cluster.root,
-    )
+    refused = cluster.run("worker", "--signal", cluster.url, "--room", "no-token", timeout=GUARD)
     assert refused.returncode == 2
     assert "a worker needs a token" in refused.stderr and "--insecure-no-token" in refused.stderr
-    insecure = cluster.start_worker("worker-insecure", "insecure", "--insecure-no-token")
+    insecure = cluster.start_worker("insecure", "--insecure-no-token", name="worker-insecure", wait=False)
     insecure.wait_for(WORKER_READY)
     assert "WARNING: --insecure-no-token" in insecure.text()
     insecure.stop()
 
 
 def test_a_workers_temporary_directory_goes_with_it(cluster):
-    worker = cluster.start_worker("worker-tempdir", "tempdir", env=environment(RTCXFER_TOKEN=TOKEN))
+    worker = cluster.start_worker("tempdir", name="worker-tempdir", env=environment(RTCXFER_TOKEN=TOKEN), wait=False)
     worker.wait_for(WORKER_READY)
     work_dir = Path(re.search(r"work directory (\S+)", worker.text()).group(1))
     assert work_dir.is_dir()
@@ -285,7 +258,7 @@ def test_jobs_do_not_see_the_workers_secrets(cluster):
         "out = pathlib.Path(os.environ['RTCXFER_OUTPUT_DIR'])\n"
         "(out / 'env.txt').write_text('\\n'.join(f'{k}={v}' for k, v in sorted(os.environ.items())))\n"
     )
-    results = run(job(cluster, program_package(cluster, "show-env", program)))
+    results = run_async(job(cluster, program_package(cluster, "show-env", program)))
     seen = (results / "env.txt").read_text()
     for name, value in SECRETS.items():
         assert name not in seen and value not in seen
@@ -307,7 +280,7 @@ def test_a_grandchild_that_calls_setsid_does_not_outlive_its_job(cluster):
         "    os._exit(0)\n"
         "(out / 'escapee.txt').write_bytes(os.read(read, 32))\n"
     )
-    results = run(job(cluster, program_package(cluster, "setsid", program)))
+    results = run_async(job(cluster, program_package(cluster, "setsid", program)))
     escapee = int((results / "escapee.txt").read_text())
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and alive(escapee):
@@ -373,7 +346,7 @@ def test_one_address_cannot_take_the_real_servers_sockets_from_the_others(cluste
             await ws.close()
         return refused, registered
 
-    refused, registered = run(scenario())
+    refused, registered = run_async(scenario())
     assert refused == 12 and registered
 
 
@@ -414,7 +387,7 @@ def test_the_rtcxfer_command_never_sends_the_token_to_the_signaling_server(tmp_p
                 worker.stop()
             return registered
 
-    assert run(scenario())
+    assert run_async(scenario())
     assert received and not any(TOKEN in message for message in received)
     assert any(auth.signaling_token(TOKEN) in message for message in received)
 

@@ -3,7 +3,6 @@ after it, driving a real worker through frames over real aiortc peers, on real f
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import subprocess
@@ -11,16 +10,18 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from loguru import logger
 
 from rtcxfer.client.sample import build_sample_package, sample_text
 from rtcxfer.files.filesystem import FilesystemAdapter
 from rtcxfer.files.paths import validate_path_in_root
 from rtcxfer.files.shared_storage import KNOWN_MOUNT_POINTS, detect_shared_root
 from rtcxfer.protocol.frames import pack_chunk_header
+from rtcxfer.testing import run_async
+from rtcxfer.testing.job_files import sample_summary
 from rtcxfer.transports import shared_fs
 from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
-from tests.support.worker_harness import make_worker, run, run_shared_job, worker_session
+from tests.support.small_disk import small_tmpfs
+from tests.support.worker_harness import make_worker, run_shared_job, worker_session
 
 
 @pytest.fixture
@@ -39,20 +40,6 @@ def worker(shared: Path, tmp_path: Path, request: pytest.FixtureRequest) -> RTCW
 @pytest.fixture
 def package(shared: Path) -> Path:
     return build_sample_package(shared / "jobs" / "1" / "package.zip")
-
-
-@pytest.fixture
-def logs():
-    records: list[tuple[str, str]] = []
-    handler = logger.add(lambda message: records.append((message.record["level"].name, message.record["message"])))
-    yield records
-    logger.remove(handler)
-
-
-def expected_summary(data: bytes) -> str:
-    lines = data.splitlines()
-    words = sum(len(line.split()) for line in lines)
-    return f"lines={len(lines)} words={words} sha256={hashlib.sha256(data).hexdigest()}\n"
 
 
 # --- Requirement: Shared Storage Initialization -------------------------------------------
@@ -102,7 +89,7 @@ def test_receive_shared_input_path(worker, package, shared):
             assert (await peer.expect("JOB_STATUS::")).endswith("::running")
             assert (await peer.expect("FILE_META::", "JOB_FAILED::")).startswith("FILE_META::")
 
-    run(scenario())
+    run_async(scenario())
 
 
 def test_receive_shared_output_path(worker, shared):
@@ -115,7 +102,7 @@ def test_receive_shared_output_path(worker, shared):
             await peer.send("SHARED_OUTPUT_PATH::jobs/1/a-file")
             assert await peer.next_text() == "PATH_ERROR::File not found: jobs/1/a-file"
 
-    run(scenario())
+    run_async(scenario())
 
 
 # --- Requirement: Path Validation and Security ---------------------------------------------
@@ -127,7 +114,7 @@ def test_validate_path_exists(worker):
             await peer.send("SHARED_INPUT_PATH::jobs/1/missing.zip")
             assert await peer.next_text() == "PATH_ERROR::Input path does not exist: jobs/1/missing.zip"
 
-    run(scenario())
+    run_async(scenario())
 
 
 def test_validate_path_within_shared_root(worker, shared, tmp_path, package):
@@ -145,7 +132,7 @@ def test_validate_path_within_shared_root(worker, shared, tmp_path, package):
             await peer.send("SHARED_INPUT_PATH::jobs/escape.zip")
             assert await peer.next_text() == "PATH_ERROR::Path outside shared storage: jobs/escape.zip"
 
-    run(scenario())
+    run_async(scenario())
 
 
 ATTACKS = [
@@ -175,7 +162,7 @@ def test_reject_path_traversal_attacks(worker, package, attack, logs, shared):
             await peer.send("SHARED_INPUT_PATH::jobs/1/package.zip")
             assert await peer.next_text() == "PATH_VALIDATED::input"
 
-    run(scenario())
+    run_async(scenario())
     assert any(level == "WARNING" and "security violation" in message.lower() for level, message in logs)
 
 
@@ -201,7 +188,7 @@ def test_resolve_symlinks_before_validation(worker, package, shared, tmp_path):
             assert await peer.next_text() == "PATH_VALIDATED::input"
             assert (await peer.expect("JOB_COMPLETE::", "JOB_FAILED::")).startswith("JOB_COMPLETE::")
 
-    run(scenario())
+    run_async(scenario())
 
 
 # --- Requirement: Direct File Access --------------------------------------------------------
@@ -214,7 +201,7 @@ def test_read_input_file_directly(worker, package):
             assert done.startswith("JOB_COMPLETE::")
             return peer
 
-    peer = run(scenario())
+    peer = run_async(scenario())
     # Nothing but control frames crossed: no FILE_META, no binary chunk, either way.
     assert all(isinstance(m, str) and not m.startswith("FILE_") for m in peer.received)
 
@@ -227,7 +214,7 @@ def test_process_file_in_place(worker, package, shared, tmp_path):
         async with worker_session(worker) as peer:
             assert (await run_shared_job(peer, "jobs/1/package.zip", "jobs/1/out")).startswith("JOB_COMPLETE::")
 
-    run(scenario())
+    run_async(scenario())
     after = {p.relative_to(shared) for p in shared.rglob("*")}
     # Extraction happened in the worker's own directory: the shared storage only gained
     # the output directory and the results, and the package is untouched.
@@ -249,9 +236,9 @@ def test_write_results_to_shared_output(worker, package, shared, monkeypatch):
         async with worker_session(worker) as peer:
             assert (await run_shared_job(peer, "jobs/1/package.zip", "jobs/1/out")).startswith("JOB_COMPLETE::")
 
-    run(scenario())
+    run_async(scenario())
     out = shared / "jobs" / "1" / "out"
-    assert (out / "summary.txt").read_text() == expected_summary(sample_text())
+    assert (out / "summary.txt").read_text() == sample_summary(sample_text())
     assert (out / "copy" / "data.txt").read_bytes() == sample_text()
     assert len(synced) >= 3  # each result file and the output directory
 
@@ -264,7 +251,7 @@ def test_send_completion_with_relative_output_path(worker, package, shared):
         async with worker_session(worker) as peer:
             return await run_shared_job(peer, "jobs/1/package.zip", "jobs/1/out")
 
-    done = run(scenario())
+    done = run_async(scenario())
     kind, job_id, relative, *_ = done.split("::")
     assert (kind, relative) == ("JOB_COMPLETE", "jobs/1/out")
     assert str(shared) not in done and not relative.startswith("/")
@@ -275,9 +262,9 @@ def test_include_result_metadata(worker, package):
         async with worker_session(worker) as peer:
             return await run_shared_job(peer, "jobs/1/package.zip", "jobs/1/out")
 
-    done = run(scenario())
+    done = run_async(scenario())
     _, _, _, file_count, total_mb = done.split("::")
-    total = len(sample_text()) + len(expected_summary(sample_text()))
+    total = len(sample_text()) + len(sample_summary(sample_text()))
     assert int(file_count) == 2
     assert float(total_mb) == round(total / (1024 * 1024), 2)
 
@@ -293,7 +280,7 @@ def test_file_not_found_error(worker, shared, logs):
             await peer.send("SHARED_INPUT_PATH::jobs/1/a-directory.zip")
             assert await peer.next_text() == "PATH_ERROR::File not found: jobs/1/a-directory.zip"
 
-    run(scenario())
+    run_async(scenario())
     absolute = str((shared / "jobs" / "1" / "a-directory.zip").resolve().parent)
     assert any(level == "ERROR" and absolute in message for level, message in logs)
 
@@ -334,7 +321,7 @@ def test_permission_denied_error(tmp_path):
                     await peer.send("SHARED_INPUT_PATH::jobs/secret.zip")
                     return await peer.next_text()
 
-            reply = asyncio.run(asyncio.wait_for(scenario(), 60))
+            reply = run_async(scenario(), 60)
             os.write(writable, reply.encode())
             code = 0
         finally:
@@ -351,14 +338,7 @@ def test_permission_denied_error(tmp_path):
 
 
 def test_disk_space_error_during_write(tmp_path, package):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a size-limited tmpfs")
-    small = tmp_path / "small-shared"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(small)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small-shared", "512k", busy_ok=True) as small:
         (small / "jobs").mkdir()
         # A small package whose job writes more than the 512 KiB the shared storage holds.
         writes_too_much = (
@@ -379,11 +359,9 @@ def test_disk_space_error_during_write(tmp_path, package):
                 build_sample_package(small / "jobs" / "fits.zip", data=b"tiny\n")
                 return failed, await run_shared_job(peer, "jobs/fits.zip", "jobs/out2")
 
-        failed, second = run(scenario())
+        failed, second = run_async(scenario())
         assert list((small / "jobs" / "out").iterdir()) == []  # partial files cleaned up
         assert second.startswith("JOB_COMPLETE::")
-    finally:
-        subprocess.run(["umount", str(small)], check=False)
 
 
 def test_corrupted_file_detection(worker, shared):
@@ -400,7 +378,7 @@ def test_corrupted_file_detection(worker, shared):
                 assert reply == f"PATH_ERROR::File corrupted or invalid format: jobs/1/{name}"
             assert (await run_shared_job(peer, "jobs/1/good.zip", "jobs/1/out")).startswith("JOB_COMPLETE::")
 
-    run(scenario())
+    run_async(scenario())
 
 
 # --- Requirement: Backward Compatibility ----------------------------------------------------
@@ -442,9 +420,9 @@ def test_receive_rtc_transfer_messages(tmp_path, monkeypatch):
             await send_package_over_rtc(peer, data)
             return await peer.finish_job()
 
-    done, files = run(scenario())
+    done, files = run_async(scenario())
     assert done == "JOB_COMPLETE::job-rtc::job-rtc::2::0.11"
-    assert files == {"summary.txt": expected_summary(sample_text()).encode(), "copy/data.txt": sample_text()}
+    assert files == {"summary.txt": sample_summary(sample_text()).encode(), "copy/data.txt": sample_text()}
     assert resolved == []
 
 
@@ -462,7 +440,7 @@ def test_mixed_transfer_modes_in_same_session(worker, package, shared, tmp_path)
             third = await run_shared_job(peer, "jobs/1/package.zip", "jobs/1/out3")
             return first, second, third, peer
 
-    first, second, third, peer = run(scenario())
+    first, second, third, peer = run_async(scenario())
     assert first.startswith("JOB_COMPLETE::") and first.split("::")[2] == "jobs/1/out"
     assert second == "JOB_COMPLETE::second::second::2::0.11"
     assert third.split("::")[2] == "jobs/1/out3"
@@ -478,7 +456,7 @@ def test_log_file_access_time(worker, package, logs):
         async with worker_session(worker) as peer:
             await run_shared_job(peer, "jobs/1/package.zip", "jobs/1/out")
 
-    run(scenario())
+    run_async(scenario())
     size = package.stat().st_size
     assert any(f"read jobs/1/package.zip ({size} bytes, via shared-fs)" in m and " s" in m for _, m in logs)
 
@@ -488,12 +466,12 @@ def test_log_validation_time(worker, package, logs, monkeypatch):
         async with worker_session(worker) as peer:
             assert (await run_shared_job(peer, "jobs/1/package.zip", "jobs/1/out")).startswith("JOB_COMPLETE::")
 
-    run(validate_once())
+    run_async(validate_once())
     timing = [(level, m) for level, m in logs if m.startswith("validated shared input jobs/1/package.zip")]
     assert timing and timing[-1][0] == "INFO" and " in " in timing[-1][1]
     # Past the threshold the same record is a warning (the threshold lowered, not the clock).
     monkeypatch.setattr(shared_fs, "SLOW_VALIDATION_SECONDS", 0.0)
-    run(validate_once())
+    run_async(validate_once())
     timing = [(level, m) for level, m in logs if m.startswith("validated shared input jobs/1/package.zip")]
     assert timing[-1][0] == "WARNING"
 
@@ -511,7 +489,7 @@ def test_package_members_are_not_trusted(worker, shared):
             assert await peer.next_text() == "PATH_VALIDATED::input"
             return await peer.expect("PATH_ERROR::", "JOB_COMPLETE::", "JOB_FAILED::")
 
-    assert run(scenario()) == "PATH_ERROR::File corrupted or invalid format: jobs/1/hostile.zip"
+    assert run_async(scenario()) == "PATH_ERROR::File corrupted or invalid format: jobs/1/hostile.zip"
     assert not any(p.name == "escaped.txt" for p in shared.parent.rglob("escaped.txt"))
 
 
@@ -525,12 +503,12 @@ def test_unauthenticated_session_is_refused_before_any_job_frame(worker, package
         # A session that does not open with HELLO speaks the legacy protocol, authenticated
         # only by the signaling server: the path is validated, no job starts without
         # SHARED_STORAGE_JOB::start.
-        assert run(scenario()) == "PATH_VALIDATED::input"
+        assert run_async(scenario()) == "PATH_VALIDATED::input"
     else:
-        assert run(scenario()) == "AUTH_FAILED::authenticate with HELLO first"
+        assert run_async(scenario()) == "AUTH_FAILED::authenticate with HELLO first"
 
     async def wrong_token():
         async with worker_session(worker, authenticate=False) as peer:
             return await peer.hello("not-the-token")
 
-    assert run(wrong_token()) == "AUTH_FAILED::invalid token"
+    assert run_async(wrong_token()) == "AUTH_FAILED::invalid token"
