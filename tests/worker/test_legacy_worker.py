@@ -18,6 +18,7 @@ from rtcxfer.net import peer as rtc
 from rtcxfer.testing import run_async
 from tests.support.legacy_client import (
     KEEP_ALIVE,
+    TRAIN_SCRIPT,
     LegacyClient,
     expected_results,
     files_under,
@@ -394,7 +395,10 @@ def test_shared_storage_job_on_a_worker_without_shared_storage(tmp_path, monkeyp
 def test_a_legacy_session_holds_one_of_the_workers_job_slots(shared, tmp_path):
     worker = make_worker(shared, tmp_path / "work", legacy=True, slots=1)
     data = sample_data("slot", 50)  # random lines: made once
-    package = legacy_package(NAME, data)
+    # The first job holds its slot until the test has heard both refusals (at most 60 s).
+    release = tmp_path / "release"
+    hold = f"i=0; while [ ! -e '{release}' ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n"
+    package = legacy_package(NAME, data, script=hold + TRAIN_SCRIPT)
 
     async def scenario():
         async with legacy_session(worker) as first:
@@ -408,6 +412,7 @@ def test_a_legacy_session_holds_one_of_the_workers_job_slots(shared, tmp_path):
                 refusal = await second.next_text()
             async with worker_session(worker, authenticate=False) as native:
                 busy = await native.hello()
+            release.touch()
             _, result = await first.wait_for_file()
             # The job is over: its slot is free while its session stays open.
             await asyncio.sleep(0)
