@@ -1,4 +1,6 @@
-"""`rtcxfer demo`, the README's main-job command, as a user runs it."""
+"""`rtcxfer demo`, the README's main-job command, as a user runs it: one subprocess that runs a job
+over each built-in transport in about a second, so it stays in the quick check (``-m "not slow"``)
+as its smoke test of the command."""
 
 import re
 from pathlib import Path

@@ -38,7 +38,7 @@ EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_CONNECTION, EXIT_CANCELLED = 0, 1, 2,
 #: The jobs' own timeout: a hang guard for jobs meant to end by themselves or be stopped.
 JOB_GUARD = 120
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and process groups")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and process groups")]
 
 
 # --- processes ------------------------------------------------------------------------

@@ -22,6 +22,9 @@ from tests.support.two_host_cluster import cluster_across, submit_from_a
 TOKEN = f"e2e2h-{secrets.token_hex(8)}"
 ROOM = "two-hosts"
 
+#: Network namespaces and real processes in them.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("drop", [False, True], ids=["fragments-pass", "fragments-dropped"])
 def test_submit_over_rtc_chunked_between_two_hosts(two_host_bed, tmp_path, drop):

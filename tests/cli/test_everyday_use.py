@@ -39,7 +39,7 @@ ROOM = "newuser"
 GUARD = 120.0
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_CONNECTION, EXIT_WORKER_STOPPED = 0, 1, 2, 3, 75
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")]
 
 #: What must never reach a user's terminal.
 STRAY = ("Traceback", "Task exception was never retrieved", "InvalidStateError", "never awaited")

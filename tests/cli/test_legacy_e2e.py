@@ -35,7 +35,7 @@ LEGACY_ROOM, PLAIN_ROOM = "legacy-room", "plain-room"
 NAME = "labels.v001.slp.training_job.zip"
 GUARD = 120.0
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes")]
 
 
 @attrs.define

@@ -31,7 +31,7 @@ ROOM = "lab"
 GUARD = 180.0
 EXIT_CONNECTION = 3
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")]
 
 #: A job that takes long enough to overlap with others and says when it ran.
 TIMED_PROGRAM = """\

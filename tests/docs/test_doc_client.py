@@ -47,6 +47,7 @@ def assert_loopback_only(sdp: str) -> None:
     assert candidates and set(candidates) == {"127.0.0.1"}, candidates
 
 
+@pytest.mark.slow
 def test_rtc_chunked_then_shared_fs_job_in_one_session(servers):
     url, shared_root, base = servers
     package = build_sample_package(base / "client" / "sample-package.zip", data=DATA)
@@ -90,6 +91,7 @@ def test_room_token_matches_the_documents_worked_example():
     assert room_token("ROOMSECRET") == "5ae7d8ceb3c3002a7900432cacfd18ea21c479d3256785c248b06706381452a3"
 
 
+@pytest.mark.slow
 def test_wrong_worker_token_gets_auth_failed(servers):
     url, _, _ = servers
 

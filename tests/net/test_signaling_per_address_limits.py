@@ -39,6 +39,8 @@ def test_one_address_cannot_hold_the_servers_unregistered_sockets():
     assert refused == 8 and registered
 
 
+# Slow: it waits out the server's idle timeout.
+@pytest.mark.slow
 @LINUX_LOOPBACK_NET
 def test_squatters_are_capped_per_address_and_timed_out_when_idle():
     async def scenario():

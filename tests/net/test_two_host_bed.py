@@ -12,6 +12,9 @@ from rtcxfer.testing.two_hosts import NAME_PREFIX, remove_stale_beds, two_hosts
 
 GUARD = 30.0
 
+#: Network namespaces and processes in them.
+pytestmark = pytest.mark.slow
+
 # Host B listens (UDP datagrams and TCP connections) and prints what it received, one line each.
 LISTENER = """
 import socket, sys, threading

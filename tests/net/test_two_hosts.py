@@ -27,9 +27,12 @@ GUARD = 120.0
 
 # What these tests check does not exist on an aiortc the tuning cannot rewrite (it then runs
 # stock packets: tests/net/test_rtc.py::test_an_aiortc_without_the_tuned_internals_runs_stock_packets_and_says_why).
-pytestmark = pytest.mark.skipif(
-    not tuning_supported(), reason=f"no large SCTP packets on this aiortc: {tuning_unsupported_reason()}"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not tuning_supported(), reason=f"no large SCTP packets on this aiortc: {tuning_unsupported_reason()}"
+    ),
+]
 
 
 class PeerProcess:

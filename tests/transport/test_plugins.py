@@ -49,7 +49,8 @@ def rtcxfer_claim_frame(frame):
 
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory):
-    """A directory holding two pip-installed plugin distributions: one good, one broken."""
+    """A directory holding two pip-installed plugin distributions: one good, one broken (pip and
+    the ``rtcxfer`` command as subprocesses: the tests that use it are slow)."""
     root = tmp_path_factory.mktemp("plugin-dists")
     good = make_distribution(root, "rtcxfer-echo", "1.2.3", "rtcxfer_echo", "echo", ECHO_MODULE)
     broken = make_distribution(
@@ -74,6 +75,7 @@ def run_in(env, *args, **extra_env):
     )
 
 
+@pytest.mark.slow
 def test_installed_plugin_is_listed_with_its_distribution_and_version(plugin_env):
     result = run_in(plugin_env, "-m", "rtcxfer.cli", "plugins")
     assert result.returncode == 0, result.stderr
@@ -83,6 +85,7 @@ def test_installed_plugin_is_listed_with_its_distribution_and_version(plugin_env
     assert "rtcxfer 0.1.0" in lines["shared-fs"]
 
 
+@pytest.mark.slow
 def test_plugin_that_fails_to_import_is_skipped_with_a_warning(plugin_env):
     result = run_in(plugin_env, "-m", "rtcxfer.cli", "plugins")
     assert result.returncode == 0
@@ -100,12 +103,14 @@ print(type(event).__name__, getattr(event, "handler", None), getattr(event, "fra
 """
 
 
+@pytest.mark.slow
 def test_installed_plugin_claims_the_frame_type_it_defines(plugin_env):
     result = run_in(plugin_env, "-W", "ignore", "-c", CLAIM_SCRIPT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "FrameReceived echo EchoBytes(transfer_id='t1', text='hello::world')"
 
 
+@pytest.mark.slow
 def test_blocking_a_plugin_by_name_removes_it(plugin_env):
     listed = run_in(plugin_env, "-m", "rtcxfer.cli", "plugins", RTCXFER_BLOCK_PLUGINS="echo,broken")
     assert "echo" not in listed.stdout and "skipped" not in listed.stderr
@@ -114,6 +119,7 @@ def test_blocking_a_plugin_by_name_removes_it(plugin_env):
     assert claimed.stdout.startswith("ProtocolViolation None")
 
 
+@pytest.mark.slow
 def test_disabling_autoload_keeps_only_the_builtins(plugin_env):
     result = run_in(plugin_env, "-m", "rtcxfer.cli", "plugins", RTCXFER_DISABLE_PLUGIN_AUTOLOAD="1")
     names = [line.split()[0] for line in result.stdout.splitlines()[1:]]

@@ -334,6 +334,8 @@ def unreachable(monkeypatch):
         hole.close()
 
 
+# Slow: it waits out the connect timeout before the roles swap.
+@pytest.mark.slow
 def test_roles_swap_when_the_client_cannot_reach_the_worker(tmp_path, unreachable):
     unreachable("worker")
     source = make_file(tmp_path / "out" / "both-ways.bin", 3 * MiB + 1, seed=5)
@@ -356,6 +358,8 @@ def test_roles_swap_when_the_client_cannot_reach_the_worker(tmp_path, unreachabl
     run_async(scenario(), 60)
 
 
+# Slow: it waits out the connect timeout, both ways.
+@pytest.mark.slow
 def test_neither_side_reachable_gives_up_within_the_connect_timeout_and_says_why(tmp_path, unreachable):
     unreachable("worker")
     unreachable("client")

@@ -15,6 +15,8 @@ import secrets
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from rtcxfer.client.sample import build_sample_package, sample_text
 from rtcxfer.testing.job_files import expected_sample_results, files_under, results_dir_of
 from rtcxfer.testing.processes import describe
@@ -23,6 +25,9 @@ from tests.support.two_host_cluster import cluster_across, submit_from_a
 
 TOKEN = f"direct2h-{secrets.token_hex(8)}"
 ROOM = "direct-two-hosts"
+
+#: Network namespaces and real processes in them.
+pytestmark = pytest.mark.slow
 
 
 def submit_across(bed: TwoHosts, tmp_path: Path, *, signal_port: int = 0) -> tuple[subprocess.CompletedProcess, bytes]:

@@ -77,7 +77,10 @@ def _browser_problem() -> str | None:
     return namespace_support_problem()
 
 
-pytestmark = pytest.mark.skipif(_browser_problem() is not None, reason=f"no browser: {_browser_problem()}")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(_browser_problem() is not None, reason=f"no browser: {_browser_problem()}"),
+]
 
 
 @attrs.define

@@ -135,6 +135,7 @@ def test_without_web_the_port_speaks_only_websocket() -> None:
     run_async(scenario())
 
 
+@pytest.mark.slow
 def test_rtcxfer_signal_serves_the_page_unless_told_not_to(tmp_path: Path) -> None:
     for flags, served in (([], True), (["--no-web"], False)):
         process = CliProcess(

@@ -55,6 +55,8 @@ async def run_sample_job(url: str, room: str, tmp_path: Path, tag: str, **connec
 # --- the worker's signaling loop survives every error the server sends ----------------------------
 
 
+# Slow: it waits out the attackers' authentication deadline.
+@pytest.mark.slow
 def test_worker_survives_rate_limits_unknown_peers_and_being_kicked(tmp_path, logs):
     """Offers flooded at the worker, with a server strict enough that the worker's own answers trip its
     rate limit and then its persistent-flooding rule: the worker is told ``rate-limited`` and
@@ -163,6 +165,8 @@ def test_results_are_not_written_through_a_hard_link_planted_in_the_output_direc
 # --- session and work directories never leak ------------------------------------------------------
 
 
+# Slow: at times the worker notices a vanished client only when its connection times out (some 30 s).
+@pytest.mark.slow
 def test_session_directories_are_removed_when_clients_vanish_mid_upload(tmp_path, logs):
     """Clients that close their peer connection and their signaling connection together while
     uploading (six of them): every session directory goes; a partial upload is

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+import pytest
+
 from rtcxfer.client.rtc_client import RTCClient
 from rtcxfer.client.sample import build_sample_package, sample_text
 from rtcxfer.net import peer as rtc
@@ -33,6 +35,8 @@ async def _relays_from(client: SignalingClient, sender: str, seconds: float) -> 
     return payloads
 
 
+# Slow: it counts the worker's rate-limited replies over a window of seconds.
+@pytest.mark.slow
 def test_a_browser_style_offer_is_answered_with_what_the_worker_expects(tmp_path) -> None:
     async def scenario() -> tuple[list[dict], list[dict], bool]:
         async with SignalingServer(LOOPBACK, 0) as server:
@@ -57,6 +61,8 @@ def test_a_browser_style_offer_is_answered_with_what_the_worker_expects(tmp_path
     assert still_serving
 
 
+# Slow: it watches the relays for a fixed 5 s window.
+@pytest.mark.slow
 def test_the_client_shows_the_error_a_peer_relays_instead_of_an_answer(tmp_path) -> None:
     async def scenario() -> str:
         async with SignalingServer(LOOPBACK, 0) as server:

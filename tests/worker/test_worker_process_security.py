@@ -35,7 +35,10 @@ from rtcxfer.testing.processes import WORKER_READY, CliProcess, cli_command
 from tests.support import cli
 from tests.support.worker_harness import hold_sockets
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, prctl and POSIX signals")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, prctl and POSIX signals"),
+]
 
 TOKEN = f"hardening-{os.urandom(6).hex()}"
 ROOM = "hardening"

@@ -45,7 +45,7 @@ WRONG_SECRET = "wrong-secret-never-shown"
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE = 0, 1, 2
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes and venv layout")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes and venv layout")]
 
 
 # --- environments -----------------------------------------------------------------------------
