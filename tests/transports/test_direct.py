@@ -240,6 +240,8 @@ def test_a_closed_listener_refuses_connections():
 # --- whole sessions --------------------------------------------------------------------------
 
 
+# Slow: strangers at the listener for the whole of several transfers (test_a_stranger_gets_nothing stays quick).
+@pytest.mark.slow
 def test_strangers_disturb_nothing_while_files_move(tmp_path, monkeypatch):
     """100 strangers at once on the worker's listening port (silent, plain text, garbage, TLS
     without a token, a wrong token) while files move both ways: every file arrives verified, no

@@ -123,6 +123,8 @@ def test_part_name_stays_within_the_file_name_limit():
 # --- whole files both ways, resumed, and corrupted ------------------------------------------------
 
 
+# Slow: 128 MiB through the data channel (the smaller transfers below stay quick).
+@pytest.mark.slow
 def test_64_mib_each_way_verified_by_sha256(tmp_path):
     size = 64 * MiB
     up = tmp_path / "up.bin"

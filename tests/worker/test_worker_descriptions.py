@@ -229,6 +229,8 @@ def test_a_worker_refuses_bad_labels_at_once_and_leaves_out_odd_transport_names(
     assert built["transports"] == ["direct"]
 
 
+# Slow: every example takes WebSockets to a real server (the validator's own fuzzing stays quick).
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(st.dictionaries(st.sampled_from([*GOOD, "other"]), json_values, max_size=8))
 def test_the_server_passes_on_exactly_the_valid_descriptions(candidate: dict[str, Any]) -> None:
