@@ -101,6 +101,7 @@ class Cluster:
         return worker
 
     def token_options(self, token: str | None = None) -> list[str]:
+        """``--token TOKEN`` for ``token``, or else for the cluster's (nothing where neither is set)."""
         token = token if token is not None else self.token
         return ["--token", token] if token is not None else []
 
