@@ -1,4 +1,4 @@
-"""Shared pytest configuration: hypothesis profiles and small fixtures.
+"""Shared pytest configuration: hypothesis profiles and small fixtures (``logs``, ``two_host_bed``).
 
 Profiles (select with ``HYPOTHESIS_PROFILE=name``):
 
@@ -25,6 +25,17 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture
+def logs():
+    """The library's log records while the test runs, as (level name, message), every level."""
+    records: list[tuple[str, str]] = []
+    handler = rtcxfer.log.logger.add(
+        lambda message: records.append((message.record["level"].name, message.record["message"]))
+    )
+    yield records
+    rtcxfer.log.logger.remove(handler)
 
 
 @pytest.fixture

@@ -46,16 +46,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 import pytest
 
 from rtcxfer.protocol.errors import RtcxferError
 from rtcxfer.protocol.frames import Frame, ProtocolErrorFrame
+from rtcxfer.testing.coroutines import run_async
 from rtcxfer.testing.peers import LinkedPeers, PeerSide, linked_peers
 from rtcxfer.transport.base import Delivery, ReceivedFile, Transport, TransportContext
 from rtcxfer.transport.host import PluginHost
@@ -71,8 +72,6 @@ __all__ = [
     "sha256_of",
 ]
 
-T = TypeVar("T")
-
 #: Names no transport may accept from a caller or a peer.
 HOSTILE_NAMES: tuple[str, ...] = (
     "../escape.bin",
@@ -83,11 +82,6 @@ HOSTILE_NAMES: tuple[str, ...] = (
     "a\x00b",
     "",
 )
-
-
-def run_async(coroutine: Coroutine[Any, Any, T], timeout: float = 120.0) -> T:
-    """Run ``coroutine`` in a fresh event loop, failing after ``timeout`` seconds."""
-    return asyncio.run(asyncio.wait_for(coroutine, timeout))
 
 
 def make_file(path: Path, size: int, *, seed: int = 0) -> Path:

@@ -246,6 +246,8 @@ def test_keys_escaping_the_prefix_are_refused_even_when_the_object_exists(host, 
 # --- the server goes away ---------------------------------------------------------------------
 
 
+# Slow: a server process of its own, killed mid-upload.
+@pytest.mark.slow
 def test_the_server_killed_mid_upload_is_a_clear_error_and_the_client_falls_back(host, own_moto, tmp_path):
     killed_at: list[int] = []
 

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
+from pathlib import Path
+
+from rtcxfer.testing.processes import cli_environment, describe, run_cli
 
 
 def run_plugins(**env: str) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("RTCXFER_")}
-    environ.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "rtcxfer.cli", "plugins"],
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=120,
-        check=True,
-    )
+    run = run_cli("plugins", env=cli_environment(**env), cwd=Path.cwd())
+    assert run.returncode == 0, describe(run)
+    return run
 
 
 def test_plugins_lists_s3_with_its_distribution_and_version():

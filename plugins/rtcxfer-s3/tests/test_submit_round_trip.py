@@ -14,7 +14,6 @@ guards, not assertions about speed.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import secrets
@@ -25,13 +24,14 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
-import attrs
 import pytest
 import rtcxfer_s3
 from moto_server import REGION, MotoServer
 
 from rtcxfer.client.sample import build_sample_package, sample_text
-from rtcxfer.testing.processes import START_GUARD, WORKER_READY, CliProcess, start_signaling
+from rtcxfer.testing.cluster import Cluster, start_cluster
+from rtcxfer.testing.job_files import expected_sample_results, files_under, results_dir_of
+from rtcxfer.testing.processes import START_GUARD, CliProcess, describe, run_cli
 
 TOKEN = f"s3-e2e-{secrets.token_hex(8)}"
 ROOM = "s3-e2e"
@@ -43,12 +43,9 @@ S3_URL = f"s3://{BUCKET}/{PREFIX}"
 TRAP_ENDPOINT = "http://127.0.0.1:9"
 WRONG_SECRET = "wrong-secret-never-shown"
 
-#: Hang guards (seconds), generous for a loaded 2-core machine.
-SUBMIT_GUARD = 120.0
-
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE = 0, 1, 2
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes and venv layout")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes and venv layout")]
 
 
 # --- environments -----------------------------------------------------------------------------
@@ -164,27 +161,6 @@ def venv_without_the_plugin(where: Path) -> Path:
 # --- processes --------------------------------------------------------------------------------
 
 
-@attrs.define
-class Cluster:
-    root: Path
-    moto: MotoServer
-    url: str
-    services: list[CliProcess]
-    #: The module's worker, in ROOM, with the store's own user.
-    worker: CliProcess = attrs.field(default=None)
-
-    def start_worker(
-        self, room: str, *, python: str | Path = sys.executable, env: dict[str, str] | None = None
-    ) -> CliProcess:
-        args = ["worker", "--signal", self.url, "--room", room, "--token", TOKEN]
-        args += ["--work-dir", str(self.root / f"work-{room}"), "--shared-root", str(self.root / "worker-shared")]
-        env = env or s3_environment(self.moto, log_level="INFO")
-        service = CliProcess(f"worker-{room}", args, self.root, env=env, python=python)
-        self.services.append(service)
-        service.wait_for(WORKER_READY)
-        return service
-
-
 @pytest.fixture(scope="module")
 def store(moto: MotoServer):
     """An S3 client on the test bucket, which keeps every version of every object."""
@@ -196,20 +172,26 @@ def store(moto: MotoServer):
 
 @pytest.fixture(scope="module")
 def cluster(moto: MotoServer, store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A signaling server and the module's worker (in ROOM, with the store's own user); workers
+    and clients get different shared roots."""
     root = tmp_path_factory.mktemp("s3-e2e")
     for shared in ("worker-shared", "client-shared"):
         (root / shared).mkdir()
-    services: list[CliProcess] = []
-    try:
-        signaling, url = start_signaling(root, token=TOKEN, env=s3_environment(moto))
-        services.append(signaling)
-        cluster = Cluster(root, moto, url, services)
-        cluster.worker = cluster.start_worker(ROOM)
+    with start_cluster(
+        root,
+        token=TOKEN,
+        env=s3_environment(moto),
+        service_env=s3_environment(moto, log_level="INFO"),
+        worker_options=["--shared-root", str(root / "worker-shared")],
+    ) as cluster:
+        cluster.worker = start_worker(cluster, ROOM)
         yield cluster
-    finally:
-        # Workers first, so none of them sees the signaling server vanish mid-job.
-        for service in reversed(services):
-            service.stop()
+
+
+def start_worker(
+    cluster: Cluster, room: str, *, python: str | Path | None = None, env: dict[str, str] | None = None
+) -> CliProcess:
+    return cluster.start_worker(room, work_dir=cluster.root / f"work-{room}", python=python, env=env)
 
 
 # --- submitting -------------------------------------------------------------------------------
@@ -221,43 +203,17 @@ def submit(
     results: Path,
     *,
     env: dict[str, str] | None = None,
-    python: str | Path = sys.executable,
+    python: str | Path | None = None,
     room: str = ROOM,
     transport: str | None = None,
     quiet: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    args = [str(python), "-m", "rtcxfer.cli", "submit", str(package), "--signal", cluster.url, "--room", room]
-    args += ["--token", TOKEN, "--results", str(results), "--timeout", "30"]
-    args += ["--shared-root", str(cluster.root / "client-shared")]
+    options = ["--results", str(results), "--timeout", "30", "--shared-root", str(cluster.root / "client-shared")]
     if transport is not None:
-        args += ["--transport", transport]
+        options += ["--transport", transport]
     if quiet:
-        args.append("--quiet")
-    return subprocess.run(
-        args,
-        capture_output=True,
-        text=True,
-        env=env or s3_environment(cluster.moto),
-        cwd=cluster.root,
-        timeout=SUBMIT_GUARD,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def describe(run: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {run.returncode}\n--- stdout\n{run.stdout[-4000:]}\n--- stderr\n{run.stderr[-4000:]}"
-
-
-def files_under(directory: Path) -> dict[str, bytes]:
-    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def expected_sample_results(data: bytes) -> dict[str, bytes]:
-    """What the sample job (rtcxfer/sample.py) must write, computed independently of it."""
-    lines = data.splitlines()
-    words = sum(len(line.split()) for line in lines)
-    summary = f"lines={len(lines)} words={words} sha256={hashlib.sha256(data).hexdigest()}\n"
-    return {"summary.txt": summary.encode(), "copy/data.txt": data}
+        options.append("--quiet")
+    return cluster.submit(package, *options, room=room, env=env, python=python)
 
 
 def sample_job(cluster: Cluster, tag: str, lines: int = 500) -> tuple[bytes, Path, Path]:
@@ -270,9 +226,7 @@ def sample_job(cluster: Cluster, tag: str, lines: int = 500) -> tuple[bytes, Pat
 def assert_sample_ok(run: subprocess.CompletedProcess[str], data: bytes, results: Path, via: str) -> None:
     assert run.returncode == EXIT_OK, describe(run)
     assert f"input via {via}, results via {via}" in run.stdout, describe(run)
-    match = re.search(r"^results: (.+)$", run.stdout, re.MULTILINE)
-    assert match, describe(run)
-    final = Path(match.group(1))
+    final = results_dir_of(run)
     assert final.parent.resolve() == results.resolve(), describe(run)
     assert files_under(final) == expected_sample_results(data)
     assert not [p.name for p in results.iterdir() if p.name.endswith(".partial")]
@@ -336,20 +290,13 @@ def test_automatic_choice_prefers_s3_over_rtc_chunked(cluster: Cluster, store) -
 
 
 def plugin_rows(python: str | Path, env: dict[str, str], cwd: Path) -> dict[str, list[str]]:
-    run = subprocess.run(
-        [str(python), "-m", "rtcxfer.cli", "plugins"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=START_GUARD,
-    )
+    run = run_cli("plugins", env=env, cwd=cwd, python=python, timeout=START_GUARD)
     assert run.returncode == 0, describe(run)
     return {line.split()[0]: line.split() for line in run.stdout.splitlines()[1:]}
 
 
-def test_plugins_lists_s3_with_its_distribution_and_version(cluster: Cluster) -> None:
-    rows = plugin_rows(sys.executable, s3_environment(cluster.moto, direct=True), cluster.root)
+def test_plugins_lists_s3_with_its_distribution_and_version(cluster: Cluster, moto: MotoServer) -> None:
+    rows = plugin_rows(sys.executable, s3_environment(moto, direct=True), cluster.root)
     assert rows["s3"][:5] == ["s3", "50", "s3", "rtcxfer-s3", "0.1.0"]
     assert rtcxfer_s3.__version__ == metadata.version("rtcxfer-s3") == "0.1.0"
     order = list(rows)
@@ -359,10 +306,10 @@ def test_plugins_lists_s3_with_its_distribution_and_version(cluster: Cluster) ->
 
 @pytest.mark.parametrize("uninstalled_on", ["client", "worker"])
 def test_uninstalled_plugin_means_the_same_submit_falls_back_to_rtc_chunked(
-    cluster: Cluster, store, tmp_path: Path, uninstalled_on: str
+    cluster: Cluster, moto: MotoServer, store, tmp_path: Path, uninstalled_on: str
 ) -> None:
     python = venv_without_the_plugin(tmp_path / "venv")
-    env = s3_environment(cluster.moto)
+    env = s3_environment(moto)
     rows = plugin_rows(python, env, tmp_path)
     assert "s3" not in rows and "rtc-chunked" in rows, rows
     data, package, results = sample_job(cluster, f"s3-uninstalled-{uninstalled_on}")
@@ -371,7 +318,7 @@ def test_uninstalled_plugin_means_the_same_submit_falls_back_to_rtc_chunked(
         run = submit(cluster, package, results, python=python)
     else:
         room = f"{ROOM}-no-plugin"
-        cluster.start_worker(room, python=python)
+        start_worker(cluster, room, python=python)
         run = submit(cluster, package, results, room=room)
     assert_sample_ok(run, data, results, "rtc-chunked")
     assert "transports for this session: rtc-chunked" in run.stderr, describe(run)
@@ -399,10 +346,10 @@ def test_uninstalled_plugin_means_the_same_submit_falls_back_to_rtc_chunked(
     ],
 )
 def test_an_unusable_bucket_on_the_client_falls_back_with_a_notice(
-    cluster: Cluster, store, problem: str, client_env: dict[str, str], message: str
+    cluster: Cluster, moto: MotoServer, store, problem: str, client_env: dict[str, str], message: str
 ) -> None:
     data, package, results = sample_job(cluster, f"s3-{problem}")
-    env = s3_environment(cluster.moto, **client_env)
+    env = s3_environment(moto, **client_env)
     before = versions(store)
     run = submit(cluster, package, results, env=env)
     assert_sample_ok(run, data, results, "rtc-chunked")
@@ -438,10 +385,12 @@ def user_who_cannot_write(moto: MotoServer) -> dict[str, str]:
     return {"key": access["AccessKeyId"], "secret": access["SecretAccessKey"]}
 
 
-def test_an_input_upload_refused_after_agreement_falls_back_to_rtc_chunked(cluster: Cluster, store) -> None:
+def test_an_input_upload_refused_after_agreement_falls_back_to_rtc_chunked(
+    cluster: Cluster, moto: MotoServer, store
+) -> None:
     """s3 is agreed, the client's upload is refused, and the client says so and resends the
     package over rtc-chunked in the same session."""
-    env = s3_environment(cluster.moto, **user_who_cannot_write(cluster.moto))
+    env = s3_environment(moto, **user_who_cannot_write(moto))
     data, package, results = sample_job(cluster, "s3-upload-denied")
     before = versions(store)
     run = submit(cluster, package, results, env=env)
@@ -454,13 +403,13 @@ def test_an_input_upload_refused_after_agreement_falls_back_to_rtc_chunked(clust
     assert versions(store) == before
 
 
-def test_a_results_upload_refused_on_the_worker_fails_the_job_clearly(cluster: Cluster, store) -> None:
+def test_a_results_upload_refused_on_the_worker_fails_the_job_clearly(
+    cluster: Cluster, moto: MotoServer, store
+) -> None:
     """The worker may read the input from the bucket but not write its results there: the job
     ends with an error naming the cause, instead of the client waiting for ever."""
     room = f"{ROOM}-read-only"
-    cluster.start_worker(
-        room, env=s3_environment(cluster.moto, log_level="INFO", **user_who_cannot_write(cluster.moto))
-    )
+    start_worker(cluster, room, env=s3_environment(moto, log_level="INFO", **user_who_cannot_write(moto)))
     data, package, results = sample_job(cluster, "s3-results-denied")
     run = submit(cluster, package, results, room=room)
     assert run.returncode == EXIT_JOB_FAILED, describe(run)

@@ -1,0 +1,1 @@
+"""The package's shape: layers, import cycles, old module paths."""

@@ -1,0 +1,1 @@
+"""rtcxfer.cli: the ``rtcxfer`` command end to end, as real processes."""

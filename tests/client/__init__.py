@@ -1,0 +1,1 @@
+"""rtcxfer.client: the client, choosing a worker, packing and the pack cache."""

@@ -1,0 +1,120 @@
+"""A client written from docs/protocol.md alone (tests/docs/doc_client.py) against a real
+``rtcxfer signal`` and ``rtcxfer worker``, each its own process, on loopback only."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+
+import aioice.ice
+import pytest
+
+from rtcxfer.client.sample import build_sample_package
+from rtcxfer.testing import run_async
+from rtcxfer.testing.cluster import start_cluster
+from rtcxfer.testing.job_files import expected_sample_results
+from tests.docs.doc_client import DocClient, WorkerRefused, room_token
+
+ROOM = "lab"
+ROOM_SECRET = "ROOMSECRET"
+WORKER_TOKEN = "worker-token-3f9a"
+# Random hex lines: the package (about 85 KB deflated) and copy/data.txt (162,500 bytes) each
+# take several chunks, so offsets past 0 cross the wire both ways.
+DATA = "".join(f"{secrets.token_hex(32)}\n" for _ in range(2500)).encode()
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """A signaling server and a worker with shared storage, as real processes."""
+    base = tmp_path_factory.mktemp("doc-client")
+    shared_root = base / "shared"
+    shared_root.mkdir()
+    with start_cluster(base, token=WORKER_TOKEN, signal_token=ROOM_SECRET) as cluster:
+        options = ["--signal-token", ROOM_SECRET, "--shared-root", str(shared_root)]
+        cluster.start_worker(ROOM, *options, name="worker", work_dir=base / "work")
+        yield cluster.url, shared_root, base
+
+
+@pytest.fixture(autouse=True)
+def loopback_candidates(monkeypatch):
+    """This process's ICE gathers a host candidate on 127.0.0.1 and nothing else."""
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+
+
+def assert_loopback_only(sdp: str) -> None:
+    candidates = re.findall(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) ", sdp, re.M)
+    assert candidates and set(candidates) == {"127.0.0.1"}, candidates
+
+
+@pytest.mark.slow
+def test_rtc_chunked_then_shared_fs_job_in_one_session(servers):
+    url, shared_root, base = servers
+    package = build_sample_package(base / "client" / "sample-package.zip", data=DATA)
+    shared_package = build_sample_package(shared_root / "jobs" / "sample-package.zip", data=DATA)
+    expected = expected_sample_results(DATA)
+
+    async def scenario():
+        client = DocClient(transports=("shared-fs", "rtc-chunked"))
+        try:
+            await client.connect(url, ROOM, ROOM_SECRET)
+            assert_loopback_only(client._pc.localDescription.sdp)
+            assert_loopback_only(client._pc.remoteDescription.sdp)
+            welcome = await client.authenticate(WORKER_TOKEN)
+            assert await client.probe_shared_storage(shared_root) == "verified"
+            chunked = await client.run_job_rtc_chunked(package, base / "results")
+            shared = await client.run_job_shared_fs(f"jobs/{shared_package.name}", "rtcxfer-results/doc-client")
+            return client, welcome, chunked, shared
+        finally:
+            await client.close()
+
+    client, welcome, chunked, shared = run_async(scenario())
+    assert welcome.startswith("WELCOME::2::"), welcome
+    assert client.usable_transports == ["shared-fs", "rtc-chunked"], client.log
+
+    assert chunked.relative_path == chunked.job_id and chunked.file_count == 2, client.log
+    assert {name: path.read_bytes() for name, path in chunked.files.items()} == expected
+    assert f"JOB_STATUS::{chunked.job_id}::running" in chunked.reports
+    sent_chunks = [line for line in client.log if line.startswith("C->W <binary")]
+    received_chunks = [line for line in client.log if line.startswith("W->C <binary")]
+    assert len(sent_chunks) >= 2 and len(received_chunks) >= 3, client.log
+    assert not list((base / "results").rglob("*.part"))
+
+    assert shared.relative_path == "rtcxfer-results/doc-client" and shared.file_count == 2, client.log
+    output = shared_root / shared.relative_path
+    assert {str(p.relative_to(output)): p.read_bytes() for p in output.rglob("*") if p.is_file()} == expected
+    assert not list((shared_root / ".rtcxfer" / "probes").iterdir()), "the probe file was left behind"
+
+
+def test_room_token_matches_the_documents_worked_example():
+    # docs/protocol.md section 9.1: the room secret ROOMSECRET registers with this token.
+    assert room_token("ROOMSECRET") == "5ae7d8ceb3c3002a7900432cacfd18ea21c479d3256785c248b06706381452a3"
+
+
+@pytest.mark.slow
+def test_wrong_worker_token_gets_auth_failed(servers):
+    url, _, _ = servers
+
+    async def scenario():
+        client = DocClient(transports=("rtc-chunked",))
+        try:
+            await client.connect(url, ROOM, ROOM_SECRET)
+            with pytest.raises(WorkerRefused) as refused:
+                await client.authenticate("not-the-worker-token")
+            # The worker closes the channel after AUTH_FAILED (section 3.1).
+            closed = await asyncio.wait_for(client._inbox.get(), 30)
+        finally:
+            await client.close()
+        # ... and goes on serving: the right token is welcome right after.
+        again = DocClient(transports=("rtc-chunked",))
+        try:
+            await again.connect(url, ROOM, ROOM_SECRET)
+            welcome = await again.authenticate(WORKER_TOKEN)
+        finally:
+            await again.close()
+        return refused.value.frame, closed, welcome
+
+    frame, closed, welcome = run_async(scenario())
+    assert frame == "AUTH_FAILED::invalid token"
+    assert closed is None
+    assert welcome.startswith("WELCOME::2::")

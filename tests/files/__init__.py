@@ -1,0 +1,1 @@
+"""rtcxfer.files: peer paths, safe ZIP extraction, receiving files, write-behind, shared storage."""

@@ -1,0 +1,1 @@
+"""rtcxfer.protocol: the sans-IO frame codec, engine, authentication and the legacy codec."""

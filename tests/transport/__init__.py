@@ -1,0 +1,1 @@
+"""rtcxfer.transport: the plugin contract, the plugin host, and third-party transports."""

@@ -1,0 +1,1 @@
+"""rtcxfer.transports: the built-in rtc-chunked and direct transports."""

@@ -1,0 +1,1 @@
+"""rtcxfer.web: the browser client and its serving."""
