@@ -6,7 +6,7 @@ reads or writes a private name of either library, or leans on their internal lay
 day aiortc offers a setting for one of them, its part of this file is what goes.
 
 Checked in the source of aiortc 1.9.0 to 1.16.0 and aioice 0.9.0 to 0.10.2 and 0.13.0, and run (the tests of
-``tests/test_rtc.py``) against aiortc 1.9.0 with aioice 0.10.2 on Python 3.10 (the ``oldest`` tox
+``tests/net/test_rtc.py``) against aiortc 1.9.0 with aioice 0.10.2 on Python 3.10 (the ``oldest`` tox
 environment) and aiortc 1.16.0 with aioice 0.13.0.
 
 **One connection's facts.** :func:`dtls_transport` and :func:`ice_transport` walk the chain under a

@@ -1,6 +1,6 @@
 // Incremental SHA-256 (FIPS 180-4). WebCrypto only digests a whole buffer at once, which would
 // hold a multi-gigabyte package or result in memory; this hashes as the bytes stream through.
-// Checked against Python's hashlib by the browser tests (tests/test_web_client.py).
+// Checked against Python's hashlib by the browser tests (tests/web/test_web_client.py).
 
 const K = new Uint32Array([
   0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
