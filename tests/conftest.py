@@ -1,4 +1,5 @@
-"""Shared pytest configuration: hypothesis profiles and small fixtures (``logs``, ``two_host_bed``).
+"""Shared pytest configuration: hypothesis profiles and small fixtures (``logs``, ``two_host_bed``,
+``nat_bed``).
 
 Profiles (select with ``HYPOTHESIS_PROFILE=name``):
 
@@ -52,3 +53,25 @@ def two_host_bed():
         pytest.skip(f"two-host bed unavailable: {reason}")
     with contextlib.ExitStack() as stack:
         yield lambda **options: stack.enter_context(two_hosts(**options))
+
+
+@pytest.fixture
+def nat_bed(tmp_path):
+    """Make NAT beds (``rtcxfer.testing.nat_bed``): ``bed = nat_bed(client_nat=NatKind.SYMMETRIC)``,
+    then ``bed.start_turn()`` for coturn. Each bed's files (coturn's log) stay under ``tmp_path``.
+
+    Skips, saying why, only where the bed cannot be made (not root, no ``ip``, ``nft`` or
+    ``turnserver``); every bed made is removed at teardown, also when the test fails.
+    """
+    import itertools
+
+    from rtcxfer.testing.nat_bed import missing_requirements, nat_bed
+
+    reason = missing_requirements()
+    if reason is not None:
+        pytest.skip(f"NAT bed unavailable: {reason}")
+    numbers = itertools.count()
+    with contextlib.ExitStack() as stack:
+        yield lambda **options: stack.enter_context(
+            nat_bed(**{"work_dir": tmp_path / f"nat-bed-{next(numbers)}", **options})
+        )
