@@ -21,6 +21,7 @@ from rtcxfer.testing.nat_bed import (
     NatKind,
     missing_requirements,
     nat_bed,
+    remove_stale_beds,
     turn_rest_credentials,
 )
 
@@ -360,7 +361,7 @@ def test_inbound_traffic_crosses_a_router_only_for_a_connection_or_a_published_p
     bed.public.run(["ip", "route", "add", "10.1.0.0/24", "via", bed.client_router.address], check=True)
     bed.public.run(["ip", "route", "add", "10.2.0.0/24", "via", bed.worker_router.address], check=True)
     for private in (bed.client, bed.worker):
-        assert answers(probe(bed.public, private.address, patience=1.0)) == []
+        assert answers(probe(bed.public, private.address, udp_ports=(4001,), tcp_ports=(4000,), patience=1.0)) == []
 
     # Answers to the client's own datagram come in, but only from where it went: a datagram
     # from another port of the same server to the client's public port is not forwarded.
@@ -368,7 +369,9 @@ def test_inbound_traffic_crosses_a_router_only_for_a_connection_or_a_published_p
     assert [port for port, _ in result["udp"]] == [4001], result
 
     # Nothing published: the worker router's own ports answer nothing of the worker's.
-    assert answers(probe(bed.public, bed.worker_router.address, patience=1.0)) == []
+    assert (
+        answers(probe(bed.public, bed.worker_router.address, udp_ports=(4001,), tcp_ports=(4000,), patience=1.0)) == []
+    )
 
     # A published TCP port reaches the worker, from the public side and from behind the client's
     # NAT, and the worker sees who connected; the port next to it still does not.
@@ -465,3 +468,15 @@ def test_nothing_is_left_behind_even_when_the_body_raises(tmp_path):
     for process in (turn.process, spawned, stray):
         assert process.wait(10) is not None
     assert "log file opened" in turn.log_text()  # the work directory given is kept
+
+
+def test_a_bed_left_by_a_dead_process_is_removed():
+    # A pid that cannot be running: the kernel's pid_max is at most 2**22.
+    stale = f"{NAME_PREFIX}{2**22 + 7}-0-client-router"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    try:
+        assert stale in remove_stale_beds()
+        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+        assert stale not in listing.split()
+    finally:
+        subprocess.run(["ip", "netns", "delete", stale], capture_output=True, check=False)
