@@ -63,7 +63,9 @@ def check_ice_urls(ctx: click.Context, param: click.Parameter, values):
         try:
             url = parse_ice_url(text)
         except IceServerError as error:
-            raise click.BadParameter(str(error)) from None
+            hint = " (--ice-username NAME, --ice-credential-file FILE)" if "@" in text and param.name == "ice_servers" \
+                else ""
+            raise click.BadParameter(f"{error}{hint}") from None
         if param.name == "stun" and url.is_turn:
             raise click.BadParameter(f"{str(url)!r} is a TURN URL: give it with --turn")
         if param.name == "turn" and not url.is_turn:

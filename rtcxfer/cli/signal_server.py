@@ -9,6 +9,7 @@ import click
 
 from rtcxfer.cli.options import ICE_LIMITS, check_ice_urls, limit_option, room_token, token_file_option
 from rtcxfer.cli.running import Interrupted, run_until_interrupted
+from rtcxfer.protocol.ice import DEFAULT_TURN_TTL
 
 
 @click.command("signal")
@@ -51,8 +52,9 @@ from rtcxfer.cli.running import Interrupted, run_until_interrupted
     "static-auth-secret): each peer gets a credential that expires, never the secret.",
 )
 @limit_option(
-    "--turn-ttl", click.IntRange(60, 30 * 86400), 86400,
-    "Seconds a TURN credential is valid (peers that stay registered get fresh ones every half of it).",
+    "--turn-ttl", click.IntRange(60, 30 * 86400), DEFAULT_TURN_TTL,
+    "Seconds a TURN credential is valid for allocating a relay (a relay outlives it; peers that stay "
+    "registered get fresh ones every half of it).",
 )
 @click.option(
     "--certfile", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",

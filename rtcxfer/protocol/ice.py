@@ -61,8 +61,10 @@ SCHEMES = ("stun", "turn", "turns")
 DEFAULT_PORTS = {"stun": 3478, "turn": 3478, "turns": 5349}
 DEFAULT_TRANSPORTS = {"turn": "udp", "turns": "tcp"}
 TRANSPORTS = ("udp", "tcp")
-#: A day: a credential is checked when a peer allocates its relay, at the start of a session.
-DEFAULT_TURN_TTL = 86400
+#: An hour. A TURN server checks the credential when a peer allocates its relay, at the start of a
+#: session; the allocation outlives it (coturn 4.6.1 accepts refreshes and permissions after the
+#: expiry), so a job may run for longer. Peers that stay registered get fresh ones meanwhile.
+DEFAULT_TURN_TTL = 3600
 #: coturn refuses a TURN REST username whose expiry lies past 2**31 seconds since the epoch.
 MAX_TURN_EXPIRY = 2**31 - 1
 
