@@ -3,7 +3,8 @@ client, to show what credentials a real TURN server accepts.
 
 The server listens on one free port for UDP and TCP, checks the TURN REST API's credentials
 against a shared secret (``use-auth-secret``), keeps its configuration, log, pid file and
-database in a temporary directory, relays on 127.0.0.1 only, and is stopped by its pid.
+database in a temporary directory, relays on 127.0.0.1 only, and is stopped by its pid. With a
+``prefix`` (``LoopbackNamespace.command()``) it runs inside a namespace of the test's.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import contextlib
 import shutil
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -52,6 +54,7 @@ class TurnServer:
     port: int
     process: subprocess.Popen
     log_path: Path
+    prefix: tuple[str, ...] = ()
 
     @property
     def stun_url(self) -> str:
@@ -65,8 +68,9 @@ class TurnServer:
 
 
 @contextlib.contextmanager
-def coturn(directory: Path, secret: str) -> Iterator[TurnServer]:
-    """coturn on 127.0.0.1 checking TURN REST API credentials made from ``secret``."""
+def coturn(directory: Path, secret: str, prefix: Sequence[str] = ()) -> Iterator[TurnServer]:
+    """coturn on 127.0.0.1 checking TURN REST API credentials made from ``secret`` (run after
+    ``prefix``, ``ip netns exec NS``, where it runs in a namespace)."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_udp_and_tcp_port()
     log_path = directory / "turnserver.log"
@@ -93,9 +97,9 @@ def coturn(directory: Path, secret: str) -> Iterator[TurnServer]:
         ])
     )
     config.chmod(0o600)
-    process = subprocess.Popen(["turnserver", "-c", str(config)], stdin=subprocess.DEVNULL,
+    process = subprocess.Popen([*prefix, "turnserver", "-c", str(config)], stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=directory)
-    server = TurnServer(port, process, log_path)
+    server = TurnServer(port, process, log_path, tuple(prefix))
     try:
         _wait_until_listening(server)
         yield server
@@ -113,12 +117,19 @@ def _wait_until_listening(server: TurnServer) -> None:
     while True:
         if server.process.poll() is not None:
             raise AssertionError(f"turnserver exited with {server.process.returncode}:\n{server.log()}")
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            if probe.connect_ex((LOOPBACK, server.port)) == 0:
-                return
+        if _listening(server):
+            return
         if time.monotonic() > deadline:
             raise AssertionError(f"turnserver: not listening on {server.port} within {START_GUARD} s:\n{server.log()}")
         time.sleep(0.05)
+
+
+def _listening(server: TurnServer) -> bool:
+    if server.prefix:
+        probe = f"import socket; socket.create_connection(({LOOPBACK!r}, {server.port}), 1).close()"
+        return subprocess.run([*server.prefix, sys.executable, "-c", probe], capture_output=True).returncode == 0
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        return probe.connect_ex((LOOPBACK, server.port)) == 0
 
 
 @attrs.frozen
