@@ -38,6 +38,8 @@ PUBLIC = {
     "SignalingServer": "rtcxfer.net.signaling.server",
     "SignalingClient": "rtcxfer.net.signaling.client",
     "PeerOptions": "rtcxfer.net.peer",
+    "IceServer": "rtcxfer.protocol.ice",
+    "IceServerConfig": "rtcxfer.protocol.ice",
     "signaling_token": "rtcxfer.protocol.auth",
     "Transport": "rtcxfer.transport.base",
     "TransportContext": "rtcxfer.transport.base",

@@ -21,7 +21,10 @@ def enable(level: str = "INFO", sink=None) -> None:
     global _enabled
     _enabled = True
     logger.remove()
-    logger.add(sink or sys.stderr, level=level.upper(), format="{time:HH:mm:ss.SSS} {level:<7} {name}: {message}")
+    # diagnose=False: loguru would otherwise print the values of local variables in a traceback,
+    # TURN credentials among them (aiortc's RTCConfiguration shows its RTCIceServers in full).
+    logger.add(sink or sys.stderr, level=level.upper(), format="{time:HH:mm:ss.SSS} {level:<7} {name}: {message}",
+               diagnose=False)
     # Every library that logs through loguru, so plugins (rtcxfer_s3, ...) show up too.
     logger.enable("")
 

@@ -103,17 +103,23 @@ def _as_default(value: Any) -> Any:
 
 def read_token_file(path: str | os.PathLike[str]) -> str:
     """The token in the first line of ``path`` (surrounding white space removed)."""
+    return read_secret_file(path, "token")
+
+
+def read_secret_file(path: str | os.PathLike[str], what: str) -> str:
+    """The secret (a token, a TURN secret or password: ``what``) in the first line of ``path``,
+    surrounding white space removed; :class:`ConfigError` saying why if there is none."""
     path = Path(path).expanduser()
     try:
         with open(path, encoding="utf-8") as handle:
-            token = handle.readline().strip()
+            secret = handle.readline().strip()
     except OSError as error:
-        raise ConfigError(f"cannot read the token file {path}: {error.strerror or error}") from None
+        raise ConfigError(f"cannot read the {what} file {path}: {error.strerror or error}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"the token file {path} is not UTF-8 text") from None
-    if not token:
-        raise ConfigError(f"the token file {path} is empty: its first line must hold the token")
-    return token
+        raise ConfigError(f"the {what} file {path} is not UTF-8 text") from None
+    if not secret:
+        raise ConfigError(f"the {what} file {path} is empty: its first line must hold the {what}")
+    return secret
 
 
 def resolve_token(ctx, token: str | None, token_file: str | os.PathLike[str] | None) -> str | None:

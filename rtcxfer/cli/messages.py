@@ -36,10 +36,26 @@ def signaling_refusal(code: str, url: str, room: str, *, role: str, peer_id: str
     return None
 
 
+def tls_failure(error: BaseException) -> str | None:
+    """The message for a ``wss://`` signaling server whose certificate does not verify, or None
+    for any other error."""
+    from rtcxfer.net.signaling import SignalingTlsError
+
+    if not isinstance(error, SignalingTlsError):
+        return None
+    return (
+        f"{error}. If a private CA issued it, give that CA's certificate with --ca-file FILE (or RTCXFER_CA_FILE); "
+        "else check the server's certificate (its name must match the host in --signal, and it must be current)"
+    )
+
+
 def connect_failure(error: BaseException, url: str, room: str, timeout: float) -> str:
     """The message for a ``submit`` that could not reach a worker (exit 3)."""
     from rtcxfer.net.signaling import SignalingServerError, SignalingTimeoutError
 
+    tls = tls_failure(error)
+    if tls is not None:
+        return tls
     if isinstance(error, AuthenticationError):
         return f"{error}. Check that --token (or --token-file, RTCXFER_TOKEN) is the worker's token"
     if isinstance(error, NoWorkerError):

@@ -8,13 +8,76 @@ from pathlib import Path
 import click
 
 
-def peer_options(ice_servers: tuple[str, ...], any_interface: bool):
+def peer_options(
+    ice_servers: tuple[str, ...],
+    any_interface: bool,
+    ice_username: str | None = None,
+    ice_credential_file: Path | None = None,
+):
+    """The PeerOptions of ``--ice-server``, ``--any-interface``, ``--ice-username`` and
+    ``--ice-credential-file`` (the URLs were checked by :func:`check_ice_urls`); a usage error
+    for credentials without a TURN URL, a TURN URL without credentials, or one without the other."""
     from rtcxfer.net.peer import PeerOptions
+    from rtcxfer.protocol.errors import IceServerError
+    from rtcxfer.protocol.ice import IceServer, parse_ice_url
 
-    if ice_servers or any_interface:
-        return PeerOptions(loopback_only=False, ice_servers=ice_servers)
+    urls = [parse_ice_url(text) for text in ice_servers]
+    turn = [url for url in urls if url.is_turn]
+    if (ice_username is None) != (ice_credential_file is None):
+        raise click.UsageError("a TURN server's credentials are --ice-username NAME and --ice-credential-file FILE, "
+                               "both")
+    if ice_username is not None and not turn:
+        raise click.UsageError("--ice-username and --ice-credential-file are for a TURN server: give its "
+                               "--ice-server turn:HOST[:PORT] too")
+    if turn and ice_username is None:
+        raise click.UsageError(f"the TURN server {turn[0]} needs credentials: --ice-username NAME and "
+                               "--ice-credential-file FILE (a file whose first line is the password)")
+    credential = None
+    if ice_credential_file is not None:
+        from rtcxfer.cli.config import ConfigError, read_secret_file
+
+        try:
+            credential = read_secret_file(ice_credential_file, "TURN credential")
+        except ConfigError as error:
+            raise click.UsageError(str(error)) from None
+    servers = []
+    try:
+        if len(turn) < len(urls):
+            servers.append(IceServer([url for url in urls if not url.is_turn]))
+        if turn:
+            servers.append(IceServer(turn, ice_username, credential))
+    except IceServerError as error:
+        raise click.UsageError(str(error)) from None
+    if servers or any_interface:
+        return PeerOptions(loopback_only=False, ice_servers=servers)
     return PeerOptions()
 
+
+def check_ice_urls(ctx: click.Context, param: click.Parameter, values):
+    """A click callback: every value a STUN/TURN URL (a usage error, exit 2, naming the URL and
+    what is wrong, otherwise); ``--stun`` only ``stun:`` ones, ``--turn`` only ``turn:``/``turns:``."""
+    from rtcxfer.protocol.errors import IceServerError
+    from rtcxfer.protocol.ice import parse_ice_url
+
+    for text in values or ():
+        try:
+            url = parse_ice_url(text)
+        except IceServerError as error:
+            hint = " (--ice-username NAME, --ice-credential-file FILE)" if "@" in text and param.name == "ice_servers" \
+                else ""
+            raise click.BadParameter(f"{error}{hint}") from None
+        if param.name == "stun" and url.is_turn:
+            raise click.BadParameter(f"{str(url)!r} is a TURN URL: give it with --turn")
+        if param.name == "turn" and not url.is_turn:
+            raise click.BadParameter(f"{str(url)!r} is a STUN URL: give it with --stun")
+    return values
+
+
+# aiortc's own limits, which every ICE option's help must tell.
+ICE_LIMITS = (
+    "aiortc uses only the first STUN and the first TURN URL, and makes no server-reflexive candidate from a "
+    "TURN allocation, so list a stun: beside a turn:."
+)
 
 network_options = [
     click.option(
@@ -22,14 +85,56 @@ network_options = [
         "ice_servers",
         multiple=True,
         metavar="URL",
-        help="A STUN/TURN server (repeatable). Implies --any-interface. None by default.",
+        callback=check_ice_urls,
+        help="A STUN/TURN server of this peer's own (repeatable): stun:HOST[:PORT], "
+        "turn:HOST[:PORT][?transport=udp|tcp], turns:HOST[:PORT]. Tried before those the signaling server "
+        f"hands out. Implies --any-interface. {ICE_LIMITS}",
+    ),
+    click.option(
+        "--ice-username",
+        default=None,
+        metavar="NAME",
+        help="The user name for the --ice-server turn: URL(s).",
+    ),
+    click.option(
+        "--ice-credential-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        metavar="FILE",
+        help="A file whose first line is the password for the --ice-server turn: URL(s).",
     ),
     click.option(
         "--any-interface",
         is_flag=True,
-        help="Offer host candidates on every interface. Default: 127.0.0.1 only (same machine).",
+        help="Offer host candidates on every interface. Default: 127.0.0.1 only (same machine), unless the "
+        "signaling server hands out STUN/TURN servers or --ice-server gives one.",
     ),
 ]
+
+tls_options = [
+    click.option(
+        "--ca-file",
+        envvar="RTCXFER_CA_FILE",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        metavar="FILE",
+        help="For a wss:// signaling server whose certificate a private CA issued: that CA's certificate (PEM). "
+        "Default: the system's trusted CAs [env RTCXFER_CA_FILE].",
+    ),
+]
+
+
+def signaling_tls(ca_file: Path | None):
+    """The ``ssl.SSLContext`` a peer verifies a ``wss://`` signaling server with (``--ca-file``),
+    or None for the system's store; a usage error if the CA file cannot be used."""
+    if ca_file is None:
+        return None
+    from rtcxfer.net.signaling.tls import TlsFileError, client_context
+
+    try:
+        return client_context(ca_file)
+    except TlsFileError as error:
+        raise click.UsageError(str(error)) from None
 
 token_file_option = click.option(
     "--token-file",

@@ -1,4 +1,5 @@
-"""``rtcxfer signal``: the signaling server (and the browser client it serves)."""
+"""``rtcxfer signal``: the signaling server (and the browser client it serves), the STUN and TURN
+servers it hands out with short-lived TURN credentials, and its TLS (``wss://``)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from rtcxfer.cli.options import limit_option, room_token, token_file_option
+from rtcxfer.cli.options import ICE_LIMITS, check_ice_urls, limit_option, room_token, token_file_option
 from rtcxfer.cli.running import Interrupted, run_until_interrupted
+from rtcxfer.protocol.ice import DEFAULT_TURN_TTL
 
 
 @click.command("signal")
@@ -34,23 +36,65 @@ from rtcxfer.cli.running import Interrupted, run_until_interrupted
     "Seconds a client may sit in a room without relaying anything.",
 )
 @click.option("--no-web", is_flag=True, help="Do not serve the browser client on the same port.")
+@click.option(
+    "--stun", multiple=True, metavar="URL", callback=check_ice_urls,
+    help="A STUN server every admitted peer is told to use (repeatable): stun:HOST[:PORT] (port 3478). " + ICE_LIMITS,
+)
+@click.option(
+    "--turn", multiple=True, metavar="URL", callback=check_ice_urls,
+    help="A TURN server every admitted peer is told to use, with credentials made for it from --turn-secret-file "
+    "(repeatable): turn:HOST[:PORT][?transport=udp|tcp] (port 3478, udp), turns:HOST[:PORT] (port 5349, TLS over "
+    "TCP). " + ICE_LIMITS,
+)
+@click.option(
+    "--turn-secret-file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+    help="A file whose first line is the TURN server's shared secret (coturn: use-auth-secret, "
+    "static-auth-secret): each peer gets a credential that expires, never the secret.",
+)
+@limit_option(
+    "--turn-ttl", click.IntRange(60, 30 * 86400), DEFAULT_TURN_TTL,
+    "Seconds a TURN credential is valid for allocating a relay (a relay outlives it; peers that stay "
+    "registered get fresh ones every half of it).",
+)
+@click.option(
+    "--certfile", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+    help="Serve wss:// (and https:// for the web client) with this certificate chain (PEM, the server's "
+    "certificate first; its key too unless --keyfile).",
+)
+@click.option(
+    "--keyfile", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+    help="The private key (PEM) of --certfile.",
+)
 def signal_server(
     host: str, port: int, token: str | None, token_file: Path | None, max_per_address: int,
-    max_room_peers_per_address: int, idle_timeout: float, no_web: bool,
+    max_room_peers_per_address: int, idle_timeout: float, no_web: bool, stun: tuple[str, ...],
+    turn: tuple[str, ...], turn_secret_file: Path | None, turn_ttl: int, certfile: Path | None,
+    keyfile: Path | None,
 ) -> None:
     """Run the signaling server that lets workers and clients find each other.
 
     It also serves the browser client: open http://HOST:PORT/ to submit a job from a web page.
+
+    With --stun and --turn it tells every peer it admitted which STUN and TURN servers to use, the
+    TURN ones with a credential made for that peer alone from --turn-secret-file (the TURN REST API
+    that coturn's use-auth-secret checks); peers then need no ICE flags. With --certfile and
+    --keyfile it speaks wss://, which keeps the room token and those credentials off the wire.
     """
     from rtcxfer.cli.config import resolve_token
     from rtcxfer.net.signaling import run_signaling_server
 
     token = resolve_token(click.get_current_context(), token, token_file)
+    ice_servers = _ice_config(stun, turn, turn_secret_file, turn_ttl)
+    tls = _tls_context(certfile, keyfile)
 
     def ready(server) -> None:
         click.echo(f"signaling server listening on {server.url}", err=True)
         if server.web_url:
             click.echo(f"web client at {server.web_url}", err=True)
+        if ice_servers is not None:
+            urls = ", ".join(str(url) for url in (*ice_servers.stun, *ice_servers.turn))
+            lifetime = f" (TURN credentials valid {ice_servers.turn_ttl} s)" if ice_servers.turn else ""
+            click.echo(f"peers are told to use {urls}{lifetime}", err=True)
 
     limits = {
         "max_connections_per_address": max_per_address,
@@ -61,7 +105,8 @@ def signal_server(
     try:
         run_until_interrupted(
             run_signaling_server(
-                host, port, default_token=room_token(token), on_ready=ready, web=not no_web, **limits
+                host, port, default_token=room_token(token), on_ready=ready, web=not no_web,
+                ice_servers=ice_servers, ssl=tls, **limits
             )
         )
     except Interrupted:
@@ -70,3 +115,48 @@ def signal_server(
         raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
 
 
+
+
+def _ice_config(stun: tuple[str, ...], turn: tuple[str, ...], secret_file: Path | None, ttl: int):
+    """The IceServerConfig of the ICE options, or None without any; a usage error (exit 2) if they
+    do not fit together."""
+    import time
+
+    from rtcxfer.cli.config import ConfigError, read_secret_file
+    from rtcxfer.protocol.errors import IceServerError
+    from rtcxfer.protocol.ice import IceServerConfig
+
+    if turn and secret_file is None:
+        raise click.UsageError("--turn needs --turn-secret-file FILE: the TURN server's shared secret, from which "
+                               "each peer's credential is made")
+    if secret_file is not None and not turn:
+        raise click.UsageError("--turn-secret-file is for --turn URL: give the TURN server's URL too")
+    if not (stun or turn):
+        return None
+    if turn and not stun:
+        click.echo(f"note: --turn without --stun: {ICE_LIMITS}", err=True)
+    secret = None
+    if secret_file is not None:
+        try:
+            secret = read_secret_file(secret_file, "TURN secret")
+        except ConfigError as error:
+            raise click.UsageError(str(error)) from None
+    try:
+        config = IceServerConfig(stun=stun, turn=turn, turn_secret=secret, turn_ttl=ttl)
+        config.check(time.time())
+    except IceServerError as error:
+        raise click.UsageError(str(error)) from None
+    return config
+
+
+def _tls_context(certfile: Path | None, keyfile: Path | None):
+    if certfile is None and keyfile is None:
+        return None
+    if certfile is None:
+        raise click.UsageError("--keyfile needs --certfile: the certificate chain it belongs to")
+    from rtcxfer.net.signaling.tls import TlsFileError, server_context
+
+    try:
+        return server_context(certfile, keyfile)
+    except TlsFileError as error:
+        raise click.UsageError(str(error)) from None

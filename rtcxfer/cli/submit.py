@@ -18,13 +18,22 @@ from rtcxfer.cli.messages import (
     EXIT_USAGE,
     EXIT_WORKER_STOPPED,
 )
-from rtcxfer.cli.options import apply_options, connection_options, network_options, peer_options, room_token
+from rtcxfer.cli.options import (
+    apply_options,
+    connection_options,
+    network_options,
+    peer_options,
+    room_token,
+    signaling_tls,
+    tls_options,
+)
 from rtcxfer.cli.running import Interrupted, run_until_interrupted
 
 
 @click.command()
 @click.argument("package", type=click.Path(exists=True, path_type=Path))
 @apply_options(connection_options)
+@apply_options(tls_options)
 @apply_options(network_options)
 @click.option("--transport", default=None, help="Force one transport (see `rtcxfer plugins`); default: automatic.")
 @click.option(
@@ -58,8 +67,9 @@ from rtcxfer.cli.running import Interrupted, run_until_interrupted
     "--no-pack-cache", is_flag=True, help="Pack a directory for this run only (it cannot resume over direct)."
 )
 def submit(
-    package, signal_url, room, token, token_file, signal_token, shared_root, ice_servers, any_interface, transport,
-    results_dir, timeout, quiet, worker_id, requirements, as_json, pack_cache, no_pack_cache,
+    package, signal_url, room, token, token_file, signal_token, shared_root, ca_file, ice_servers, ice_username,
+    ice_credential_file, any_interface, transport, results_dir, timeout, quiet, worker_id, requirements, as_json,
+    pack_cache, no_pack_cache,
 ) -> None:
     """Run PACKAGE on a worker and download its results.
 
@@ -86,6 +96,8 @@ def submit(
         except RequirementError as error:
             raise click.BadParameter(str(error), param_hint="--require") from None
     token = resolve_token(click.get_current_context(), token, token_file)
+    network = _Network(peer_options(ice_servers, any_interface, ice_username, ice_credential_file),
+                       signaling_tls(ca_file))
     display = ProgressDisplay(enabled=not quiet)
     outcome = _SubmitOutcome(as_json, worker_id, requirements)
     with contextlib.ExitStack() as packed:
@@ -112,8 +124,7 @@ def submit(
                         token,
                         signal_token,
                         shared_root,
-                        ice_servers,
-                        any_interface,
+                        network,
                         transport,
                         results_dir,
                         timeout,
@@ -159,8 +170,16 @@ class _SubmitOutcome:
         click.echo(line, err=self.as_json)
 
 
+class _Network:
+    """How ``submit`` reaches the worker: its PeerOptions, and the TLS context for a wss:// server."""
+
+    def __init__(self, peer_options, signaling_ssl) -> None:
+        self.peer_options = peer_options
+        self.signaling_ssl = signaling_ssl
+
+
 async def _submit(
-    package, signal_url, room, token, signal_token, shared_root, ice_servers, any_interface, transport, results_dir,
+    package, signal_url, room, token, signal_token, shared_root, network, transport, results_dir,
     timeout, display, outcome,
 ) -> int:
     from rtcxfer.cli import messages
@@ -174,7 +193,7 @@ async def _submit(
             results_dir=results_dir,
             transport=transport,
             on_event=display.handle,
-            peer_options=peer_options(ice_servers, any_interface),
+            peer_options=network.peer_options,
         )
     except PluginError as error:
         click.echo(f"error: {error}", err=True)
@@ -190,6 +209,7 @@ async def _submit(
                         timeout=timeout,
                         worker_id=outcome.worker_id,
                         require=outcome.requirements,
+                        signaling_ssl=network.signaling_ssl,
                     )
             except (RtcxferError, asyncio.TimeoutError, OSError) as error:
                 outcome.failure = messages.connect_failure(error, signal_url, room, timeout)

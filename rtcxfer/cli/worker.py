@@ -18,12 +18,15 @@ from rtcxfer.cli.options import (
     network_options,
     peer_options,
     room_token,
+    signaling_tls,
+    tls_options,
 )
 from rtcxfer.cli.running import Interrupted, run_until_interrupted
 
 
 @click.command()
 @apply_options(connection_options)
+@apply_options(tls_options)
 @apply_options(network_options)
 @click.option("--peer-id", default="worker", show_default=True, help="This worker's id in the room.")
 @click.option(
@@ -74,8 +77,9 @@ from rtcxfer.cli.running import Interrupted, run_until_interrupted
     "no new ones (the same as sending it SIGUSR1).",
 )
 def worker(
-    signal_url, room, token, token_file, signal_token, shared_root, ice_servers, any_interface, peer_id, work_dir,
-    job_timeout, job_env, max_unauthenticated, auth_timeout, insecure_no_token, legacy, slots, labels, pid_file, drain,
+    signal_url, room, token, token_file, signal_token, shared_root, ca_file, ice_servers, ice_username,
+    ice_credential_file, any_interface, peer_id, work_dir, job_timeout, job_env, max_unauthenticated, auth_timeout,
+    insecure_no_token, legacy, slots, labels, pid_file, drain,
 ) -> None:
     """Serve jobs: run each package's command and send its results back.
 
@@ -102,6 +106,8 @@ def worker(
     except DescriptionError as error:
         raise click.BadParameter(str(error), param_hint="--label") from None
     token = resolve_token(click.get_current_context(), token, token_file)
+    options = peer_options(ice_servers, any_interface, ice_username, ice_credential_file)
+    tls = signaling_tls(ca_file)
 
     if not token and not insecure_no_token:
         raise click.UsageError(
@@ -163,7 +169,8 @@ def worker(
             room,
             peer_id=peer_id,
             signaling_token=room_token(signal_token or token),
-            peer_options=peer_options(ice_servers, any_interface),
+            peer_options=options,
+            signaling_ssl=tls,
             on_ready=ready,
             on_notice=lambda text: click.echo(f"worker {peer_id}: {text}", err=True),
         )
@@ -173,11 +180,11 @@ def worker(
     except Interrupted:
         click.echo("worker stopped", err=True)
     except SignalingError as error:
-        from rtcxfer.cli.messages import signaling_refusal
+        from rtcxfer.cli.messages import signaling_refusal, tls_failure
 
         code = getattr(error, "code", None)
         advice = signaling_refusal(code, signal_url, room, role="worker", peer_id=peer_id) if code else None
-        raise click.ClickException(advice or f"signaling: {describe(error)}") from None
+        raise click.ClickException(advice or tls_failure(error) or f"signaling: {describe(error)}") from None
     finally:
         runner.close()
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 import click
 
 from rtcxfer.cli.messages import EXIT_CONNECTION
-from rtcxfer.cli.options import apply_options, connection_options, room_token
+from rtcxfer.cli.options import apply_options, connection_options, room_token, signaling_tls, tls_options
 from rtcxfer.cli.running import run_until_interrupted
 from rtcxfer.cli.tables import render_table
 from rtcxfer.client.worker_choice import WorkerInfo, format_duration, uptime
@@ -18,19 +18,26 @@ from rtcxfer.client.worker_choice import WorkerInfo, format_duration, uptime
 
 @click.command()
 @apply_options(connection_options[:5])
+@apply_options(tls_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the workers and their descriptions as JSON.")
-def workers(signal_url, room, token, token_file, signal_token, as_json) -> None:
+def workers(signal_url, room, token, token_file, signal_token, ca_file, as_json) -> None:
     """List the workers of a room: state, job slots, GPU, labels, transports, uptime."""
     from rtcxfer.cli.config import resolve_token
     from rtcxfer.client.room import list_workers
     from rtcxfer.protocol.errors import RtcxferError, describe
 
     token = resolve_token(click.get_current_context(), token, token_file)
+    tls = signaling_tls(ca_file)
 
     try:
-        found = run_until_interrupted(list_workers(signal_url, room, signaling_token=room_token(signal_token or token)))
+        found = run_until_interrupted(
+            list_workers(signal_url, room, signaling_token=room_token(signal_token or token), ssl=tls)
+        )
     except RtcxferError as error:
-        click.echo(f"error: cannot list the workers of room {room!r} via {signal_url}: {describe(error)}", err=True)
+        from rtcxfer.cli.messages import tls_failure
+
+        why = tls_failure(error) or describe(error)
+        click.echo(f"error: cannot list the workers of room {room!r} via {signal_url}: {why}", err=True)
         sys.exit(EXIT_CONNECTION)
     if as_json:
         click.echo(workers_json(found))

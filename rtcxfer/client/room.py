@@ -34,10 +34,11 @@ __all__ = ["list_workers", "open_session_in_room"]
 
 
 async def list_workers(
-    signaling_url: str, room: str, *, signaling_token: str | None = None, settle: float = 0.0
+    signaling_url: str, room: str, *, signaling_token: str | None = None, settle: float = 0.0, ssl=None
 ) -> list[WorkerInfo]:
-    """The workers of ``room`` now, with their descriptions, in the order they joined."""
-    async with SignalingClient(signaling_url, room, "client", None, signaling_token) as signaling:
+    """The workers of ``room`` now, with their descriptions, in the order they joined (``ssl``: the
+    ``ssl.SSLContext`` for a ``wss://`` server)."""
+    async with SignalingClient(signaling_url, room, "client", None, signaling_token, ssl=ssl) as signaling:
         if settle:
             await asyncio.sleep(settle)
         return [WorkerInfo(peer, description) for peer, description in signaling.workers.items()]

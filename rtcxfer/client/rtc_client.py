@@ -205,8 +205,14 @@ class RTCClient:
         worker_id: str | None = None,
         timeout: float = 30.0,
         require: Iterable[str] = (),
+        signaling_ssl=None,
     ) -> None:
         """Find a worker through the signaling server, connect, authenticate, negotiate.
+
+        The peer connection uses ``peer_options`` with the ICE servers the signaling server
+        handed out added (on every interface once there are any; see
+        :meth:`~rtcxfer.net.peer.PeerOptions.with_signaled_ice_servers`). ``signaling_ssl`` is the
+        ``ssl.SSLContext`` for a ``wss://`` server (None: the system's trusted CAs).
 
         ``worker_id`` forces one worker; ``require`` holds expressions every candidate must meet
         (see :mod:`rtcxfer.client.worker_choice`). Among the rest the best is tried first, a full one is
@@ -223,7 +229,7 @@ class RTCClient:
             # What `rtcxfer signal --token` expects when given the same token: an HMAC of it.
             signaling_token = auth.signaling_token(self.token)
         self._signaling = SignalingClient(
-            signaling_url, room, "client", f"client-{secrets.token_hex(4)}", signaling_token
+            signaling_url, room, "client", f"client-{secrets.token_hex(4)}", signaling_token, ssl=signaling_ssl
         )
         await self._signaling.connect()
         try:
@@ -249,7 +255,8 @@ class RTCClient:
 
         assert self._signaling is not None
         send, receive = peer.signaling_adapter(self._signaling, worker_id)
-        self._peer, channel = await peer.connect_via(send, receive, "offerer", self.peer_options, timeout)
+        options = (self.peer_options or peer.PeerOptions()).with_signaled_ice_servers(self._signaling.ice_servers)
+        self._peer, channel = await peer.connect_via(send, receive, "offerer", options, timeout)
         self._peer.watch_packet_size(lambda size: self._emit("notice", None, message=size.describe()))
         self._watch_task = asyncio.create_task(self._watch_worker(worker_id))
         try:

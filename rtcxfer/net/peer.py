@@ -72,10 +72,12 @@ from rtcxfer.net.signaling.handshake import HandshakeRefusal, SdpAnswer, SdpOffe
 from rtcxfer.net.signaling.messages import PeerLeft, Relay
 from rtcxfer.protocol.errors import (
     ConnectionClosedError,
+    IceServerError,
     LocalProtocolError,
     RemoteProtocolError,
 )
 from rtcxfer.protocol.frames import quote_for_log
+from rtcxfer.protocol.ice import IceServer
 
 if TYPE_CHECKING:  # pragma: no cover - typing.Self is 3.11+, never imported at run time
     from typing import Self
@@ -146,19 +148,45 @@ def strip_non_loopback_candidates(sdp: str) -> str:
     return "".join(kept)
 
 
-def _ice_server(entry: Any) -> RTCIceServer:
-    if isinstance(entry, RTCIceServer):
+def _ice_server(entry: Any) -> IceServer:
+    """``entry`` (an :class:`~rtcxfer.protocol.ice.IceServer`, a URL, or aiortc's RTCIceServer)
+    as an IceServer, its URLs checked (:class:`~rtcxfer.protocol.errors.IceServerError`)."""
+    if isinstance(entry, IceServer):
         return entry
     if isinstance(entry, str):
-        return RTCIceServer(urls=entry)
-    raise TypeError(f"an ICE server is a URL string or an RTCIceServer, not {type(entry).__name__}")
+        return IceServer(entry)
+    if isinstance(entry, RTCIceServer):
+        if entry.credentialType != "password":
+            raise IceServerError(f"ICE server {entry.urls!r}: only password credentials are supported")
+        return IceServer(entry.urls, entry.username, entry.credential)
+    raise TypeError(f"an ICE server is a URL string, an IceServer or an RTCIceServer, not {type(entry).__name__}")
+
+
+def _ice_servers(entries: Any) -> tuple[IceServer, ...]:
+    if isinstance(entries, (str, IceServer, RTCIceServer)):
+        entries = (entries,)
+    return tuple(_ice_server(entry) for entry in entries)
 
 
 def _check_ice_servers(instance: PeerOptions, attribute: attrs.Attribute, value: tuple) -> None:
     if instance.loopback_only and value:
         raise ValueError("ice_servers must be empty when loopback_only is set (no STUN/TURN)")
-    for entry in value:
-        _ice_server(entry)
+
+
+#: IPv6 URLs already warned about: once per process, not once per connection.
+_IPV6_URLS_TOLD: set[str] = set()
+
+
+def _rtc_ice_server(server: IceServer) -> RTCIceServer | None:
+    # aiortc's URL pattern cannot read an IPv6 address in brackets: such a URL would make
+    # aiortc raise when it gathers, so it is left out (a browser peer can use it).
+    urls = [str(url) for url in server.urls if not url.host_is_ipv6]
+    for url in server.urls:
+        if url.host_is_ipv6 and str(url) not in _IPV6_URLS_TOLD:
+            _IPV6_URLS_TOLD.add(str(url))
+            logger.warning("ICE server {} left out: aiortc cannot use an IPv6 address in a URL; use a host name",
+                           url)
+    return RTCIceServer(urls=urls, username=server.username, credential=server.credential) if urls else None
 
 
 @attrs.frozen
@@ -170,9 +198,18 @@ class PeerOptions:
     to any other address. Other connections in the process are not affected: one built with
     ``loopback_only=False`` gathers on every interface whatever was built before it. Where this
     aiortc/aioice cannot restrict one connection, a loopback-only one is refused
-    (:class:`~rtcxfer.net.aiortc_internals.UnsupportedAiortcError`). ``ice_servers`` (STUN or
-    TURN URL strings, or ``RTCIceServer`` objects) is only allowed without ``loopback_only``;
-    even then the default is no ICE server at all, never aiortc's public STUN default.
+    (:class:`~rtcxfer.net.aiortc_internals.UnsupportedAiortcError`).
+
+    ``ice_servers``: STUN and TURN servers, as URL strings, :class:`~rtcxfer.protocol.ice.IceServer`
+    or aiortc ``RTCIceServer`` objects (with ``username`` and ``credential`` for TURN), kept as
+    IceServer objects whose URLs are checked (:class:`~rtcxfer.protocol.errors.IceServerError`);
+    only allowed without ``loopback_only``; even then the default is no ICE server at all, never
+    aiortc's public STUN default.
+
+    ``ice_servers_from_signaling`` (default on): :meth:`with_signaled_ice_servers` adds the ICE
+    servers a signaling server handed out, and a connection given any gathers on every
+    interface: loopback-only holds only while no ICE server is known. Off, these options are
+    used as they are.
 
     ``high_watermark`` is the :class:`DataChannel` send-side buffer limit in bytes.
 
@@ -183,17 +220,28 @@ class PeerOptions:
     """
 
     loopback_only: bool = True
-    ice_servers: tuple = attrs.field(default=(), converter=tuple, validator=_check_ice_servers)
+    ice_servers: tuple[IceServer, ...] = attrs.field(default=(), converter=_ice_servers, validator=_check_ice_servers)
     high_watermark: int = attrs.field(default=DEFAULT_HIGH_WATERMARK, validator=attrs.validators.ge(0))
     large_packets: bool = True
+    ice_servers_from_signaling: bool = True
+
+    def with_signaled_ice_servers(self, servers: tuple[IceServer, ...]) -> PeerOptions:
+        """These options for a connection made after a signaling server handed out ``servers``:
+        they follow this peer's own (aiortc uses only the first STUN and the first TURN server,
+        so one given here wins), and gathering is on every interface. Unchanged when ``servers``
+        is empty or ``ice_servers_from_signaling`` is off."""
+        if not servers or not self.ice_servers_from_signaling:
+            return self
+        return attrs.evolve(self, loopback_only=False, ice_servers=self.ice_servers + tuple(servers))
 
     def rtc_configuration(self) -> RTCConfiguration:
         """An ``RTCConfiguration`` with an explicit (empty in loopback mode) ICE server list.
 
         ``iceServers`` is always passed: ``RTCConfiguration()`` alone means a public STUN server.
+        A URL aiortc cannot use (an IPv6 address) is left out, with a warning.
         """
-        servers = [] if self.loopback_only else [_ice_server(s) for s in self.ice_servers]
-        return RTCConfiguration(iceServers=servers)
+        converted = [] if self.loopback_only else [_rtc_ice_server(server) for server in self.ice_servers]
+        return RTCConfiguration(iceServers=[server for server in converted if server is not None])
 
 
 def _max_message_size_in_sdp(sdp: str) -> int:

@@ -131,6 +131,12 @@ class SignalingError(RtcxferError):
     """The signaling server refused a request or the connection to it failed."""
 
 
+class IceServerError(RtcxferError, ValueError):
+    """An ICE server (STUN or TURN) that cannot be used: a malformed or unsupported URL, or
+    credentials that cannot be made. The message names the URL (never a credential) and what is
+    wrong. A ``ValueError`` too, as aiortc's own complaint about a URL is."""
+
+
 class ConnectionClosedError(RtcxferError):
     """The peer connection or data channel closed before the operation completed."""
 

@@ -23,7 +23,7 @@ DEATH_GUARD = 20.0
 #: How long a one-shot command (``rtcxfer submit`` with its whole job) may take.
 COMMAND_GUARD = 120.0
 
-SIGNALING_READY = r"signaling server listening on (ws://127\.0\.0\.1:\d+)"
+SIGNALING_READY = r"signaling server listening on (wss?://127\.0\.0\.1:\d+)"
 WORKER_READY = r"waiting for jobs"
 
 
@@ -176,7 +176,7 @@ def start_signaling(
     args = ["signal", "--host", host, "--port", str(port), *(["--token", token] if token is not None else []), *options]
     process = CliProcess("signal", args, log_dir, env=env, python=python, prefix=prefix)
     try:
-        url = process.wait_for(rf"signaling server listening on (ws://{re.escape(host)}:\d+)").group(1)
+        url = process.wait_for(rf"signaling server listening on (wss?://{re.escape(host)}:\d+)").group(1)
     except AssertionError:
         process.stop()
         raise

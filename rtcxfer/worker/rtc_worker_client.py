@@ -265,11 +265,18 @@ class RTCWorkerClient:
         peer_options=None,
         on_ready: Callable[[], None] | None = None,
         on_notice: Callable[[str], None] | None = None,
+        signaling_ssl=None,
     ) -> None:
         """Register on the signaling server and serve every client that connects, until cancelled.
 
         ``on_notice`` receives one line of text about a session worth showing an operator
         (the SCTP packet size each connection uses, and why).
+
+        Each client's connection uses ``peer_options`` (default: loopback only) with the ICE
+        servers the signaling server handed out added (the latest ones: TURN credentials are
+        renewed while registered), on every interface once there are any
+        (:meth:`~rtcxfer.net.peer.PeerOptions.with_signaled_ice_servers`). ``signaling_ssl`` is the
+        ``ssl.SSLContext`` for a ``wss://`` server (None: the system's trusted CAs).
 
         Nothing a peer or the server does ends this: errors the server sends are logged, and a
         lost connection (the server restarted, or closed this socket) or a peer squatting this
@@ -305,7 +312,7 @@ class RTCWorkerClient:
             while True:
                 try:
                     await self._serve_registration(signaling_url, room, peer_id, signaling_token, options, tasks,
-                                                   registered)
+                                                   registered, signaling_ssl)
                 except SignalingServerError as error:
                     if error.code in FATAL_SIGNALING_CODES or (not registrations and error.code != "duplicate-peer"):
                         raise
@@ -335,7 +342,8 @@ class RTCWorkerClient:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _serve_registration(self, signaling_url, room, peer_id, signaling_token, options, tasks, registered):
+    async def _serve_registration(self, signaling_url, room, peer_id, signaling_token, options, tasks, registered,
+                                  signaling_ssl=None):
         """One registration on the signaling server: answer offers until the connection ends
         (returns normally) or registration is refused (raises)."""
         from rtcxfer.net.signaling import SignalingClient
@@ -344,7 +352,8 @@ class RTCWorkerClient:
             self._hardware = await asyncio.to_thread(gather_hardware, self.work_dir, self.shared_storage_root)
         async with (
             SignalingClient(
-                signaling_url, room, "worker", peer_id, signaling_token, description=self.description()
+                signaling_url, room, "worker", peer_id, signaling_token, description=self.description(),
+                ssl=signaling_ssl,
             ) as signaling,
             self._sessions_stopped_before_leaving(tasks),
         ):
@@ -447,7 +456,8 @@ class RTCWorkerClient:
         peer = None
         try:
             # A legacy client labels its channel as it likes ("my-data-channel").
-            peer = PeerConnection(options, any_channel_label=self.legacy)
+            peer = PeerConnection(options.with_signaled_ice_servers(signaling.ice_servers),
+                                  any_channel_label=self.legacy)
             on_notice = self._on_notice
             if on_notice is not None:
                 peer.watch_packet_size(lambda size: on_notice(f"client {client_id}: {size.describe()}"))

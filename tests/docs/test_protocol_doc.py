@@ -243,3 +243,19 @@ def test_the_authentication_test_vector_is_what_rtcxfer_computes() -> None:
     start = transcript.message(b"client").hex()[:58]
     assert start == "727463786665722d617574682d763200000006636c69656e7400000040"
     assert "`727463786665722d617574682d7632`" in section
+
+
+def test_the_documented_turn_credentials_are_those_of_the_documented_secret() -> None:
+    import base64
+    import hashlib
+    import hmac
+
+    doc = _doc()
+    assert "the credentials in the examples above are those of the secret `north-wind`" in doc
+    credentials = []
+    for line in re.findall(r'^\{"type": "(?:registered|ice-servers)".*"ice_servers".*$', doc, re.M):
+        credentials += [entry for entry in json.loads(line)["ice_servers"] if "credential" in entry]
+    assert len(credentials) == 2
+    for entry in credentials:
+        digest = hmac.new(b"north-wind", entry["username"].encode(), hashlib.sha1).digest()
+        assert entry["credential"] == base64.b64encode(digest).decode()

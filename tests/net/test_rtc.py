@@ -86,7 +86,7 @@ def test_ice_servers_refused_in_loopback_mode_and_kept_otherwise():
         PeerOptions(ice_servers=("stun:127.0.0.1:3478",))
     options = PeerOptions(loopback_only=False, ice_servers=["stun:127.0.0.1:3478"])
     servers = options.rtc_configuration().iceServers
-    assert [s.urls for s in servers] == ["stun:127.0.0.1:3478"]
+    assert [s.urls for s in servers] == [["stun:127.0.0.1:3478"]]
     assert all(isinstance(s, RTCIceServer) for s in servers)
     assert PeerOptions(loopback_only=False).rtc_configuration().iceServers == []
 

@@ -25,6 +25,7 @@ from rtcxfer.net.signaling.messages import (
     SERVER_FULL,
     Describe,
     ErrorReply,
+    IceServersUpdate,
     MalformedMessage,
     PeerEntry,
     PeerJoined,
@@ -42,6 +43,7 @@ from rtcxfer.net.signaling.messages import (
     is_id,
 )
 from rtcxfer.net.signaling.rooms import InMemoryRooms, RoomLimits
+from rtcxfer.protocol.ice import IceServer
 from rtcxfer.protocol.worker_description import validate_description
 from rtcxfer.testing import run_async
 
@@ -81,6 +83,12 @@ def descriptions(draw: st.DrawFn) -> dict[str, Any]:
 
 
 WORKER_DESCRIPTION = st.none() | descriptions()
+ICE_SERVERS = st.lists(
+    st.builds(IceServer, st.sampled_from(["stun:a", ["stun:b:19302", "stun:[::1]"]]))
+    | st.builds(IceServer, st.sampled_from(["turn:t", ["turn:t?transport=tcp", "turns:[2001:db8::7]"]]),
+                PRINTABLE, PRINTABLE),
+    max_size=3,
+)
 
 
 @st.composite
@@ -97,7 +105,9 @@ REQUESTS = st.one_of(
     st.builds(RelayRequest, IDS, PAYLOADS),
 )
 SERVER_MESSAGES = st.one_of(
-    st.builds(Registered, IDS, IDS, st.lists(peer_fields().map(lambda fields: PeerEntry(*fields)), max_size=4)),
+    st.builds(Registered, IDS, IDS, st.lists(peer_fields().map(lambda fields: PeerEntry(*fields)), max_size=4),
+              ICE_SERVERS),
+    st.builds(IceServersUpdate, ICE_SERVERS),
     peer_fields().map(lambda fields: PeerJoined(*fields)),
     st.builds(PeerUpdated, IDS, st.just("worker"), descriptions()),
     st.builds(PeerLeft, IDS, ROLE),
@@ -107,7 +117,7 @@ SERVER_MESSAGES = st.one_of(
 #: JSON objects that look like messages: the right types with any fields, and some wrong ones.
 MESSAGE_LIKE = JSON | st.fixed_dictionaries(
     {"type": st.sampled_from(["register", "describe", "relay", "registered", "peer-joined", "peer-updated",
-                              "peer-left", "error", "dance"]) | JSON},
+                              "peer-left", "error", "ice-servers", "dance"]) | JSON},
     optional={
         "room": JSON | IDS,
         "role": JSON | ROLE,
@@ -121,6 +131,9 @@ MESSAGE_LIKE = JSON | st.fixed_dictionaries(
         "description": JSON | descriptions(),
         "code": JSON,
         "message": JSON,
+        "ice_servers": JSON | st.lists(st.fixed_dictionaries({"urls": JSON | st.sampled_from(["stun:a", ["turn:b"]])},
+                                                             optional={"username": JSON, "credential": JSON}),
+                                       max_size=2),
     },
 )
 #: Any text a socket might deliver: arbitrary strings, bytes, JSON, and message-like JSON.
@@ -186,7 +199,8 @@ def test_whatever_a_server_sends_is_a_typed_message_or_a_malformed_message(data:
         message = decode_server_message(data, on_invalid_description=lambda peer, error: told.append(peer))
     except MalformedMessage:
         return
-    assert isinstance(message, (Registered, PeerJoined, PeerUpdated, PeerLeft, Relay, ErrorReply, UnknownMessage))
+    assert isinstance(message, (Registered, IceServersUpdate, PeerJoined, PeerUpdated, PeerLeft, Relay, ErrorReply,
+                               UnknownMessage))
     for peer in message.peers if isinstance(message, Registered) else [message]:
         if getattr(peer, "description", None) is not None:
             assert peer.role == "worker"
@@ -239,6 +253,10 @@ def test_an_unknown_server_message_type_is_kept_apart() -> None:
         (Registered("r", "c", [PeerEntry("w", "worker", {"slots": 1}), PeerEntry("d", "client")]),
          '{"type":"registered","room":"r","peer_id":"c","peers":[{"peer_id":"w","role":"worker",'
          '"description":{"slots":1}},{"peer_id":"d","role":"client"}]}'),
+        (Registered("r", "c", [], [IceServer("stun:s"), IceServer("turn:t", "1800000000:c", "cHc=")]),
+         '{"type":"registered","room":"r","peer_id":"c","peers":[],"ice_servers":[{"urls":["stun:s:3478"]},'
+         '{"urls":["turn:t:3478?transport=udp"],"username":"1800000000:c","credential":"cHc="}]}'),
+        (IceServersUpdate([IceServer("stun:s")]), '{"type":"ice-servers","ice_servers":[{"urls":["stun:s:3478"]}]}'),
         (PeerJoined("c", "client"), '{"type":"peer-joined","peer_id":"c","role":"client"}'),
         (PeerUpdated("w", "worker", {"state": "busy"}),
          '{"type":"peer-updated","peer_id":"w","role":"worker","description":{"state":"busy"}}'),
@@ -271,7 +289,7 @@ def test_every_documented_peer_message_decodes_and_encodes_back() -> None:
 def test_every_documented_server_message_decodes_and_encodes_back() -> None:
     examples = _json_examples("### 1.3 ")
     assert {example["type"] for example in examples} == {
-        "registered", "peer-joined", "peer-left", "peer-updated", "relay", "error"}
+        "registered", "peer-joined", "peer-left", "peer-updated", "relay", "error", "ice-servers"}
     for example in examples:
         assert json.loads(encode(decode_server_message(json.dumps(example)))) == example
 
@@ -447,3 +465,18 @@ def test_the_book_does_what_a_simple_model_predicts(operations: list[tuple[str, 
 
 def test_a_bad_message_refusal_replies_with_its_code() -> None:
     assert Refusal(BAD_MESSAGE, "no").reply == ErrorReply(BAD_MESSAGE, "no")
+
+
+def test_ice_servers_a_peer_cannot_use_cost_those_servers_not_the_registration() -> None:
+    told: list[str] = []
+    message = decode_server_message(
+        json.dumps({"type": "registered", "room": "r", "peer_id": "c", "peers": [],
+                    "ice_servers": [{"urls": ["stun:s", "stuns:x"]}, {"urls": "turn:t", "credential": "SECRET"}, 7]}),
+        on_invalid_ice_server=told.append,
+    )
+    assert message == Registered("r", "c", [], [IceServer("stun:s")])
+    assert len(told) == 3 and not any("SECRET" in text for text in told)
+    assert decode_server_message('{"type":"registered","room":"r","peer_id":"c","peers":[]}') == Registered("r", "c")
+    assert decode_server_message('{"type":"ice-servers","ice_servers":"none"}') == IceServersUpdate()
+    with pytest.raises(MalformedMessage, match="needs 'ice_servers'"):
+        decode_server_message('{"type":"ice-servers"}')

@@ -665,3 +665,60 @@ def test_the_pages_receiver_refuses_what_a_hostile_worker_sends(site: Site) -> N
     # Only the verified file is ever offered.
     assert outcome["files"] == ["dir/good.txt"]
     page.context.close()
+
+
+def test_the_page_gathers_a_relay_candidate_with_the_credentials_the_signaling_server_gave_it(
+    site: Site, tmp_path: Path
+) -> None:
+    """A signaling server started with --stun/--turn hands the page its ICE servers, and with the
+    page's own TURN credential coturn (in the namespace, on 127.0.0.1) allocates it a relay."""
+    import base64
+    import hmac
+
+    from rtcxfer.testing.processes import SIGNALING_READY
+    from tests.support.turn_server import coturn, turnserver_problem
+
+    if turnserver_problem() is not None:
+        pytest.skip(turnserver_problem())
+    secret = f"web-turn-{secrets.token_hex(8)}"
+    (tmp_path / "turn-secret").write_text(secret + "\n")
+    with coturn(tmp_path / "turn", secret, prefix=site.namespace.command()) as turn:
+        stun_url, udp, tcp = turn.stun_url, turn.turn_url("udp"), turn.turn_url("tcp")
+        signal = site.cluster.start(
+            "signal-ice", "signal", "--host", "127.0.0.1", "--port", "0", "--token", TOKEN, "--stun", stun_url,
+            "--turn", udp, "--turn", tcp, "--turn-secret-file", str(tmp_path / "turn-secret"),
+        )
+        try:
+            page = site.new_page(page_url_of(signal.wait_for(SIGNALING_READY).group(1)))
+            outcome = page.evaluate(
+                """async ({ room, token }) => {
+                    const { Signaling, signalingUrlOfPage } = await import("/signaling.js");
+                    const { signalingToken } = await import("/auth.js");
+                    const signaling = await Signaling.connect(
+                        signalingUrlOfPage(), { room, token: signalingToken(token), peerId: "client-web" });
+                    // As offerChannel builds its peer connection.
+                    const pc = new RTCPeerConnection({ iceServers: signaling.iceServers });
+                    pc.createDataChannel("rtcxfer", { ordered: true });
+                    await pc.setLocalDescription(await pc.createOffer());
+                    await new Promise((resolve) => {
+                        const done = () => pc.iceGatheringState === "complete" && resolve();
+                        pc.addEventListener("icegatheringstatechange", done);
+                        done();
+                    });
+                    const result = { iceServers: signaling.iceServers, sdp: pc.localDescription.sdp };
+                    pc.close();
+                    signaling.close();
+                    return result;
+                }""",
+                {"room": "ice", "token": TOKEN},
+            )
+            page.context.close()
+        finally:
+            signal.stop()
+    stun, turn_entry = outcome["iceServers"]
+    assert stun == {"urls": [f"stun:127.0.0.1:{turn.port}"]}
+    assert turn_entry["urls"] == [udp, tcp] and turn_entry["username"].endswith(":client-web")
+    expected = base64.b64encode(hmac.new(secret.encode(), turn_entry["username"].encode(), "sha1").digest()).decode()
+    assert turn_entry["credential"] == expected
+    relays = [line for line in outcome["sdp"].splitlines() if line.startswith("a=candidate:") and "typ relay" in line]
+    assert relays and all(" 127.0.0.1 " in line for line in relays), outcome["sdp"]

@@ -12,7 +12,9 @@ server; after that the WebRTC data channel carries everything. One concern per m
   descriptions and per-address counts, behind an interface a shared store could implement;
 * :mod:`~rtcxfer.net.signaling.server`: :class:`SignalingServer` (sockets, limits, relay);
 * :mod:`~rtcxfer.net.signaling.client`: :class:`SignalingClient`, whose ``receive()`` returns
-  :data:`RoomEvent` objects.
+  :data:`RoomEvent` objects;
+* :mod:`~rtcxfer.net.signaling.tls`: TLS contexts for ``wss://`` (the server's certificate, a
+  client's private CA).
 
 What most code needs is re-exported here (``from rtcxfer.net.signaling import SignalingClient``);
 the error codes and the other message types are in :mod:`~rtcxfer.net.signaling.messages`.
@@ -22,6 +24,7 @@ from rtcxfer.net.signaling.client import (
     SignalingClient,
     SignalingServerError,
     SignalingTimeoutError,
+    SignalingTlsError,
     connect_directly,
 )
 from rtcxfer.net.signaling.messages import PeerJoined, PeerLeft, PeerUpdated, Relay, RoomEvent
@@ -38,6 +41,7 @@ __all__ = [
     "SignalingServer",
     "SignalingServerError",
     "SignalingTimeoutError",
+    "SignalingTlsError",
     "connect_directly",
     "run_signaling_server",
 ]

@@ -1,11 +1,15 @@
 """One peer's connection to the signaling server: register in a room, relay payloads, hear
-about the room as typed events (:mod:`rtcxfer.net.signaling.messages`)."""
+about the room as typed events (:mod:`rtcxfer.net.signaling.messages`), and learn the ICE
+servers (STUN, TURN with credentials) the server hands out. ``wss://`` is verified: against the
+system's certificate store, or the ``ssl`` context given (:func:`rtcxfer.net.signaling.tls.client_context`
+for a private CA)."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import secrets
+import ssl as ssl_module
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +23,7 @@ from rtcxfer.net.signaling.messages import (
     ROLES,
     Describe,
     ErrorReply,
+    IceServersUpdate,
     MalformedMessage,
     PeerJoined,
     PeerLeft,
@@ -36,9 +41,16 @@ from rtcxfer.net.signaling.messages import (
 )
 from rtcxfer.net.signaling.sockets import CLOSE_NORMAL, close_bounded
 from rtcxfer.protocol.errors import SignalingError, describe
+from rtcxfer.protocol.ice import IceServer
 from rtcxfer.protocol.worker_description import DescriptionError
 
-__all__ = ["SignalingClient", "SignalingServerError", "SignalingTimeoutError", "connect_directly"]
+__all__ = [
+    "SignalingClient",
+    "SignalingServerError",
+    "SignalingTimeoutError",
+    "SignalingTlsError",
+    "connect_directly",
+]
 
 # asyncio.TimeoutError, not the builtin, throughout: they differ on Python 3.10, which
 # setup.cfg still supports.
@@ -78,6 +90,16 @@ class SignalingServerError(SignalingError):
 _TIMEOUT_ERRORS = (TimeoutError,) if asyncio.TimeoutError is TimeoutError else (TimeoutError, asyncio.TimeoutError)
 
 
+class SignalingTlsError(SignalingError):
+    """The signaling server's TLS certificate does not verify (``wss://``): not issued by a CA
+    this peer trusts, expired, or for another name. ``reason`` is OpenSSL's word for it."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"the TLS certificate of the signaling server at {url} does not verify: {reason}")
+        self.url = url
+        self.reason = reason
+
+
 class SignalingTimeoutError(SignalingError, *_TIMEOUT_ERRORS):
     """Nothing arrived from the signaling server in time (a peer, a message, a reply): both a
     ``TimeoutError`` and an ``asyncio.TimeoutError`` on every Python rtcxfer supports."""
@@ -109,7 +131,12 @@ class SignalingClient:
       :meth:`receive` raises :class:`SignalingError`;
     * :meth:`wait_for_peer` waits until a peer (of a role) is in the room, independently of
       :meth:`receive`; :attr:`peers` is the current room membership and :attr:`workers` what
-      each worker said about itself.
+      each worker said about itself;
+    * :attr:`ice_servers` are the STUN and TURN servers (with this peer's credentials) the
+      server handed out, renewed while connected; empty from a server that has none.
+
+    ``ssl``: an ``ssl.SSLContext`` for a ``wss://`` URL (None: the system's trusted CAs); a
+    certificate that does not verify raises :class:`SignalingTlsError` from :meth:`connect`.
 
     At most ``inbox_size`` events wait for :meth:`receive`; beyond that the client stops
     reading from the server (which will eventually drop it), so a peer that only ever calls
@@ -129,6 +156,7 @@ class SignalingClient:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         inbox_size: int = 1024,
         description: Mapping[str, Any] | None = None,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         if role not in ROLES:
             raise ValueError(f"role must be one of {sorted(ROLES)}, not {role!r}")
@@ -151,6 +179,8 @@ class SignalingClient:
         self._peers: dict[str, str] = {}
         self._descriptions: dict[str, dict[str, Any]] = {}
         self._description = dict(description) if description is not None else None
+        self._ssl = ssl
+        self._ice_servers: tuple[IceServer, ...] = ()
         self._peers_changed = asyncio.Event()
         self._closed = False
         self._close_note = ""
@@ -162,6 +192,12 @@ class SignalingClient:
     def peers(self) -> dict[str, str]:
         """The other peers in the room now: ``{peer_id: role}``, in join order."""
         return dict(self._peers)
+
+    @property
+    def ice_servers(self) -> tuple[IceServer, ...]:
+        """The STUN and TURN servers the signaling server handed this peer (TURN with credentials
+        made for it), the latest ones; empty before :meth:`connect` or from a server without any."""
+        return self._ice_servers
 
     @property
     def workers(self) -> dict[str, dict[str, Any]]:
@@ -193,10 +229,15 @@ class SignalingClient:
         """Open the connection and register; :class:`SignalingServerError` if refused."""
         if self._ws is not None or self._closed:
             raise SignalingError(f"{self!r} was already connected once; make a new client")
+        # websockets refuses an ssl context for ws://; for wss:// without one it verifies
+        # against the system's store.
+        tls = {"ssl": self._ssl} if self._ssl is not None and self.url.lower().startswith("wss:") else {}
         try:
             ws = await connect_directly(self.url, open_timeout=self.open_timeout,
                                         close_timeout=self.close_timeout,
-                                        max_size=2 * self.max_message_bytes)
+                                        max_size=2 * self.max_message_bytes, **tls)
+        except ssl_module.SSLCertVerificationError as exc:
+            raise SignalingTlsError(self.url, exc.verify_message or exc.reason or str(exc)) from None
         except (OSError, asyncio.TimeoutError, WebSocketException) as exc:
             raise SignalingError(
                 f"cannot reach the signaling server at {self.url}: {describe(exc)}") from exc
@@ -213,7 +254,7 @@ class SignalingClient:
                 f"the signaling server at {self.url} closed during registration: {exc}"
             ) from exc
         try:
-            reply = decode_server_message(raw, on_invalid_description=self._ignore_description)
+            reply = self._decode(raw)
         except MalformedMessage:
             reply = None
         if isinstance(reply, ErrorReply):
@@ -222,14 +263,17 @@ class SignalingClient:
             raise SignalingServerError.from_reply(reply)
         if not isinstance(reply, Registered) or reply.peer_id != self.peer_id:
             await close_bounded(ws, CLOSE_NORMAL, "", self.close_timeout)
-            raise SignalingError(f"unexpected registration reply from {self.url}: {raw!r:.200}")
+            # Named, not quoted: a registration reply may hold TURN credentials.
+            kind = type(reply).__name__ if reply is not None else "not a message of this protocol"
+            raise SignalingError(f"unexpected registration reply from {self.url}: {kind}")
         for peer in reply.peers:
             self._peers[peer.peer_id] = peer.role
             if peer.description is not None:
                 self._descriptions[peer.peer_id] = peer.description
+        self._ice_servers = reply.ice_servers
         self._ws = ws
         self._reader = asyncio.create_task(self._read_loop(ws))
-        logger.info("signaling: {} registered; peers {}", self, self._peers)
+        logger.info("signaling: {} registered; peers {}; {}", self, self._peers, self._ice_summary())
 
     async def send_to(self, peer_id: str, payload: Mapping[str, Any]) -> None:
         """Relay ``payload`` (a JSON object) to ``peer_id`` in this room.
@@ -325,6 +369,20 @@ class SignalingClient:
     def _ignore_description(peer_id: str, error: DescriptionError) -> None:
         logger.warning("signaling: ignored the description of {!r}: {}", peer_id, error)
 
+    @staticmethod
+    def _ignore_ice_server(problem: str) -> None:
+        logger.warning("signaling: an ICE server from the signaling server cannot be used: {}", problem)
+
+    def _decode(self, raw: str | bytes):
+        return decode_server_message(
+            raw, on_invalid_description=self._ignore_description, on_invalid_ice_server=self._ignore_ice_server
+        )
+
+    def _ice_summary(self) -> str:
+        """Which ICE servers this peer was given: URLs only, never a credential."""
+        urls = [str(url) for server in self._ice_servers for url in server.urls]
+        return f"ICE servers {', '.join(urls)}" if urls else "no ICE servers"
+
     def _notify_peers(self) -> None:
         changed, self._peers_changed = self._peers_changed, asyncio.Event()
         changed.set()
@@ -363,10 +421,14 @@ class SignalingClient:
             while True:
                 raw = await ws.recv()
                 try:
-                    message = decode_server_message(raw, on_invalid_description=self._ignore_description)
+                    message = self._decode(raw)
                 except MalformedMessage as error:
-                    logger.warning("signaling: {} ignored a malformed server message ({}) {!r:.200}",
-                                   self, error, raw)
+                    # The error names what is wrong; the text itself may hold credentials.
+                    logger.warning("signaling: {} ignored a malformed server message ({})", self, error)
+                    continue
+                if isinstance(message, IceServersUpdate):
+                    self._ice_servers = message.ice_servers
+                    logger.debug("signaling: {} got fresh ICE servers; {}", self, self._ice_summary())
                     continue
                 item: RoomEvent | SignalingServerError
                 if isinstance(message, ErrorReply):

@@ -13,7 +13,9 @@ Peer -> server (a :data:`Request`)::
 Server -> peer (a :data:`ServerMessage`)::
 
     {"type": "registered", "room": R, "peer_id": ID,
-     "peers": [{"peer_id": P, "role": ROLE, "description": {...}}, ...]}
+     "peers": [{"peer_id": P, "role": ROLE, "description": {...}}, ...],
+     "ice_servers": [{"urls": [URL, ...], "username": U, "credential": C}, ...]}   (optional)
+    {"type": "ice-servers", "ice_servers": [...]}             (fresh TURN credentials)
     {"type": "peer-joined", "peer_id": P, "role": ROLE, "description": {...}}
     {"type": "peer-updated", "peer_id": P, "role": "worker", "description": {...}}
     {"type": "peer-left", "peer_id": P, "role": ROLE}
@@ -33,6 +35,13 @@ replaced by ``describe``; the server validates it, keeps it with the registratio
 on: in ``registered`` and ``peer-joined`` (only for peers that have one) and, to every other
 peer of the room, as ``peer-updated``. Only the worker itself can set it: a ``client`` that
 sends one, or a ``describe`` naming another ``peer_id``, gets ``forbidden``.
+
+``ice_servers`` (only from a server that has STUN or TURN servers to hand out, and only to a
+peer it admitted) are WebRTC's RTCIceServer dictionaries (:mod:`rtcxfer.protocol.ice`): the
+STUN URLs, then the TURN URLs with a credential made for this peer (TURN REST API, username
+``EXPIRY:PEER_ID``). Where TURN credentials expire, the server sends every registered peer
+fresh ones (``ice-servers``) well before they do. A peer drops what it cannot use (and says
+so); an older peer ignores both.
 
 Error codes (see :data:`ERROR_CODES`): ``bad-message`` (not JSON, not an object, a missing or
 ill-typed field, an unknown type, a binary frame, too large), ``bad-token`` (the socket is then
@@ -61,6 +70,7 @@ from typing import Any, ClassVar
 import attrs
 
 from rtcxfer.protocol.errors import RemoteProtocolError, SignalingError
+from rtcxfer.protocol.ice import IceServer, IceServerProblem, decode_ice_servers
 from rtcxfer.protocol.worker_description import DescriptionError, validate_description
 
 __all__ = [
@@ -79,6 +89,7 @@ __all__ = [
     "UNKNOWN_PEER",
     "Describe",
     "ErrorReply",
+    "IceServersUpdate",
     "MalformedMessage",
     "PeerEntry",
     "PeerJoined",
@@ -259,10 +270,27 @@ class Registered:
     room: str
     peer_id: str
     peers: tuple[PeerEntry, ...] = attrs.field(default=(), converter=tuple)
+    #: The STUN and TURN servers this peer is to use (TURN with credentials made for it).
+    ice_servers: tuple[IceServer, ...] = attrs.field(default=(), converter=tuple)
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "room": self.room, "peer_id": self.peer_id,
-                "peers": [peer.to_json() for peer in self.peers]}
+        message = {"type": self.TYPE, "room": self.room, "peer_id": self.peer_id,
+                   "peers": [peer.to_json() for peer in self.peers]}
+        if self.ice_servers:
+            message["ice_servers"] = [server.to_json() for server in self.ice_servers]
+        return message
+
+
+@attrs.frozen
+class IceServersUpdate:
+    """Fresh ICE servers for a registered peer (its TURN credentials renewed before they expire):
+    they replace those of ``registered``."""
+
+    TYPE: ClassVar[str] = "ice-servers"
+    ice_servers: tuple[IceServer, ...] = attrs.field(default=(), converter=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "ice_servers": [server.to_json() for server in self.ice_servers]}
 
 
 @attrs.frozen
@@ -344,8 +372,10 @@ class UnknownMessage:
 
 #: What a peer hears about its room once registered (``SignalingClient.receive`` returns these).
 RoomEvent = Relay | PeerJoined | PeerUpdated | PeerLeft
-ServerMessage = Registered | PeerJoined | PeerUpdated | PeerLeft | Relay | ErrorReply | UnknownMessage
-Message = Request | Registered | PeerJoined | PeerUpdated | PeerLeft | Relay | ErrorReply
+ServerMessage = (
+    Registered | IceServersUpdate | PeerJoined | PeerUpdated | PeerLeft | Relay | ErrorReply | UnknownMessage
+)
+Message = Request | Registered | IceServersUpdate | PeerJoined | PeerUpdated | PeerLeft | Relay | ErrorReply
 
 
 # -- encoding -----------------------------------------------------------------------------------
@@ -466,14 +496,25 @@ def _peer_fields(message: Mapping[str, Any]) -> tuple[str, str]:
     return peer_id, role
 
 
+def _received_ice_servers(message: Mapping[str, Any], on_invalid: IceServerProblem | None) -> tuple[IceServer, ...]:
+    # What this version cannot use (a newer scheme, say) costs that server, never the message.
+    if "ice_servers" not in message:
+        return ()
+    return decode_ice_servers(message["ice_servers"], on_invalid)
+
+
 def decode_server_message(
-    data: str | bytes, *, on_invalid_description: DescriptionProblem | None = None
+    data: str | bytes,
+    *,
+    on_invalid_description: DescriptionProblem | None = None,
+    on_invalid_ice_server: IceServerProblem | None = None,
 ) -> ServerMessage:
     """What the server sent, as a typed message (:class:`UnknownMessage` for a newer type).
 
     Raises :class:`MalformedMessage` (and nothing else) when a field this version reads is
     missing or ill-typed. A worker's description that does not validate is dropped (the
-    message is kept) and ``on_invalid_description`` is told.
+    message is kept) and ``on_invalid_description`` is told; so is an ICE server this version
+    cannot use, and ``on_invalid_ice_server`` is told (never with a credential).
     """
     message = _json_object(data, None)
     kind = message["type"]
@@ -497,7 +538,11 @@ def decode_server_message(
             if not isinstance(peer, dict):
                 raise MalformedMessage("each of 'peers' is an object")
             entries.append(PeerEntry(*_peer_fields(peer), _received_description(peer, on_invalid_description)))
-        return Registered(room, peer_id, tuple(entries))
+        return Registered(room, peer_id, tuple(entries), _received_ice_servers(message, on_invalid_ice_server))
+    if kind == IceServersUpdate.TYPE:
+        if "ice_servers" not in message:
+            raise MalformedMessage("ice-servers needs 'ice_servers'")
+        return IceServersUpdate(_received_ice_servers(message, on_invalid_ice_server))
     if kind == PeerLeft.TYPE:
         return PeerLeft(*_peer_fields(message))
     if kind in (PeerJoined.TYPE, PeerUpdated.TYPE):

@@ -29,12 +29,23 @@ clients by design and are exempt.
 The token is checked before anything else about the room, so that a peer without it learns
 nothing (not even which peer ids are taken). The server speaks ``ws://`` unless given an
 ``ssl`` context: tokens cross the network in clear text otherwise.
+
+ICE servers
+===========
+
+Given ``ice_servers`` (:class:`~rtcxfer.protocol.ice.IceServerConfig`), the server tells every
+peer it admitted (token checked, place in the room taken) which STUN and TURN servers to use, in
+its ``registered``, the TURN ones with a credential made for that peer id alone (TURN REST API).
+While TURN credentials are handed out, every registered peer gets fresh ones (``ice-servers``)
+every half lifetime, so that a worker registered for days always holds valid ones. A credential
+never appears in the log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
@@ -56,6 +67,7 @@ from rtcxfer.net.signaling.messages import (
     UNKNOWN_PEER,
     Describe,
     ErrorReply,
+    IceServersUpdate,
     MalformedMessage,
     Message,
     PeerJoined,
@@ -73,6 +85,8 @@ from rtcxfer.net.signaling.messages import (
 )
 from rtcxfer.net.signaling.rooms import InMemoryRooms, Member, RoomChange, RoomLimits
 from rtcxfer.net.signaling.sockets import CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, close_bounded
+from rtcxfer.protocol.errors import IceServerError
+from rtcxfer.protocol.ice import IceServer, IceServerConfig
 
 __all__ = ["DEFAULT_PORT", "SignalingServer", "run_signaling_server"]
 
@@ -177,6 +191,9 @@ class SignalingServer:
 
     ``tokens`` maps a room name to the token its peers must present; ``default_token`` is the
     token of every room not in ``tokens``. A room with neither is open to anyone.
+
+    ``ice_servers`` are the STUN and TURN servers handed to every admitted peer (see the module's
+    docstring); ``ssl`` an ``ssl.SSLContext`` with the server's certificate, for ``wss://``.
     """
 
     def __init__(
@@ -201,6 +218,7 @@ class SignalingServer:
         max_peers_per_address_in_room: int | None = 8,
         idle_timeout: float | None = 120.0,
         web: bool = False,
+        ice_servers: IceServerConfig | None = None,
     ) -> None:
         for room, token in dict(tokens or {}).items():
             if not is_id(room):
@@ -215,6 +233,8 @@ class SignalingServer:
             raise ValueError("max_outbox_bytes must hold at least two messages")
         if rate_limit is not None and (rate_limit <= 0 or rate_burst < 1):
             raise ValueError("rate_limit must be positive and rate_burst at least 1")
+        if ice_servers is not None:
+            ice_servers.check(time.time())  # IceServerError now, not at the first registration
         self.host = host
         self.port = port
         self.tokens: dict[str, str] = dict(tokens or {})
@@ -233,6 +253,7 @@ class SignalingServer:
         self.max_peers_per_address_in_room = max_peers_per_address_in_room
         self.idle_timeout = idle_timeout
         self._ssl = ssl
+        self._ice_servers = ice_servers if ice_servers is not None and not ice_servers.empty else None
         #: Serve the browser client (:mod:`rtcxfer.web`) to plain HTTP GETs on the same port.
         self.web = web
         self._server: Server | None = None
@@ -298,6 +319,12 @@ class SignalingServer:
             logger.warning("signaling server {}: no tokens configured, every room is open",
                            self.url)
         logger.info("signaling server listening on {}", self.url)
+        ice = self._ice_servers
+        if ice is not None:
+            logger.info("signaling server hands out {} STUN and {} TURN URL(s){}", len(ice.stun), len(ice.turn),
+                        f", credentials valid {ice.turn_ttl} s" if ice.turn else "")
+            if ice.expires:
+                self._in_background(self._renew_ice_servers(ice))
 
     async def stop(self) -> None:
         server, self._server = self._server, None
@@ -470,12 +497,36 @@ class SignalingServer:
             raise Refusal(BAD_TOKEN, f"wrong or missing token for room {room!r}", close=True)
         change = await self._rooms.register(conn.key, room, peer_id, role, request.description)
         conn.room, conn.role, conn.peer_id = room, role, peer_id
-        conn.send_message(Registered(room, peer_id, tuple(other.entry() for other in change.others)))
+        # Admitted (token checked, place taken): only now does the peer learn the ICE servers.
+        others = tuple(other.entry() for other in change.others)
+        conn.send_message(Registered(room, peer_id, others, self._ice_servers_for(peer_id)))
         member = change.member
         joined = PeerJoined(member.peer_id, member.role, member.description)
         for other in change.others:
             self._send_to(other, joined)
         logger.info("signaling: registered {} ({} peers in room)", conn, len(change.others) + 1)
+
+    def _ice_servers_for(self, peer_id: str) -> tuple[IceServer, ...]:
+        if self._ice_servers is None:
+            return ()
+        try:
+            return self._ice_servers.servers_for(peer_id, time.time())
+        except IceServerError as error:
+            logger.error("signaling: no ICE servers for {!r}: {}", peer_id, error)
+            return ()
+
+    async def _renew_ice_servers(self, ice: IceServerConfig) -> None:
+        """Every half lifetime, fresh credentials for every registered peer: each then holds
+        credentials with at least half their lifetime left."""
+        while True:
+            await asyncio.sleep(ice.turn_ttl / 2)
+            renewed = 0
+            for conn in list(self._connections.values()):
+                if conn.peer_id is None:
+                    continue
+                if conn.send_message(IceServersUpdate(self._ice_servers_for(conn.peer_id))):
+                    renewed += 1
+            logger.debug("signaling: renewed the TURN credentials of {} peer(s)", renewed)
 
     def _tell_left(self, change: RoomChange | None) -> None:
         if change is None:

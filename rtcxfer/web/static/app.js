@@ -175,7 +175,7 @@ async function run() {
   let session = null;
   try {
     const signaling = state.signaling.closed ? await openSignaling(state.room) : state.signaling;
-    const channel = await offerChannel(signaling, workerId);
+    const channel = await offerChannel(signaling, workerId, { iceServers: signaling.iceServers });
     session = new WorkerSession(channel, { onPeerError: (text) => appendLog(`[rtcxfer] ${text}`) });
     state.session = session;
     await session.hello(state.token);

@@ -1,5 +1,7 @@
 // The WebRTC side: one peer connection and its data channel labelled "rtcxfer", set up through
 // the signaling relay with one offer and one answer carrying every candidate (no trickle ICE).
+// `iceServers` are those the signaling server handed out (Signaling.iceServers): with a TURN
+// server the browser gathers a relay candidate too, so it reaches a worker behind any NAT.
 
 import { onlySha256Fingerprints, sdpFingerprint } from "./auth.js";
 import { ERROR_REPORTS, FrameError, decodeFrame, encodeFrame, parseChunk } from "./frames.js";

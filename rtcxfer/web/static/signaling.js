@@ -1,5 +1,7 @@
 // The signaling connection: a WebSocket to the server that served this page (same host and
-// port), JSON messages as docs/protocol.md section 1 describes them.
+// port), JSON messages as docs/protocol.md section 1 describes them. The server may hand out
+// STUN and TURN servers (TURN with credentials made for this page's peer id, renewed while
+// connected): `iceServers` holds the latest, as RTCPeerConnection takes them.
 
 export class SignalingError extends Error {
   constructor(code, message) {
@@ -36,6 +38,8 @@ export class Signaling {
     this.peers = new Map();
     /** What each worker said about itself (state, slots, running...): peer id -> object. */
     this.descriptions = new Map();
+    /** RTCIceServer objects from the server ({urls, username, credential}); [] if it has none. */
+    this.iceServers = [];
     this.onPeers = () => {};
     this.onRelay = () => {};
     this.onLeft = () => {};
@@ -66,6 +70,7 @@ export class Signaling {
         if (message === null) return;
         if (message.type === "registered" && !registered) {
           registered = true;
+          this.iceServers = iceServers(message.ice_servers);
           for (const peer of message.peers) {
             this.peers.set(peer.peer_id, peer.role);
             this.remember(peer);
@@ -92,6 +97,8 @@ export class Signaling {
           this.onLeft(message.peer_id);
         } else if (message.type === "relay") {
           this.onRelay(message.from, message.payload);
+        } else if (message.type === "ice-servers") {
+          this.iceServers = iceServers(message.ice_servers);
         }
       });
       this.socket.addEventListener("close", (event) => {
@@ -136,6 +143,25 @@ export class Signaling {
   }
 }
 
+// The RTCIceServer entries the browser can take (stun:, turn:, turns: URLs; TURN with a username
+// and a credential, which RTCPeerConnection otherwise refuses); anything else is left out.
+const ICE_URL = /^(stun|turn|turns):[^\s@]{1,500}$/i;
+
+function iceServers(list) {
+  if (!Array.isArray(list)) return [];
+  const servers = [];
+  for (const entry of list.slice(0, 16)) {
+    if (!entry || typeof entry !== "object") continue;
+    const urls = (typeof entry.urls === "string" ? [entry.urls] : Array.isArray(entry.urls) ? entry.urls : [])
+      .filter((url) => typeof url === "string" && ICE_URL.test(url));
+    const isTurn = urls.some((url) => /^turns?:/i.test(url));
+    const credentialed = typeof entry.username === "string" && typeof entry.credential === "string";
+    if (urls.length === 0 || (isTurn && !credentialed)) continue;
+    servers.push(credentialed ? { urls, username: entry.username, credential: entry.credential } : { urls });
+  }
+  return servers;
+}
+
 // Server messages are checked for the fields used here; anything else is ignored.
 function parse(data) {
   if (typeof data !== "string") return null;
@@ -156,6 +182,8 @@ function parse(data) {
       return isPeerId(message.peer_id) && ROLES.has(message.role) ? message : null;
     case "relay":
       return isPeerId(message.from) && message.payload && typeof message.payload === "object" ? message : null;
+    case "ice-servers":
+      return message;
     case "error":
       return typeof message.code === "string"
         ? { ...message, message: typeof message.message === "string" ? message.message : message.code } : null;
