@@ -14,6 +14,7 @@ from rtcxfer.cli.options import apply_options, connection_options, room_token, s
 from rtcxfer.cli.running import run_until_interrupted
 from rtcxfer.cli.tables import render_table
 from rtcxfer.client.worker_choice import WorkerInfo, format_duration, uptime
+from rtcxfer.protocol.frames import quote_for_log
 
 
 @click.command()
@@ -47,6 +48,8 @@ def workers(signal_url, room, token, token_file, signal_token, ca_file, as_json)
         click.echo(render_table(WORKER_COLUMNS, worker_rows(found)))
 
 
+#: A table cell of peer text is cut here.
+TABLE_CELL_CHARS = 200
 WORKER_COLUMNS = ("ID", "STATE", "SLOTS", "GPU", "LABELS", "TRANSPORTS", "UP")
 
 
@@ -61,17 +64,11 @@ def worker_rows(workers: Iterable[WorkerInfo], now: float | None = None) -> list
             gpu = "none"
         labels = ",".join(f"{k}={v}" for k, v in sorted(worker.labels.items())) or "-"
         slots = f"{worker.running}/{worker.slots}" if worker.description else "?"
-        rows.append(
-            (
-                worker.peer_id,
-                worker.state,
-                slots,
-                gpu,
-                labels,
-                ",".join(worker.transports) or "-",
-                format_duration(uptime(worker.description, now)),
-            )
-        )
+        cells = (worker.peer_id, worker.state, slots, gpu, labels, ",".join(worker.transports) or "-")
+        # What peers say about themselves is checked by the server, but printed escaped all the
+        # same: a terminal must never receive a control, format or separator character from them.
+        shown = tuple(quote_for_log(cell, TABLE_CELL_CHARS) for cell in cells)
+        rows.append((*shown, format_duration(uptime(worker.description, now))))
     return rows
 
 

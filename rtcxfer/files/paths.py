@@ -45,6 +45,7 @@ from typing import BinaryIO, Literal
 
 from rtcxfer.log import logger
 from rtcxfer.protocol import texts
+from rtcxfer.protocol.characters import first_unshowable
 from rtcxfer.protocol.errors import (
     NotARegularFileError,
     PathError,
@@ -98,9 +99,6 @@ _LOOKALIKES = frozenset(
     "\u066a\u2052"  # percent signs
 )
 _SPECIAL_ASCII = "./\\:%"
-# Cc: C0/C1 controls and DEL; Cf: bidi overrides, zero-width characters; Cs: lone surrogates
-# (os.fsencode would turn them into arbitrary bytes); Zl/Zp: line and paragraph separators.
-_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 
 
@@ -117,9 +115,8 @@ def _unsafe(reason: str, text: str) -> UnsafePathError:
 
 def _check_characters(text: str) -> None:
     """Reject control/format characters, backslashes, schemes, look-alikes and encodings."""
-    for char in text:
-        if unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
-            raise _unsafe("Unsafe path: control character", text)
+    if first_unshowable(text) is not None:
+        raise _unsafe("Unsafe path: control character", text)
     if "\\" in text:
         raise _unsafe("Unsafe path: backslash", text)
     if "::" in text:

@@ -25,6 +25,8 @@ import math
 import re
 from typing import Any
 
+from rtcxfer.protocol.characters import first_unshowable
+
 #: Encoded (compact JSON, UTF-8) size a description may have.
 MAX_DESCRIPTION_BYTES = 4096
 STATES = ("idle", "busy", "draining")
@@ -39,7 +41,6 @@ MAX_MB = 1 << 40
 LABEL_KEY_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 TRANSPORT_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 FINGERPRINT_RE = re.compile(r"[0-9a-f]{32}")
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class DescriptionError(ValueError):
@@ -54,8 +55,10 @@ def _integer(value: object, name: str, upper: int) -> int:
 
 
 def _text(value: object, name: str, limit: int = MAX_TEXT) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= limit or CONTROL_CHARACTERS.search(value):
-        raise DescriptionError(f"{name} must be 1 to {limit} printable characters")
+    if not isinstance(value, str) or not 0 < len(value) <= limit or first_unshowable(value) is not None:
+        raise DescriptionError(
+            f"{name} must be 1 to {limit} printable characters (no control, format or separator characters)"
+        )
     return value
 
 

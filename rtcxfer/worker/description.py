@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from rtcxfer.files.shared_storage import shared_root_fingerprint
+from rtcxfer.protocol.characters import first_unshowable
 from rtcxfer.protocol.worker_description import (
-    CONTROL_CHARACTERS,
     MAX_GPUS,
     MAX_MB,
     MAX_TEXT,
@@ -35,7 +35,7 @@ def parse_nvidia_smi(output: str) -> list[dict[str, Any]]:
     for line in output.splitlines():
         name, _, memory = line.strip().rpartition(",")
         name, memory = name.strip(), memory.strip()
-        if not name or CONTROL_CHARACTERS.search(name) or len(gpus) >= MAX_GPUS:
+        if not name or first_unshowable(name) is not None or len(gpus) >= MAX_GPUS:
             continue
         gpu: dict[str, Any] = {"model": name[:MAX_TEXT]}
         if memory.isdigit() and int(memory) <= MAX_MB:

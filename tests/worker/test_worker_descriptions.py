@@ -254,3 +254,43 @@ def test_the_server_passes_on_exactly_the_valid_descriptions(candidate: dict[str
                                   "description": json.loads(json.dumps(expected))}
 
     run_async(scenario(), 10)
+
+
+# Finding 10 of the second hardening round: format characters in what a worker says of itself.
+HIDING_CHARACTERS = ["\u202e", "\u200b", "\u2066", "\u2028", "\x1b", "\u061c"]
+
+
+@pytest.mark.parametrize("hiding", HIDING_CHARACTERS, ids=lambda char: f"U+{ord(char):04X}")
+def test_format_and_control_characters_are_refused_in_every_text_field(hiding: str) -> None:
+    for change in (
+        {"labels": {"site": f"hpc{hiding}evil"}},
+        {"gpus": [{"model": f"A100{hiding}", "memory_mb": 1}]},
+    ):
+        with pytest.raises(DescriptionError, match="format"):
+            validate_description({**GOOD, **change})
+    with pytest.raises(DescriptionError):
+        parse_label(f"note=a{hiding}b")
+    parsed = parse_nvidia_smi(f"NVIDIA{hiding} A100, 40960\nNVIDIA H100, 81559\n")
+    assert {"model": "NVIDIA H100", "memory_mb": 81559} in parsed
+    assert not any(hiding in gpu["model"] for gpu in parsed)
+
+
+@async_test()
+async def test_the_server_refuses_a_description_with_a_bidi_override() -> None:
+    async with SignalingServer(LOOPBACK, 0) as server:
+        worker = await raw(server)
+        await send_json(worker, {"type": "register", "room": "lab", "role": "worker", "peer_id": "w",
+                                 "description": {**GOOD, "labels": {"site": "\u202ecph"}}})
+        assert (await recv_json(worker))["code"] == "bad-message"
+
+
+def test_the_workers_table_escapes_whatever_a_description_holds() -> None:
+    from rtcxfer.cli.workers import worker_rows
+    from rtcxfer.client.worker_choice import WorkerInfo
+
+    # A description as an older or hostile server might pass it on, unchecked.
+    hostile = {**GOOD, "labels": {"site": "\u202eevil\u200b"}, "gpus": [{"model": "A\x1b[31mred", "memory_mb": 1}]}
+    (row,) = worker_rows([WorkerInfo("w\u2066", hostile)], now=1796000001.0)
+    shown = "".join(row)
+    assert all(char.isprintable() for char in shown), ascii(shown)
+    assert "\\u202eevil\\u200b" in shown and "\\x1b[31mred" in shown
