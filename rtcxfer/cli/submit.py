@@ -106,7 +106,7 @@ def submit(
             if package.is_dir():
                 pack = packed.enter_context(_pack(package, pack_cache, no_pack_cache))
                 if pack.reused and not quiet:
-                    click.echo(f"rtcxfer: {package.name} is unchanged: sending its earlier pack {pack.path}", err=True)
+                    click.echo(f"rtcxfer: {package.name} is unchanged: sending its earlier pack {pack.shown}", err=True)
                 package = pack.path
             else:
                 check_package(package)

@@ -53,6 +53,7 @@ import shutil
 import stat
 import tempfile
 import time
+import weakref
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -87,6 +88,7 @@ TRASH_PREFIX = ".trash-"
 
 _ENTRY_NAME = re.compile(r"[0-9a-f]{32}")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
@@ -108,6 +110,12 @@ class Pack:
     reused: bool
     cached: bool
     succeeded: bool = False
+    #: Where the pack is as a person finds it (``path`` may go through the cache's descriptor).
+    location: Path | None = None
+
+    @property
+    def shown(self) -> Path:
+        return self.location or self.path
 
 
 def default_root(environ: Mapping[str, str] = os.environ) -> Path:
@@ -144,13 +152,30 @@ def one_off(directory: Path) -> Iterator[Pack]:
 class PackCache:
     """The packs under ``root`` (see the module's text); :meth:`open` makes one."""
 
-    def __init__(self, root: Path, *, max_bytes: int | None = None, max_age: float = MAX_AGE_SECONDS) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        descriptor: int | None = None,
+        max_bytes: int | None = None,
+        max_age: float = MAX_AGE_SECONDS,
+    ) -> None:
+        #: Where the cache is, as the user named it (for messages).
         self.root = root
+        #: Where it is used from: the directory :meth:`open` checked, held open by descriptor, so
+        #: that its name swapped for a link afterwards (by whoever may write its parent) changes
+        #: nothing (Linux's ``/proc/self/fd``; elsewhere the name itself).
+        self._base = root
+        if descriptor is not None:
+            self._finalizer = weakref.finalize(self, os.close, descriptor)
+            by_descriptor = Path(f"/proc/self/fd/{descriptor}")
+            if by_descriptor.is_dir():
+                self._base = by_descriptor
         self.max_age = max_age
         if max_bytes is None:
             max_bytes = MAX_BYTES
             with contextlib.suppress(OSError):
-                info = os.statvfs(root)
+                info = os.statvfs(self._base)
                 max_bytes = min(max_bytes, int(info.f_blocks * info.f_frsize * MAX_SHARE))
         self.max_bytes = max_bytes
 
@@ -166,19 +191,29 @@ class PackCache:
         root = Path(root or default_root()).expanduser().absolute()
         try:
             root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            info = os.lstat(root)
         except OSError as error:
             raise PackCacheError(f"cannot create the pack cache {root}: {error.strerror or error}") from None
-        if not stat.S_ISDIR(info.st_mode):
-            raise PackCacheError(f"the pack cache {root} is not a directory")
-        if info.st_uid != os.geteuid():
-            raise PackCacheError(f"the pack cache {root} belongs to another user")
-        if info.st_mode & 0o022:
-            raise PackCacheError(
-                f"the pack cache {root} may be written by other users (mode {stat.S_IMODE(info.st_mode):o}); "
-                f"chmod 700 it"
-            )
-        return cls(root, **limits)
+        try:
+            # The checks below are made on what is open, and everything after uses it: no window
+            # in which its name can be swapped for a link to someone else's directory.
+            descriptor = os.open(root, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC)
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise PackCacheError(f"the pack cache {root} is not a directory") from None
+            raise PackCacheError(f"cannot open the pack cache {root}: {error.strerror or error}") from None
+        try:
+            info = os.fstat(descriptor)
+            if info.st_uid != os.geteuid():
+                raise PackCacheError(f"the pack cache {root} belongs to another user")
+            if info.st_mode & 0o022:
+                raise PackCacheError(
+                    f"the pack cache {root} may be written by other users (mode {stat.S_IMODE(info.st_mode):o}); "
+                    f"chmod 700 it"
+                )
+        except BaseException:
+            os.close(descriptor)
+            raise
+        return cls(root, descriptor=descriptor, **limits)
 
     # --- one run's pack -------------------------------------------------------------------
 
@@ -193,7 +228,7 @@ class PackCache:
         source = directory.resolve()
         members = packing.directory_members(source)
         key = fingerprint(source, members)
-        entry = self.root / key
+        entry = self._base / key
         name = pack_name(source)
         pack: Pack | None = None
         try:
@@ -208,6 +243,7 @@ class PackCache:
                     raise PackCacheError(f"cannot pack {source} into the pack cache {self.root}: {error}") from None
                 if not pack.cached:
                     held.callback(_remove, pack.path)
+                pack.location = self.root / pack.path.relative_to(self._base)
                 yield pack
         finally:
             # The pack of an upload that may be unfinished stays, whatever its size: the next run resumes it.
@@ -320,7 +356,7 @@ class PackCache:
         keep = set(keep)
         entries = []
         try:
-            with os.scandir(self.root) as children:
+            with os.scandir(self._base) as children:
                 for child in children:
                     if child.name.startswith(TRASH_PREFIX):
                         shutil.rmtree(child.path, ignore_errors=True)  # of an evictor that died
@@ -358,7 +394,7 @@ class PackCache:
                     return False  # in use
                 if not _same_file(descriptor, lock):
                     return False
-            trash = self.root / f"{TRASH_PREFIX}{secrets.token_hex(8)}"
+            trash = self._base / f"{TRASH_PREFIX}{secrets.token_hex(8)}"
             try:
                 os.rename(entry, trash)
             except OSError as error:

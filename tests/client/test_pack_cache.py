@@ -34,7 +34,7 @@ import json, os, sys
 from pathlib import Path
 from rtcxfer.client.pack_cache import PackCache
 with PackCache.open(Path(sys.argv[1])).pack(Path(sys.argv[2])) as pack:
-    print(json.dumps({"path": str(pack.path), "reused": pack.reused, "inode": os.stat(pack.path).st_ino}), flush=True)
+    print(json.dumps({"path": str(pack.shown), "reused": pack.reused, "inode": os.stat(pack.path).st_ino}), flush=True)
     sys.stdin.readline()
 """
 
@@ -131,7 +131,7 @@ def test_an_unchanged_directory_reuses_the_same_file_and_a_changed_one_gets_a_ne
         made = first.path.stat()
     assert first.path.read_bytes() == pack_directory(job, tmp_path / "plain" / "job.zip").read_bytes()
     with cache.pack(job) as second:
-        assert second.reused and second.path == first.path
+        assert second.reused and second.shown == first.shown
         again = second.path.stat()
     # What direct's transfer id is made of: the same, so the upload resumes.
     assert (again.st_dev, again.st_ino, again.st_mtime_ns, again.st_size) == (
@@ -143,7 +143,7 @@ def test_an_unchanged_directory_reuses_the_same_file_and_a_changed_one_gets_a_ne
 
     (job / "job.py").write_text("print('changed')\n")
     with cache.pack(job) as third:
-        assert not third.reused and third.path != first.path
+        assert not third.reused and third.shown != first.shown
         with zipfile.ZipFile(third.path) as archive:
             assert archive.read("job.py") == b"print('changed')\n"
     assert not first.path.exists(), "the pack the directory no longer matches is gone"
@@ -178,7 +178,7 @@ def test_a_packer_killed_mid_write_leaves_no_pack_under_the_final_name(tmp_path)
         holder.kill()
     assert not (entry / "job.zip").exists(), "a half-written pack carries the final name"
     with PackCache.open(cache).pack(job) as pack:
-        assert not pack.reused and pack.path == entry / "job.zip"
+        assert not pack.reused and pack.shown == entry / "job.zip"
         packing.check_package(pack.path)
     assert not list(entry.glob(".*.tmp")), "the killed packer's temporary file is cleaned up"
 
@@ -284,7 +284,7 @@ def test_a_racy_member_is_checked_against_the_pack_before_reuse(tmp_path):
             new.writestr(info, b"print('stale')\n" if info.filename == "job.py" else old.read(info))
     os.replace(replaced, first.path)
     with cache.pack(job) as second:
-        assert not second.reused and not second.cached and second.path != first.path
+        assert not second.reused and not second.cached and second.shown != first.shown
         with zipfile.ZipFile(second.path) as archive:
             assert archive.read("job.py") == (job / "job.py").read_bytes()
     assert not second.path.exists(), "a pack for one run goes with it"
@@ -365,3 +365,27 @@ def test_a_subdirectory_it_cannot_read_is_an_error_not_a_smaller_package():
         assert f"cannot read {job / 'private'}: Permission denied" in run.stdout, run.stdout + run.stderr
     finally:
         shutil.rmtree(base)
+
+
+def test_a_cache_swapped_for_a_link_after_its_check_is_not_used(tmp_path):
+    # Finding 11 of the second hardening round: whoever may write the cache's parent replaces
+    # the cache, once checked, by a link to a directory of their own holding a pack made to
+    # match the directory's fingerprint. The cache is used by descriptor: their pack is not sent.
+    job = job_directory(tmp_path / "job")
+    key = fingerprint_of(job)
+    theirs = tmp_path / "theirs"
+    (theirs / key).mkdir(parents=True, mode=0o700)
+    with zipfile.ZipFile(theirs / key / "job.zip", "w") as planted:
+        planted.writestr("rtcxfer.json", json.dumps({"command": ["sh", "-c", "echo owned"]}))
+    record = {"source": str(job.resolve()), "packed_ns": time.time_ns() + 60 * 10**9}
+    (theirs / key / "pack.json").write_text(json.dumps(record))
+    cache_path = tmp_path / "parent" / "cache"
+    cache = PackCache.open(cache_path)
+    os.rename(cache_path, tmp_path / "parent" / "moved-away")
+    os.symlink(theirs, cache_path, target_is_directory=True)
+    with cache.pack(job) as pack:
+        with zipfile.ZipFile(pack.path) as sent:
+            assert json.loads(sent.read("rtcxfer.json")) == {"command": ["python", "job.py"]}
+            assert "sub/data.bin" in sent.namelist()
+    assert (tmp_path / "parent" / "moved-away" / key / "job.zip").is_file(), "the pack went where the check was"
+    assert sorted(path.name for path in (theirs / key).iterdir()) == ["job.zip", "pack.json"], "theirs untouched"
