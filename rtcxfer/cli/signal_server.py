@@ -37,6 +37,11 @@ from rtcxfer.protocol.ice import DEFAULT_TURN_TTL
 )
 @click.option("--no-web", is_flag=True, help="Do not serve the browser client on the same port.")
 @click.option(
+    "--allow-origin", "allowed_origins", multiple=True, metavar="ORIGIN",
+    help="A web origin (scheme://host[:port]) whose pages may open a signaling socket here, beside this server's "
+    "own page (repeatable). Browsers on other sites are refused; programs send no origin and are not affected.",
+)
+@click.option(
     "--stun", multiple=True, metavar="URL", callback=check_ice_urls,
     help="A STUN server every admitted peer is told to use (repeatable): stun:HOST[:PORT] (port 3478). " + ICE_LIMITS,
 )
@@ -69,7 +74,7 @@ def signal_server(
     host: str, port: int, token: str | None, token_file: Path | None, max_per_address: int,
     max_room_peers_per_address: int, idle_timeout: float, no_web: bool, stun: tuple[str, ...],
     turn: tuple[str, ...], turn_secret_file: Path | None, turn_ttl: int, certfile: Path | None,
-    keyfile: Path | None,
+    keyfile: Path | None, allowed_origins: tuple[str, ...],
 ) -> None:
     """Run the signaling server that lets workers and clients find each other.
 
@@ -106,7 +111,7 @@ def signal_server(
         run_until_interrupted(
             run_signaling_server(
                 host, port, default_token=room_token(token), on_ready=ready, web=not no_web,
-                ice_servers=ice_servers, ssl=tls, **limits
+                ice_servers=ice_servers, ssl=tls, allowed_origins=allowed_origins, **limits
             )
         )
     except Interrupted:

@@ -47,10 +47,13 @@ import asyncio
 import hmac
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
+from websockets import http11
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 
 from rtcxfer.log import logger
@@ -182,6 +185,39 @@ async def _discard_incoming(ws: ServerConnection) -> None:
         return
 
 
+def _origin_key(origin: str) -> str:
+    """``scheme://host[:port]`` of an origin, lower case, default ports left out."""
+    parts = urlsplit(origin.strip())
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = (parts.hostname or "").lower()
+    shown_port = f":{port}" if port is not None and port != default else ""
+    return f"{parts.scheme.lower()}://{host}{shown_port}"
+
+
+def cross_origin_refusal(request: http11.Request, allowed: frozenset[str] = frozenset()) -> http11.Response | None:
+    """The 403 that refuses a WebSocket opened by a page of another site, or ``None``.
+
+    A browser sends ``Origin`` with every WebSocket handshake, and lets any page open one to any
+    address: without this check a page on another site (in a user's browser on the lab's
+    network) could register in a room, or hold the server's places. Programs send no
+    ``Origin`` (rtcxfer's own peers, aiortc) and are not affected; the page this server serves
+    has its own origin, which names the host the browser asked for (``Host``)."""
+    origin = request.headers.get("Origin")
+    if origin is None or "websocket" not in request.headers.get("Upgrade", "").lower():
+        return None
+    key = _origin_key(origin)
+    host = request.headers.get("Host", "").strip().lower()
+    if key in allowed or any(key == _origin_key(f"{scheme}://{host}") for scheme in ("http", "https")):
+        return None
+    body = b"a page of another site may not open a signaling socket here\n"
+    headers = Headers({"Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(body))})
+    return http11.Response(403, "Forbidden", headers, body)
+
+
 class SignalingServer:
     """The rendezvous of client and worker: rooms of peers that relay JSON payloads.
 
@@ -219,6 +255,7 @@ class SignalingServer:
         idle_timeout: float | None = 120.0,
         web: bool = False,
         ice_servers: IceServerConfig | None = None,
+        allowed_origins: Iterable[str] = (),
     ) -> None:
         for room, token in dict(tokens or {}).items():
             if not is_id(room):
@@ -256,6 +293,9 @@ class SignalingServer:
         self._ice_servers = ice_servers if ice_servers is not None and not ice_servers.empty else None
         #: Serve the browser client (:mod:`rtcxfer.web`) to plain HTTP GETs on the same port.
         self.web = web
+        #: Web origins (``scheme://host[:port]``) whose pages may open a signaling socket besides
+        #: this server's own (see :func:`cross_origin_refusal`).
+        self.allowed_origins = frozenset(_origin_key(origin) for origin in allowed_origins)
         self._server: Server | None = None
         self._rooms = InMemoryRooms(RoomLimits(
             max_peers_per_room=max_peers_per_room,
@@ -296,10 +336,21 @@ class SignalingServer:
         if self._server is not None:
             raise RuntimeError("the signaling server is already started")
         extra: dict[str, Any] = {"ssl": self._ssl} if self._ssl is not None else {}
+        web_handler = None
         if self.web:
             from rtcxfer.web import web_request_handler
 
-            extra["process_request"] = web_request_handler()
+            web_handler = web_request_handler()
+
+        def process_request(connection: ServerConnection, request: http11.Request) -> http11.Response | None:
+            refusal = cross_origin_refusal(request, self.allowed_origins)
+            if refusal is not None:
+                logger.warning("signaling: refused a WebSocket from the page of another site ({!r:.100})",
+                               request.headers.get("Origin"))
+                return refusal
+            return web_handler(connection, request) if web_handler is not None else None
+
+        extra["process_request"] = process_request
         self._server = await serve(
             self._handle,
             self.host,
