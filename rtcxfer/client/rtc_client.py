@@ -326,7 +326,11 @@ class RTCClient:
         self.unusable_transports = {
             name: type(t).unusable_because(self.context) for name, t in self.transports.items() if name not in offered
         }
-        reply = await self._authenticate(",".join(offered) or "none", worker_id or "the worker")
+        try:
+            reply = await self._authenticate(",".join(offered) or "none", worker_id or "the worker")
+        except AuthenticationError:
+            self.link.close()  # nothing more goes to a peer that failed to authenticate
+            raise
         theirs = set(reply.transports.split(","))
         self.session_transports = []
         for name in offered:
@@ -356,9 +360,16 @@ class RTCClient:
         id, or a relay in between), and nothing is sent to it.
         """
         client_nonce = auth.new_nonce()
-        reply = await self._ask(Hello(PROTOCOL_VERSION, client_nonce, offered), (AuthChallenge, AuthFailed))
+        reply = await self._ask(
+            Hello(PROTOCOL_VERSION, client_nonce, offered), (AuthChallenge, AuthFailed, Welcome, WorkerBusy)
+        )
         if isinstance(reply, AuthFailed):
             raise AuthenticationError(f"the worker refused this client: {quote_for_log(reply.reason)}")
+        if not isinstance(reply, AuthChallenge):
+            raise AuthenticationError(
+                f"the peer answered HELLO with {reply.TYPE} without a challenge: it did not let this client prove "
+                "the token, so it cannot be the worker you meant; refusing it"
+            )
         assert self.link is not None
         local, remote = auth.channel_fingerprints(self.link.channel)
         transcript = auth.Transcript(client_nonce, reply.worker_nonce, local, remote, offered)
@@ -370,6 +381,10 @@ class RTCClient:
             raise WorkerBusyError(worker_name, quote_for_log(welcome.reason))
         if isinstance(welcome, AuthFailed):
             raise AuthenticationError(f"the worker refused this client: {quote_for_log(welcome.reason)}")
+        if welcome.version != PROTOCOL_VERSION:
+            raise AuthenticationError(
+                f"the worker speaks protocol version {welcome.version}, this client version {PROTOCOL_VERSION}"
+            )
         if welcome.worker_proof == auth.NO_PROOF:
             if self.token is not None:
                 raise AuthenticationError(

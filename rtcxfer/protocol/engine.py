@@ -88,7 +88,10 @@ class Engine:
 
     ``claim`` answers which transport handles a frame (usually
     :meth:`rtcxfer.transport.host.PluginHost.claim`); ``application_frames`` are the frame types the
-    application handles itself, delivered with handler :data:`APPLICATION`.
+    application handles itself, delivered with handler :data:`APPLICATION`. ``chunk_gate``, when
+    it names a handler, gets every binary message whatever its header says (a session that has
+    not authenticated refuses chunks as it refuses frames, instead of their transfer being
+    looked up and answered).
     """
 
     def __init__(
@@ -97,8 +100,10 @@ class Engine:
         *,
         catalogue: FrameCatalogue = DEFAULT_CATALOGUE,
         application_frames: Iterable[type[Frame]] = (ProtocolErrorFrame,),
+        chunk_gate: Callable[[], str | None] | None = None,
     ) -> None:
         self._claim = claim
+        self._chunk_gate = chunk_gate
         self.catalogue = catalogue
         self._application_frames = tuple(application_frames)
         self._transfers: dict[str, str] = {}
@@ -131,6 +136,9 @@ class Engine:
 
     def receive_binary(self, message: bytes | bytearray | memoryview) -> Event:
         """Route a binary message to the handler of the transfer it belongs to."""
+        gated = self._chunk_gate() if self._chunk_gate is not None else None
+        if gated is not None:
+            return ChunkReceived("", 0, memoryview(message), gated)
         try:
             transfer_id, offset, payload = unpack_chunk(message)
         except FrameDecodeError as error:

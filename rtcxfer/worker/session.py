@@ -80,7 +80,12 @@ class WorkerSession:
         self._client_transports = ""
         self._worker_nonce: str | None = None
         host = worker.plugins
-        self.engine = Engine(self._claim, catalogue=host.catalogue, application_frames=APPLICATION_FRAMES)
+        self.engine = Engine(
+            self._claim,
+            catalogue=host.catalogue,
+            application_frames=APPLICATION_FRAMES,
+            chunk_gate=lambda: None if self.authenticated else UNAUTHENTICATED,
+        )
         self.link = Link(channel, self.engine, name=name, max_violations=worker.limits.max_bad_frames_unauthenticated)
         #: The session's private directory, made once the client has authenticated.
         self.directory: Path | None = None

@@ -180,5 +180,76 @@ def test_no_sequence_of_messages_without_the_token_authenticates(tmp_path_factor
 
     replies = run_async(scenario())
     kinds = {r.split("::")[0] for r in replies if isinstance(r, str)}
-    assert kinds <= {"AUTH_CHALLENGE", "AUTH_FAILED", "PROTOCOL_ERROR", "FILE_ERROR"}, replies
+    # A chunk is refused like a frame (AUTH_FAILED and a close), never answered as a transfer.
+    assert kinds <= {"AUTH_CHALLENGE", "AUTH_FAILED", "PROTOCOL_ERROR"}, replies
     assert list(work.iterdir()) == []
+
+
+# docs/protocol.md 3.1, as the second hardening round found it broken on three points.
+
+
+def test_a_chunk_before_welcome_is_refused_like_a_frame(tmp_path):
+    from rtcxfer.protocol.frames import pack_chunk_header
+
+    worker = make_worker(None, tmp_path / "work")
+
+    async def scenario():
+        async with worker_session(worker, authenticate=False) as peer:
+            await peer.send(pack_chunk_header("ab" * 16, 0) + b"bytes before any HELLO")
+            reply = await peer.next_text()
+            with pytest.raises(ConnectionClosedError):
+                while True:
+                    await asyncio.wait_for(peer.channel.recv(), 10)
+            return reply
+
+    assert run_async(scenario()) == "AUTH_FAILED::authenticate with HELLO first"
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        ("WELCOME::2::rtc-chunked::none", "without a challenge"),
+        ("WORKER_BUSY::full", "without a challenge"),
+    ],
+)
+def test_the_client_refuses_at_once_a_worker_that_skips_the_challenge(tmp_path, answer, why):
+    async def scenario():
+        client_end, impostor_end, close = await rtc.connect_pair_in_process()
+        impostor = WorkerPeer(impostor_end)
+        client = RTCClient(token=TOKEN, detect_shared_storage=False, results_dir=tmp_path / "results")
+        attaching = asyncio.create_task(client.attach(client_end))
+        await impostor.next_text()  # HELLO
+        await impostor.send(answer)
+        try:
+            # At once: not after the 60 s the client gives a worker to answer.
+            with pytest.raises(AuthenticationError, match=why):
+                await asyncio.wait_for(attaching, 10)
+        finally:
+            await client.close()
+            await close()
+
+    run_async(scenario())
+
+
+def test_the_client_refuses_a_welcome_of_another_version(tmp_path):
+    async def scenario():
+        client_end, impostor_end, close = await rtc.connect_pair_in_process()
+        impostor = WorkerPeer(impostor_end)
+        client = RTCClient(token=TOKEN, detect_shared_storage=False, results_dir=tmp_path / "results")
+        attaching = asyncio.create_task(client.attach(client_end))
+        await impostor.next_text()  # HELLO
+        await impostor.send(f"AUTH_CHALLENGE::{auth.new_nonce()}")
+        await impostor.next_text()  # AUTH_PROOF
+        await impostor.send(f"WELCOME::3::rtc-chunked::{'ab' * 32}")
+        try:
+            with pytest.raises(AuthenticationError, match="version 3"):
+                await asyncio.wait_for(attaching, 10)
+            # ... and closes the channel: the impostor hears nothing more and sees it close.
+            with pytest.raises(ConnectionClosedError):
+                while True:
+                    await asyncio.wait_for(impostor_end.recv(), 10)
+        finally:
+            await client.close()
+            await close()
+
+    run_async(scenario())
