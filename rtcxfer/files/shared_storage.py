@@ -9,9 +9,11 @@ room a fingerprint of its storage that never shows its path (:func:`shared_root_
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
@@ -20,7 +22,7 @@ import attrs
 
 from rtcxfer.files import paths
 from rtcxfer.log import logger
-from rtcxfer.protocol.errors import PathError
+from rtcxfer.protocol.errors import PathError, StorageFullError
 from rtcxfer.protocol.frames import SharedProbe
 
 _T = TypeVar("_T")
@@ -84,12 +86,27 @@ class Probe:
 
     relative_path: str
     sha256: str
-    absolute: Path
+    root: Path
 
     def remove(self) -> None:
-        self.absolute.unlink(missing_ok=True)
-        root = self.absolute.parents[len(PurePosixPath(self.relative_path).parts) - 1]
-        remove_empty_directories(self.absolute.parent, root)
+        """Remove the probe, and the probes' directory once empty, through descriptors (no link
+        followed on the way, whoever else writes to the shared storage)."""
+        name = PurePosixPath(self.relative_path).name
+        try:
+            probes = paths.open_directory_beneath(self.root, PROBE_DIR.as_posix())
+        except (PathError, OSError):
+            return
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=probes)
+        finally:
+            os.close(probes)
+        with contextlib.suppress(PathError, OSError):
+            parent = paths.open_directory_beneath(self.root, PROBE_DIR.parent.as_posix())
+            try:
+                os.rmdir(PROBE_DIR.name, dir_fd=parent)  # only when empty: another peer's probe stays
+            finally:
+                os.close(parent)
 
 
 def remove_empty_directories(directory: Path, root: Path) -> None:
@@ -118,20 +135,34 @@ def make_then_create(directory: Path, create: Callable[[], _T]) -> _T:
 
 
 def write_probe(shared_root: Path) -> Probe:
-    """Write a fresh probe file with random content under ``shared_root``."""
-    directory = shared_root / PROBE_DIR
+    """Write a fresh probe file with random content under ``shared_root``.
+
+    Everything under the root may be another user's doing: the directories are made and entered
+    with no link followed, and the file is created fresh in the very directory that was checked
+    (:mod:`rtcxfer.files.paths`), so a ``.rtcxfer`` planted as a link elsewhere gets nothing
+    written through it (:class:`PathError`)."""
     content = secrets.token_bytes(PROBE_BYTES)
     relative = PROBE_DIR / f"{secrets.token_hex(16)}.probe"
-    absolute = shared_root / relative
-    with make_then_create(directory, lambda: open(absolute, "xb")) as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-    return Probe(relative.as_posix(), hashlib.sha256(content).hexdigest(), absolute)
+    for attempt in range(3):
+        directory = paths.open_directory_beneath(shared_root, PROBE_DIR.as_posix(), create=True)
+        try:
+            with paths.create_fresh_at(directory, relative.name, perm=0o644) as handle:
+                handle.write(content)
+                handle.flush()
+                os.fsync(handle.fileno())
+            break
+        except PathError:
+            # Another peer's clean-up removed the empty directory between our open and our file.
+            if attempt == 2:
+                raise
+        finally:
+            os.close(directory)
+    return Probe(relative.as_posix(), hashlib.sha256(content).hexdigest(), Path(shared_root))
 
 
 #: The file under a shared root whose content identifies that storage wherever it is mounted.
 ROOT_MARKER = ".rtcxfer/storage-id"
+_MARKER_DIR, _, _MARKER_NAME = ROOT_MARKER.rpartition("/")
 
 
 def shared_root_fingerprint(root: Path | None) -> str | None:
@@ -144,32 +175,42 @@ def shared_root_fingerprint(root: Path | None) -> str | None:
     """
     if root is None:
         return None
-    marker = Path(root) / ROOT_MARKER
     try:
-        content = _read_marker(marker)
+        # Made and entered with no link followed: a `.rtcxfer` another user planted as a link
+        # (to /etc/sudoers.d, say) gets no file made through it, by a worker run as root least of all.
+        directory = paths.open_directory_beneath(root, _MARKER_DIR, create=True)
+    except (PathError, StorageFullError, OSError) as error:
+        logger.warning("shared storage fingerprint: {} under the root is unusable ({}); none given", _MARKER_DIR, error)
+        return None
+    try:
+        content = _read_marker(directory)
         if content is None:
-            marker.parent.mkdir(parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             try:
-                fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                fd = os.open(_MARKER_NAME, flags, 0o644, dir_fd=directory)
             except FileExistsError:
                 fd = None  # another machine or process made it first: theirs counts
             if fd is not None:
                 with os.fdopen(fd, "w") as handle:
                     handle.write(secrets.token_hex(16))
-            content = _read_marker(marker)
+            content = _read_marker(directory)
     except OSError:
         return None
+    finally:
+        os.close(directory)
     if not content:
         return None
     return hashlib.sha256(b"rtcxfer-shared-root\0" + content).hexdigest()[:32]
 
 
-def _read_marker(marker: Path) -> bytes | None:
+def _read_marker(directory: int) -> bytes | None:
     try:
-        fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(_MARKER_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=directory)
     except FileNotFoundError:
         return None
     with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            return None  # a FIFO or a device planted there: neither read nor trusted
         return handle.read(256).strip()
 
 

@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from rtcxfer.files.shared_storage import PROBE_BYTES, PROBE_DIR, check_probe
+from rtcxfer.files.shared_storage import PROBE_BYTES, PROBE_DIR, check_probe, shared_root_fingerprint, write_probe
+from rtcxfer.protocol.errors import PathError
 from rtcxfer.protocol.frames import SharedProbe
 
 
@@ -37,3 +38,72 @@ def test_other_bytes_missing_files_and_paths_outside_the_probe_dir(tmp_path) -> 
     (tmp_path / "data.bin").write_bytes(b"secret")
     assert check_probe(tmp_path, SharedProbe(hashlib.sha256(b"secret").hexdigest(), "data.bin")) == "missing"
     assert check_probe(None, SharedProbe("0" * 64, f"{PROBE_DIR}/x.probe")) == "unavailable"
+
+
+# Finding 2 of the second hardening round: another user of the shared storage makes `.rtcxfer`
+# (or `.rtcxfer/probes`) a link before any worker looks. Nothing is written through it.
+
+
+@pytest.fixture
+def planted(tmp_path):
+    root, elsewhere = tmp_path / "shared", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    return root, elsewhere
+
+
+def test_the_storage_marker_is_not_made_through_a_planted_link(planted):
+    root, elsewhere = planted
+    (root / ".rtcxfer").symlink_to(elsewhere, target_is_directory=True)
+    assert shared_root_fingerprint(root) is None
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_probe_is_not_written_through_a_planted_link(planted):
+    root, elsewhere = planted
+    (root / ".rtcxfer").mkdir()
+    (root / ".rtcxfer" / "probes").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(PathError):
+        write_probe(root)
+    assert list(elsewhere.iterdir()) == []
+    (root / ".rtcxfer" / "probes").unlink()
+    (root / ".rtcxfer").rmdir()
+    (root / ".rtcxfer").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(PathError):
+        write_probe(root)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_planted_marker_that_is_not_a_file_is_neither_read_nor_trusted(planted):
+    root, _ = planted
+    (root / ".rtcxfer").mkdir()
+    os.mkfifo(root / ".rtcxfer" / "storage-id")  # reading a FIFO would block a worker's start-up
+    assert shared_root_fingerprint(root) is None
+
+
+def test_probes_come_and_go_and_the_marker_stays(planted):
+    root, _ = planted
+    fingerprint = shared_root_fingerprint(root)
+    probe = write_probe(root)
+    assert check_probe(root, SharedProbe(probe.sha256, probe.relative_path)) == "verified"
+    probe.remove()
+    assert sorted(path.name for path in (root / ".rtcxfer").iterdir()) == ["storage-id"]
+    assert shared_root_fingerprint(root) == fingerprint is not None
+
+
+@pytest.mark.slow
+def test_a_worker_and_submit_write_nothing_through_a_planted_link(planted, tmp_path):
+    from rtcxfer.client.sample import build_sample_package
+    from rtcxfer.testing.cluster import start_cluster
+    from rtcxfer.testing.processes import describe
+    from tests.support.cli import environment
+
+    root, elsewhere = planted
+    (root / ".rtcxfer").symlink_to(elsewhere, target_is_directory=True)
+    package = build_sample_package(tmp_path / "job.zip")
+    with start_cluster(tmp_path, token="planted-link-token-0123456789", env=environment()) as cluster:
+        cluster.start_worker("lab", "--shared-root", str(root), work_dir=tmp_path / "work")
+        run = cluster.submit(package, "--shared-root", str(root), "--results", str(tmp_path / "results"), room="lab")
+    assert run.returncode == 0, describe(run)
+    assert "shared-fs is not usable" in run.stderr  # its probe went nowhere: another transport carried the job
+    assert list(elsewhere.iterdir()) == []
