@@ -125,18 +125,23 @@ def worker(
 
     # Jobs run as this user: keep them from reading the token out of /proc/<worker>/environ.
     forbid_inspection()
-    runner = RTCWorkerClient(
-        token=token or None,
-        insecure_no_token=insecure_no_token,
-        shared_storage_root=shared_root,
-        work_dir=work_dir,
-        job_timeout=job_timeout,
-        job_env_allow=job_env,
-        limits=WorkerLimits(max_unauthenticated=max_unauthenticated, auth_timeout=auth_timeout),
-        legacy=legacy,
-        slots=slots,
-        labels=label_map,
-    )
+    from rtcxfer.files.private_dirs import UnsafeDirectoryError
+
+    try:
+        runner = RTCWorkerClient(
+            token=token or None,
+            insecure_no_token=insecure_no_token,
+            shared_storage_root=shared_root,
+            work_dir=work_dir,
+            job_timeout=job_timeout,
+            job_env_allow=job_env,
+            limits=WorkerLimits(max_unauthenticated=max_unauthenticated, auth_timeout=auth_timeout),
+            legacy=legacy,
+            slots=slots,
+            labels=label_map,
+        )
+    except UnsafeDirectoryError as error:
+        raise click.BadParameter(str(error), param_hint="--work-dir") from None
     if pid_file is not None:
         write_pid_file(pid_file)
     shared = runner.shared_storage_root or "none"

@@ -50,10 +50,8 @@ import os
 import re
 import secrets
 import shutil
-import stat
 import tempfile
 import time
-import weakref
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -62,6 +60,7 @@ from pathlib import Path
 import attrs
 
 from rtcxfer.client import packing
+from rtcxfer.files.private_dirs import PrivateDirectory, UnsafeDirectoryError, open_private_directory
 from rtcxfer.log import logger
 from rtcxfer.protocol.errors import RtcxferError
 
@@ -88,7 +87,6 @@ TRASH_PREFIX = ".trash-"
 
 _ENTRY_NAME = re.compile(r"[0-9a-f]{32}")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
@@ -156,21 +154,16 @@ class PackCache:
         self,
         root: Path,
         *,
-        descriptor: int | None = None,
+        directory: PrivateDirectory | None = None,
         max_bytes: int | None = None,
         max_age: float = MAX_AGE_SECONDS,
     ) -> None:
         #: Where the cache is, as the user named it (for messages).
         self.root = root
-        #: Where it is used from: the directory :meth:`open` checked, held open by descriptor, so
-        #: that its name swapped for a link afterwards (by whoever may write its parent) changes
-        #: nothing (Linux's ``/proc/self/fd``; elsewhere the name itself).
-        self._base = root
-        if descriptor is not None:
-            self._finalizer = weakref.finalize(self, os.close, descriptor)
-            by_descriptor = Path(f"/proc/self/fd/{descriptor}")
-            if by_descriptor.is_dir():
-                self._base = by_descriptor
+        #: Where it is used from: the directory :meth:`open` checked, held open
+        #: (:class:`~rtcxfer.files.private_dirs.PrivateDirectory`), or the name itself.
+        self._directory = directory
+        self._base = directory.via if directory is not None else root
         self.max_age = max_age
         if max_bytes is None:
             max_bytes = MAX_BYTES
@@ -190,30 +183,12 @@ class PackCache:
             raise PackCacheError("the pack cache needs POSIX file locks")
         root = Path(root or default_root()).expanduser().absolute()
         try:
-            root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as error:
-            raise PackCacheError(f"cannot create the pack cache {root}: {error.strerror or error}") from None
-        try:
-            # The checks below are made on what is open, and everything after uses it: no window
-            # in which its name can be swapped for a link to someone else's directory.
-            descriptor = os.open(root, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC)
-        except OSError as error:
-            if error.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise PackCacheError(f"the pack cache {root} is not a directory") from None
-            raise PackCacheError(f"cannot open the pack cache {root}: {error.strerror or error}") from None
-        try:
-            info = os.fstat(descriptor)
-            if info.st_uid != os.geteuid():
-                raise PackCacheError(f"the pack cache {root} belongs to another user")
-            if info.st_mode & 0o022:
-                raise PackCacheError(
-                    f"the pack cache {root} may be written by other users (mode {stat.S_IMODE(info.st_mode):o}); "
-                    f"chmod 700 it"
-                )
-        except BaseException:
-            os.close(descriptor)
-            raise
-        return cls(root, descriptor=descriptor, **limits)
+            # Checked on what is open, and used through it after: no window in which its name can
+            # be swapped for a link to someone else's directory.
+            directory = open_private_directory(root, what="the pack cache")
+        except UnsafeDirectoryError as error:
+            raise PackCacheError(str(error)) from None
+        return cls(root, directory=directory, **limits)
 
     # --- one run's pack -------------------------------------------------------------------
 

@@ -9,6 +9,10 @@ is derived from the file's name, size and SHA-256 (or, for ``direct``, its inode
 upload of the same package, in any session, adopts it and the sender continues from its end;
 the whole file is still checked against the SHA-256 it announces.
 
+The worker checks the directory at start-up and keeps it open (:mod:`rtcxfer.files.private_dirs`):
+the functions here are given the path through that descriptor, so a link or another user's
+directory put in its place is never pruned or written into.
+
 The directory is bounded: a kept partial older than :data:`MAX_AGE_SECONDS` goes, and beyond
 :data:`MAX_BYTES` in all the oldest go first. It lies inside the worker's work directory, so a
 worker that made a temporary work directory removes it with everything else at stop.
@@ -93,6 +97,4 @@ def prune(
                 removed += 1
             except OSError as error:
                 logger.warning("could not remove kept partial upload {}: {}", entry.name, error)
-    with contextlib.suppress(OSError):
-        os.rmdir(kept)  # only when empty
     return removed

@@ -496,8 +496,6 @@ class IncomingFile:
             logger.warning("{}: could not resume kept partial {}: {}", self.transport, self._part_name, error)
             return
         logger.info("{}: resuming {} from a partial kept from an earlier session", self.transport, self.partial_path)
-        with contextlib.suppress(OSError):
-            os.rmdir(kept_dir)  # the last one kept: an empty directory stays behind otherwise
 
     def _partial_stat(self) -> os.stat_result | None:
         try:

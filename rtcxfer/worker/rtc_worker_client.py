@@ -25,6 +25,7 @@ from pathlib import Path
 
 from rtcxfer.files import kept_partials
 from rtcxfer.files.filesystem import FilesystemAdapter
+from rtcxfer.files.private_dirs import UnsafeDirectoryError, open_private_directory
 from rtcxfer.files.safezip import ZipLimits
 from rtcxfer.files.shared_storage import detect_shared_root
 from rtcxfer.log import logger
@@ -116,17 +117,28 @@ class RTCWorkerClient:
                 "print(secrets.token_urlsafe(32))'",
                 weakness,
             )
+        # Checked (a real directory of this user that no one else may write) and held open, so
+        # that nothing planted there beforehand or swapped in later is trusted; see
+        # rtcxfer.files.private_dirs. Raises UnsafeDirectoryError.
         if work_dir:
-            # Absolute: jobs run inside their package folder and get paths under this one.
-            self.work_dir = Path(work_dir).absolute()
-            self.work_dir.mkdir(parents=True, exist_ok=True)
+            self._work = open_private_directory(work_dir, what="the work directory")
             self._remove_work_dir = None
         else:
-            self.work_dir = Path(tempfile.mkdtemp(prefix="rtcxfer-worker-"))
+            self._work = open_private_directory(tempfile.mkdtemp(prefix="rtcxfer-worker-"), what="the work directory")
             # A directory the worker made for itself goes with it (close(), or at exit at the latest).
-            self._remove_work_dir = weakref.finalize(self, remove_quietly, self.work_dir)
-        #: Partial uploads of interrupted sessions, for a re-run to resume (:mod:`rtcxfer.files.kept_partials`).
-        self.kept_partials_dir = self.work_dir / kept_partials.DIRECTORY_NAME
+            self._remove_work_dir = weakref.finalize(self, remove_quietly, self._work.real)
+        #: The work directory, absolute and link-free: jobs run beneath it and are given paths in it.
+        self.work_dir = self._work.real
+        try:
+            self._kept_partials = open_private_directory(
+                self._work.via / kept_partials.DIRECTORY_NAME, what="the kept partial uploads directory"
+            )
+        except UnsafeDirectoryError:
+            self._work.close()
+            raise
+        #: Partial uploads of interrupted sessions, for a re-run to resume
+        #: (:mod:`rtcxfer.files.kept_partials`), reached through its open descriptor.
+        self.kept_partials_dir = self._kept_partials.via
         kept_partials.prune(self.kept_partials_dir)
         self.plugins = plugins or PluginHost()
         self.executor: Executor = executor or run_manifest_command
@@ -193,6 +205,8 @@ class RTCWorkerClient:
 
     def close(self) -> None:
         """Remove the work directory if the worker created it (a temporary one)."""
+        self._kept_partials.close()
+        self._work.close()
         if self._remove_work_dir is not None:
             self._remove_work_dir()
 

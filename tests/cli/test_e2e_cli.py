@@ -30,6 +30,7 @@ from rtcxfer.testing.cluster import Cluster, start_cluster
 from rtcxfer.testing.job_files import expected_sample_results, files_under, job_package, results_dir_of
 from rtcxfer.testing.processes import COMMAND_GUARD, DEATH_GUARD, SIGNALING_READY, CliProcess, describe
 from tests.support.cli import environment
+from tests.support.small_disk import bind_mount
 
 TOKEN = f"e2e-{secrets.token_hex(8)}"
 MAIN_ROOM = "e2e-main"
@@ -249,13 +250,18 @@ def test_fallback_when_package_corrupted_in_place(cluster: Cluster) -> None:
     cache) while the client's is intact: the worker answers PATH_ERROR::File corrupted..., and
     the client retries over rtc-chunked with its own good bytes.
 
-    The client's root is a directory of its own whose ``.rtcxfer`` is the worker's, so the
-    session probe verifies, while ``jobs/<name>.zip`` differs between the two views.
+    The client's root is a directory of its own whose ``.rtcxfer`` is the worker's (bind-mounted:
+    a link there is refused, as one planted by another user would be), so the session probe
+    verifies, while ``jobs/<name>.zip`` differs between the two views.
     """
     view = cluster.root / "client-view"
     (cluster.shared / ".rtcxfer" / "probes").mkdir(parents=True, exist_ok=True)
-    view.mkdir()
-    (view / ".rtcxfer").symlink_to(cluster.shared / ".rtcxfer", target_is_directory=True)
+    (view / ".rtcxfer").mkdir(parents=True)
+    with bind_mount(cluster.shared / ".rtcxfer", view / ".rtcxfer"):
+        corrupted_in_place(cluster, view)
+
+
+def corrupted_in_place(cluster: Cluster, view: Path) -> None:
     data = unique_data("corrupted", 3000)
     good = sample_package(view / "jobs" / "corrupted.zip", data)
     corrupted = bytearray(good.read_bytes())

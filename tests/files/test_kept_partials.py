@@ -26,4 +26,4 @@ def test_partials_are_kept_for_a_resume_and_pruned_by_age_and_size(tmp_path):
     assert resume.prune(kept, max_bytes=5500, now=now) == 1
     assert not (kept / names[0]).exists()
     assert resume.prune(kept, max_age=1, now=now + 100) == 2
-    assert not kept.exists(), "an empty kept-partials directory is removed"
+    assert kept.is_dir() and not any(kept.iterdir()), "emptied, the directory itself stays (the worker holds it open)"

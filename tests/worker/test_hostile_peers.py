@@ -235,7 +235,8 @@ def test_two_thousand_nested_directories_in_a_file_name_are_cleaned_up(tmp_path)
             assert found.stdout.count(".part") == 1
 
     run_async(scenario())
-    assert list((tmp_path / "work").iterdir()) == []
+    assert [p.name for p in (tmp_path / "work").iterdir()] == [resume.DIRECTORY_NAME]
+    assert list((tmp_path / "work" / resume.DIRECTORY_NAME).iterdir()) == []
 
 
 # --- disk space promised to announced transfers ---------------------------------------------------

@@ -303,8 +303,8 @@ def test_permission_denied_error(tmp_path):
     secret = build_sample_package(shared / "jobs" / "secret.zip")
     secret.chmod(0o600)
     work = base / "work"
-    work.mkdir(mode=0o777)
-    work.chmod(0o777)
+    work.mkdir(mode=0o700)
+    os.chown(work, 65534, 65534)  # the worker's own, as nobody
     readable, writable = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: drop root, then serve one session
