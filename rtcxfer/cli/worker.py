@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 from pathlib import Path
 
@@ -95,10 +94,12 @@ def worker(
     if drain:
         if pid_file is None:
             raise click.UsageError("--drain needs --pid-file (the file the running worker was started with)")
+        from rtcxfer.cli.pid_file import PidFileError, signal_worker
+
         try:
-            pid = signal_drain(pid_file)
-        except (OSError, ValueError) as error:
-            raise click.ClickException(f"cannot signal the worker in {pid_file}: {error}") from None
+            pid = signal_worker(pid_file)
+        except PidFileError as error:
+            raise click.ClickException(str(error)) from None
         click.echo(f"asked worker {pid} to drain: it finishes its running jobs and takes no new ones", err=True)
         return
     try:
@@ -143,7 +144,14 @@ def worker(
     except UnsafeDirectoryError as error:
         raise click.BadParameter(str(error), param_hint="--work-dir") from None
     if pid_file is not None:
-        write_pid_file(pid_file)
+        from rtcxfer.cli.pid_file import remove_pid_file, write_pid_file
+
+        try:
+            write_pid_file(pid_file)
+        except OSError as error:
+            runner.close()
+            message = f"cannot write {pid_file}: {error.strerror or error}"
+            raise click.BadParameter(message, param_hint="--pid-file") from None
     shared = runner.shared_storage_root or "none"
     click.echo(
         f"worker {peer_id}: shared storage {shared}; transports {', '.join(runner.offered_transports())}; "
@@ -192,6 +200,8 @@ def worker(
         raise click.ClickException(advice or tls_failure(error) or f"signaling: {describe(error)}") from None
     finally:
         runner.close()
+        if pid_file is not None:
+            remove_pid_file(pid_file)
 
 
 def install_drain_signal(drain) -> None:
@@ -199,14 +209,3 @@ def install_drain_signal(drain) -> None:
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
         loop.add_signal_handler(signal.SIGUSR1, drain)
-
-
-def write_pid_file(path: Path) -> None:
-    path.write_text(f"{os.getpid()}\n")
-
-
-def signal_drain(pid_file: Path) -> int:
-    """Ask the worker whose pid ``pid_file`` holds to drain; its pid. Raises OSError/ValueError."""
-    pid = int(pid_file.read_text().strip())
-    os.kill(pid, signal.SIGUSR1)
-    return pid
