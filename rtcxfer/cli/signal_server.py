@@ -29,7 +29,8 @@ from rtcxfer.protocol.ice import DEFAULT_TURN_TTL
 )
 @limit_option(
     "--max-room-peers-per-address", click.IntRange(1), 8,
-    "Peers one remote address may have in one room (of 16).",
+    "Peers one remote address may have in one room (of 16) without the room's token; "
+    "peers that give the token are not counted.",
 )
 @limit_option(
     "--idle-timeout", click.FloatRange(0, min_open=True), 120.0,

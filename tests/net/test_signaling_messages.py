@@ -352,6 +352,23 @@ def test_rooms_keep_join_order_and_tell_who_else_is_there() -> None:
     run_async(scenario())
 
 
+def test_the_per_address_cap_in_a_room_counts_only_peers_without_the_token() -> None:
+    async def scenario() -> list[str]:
+        rooms = InMemoryRooms(RoomLimits(max_peers_per_room=6, max_peers_per_address_in_room=2))
+        outcomes = []
+        for n, proved in enumerate([True, True, True, False, False, False, True, True]):
+            await rooms.connect(str(n), "nat")
+            try:
+                await rooms.register(str(n), "lab", f"p{n}", "client", proved_token=proved)
+                outcomes.append("ok")
+            except Refusal as refusal:
+                outcomes.append(refusal.code)
+        return outcomes
+
+    # Two unproven peers from the address at most; proven ones up to the room's own limit.
+    assert run_async(scenario()) == ["ok", "ok", "ok", "ok", "ok", "room-full", "ok", "room-full"]
+
+
 def test_rooms_refuse_duplicates_full_rooms_and_greedy_addresses() -> None:
     async def scenario() -> None:
         rooms = InMemoryRooms(RoomLimits(max_peers_per_room=3, max_connections_per_address=4,

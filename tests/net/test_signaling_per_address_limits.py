@@ -4,12 +4,16 @@ limits of a real server on 127.0.0.1, attacked from a second loopback address.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 
 import pytest
 
-from rtcxfer.net.signaling import SignalingClient, SignalingServer
+from rtcxfer.net.signaling import SignalingClient, SignalingServer, SignalingServerError
+from rtcxfer.protocol.auth import signaling_token
 from rtcxfer.testing import run_async
+from rtcxfer.testing.processes import start_signaling
+from tests.support.cli import environment
 from tests.support.worker_harness import (
     hold_sockets,
     raw_websocket,
@@ -73,3 +77,43 @@ def test_squatters_are_capped_per_address_and_timed_out_when_idle():
     refused, before, after, stayed = run_async(scenario())
     assert (refused, before, after) == (11, 4, 0)
     assert stayed
+
+
+# --- peers that proved the room's token are not capped by their address ---------------------------
+
+
+async def register_lab(url: str, token: str | None, workers: int, people: int) -> list[str]:
+    """``workers`` workers and ``people`` clients of one lab, all behind one address; what each
+    registration got: "ok" or the server's refusal code."""
+    outcomes = []
+    async with contextlib.AsyncExitStack() as stack:
+        roles = ["worker"] * workers + ["client"] * people
+        for n, role in enumerate(roles):
+            try:
+                await stack.enter_async_context(SignalingClient(url, "lab", role, f"{role}-{n}", token))
+                outcomes.append("ok")
+            except SignalingServerError as error:
+                outcomes.append(error.code)
+    return outcomes
+
+
+def test_a_lab_behind_one_address_fills_its_room_when_every_peer_gives_the_token(tmp_path):
+    """Three workers and six people submitting, behind one NAT address (here 127.0.0.1), with the
+    room's token: all admitted, past the per-address cap of 8 (the default of a real
+    ``rtcxfer signal``), which is for peers without the token."""
+    server, url = start_signaling(tmp_path, token="lab-token", env=environment())
+    try:
+        # What rtcxfer's commands send for the token (an HMAC of it, not the token itself).
+        outcomes = run_async(register_lab(url, signaling_token("lab-token"), workers=3, people=6))
+    finally:
+        server.stop()
+    assert outcomes == ["ok"] * 9
+
+
+def test_peers_without_a_token_stay_capped_per_address(tmp_path):
+    server, url = start_signaling(tmp_path, token=None, env=environment())
+    try:
+        outcomes = run_async(register_lab(url, None, workers=3, people=6))
+    finally:
+        server.stop()
+    assert outcomes == ["ok"] * 8 + ["room-full"]

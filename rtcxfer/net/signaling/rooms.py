@@ -15,8 +15,10 @@ that decides what a socket may do, behind the small interface :class:`Rooms`:
 Per address (in the spirit of nginx's ``limit_conn``, :class:`RoomLimits`): one remote address
 may hold at most ``max_connections_per_address`` sockets, of which at most
 ``max_unregistered_per_address`` not yet registered, and at most
-``max_peers_per_address_in_room`` peers in one room; so one host cannot starve everybody else
-of the server's connections or a room's places.
+``max_peers_per_address_in_room`` peers in one room that did not prove a room token; so one
+host cannot starve everybody else of the server's connections or a room's places. Peers that
+proved the room's token are not counted against their address: a lab behind one NAT address
+may fill its room up to ``max_peers_per_room``.
 
 :class:`InMemoryRooms` keeps the book in this process, which is all one server needs. The
 interface is asynchronous, and each method is one atomic step on the state, so that a
@@ -61,6 +63,8 @@ class Member:
     role: str
     #: What a worker said about itself (validated), or None.
     description: dict[str, Any] | None = None
+    #: It presented the room's token (rooms without one admit everyone unproven).
+    proved_token: bool = False
 
     def entry(self) -> PeerEntry:
         """How the other peers of the room see this one."""
@@ -89,11 +93,19 @@ class Rooms(abc.ABC):
 
     @abc.abstractmethod
     async def register(
-        self, connection: str, room: str, peer_id: str, role: str, description: dict[str, Any] | None = None
+        self,
+        connection: str,
+        room: str,
+        peer_id: str,
+        role: str,
+        description: dict[str, Any] | None = None,
+        *,
+        proved_token: bool = False,
     ) -> RoomChange:
         """Put the (connected, not yet registered) socket in ``room`` as ``peer_id``, after the
         peers there now. :class:`Refusal` (``duplicate-peer``, ``room-full``) and no change if
-        it cannot join."""
+        it cannot join. ``proved_token``: it presented the room's token, so its address's cap
+        in the room does not apply to it (nor count it)."""
 
     @abc.abstractmethod
     async def describe(self, connection: str, description: dict[str, Any]) -> RoomChange | None:
@@ -158,7 +170,14 @@ class InMemoryRooms(Rooms):
         return change
 
     async def register(
-        self, connection: str, room: str, peer_id: str, role: str, description: dict[str, Any] | None = None
+        self,
+        connection: str,
+        room: str,
+        peer_id: str,
+        role: str,
+        description: dict[str, Any] | None = None,
+        *,
+        proved_token: bool = False,
     ) -> RoomChange:
         socket = self._sockets.get(connection)
         if socket is None or socket.registered:
@@ -169,11 +188,12 @@ class InMemoryRooms(Rooms):
             raise Refusal(DUPLICATE_PEER, f"peer id {peer_id!r} is already in room {room!r}{hint}")
         if len(peers) >= self.limits.max_peers_per_room:
             raise Refusal(ROOM_FULL, f"room {room!r} has {len(peers)} peers already")
-        from_here = sum(other.address == socket.address for other in peers.values())
         most = self.limits.max_peers_per_address_in_room
-        if most is not None and from_here >= most:
-            raise Refusal(ROOM_FULL, f"room {room!r} has {from_here} peers from your address already")
-        member = Member(connection, socket.address, room, peer_id, role, description)
+        if most is not None and not proved_token:
+            from_here = sum(other.address == socket.address and not other.proved_token for other in peers.values())
+            if from_here >= most:
+                raise Refusal(ROOM_FULL, f"room {room!r} has {from_here} peers from your address already")
+        member = Member(connection, socket.address, room, peer_id, role, description, proved_token)
         others = tuple(peers.values())
         self._rooms.setdefault(room, peers)[peer_id] = member
         socket.member, socket.registered = member, True

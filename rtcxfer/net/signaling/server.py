@@ -19,7 +19,8 @@ registered within ``register_timeout`` seconds is closed.
 
 Per address (see :mod:`~rtcxfer.net.signaling.rooms`): one remote address may hold at most
 ``max_connections_per_address`` sockets, of which at most ``max_unregistered_per_address``
-not yet registered, and at most ``max_peers_per_address_in_room`` peers in one room; beyond
+not yet registered, and at most ``max_peers_per_address_in_room`` peers in one room (of those
+that did not prove a room token); beyond
 that a new socket gets ``server-full`` or a registration ``room-full``, so one host cannot
 starve everybody else of the server's ``max_connections`` or a room's places. A ``client``
 that has relayed nothing within ``idle_timeout`` seconds of registering is closed (code 1008,
@@ -546,7 +547,9 @@ class SignalingServer:
             token is not None and hmac.compare_digest(token.encode(), expected.encode())
         ):
             raise Refusal(BAD_TOKEN, f"wrong or missing token for room {room!r}", close=True)
-        change = await self._rooms.register(conn.key, room, peer_id, role, request.description)
+        change = await self._rooms.register(
+            conn.key, room, peer_id, role, request.description, proved_token=expected is not None
+        )
         conn.room, conn.role, conn.peer_id = room, role, peer_id
         # Admitted (token checked, place taken): only now does the peer learn the ICE servers.
         others = tuple(other.entry() for other in change.others)
