@@ -268,11 +268,21 @@ class LegacySession:
         busy = self._take_slot()
         if busy is not None:
             raise UploadRefused(f"upload of {legacy.excerpt(meta.name)} refused: {busy}")
-        self.uploads.announce(meta)
+        upload = self.uploads.announce(meta)
         self._drop_upload()
         self._stray_reported = False
         if meta.gui:
             logger.info("{}: GUI progress (ZMQ) is not supported; the job's output is sent as text", self.name)
+        # Received from the announcement on, so that its space is reserved (and refused when it
+        # does not fit) before a byte arrives, as a native FILE_META is. A shared-storage job's
+        # announcement, which no bytes follow, gives the space back when the job starts.
+        try:
+            self._incoming = await self._receive_upload(upload)
+        except TransferError as error:
+            self.uploads.abort()
+            self._drop_upload()
+            self._stray_reported = True  # the bytes that follow are dropped without a notice each
+            raise UploadRefused(f"upload of {legacy.excerpt(meta.name)} refused: {error}") from None
 
     async def _bytes(self, data: bytes) -> None:
         try:
@@ -346,7 +356,7 @@ class LegacySession:
         busy = self.worker.job_slots.take(self)
         if busy is not None:
             logger.info("{}: refused, busy: {}", self.name, busy)
-            return f"this worker is busy ({busy}); try again later"
+            return busy if self.worker.job_slots.draining else f"this worker is busy ({busy}); try again later"
         return None
 
     def _start_job(self, job: Job, received: ReceivedFile, settings: JobSettings) -> None:
@@ -383,6 +393,7 @@ class LegacySession:
             await self.send(legacy.job_failed(job_id, busy))
             return
         self.uploads.discard_unstarted()
+        self._drop_upload()
         # Each pair of paths serves one job; the next job names its own.
         self.shared_input = None
         self.shared.output = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import time
 import zipfile
@@ -26,6 +27,7 @@ from tests.support.legacy_client import (
     sample_data,
     unzip,
 )
+from tests.support.small_disk import small_tmpfs
 from tests.support.worker_harness import make_worker, worker_session
 
 WAIT = 60.0
@@ -426,3 +428,91 @@ def test_a_legacy_session_holds_one_of_the_workers_job_slots(shared, tmp_path):
     assert unzip(result) == expected_results(data)
     assert (after, worker.job_slots.peak) == (0, 1)
     assert worker.stats == {"completed": 1, "failed": 0}
+
+
+# --- the worker's limits hold for legacy jobs too (hardening round two, finding 5) ----------------
+
+
+def test_an_upload_larger_than_the_free_space_is_refused_at_its_announcement(shared, tmp_path):
+    with small_tmpfs(tmp_path / "work", "4m", busy_ok=True) as work:
+        worker = make_worker(shared, work, legacy=True)
+        free = os.statvfs(work).f_bavail * os.statvfs(work).f_frsize
+
+        async def scenario():
+            async with legacy_session(worker) as client:
+                await client.send(f"FILE_META::{NAME}:{free + 1}:False")
+                refusal = await client.next_text()  # before a single byte was sent
+                await client.send(b"x" * 1000)  # the client streams on regardless: dropped
+                await client.send("END_OF_FILE")
+                await assert_job_works(client)  # a package that fits, in the same session
+                return refusal, list(client.texts)
+
+        refusal, texts = run_async(scenario())
+        assert refusal == f"[rtcxfer] refused: upload of '{NAME}' refused: not enough free space for the file\n"
+        assert sum(text.startswith("[rtcxfer]") for text in texts) == 2, texts  # + END_OF_FILE's
+        assert [p.name for p in work.iterdir() if p.name != "partial-uploads"] == [], "nothing left behind"
+
+
+def test_an_announcement_holds_its_space_against_a_second_session(shared, tmp_path):
+    with small_tmpfs(tmp_path / "work", "4m", busy_ok=True) as work:
+        worker = make_worker(shared, work, legacy=True, slots=2)
+        free = os.statvfs(work).f_bavail * os.statvfs(work).f_frsize
+
+        async def reply(client: LegacyClient) -> str | None:
+            try:
+                return await client.next_text(timeout=5)
+            except (TimeoutError, asyncio.TimeoutError):
+                return None
+
+        async def scenario():
+            async with legacy_session(worker) as first, legacy_session(worker) as second:
+                for client in (first, second):
+                    await client.send(f"FILE_META::{NAME}:{free * 2 // 3}:False")
+                return await asyncio.gather(reply(first), reply(second))
+
+        replies = run_async(scenario())
+        # Whichever announcement the worker took first holds the space; the other is refused.
+        refusals = [text for text in replies if text is not None]
+        assert len(refusals) == 1 and refusals[0].endswith("not enough free space for the file\n"), replies
+
+
+def test_a_draining_worker_starts_no_legacy_job(worker, shared):
+    (shared / "jobs" / "job_d").mkdir()
+    (shared / "jobs" / "job_d" / NAME).write_bytes(legacy_package(NAME, sample_data("drain", 20)))
+    worker.drain()
+
+    async def scenario():
+        async with legacy_session(worker) as client:
+            await client.send(f"FILE_META::{NAME}:100:False")
+            upload_refusal = await client.next_text()
+        async with legacy_session(worker) as client:
+            await client.send("JOB_ID::job_d")
+            await client.send(f"SHARED_INPUT_PATH::jobs/job_d/{NAME}")
+            await client.send("SHARED_OUTPUT_PATH::jobs/job_d")
+            await client.send("SHARED_STORAGE_JOB::start")
+            shared_job = await client.wait_for("JOB_FAILED::", "JOB_COMPLETE::")
+        return upload_refusal, shared_job
+
+    upload_refusal, shared_job = run_async(scenario())
+    assert "refused: the worker is draining" in upload_refusal, upload_refusal
+    assert shared_job.startswith("JOB_FAILED::job_d::the worker is draining"), shared_job
+    assert worker.stats == {"completed": 0, "failed": 0}
+
+
+def test_a_shared_storage_job_announcing_more_than_the_work_directory_holds_still_runs(shared, tmp_path):
+    """sleap-rtc's client sends FILE_META before a shared-storage job too, with the package's
+    size; no bytes follow, so the space it would need is not the worker's to find."""
+    data = sample_data("big-shared", 100)
+    (shared / "jobs" / "job_big").mkdir()
+    (shared / "jobs" / "job_big" / NAME).write_bytes(legacy_package(NAME, data))
+    with small_tmpfs(tmp_path / "work", "4m", busy_ok=True) as work:
+        worker = make_worker(shared, work, legacy=True)
+
+        async def scenario():
+            async with legacy_session(worker) as client:
+                await client.start_shared_job(NAME, 327 * 10**9, "job_big", f"jobs/job_big/{NAME}", "jobs/job_big")
+                return await client.wait_for("JOB_COMPLETE::", "JOB_FAILED::"), list(client.texts)
+
+        complete, texts = run_async(scenario())
+    assert complete == "JOB_COMPLETE::job_big::jobs/job_big", texts
+    assert "PATH_VALIDATED::input" in texts and "PATH_VALIDATED::output" in texts
