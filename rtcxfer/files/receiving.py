@@ -111,6 +111,7 @@ __all__ = [
     "SendReport",
     "checked_name",
     "hash_file",
+    "hash_prefix",
     "is_being_received",
     "is_receiving_into",
     "new_transfer_id",
@@ -189,6 +190,16 @@ def hash_file(path: str | os.PathLike[str]) -> tuple[int, str]:
             digest.update(block)
             size += len(block)
     return size, digest.hexdigest()
+
+
+def hash_prefix(path: str | os.PathLike[str], length: int) -> str | None:
+    """The SHA-256 (hex) of a local file's first ``length`` bytes; ``None`` when it is shorter.
+    Blocking: run in a thread."""
+    with open(path, "rb", buffering=0) as handle:
+        try:
+            return _hash_prefix(handle, length).hexdigest()
+        except OSError:
+            return None
 
 
 def _hash_prefix(handle: BinaryIO, length: int) -> Any:
@@ -302,6 +313,7 @@ class IncomingFile:
         self._dir_fd = -1
         self._handle: BinaryIO | None = None
         self._digest: Any = hashlib.sha256()
+        self._prefix_sha256: str | None = None
         self._write_behind: WriteBehind | None = None
         self._free: int | None = None
         self._owns_partial = False
@@ -467,6 +479,7 @@ class IncomingFile:
             self._handle = open_for_update_at(self._dir_fd, self._part_name)
             length = existing.st_size
             self._digest = _hash_prefix(self._handle, length)
+            self._prefix_sha256 = self._digest.copy().hexdigest()
             self._handle.seek(length)
             self._handle.truncate()
             self.offset = self.received = length
@@ -546,6 +559,38 @@ class IncomingFile:
         assert self._write_behind is not None
         self._write_behind.written(length)
         self._last_activity = time.monotonic()
+
+    @property
+    def prefix_sha256(self) -> str | None:
+        """The SHA-256 of the :attr:`offset` bytes kept from an earlier session (hex), for the
+        sender to check against its own file before it continues after them; ``None`` when
+        nothing was kept."""
+        return self._prefix_sha256
+
+    def start_over(self) -> None:
+        """Drop the bytes kept from an earlier session and receive the file from its start
+        (the sender found that they are not its file's). Blocking (one truncate)."""
+        if self._detached:
+            raise TransferError("transfer resumed in another session")
+        handle = self._handle
+        if self._stopping or self._closed or handle is None:
+            raise TransferError("transfer abandoned on this side")
+        if self.received != self.offset:
+            raise TransferError("a transfer starts over only before its first new byte")
+        logger.info("{}: the sender starts {} over: the kept prefix was not its file's", self.transport, self.name)
+        try:
+            handle.seek(0)
+            handle.truncate()
+        except OSError as error:
+            logger.warning("{}: truncating {} failed: {}", self.transport, self.partial_path, error)
+            raise TransferError("cannot write the file") from None
+        assert self._write_behind is not None
+        self._write_behind.close()
+        self._write_behind = WriteBehind(handle.fileno(), 0)
+        self._digest = hashlib.sha256()
+        self._prefix_sha256 = None
+        self.offset = self.received = 0
+        self._reserve()
 
     async def run_in_thread(
         self, function: Callable[..., _Result], *args: Any, executor: Executor | None = None

@@ -110,6 +110,10 @@ class TransferError(RemoteProtocolError):
 class IntegrityError(TransferError):
     """Received bytes do not match the announced size or SHA-256."""
 
+    #: The transfer had continued after bytes the receiver kept from an earlier session, which
+    #: may be what was wrong: sending the file whole may succeed.
+    after_resume: bool = False
+
 
 class AuthenticationError(RemoteProtocolError):
     """The peer did not present a valid token."""

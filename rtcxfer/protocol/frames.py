@@ -148,9 +148,9 @@ def token(*, optional: bool = False) -> Any:
     return _field("token", optional=optional)
 
 
-def hex_digits(length: int) -> Any:
+def hex_digits(length: int, *, optional: bool = False) -> Any:
     """Declare a lowercase hexadecimal field of a fixed length (ids, SHA-256)."""
-    return _field("hex", length=length)
+    return _field("hex", length=length, optional=optional)
 
 
 def integer(*, optional: bool = False) -> Any:
@@ -282,10 +282,15 @@ class FileMeta(Frame):
 
 @frame_type("FILE_ACCEPT")
 class FileAccept(Frame):
-    """Receiver -> sender: send from byte ``offset`` on (0 for a new transfer, more to resume)."""
+    """Receiver -> sender: send from byte ``offset`` on (0 for a new transfer, more to resume).
+
+    A resume (``offset`` > 0) carries ``prefix_sha256``, the SHA-256 of the bytes the receiver
+    holds: the sender continues only when they are its own file's first ``offset`` bytes, and
+    otherwise sends from byte 0, which makes the receiver start over."""
 
     transfer_id: str = hex_digits(32)
     offset: int = integer()
+    prefix_sha256: str | None = hex_digits(64, optional=True)
 
 
 @frame_type("FILE_END")

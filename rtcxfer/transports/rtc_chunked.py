@@ -5,7 +5,7 @@ One transfer, as the wire sees it (either direction)::
 
     sender                                      receiver
     FILE_META::id::name::size::sha256::chunk ->
-                                             <- FILE_ACCEPT::id::offset   (0, or more to resume)
+                                             <- FILE_ACCEPT::id::offset[::prefix sha256]  (resume)
     binary chunks from offset on              ->
     FILE_END::id                              ->
                                              <- FILE_ACK::id::sha256      (size, hash, fsync, rename)
@@ -27,8 +27,11 @@ mismatch gets ``FILE_ERROR`` and the partial is removed.
 
 Resume: when a session ends mid-transfer the partial stays (it never has the final name, so it
 is never mistaken for a complete file). A ``FILE_META`` with the same id finds it, hashes the
-prefix already on disk (off the loop) and accepts at its length; the final check therefore
-covers the whole file, never the size alone. Hashing the prefix at accept time rather than the
+prefix already on disk (off the loop) and accepts at its length, with that hash; the final
+check therefore covers the whole file, never the size alone. Ids are predictable, so the
+sender continues only after a prefix whose hash is its own file's, and otherwise sends from
+byte 0, which the receiver takes as a start over; a resume that still fails the final check
+(a receiver that proves no prefix) is sent once more from byte 0. Hashing the prefix at accept time rather than the
 whole file at the end costs the same (sha256 runs at about 800 MB/s here) but keeps the
 ``FILE_END`` -> ``FILE_ACK`` step short for the usual, non-resumed transfer.
 
@@ -79,6 +82,7 @@ from rtcxfer.files.receiving import (
     IncomingFile,
     SendReport,
     hash_file,
+    hash_prefix,
     transfer_id_for,
 )
 from rtcxfer.log import logger
@@ -145,7 +149,7 @@ class _Outgoing:
     name: str
     size: int
     sha256: str
-    accepted: asyncio.Future[int]
+    accepted: asyncio.Future[FileAccept]
     acked: asyncio.Future[str]
     #: Payload bytes sent so far in this session.
     sent: int = 0
@@ -266,7 +270,7 @@ class RtcChunkedTransport(Transport):
         if progress is not None:
             progress(meta.name, file.offset, meta.size)  # the start, so a resumed file is not counted as sent now
         try:
-            await self.link.send(FileAccept(transfer_id=tid, offset=file.offset))
+            await self.link.send(FileAccept(transfer_id=tid, offset=file.offset, prefix_sha256=file.prefix_sha256))
         except ConnectionClosedError:
             # Link.run only survives RemoteProtocolError from a handler; on_closed may have run.
             logger.info("rtc-chunked: connection closed before FILE_ACCEPT for {}", quote_for_reply(meta.name))
@@ -281,6 +285,13 @@ class RtcChunkedTransport(Transport):
         meta, file = incoming.meta, incoming.file
         payload = event.payload
         length = len(payload)
+        if event.offset == 0 and file.received == file.offset > 0:
+            # The sender found that the bytes kept from an earlier session are not its file's.
+            try:
+                file.start_over()
+            except TransferError as error:
+                self._drop(incoming, keep=False)
+                raise _file_error(tid, str(error)) from None
         if event.offset != file.received:
             self._drop(incoming, keep=False)
             raise _file_error(tid, f"chunk at offset {event.offset}, expected {file.received}")
@@ -369,7 +380,7 @@ class RtcChunkedTransport(Transport):
         outgoing = self._outgoing.get(accept.transfer_id)
         if outgoing is None or outgoing.accepted.done():
             raise TransferError(f"unexpected FILE_ACCEPT for transfer {accept.transfer_id}")
-        outgoing.accepted.set_result(accept.offset)
+        outgoing.accepted.set_result(accept)
 
     def _on_ack(self, ack: FileAck) -> None:
         outgoing = self._outgoing.get(ack.transfer_id)
@@ -423,9 +434,23 @@ class RtcChunkedTransport(Transport):
             check_relative_text(name)
         except UnsafePathError as error:
             raise LocalProtocolError(f"cannot send a file as {name!r}: {error}") from None
+        size, sha256 = await asyncio.to_thread(hash_file, path)
+        try:
+            return await self._send_once(path, name, size, sha256, from_start=False)
+        except IntegrityError as error:
+            if not error.after_resume:
+                raise
+            # What the receiver had kept was not this file's (a peer that does not prove its
+            # prefix, and whose bytes were planted or damaged): once more, from byte 0.
+            logger.warning("rtc-chunked: {} failed its check after a resume ({}); sending it whole", name, error)
+            return await self._send_once(path, name, size, sha256, from_start=True)
+
+    async def _send_once(self, path: Path, name: str, size: int, sha256: str, *, from_start: bool) -> Delivery:
+        """One transfer of the file: ``FILE_META`` to ``FILE_ACK``; from byte 0 if ``from_start``
+        (whatever the receiver kept), else from where the receiver proves it holds the file's
+        first bytes."""
         progress: Callable[[str, int, int], Any] | None = self.context.progress_reporter(self.name)
         chunk_size = self._chunk_size()
-        size, sha256 = await asyncio.to_thread(hash_file, path)
         tid = transfer_id_for(self.context.role, name, size, sha256)
         if tid in self._outgoing or tid in self._incoming:
             raise LocalProtocolError(f"{name} is already being transferred in this session")
@@ -439,15 +464,22 @@ class RtcChunkedTransport(Transport):
         offset = 0
         try:
             await self.link.send(FileMeta(transfer_id=tid, name=name, size=size, sha256=sha256, chunk_size=chunk_size))
-            offset = await self._wait(outgoing.accepted, "accept_timeout", "FILE_ACCEPT", name)
+            accept = await self._wait(outgoing.accepted, "accept_timeout", "FILE_ACCEPT", name)
+            offset = accept.offset
             if offset > size:
                 raise TransferError(f"the peer asked to resume {name} at {offset}, beyond its {size} bytes")
-            if offset:
+            if offset and (from_start or not await self._prefix_is_ours(path, accept, name)):
+                offset = 0
+            elif offset:
                 logger.info("rtc-chunked: resuming {} at byte {} of {}", name, offset, size)
             await self._stream(outgoing, path, offset, chunk_size, progress)
             if not outgoing.acked.done():
                 await self.link.send(FileEnd(transfer_id=tid))
-            confirmed = await self._wait(outgoing.acked, "ack_timeout", "FILE_ACK", name)
+            try:
+                confirmed = await self._wait(outgoing.acked, "ack_timeout", "FILE_ACK", name)
+            except IntegrityError as error:
+                error.after_resume = offset > 0
+                raise
             if confirmed != sha256:
                 raise IntegrityError(f"the peer confirmed {name} with SHA-256 {confirmed}, expected {sha256}")
         except BaseException as error:
@@ -461,6 +493,22 @@ class RtcChunkedTransport(Transport):
             self.reports.append(SendReport(tid, name, size, offset, outgoing.sent))
         logger.info("rtc-chunked: delivered {} ({} bytes, {} sent from offset {})", name, size, outgoing.sent, offset)
         return Delivery(name=name, size=size, transport=self.name, sha256=sha256, reference=tid)
+
+    async def _prefix_is_ours(self, path: Path, accept: FileAccept, name: str) -> bool:
+        """Whether the bytes the receiver kept are this file's first ``accept.offset`` bytes, as
+        the hash it sends of them says. Without a hash (a receiver that does not prove its
+        prefix) the resume goes ahead: the final check still covers the whole file."""
+        if accept.prefix_sha256 is None:
+            return True
+        ours = await asyncio.to_thread(hash_prefix, path, accept.offset)
+        if ours == accept.prefix_sha256:
+            return True
+        logger.warning(
+            "rtc-chunked: the peer kept {} bytes of {} that are not this file's: sending it from the start",
+            accept.offset,
+            name,
+        )
+        return False
 
     async def _abandon_outgoing(self, tid: str, error: BaseException) -> None:
         """Tell the receiver this side gave up, so it closes the transfer and drops the partial

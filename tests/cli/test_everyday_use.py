@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from rtcxfer.client.sample import build_sample_package
+from rtcxfer.files.receiving import hash_file, part_name, transfer_id_for
 from rtcxfer.testing.cluster import Cluster, start_cluster
 from rtcxfer.testing.job_files import job_package, results_dir_of
 from rtcxfer.testing.processes import WORKER_READY, CliProcess, cli_command, describe, run_cli, start_cli
@@ -270,6 +271,28 @@ def test_a_rerun_after_ctrl_c_resumes_the_upload_and_leaves_no_session_directory
         expected = hashlib.sha256(archive.read("blob.bin")).hexdigest()
     assert (results_dir_of(second, tmp_path) / "sha.txt").read_text() == expected
     assert not any(kept.iterdir()), "the adopted partial is gone (its directory stays, held by the worker)"
+
+
+def test_bytes_planted_under_a_packages_upload_id_are_not_resumed_from(lab, tmp_path):
+    """Another token holder who knows a package's name, size and SHA-256 can predict its upload
+    id and leave bytes of its own under it (an upload it breaks off). The next upload of that
+    package hears the hash of what is kept, sees it is not its file's start, and sends the file
+    whole: the job runs (hardening round two, finding 9)."""
+    package = big_package(tmp_path / "victim.zip", 8)
+    size, sha256 = hash_file(package)
+    upload_id = transfer_id_for("client", package.name, size, sha256)
+    kept = work_dir(lab) / "partial-uploads"
+    # What the attacker's broken-off upload leaves in the worker's kept partials.
+    (kept / part_name(package.name, upload_id)).write_bytes(os.urandom(3 << 20))
+
+    run = rtcxfer(lab, "submit", str(package), "--transport", "rtc-chunked", cwd=tmp_path)
+
+    assert run.returncode == EXIT_OK, describe(run)
+    assert "resuming at" not in run.stderr, run.stderr
+    with zipfile.ZipFile(package) as archive:
+        expected = hashlib.sha256(archive.read("blob.bin")).hexdigest()
+    assert (results_dir_of(run, tmp_path) / "sha.txt").read_text() == expected
+    assert not any(kept.iterdir())
 
 
 # --- progress in both directions, plain when not a terminal ---------------------------------------

@@ -22,6 +22,8 @@ from rtcxfer.net.signaling import SignalingServer
 from rtcxfer.protocol.errors import ConnectionClosedError, IntegrityError, LocalProtocolError, TransferError
 from rtcxfer.protocol.frames import (
     FileAccept,
+    FileAck,
+    FileEnd,
     FileError,
     FileMeta,
     ProtocolErrorFrame,
@@ -233,16 +235,12 @@ def test_byte_flipped_on_the_receive_path_is_caught_by_the_hash(tmp_path):
 # --- resume is never accepted on size alone -------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("held", "corrupt", "outcome"),
-    [
-        ("half", True, "integrity"),
-        ("all", True, "integrity"),
-        ("all", False, "ok"),
-        ("half", False, "ok"),
-    ],
-)
-def test_resumed_prefix_is_covered_by_the_hash(tmp_path, held, corrupt, outcome):
+@pytest.mark.parametrize(("held", "corrupt"), [("half", True), ("all", True), ("all", False), ("half", False)])
+def test_a_kept_prefix_is_resumed_from_only_when_its_hash_is_the_senders(tmp_path, held, corrupt):
+    """The receiver's FILE_ACCEPT carries the SHA-256 of the prefix it kept; the sender continues
+    after it only when it is its own file's, and otherwise sends from byte 0, which the receiver
+    takes as a start over. Bytes planted under a predictable transfer id (hardening round two,
+    finding 9) cost a resend, not the transfer."""
     size = 2 * MiB + 7
     source = tmp_path / "f.bin"
     sha = make_file(source, size)
@@ -258,21 +256,80 @@ def test_resumed_prefix_is_covered_by_the_hash(tmp_path, held, corrupt, outcome)
 
     async def main():
         async with rig(tmp_path) as r:
-            sender = r.transports["client"]
-            if outcome == "integrity":
-                with pytest.raises(IntegrityError):
-                    await sender.send_file(source, "f.bin")
-                assert sender.reports[-1].offset == length
-                assert files_under(incoming) == []
-                # The partial is gone, so the next attempt starts over and succeeds.
-            delivery = await sender.send_file(source, "f.bin")
-            return sender.reports[-1], delivery
+            worker = r.peers.worker.link
+            sent = []
+            send = worker.send
 
-    report, delivery = run_async(main())
-    assert report.offset == (0 if outcome == "integrity" else length)
-    assert report.bytes_sent == size - report.offset
+            async def recording_send(frame):
+                sent.append(frame)
+                await send(frame)
+
+            worker.send = recording_send
+            delivery = await r.transports["client"].send_file(source, "f.bin")
+            (accept,) = [frame for frame in sent if isinstance(frame, FileAccept)]
+            return accept, r.transports["client"].reports, delivery
+
+    accept, reports, delivery = run_async(main())
+    assert (accept.offset, accept.prefix_sha256) == (length, hashlib.sha256(prefix).hexdigest())
+    assert len(reports) == 1, "one transfer: no failed attempt first"
+    assert reports[0].offset == (0 if corrupt else length)
+    assert reports[0].bytes_sent == size - reports[0].offset
     assert delivery.sha256 == sha == sha256_of(incoming / "f.bin")
     assert files_under(incoming) == ["f.bin"]
+
+
+def test_a_resume_that_fails_the_check_at_a_receiver_proving_nothing_is_sent_again_whole(tmp_path):
+    """A receiver that sends no prefix hash (a third party's) resumes on trust; when the whole
+    file then fails its check, the sender tries once more, from byte 0."""
+    source = tmp_path / "s.bin"
+    sha = make_file(source, 300_000)
+    content = source.read_bytes()
+
+    class TrustingReceiver:
+        """Accepts at offset 100000 without proving anything, then judges the whole file."""
+
+        def __init__(self) -> None:
+            self.first_offsets: list[int] = []
+            self.data = bytearray()
+
+        async def on_chunk(self, event) -> None:
+            if len(self.first_offsets) < self.attempts:
+                self.first_offsets.append(event.offset)
+            self.data[event.offset : event.offset + len(event.payload)] = event.payload
+
+        async def on_frame(self, frame) -> None:
+            pass
+
+        async def receive(self, link, *, verdict: str) -> None:
+            meta = await link.wait_for(lambda f: isinstance(f, FileMeta), STEP)
+            self.attempts = len(self.first_offsets) + 1
+            link.engine.open_transfer(meta.transfer_id, "trusting")
+            # What an earlier session kept: junk, as planted bytes would be.
+            self.data = bytearray(b"j" * 100_000)
+            await link.send(FileAccept(transfer_id=meta.transfer_id, offset=100_000))
+            await link.wait_for(lambda f: isinstance(f, FileEnd), STEP)
+            link.engine.close_transfer(meta.transfer_id)
+            digest = hashlib.sha256(self.data).hexdigest()
+            if verdict == "judge" and digest != meta.sha256:
+                await link.send(FileError(transfer_id=meta.transfer_id, reason="SHA-256 mismatch"))
+            else:
+                await link.send(FileAck(transfer_id=meta.transfer_id, sha256=digest))
+
+    async def main():
+        async with rig(tmp_path, roles=("client",)) as r:
+            link = r.peers.worker.link
+            receiver = TrustingReceiver()
+            link.add_handler("trusting", receiver)
+            sending = asyncio.create_task(r.transports["client"].send_file(source, "s.bin"))
+            await receiver.receive(link, verdict="judge")
+            await receiver.receive(link, verdict="judge")
+            delivery = await asyncio.wait_for(sending, STEP)
+            return delivery, receiver, r.transports["client"].reports
+
+    delivery, receiver, reports = run_async(main())
+    assert receiver.first_offsets == [100_000, 0]
+    assert [report.offset for report in reports] == [100_000, 0]
+    assert bytes(receiver.data) == content and delivery.sha256 == sha
 
 
 # --- hostile or broken senders --------------------------------------------------------------
