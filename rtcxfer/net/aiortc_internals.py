@@ -880,10 +880,11 @@ async def stun_bindings(
     servers: Sequence[tuple[str, int]], timeout: float, *, local_address: str = "0.0.0.0"
 ) -> tuple[int, list[StunAnswer]]:
     """Send a STUN Binding request to each of ``servers`` (IP addresses) from one UDP socket,
-    resending each after 0.25 s, 0.5 s, 1 s... until ``timeout``; return the socket's local port
-    and each server's answer (in the order given). One socket: a NAT that keeps one public port
-    for every destination shows the same mapped address to each server; one that maps per
-    destination shows each a different port."""
+    resending each after 0.25 s, 0.5 s, 1 s... until ``timeout``; then, from the same socket, to
+    each OTHER-ADDRESS (RFC 5780) the answers named that was not asked yet. Return the socket's
+    local port and each server's answer (those given first, in their order). One socket: a NAT
+    that keeps one public port for every destination shows the same mapped address to each
+    server; one that maps per destination shows each a different port."""
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_datagram_endpoint(_Bindings, local_addr=(local_address, 0))
     try:
@@ -914,7 +915,10 @@ async def stun_bindings(
                 server, tuple(mapped) if mapped else None, tuple(other) if other else None  # type: ignore[arg-type]
             )
 
-        return local_port, list(await asyncio.gather(*(ask(server) for server in servers)))
+        answers = list(await asyncio.gather(*(ask(server) for server in servers)))
+        others = dict.fromkeys(answer.other for answer in answers if answer.other and answer.other not in servers)
+        answers += await asyncio.gather(*(ask(other) for other in others if other is not None))
+        return local_port, answers
     finally:
         transport.close()
 
