@@ -480,7 +480,7 @@ class DirectTransport(Transport):
             else:
                 failure = self._peer_failure
                 told_us = failure.done() and failure.exception() is None
-                theirs = "it said so" if told_us else "no word from it in time"
+                theirs = "it reported so" if told_us else "no word from it in time"
                 outcome = UNREACHABLE
                 listener = self._listener
                 mine_at = ", ".join(
