@@ -93,12 +93,12 @@ def doctor(
         from rtcxfer.cli.config import resolve_token
 
         secret = resolve_token(click.get_current_context(), token, token_file)
-        reachable = check_network(signal_url, room, room_token(signal_token or secret), signaling_tls(ca_file))
+        reachable = print_network_check(signal_url, room, room_token(signal_token or secret), signaling_tls(ca_file))
         healthy = healthy and reachable
     sys.exit(0 if healthy else 1)
 
 
-def check_network(url: str, room: str, token: str | None, tls) -> bool:
+def print_network_check(url: str, room: str, token: str | None, tls) -> bool:
     """Print the network checks against ``url`` and their verdict; whether a worker could be reached."""
     from rtcxfer.cli.messages import signaling_refusal, tls_failure
     from rtcxfer.cli.running import Interrupted, run_until_interrupted

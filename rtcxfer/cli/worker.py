@@ -76,8 +76,8 @@ from rtcxfer.cli.running import Interrupted, run_until_interrupted
     default=None,
     metavar="PORT",
     help="Listen for the direct transport's TCP connections on this fixed port (default: a new ephemeral port "
-    "per session), on the addresses the session's connection uses: for a port that a NAT or firewall forwards "
-    "here (Vast.ai and RunAI publish container ports; an HPC gateway can forward one).",
+    "per session), on the addresses of the session's ICE host candidates: for a port that a NAT or firewall "
+    "forwards here (Vast.ai and RunAI publish container ports; an HPC gateway can forward one).",
 )
 @click.option(
     "--direct-advertise",
