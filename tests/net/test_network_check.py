@@ -5,12 +5,17 @@ candidates out of an SDP. The checks themselves run through the real command on 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtcxfer.net.aiortc_internals import StunAnswer, TurnAllocation
+from rtcxfer.net.aiortc_internals import StunAnswer, TurnAllocation, stun_bindings, turn_allocation
 from rtcxfer.net.network_check import NatMapping, judge, nat_mapping, sdp_candidates
+from rtcxfer.protocol.ice import turn_rest_credential
+from rtcxfer.testing import run_async
+from tests.support.turn_server import LOOPBACK, coturn, free_udp_and_tcp_port, turnserver_problem
 
 A, B = ("198.51.100.1", 3478), ("198.51.100.1", 3479)
 HOST = ["10.1.0.2"]
@@ -88,3 +93,38 @@ def test_candidates_are_read_from_the_sdp():
 def test_any_sdp_text_reads_without_raising(text):
     for kind, address, port in sdp_candidates(text):
         assert isinstance(kind, str) and isinstance(address, str) and port >= 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(turnserver_problem() is not None, reason=str(turnserver_problem()))
+def test_stun_bindings_and_turn_allocations_against_coturn_on_loopback(tmp_path):
+    """The two probes the doctor sends, against a real coturn on 127.0.0.1: a Binding answered
+    with the socket's own address (no NAT on loopback), and one to a port where nothing listens
+    left unanswered; an allocation over UDP and over TCP, one with a wrong password refused
+    (401), one to a closed TCP port failing at once."""
+    secret = "doctor-secret"
+    closed = free_udp_and_tcp_port()
+    with coturn(tmp_path / "turn", secret) as turn:
+        server = (LOOPBACK, turn.port)
+        good = turn_rest_credential(secret, "doctor", ttl=600, now=time.time())
+
+        async def probes():
+            local_port, answers = await stun_bindings([server, (LOOPBACK, closed)], 1.0)
+            allocations = {
+                transport: await turn_allocation(server, good.username, good.password, transport=transport,
+                                                 timeout=5.0)
+                for transport in ("udp", "tcp")
+            }
+            allocations["wrong"] = await turn_allocation(server, good.username, "wrong", transport="udp", timeout=5.0)
+            allocations["closed"] = await turn_allocation((LOOPBACK, closed), good.username, good.password,
+                                                          transport="tcp", timeout=5.0)
+            return local_port, answers, allocations
+
+        local_port, answers, allocations = run_async(probes(), 60)
+    assert answers[0] == StunAnswer(server, (LOOPBACK, local_port)) and answers[1] == StunAnswer((LOOPBACK, closed))
+    assert nat_mapping(local_port, answers, [LOOPBACK]) == NatMapping.NONE
+    for transport in ("udp", "tcp"):
+        assert allocations[transport].succeeded and allocations[transport].relayed[0] == LOOPBACK, allocations
+    assert allocations["wrong"].error_code == 401 and not allocations["wrong"].succeeded
+    closed_tcp = allocations["closed"]
+    assert not closed_tcp.succeeded and not closed_tcp.timed_out and closed_tcp.error_code is None, closed_tcp
