@@ -70,6 +70,22 @@ from rtcxfer.cli.running import Interrupted, run_until_interrupted
     "--pid-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write this worker's pid here."
 )
 @click.option(
+    "--direct-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    metavar="PORT",
+    help="Listen for the direct transport's TCP connections on this fixed port (default: a new ephemeral port "
+    "per session), on the addresses of the session's ICE host candidates: for a port that a NAT or firewall "
+    "forwards here (Vast.ai and RunAI publish container ports; an HPC gateway can forward one).",
+)
+@click.option(
+    "--direct-advertise",
+    default=None,
+    metavar="HOST:PORT",
+    help="Also offer clients this address for direct (IPv4:PORT or [IPv6]:PORT): the public side of the "
+    "mapping to --direct-port, e.g. the container's public IP and its published port. Needs --direct-port.",
+)
+@click.option(
     "--drain",
     is_flag=True,
     help="Do not start a worker: tell the one whose pid is in --pid-file to finish its running jobs and take "
@@ -78,7 +94,7 @@ from rtcxfer.cli.running import Interrupted, run_until_interrupted
 def worker(
     signal_url, room, token, token_file, signal_token, shared_root, ca_file, ice_servers, ice_username,
     ice_credential_file, any_interface, peer_id, work_dir, job_timeout, job_env, max_unauthenticated, auth_timeout,
-    insecure_no_token, legacy, slots, labels, pid_file, drain,
+    insecure_no_token, legacy, slots, labels, pid_file, direct_port, direct_advertise, drain,
 ) -> None:
     """Serve jobs: run each package's command and send its results back.
 
@@ -108,6 +124,7 @@ def worker(
         raise click.BadParameter(str(error), param_hint="--label") from None
     token = resolve_token(click.get_current_context(), token, token_file)
     options = peer_options(ice_servers, any_interface, ice_username, ice_credential_file)
+    transport_options = direct_options(direct_port, direct_advertise)
     tls = signaling_tls(ca_file)
 
     if not token and not insecure_no_token:
@@ -140,6 +157,7 @@ def worker(
             legacy=legacy,
             slots=slots,
             labels=label_map,
+            transport_options=transport_options,
         )
     except UnsafeDirectoryError as error:
         raise click.BadParameter(str(error), param_hint="--work-dir") from None
@@ -158,6 +176,9 @@ def worker(
         f"work directory {runner.work_dir}",
         err=True,
     )
+    if direct_port is not None:
+        also = f", offered as {direct_advertise}" if direct_advertise else ""
+        click.echo(f"worker {peer_id}: direct connections on TCP port {direct_port}{also}", err=True)
     if legacy:
         click.echo(
             f"worker {peer_id}: also serving sleap-rtc's legacy protocol; legacy sessions are authenticated "
@@ -202,6 +223,31 @@ def worker(
         runner.close()
         if pid_file is not None:
             remove_pid_file(pid_file)
+
+
+def direct_options(port: int | None, advertise: str | None) -> dict:
+    """The transport options of ``--direct-port`` and ``--direct-advertise``; a usage error for
+    an advertised address that is not IP:PORT, or a port this machine cannot listen on now."""
+    if advertise is not None and port is None:
+        raise click.UsageError("--direct-advertise needs --direct-port: the port the advertised address forwards to")
+    if port is None:
+        return {}
+    from rtcxfer.protocol.errors import TransferError
+    from rtcxfer.transports.direct import parse_advertised
+    from rtcxfer.transports.direct_tls import check_port_free
+
+    options: dict = {"port": port}
+    if advertise is not None:
+        try:
+            options["advertise"] = str(parse_advertised(advertise))
+        except TransferError as error:
+            raise click.BadParameter(str(error), param_hint="--direct-advertise") from None
+    try:
+        check_port_free(port)
+    except OSError as error:
+        raise click.BadParameter(f"cannot listen on TCP port {port}: {error.strerror or error}",
+                                 param_hint="--direct-port") from None
+    return {"direct": options}
 
 
 def install_drain_signal(drain) -> None:

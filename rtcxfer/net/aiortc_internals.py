@@ -77,11 +77,13 @@ methods involved, bound to the instance, reading the size from a dictionary of t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dis
 import inspect
 import itertools
 import os
 import socket
+import ssl
 import struct
 import types
 from collections import OrderedDict
@@ -90,6 +92,8 @@ from typing import TYPE_CHECKING, Any
 
 import aioice
 import aioice.ice
+import aioice.stun
+import aioice.turn
 import aiortc.rtcdtlstransport
 import aiortc.rtcsctptransport
 import attrs
@@ -108,19 +112,25 @@ __all__ = [
     "STOCK_PACKET_SIZE",
     "PacketSize",
     "PacketSizer",
+    "StunAnswer",
+    "TurnAllocation",
     "UnsupportedAiortcError",
     "advertise",
     "dtls_transport",
     "host_restriction_unsupported_reason",
     "ice_transport",
+    "local_candidate_addresses",
     "local_host_addresses",
     "peer_certificate",
     "remote_candidate_addresses",
     "remote_max_message_size",
     "remote_packet_size",
     "restrict_host_candidates",
+    "selected_remote_candidate",
+    "stun_bindings",
     "tuning_supported",
     "tuning_unsupported_reason",
+    "turn_allocation",
 ]
 
 
@@ -793,3 +803,189 @@ class PacketSizer:
                 self._black_hole.set()
         finally:
             self._check = None
+
+
+# --------------------------------------------------------------------------- the ICE path of one connection
+
+
+def selected_remote_candidate(channel: RTCDataChannel) -> tuple[str, str] | None:
+    """(IP address, candidate type) of the peer's side of the candidate pair ICE selected for
+    ``channel``'s connection, the address its packets really go to; None before ICE selected
+    one. The type is ``host``, ``srflx``, ``prflx`` or ``relay`` (a TURN server's relay, not
+    the peer's own address).
+
+    aiortc shows no selected pair; aioice keeps the nominated pair of each component in the
+    private ``Connection._nominated`` (``{component: CandidatePair}``, aioice 0.9 to 0.13),
+    reached through ``RTCIceTransport._connection`` (aiortc 1.9 to 1.16). A data channel's
+    connection has one component (1).
+    """
+    connection = getattr(ice_transport(channel), "_connection", None)
+    nominated = getattr(connection, "_nominated", None)
+    pair = nominated.get(1) if isinstance(nominated, dict) else None
+    candidate = getattr(pair, "remote_candidate", None)
+    address, kind = getattr(candidate, "host", None), getattr(candidate, "type", None)
+    if not isinstance(address, str) or not isinstance(kind, str):
+        return None
+    # A peer-reflexive candidate learnt from checks the peer sent through its relay is the relay.
+    relays = {candidate.ip for candidate in ice_transport(channel).getRemoteCandidates() if candidate.type == "relay"}
+    return address, "relay" if address in relays else kind
+
+
+def local_candidate_addresses(channel: RTCDataChannel) -> frozenset[str]:
+    """The IP addresses of every local ICE candidate of ``channel``'s connection: host ones,
+    and the server-reflexive (this side's NAT) and relay (its TURN server) ones.
+
+    Public API (``RTCIceGatherer.getLocalCandidates``) under :func:`ice_transport`'s layout.
+    """
+    return frozenset(
+        candidate.ip for candidate in ice_transport(channel).iceGatherer.getLocalCandidates() if candidate.ip
+    )
+
+
+# --------------------------------------------------------------------------- STUN and TURN probes
+#
+# What ``rtcxfer doctor`` asks a STUN or TURN server, with aioice's STUN codec and TURN client
+# (public functions of aioice, but aioice is imported here only).
+
+
+@attrs.frozen
+class StunAnswer:
+    """What one STUN server answered a Binding request: ``mapped``, the address it saw the
+    request come from (XOR-MAPPED-ADDRESS), and ``other``, its other address for NAT behaviour
+    discovery (OTHER-ADDRESS, RFC 5780), where it gives one; both None without an answer."""
+
+    server: tuple[str, int]
+    mapped: tuple[str, int] | None = None
+    other: tuple[str, int] | None = None
+
+
+class _Bindings(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.answers: dict[bytes, asyncio.Future[Any]] = {}
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            message = aioice.stun.parse_message(data)
+        except ValueError:
+            return  # not STUN: nothing we asked for
+        future = self.answers.get(message.transaction_id)
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # an ICMP error for one request: the others go on, this one times out
+
+
+async def stun_bindings(
+    servers: Sequence[tuple[str, int]], timeout: float, *, local_address: str = "0.0.0.0"
+) -> tuple[int, list[StunAnswer]]:
+    """Send a STUN Binding request to each of ``servers`` (IP addresses) from one UDP socket,
+    resending each after 0.25 s, 0.5 s, 1 s... until ``timeout``; then, from the same socket, to
+    each OTHER-ADDRESS (RFC 5780) the answers named that was not asked yet. Return the socket's
+    local port and each server's answer (those given first, in their order). One socket: a NAT
+    that keeps one public port for every destination shows the same mapped address to each
+    server; one that maps per destination shows each a different port."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(_Bindings, local_addr=(local_address, 0))
+    try:
+        local_port = transport.get_extra_info("sockname")[1]
+
+        async def ask(server: tuple[str, int]) -> StunAnswer:
+            request = aioice.stun.Message(
+                message_method=aioice.stun.Method.BINDING, message_class=aioice.stun.Class.REQUEST
+            )
+            answer: asyncio.Future[Any] = loop.create_future()
+            protocol.answers[request.transaction_id] = answer
+            deadline = loop.time() + timeout
+            wait = 0.25
+            while not answer.done() and loop.time() < deadline:
+                transport.sendto(bytes(request), server)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(answer), min(wait, max(0.0, deadline - loop.time())))
+                wait *= 2
+            if not answer.done():
+                answer.cancel()
+                return StunAnswer(server)
+            message = answer.result()
+            if message.message_class != aioice.stun.Class.RESPONSE:
+                return StunAnswer(server)
+            mapped = message.attributes.get("XOR-MAPPED-ADDRESS") or message.attributes.get("MAPPED-ADDRESS")
+            other = message.attributes.get("OTHER-ADDRESS")
+            return StunAnswer(
+                server, tuple(mapped) if mapped else None, tuple(other) if other else None  # type: ignore[arg-type]
+            )
+
+        answers = list(await asyncio.gather(*(ask(server) for server in servers)))
+        others = dict.fromkeys(answer.other for answer in answers if answer.other and answer.other not in servers)
+        answers += await asyncio.gather(*(ask(other) for other in others if other is not None))
+        return local_port, answers
+    finally:
+        transport.close()
+
+
+@attrs.frozen
+class TurnAllocation:
+    """What a TURN server answered an allocation: the ``relayed`` address and the ``mapped``
+    one it saw the request come from; or its ``error_code`` and ``reason`` (401: the
+    credentials were refused); or nothing in time (``timed_out``) or no connection (``reason``)."""
+
+    relayed: tuple[str, int] | None = None
+    mapped: tuple[str, int] | None = None
+    error_code: int | None = None
+    reason: str = ""
+    timed_out: bool = False
+
+    @property
+    def succeeded(self) -> bool:
+        return self.relayed is not None
+
+
+class _Released(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+async def turn_allocation(
+    server: tuple[str, int],
+    username: str,
+    password: str,
+    *,
+    transport: str,
+    timeout: float,
+    tls: bool = False,
+) -> TurnAllocation:
+    """Allocate a relay on the TURN ``server`` over ``transport`` (``udp`` or ``tcp``; ``tls``
+    for a ``turns:`` server) with these credentials, aioice's TURN client as aiortc uses it,
+    and release it at once. Never raises for what the server or the network did."""
+    try:
+        relay, released = await asyncio.wait_for(
+            aioice.turn.create_turn_endpoint(
+                _Released,
+                server,
+                username,
+                password,
+                transport=transport,
+                ssl=ssl.create_default_context() if tls else None,
+            ),
+            timeout,
+        )
+    except aioice.stun.TransactionFailed as failed:
+        code, reason = failed.response.attributes.get("ERROR-CODE", (None, ""))
+        return TurnAllocation(error_code=code, reason=str(reason))
+    except (aioice.stun.TransactionTimeout, asyncio.TimeoutError):
+        return TurnAllocation(timed_out=True, reason=f"no answer within {timeout:g} s")
+    except (OSError, ConnectionError) as error:
+        return TurnAllocation(reason=error.strerror or str(error) if isinstance(error, OSError) else str(error))
+    relayed = relay.get_extra_info("sockname")
+    mapped = relay.get_extra_info("related_address")
+    relay.close()  # the release: a Refresh with lifetime 0
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(released.lost, 2.0)
+    return TurnAllocation(
+        relayed=tuple(relayed) if relayed else None,  # type: ignore[arg-type]
+        mapped=tuple(mapped) if mapped else None,  # type: ignore[arg-type]
+    )

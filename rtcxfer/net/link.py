@@ -46,12 +46,17 @@ class ConnectionAddresses(Protocol):
     ``loopback_only``: the connection sends nothing to any address but 127.0.0.1, and whatever
     rides on it must not either. ``local_host_addresses()``: the addresses of this side's own
     ICE host candidates. ``remote_candidate_addresses()``: those of the peer's ICE candidates.
+    ``peer_path_address()``: the peer's own address on the candidate pair ICE selected (None
+    before, or when it is a TURN relay's). ``local_candidate_addresses()``: the addresses of all
+    this side's candidates (host, its NAT's public one, its relay).
     """
 
     @property
     def loopback_only(self) -> bool: ...
     def local_host_addresses(self) -> tuple[str, ...]: ...
     def remote_candidate_addresses(self) -> frozenset[str]: ...
+    def peer_path_address(self) -> str | None: ...
+    def local_candidate_addresses(self) -> frozenset[str]: ...
 
 
 def connection_addresses(channel: object) -> ConnectionAddresses | None:
@@ -61,7 +66,7 @@ def connection_addresses(channel: object) -> ConnectionAddresses | None:
     Attribute lookup, not ``isinstance``: wrappers that delegate by ``__getattr__`` (the
     worker's replaying channel, a test's recording one) tell what the channel they wrap tells.
     """
-    names = ("local_host_addresses", "remote_candidate_addresses")
+    names = ("local_host_addresses", "remote_candidate_addresses", "peer_path_address", "local_candidate_addresses")
     if all(callable(getattr(channel, name, None)) for name in names) and hasattr(channel, "loopback_only"):
         return channel  # type: ignore[return-value]
     return None

@@ -273,7 +273,8 @@ class DataChannel:
     and by the reader keeping up; a reader that stops reading lets the queue grow.
 
     It also tells about the connection under it (:class:`rtcxfer.net.link.ConnectionAddresses`):
-    :attr:`loopback_only`, :meth:`local_host_addresses`, :meth:`remote_candidate_addresses`.
+    :attr:`loopback_only`, :meth:`local_host_addresses`, :meth:`remote_candidate_addresses`,
+    :meth:`peer_path_address`, :meth:`local_candidate_addresses`.
     """
 
     def __init__(
@@ -374,6 +375,18 @@ class DataChannel:
     def remote_candidate_addresses(self) -> frozenset[str]:
         """The IP addresses of the remote peer's ICE candidates (empty before ICE started)."""
         return aiortc_internals.remote_candidate_addresses(self._channel)
+
+    def peer_path_address(self) -> str | None:
+        """The peer's own IP address on the candidate pair ICE selected, where this side's
+        packets go (its host address, or its NAT's public one); None before ICE selected a pair,
+        and when the peer's side of it is a TURN relay (an address of the relay, not the peer's)."""
+        selected = aiortc_internals.selected_remote_candidate(self._channel)
+        return selected[0] if selected is not None and selected[1] != "relay" else None
+
+    def local_candidate_addresses(self) -> frozenset[str]:
+        """The IP addresses of all this side's ICE candidates: host, server-reflexive (this
+        side's NAT), relay (its TURN server)."""
+        return aiortc_internals.local_candidate_addresses(self._channel)
 
     # -- sending
 

@@ -8,31 +8,45 @@ magic-wormhole's transit, rtcxfer uses the direct path when it exists and falls 
 Setting up (once per session, in :meth:`DirectTransport.negotiate`, at most about 2.5 s)::
 
     client                                             worker
-    listen (ephemeral port), send
+    listen, send
     DIRECT_OFFER::port::fingerprint::ctoken::wtoken::addresses ->
                                                        listen, answer with its own
                                                     <- DIRECT_OFFER::...
                                                        and try to connect to the client's
-    try to connect to the worker's                     (2 s; on failure DIRECT_RESULT::failed::why)
+    try to connect to the worker's                     (2 s; on failure DIRECT_RESULT::failed::unreachable)
     (2 s) ...
-    DIRECT_RESULT::client-connects::-                 (or worker-connects, or unreachable::why) ->
+    DIRECT_RESULT::client-connects::-                 (or worker-connects, or unreachable::unreachable) ->
 
 Both sides listen and both try at once, so a client that cannot reach the worker is reached by
 it instead (the roles swap) and failing both ways costs one 2 s attempt, not two. The client
 prefers its own connections, then the worker's; without either, ``negotiate`` raises a
 :class:`~rtcxfer.protocol.errors.TransferError` saying why, and the client uses the next transport.
 
-A listener binds an ephemeral port on the addresses of its connection's ICE host candidates
-(127.0.0.1 only for a loopback-only one, the default), with a certificate made when the process first needs one
-(the ``cryptography`` package, no files; see :func:`.direct_tls.identity`). The offer crosses the data
-channel, which carries frames only once the session is mutually authenticated. The connecting side
-tries only offered addresses that are among the peer's ICE candidates, speaks TLS 1.3 only,
-compares the SHA-256 of the certificate it is shown with the offered fingerprint before it
-sends anything, then presents a one-time token (32 random bytes); the
-listener answers one byte only to a token it issued and has not seen before. Anything else (no
-TLS, a wrong or reused token, silence past :data:`.direct_tls.HANDSHAKE_TIMEOUT`) is closed without a byte
-of data; at most :data:`.direct_tls.MAX_PENDING_HANDSHAKES` strangers are handled at once, more are closed
-on arrival. The listener closes when its session ends (an unused one at once).
+A listener binds the addresses of its connection's ICE host candidates (127.0.0.1 only for a
+loopback-only one, the default) at an ephemeral port, or at the fixed ``port`` option: a port
+that a NAT or a firewall forwards to this machine (``rtcxfer worker --direct-port``; Vast.ai and
+RunAI publish container ports so, an HPC gateway can forward one). The offer names the listening
+addresses and, with the ``advertise`` option, the public side of such a mapping (``HOST:PORT``).
+Its certificate is made when the process first needs one (the ``cryptography`` package, no
+files; see :func:`.direct_tls.identity`). The offer crosses the data channel, which carries
+frames only once the session is mutually authenticated.
+
+The peer chooses what its offer names, so the connecting side checks it
+(:func:`connect_endpoints`): it connects only to the peer's own address on the ICE path the data
+channel took (at the offer's port) and to advertised endpoints, never to a loopback address
+(unless the data channel itself is loopback-only), to an address of its own machine (its own
+NAT's public address and its TURN relay included), nor to an unspecified, multicast, broadcast
+or link-local one. It tries the allowed ones at once, speaks TLS 1.3 only, compares the SHA-256
+of the certificate it is shown with the offered fingerprint before it sends anything, then
+presents a one-time token (32 random bytes). Whatever its attempt met, the peer hears only
+"unreachable" (:data:`UNREACHABLE_REASON`), and not before the attempt's deadline: neither the
+words nor the timing of the answer tell a refused port from a silent one, so rtcxfer is no port
+scanner for a peer. The listener answers one byte only to a token it issued and has not seen
+before. Anything else (no TLS, a wrong or reused token, silence past
+:data:`.direct_tls.HANDSHAKE_TIMEOUT`) is closed without a byte of data; at most
+:data:`.direct_tls.MAX_PENDING_HANDSHAKES` strangers are handled at once, more are closed on
+arrival. The listener closes once both connections arrived, or when the set-up failed or the
+session ended.
 
 Each side then holds two connections: one carries the files the client sends, the other the
 worker's (each token names which), so the directions never wait for each other. On a
@@ -66,8 +80,12 @@ records and the transfers.
 Options (``context.options["direct"]``):
 
 * ``enabled``: ``False`` to never offer the transport.
-* ``addresses``: addresses to listen on and accept connecting to (default: the connection's ICE
-  host addresses; ``127.0.0.1`` when it is loopback-only).
+* ``addresses``: addresses to listen on, and the only ones connected to (default: the
+  connection's ICE host addresses; ``127.0.0.1`` when it is loopback-only).
+* ``port``: a fixed TCP port to listen on (default 0: an ephemeral port per session); sessions
+  setting up at once share it.
+* ``advertise``: ``HOST:PORT`` (an IP address) to offer beside the listening addresses: where a
+  NAT or firewall forwards ``port`` from.
 * ``connect_timeout``: seconds a connection attempt may take (default 2).
 * ``progress``: ``callable(name, bytes_done, total)``, called as bytes leave and arrive
   (default: ``TransportContext.progress``).
@@ -81,6 +99,7 @@ import hashlib
 import ipaddress
 import json
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -119,6 +138,7 @@ from rtcxfer.transports.direct_tls import (
     RECORD_HEADER,
     Connection,
     DirectOffer,
+    Endpoint,
     Listener,
     connect_pair,
     parse_record_header,
@@ -207,6 +227,15 @@ def parse_meta(payload: bytes) -> DirectMeta:
 
 
 # --- addresses ----------------------------------------------------------------------------
+#
+# Where this side listens follows the connection: its ICE host addresses (127.0.0.1 for a
+# loopback-only one), at an ephemeral port or the fixed ``port`` option. Where it connects is
+# the peer's choice, so it is checked (:func:`connect_endpoints`): a peer must not be able to
+# point this side at another host and port, and least of all at this machine's own services.
+
+#: What a peer is told when this side's connection attempt failed, whatever happened: no
+#: "refused", "reset" or "timed out", which would make rtcxfer a port scanner for the peer.
+UNREACHABLE_REASON = "unreachable"
 
 
 def _loopback_only(channel: object) -> bool:
@@ -235,28 +264,124 @@ def _listenable(address: str) -> bool:
         return False
 
 
-def reachable_addresses(context: TransportContext, offered: str, channel: object) -> list[str]:
-    """The offered addresses this side may connect to: only loopback ones when the connection
-    ``channel`` runs over is loopback-only (no packet leaves the machine), only the configured
-    ones when ``addresses`` is set."""
-    result = []
-    configured = _options(context).get("addresses")
-    loopback_only = _loopback_only(channel)
-    for raw in offered.split(","):
+def fixed_port(context: TransportContext) -> int:
+    """The ``port`` option (0: an ephemeral port per session)."""
+    port = _options(context).get("port") or 0
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
+        raise TransferError(f"the direct port must be a TCP port number (1-65535), not {port!r}")
+    return port
+
+
+def advertised_endpoint(context: TransportContext) -> Endpoint | None:
+    """The ``advertise`` option (``HOST:PORT``, an :class:`Endpoint` or None), checked."""
+    value = _options(context).get("advertise")
+    return None if value is None else parse_advertised(value)
+
+
+def parse_advertised(value: str | Endpoint) -> Endpoint:
+    """An address to advertise (``IPv4:PORT``, ``[IPv6]:PORT`` or an :class:`Endpoint`), or
+    :class:`TransferError` saying why a peer could not use it."""
+    try:
+        endpoint = value if isinstance(value, Endpoint) else Endpoint.parse(str(value))
+    except ValueError as error:
+        raise TransferError(f"the advertised direct address: {error}") from None
+    problem = _never(ipaddress.ip_address(endpoint.address))
+    if problem:
+        raise TransferError(f"the advertised direct address {endpoint} is {problem}")
+    return endpoint
+
+
+def _never(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why no peer may ever make this side connect to ``address``, or None."""
+    if address.is_unspecified:
+        return "unspecified"
+    if address.is_multicast or address == ipaddress.IPv4Address("255.255.255.255"):
+        return "a multicast or broadcast address"
+    if address.is_link_local:
+        return "link-local"
+    return None
+
+
+def _bindable(address: str) -> bool:
+    """Whether ``address`` is one of this machine's own (a socket can be bound to it)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((address, 0))
+    except OSError:
+        return False
+    return True
+
+
+@attrs.frozen
+class Endpoints:
+    """Where this side may connect for a peer's offer (best first), and what it left out and
+    why (for this side's log: never sent to the peer)."""
+
+    allowed: list[Endpoint]
+    refused: list[str]
+
+
+def connect_endpoints(context: TransportContext, offer: DirectOffer, channel: object) -> Endpoints:
+    """The endpoints of ``offer`` this side may connect to.
+
+    An offer names addresses (the peer listens there, at the offer's port) and advertised
+    endpoints (``HOST:PORT``: a port mapped to its listener). Allowed are only:
+
+    * the peer's own address on the candidate pair ICE selected for this connection, at the
+      offer's port, if the offer names it (not a TURN relay's address: that is not the peer);
+    * the advertised endpoints;
+
+    and of those never a loopback address (unless the data channel itself is loopback-only:
+    then loopback ones only, nothing leaves the machine), an address of this machine (one a
+    socket can be bound to, or one of this side's ICE candidates: its NAT's public address, its
+    TURN relay), an unspecified, multicast, broadcast or link-local one; and, where the
+    ``addresses`` option is set, only addresses within it. A connection that cannot tell its
+    ICE path (a test's stand-in) counts as loopback-only with the peer at 127.0.0.1.
+    """
+    path = connection_addresses(channel)
+    loopback_only = path is None or path.loopback_only
+    peer = path.peer_path_address() if path is not None else None
+    if loopback_only:
+        peer = peer or "127.0.0.1"
+    own = frozenset() if path is None or loopback_only else path.local_candidate_addresses()
+    configured = [ipaddress.ip_network(str(each), strict=False) for each in _options(context).get("addresses") or ()]
+    offered: list[Endpoint] = []
+    refused: list[str] = []
+    for raw in offer.addresses.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
         try:
-            address = ipaddress.ip_address(raw.strip())
+            offered.append(Endpoint(str(ipaddress.ip_address(entry)), offer.port))
+            if offered[-1].address != peer:
+                refused.append(f"{offered.pop()}: not the peer's address on the ICE path ({peer or 'none'})")
+            continue
         except ValueError:
-            continue
-        if address.is_multicast or address.is_unspecified or address.is_link_local:
-            continue
-        if configured:
-            networks = [ipaddress.ip_network(str(each), strict=False) for each in configured]
-            if not any(address.version == net.version and address in net for net in networks):
-                continue
-        elif loopback_only and not address.is_loopback:
-            continue
-        result.append(str(address))
-    return result
+            pass
+        try:
+            offered.append(Endpoint.parse(entry))
+        except ValueError as error:
+            refused.append(f"{entry[:80]!r}: {error}")
+    allowed: list[Endpoint] = []
+    for endpoint in offered:
+        address = ipaddress.ip_address(endpoint.address)
+        why = _never(address)
+        if why is None and loopback_only and not address.is_loopback:
+            why = "not a loopback address, and this connection is loopback-only"
+        elif why is None and not loopback_only and address.is_loopback:
+            why = "a loopback address"
+        elif why is None and not loopback_only and (endpoint.address in own or _bindable(endpoint.address)):
+            why = "an address of this machine"
+        elif why is None and configured and not any(
+            address.version == net.version and address in net for net in configured
+        ):
+            why = "outside the configured direct addresses"
+        if why is not None:
+            refused.append(f"{endpoint}: {why}")
+        elif endpoint not in allowed:
+            allowed.append(endpoint)
+    return Endpoints(allowed, refused)
 
 
 def _options(context: TransportContext) -> dict[str, Any]:
@@ -332,7 +457,7 @@ class DirectTransport(Transport):
         assert self._peer_offer is not None and self._peer_failure is not None
         loop = asyncio.get_running_loop()
         started = loop.time()
-        self._listener = Listener(listen_addresses(self.context, self.link.channel), loop, self.context.role)
+        self._listener = self._listen(loop)
         await self.link.send(self._listener.offer())
         try:
             offer = await asyncio.wait_for(asyncio.shield(self._peer_offer), OFFER_TIMEOUT)
@@ -354,15 +479,23 @@ class DirectTransport(Transport):
                 logger.info("direct: the client cannot reach the worker ({}); the worker connected instead", mine)
             else:
                 failure = self._peer_failure
-                theirs = failure.result() if failure.done() and failure.exception() is None else "no answer in time"
+                told_us = failure.done() and failure.exception() is None
+                theirs = "it reported so" if told_us else "no word from it in time"
                 outcome = UNREACHABLE
+                listener = self._listener
+                mine_at = ", ".join(
+                    [str(Endpoint(address, listener.port)) for address in listener.addresses]
+                    + ([str(listener.advertise)] if listener.advertise is not None else [])
+                )
                 reason = (
                     f"gave up after {loop.time() - started:.1f} s: the client cannot reach the worker ({mine}) "
-                    f"and the worker cannot reach the client ({theirs})"
+                    f"and the worker cannot reach the client at {mine_at} ({theirs})"
                 )
         if outcome != WORKER_CONNECTS:
             self._shut_listener()
-        await self.link.send(DirectResult(outcome, quote_for_reply(reason)))
+        # The worker hears only that it was unreachable: what this side's attempts met is its own business.
+        told = UNREACHABLE_REASON if outcome == UNREACHABLE else NO_REASON
+        await self.link.send(DirectResult(outcome, told))
         if pair is None:
             raise TransferError(reason)
         self._use(pair, outcome)
@@ -384,30 +517,42 @@ class DirectTransport(Transport):
             return arrival.result()
         return None
 
+    def _listen(self, loop: asyncio.AbstractEventLoop) -> Listener:
+        return Listener(
+            listen_addresses(self.context, self.link.channel),
+            loop,
+            self.context.role,
+            port=fixed_port(self.context),
+            advertise=advertised_endpoint(self.context),
+        )
+
     async def _connect(self, offer: DirectOffer) -> dict[str, Connection]:
-        addresses = reachable_addresses(self.context, offer.addresses, self.link.channel)
-        candidates = self._peer_candidates()
-        if candidates:
-            # The addresses a peer listens on are its ICE host candidates: connecting only to
-            # those keeps a peer from pointing this side at any other host and port.
-            addresses = [address for address in addresses if address in candidates]
+        """Connections to the peer's offer (:func:`connect_endpoints` says where), or
+        :class:`TransferError` with what happened (for this side's log). A failure is not
+        raised before the attempt's deadline: how soon an attempt fails tells whether something
+        listens there, and the peer must not learn that from the timing of our answer."""
+        endpoints = connect_endpoints(self.context, offer, self.link.channel)
+        for refusal in endpoints.refused:
+            logger.info("direct: not connecting to {}", refusal)
+        if not endpoints.allowed:
+            refused = "; ".join(endpoints.refused) or "none"
+            raise TransferError(f"no address this side may connect to among those offered ({refused})")
         loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._connect_timeout
         deadline = time.monotonic() + self._connect_timeout
-        attempt = loop.run_in_executor(_CONNECT_THREADS, connect_pair, addresses, offer, deadline)
+        attempt = loop.run_in_executor(_CONNECT_THREADS, connect_pair, endpoints.allowed, offer, deadline)
         try:
             return await asyncio.wait_for(asyncio.shield(attempt), self._connect_timeout + 0.25)
         except asyncio.TimeoutError:
             attempt.add_done_callback(_close_pair_when_done)
-            raise TransferError(f"no connection to {offer.addresses} within {self._connect_timeout:g} s") from None
+            tried = ", ".join(map(str, endpoints.allowed))
+            raise TransferError(f"no connection to {tried} within {self._connect_timeout:g} s") from None
         except asyncio.CancelledError:
             attempt.add_done_callback(_close_pair_when_done)
             raise
         except (OSError, ssl.SSLError) as error:
+            await asyncio.sleep(max(0.0, give_up - loop.time()))
             raise TransferError(describe(error)) from None
-
-    def _peer_candidates(self) -> frozenset[str]:
-        addresses = connection_addresses(self.link.channel)
-        return addresses.remote_candidate_addresses() if addresses is not None else frozenset()
 
     # --- negotiation: worker side -----------------------------------------------------
 
@@ -439,11 +584,10 @@ class DirectTransport(Transport):
 
     async def _answer_offer(self, offer: DirectOffer) -> None:
         try:
-            self._listener = Listener(
-                listen_addresses(self.context, self.link.channel), asyncio.get_running_loop(), self.context.role
-            )
+            self._listener = self._listen(asyncio.get_running_loop())
         except RtcxferError as error:
-            await self.link.send(DirectResult(UNREACHABLE, quote_for_reply(str(error))))
+            logger.warning("direct: {}", error)
+            await self.link.send(DirectResult(UNREACHABLE, "the worker cannot listen"))
             return
         await self.link.send(self._listener.offer())
         self._outbound = asyncio.create_task(self._connect(offer))
@@ -455,7 +599,7 @@ class DirectTransport(Transport):
                 logger.debug("direct: the worker's own attempt ended after the client chose: {}", error)
                 return
             logger.info("direct: the worker cannot reach the client: {}", error)
-            await self.link.send(DirectResult(FAILED, quote_for_reply(str(error))))
+            await self.link.send(DirectResult(FAILED, UNREACHABLE_REASON))
 
     async def _settle(self, result: DirectResult) -> None:
         """Worker: the client's choice."""
@@ -492,6 +636,8 @@ class DirectTransport(Transport):
         theirs = "worker" if mine == "client" else "client"
         self._send_connection, self._receive_connection = pair[mine], pair[theirs]
         self.mode = mode
+        # Both connections are here: nothing more to accept (a fixed port is free for the next session).
+        self._shut_listener()
         if self._closed:
             self._close_connections()
             return

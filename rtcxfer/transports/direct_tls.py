@@ -3,18 +3,27 @@ certificate, a TLS 1.3 stream over a blocking socket, a connection of records, c
 pinned fingerprint and a one-time token, and a listener that hands over exactly two
 connections and gives strangers nothing.
 
-Everything blocking here runs in threads; the listener's accept loop and hand-over run on the
-event loop.
+A listener takes an ephemeral port of its own, or a fixed one (a port a NAT or firewall maps to
+this machine: ``rtcxfer worker --direct-port``), which every session of the process that is
+setting up shares: one listening socket per address, each newcomer handed to the session whose
+token it presents. An offer names where the listener listens (its addresses, at its port) and
+where else it can be reached (an advertised :class:`Endpoint`, ``HOST:PORT``: the public side of
+such a mapping).
+
+Everything blocking here runs in threads; the accept loop and hand-over run on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import errno
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
+import selectors
 import socket
 import ssl
 import struct
@@ -50,13 +59,50 @@ META, DATA, END, ACCEPT, ACK, ERROR = range(1, 7)
 class DirectOffer(Frame):
     """Either side: connect to me here, with TLS pinned to ``fingerprint``, presenting
     ``client_token`` for the connection that carries the client's files and ``worker_token``
-    for the worker's. ``addresses`` is a comma-separated list."""
+    for the worker's. ``addresses`` is a comma-separated list of IP addresses (listening at
+    ``port``) and advertised endpoints (``IPv4:PORT`` or ``[IPv6]:PORT``: a port mapped to the
+    listener); a peer that knows no endpoints skips them, as they are no IP address."""
 
     port: int = integer()
     fingerprint: str = hex_digits(64)
     client_token: str = hex_digits(64)
     worker_token: str = hex_digits(64)
     addresses: str = text(greedy=True)
+
+
+@attrs.frozen
+class Endpoint:
+    """An IP address and a TCP port; ``str()`` is ``1.2.3.4:5`` or ``[2001:db8::1]:5``, which
+    :meth:`parse` reads back."""
+
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        """``IPv4:PORT`` or ``[IPv6]:PORT`` (no host names: an offer names addresses); ValueError
+        saying why for anything else."""
+        text = text.strip()
+        if text.startswith("["):
+            host, bracket, port = text[1:].partition("]:")
+            if not bracket:
+                raise ValueError(f"{text[:80]!r} is not [IPv6]:PORT")
+        else:
+            host, colon, port = text.rpartition(":")
+            if not colon or ":" in host:
+                raise ValueError(f"{text[:80]!r} is not IPv4:PORT or [IPv6]:PORT")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{host[:64]!r} is not an IP address") from None
+        if ("[" in text) != (address.version == 6):
+            raise ValueError(f"{text[:80]!r}: an IPv6 address goes in brackets, an IPv4 one not")
+        if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"{port[:16]!r} is not a TCP port (1-65535)")
+        return cls(str(address), int(port))
 
 
 def parse_record_header(header: bytes, allowed: Iterable[int], limit: int) -> tuple[int, int]:
@@ -294,9 +340,47 @@ class Connection:
 # --- connecting ---------------------------------------------------------------------------
 
 
-def _connect_one(address: str, port: int, fingerprint: str, token_bytes: bytes, deadline: float) -> Connection:
-    """Connect, check the pinned fingerprint, present the token, wait for its acceptance.
-    Blocking; every step bounded by ``deadline`` (a ``time.monotonic`` value)."""
+def _first_connection(endpoints: list[Endpoint], deadline: float) -> tuple[socket.socket, Endpoint]:
+    """A TCP connection to whichever of ``endpoints`` answers first, all tried at once until
+    ``deadline`` (a ``time.monotonic`` value): one endpoint that drops packets costs no time
+    of the others'. The others' attempts are closed. Blocking."""
+    problems: list[str] = []
+    pending: dict[socket.socket, Endpoint] = {}
+    selector = selectors.DefaultSelector()
+    try:
+        for endpoint in endpoints:
+            sock = socket.socket(socket.AF_INET6 if ":" in endpoint.address else socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            code = sock.connect_ex((endpoint.address, endpoint.port))
+            if code in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+                selector.register(sock, selectors.EVENT_WRITE, endpoint)
+                pending[sock] = endpoint
+            else:
+                sock.close()
+                problems.append(f"{endpoint}: {os.strerror(code)}")
+        while pending and (left := deadline - time.monotonic()) > 0:
+            for key, _ in selector.select(left):
+                sock, endpoint = key.fileobj, key.data
+                assert isinstance(sock, socket.socket)
+                selector.unregister(sock)
+                del pending[sock]
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code == 0:
+                    sock.setblocking(True)
+                    return sock, endpoint
+                sock.close()
+                problems.append(f"{endpoint}: {os.strerror(code)}")
+        problems += [f"{endpoint}: no answer in time" for endpoint in pending.values()]
+        raise ConnectionError("; ".join(problems) or "no address to connect to")
+    finally:
+        for sock in pending:
+            sock.close()
+        selector.close()
+
+
+def _present_token(raw: socket.socket, fingerprint: str, token_bytes: bytes, deadline: float) -> TlsStream:
+    """TLS over ``raw``, the pinned fingerprint checked, the token presented and accepted.
+    Blocking; every step bounded by ``deadline``; ``raw`` is closed on failure."""
 
     def remaining() -> float:
         left = deadline - time.monotonic()
@@ -304,7 +388,6 @@ def _connect_one(address: str, port: int, fingerprint: str, token_bytes: bytes, 
             raise TimeoutError(f"no connection within {CONNECT_TIMEOUT:g} s")
         return left
 
-    raw = socket.create_connection((address, port), timeout=remaining())
     try:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         raw.settimeout(remaining())
@@ -322,53 +405,68 @@ def _connect_one(address: str, port: int, fingerprint: str, token_bytes: bytes, 
     except BaseException:
         raw.close()
         raise
-    return Connection(tls, f"{address}:{port}")
+    return tls
 
 
-def connect_pair(addresses: list[str], offer: DirectOffer, deadline: float) -> dict[str, Connection]:
-    """Both connections (by whose files they carry) to the first address that works."""
-    if not addresses:
+def _connect_one(address: str, port: int, fingerprint: str, token_bytes: bytes, deadline: float) -> Connection:
+    """Connect, check the pinned fingerprint, present the token, wait for its acceptance.
+    Blocking; every step bounded by ``deadline`` (a ``time.monotonic`` value)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(f"no connection within {CONNECT_TIMEOUT:g} s")
+    raw = socket.create_connection((address, port), timeout=left)
+    return Connection(_present_token(raw, fingerprint, token_bytes, deadline), str(Endpoint(address, port)))
+
+
+def connect_pair(endpoints: list[Endpoint], offer: DirectOffer, deadline: float) -> dict[str, Connection]:
+    """Both connections (by whose files they carry) to the first of ``endpoints`` that answers
+    (all are tried at once). Raises ``ConnectionError`` (or ``OSError``, ``ssl.SSLError``)
+    saying what happened at each, for this side's log only."""
+    if not endpoints:
         raise ConnectionRefusedError(f"no usable address among those offered ({offer.addresses or 'none'})")
-    tokens = {"client": bytes.fromhex(offer.client_token), "worker": bytes.fromhex(offer.worker_token)}
-    problems = []
-    for address in addresses:
-        made: dict[str, Connection] = {}
-        try:
-            for role, token_bytes in tokens.items():
-                made[role] = _connect_one(address, offer.port, offer.fingerprint, token_bytes, deadline)
-            return made
-        except (OSError, ssl.SSLError, ConnectionClosedError) as error:
-            for connection in made.values():
-                connection.close()
-            problems.append(f"{address}:{offer.port}: {describe(error)}")
-            if time.monotonic() >= deadline:
-                break
-    raise ConnectionError("; ".join(problems))
+    raw, endpoint = _first_connection(endpoints, deadline)
+    made: dict[str, Connection] = {}
+    try:
+        made["client"] = Connection(
+            _present_token(raw, offer.fingerprint, bytes.fromhex(offer.client_token), deadline), str(endpoint)
+        )
+        made["worker"] = _connect_one(
+            endpoint.address, endpoint.port, offer.fingerprint, bytes.fromhex(offer.worker_token), deadline
+        )
+    except (OSError, ssl.SSLError, ConnectionClosedError) as error:
+        for connection in made.values():
+            connection.close()
+        raise ConnectionError(f"{endpoint}: {describe(error)}") from None
+    return made
 
 
 # --- listening ----------------------------------------------------------------------------
 
 
-class Listener:
-    """An ephemeral TCP port on the given addresses that hands over exactly two connections,
-    each authenticated by a one-time token; strangers get nothing."""
+class _Acceptor:
+    """Listening sockets on one port, one per address, and the TLS handshake and token of each
+    newcomer (in a thread of its own, bounded in time), which is handed to the :class:`Listener`
+    that issued its token; strangers get nothing. An ephemeral port's acceptor serves one
+    listener; a fixed port's serves every listener of the process that is open at the time."""
 
-    def __init__(self, addresses: list[str], loop: asyncio.AbstractEventLoop, role: str) -> None:
-        #: Whose listener this is (``client`` or ``worker``).
-        self.role = role
-        self._loop = loop
+    def __init__(self, loop: asyncio.AbstractEventLoop, port: int) -> None:
+        self.loop = loop
+        self.port = port
         self._identity = identity()
-        self.tokens = {"client": secrets.token_bytes(TOKEN_BYTES), "worker": secrets.token_bytes(TOKEN_BYTES)}
-        self.arrived: dict[str, asyncio.Future[Connection]] = {role: loop.create_future() for role in self.tokens}
-        self._token_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
         self._pending = 0
-        self._sockets: list[socket.socket] = []
+        self._sockets: dict[str, socket.socket] = {}
         self._tasks: list[asyncio.Task] = []
         self._closed = False
-        self.port = 0
+
+    def bind(self, addresses: list[str]) -> list[str]:
+        """Listen on those of ``addresses`` not listened on yet (at this port; an ephemeral
+        port is chosen by the first); the ones listened on among ``addresses``."""
         for address in addresses:
-            family = socket.AF_INET6 if ":" in address else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            if address in self._sockets:
+                continue
+            sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((address, self.port))
@@ -376,35 +474,47 @@ class Listener:
                 sock.setblocking(False)
             except OSError as error:
                 sock.close()
-                logger.debug("direct: cannot listen on {}: {}", address, error)
+                logger.debug("direct: cannot listen on {}: {}", Endpoint(address, self.port), error)
                 continue
             self.port = self.port or sock.getsockname()[1]
-            self._sockets.append(sock)
-        self.addresses = [sock.getsockname()[0] for sock in self._sockets]
-        if not self._sockets:
-            raise TransferError(f"cannot listen on any of {', '.join(addresses) or 'no addresses'}")
-        self._tasks = [loop.create_task(self._accept(sock)) for sock in self._sockets]
+            self._sockets[address] = sock
+            self._tasks.append(self.loop.create_task(self._accept(sock)))
+        return [address for address in addresses if address in self._sockets]
 
-    def offer(self) -> DirectOffer:
-        return DirectOffer(
-            self.port,
-            self._identity.fingerprint,
-            self.tokens["client"].hex(),
-            self.tokens["worker"].hex(),
-            ",".join(self.addresses),
-        )
+    def attach(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def detach(self, listener: Listener) -> bool:
+        """Forget ``listener``; True when no listener is left (then the acceptor closed)."""
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+            empty = not self._listeners
+        if empty:
+            self.close()
+        return empty
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for sock in self._sockets.values():
+            with suppress(OSError):
+                sock.close()
 
     async def _accept(self, sock: socket.socket) -> None:
         while True:
             try:
-                connection, address = await self._loop.sock_accept(sock)
+                connection, address = await self.loop.sock_accept(sock)
             except OSError as error:
                 if self._closed:
                     return
                 logger.debug("direct: accept failed: {}", error)
                 await asyncio.sleep(0.05)
                 continue
-            with self._token_lock:
+            with self._lock:
                 admit = self._pending < MAX_PENDING_HANDSHAKES and not self._closed
                 if admit:
                     self._pending += 1
@@ -434,13 +544,18 @@ class Listener:
                     raise ConnectionAbortedError("closed before presenting a token")
                 got += count
                 raw.settimeout(max(0.01, deadline - time.monotonic()))
-            role = self._redeem(bytes(presented))
-            if role is None:
+            with self._lock:
+                listeners = list(self._listeners)
+            redeemed = next(
+                ((listener, role) for listener in listeners if (role := listener.redeem(bytes(presented)))), None
+            )
+            if redeemed is None:
                 raise PermissionError("wrong or used token")
+            listener, role = redeemed
             connection = Connection(tls, peer)
             # Registered before the acceptance byte leaves, so the peer's next message over
             # the data channel always finds the connection here.
-            self._loop.call_soon_threadsafe(self._deliver, role, connection)
+            self.loop.call_soon_threadsafe(listener.deliver, role, connection)
             handed_over = True
             tls.sendall(TOKEN_ACCEPTED)
             raw.settimeout(None)
@@ -449,10 +564,86 @@ class Listener:
         finally:
             if not handed_over:
                 raw.close()
-            with self._token_lock:
+            with self._lock:
                 self._pending -= 1
 
-    def _redeem(self, presented: bytes) -> str | None:
+
+#: The acceptors of fixed ports (``--direct-port``), shared by the sessions setting up at once.
+_shared_acceptors: dict[int, _Acceptor] = {}
+
+
+def _acceptor_for(loop: asyncio.AbstractEventLoop, port: int) -> _Acceptor:
+    acceptor = _shared_acceptors.get(port)
+    if acceptor is None or acceptor.loop is not loop:
+        acceptor = _shared_acceptors[port] = _Acceptor(loop, port)
+    return acceptor
+
+
+def _forget_acceptor(acceptor: _Acceptor) -> None:
+    if _shared_acceptors.get(acceptor.port) is acceptor:
+        del _shared_acceptors[acceptor.port]
+
+
+def check_port_free(port: int) -> None:
+    """Raise ``OSError`` if this machine cannot listen on TCP ``port`` now (in use, or not
+    allowed): what a fixed direct port needs, checked before a worker starts."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("0.0.0.0", port))
+        sock.listen(1)
+
+
+class Listener:
+    """A TCP port on the given addresses that hands over exactly two connections, each
+    authenticated by a one-time token; strangers get nothing.
+
+    ``port`` 0 (the default): an ephemeral port of its own. Otherwise that fixed port, shared
+    with every other listener of the process open at the same time (each connection goes to
+    the listener whose token it presents). ``advertise``: an endpoint the offer names too (the
+    public side of a port a NAT maps to this one).
+    """
+
+    def __init__(
+        self,
+        addresses: list[str],
+        loop: asyncio.AbstractEventLoop,
+        role: str,
+        *,
+        port: int = 0,
+        advertise: Endpoint | None = None,
+    ) -> None:
+        #: Whose listener this is (``client`` or ``worker``).
+        self.role = role
+        self._loop = loop
+        self._identity = identity()
+        self.advertise = advertise
+        self.tokens = {"client": secrets.token_bytes(TOKEN_BYTES), "worker": secrets.token_bytes(TOKEN_BYTES)}
+        self.arrived: dict[str, asyncio.Future[Connection]] = {role: loop.create_future() for role in self.tokens}
+        self._token_lock = threading.Lock()
+        self._closed = False
+        self._acceptor = _acceptor_for(loop, port) if port else _Acceptor(loop, 0)
+        self.addresses = self._acceptor.bind(addresses)
+        if not self.addresses:
+            if self._acceptor.detach(self):
+                _forget_acceptor(self._acceptor)
+            where = ", ".join(str(Endpoint(address, port)) if port else address for address in addresses)
+            raise TransferError(f"cannot listen on any of {where or 'no addresses'}")
+        self._acceptor.attach(self)
+        self.port = self._acceptor.port
+
+    def offer(self) -> DirectOffer:
+        entries = [*self.addresses, *([str(self.advertise)] if self.advertise is not None else [])]
+        return DirectOffer(
+            self.port,
+            self._identity.fingerprint,
+            self.tokens["client"].hex(),
+            self.tokens["worker"].hex(),
+            ",".join(entries),
+        )
+
+    def redeem(self, presented: bytes) -> str | None:
+        """The role of a token this listener issued and nobody presented before (then it is
+        used up), else None. Called from handshake threads."""
         with self._token_lock:
             if self._closed:
                 return None
@@ -462,7 +653,8 @@ class Listener:
                     return role
         return None
 
-    def _deliver(self, role: str, connection: Connection) -> None:
+    def deliver(self, role: str, connection: Connection) -> None:
+        """On the event loop: the connection that presented ``role``'s token."""
         future = self.arrived[role]
         if self._closed or future.done():
             connection.close()
@@ -473,15 +665,15 @@ class Listener:
         return {role: await future for role, future in self.arrived.items()}
 
     def close(self) -> None:
-        """Stop listening; connections already handed over stay open."""
+        """Stop listening (a shared port: for this listener; the port closes with the last);
+        connections already handed over stay open."""
         with self._token_lock:
+            if self._closed:
+                return
             self._closed = True
             self.tokens.clear()
-        for task in self._tasks:
-            task.cancel()
-        for sock in self._sockets:
-            with suppress(OSError):
-                sock.close()
+        if self._acceptor.detach(self):
+            _forget_acceptor(self._acceptor)
         for future in self.arrived.values():
             if not future.done():
                 future.set_exception(ConnectionClosedError("the direct listener closed"))

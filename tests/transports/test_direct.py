@@ -11,6 +11,7 @@ packets. Across two network namespaces with nftables the same cases run in
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import socket
 import ssl
@@ -31,7 +32,7 @@ from rtcxfer.testing.contract import _wait_for_received, contract_pair, make_fil
 from rtcxfer.transport.base import TransportContext
 from rtcxfer.transport.host import PluginHost
 from rtcxfer.transports import direct, direct_tls
-from rtcxfer.transports.direct import listen_addresses, parse_meta, reachable_addresses
+from rtcxfer.transports.direct import connect_endpoints, listen_addresses, parse_meta
 from rtcxfer.transports.direct_tls import (
     DATA,
     END,
@@ -493,9 +494,9 @@ def test_a_job_whose_direct_connection_broke_falls_back_to_rtc_chunked(tmp_path)
     assert any(n.startswith("direct failed") and "retrying over rtc-chunked" in n for n in notices), notices
 
 
-def test_an_offered_address_that_is_not_a_peer_candidate_is_never_connected_to(tmp_path, monkeypatch):
-    """A peer cannot point this side at another host and port: only its ICE candidates'
-    addresses are tried (here 127.0.0.2, a loopback address the worker's ICE never used)."""
+def test_an_offered_address_off_the_ice_path_is_never_connected_to(tmp_path, monkeypatch):
+    """A peer cannot point this side at another host and port: of the addresses it offers, only
+    its own on the ICE path is tried (here it offers only 127.0.0.2, which its ICE never used)."""
     bystander = socket.socket()
     bystander.bind(("127.0.0.2", 0))
     bystander.listen(8)
@@ -526,14 +527,195 @@ def test_an_offered_address_that_is_not_a_peer_candidate_is_never_connected_to(t
         bystander.close()
 
 
+@attrs.define
+class PathStandIn:
+    """What a data channel tells about its connection (``ConnectionAddresses``), made up: a
+    connection that is not loopback-only, the peer at ``peer`` on the ICE path."""
+
+    peer: str | None = "198.51.100.3"
+    own: frozenset[str] = frozenset({"10.1.0.2", "198.51.100.2"})
+    host: tuple[str, ...] = ("10.1.0.2",)
+    loopback_only: bool = False
+
+    def local_host_addresses(self) -> tuple[str, ...]:
+        return self.host
+
+    def remote_candidate_addresses(self) -> frozenset[str]:
+        return frozenset({"10.2.0.2", "198.51.100.3", "198.51.100.1"})
+
+    def peer_path_address(self) -> str | None:
+        return self.peer
+
+    def local_candidate_addresses(self) -> frozenset[str]:
+        return self.own
+
+
+def offer_of(addresses: str, port: int = 40000) -> DirectOffer:
+    return DirectOffer(port, "a" * 64, "b" * 64, "c" * 64, addresses)
+
+
+def test_only_the_peers_ice_path_address_and_advertised_endpoints_may_be_connected_to(tmp_path):
+    client, _ = contexts(tmp_path)
+    path = PathStandIn()
+    offered = offer_of(
+        "10.2.0.2,198.51.100.3,198.51.100.3:9000,[2001:db8::5]:443,127.0.0.1:22,127.0.0.1,198.51.100.2:8080,"
+        "10.1.0.2:5000,0.0.0.0:1,224.0.0.1:5,[fe80::1]:7,198.51.100.3:0,nonsense,1.2.3.4:99999"
+    )
+    found = connect_endpoints(client, offered, path)
+    assert [str(each) for each in found.allowed] == ["198.51.100.3:40000", "198.51.100.3:9000", "[2001:db8::5]:443"]
+    why = "\n".join(found.refused)
+    for refused, reason in [
+        ("10.2.0.2:40000", "not the peer's address on the ICE path"),
+        ("127.0.0.1:22", "a loopback address"),
+        ("127.0.0.1:40000", "not the peer's address on the ICE path"),
+        ("198.51.100.2:8080", "an address of this machine"),  # this side's own NAT
+        ("10.1.0.2:5000", "an address of this machine"),
+        ("0.0.0.0:1", "unspecified"),
+        ("224.0.0.1:5", "multicast"),
+        ("[fe80::1]:7", "link-local"),
+        ("'198.51.100.3:0'", "not a TCP port"),
+        ("'nonsense'", "is not IPv4:PORT or [IPv6]:PORT"),
+        ("'1.2.3.4:99999'", "not a TCP port"),
+    ]:
+        assert any(line.startswith(refused) and reason in line for line in found.refused), (refused, why)
+
+    # Relayed (the peer's side of the pair is a TURN relay): only advertised endpoints.
+    relayed = connect_endpoints(client, offer_of("198.51.100.3,198.51.100.3:9000"), PathStandIn(peer=None))
+    assert [str(each) for each in relayed.allowed] == ["198.51.100.3:9000"]
+    # The addresses option narrows further.
+    configured, _ = contexts(tmp_path, addresses=["10.1.0.2", "203.0.113.0/24"])
+    narrowed = connect_endpoints(configured, offer_of("198.51.100.3,203.0.113.9:9000"), path)
+    assert [str(each) for each in narrowed.allowed] == ["203.0.113.9:9000"]
+
+
+def test_a_loopback_only_connection_connects_to_loopback_only(tmp_path):
+    client, _ = contexts(tmp_path)
+    offered = offer_of("127.0.0.1,127.0.0.2,10.0.0.9,127.0.0.1:9000,10.0.0.9:9000")
+    for path in (PathStandIn(peer="127.0.0.1", loopback_only=True), PathStandIn(peer=None, loopback_only=True), None):
+        found = connect_endpoints(client, offered, path if path is not None else object())
+        assert [str(each) for each in found.allowed] == ["127.0.0.1:40000", "127.0.0.1:9000"], found
+
+
+@given(st.lists(st.one_of(
+    st.from_regex(r"\A(\d{1,3}\.){3}\d{1,3}(:\d{1,6})?\Z"),
+    st.from_regex(r"\A\[[0-9a-f:]{2,20}\]:\d{1,6}\Z"),
+    st.sampled_from(["127.0.0.1", "127.0.0.1:1", "198.51.100.3", "198.51.100.2:9", "10.1.0.2", "[::1]:5"]),
+    st.text(max_size=30),
+), max_size=8), st.integers(1, 65535))
+def test_whatever_a_peer_offers_only_its_path_address_and_advertised_endpoints_pass(entries, port):
+    context = TransportContext("client", Path("unused"), options={})
+    path = PathStandIn()
+    offer = offer_of(",".join(entry.replace(",", "") for entry in entries), port)
+    found = connect_endpoints(context, offer, path)
+    advertised = set()
+    for entry in offer.addresses.split(","):
+        try:
+            advertised.add(direct_tls.Endpoint.parse(entry))
+        except ValueError:
+            pass
+    for endpoint in found.allowed:
+        assert endpoint == direct_tls.Endpoint("198.51.100.3", port) or endpoint in advertised
+        address = ipaddress.ip_address(endpoint.address)
+        assert not (address.is_loopback or address.is_unspecified or address.is_multicast or address.is_link_local)
+        assert endpoint.address not in path.own and 0 < endpoint.port < 65536
+
+
+@given(st.text(max_size=60))
+def test_any_endpoint_text_parses_to_one_that_prints_back_or_raises_value_error(text):
+    try:
+        endpoint = direct_tls.Endpoint.parse(text)
+    except ValueError:
+        return
+    assert direct_tls.Endpoint.parse(str(endpoint)) == endpoint
+    assert 0 < endpoint.port < 65536
+
+
+def test_a_peer_that_offers_loopback_or_this_machines_address_is_refused_without_connecting(tmp_path, monkeypatch):
+    """The worker advertises 127.0.0.1 (a service of the client's machine) and then the client's
+    own public address, on a connection that is not loopback-only: the client connects to
+    neither (no connection attempt is made at all), and all the worker hears is "unreachable"."""
+    bystander = socket.socket()
+    bystander.bind(("127.0.0.1", 0))
+    bystander.listen(8)
+    bystander.settimeout(0.2)
+    port = bystander.getsockname()[1]
+    attempts: list = []
+
+    def connect_pair(endpoints, offer, deadline):
+        attempts.append(list(endpoints))
+        raise ConnectionRefusedError("the test forbids connecting")
+
+    monkeypatch.setattr(direct, "connect_pair", connect_pair)
+    # Both sides' connections are told to be between two machines, the worker at 198.51.100.3.
+    monkeypatch.setattr(direct, "connection_addresses", lambda channel: PathStandIn(host=("127.0.0.1",)))
+    told: list[tuple[str, str, str]] = []
+    real_on_frame = direct.DirectTransport.on_frame
+
+    async def on_frame(self, frame):
+        if isinstance(frame, direct.DirectResult):
+            told.append((self.context.role, frame.outcome, frame.reason))
+        await real_on_frame(self, frame)
+
+    monkeypatch.setattr(direct.DirectTransport, "on_frame", on_frame)
+
+    async def scenario(advertise: str) -> str:
+        client_context, worker_context = contexts(tmp_path)
+        worker_context.options["direct"]["advertise"] = advertise
+        async with contract_pair(HOST, "direct", client_context, worker_context) as pair:
+            with pytest.raises(TransferError) as raised:
+                await pair.client.negotiate()
+            await pair.worker.wait_settled(5)
+            return str(raised.value)
+
+    try:
+        loopback = run_async(scenario(f"127.0.0.1:{port}"), 60)
+        own = run_async(scenario("198.51.100.2:8080"), 60)
+        with pytest.raises(socket.timeout):
+            bystander.accept()
+    finally:
+        bystander.close()
+    assert attempts == []
+    assert f"127.0.0.1:{port}: a loopback address" in loopback, loopback
+    assert "198.51.100.2:8080: an address of this machine" in own, own
+    # What crossed the data channel about the attempts: "unreachable", nothing else.
+    assert {(role, reason) for role, _, reason in told} == {("client", "unreachable"), ("worker", "unreachable")}, told
+
+
+def test_sessions_setting_up_at_once_share_a_fixed_port_that_is_free_again_afterwards(tmp_path):
+    """Two sessions of one worker with a fixed direct port (``--direct-port``), set up at once:
+    each gets its own connections through the one port, and the port is free once they have them."""
+    with closing(socket.socket()) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    source = make_file(tmp_path / "out" / "shared-port.bin", MiB + 3, seed=4)
+
+    async def session(number: int) -> int:
+        client_context, worker_context = contexts(tmp_path / str(number))
+        worker_context.options["direct"].update(port=port, advertise=f"127.0.0.1:{port}")
+        async with contract_pair(HOST, "direct", client_context, worker_context) as pair:
+            assert await pair.client.negotiate()
+            await pair.worker.wait_settled(5)
+            assert pair.worker.listener.port == port
+            await pair.client.send_file(source, "up.bin")
+            file = await _wait_for_received(pair, "worker", 1, 10)
+            assert file.sha256 == sha256_of(source) and file.transport == "direct"
+            return pair.worker.listener.port
+
+    async def scenario() -> None:
+        assert await asyncio.gather(session(1), session(2)) == [port, port]
+
+    run_async(scenario(), 60)
+    with closing(socket.socket()) as again:
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+
+
 def test_the_addresses_follow_the_connection_not_the_process(tmp_path):
-    """A loopback-only connection listens on and accepts 127.0.0.1 only; an any-interface one in
-    the same process listens on its own ICE host addresses and accepts any unicast address (the
-    peer's candidates narrow that down before connecting); the ``addresses`` option overrides
-    both. The any-interface peer only gathers (no STUN server: nothing is sent), never connects."""
+    """A loopback-only connection listens on 127.0.0.1 only; an any-interface one in the same
+    process listens on its own ICE host addresses; the ``addresses`` option overrides both. The
+    any-interface peer only gathers (no STUN server: nothing is sent), never connects."""
     client, _ = contexts(tmp_path)
     configured, _ = contexts(tmp_path, addresses=["127.0.0.1", "fd00::9"])
-    offered = "127.0.0.1,192.0.2.9,fd00::9,fe80::1,224.0.0.1,0.0.0.0,not-an-address"
 
     async def scenario() -> None:
         loopback, _, close = await connect_pair_in_process()
@@ -543,14 +725,14 @@ def test_the_addresses_follow_the_connection_not_the_process(tmp_path):
             assert anywhere.channel is not None
             own = anywhere.channel.local_host_addresses()
             assert own and "127.0.0.1" not in own
+            assert anywhere.channel.peer_path_address() is None  # no ICE yet
+            assert set(own) <= anywhere.channel.local_candidate_addresses()
             for channel in (loopback, ReplayChannel("first message", loopback), object()):
                 assert listen_addresses(client, channel) == ["127.0.0.1"]
-                assert reachable_addresses(client, offered, channel) == ["127.0.0.1"]
+            assert loopback.peer_path_address() == "127.0.0.1"
             for channel in (anywhere.channel, ReplayChannel("first message", anywhere.channel)):
                 assert listen_addresses(client, channel) == list(own)
-                assert reachable_addresses(client, offered, channel) == ["127.0.0.1", "192.0.2.9", "fd00::9"]
                 assert listen_addresses(configured, channel) == ["127.0.0.1", "fd00::9"]
-                assert reachable_addresses(configured, offered, channel) == ["127.0.0.1", "fd00::9"]
         finally:
             await anywhere.close()
             await close()
