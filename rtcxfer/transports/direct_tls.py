@@ -212,11 +212,16 @@ class TlsStream:
     carries all the records of a write, which moved 10-30 % more per second between the two
     hosts of the test bed. OpenSSL releases the GIL while it encrypts and decrypts.
 
-    Timeouts are the socket's (``sock.settimeout``). One thread at a time.
+    Timeouts are the socket's (``sock.settimeout``), or :attr:`deadline` when set. One thread
+    at a time.
     """
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext, *, server_side: bool) -> None:
         self.sock = sock
+        #: A ``time.monotonic`` value every read must finish by (``None``: the socket's timeout).
+        #: A per-read timeout alone lets a peer that sends a byte at a time stretch a handshake
+        #: forever; each read waits here at most for what is left.
+        self.deadline: float | None = None
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
@@ -243,6 +248,11 @@ class TlsStream:
             self.sock.sendall(pending)
 
     def _fill(self) -> bool:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("deadline passed")
+            self.sock.settimeout(left)
         count = self.sock.recv_into(self._buffer)
         if not count:
             self._incoming.write_eof()
@@ -392,6 +402,7 @@ def _present_token(raw: socket.socket, fingerprint: str, token_bytes: bytes, dea
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         raw.settimeout(remaining())
         tls = TlsStream(raw, _client_context(), server_side=False)
+        tls.deadline = deadline
         tls.handshake()
         shown = hashlib.sha256(tls.peer_certificate()).hexdigest()
         if not hmac.compare_digest(shown, fingerprint):
@@ -401,6 +412,7 @@ def _present_token(raw: socket.socket, fingerprint: str, token_bytes: bytes, dea
         answer = bytearray(1)
         if tls.recv_into(memoryview(answer), 1) != 1 or bytes(answer) != TOKEN_ACCEPTED:
             raise ConnectionRefusedError("the token was not accepted")
+        tls.deadline = None
         raw.settimeout(None)
     except BaseException:
         raw.close()
@@ -529,13 +541,14 @@ class _Acceptor:
         """A newcomer's TLS handshake and token, in its own thread, bounded in time."""
         handed_over = False
         try:
-            deadline = time.monotonic() + HANDSHAKE_TIMEOUT
             raw.setblocking(True)
             raw.settimeout(HANDSHAKE_TIMEOUT)
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             tls = TlsStream(raw, self._identity.server_context, server_side=True)
+            # The whole of the handshake and the token, not each read: a stranger trickling a
+            # byte at a time holds its thread (and one of the few places) no longer than this.
+            tls.deadline = time.monotonic() + HANDSHAKE_TIMEOUT
             tls.handshake()
-            raw.settimeout(max(0.01, deadline - time.monotonic()))
             presented = bytearray(TOKEN_BYTES)
             got = 0
             while got < TOKEN_BYTES:
@@ -543,7 +556,7 @@ class _Acceptor:
                 if not count:
                     raise ConnectionAbortedError("closed before presenting a token")
                 got += count
-                raw.settimeout(max(0.01, deadline - time.monotonic()))
+            tls.deadline = None
             with self._lock:
                 listeners = list(self._listeners)
             redeemed = next(

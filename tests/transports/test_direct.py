@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import select
 import socket
 import ssl
 import time
@@ -203,6 +204,85 @@ def test_a_stranger_gets_nothing(behaviour, monkeypatch):
             rig.listener.close()
 
     run_async(scenario(), 30)
+
+
+def client_hello() -> bytes:
+    """The first flight of a real TLS 1.3 client: a stranger that starts its handshake properly."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO())
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def trickle(port: int, hello: bytes, pause: float, most: int) -> int:
+    """Send ``hello`` a byte at a time, ``pause`` seconds apart, until the listener hangs up or
+    ``most`` bytes went; how many went."""
+    with closing(socket.create_connection(("127.0.0.1", port), timeout=5)) as sock:
+        for sent, byte in enumerate(hello[:most]):
+            try:
+                sock.sendall(bytes([byte]))
+                if select.select([sock], [], [], pause)[0] and sock.recv(1) == b"":
+                    return sent + 1
+            except OSError:
+                return sent
+        return most
+
+
+def test_a_stranger_trickling_its_handshake_is_cut_off_at_the_whole_handshakes_deadline(monkeypatch):
+    """A per-read limit let a stranger sending its TLS hello a byte at a time hold a handshake
+    place for as long as it liked; 16 of them turned the real peer away (hardening round two,
+    finding 7). The limit is for the whole handshake now: the tricklers are cut off after a few
+    bytes each, and the real peer gets in."""
+    monkeypatch.setattr(direct_tls, "HANDSHAKE_TIMEOUT", 1.0)
+    hello = client_hello()
+    pause, most = 0.25, 40  # a byte each 0.25 s: each read well within the limit, 40 bytes 10 s
+
+    async def scenario() -> tuple[list[int], bool]:
+        rig = await listening()
+        try:
+            strangers = [
+                asyncio.to_thread(trickle, rig.offer.port, hello, pause, most)
+                for _ in range(direct_tls.MAX_PENDING_HANDSHAKES)
+            ]
+            sent = await asyncio.gather(*strangers)
+            token = bytes.fromhex(rig.offer.client_token)
+            connection = await asyncio.to_thread(
+                direct_tls._connect_one, "127.0.0.1", rig.offer.port, rig.offer.fingerprint, token,
+                time.monotonic() + 5,
+            )
+            arrived = await asyncio.wait_for(rig.listener.arrived["client"], 5)
+            connection.close()
+            arrived.close()
+            return sent, True
+        finally:
+            rig.listener.close()
+
+    sent, admitted = run_async(scenario(), 60)
+    assert len(hello) > most
+    assert all(count < most for count in sent), sent
+    assert admitted
+
+
+def test_the_listener_closes_once_both_connections_are_handed_over(tmp_path):
+    """Strangers have nothing to knock on for the rest of the session."""
+    source = make_file(tmp_path / "out" / "after.bin", MiB, seed=7)
+
+    async def scenario() -> None:
+        client_context, worker_context = contexts(tmp_path)
+        async with contract_pair(HOST, "direct", client_context, worker_context) as pair:
+            assert await pair.client.negotiate()
+            await pair.worker.wait_settled(5)
+            port = pair.worker.listener.port
+            with pytest.raises(ConnectionRefusedError):
+                await asyncio.to_thread(socket.create_connection, ("127.0.0.1", port), 2)
+            await pair.client.send_file(source, "after.bin")  # the session goes on
+            file = await _wait_for_received(pair, "worker", 1, 10)
+            assert file.sha256 == sha256_of(source)
+
+    run_async(scenario(), 60)
 
 
 def test_only_tls_1_3_is_spoken():
