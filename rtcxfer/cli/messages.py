@@ -6,7 +6,7 @@ Each function turns an error into one message; the command prints it and picks t
 
 from __future__ import annotations
 
-from rtcxfer.protocol.errors import AuthenticationError, NoWorkerError, describe
+from rtcxfer.protocol.errors import AuthenticationError, NoWorkerError, UnprovenWorkerError, describe
 
 #: Exit codes of ``rtcxfer submit`` (and ``workers``): success, the job failed, a usage error
 #: (not a job package, a forced transport not usable), no worker reachable or the token refused,
@@ -56,6 +56,11 @@ def connect_failure(error: BaseException, url: str, room: str, timeout: float) -
     tls = tls_failure(error)
     if tls is not None:
         return tls
+    if isinstance(error, UnprovenWorkerError):
+        return (
+            f"{error}. Your --token is not in question: the worker could not prove it knows it. "
+            "Ask whoever runs the room which worker is real (rtcxfer workers lists them; --worker ID picks one)"
+        )
     if isinstance(error, AuthenticationError):
         return f"{error}. Check that --token (or --token-file, RTCXFER_TOKEN) is the worker's token"
     if isinstance(error, NoWorkerError):

@@ -37,7 +37,9 @@ from rtcxfer.protocol.errors import (
     PathError,
     PluginError,
     RtcxferError,
+    TokenRefusedError,
     TransferError,
+    UnprovenWorkerError,
     WorkerBusyError,
     describe,
 )
@@ -261,7 +263,8 @@ class RTCClient:
         self._watch_task = asyncio.create_task(self._watch_worker(worker_id))
         try:
             await self.attach(channel, worker_id)
-        except WorkerBusyError:
+        except (WorkerBusyError, AuthenticationError):
+            # The room may have another worker to try.
             await self._detach()
             raise
 
@@ -364,9 +367,9 @@ class RTCClient:
             Hello(PROTOCOL_VERSION, client_nonce, offered), (AuthChallenge, AuthFailed, Welcome, WorkerBusy)
         )
         if isinstance(reply, AuthFailed):
-            raise AuthenticationError(f"the worker refused this client: {quote_for_log(reply.reason)}")
+            raise TokenRefusedError(f"the worker refused this client: {quote_for_log(reply.reason)}")
         if not isinstance(reply, AuthChallenge):
-            raise AuthenticationError(
+            raise UnprovenWorkerError(
                 f"the peer answered HELLO with {reply.TYPE} without a challenge: it did not let this client prove "
                 "the token, so it cannot be the worker you meant; refusing it"
             )
@@ -380,14 +383,14 @@ class RTCClient:
         if isinstance(welcome, WorkerBusy):
             raise WorkerBusyError(worker_name, quote_for_log(welcome.reason))
         if isinstance(welcome, AuthFailed):
-            raise AuthenticationError(f"the worker refused this client: {quote_for_log(welcome.reason)}")
+            raise TokenRefusedError(f"the worker refused this client: {quote_for_log(welcome.reason)}")
         if welcome.version != PROTOCOL_VERSION:
             raise AuthenticationError(
                 f"the worker speaks protocol version {welcome.version}, this client version {PROTOCOL_VERSION}"
             )
         if welcome.worker_proof == auth.NO_PROOF:
             if self.token is not None:
-                raise AuthenticationError(
+                raise UnprovenWorkerError(
                     "the worker runs without a token (--insecure-no-token), so it cannot prove it is the worker "
                     "you meant; refusing to send it anything"
                 )
@@ -396,7 +399,7 @@ class RTCClient:
         if self.token is None or not auth.proofs_match(
             auth.worker_proof(self.token, transcript, welcome.transports), welcome.worker_proof
         ):
-            raise AuthenticationError(
+            raise UnprovenWorkerError(
                 "the peer posing as the worker could not prove it knows the token: it may be an impostor "
                 "(another peer registered under the worker's id) or a relay in between; refusing to send it anything"
             )

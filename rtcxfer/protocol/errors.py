@@ -119,6 +119,17 @@ class AuthenticationError(RemoteProtocolError):
     """The peer did not present a valid token."""
 
 
+class TokenRefusedError(AuthenticationError):
+    """The worker refused this client's proof (``AUTH_FAILED``): most likely the wrong token
+    (or a peer posing as the worker that says so)."""
+
+
+class UnprovenWorkerError(AuthenticationError):
+    """The peer answering as the worker did not prove it knows the token: an impostor in the
+    room (a peer holding only the signaling server's token) or a relay in between. The user's
+    token is not in question; nothing was sent to it beyond the client's own proof."""
+
+
 class StorageFullError(RtcxferError):
     """Writing failed because the storage is out of space (ENOSPC / EDQUOT)."""
 

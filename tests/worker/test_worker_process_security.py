@@ -164,9 +164,12 @@ def test_flooded_offers_neither_stop_the_worker_nor_exhaust_its_descriptors(clus
 # --- an impostor worker ---------------------------------------------------------------------------
 
 
-async def impostor(url: str, room: str, seen: list[str], stop: asyncio.Event) -> None:
-    """Registers as the worker and plays one: challenges, then claims a WELCOME it cannot prove."""
-    async with SignalingClient(url, room, "worker", "worker") as signaling:
+async def impostor(
+    url: str, room: str, seen: list[str], stop: asyncio.Event, peer_id: str = "worker", description=None
+) -> None:
+    """Registers as a worker (describing itself as ``description`` says) and plays one:
+    challenges, then claims a WELCOME it cannot prove."""
+    async with SignalingClient(url, room, "worker", peer_id, description=description) as signaling:
         while not stop.is_set():
             try:
                 event = await signaling.receive(timeout=0.2)
@@ -214,7 +217,7 @@ def test_an_impostor_worker_gets_no_token_and_no_job_and_the_real_worker_waits_i
 
     real, code, err = run_async(scenario())
     assert code == 3, err
-    assert "could not prove it knows the token" in err
+    assert "could not prove it knows the token" in err and "Your --token is not in question" in err, err
     assert seen and not any(TOKEN in message for message in seen)
     assert [m.split("::")[0] for m in seen] == ["HELLO", "AUTH_PROOF"]  # nothing after: no job, no path
     # The real worker found its id taken, said so, and did not exit; now it registers.
@@ -222,6 +225,52 @@ def test_an_impostor_worker_gets_no_token_and_no_job_and_the_real_worker_waits_i
     assert "another peer is registered as 'worker'" in real.text()
     sample_job_in(cluster, room)
     real.stop()
+
+
+#: What an impostor claims to be: more than any real worker of the room.
+EIGHT_H100 = {
+    "state": "idle",
+    "slots": 8,
+    "running": 0,
+    "gpus": [{"model": "NVIDIA H100 80GB HBM3", "memory_mb": 81559}] * 8,
+    "transports": ["rtc-chunked", "shared-fs"],
+}
+
+
+def test_an_impostor_advertising_the_best_hardware_is_skipped_for_the_real_worker(cluster):
+    """Picked first for its eight H100s, the impostor fails to prove the token; submit says the
+    worker failed (not the user's token), tries the real worker, and the job runs there
+    (hardening round two, finding 4)."""
+    room = "impostor-h100"
+    package = build_sample_package(cluster.root / "h100.zip", data=sample_text(20) + b"h100\n")
+    seen: list[str] = []
+
+    async def scenario():
+        stop = asyncio.Event()
+        squatting = asyncio.create_task(impostor(cluster.url, room, seen, stop, "gpu-h100", EIGHT_H100))
+        real = cluster.start_worker(
+            room, "--peer-id", "gpu-real", name="worker-real-h100", work_dir=cluster.root / "w-h100",
+            env=environment(RTCXFER_TOKEN=TOKEN),
+        )  # fmt: skip
+        try:
+            command = cli_command("submit", str(package), "--signal", cluster.url, "--room", room, "--token", TOKEN)
+            command += ["--timeout", "30", "--results", str(cluster.root / "r-h100")]
+            submit = await asyncio.create_subprocess_exec(
+                *command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment(), cwd=cluster.root
+            )
+            out, err = await asyncio.wait_for(submit.communicate(), GUARD)
+        finally:
+            stop.set()
+            await squatting
+            real.stop()
+        return submit.returncode, out.decode(), err.decode()
+
+    code, out, err = run_async(scenario())
+    assert code == 0, err
+    assert "worker gpu-h100: the peer posing as the worker could not prove it knows the token" in err, err
+    assert "trying the next worker" in err and "Check that --token" not in err
+    assert "complete on worker gpu-real" in out, out
+    assert [m.split("::")[0] for m in seen] == ["HELLO", "AUTH_PROOF"]  # the impostor got no job
 
 
 def sample_job_in(cluster: Cluster, room: str) -> None:
