@@ -613,6 +613,7 @@ class PeerConnection:
         self._ice_watchdog: asyncio.Task | None = None
         self._ice_failure: IceFailure | None = None
         self._ice_started = 0.0
+        self._remote_offered = Gathering(servers_known=False)
         self._pc.on("connectionstatechange", self._on_connection_state_change)
         self._pc.on("iceconnectionstatechange", self._on_ice_state_change)
         self._pc.on("datachannel", self._on_datachannel)
@@ -686,8 +687,7 @@ class PeerConnection:
         if self._ice_failure is not None or self._closing:
             return
         local = aiortc_internals.local_gathering(self._pc) or Gathering(servers_known=False)
-        remote_description = self._pc.remoteDescription
-        remote = offered_candidates(remote_description.sdp if remote_description is not None else "")
+        remote = self._remote_offered
         elapsed = asyncio.get_running_loop().time() - self._ice_started if self._ice_started else 0.0
         this, peer = self._names
         self._ice_failure = ice_failure(local, remote, elapsed, peer=peer, this=this)
@@ -726,6 +726,7 @@ class PeerConnection:
             raise ConnectionClosedError("peer connection closed")
 
     async def _set_remote(self, sdp: str, kind: str) -> None:
+        self._remote_offered = offered_candidates(sdp)  # as the peer sent it: the diagnosis tells
         if self._options.loopback_only:
             sdp = strip_non_loopback_candidates(sdp)
         try:
