@@ -247,6 +247,16 @@ class Host:
         """``subprocess.run`` of ``command`` inside this namespace (same keyword arguments)."""
         return subprocess.run(self.command(command), **kwargs)
 
+    def wrapper(self, directory: str | os.PathLike[str], name: str, program: str | os.PathLike[str]) -> Path:
+        """An executable ``directory/name`` that runs ``program`` with its arguments inside this
+        namespace (``exec`` all the way down), for wherever a program path is expected: a
+        browser's for playwright's ``executable_path``, a python for ``CliProcess``."""
+        path = Path(directory) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f'#!/bin/sh\nexec ip netns exec {self.namespace} {os.fspath(program)} "$@"\n')
+        path.chmod(0o755)
+        return path
+
     def spawn(self, command: Sequence[str], **kwargs: Any) -> subprocess.Popen:
         """``subprocess.Popen`` of ``command`` inside this namespace; ended when the bed closes."""
         process = subprocess.Popen(self.command(command), **kwargs)
