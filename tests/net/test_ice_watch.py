@@ -85,7 +85,7 @@ def test_relay_candidates_do_not_check_the_peers_private_addresses():
 
     async def scenario():
         pc, _ = await gathered([])
-        (connection,) = aiortc_internals._ice_connections(pc)
+        connection = pc.sctp.transport.transport.iceGatherer._connection  # aioice's, under aiortc's ICE transport
         connection._protocols.append(RelayProtocol("198.51.100.1"))
         for candidate in (remote("10.2.0.2", "host"), remote("198.51.100.3", "srflx"),
                           remote("198.51.100.1", "relay", 49161), remote("8.8.4.4", "host"),
