@@ -6,7 +6,13 @@ Each function turns an error into one message; the command prints it and picks t
 
 from __future__ import annotations
 
-from rtcxfer.protocol.errors import AuthenticationError, NoWorkerError, UnprovenWorkerError, describe
+from rtcxfer.protocol.errors import (
+    AuthenticationError,
+    IceFailedError,
+    NoWorkerError,
+    UnprovenWorkerError,
+    describe,
+)
 
 #: Exit codes of ``rtcxfer submit`` (and ``workers``): success, the job failed, a usage error
 #: (not a job package, a forced transport not usable), no worker reachable or the token refused,
@@ -65,6 +71,8 @@ def connect_failure(error: BaseException, url: str, room: str, timeout: float) -
         return f"{error}. Check that --token (or --token-file, RTCXFER_TOKEN) is the worker's token"
     if isinstance(error, NoWorkerError):
         return str(error)  # it names the workers the room has and what they lack
+    if isinstance(error, IceFailedError):
+        return ice_failure(error)
     if isinstance(error, SignalingServerError):
         advice = signaling_refusal(error.code, url, room, role="client")
         if advice is not None:
@@ -77,6 +85,15 @@ def connect_failure(error: BaseException, url: str, room: str, timeout: float) -
     if "cannot reach the signaling server" in str(error):
         return f"{error}. Is `rtcxfer signal` running there, and is --signal right?"
     return f"cannot reach a worker in room {room!r} via {url}: {describe(error)}"
+
+
+def ice_failure(error: IceFailedError) -> str:
+    """The message for a worker that signaling found but that no network path reached (exit 3):
+    what each side gathered, the likely cause and the remedy (:mod:`rtcxfer.net.ice_paths`)."""
+    return (
+        f"{error}. (The signaling server found the worker; it is the path between the two machines that "
+        "failed, so retrying alone will not help)"
+    )
 
 
 def worker_stopped(job_id: str) -> str:

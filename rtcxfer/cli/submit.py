@@ -251,7 +251,7 @@ async def _submit(
 def submit_json(result, exit_code: int, failure: str | None = None) -> str:
     """The one line ``rtcxfer submit --json`` prints at the end."""
     if result is None:
-        return json.dumps({"ok": False, "exit_status": exit_code, "failure": failure})
+        return json.dumps({"ok": False, "exit_status": exit_code, "failure": failure, "path": None})
     seconds = dict(result.seconds)
     return json.dumps(
         {
@@ -259,6 +259,7 @@ def submit_json(result, exit_code: int, failure: str | None = None) -> str:
             "exit_status": exit_code,
             "job_id": result.job_id,
             "worker_id": result.worker_id,
+            "path": result.path,
             "input_transport": result.input_transport,
             "results_transport": result.results_transport,
             "bytes_sent": result.bytes_sent,

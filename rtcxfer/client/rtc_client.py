@@ -33,6 +33,7 @@ from rtcxfer.protocol.engine import APPLICATION, Engine
 from rtcxfer.protocol.errors import (
     AuthenticationError,
     ConnectionClosedError,
+    IceFailedError,
     JobError,
     PathError,
     PluginError,
@@ -122,6 +123,9 @@ class JobResult:
     #: The job ended because the worker stopped (it said it was shutting down, or it left the
     #: room), not by its own failure: submit it again once a worker is back.
     worker_stopped: bool = False
+    #: Which way the data channel went: ``peer-to-peer (host)``, ``through NAT (server-reflexive)``,
+    #: ``via TURN relay ADDRESS over udp|tcp`` (None for a session made with :meth:`RTCClient.attach`).
+    path: str | None = None
 
 
 @attrs.frozen
@@ -187,6 +191,9 @@ class RTCClient:
         )
         #: Why each transport the user might ask for is not usable in this session.
         self.unusable_transports: dict[str, str] = {}
+        #: Which way the data channel goes (``through NAT (server-reflexive)``...), once connected
+        #: through the signaling server (:meth:`rtcxfer.net.ice_paths.IcePath.describe`).
+        self.path: str | None = None
 
     def _transfer_progress(self, transport: str, name: str, done: int, total: int) -> None:
         direction = "up" if self._uploading else "down"
@@ -252,13 +259,34 @@ class RTCClient:
         self._emit("notice", None, message=f"worker {self.worker_id} took the session")
 
     async def _open_session(self, worker_id: str, timeout: float) -> None:
-        """A session with ``worker_id``; torn down again if it refuses (WorkerBusyError)."""
+        """A session with ``worker_id``; torn down again if it refuses (WorkerBusyError).
+
+        When ICE finds no working candidate pair and a TURN server is known, a second attempt
+        gathers relay candidates only (the worker answers such an offer in kind), within the same
+        ``timeout``; :class:`~rtcxfer.protocol.errors.IceFailedError` says why when that fails too.
+        """
         from rtcxfer.net import peer
 
         assert self._signaling is not None
         send, receive = peer.signaling_adapter(self._signaling, worker_id)
         options = (self.peer_options or peer.PeerOptions()).with_signaled_ice_servers(self._signaling.ice_servers)
-        self._peer, channel = await peer.connect_via(send, receive, "offerer", options, timeout)
+        names = ("this client", f"worker {worker_id}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            self._peer, channel = await peer.connect_via(send, receive, "offerer", options, timeout, names=names)
+        except IceFailedError as error:
+            retry = _relay_only_retry(options, error.failure)
+            if retry is None:
+                raise
+            failure = error.failure
+            self._emit("notice", None, message=f"no ICE candidate pair worked within {failure.seconds:.0f} s: "
+                                               f"{failure.gathered()}. Trying again through the TURN relay only")
+            options = retry
+            self._peer, channel = await peer.connect_via(
+                send, receive, "offerer", options, max(1.0, deadline - loop.time()), names=names
+            )
+        self._tell_path(self._peer, options.loopback_only)
         self._peer.watch_packet_size(lambda size: self._emit("notice", None, message=size.describe()))
         self._watch_task = asyncio.create_task(self._watch_worker(worker_id))
         try:
@@ -267,6 +295,20 @@ class RTCClient:
             # The room may have another worker to try.
             await self._detach()
             raise
+
+    def _tell_path(self, connection, loopback_only: bool) -> None:
+        """Remember which way the data channel goes, and say so (not on loopback, where it is
+        always the same), with a TURN allocation this side could not make."""
+        path = connection.ice_path
+        self.path = path.describe("the worker") if path is not None else None
+        if loopback_only:
+            return
+        if self.path is not None:
+            self._emit("notice", None, message=f"data channel {self.path}")
+        gathering = connection.ice_gathering()
+        if gathering is not None and gathering.turn and not gathering.relay and gathering.relay_error is not None:
+            self._emit("notice", None, message=f"the TURN server {gathering.turn} gave this client no relay "
+                                               f"candidate: {gathering.relay_error}")
 
     async def _detach(self) -> None:
         """Undo a session attempt: the worker refused it (or connecting failed)."""
@@ -502,6 +544,7 @@ class RTCClient:
         return attrs.evolve(
             result,
             worker_id=self.worker_id,
+            path=self.path,
             bytes_sent=package.stat().st_size,
             bytes_received=received,
             seconds=_phase_seconds(started, time.monotonic(), self._status_times),
@@ -613,6 +656,16 @@ class RTCClient:
             await asyncio.shield(self.link.send(JobCancel(job_id)))
         except RtcxferError as error:
             logger.warning("could not cancel {}: {}", job_id, describe(error))
+
+
+def _relay_only_retry(options, failure):
+    """The options of a relay-only second attempt after ``failure`` (an IceFailure), or None
+    where it cannot help: no TURN server, credentials it refused, an aiortc without the policy."""
+    if failure is None or failure.cause == "turn-refused":
+        return None
+    local = failure.local
+    failed_transport = local.turn_transport if local.turn and not local.relay else None
+    return options.relay_only_retry(failed_transport)
 
 
 def _tree_bytes(directory: Path) -> int:

@@ -24,6 +24,16 @@ those addresses. :func:`host_restriction_unsupported_reason` is its probe; where
 restriction raises :class:`UnsupportedAiortcError` rather than let a loopback-only peer gather
 elsewhere.
 
+**ICE across networks.** :func:`watch_ice` (before gathering, on a connection that is not
+loopback-only) makes aioice keep why a TURN allocation or a STUN query failed (a 401 from the
+TURN server, no answer), which it otherwise drops, and keeps it from pairing its relay candidates
+with the peer's private host addresses: coturn 4.6.1 closes a whole allocation when a relayed
+send to an address it has no route to fails, which took every relayed pair down with it.
+:func:`local_gathering` reads what was gathered (:class:`~rtcxfer.net.ice_paths.Gathering`) and
+:func:`selected_ice_path` the pair ICE nominated (:class:`~rtcxfer.net.ice_paths.IcePath`);
+:func:`ice_watch_unsupported_reason` is the probe (where it fails, ICE runs as aioice does it,
+and failures are diagnosed without the allocation's error).
+
 **SCTP packet size between two rtcxfer peers: large packets, in datagrams the path carries.**
 
 aiortc sizes every SCTP packet for a small path MTU (1189 bytes from aiortc 1.16, for the
@@ -99,6 +109,7 @@ import aiortc.rtcsctptransport
 import attrs
 
 from rtcxfer.log import logger
+from rtcxfer.net.ice_paths import Endpoint, Gathering, GatheringError, IcePath, count_kinds, relay_can_reach
 from rtcxfer.protocol.errors import RtcxferError
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
@@ -119,18 +130,22 @@ __all__ = [
     "dtls_transport",
     "host_restriction_unsupported_reason",
     "ice_transport",
+    "ice_watch_unsupported_reason",
     "local_candidate_addresses",
+    "local_gathering",
     "local_host_addresses",
     "peer_certificate",
     "remote_candidate_addresses",
     "remote_max_message_size",
     "remote_packet_size",
     "restrict_host_candidates",
+    "selected_ice_path",
     "selected_remote_candidate",
     "stun_bindings",
     "tuning_supported",
     "tuning_unsupported_reason",
     "turn_allocation",
+    "watch_ice",
 ]
 
 
@@ -288,6 +303,170 @@ def restrict_host_candidates(pc: RTCPeerConnection, addresses: Sequence[str]) ->
         connection.gather_candidates = types.MethodType(gather, connection)
         connection._rtcxfer_host_addresses = wanted
     logger.debug("host candidates of this connection restricted to {}", ", ".join(wanted))
+
+
+# ------------------------------------------------------------------------ ICE: gathering, relay pairs, chosen pair
+
+
+def _ice_connections(pc: RTCPeerConnection) -> list[Any]:
+    """The aioice connections of ``pc`` (one, under a bundled data channel), or none where
+    aiortc's layout is not the one relied on (``RTCPeerConnection.__iceTransports``,
+    ``RTCIceGatherer._connection``, aiortc 1.9 to 1.16)."""
+    transports = getattr(pc, "_RTCPeerConnection__iceTransports", None)
+    if not isinstance(transports, set):
+        return []
+    connections = (getattr(getattr(t, "iceGatherer", None), "_connection", None) for t in transports)
+    return [c for c in connections if isinstance(c, aioice.ice.Connection)]
+
+
+def ice_watch_unsupported_reason() -> str | None:
+    """Why this aioice's ICE cannot be watched and steered by :func:`watch_ice`, or None when it
+    can (aioice 0.13.0, read in its source): ``Connection.get_component_candidates`` must be a
+    coroutine that looks ``relayed_candidate`` and ``server_reflexive_candidate`` up in its
+    module's globals, and ``Connection._pair_remote_candidate`` must pair one remote candidate
+    into ``Connection._check_list``."""
+    gather = getattr(aioice.ice.Connection, "get_component_candidates", None)
+    if gather is None or not inspect.iscoroutinefunction(gather):
+        return f"aioice {_aioice_version()}'s Connection has no get_component_candidates coroutine"
+    names = {op.argval for op in dis.get_instructions(gather) if op.opname == "LOAD_GLOBAL"}
+    missing = {"relayed_candidate", "server_reflexive_candidate"} - names
+    if missing:
+        return f"aioice {_aioice_version()}'s get_component_candidates does not call {', '.join(sorted(missing))}"
+    if not callable(getattr(aioice.ice.Connection, "_pair_remote_candidate", None)):
+        return f"aioice {_aioice_version()}'s Connection has no _pair_remote_candidate"
+    return None
+
+
+def _gathering_error(error: BaseException) -> GatheringError:
+    response = getattr(error, "response", None)
+    code = getattr(response, "error_code", None) if response is not None else None
+    if isinstance(error, asyncio.CancelledError):
+        return GatheringError(None, "no answer within the 5 s of gathering")
+    if code is not None:
+        reason = response.attributes.get("ERROR-CODE", (code, ""))[1]
+        return GatheringError(int(code), f"{code} {reason}".strip())
+    if type(error).__name__ == "TransactionTimeout":
+        return GatheringError(None, "no answer")
+    if isinstance(error, ConnectionRefusedError):
+        return GatheringError(None, "connection refused")
+    return GatheringError(None, f"{type(error).__name__}: {error}"[:200])
+
+
+def _recording(function: Callable[..., Any], errors: dict[str, GatheringError], key: str) -> Callable[..., Any]:
+    """``function`` (an aioice coroutine function), keeping in ``errors[key]`` why it failed
+    (the first failure): aioice drops it."""
+
+    async def recorded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await function(*args, **kwargs)
+        except (Exception, asyncio.CancelledError) as error:
+            errors.setdefault(key, _gathering_error(error))
+            raise
+
+    return recorded
+
+
+def _unreachable_relay_pair(pair: Any) -> bool:
+    local, remote = pair.local_candidate, pair.remote_candidate
+    if local.type != "relay" or remote.type != "host":
+        return False
+    return not relay_can_reach(local.host, getattr(remote, "_network_host", None) or remote.host)
+
+
+def _pairing_reachable_only(pair_remote: Callable[[Any], None]) -> Callable[..., None]:
+    def pair_remote_candidate(self: Any, remote_candidate: Any) -> None:
+        pair_remote(remote_candidate)
+        dropped = [p for p in self._check_list if p.task is None and _unreachable_relay_pair(p)]
+        for pair in dropped:
+            self._check_list.remove(pair)
+            logger.debug("ICE: no check from relay {}:{} to the peer's host address {} (no TURN server outside "
+                         "its network reaches it)", pair.local_candidate.host, pair.local_candidate.port,
+                         pair.remote_candidate.host)
+
+    return pair_remote_candidate
+
+
+def watch_ice(pc: RTCPeerConnection) -> bool:
+    """Before ``setLocalDescription`` (where aiortc gathers): make each aioice connection of
+    ``pc`` keep why a TURN allocation or a STUN query failed (:func:`local_gathering` reports
+    it; aioice drops the error), and pair its relay candidates only with peer addresses a TURN
+    server can reach (:func:`~rtcxfer.net.ice_paths.relay_can_reach`). Returns whether it could
+    (:func:`ice_watch_unsupported_reason`); idempotent.
+
+    Why the pairing: aioice pairs a relay candidate with every remote candidate, the peer's
+    private host addresses too, and sends a check there through the TURN server. Where that
+    server has no route to the address, coturn 4.6.1's relay send fails and coturn closes the
+    whole allocation ("udp send: Network is unreachable", the session "closed (2nd stage),
+    reason: general"): every later channel bind and check on it then fails (438, 400, 437), and
+    so does every relayed pair. A check the peer starts from such an address still gets its
+    triggered check through the relay (aioice makes that pair itself).
+
+    Each connection gets its own copy of ``get_component_candidates`` whose globals wrap
+    ``relayed_candidate`` and ``server_reflexive_candidate``, and a ``_pair_remote_candidate``
+    that drops the unreachable relay pairs it just made.
+    """
+    reason = ice_watch_unsupported_reason()
+    if reason is not None:
+        logger.debug("ICE gathering errors and relay pairs not watched: {}", reason)
+        return False
+    for connection in _ice_connections(pc):
+        if getattr(connection, "_rtcxfer_gathering_errors", None) is not None:
+            continue
+        errors: dict[str, GatheringError] = {}
+        namespace = dict(vars(aioice.ice))
+        namespace["relayed_candidate"] = _recording(aioice.ice.relayed_candidate, errors, "relay")
+        namespace["server_reflexive_candidate"] = _recording(aioice.ice.server_reflexive_candidate, errors, "srflx")
+        gather = _clone(aioice.ice.Connection.get_component_candidates, globals_=namespace)
+        connection.get_component_candidates = types.MethodType(gather, connection)
+        connection._pair_remote_candidate = types.MethodType(
+            _pairing_reachable_only(connection._pair_remote_candidate), connection
+        )
+        connection._rtcxfer_gathering_errors = errors
+    return True
+
+
+def _endpoint(address: Any) -> str | None:
+    return f"{address[0]}:{address[1]}" if address else None
+
+
+def local_gathering(pc: RTCPeerConnection) -> Gathering | None:
+    """What ``pc`` gathered: its candidates of each kind, the STUN and TURN server aioice used
+    (``Connection.stun_server``, ``turn_server``, ``turn_transport``: aiortc keeps only the
+    first of each), whether it gathered relay candidates only, and why an allocation or a STUN
+    query failed (where :func:`watch_ice` was on). None where aiortc's layout is not known."""
+    connections = _ice_connections(pc)
+    if not connections:
+        return None
+    connection = connections[0]
+    turn = _endpoint(getattr(connection, "turn_server", None))
+    policy = getattr(connection, "_transport_policy", None)
+    errors = getattr(connection, "_rtcxfer_gathering_errors", None) or {}
+    return Gathering(
+        **count_kinds(candidate.type for candidate in connection.local_candidates),
+        stun=_endpoint(getattr(connection, "stun_server", None)),
+        turn=turn,
+        turn_transport=getattr(connection, "turn_transport", "udp") if turn else None,
+        relay_only=policy is not None and getattr(policy, "name", "") == "RELAY",
+        relay_error=errors.get("relay"),
+        srflx_error=errors.get("srflx"),
+    )
+
+
+def selected_ice_path(pc: RTCPeerConnection) -> IcePath | None:
+    """The candidate pair ICE nominated for ``pc``'s (first) component, or None before ICE
+    completed: aioice's ``Connection._nominated`` (component -> ``CandidatePair``)."""
+    for connection in _ice_connections(pc):
+        nominated = getattr(connection, "_nominated", None)
+        pair = nominated.get(1) if isinstance(nominated, dict) else None
+        if pair is None:
+            continue
+        local, remote = pair.local_candidate, pair.remote_candidate
+        return IcePath(
+            Endpoint(local.type, local.host, local.port),
+            Endpoint(remote.type, remote.host, remote.port),
+            getattr(connection, "turn_transport", "udp") if local.type == "relay" else None,
+        )
+    return None
 
 
 # --------------------------------------------------------------------------- SCTP packet size

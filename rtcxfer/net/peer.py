@@ -68,10 +68,12 @@ from cryptography.hazmat.primitives import hashes
 from rtcxfer.log import logger
 from rtcxfer.net import aiortc_internals
 from rtcxfer.net.aiortc_internals import PacketSize, PacketSizer, UnsupportedAiortcError
+from rtcxfer.net.ice_paths import Gathering, IceFailure, IcePath, ice_failure, offered_candidates
 from rtcxfer.net.signaling.handshake import HandshakeRefusal, SdpAnswer, SdpOffer, decode_handshake
 from rtcxfer.net.signaling.messages import PeerLeft, Relay
 from rtcxfer.protocol.errors import (
     ConnectionClosedError,
+    IceFailedError,
     IceServerError,
     LocalProtocolError,
     RemoteProtocolError,
@@ -85,6 +87,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing.Self is 3.11+, never imported at 
 __all__ = [
     "CHANNEL_LABEL",
     "DEFAULT_HIGH_WATERMARK",
+    "ICE_TIMEOUT",
     "DataChannel",
     "PairCloser",
     "PeerConnection",
@@ -92,6 +95,7 @@ __all__ = [
     "connect_pair_in_process",
     "connect_via",
     "install_uvloop_if_available",
+    "relay_only_supported",
     "signaling_adapter",
     "strip_non_loopback_candidates",
 ]
@@ -103,6 +107,12 @@ DEFAULT_HIGH_WATERMARK = 4 * 1024 * 1024
 """Above this many locally queued bytes, senders wait (design: 1-4 MiB is a good start)."""
 
 LOOPBACK_ADDRESS = "127.0.0.1"
+
+ICE_TIMEOUT = 15.0
+"""Seconds from the SDP exchange for ICE to find a working candidate pair before the attempt is
+given up and diagnosed (:class:`~rtcxfer.protocol.errors.IceFailedError`). A pair that works
+answers in well under a second, even through a TURN relay; aioice itself would try a silent
+pair for a minute (seven transmissions, 0.5 s doubling) before saying so."""
 
 # What aiortc assumes when the remote SDP carries no a=max-message-size (RFC 8841 section 6).
 _DEFAULT_REMOTE_MAX_MESSAGE_SIZE = 65536
@@ -211,6 +221,12 @@ class PeerOptions:
     interface: loopback-only holds only while no ICE server is known. Off, these options are
     used as they are.
 
+    ``ice_timeout``: seconds from the SDP exchange for ICE to find a working candidate pair
+    (:data:`ICE_TIMEOUT`); past it, or when ICE fails sooner, :meth:`PeerConnection.wait_channel_open`
+    raises :class:`~rtcxfer.protocol.errors.IceFailedError` with what each side gathered and the
+    likely cause. ``relay_only``: gather relay candidates only (the ICE transport policy "relay",
+    :meth:`relay_only_retry`).
+
     ``high_watermark`` is the :class:`DataChannel` send-side buffer limit in bytes.
 
     ``large_packets`` (default on): offer the peer SCTP packets larger than aiortc's stock size
@@ -224,6 +240,8 @@ class PeerOptions:
     high_watermark: int = attrs.field(default=DEFAULT_HIGH_WATERMARK, validator=attrs.validators.ge(0))
     large_packets: bool = True
     ice_servers_from_signaling: bool = True
+    ice_timeout: float = attrs.field(default=ICE_TIMEOUT, validator=attrs.validators.gt(0))
+    relay_only: bool = False
 
     def with_signaled_ice_servers(self, servers: tuple[IceServer, ...]) -> PeerOptions:
         """These options for a connection made after a signaling server handed out ``servers``:
@@ -241,7 +259,48 @@ class PeerOptions:
         A URL aiortc cannot use (an IPv6 address) is left out, with a warning.
         """
         converted = [] if self.loopback_only else [_rtc_ice_server(server) for server in self.ice_servers]
-        return RTCConfiguration(iceServers=[server for server in converted if server is not None])
+        servers = [server for server in converted if server is not None]
+        if self.relay_only and not self.loopback_only:
+            return RTCConfiguration(iceServers=servers, iceTransportPolicy=_relay_policy())
+        return RTCConfiguration(iceServers=servers)
+
+    @property
+    def has_turn(self) -> bool:
+        return not self.loopback_only and any(server.has_turn for server in self.ice_servers)
+
+    def relay_only_retry(self, failed_turn_transport: str | None = None) -> PeerOptions | None:
+        """These options for a second attempt with relay candidates only (the ICE transport
+        policy "relay"), or None where that cannot help: no TURN server, or an aiortc without
+        the policy (:func:`relay_only_supported`). ``failed_turn_transport`` (``udp``): the first
+        attempt's TURN allocation over it failed, so a TURN URL over another transport goes
+        first (aiortc uses only the first TURN URL it is given), and without one, None."""
+        if self.relay_only or not self.has_turn or not relay_only_supported():
+            return None
+        servers = self.ice_servers
+        if failed_turn_transport is not None:
+            other = [
+                IceServer(turn, server.username, server.credential)
+                for server in servers
+                if (turn := [url for url in server.urls if url.is_turn and url.transport != failed_turn_transport])
+            ]
+            if not other:
+                return None  # the one TURN transport there is failed already
+            servers = tuple(other) + servers
+        return attrs.evolve(self, ice_servers=servers, relay_only=True)
+
+
+def relay_only_supported() -> bool:
+    """Whether this aiortc has the ICE transport policy "relay" (``RTCIceTransportPolicy``: aiortc
+    1.16 has it, older releases may not)."""
+    return _relay_policy() is not None
+
+
+def _relay_policy() -> Any:
+    try:
+        from aiortc import RTCIceTransportPolicy
+    except ImportError:
+        return None
+    return RTCIceTransportPolicy.RELAY
 
 
 def _max_message_size_in_sdp(sdp: str) -> int:
@@ -534,10 +593,18 @@ class PeerConnection:
     release the sockets.
     """
 
-    def __init__(self, options: PeerOptions | None = None, *, any_channel_label: bool = False) -> None:
+    def __init__(
+        self,
+        options: PeerOptions | None = None,
+        *,
+        any_channel_label: bool = False,
+        names: tuple[str, str] = ("this side", "the peer"),
+    ) -> None:
         self._options = options if options is not None else PeerOptions()
         # Whether a channel the peer opens may carry another label than "rtcxfer".
         self._any_channel_label = any_channel_label
+        # How a failed ICE negotiation names the two sides ("this client", "worker gpu-1").
+        self._names = names
         if self._options.loopback_only:
             unsupported = aiortc_internals.host_restriction_unsupported_reason()
             if unsupported is not None:
@@ -554,7 +621,14 @@ class PeerConnection:
         self._closing = False
         # The remote SDP's a=max-message-size: the limit where aiortc keeps none of its own.
         self._sdp_max_message_size = _DEFAULT_REMOTE_MAX_MESSAGE_SIZE
+        # ICE: set once a pair is nominated; the watchdog gives up after ice_timeout.
+        self._ice_completed = asyncio.Event()
+        self._ice_watchdog: asyncio.Task | None = None
+        self._ice_failure: IceFailure | None = None
+        self._ice_started = 0.0
+        self._remote_offered = Gathering(servers_known=False)
         self._pc.on("connectionstatechange", self._on_connection_state_change)
+        self._pc.on("iceconnectionstatechange", self._on_ice_state_change)
         self._pc.on("datachannel", self._on_datachannel)
 
     # -- properties
@@ -592,11 +666,65 @@ class PeerConnection:
     def _on_connection_state_change(self) -> None:
         state = self._pc.connectionState
         logger.debug("peer connection state: {}", state)
+        if state == "failed" and not self._ice_completed.is_set():
+            self._fail_ice()
         if state in ("failed", "closed") and self._ended_reason is None:
             self._ended_reason = f"peer connection {state}"
             if self._channel is not None:
                 self._channel._mark_closed(self._ended_reason)
             self._channel_ready.set()
+
+    def _on_ice_state_change(self) -> None:
+        state = self._pc.iceConnectionState
+        logger.debug("ICE connection state: {}", state)
+        if state == "completed":
+            self._ice_completed.set()
+        elif state == "failed" and not self._ice_completed.is_set():
+            self._fail_ice()
+
+    def _watch_ice(self) -> None:
+        """Start the ICE watchdog: both descriptions are set, so aiortc's checks start now."""
+        if self._ice_watchdog is None and not self._closing:
+            self._ice_started = asyncio.get_running_loop().time()
+            self._ice_watchdog = asyncio.create_task(self._ice_deadline())
+
+    async def _ice_deadline(self) -> None:
+        try:
+            await asyncio.wait_for(self._ice_completed.wait(), self._options.ice_timeout)
+        except asyncio.TimeoutError:
+            self._fail_ice()
+
+    def _fail_ice(self) -> None:
+        """ICE found no working pair (it said so, or the watchdog ran out): diagnose it and end
+        the wait for the channel with :class:`IceFailedError`."""
+        if self._ice_failure is not None or self._closing:
+            return
+        local = aiortc_internals.local_gathering(self._pc) or Gathering(servers_known=False)
+        remote = self._remote_offered
+        elapsed = asyncio.get_running_loop().time() - self._ice_started if self._ice_started else 0.0
+        this, peer = self._names
+        self._ice_failure = ice_failure(local, remote, elapsed, peer=peer, this=this)
+        logger.debug("ICE failed: {}", self._ice_failure.gathered())
+        self._ended_reason = self._ice_failure.explain()
+        if self._channel is not None:
+            self._channel._mark_closed(self._ended_reason)
+        self._channel_ready.set()
+
+    @property
+    def ice_failure(self) -> IceFailure | None:
+        """Why no candidate pair worked (what each side gathered, the likely cause), once ICE failed."""
+        return self._ice_failure
+
+    @property
+    def ice_path(self) -> IcePath | None:
+        """The candidate pair ICE chose (:meth:`IcePath.describe` says which way the data goes),
+        or None before ICE completed (or where this aioice cannot tell)."""
+        return aiortc_internals.selected_ice_path(self._pc)
+
+    def ice_gathering(self) -> Gathering | None:
+        """What this side gathered, with which STUN/TURN server, and why an allocation or a STUN
+        query failed (None where this aiortc cannot tell)."""
+        return aiortc_internals.local_gathering(self._pc)
 
     def _wrap(self, channel: RTCDataChannel) -> DataChannel:
         return DataChannel(
@@ -611,6 +739,7 @@ class PeerConnection:
             raise ConnectionClosedError("peer connection closed")
 
     async def _set_remote(self, sdp: str, kind: str) -> None:
+        self._remote_offered = offered_candidates(sdp)  # as the peer sent it: the diagnosis tells
         if self._options.loopback_only:
             sdp = strip_non_loopback_candidates(sdp)
         try:
@@ -629,6 +758,8 @@ class PeerConnection:
         are restricted to 127.0.0.1 first, and what they gathered is checked after."""
         if self._options.loopback_only:
             aiortc_internals.restrict_host_candidates(self._pc, (LOOPBACK_ADDRESS,))
+        else:
+            aiortc_internals.watch_ice(self._pc)
         await self._pc.setLocalDescription(description)
         if self._options.loopback_only:
             gathered = _candidate_addresses(self._pc.localDescription.sdp)
@@ -697,6 +828,7 @@ class PeerConnection:
             await self._set_local(await self._pc.createAnswer())
         except InvalidStateError as exc:
             raise LocalProtocolError(f"cannot create an answer now: {exc}") from exc
+        self._watch_ice()
         return self._local_sdp_to_send()
 
     async def accept_answer(self, sdp: str) -> None:
@@ -705,22 +837,32 @@ class PeerConnection:
         if self._channel is None:
             raise LocalProtocolError("accept_answer() before create_offer()")
         await self._set_remote(sdp, "answer")
+        self._watch_ice()
 
     async def wait_channel_open(self, timeout: float | None = 30.0) -> DataChannel:
         """Wait until the data channel is open and return it.
 
         Raises ``asyncio.TimeoutError`` (the builtin ``TimeoutError`` on Python 3.11+)
-        after ``timeout`` seconds (None: no limit) and
-        :class:`ConnectionClosedError` if the connection fails or closes first.
+        after ``timeout`` seconds (None: no limit),
+        :class:`~rtcxfer.protocol.errors.IceFailedError` when ICE finds no working candidate pair
+        within the options' ``ice_timeout`` (or fails sooner), and :class:`ConnectionClosedError`
+        if the connection fails or closes first.
         """
+
+        def ended() -> ConnectionClosedError:
+            if self._ice_failure is not None:
+                return IceFailedError(self._ice_failure.explain(), self._ice_failure)
+            return ConnectionClosedError(self._ended_reason or "peer connection closed")
 
         async def _wait() -> DataChannel:
             await self._channel_ready.wait()
             channel = self._channel
             if channel is None:
-                raise ConnectionClosedError(self._ended_reason or "peer connection closed")
+                raise ended()
             await channel._settled.wait()
             if channel.closed:
+                if self._ice_failure is not None:
+                    raise ended()
                 raise ConnectionClosedError(channel._close_reason)
             self._sizer.start()
             return channel
@@ -738,6 +880,8 @@ class PeerConnection:
             self._channel._mark_closed(self._ended_reason)
         self._channel_ready.set()
         self._sizer.close()
+        if self._ice_watchdog is not None:
+            self._ice_watchdog.cancel()
         # Shielded: when the peer has gone, aiortc is often closing already in a task of its
         # own, and our close() then awaits that task's future; cancelling us (the client left
         # the room meanwhile) would cancel that future, and aiortc's task would then fail
@@ -821,6 +965,8 @@ async def connect_via(
     role: Role,
     options: PeerOptions | None = None,
     timeout: float = 30.0,
+    *,
+    names: tuple[str, str] = ("this side", "the peer"),
 ) -> tuple[PeerConnection, DataChannel]:
     """Connect through any signaling channel, given a way to send and to receive one message.
 
@@ -833,14 +979,16 @@ async def connect_via(
         peer, channel = await connect_via(send, receive, "offerer")
 
     The offerer sends the offer and receives the answer; the answerer the reverse. The whole
-    handshake, up to an open channel, is bounded by ``timeout`` (``asyncio.TimeoutError``). A
-    payload of the wrong shape or kind raises :class:`RemoteProtocolError`. On any failure the
-    peer connection is closed. Returns ``(peer_connection, open_channel)``; the caller owns
-    ``peer_connection.close()``.
+    handshake, up to an open channel, is bounded by ``timeout`` (``asyncio.TimeoutError``); ICE
+    that finds no working candidate pair raises
+    :class:`~rtcxfer.protocol.errors.IceFailedError` sooner (``options.ice_timeout``), its text
+    naming the two sides by ``names`` (this side's, the peer's). A payload of the wrong shape or
+    kind raises :class:`RemoteProtocolError`. On any failure the peer connection is closed.
+    Returns ``(peer_connection, open_channel)``; the caller owns ``peer_connection.close()``.
     """
     if role not in ("offerer", "answerer"):
         raise ValueError(f"role must be 'offerer' or 'answerer', not {role!r}")
-    peer = PeerConnection(options)
+    peer = PeerConnection(options, names=names)
 
     async def _handshake() -> DataChannel:
         if role == "offerer":

@@ -156,6 +156,16 @@ class ConnectionClosedError(RtcxferError):
     """The peer connection or data channel closed before the operation completed."""
 
 
+class IceFailedError(ConnectionClosedError):
+    """No ICE candidate pair worked: the two peers could not reach each other. The message says
+    what each side gathered, the likely cause and the remedy; ``failure`` is the
+    :class:`rtcxfer.net.ice_paths.IceFailure` it was made from (None where not known)."""
+
+    def __init__(self, message: str, failure: object = None) -> None:
+        super().__init__(message)
+        self.failure = failure
+
+
 class NoWorkerError(SignalingError):
     """No worker of the room can take the job: none meets the requirements, or the one named
     is not there. The message lists what the room has."""

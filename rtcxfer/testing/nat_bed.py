@@ -21,6 +21,10 @@ The topology (every address exists only inside the bed)::
 * ``public`` (:class:`Host`): a bridge ``br0`` joining the routers' public legs, holding the
   public server address 198.51.100.1 (TEST-NET-2, a documentation range). No default route:
   it reaches the routers' public addresses and nothing else, the private networks included.
+  So a TURN server asked to relay to a private address gets ``ENETUNREACH``, and coturn 4.6.1
+  then closes that whole allocation (``udp send: Network is unreachable`` on its stderr, the
+  session ``closed (2nd stage), reason: general`` in its log): rtcxfer's relay candidates never
+  check such addresses (:func:`rtcxfer.net.ice_paths.relay_can_reach`).
 * ``client`` and ``worker`` (:class:`Host`): one private address each; their only route beside
   their own /24 is the default route via their router.
 * ``client_router`` and ``worker_router`` (:class:`Router`): a LAN leg and a public leg, IP
@@ -246,6 +250,16 @@ class Host:
     def run(self, command: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess:
         """``subprocess.run`` of ``command`` inside this namespace (same keyword arguments)."""
         return subprocess.run(self.command(command), **kwargs)
+
+    def wrapper(self, directory: str | os.PathLike[str], name: str, program: str | os.PathLike[str]) -> Path:
+        """An executable ``directory/name`` that runs ``program`` with its arguments inside this
+        namespace (``exec`` all the way down), for wherever a program path is expected: a
+        browser's for playwright's ``executable_path``, a python for ``CliProcess``."""
+        path = Path(directory) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f'#!/bin/sh\nexec ip netns exec {self.namespace} {os.fspath(program)} "$@"\n')
+        path.chmod(0o755)
+        return path
 
     def spawn(self, command: Sequence[str], **kwargs: Any) -> subprocess.Popen:
         """``subprocess.Popen`` of ``command`` inside this namespace; ended when the bed closes."""

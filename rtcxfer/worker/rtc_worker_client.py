@@ -34,6 +34,7 @@ from rtcxfer.net.signaling import PeerLeft, Relay, SignalingServerError
 from rtcxfer.net.signaling.handshake import HandshakeRefusal, SdpAnswer, SdpOffer, decode_handshake
 from rtcxfer.protocol import auth
 from rtcxfer.protocol.errors import (
+    IceFailedError,
     RtcxferError,
     SignalingError,
     describe,
@@ -47,7 +48,7 @@ from rtcxfer.transport.host import PluginHost
 from rtcxfer.worker.description import build_description, gather_hardware
 from rtcxfer.worker.jobs import Executor, run_manifest_command
 from rtcxfer.worker.legacy_session import LegacySession, peek_dialect
-from rtcxfer.worker.limits import Startups, WorkerLimits
+from rtcxfer.worker.limits import Startup, Startups, WorkerLimits
 from rtcxfer.worker.pipeline import complete_despite_cancellation, remove_quietly
 from rtcxfer.worker.session import WorkerSession
 from rtcxfer.worker.slots import JobSlots
@@ -440,6 +441,17 @@ class RTCWorkerClient:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def _tell_path(self, client_id: str, peer) -> None:
+        """Tell the operator which way a client's data channel goes, and about a TURN allocation
+        this worker could not make."""
+        path = peer.ice_path
+        if path is not None:
+            self.tell_operator(f"client {client_id}: data channel {path.describe('the client')}")
+        gathering = peer.ice_gathering()
+        if gathering is not None and gathering.turn and not gathering.relay and gathering.relay_error is not None:
+            logger.warning("the TURN server {} gave this worker no relay candidate: {}", gathering.turn,
+                           gathering.relay_error)
+
     @staticmethod
     async def _send_quietly(signaling, peer_id: str, payload: dict) -> None:
         try:
@@ -448,42 +460,63 @@ class RTCWorkerClient:
             logger.debug("could not relay to {}: {}", peer_id, describe(error))
 
     def _offer(self, signaling, client_id: str, offer: SdpOffer, options, tasks: dict[asyncio.Task, str]) -> None:
-        refusal = self._startups.admit(client_id)
-        if refusal is not None:
+        admitted = self._startups.admit(client_id)
+        if isinstance(admitted, str):
             # Dropped unanswered: an answer would cost signaling budget, a peer connection sockets.
             quiet = self._refusal_log.check()
             if quiet is not None:
                 more = f" ({quiet} more dropped since the last report)" if quiet else ""
-                logger.warning("dropped an offer from {}: {}{}", client_id, refusal, more)
+                logger.warning("dropped an offer from {}: {}{}", client_id, admitted, more)
             return
-        task = asyncio.create_task(self._answer(signaling, client_id, offer, options))
+        if admitted.replaces is not None and isinstance(admitted.replaces.task, asyncio.Task):
+            logger.info("client {} sent a new offer: its handshake under way is replaced", client_id)
+            admitted.replaces.task.cancel()
+        task = asyncio.create_task(self._answer(signaling, client_id, offer, options, admitted))
+        admitted.task = task
         tasks[task] = client_id
         task.add_done_callback(lambda done: tasks.pop(done, None))
 
-    async def _answer(self, signaling, client_id: str, offer: SdpOffer, options) -> None:
-        """Answer one admitted offer; its startup slot is held until the client authenticates."""
+    async def _answer(self, signaling, client_id: str, offer: SdpOffer, options, startup: Startup) -> None:
+        """Answer one admitted offer; its startup slot is held until the client authenticates.
+
+        An offer of relay candidates only (a client's second attempt after ICE found no pair)
+        is answered with relay candidates only, where this worker has a TURN server."""
+        from rtcxfer.net.ice_paths import offered_candidates
         from rtcxfer.net.peer import PeerConnection
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.auth_timeout
-        release = lambda: self._startups.release(client_id)  # noqa: E731
+        release = lambda: self._startups.release(startup)  # noqa: E731
         peer = None
         try:
+            options = options.with_signaled_ice_servers(signaling.ice_servers)
+            offered = offered_candidates(offer.sdp)
+            if offered.relay and not offered.host and not offered.srflx:
+                relay_only = options.relay_only_retry()
+                if relay_only is not None:
+                    logger.info("client {} offered relay candidates only: answering with relay candidates only",
+                                client_id)
+                    options = relay_only
             # A legacy client labels its channel as it likes ("my-data-channel").
-            peer = PeerConnection(options.with_signaled_ice_servers(signaling.ice_servers),
-                                  any_channel_label=self.legacy)
+            peer = PeerConnection(options, any_channel_label=self.legacy,
+                                  names=("this worker", f"client {client_id}"))
             on_notice = self._on_notice
             if on_notice is not None:
                 peer.watch_packet_size(lambda size: on_notice(f"client {client_id}: {size.describe()}"))
             await signaling.send_to(client_id, SdpAnswer(await peer.accept_offer(offer.sdp)).to_payload())
             channel = await peer.wait_channel_open(max(0.0, deadline - loop.time()))
             logger.info("client {} connected", client_id)
+            if not options.loopback_only:
+                self._tell_path(client_id, peer)
             await self.serve_channel(
                 channel,
                 name=f"session {client_id}",
                 auth_deadline=max(0.0, deadline - loop.time()),
                 on_authenticated=release,
             )
+        except IceFailedError as error:
+            # Said in full: the operator learns what each side gathered and what would help.
+            logger.warning("session with {} failed: {}", client_id, error)
         except (RtcxferError, asyncio.TimeoutError, ValueError) as error:
             logger.warning("session with {} ended: {}", client_id, describe(error) or type(error).__name__)
         except Exception as error:  # noqa: BLE001

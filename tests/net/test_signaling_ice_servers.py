@@ -261,7 +261,7 @@ async def test_the_worker_answers_each_offer_with_the_servers_it_was_handed(monk
 async def test_the_client_connects_with_the_servers_it_was_handed(monkeypatch, tmp_path) -> None:
     made: list[PeerOptions] = []
 
-    async def stub_connect_via(send, receive, role, options, timeout):
+    async def stub_connect_via(send, receive, role, options, timeout, **names):
         made.append(options)
         raise ConnectionClosedError("stub: no peer connection in this test")
 
