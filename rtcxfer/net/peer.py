@@ -114,6 +114,11 @@ given up and diagnosed (:class:`~rtcxfer.protocol.errors.IceFailedError`). A pai
 answers in well under a second, even through a TURN relay; aioice itself would try a silent
 pair for a minute (seven transmissions, 0.5 s doubling) before saying so."""
 
+OFFER_RESEND_SECONDS = 2.5
+"""Seconds an offer waits for its answer before it is sent again (the same offer: a worker that
+has it already ignores the copy). A worker answers once it has gathered its candidates, within
+a second or two even with STUN and TURN; one that got no answer out had dropped the offer."""
+
 # What aiortc assumes when the remote SDP carries no a=max-message-size (RFC 8841 section 6).
 _DEFAULT_REMOTE_MAX_MESSAGE_SIZE = 65536
 
@@ -967,6 +972,7 @@ async def connect_via(
     timeout: float = 30.0,
     *,
     names: tuple[str, str] = ("this side", "the peer"),
+    resend_offer_after: float | None = OFFER_RESEND_SECONDS,
 ) -> tuple[PeerConnection, DataChannel]:
     """Connect through any signaling channel, given a way to send and to receive one message.
 
@@ -985,6 +991,10 @@ async def connect_via(
     naming the two sides by ``names`` (this side's, the peer's). A payload of the wrong shape or
     kind raises :class:`RemoteProtocolError`. On any failure the peer connection is closed.
     Returns ``(peer_connection, open_channel)``; the caller owns ``peer_connection.close()``.
+
+    The offerer sends its offer again each ``resend_offer_after`` seconds without an answer: a
+    worker under a flood of offers drops some at random, and one that has the offer already
+    ignores the copy (see :mod:`rtcxfer.worker.limits`).
     """
     if role not in ("offerer", "answerer"):
         raise ValueError(f"role must be 'offerer' or 'answerer', not {role!r}")
@@ -992,8 +1002,10 @@ async def connect_via(
 
     async def _handshake() -> DataChannel:
         if role == "offerer":
-            await signaling_send(SdpOffer(await peer.create_offer()).to_payload())
-            await peer.accept_answer(_expect_sdp(await signaling_receive(), "answer"))
+            offer = SdpOffer(await peer.create_offer()).to_payload()
+            await signaling_send(offer)
+            answer = await _answer_to(offer, signaling_send, signaling_receive, resend_offer_after)
+            await peer.accept_answer(_expect_sdp(answer, "answer"))
         else:
             offer = _expect_sdp(await signaling_receive(), "offer")
             await signaling_send(SdpAnswer(await peer.accept_offer(offer)).to_payload())
@@ -1005,6 +1017,19 @@ async def connect_via(
         await peer.close()
         raise
     return peer, channel
+
+
+async def _answer_to(
+    offer: dict[str, str], send: SignalingSend, receive: SignalingReceive, resend_after: float | None
+) -> Any:
+    """The next payload from the other side, the offer sent again each ``resend_after`` seconds
+    until it comes."""
+    while True:
+        try:
+            return await asyncio.wait_for(receive(), resend_after)
+        except asyncio.TimeoutError:
+            logger.info("no answer to the offer within {:g} s: sending it again", resend_after)
+            await send(offer)
 
 
 def signaling_adapter(client: Any, peer_id: str) -> tuple[SignalingSend, SignalingReceive]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import tempfile
 import time
@@ -48,7 +49,7 @@ from rtcxfer.transport.host import PluginHost
 from rtcxfer.worker.description import build_description, gather_hardware
 from rtcxfer.worker.jobs import Executor, run_manifest_command
 from rtcxfer.worker.legacy_session import LegacySession, peek_dialect
-from rtcxfer.worker.limits import Startup, Startups, WorkerLimits
+from rtcxfer.worker.limits import DUPLICATE_OFFER, Startup, Startups, WorkerLimits
 from rtcxfer.worker.pipeline import complete_despite_cancellation, remove_quietly
 from rtcxfer.worker.session import WorkerSession
 from rtcxfer.worker.slots import JobSlots
@@ -460,7 +461,10 @@ class RTCWorkerClient:
             logger.debug("could not relay to {}: {}", peer_id, describe(error))
 
     def _offer(self, signaling, client_id: str, offer: SdpOffer, options, tasks: dict[asyncio.Task, str]) -> None:
-        admitted = self._startups.admit(client_id)
+        admitted = self._startups.admit(client_id, hashlib.sha256(offer.sdp.encode()).hexdigest())
+        if admitted == DUPLICATE_OFFER:
+            logger.debug("client {} sent its offer again: its handshake is under way", client_id)
+            return
         if isinstance(admitted, str):
             # Dropped unanswered: an answer would cost signaling budget, a peer connection sockets.
             quiet = self._refusal_log.check()
@@ -471,6 +475,13 @@ class RTCWorkerClient:
         if admitted.replaces is not None and isinstance(admitted.replaces.task, asyncio.Task):
             logger.info("client {} sent a new offer: its handshake under way is replaced", client_id)
             admitted.replaces.task.cancel()
+        if admitted.evicts is not None and isinstance(admitted.evicts.task, asyncio.Task):
+            logger.info(
+                "every unauthenticated place is taken: the oldest handshake ({}) makes way for {}",
+                admitted.evicts.client_id,
+                client_id,
+            )
+            admitted.evicts.task.cancel()
         task = asyncio.create_task(self._answer(signaling, client_id, offer, options, admitted))
         admitted.task = task
         tasks[task] = client_id
@@ -504,7 +515,8 @@ class RTCWorkerClient:
             if on_notice is not None:
                 peer.watch_packet_size(lambda size: on_notice(f"client {client_id}: {size.describe()}"))
             await signaling.send_to(client_id, SdpAnswer(await peer.accept_offer(offer.sdp)).to_payload())
-            channel = await peer.wait_channel_open(max(0.0, deadline - loop.time()))
+            setup = min(deadline, loop.time() + self.limits.setup_timeout)
+            channel = await peer.wait_channel_open(max(0.0, setup - loop.time()))
             logger.info("client {} connected", client_id)
             if not options.loopback_only:
                 self._tell_path(client_id, peer)

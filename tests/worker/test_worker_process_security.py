@@ -161,6 +161,69 @@ def test_flooded_offers_neither_stop_the_worker_nor_exhaust_its_descriptors(clus
     assert cluster.worker.process.poll() is None
 
 
+async def squat(url: str, room: str, squatters: int, stop: asyncio.Event) -> int:
+    """``squatters`` peers holding only the signaling token, each re-sending one canned offer a
+    second until ``stop``; how many offers went."""
+    offerers = [rtc.PeerConnection() for _ in range(squatters)]
+    offers = [{"kind": "offer", "sdp": await offerer.create_offer()} for offerer in offerers]
+    clients = [SignalingClient(url, room, "client", f"squatter-{n}") for n in range(squatters)]
+    sent = 0
+    try:
+        for client in clients:
+            await client.connect()
+        while not stop.is_set():
+            for client, offer in zip(clients, offers):
+                with contextlib.suppress(SignalingError):
+                    await client.send_to("worker", offer)
+                    sent += 1
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    finally:
+        for client in clients:
+            await client.close()
+        for offerer in offerers:
+            await offerer.close()
+    return sent
+
+
+def test_squatters_re_sending_canned_offers_do_not_keep_a_real_client_out(cluster):
+    """Eight peers without the worker's token keep all eight pre-authentication places of a
+    worker with the default limits by re-sending canned offers; a real submit still gets in
+    (random early drop, the oldest handshake evicted, its offer re-sent) and its job runs
+    (hardening round two, finding 6)."""
+    room = "squatted"
+    worker = cluster.start_worker(
+        room, name="worker-squatted", work_dir=cluster.root / "w-squatted", env=environment(RTCXFER_TOKEN=TOKEN)
+    )
+    package = build_sample_package(cluster.root / "squatted.zip", data=sample_text(30) + b"squatted\n")
+
+    async def scenario():
+        stop = asyncio.Event()
+        squatting = asyncio.create_task(squat(cluster.url, room, 8, stop))
+        await asyncio.sleep(3)  # every place taken, and kept by the re-sent offers
+        command = cli_command("submit", str(package), "--signal", cluster.url, "--room", room, "--token", TOKEN)
+        command += ["--timeout", "90", "--results", str(cluster.root / "r-squatted")]
+        try:
+            submit = await asyncio.create_subprocess_exec(
+                *command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment(), cwd=cluster.root
+            )
+            out, err = await asyncio.wait_for(submit.communicate(), 120)
+        finally:
+            stop.set()
+            sent = await squatting
+        return submit.returncode, out.decode(), err.decode(), sent
+
+    try:
+        code, out, err, sent = run_async(scenario(), 180)
+    finally:
+        worker.stop()
+    assert code == 0, err
+    assert "complete on worker worker" in out, out
+    assert sent >= 24, "the squatters kept offering the whole time"
+    log = worker.text()
+    assert "unauthenticated places taken" in log or "makes way for" in log, log[-3000:]
+
+
 # --- an impostor worker ---------------------------------------------------------------------------
 
 
