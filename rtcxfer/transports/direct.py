@@ -774,11 +774,23 @@ class DirectTransport(Transport):
 
         The file is hashed as it is sent, not before: the transfer id comes from the file's
         identity and modification time (:func:`transfer_id_of`), the SHA-256 follows the bytes.
+        A resumed transfer that fails the peer's check is sent once more, whole (the bytes the
+        peer kept may not have been this file's).
         """
         try:
             check_relative_text(name)
         except UnsafePathError as error:
             raise LocalProtocolError(f"cannot send a file as {name!r}: {error}") from None
+        try:
+            return await self._send_once(path, name)
+        except IntegrityError as error:
+            if not error.after_resume:
+                raise
+            logger.warning("direct: {} failed its check after a resume ({}); sending it whole", name, error)
+            return await self._send_once(path, name)
+
+    async def _send_once(self, path: Path, name: str) -> Delivery:
+        """One transfer of the file, META to ACK (from where the peer asks)."""
         if self._worker_setup is not None and not self._settled.is_set():
             # The client may send its first file right after its DIRECT_RESULT, and the worker
             # its first file before it finished handling that result.
@@ -818,8 +830,11 @@ class DirectTransport(Transport):
                 raise TransferError(f"direct connection to {connection.peer} failed: {describe(error)}") from None
             if kind == ERROR:
                 reason = answer.decode("utf-8", "replace")
-                integrity = reason.startswith((REASON_HASH, REASON_INCOMPLETE))
-                raise (IntegrityError if integrity else TransferError)(f"the peer refused {name}: {reason}")
+                if reason.startswith((REASON_HASH, REASON_INCOMPLETE)):
+                    failed = IntegrityError(f"the peer refused {name}: {reason}")
+                    failed.after_resume = offset > 0
+                    raise failed
+                raise TransferError(f"the peer refused {name}: {reason}")
             if kind != ACK or answer.decode("ascii", "replace") != sha256:
                 raise IntegrityError(f"the peer confirmed {name} with another SHA-256")
         logger.info("direct: delivered {} ({} bytes from offset {})", name, size, offset)
