@@ -22,7 +22,6 @@ import json
 import os
 import random
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +37,8 @@ from rtcxfer.testing.cluster import Cluster, start_cluster
 from rtcxfer.testing.loopback_namespace import LoopbackNamespace, namespace_support_problem
 from rtcxfer.testing.processes import CliProcess
 from rtcxfer.web.protocol_table import PROTOCOL_TABLE_PATH
+from tests.support.browser import CHROMIUM_FLAGS as BASE_FLAGS
+from tests.support.browser import browser_problem, chromium
 from tests.support.cli import REPO, environment
 
 TOKEN = f"web-{secrets.token_hex(8)}"
@@ -50,31 +51,12 @@ PROCESS_GUARD = 120.0
 #: The signaling server closes clients idle this long; the page must reconnect by itself.
 IDLE_TIMEOUT = 3.0
 
-#: The flags of every browser these tests start (playwright adds --headless and a fresh profile).
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--allow-loopback-in-peer-connection",
-]
-
-
-def _chromium() -> str | None:
-    return os.environ.get("RTCXFER_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+#: What the page gets beyond the usual flags: its peers are on 127.0.0.1.
+CHROMIUM_FLAGS = [*BASE_FLAGS, "--allow-loopback-in-peer-connection"]
 
 
 def _browser_problem() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the Python package playwright is not installed (pip install -e '.[test]')"
-    if _chromium() is None:
-        return "no Chromium on this machine (apt-get install chromium; .ci/run installs it)"
-    return namespace_support_problem()
+    return browser_problem() or namespace_support_problem()
 
 
 pytestmark = [
@@ -140,13 +122,15 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("web")
     with LoopbackNamespace(root / "bin") as namespace:
         python = namespace.wrapper("python", sys.executable)
-        chromium = namespace.wrapper("chromium", _chromium())
+        browser_binary = namespace.wrapper("chromium", chromium())
         signal_options = ["--idle-timeout", str(IDLE_TIMEOUT)]
         with start_cluster(
             root, token=TOKEN, env=environment("INFO"), signal_options=signal_options, python=python
         ) as cluster:
             with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_FLAGS, headless=True)
+                browser = playwright.chromium.launch(
+                    executable_path=str(browser_binary), args=CHROMIUM_FLAGS, headless=True
+                )
                 try:
                     site = Site(cluster, namespace, page_url_of(cluster.url), browser)
                     cluster.worker = site.start_worker("worker", TOKEN)

@@ -11,9 +11,7 @@ host address, not an mDNS name.
 
 from __future__ import annotations
 
-import os
 import secrets
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,36 +19,12 @@ import pytest
 from rtcxfer.client.sample import build_sample_package, sample_text
 from rtcxfer.testing.job_files import expected_sample_results
 from rtcxfer.testing.nat_bed import NatKind
+from tests.support.browser import CHROMIUM_FLAGS, browser_problem, chromium
 from tests.support.nat_cluster import nat_cluster
 
 TOKEN = f"webnat-{secrets.token_hex(8)}"
 ROOM = "web-behind-nat"
 PAGE_GUARD_MS = 120_000
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def chromium() -> str | None:
-    return os.environ.get("RTCXFER_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def browser_problem() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the Python package playwright is not installed (pip install -e '.[test]')"
-    if chromium() is None:
-        return "no Chromium on this machine (apt-get install chromium; .ci/run installs it)"
-    return None
-
-
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(browser_problem() is not None, reason=f"no browser: {browser_problem()}"),
