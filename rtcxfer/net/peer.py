@@ -850,7 +850,7 @@ class PeerConnection:
         Raises ``asyncio.TimeoutError`` (the builtin ``TimeoutError`` on Python 3.11+)
         after ``timeout`` seconds (None: no limit),
         :class:`~rtcxfer.protocol.errors.IceFailedError` when ICE finds no working candidate pair
-        within the options' ``ice_timeout`` (or fails sooner), and :class:`ConnectionClosedError`
+        within the options' ``ice_timeout`` or ``timeout`` (or fails sooner), and :class:`ConnectionClosedError`
         if the connection fails or closes first.
         """
 
@@ -872,7 +872,15 @@ class PeerConnection:
             self._sizer.start()
             return channel
 
-        return await asyncio.wait_for(_wait(), timeout)
+        try:
+            return await asyncio.wait_for(_wait(), timeout)
+        except asyncio.TimeoutError:
+            # Out of time with ICE still checking: what each side gathered says why.
+            if self._ice_watchdog is not None and not self._ice_completed.is_set():
+                self._fail_ice()
+                if self._ice_failure is not None:
+                    raise ended() from None
+            raise
 
     async def close(self) -> None:
         """Close the connection (idempotent). Unsent and in-flight bytes are dropped."""

@@ -50,7 +50,9 @@ class WorkerLimits:
       new peer's offer is dropped at random, with probability ``early_drop_rate`` rising to
       :data:`DROP_AT_FULL` at ``max_unauthenticated`` (where a surviving offer evicts the
       oldest handshake).
-    * ``setup_timeout``: seconds from the offer to an open data channel (ICE, DTLS, SCTP).
+    * ``setup_timeout``: seconds from the offer to an open data channel (ICE, DTLS, SCTP). Set
+      as ICE's own limit (:data:`rtcxfer.net.peer.ICE_TIMEOUT`), so that a handshake cut off
+      here is diagnosed as ICE's failure, as the client diagnoses it.
     """
 
     max_unauthenticated: int = 8
@@ -62,7 +64,7 @@ class WorkerLimits:
     max_handshake_restarts: int = 2
     early_drop_start: int = 4
     early_drop_rate: float = 0.3
-    setup_timeout: float = 10.0
+    setup_timeout: float = 15.0
 
     def __attrs_post_init__(self) -> None:
         if self.max_unauthenticated < 1 or self.auth_timeout <= 0 or self.max_handshake_restarts < 0:

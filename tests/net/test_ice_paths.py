@@ -258,3 +258,27 @@ def test_loopback_peers_take_the_host_path():
     offerer, answerer = run_async(scenario())
     assert offerer.describe() == answerer.describe() == "peer-to-peer (host)"
     assert offerer.local.address == offerer.remote.address == "127.0.0.1"
+
+
+def test_a_wait_cut_short_while_ice_is_still_checking_is_diagnosed_as_ices_failure():
+    """A worker's set-up deadline (``Limits.setup_timeout``) may run out before ICE's own: the
+    wait ends then, and as ICE's failure with what each side gathered, not a bare timeout."""
+
+    async def scenario():
+        options = rtc.PeerOptions(ice_timeout=30.0)
+        offerer = rtc.PeerConnection(options, names=("this client", "worker w"))
+        answerer = rtc.PeerConnection(options, names=("this worker", "client c"))
+        nowhere = unused_udp_port()
+        try:
+            answer = await answerer.accept_offer(candidates_moved_to(await offerer.create_offer(), nowhere))
+            await offerer.accept_answer(candidates_moved_to(answer, nowhere))
+            with pytest.raises(IceFailedError) as failed:
+                await answerer.wait_channel_open(timeout=1.0)
+            return failed.value
+        finally:
+            await asyncio.gather(offerer.close(), answerer.close())
+
+    error = run_async(scenario())
+    assert error.failure.cause == "no-ice-servers"
+    assert 1.0 <= error.failure.seconds < 30
+    assert str(error).startswith("no ICE candidate pair worked between this worker and client c within 1 s")
