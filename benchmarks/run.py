@@ -536,8 +536,14 @@ def main() -> None:
     parser.add_argument(
         "--direct-only", action="store_true", help="--two-host: only the direct part (not rtc-chunked and stock)"
     )
+    parser.add_argument(
+        "--nat",
+        action="store_true",
+        help="instead: rtc-chunked through NATs, TURN over UDP and over TCP against two hosts (root; nat.py)",
+    )
+    parser.add_argument("--nat-size", type=int, default=256, help="--nat: MiB of the package each submit sends")
     args = parser.parse_args()
-    if not args.two_host:
+    if not (args.two_host or args.nat):
         args.rounds = args.rounds or (1 if args.quick else 5)
     args.size = args.size or (16 if args.quick else 64)
     if args.loop is None:
@@ -551,7 +557,12 @@ def main() -> None:
     started = time.perf_counter()
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        if args.two_host:
+        if args.nat:
+            from nat import nat_main
+
+            args.rounds = args.rounds or 3
+            asyncio.run(nat_main(args, workdir))
+        elif args.two_host:
             from two_host import two_host_main
 
             args.rounds = args.rounds or 3
