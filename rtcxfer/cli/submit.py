@@ -44,7 +44,14 @@ from rtcxfer.cli.running import Interrupted, run_until_interrupted
     show_default=True,
     help="Where results are placed.",
 )
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for a worker.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for a worker to take the job: for one to join the room, or for a busy or draining one "
+    "to be free again (then exit 3); 0 waits without limit.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars or job output; just the result.")
 @click.option("--worker", "worker_id", default=None, metavar="ID", help="Run on this worker of the room.")
 @click.option(
@@ -206,7 +213,7 @@ async def _submit(
                         signal_url,
                         room,
                         signaling_token=room_token(signal_token or token),
-                        timeout=timeout,
+                        timeout=timeout or None,
                         worker_id=outcome.worker_id,
                         require=outcome.requirements,
                         signaling_ssl=network.signaling_ssl,
@@ -239,7 +246,7 @@ async def _submit(
         outcome.say(f"results: {result.results_dir}")
         return EXIT_OK
     if result.worker_stopped:
-        click.echo(f"error: {messages.worker_stopped(result.job_id)} ({result.failure})", err=True)
+        click.echo(f"error: {messages.worker_stopped(result.job_id, result.worker_id, result.failure)}", err=True)
         return EXIT_WORKER_STOPPED
     # The worker's words (they name the job: "Job X failed: ..."), or the client's own.
     click.echo(f"error: {result.failure or f'job {result.job_id} failed; no reason given'}", err=True)
