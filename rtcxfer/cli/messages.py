@@ -20,7 +20,7 @@ from rtcxfer.protocol.errors import (
 #: cancelled with Ctrl-C.
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_CONNECTION, EXIT_CANCELLED = 0, 1, 2, 3, 130
 #: The worker stopped (its operator shut it down, or it went away) during the job: nothing
-#: failed in the job and the user cancelled nothing; submit again once a worker is back (75 is
+#: failed in the job and the user did not cancel it; submit again once a worker is back (75 is
 #: EX_TEMPFAIL of sysexits.h: "try again later").
 EXIT_WORKER_STOPPED = 75
 
@@ -104,7 +104,8 @@ def worker_stopped(job_id: str, worker_id: str | None, reason: str | None) -> st
     shut it down (the worker said so) or it went away, and that submitting again is all it takes."""
     from rtcxfer.protocol.texts import WORKER_SHUTTING_DOWN
 
-    worker = f"worker {worker_id}" if worker_id else "the worker"
+    # "the worker gpu2", but not "the worker worker" for a worker of the default id.
+    worker = f"the worker {worker_id}" if worker_id and not worker_id.startswith("worker") else "the worker"
     if reason and WORKER_SHUTTING_DOWN in reason:
         what = f"{worker} was shut down by its operator while running job {job_id}"
     else:
