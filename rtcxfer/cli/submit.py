@@ -87,9 +87,10 @@ def submit(
 
     Exits 0 when the job succeeded, 1 when it failed, 2 when PACKAGE is not a job package or a
     forced transport is not installed or not usable, 3 when no worker could be reached (none
-    meets --require, the one --worker names is absent) or the token was refused, 75 when the
-    worker stopped during the job (submit again later), 130 when cancelled with Ctrl-C (the job
-    is cancelled on the worker too). When every matching worker is busy, it waits in the queue.
+    meets --require, the one --worker names is absent, none took the job within --timeout) or the
+    token was refused, 75 when the worker stopped during the job (submit again later), 130 when
+    cancelled with Ctrl-C (the job is cancelled on the worker too). When every matching worker is
+    busy or draining, it waits in the queue, up to --timeout.
     """
     from rtcxfer.cli.config import resolve_token
     from rtcxfer.cli.progress import ProgressDisplay
