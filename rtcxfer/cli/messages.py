@@ -11,6 +11,7 @@ from rtcxfer.protocol.errors import (
     IceFailedError,
     NoWorkerError,
     UnprovenWorkerError,
+    WorkerWaitTimeoutError,
     describe,
 )
 
@@ -19,7 +20,7 @@ from rtcxfer.protocol.errors import (
 #: cancelled with Ctrl-C.
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_CONNECTION, EXIT_CANCELLED = 0, 1, 2, 3, 130
 #: The worker stopped (its operator shut it down, or it went away) during the job: nothing
-#: failed in the job and the user cancelled nothing; submit again once a worker is back (75 is
+#: failed in the job and the user did not cancel it; submit again once a worker is back (75 is
 #: EX_TEMPFAIL of sysexits.h: "try again later").
 EXIT_WORKER_STOPPED = 75
 
@@ -69,6 +70,8 @@ def connect_failure(error: BaseException, url: str, room: str, timeout: float) -
         )
     if isinstance(error, AuthenticationError):
         return f"{error}. Check that --token (or --token-file, RTCXFER_TOKEN) is the worker's token"
+    if isinstance(error, WorkerWaitTimeoutError):
+        return f"{error}. --timeout SECONDS waits longer, --timeout 0 without limit"
     if isinstance(error, NoWorkerError):
         return str(error)  # it names the workers the room has and what they lack
     if isinstance(error, IceFailedError):
@@ -80,7 +83,7 @@ def connect_failure(error: BaseException, url: str, room: str, timeout: float) -
     if isinstance(error, SignalingTimeoutError) and "joined room" in str(error):
         return (
             f"no worker joined room {room!r} on {url} within {timeout:g} s. Is a worker running with "
-            f"--room {room} and the same --signal? (--timeout waits longer)"
+            f"--room {room} and the same --signal? (--timeout waits longer, --timeout 0 without limit)"
         )
     if "cannot reach the signaling server" in str(error):
         return f"{error}. Is `rtcxfer signal` running there, and is --signal right?"
@@ -96,8 +99,18 @@ def ice_failure(error: IceFailedError) -> str:
     )
 
 
-def worker_stopped(job_id: str) -> str:
+def worker_stopped(job_id: str, worker_id: str | None, reason: str | None) -> str:
+    """The message for a job cut short by its worker stopping (exit 75): whether its operator
+    shut it down (the worker said so) or it went away, and that submitting again is all it takes."""
+    from rtcxfer.protocol.texts import WORKER_SHUTTING_DOWN
+
+    # "the worker gpu2", but not "the worker worker" for a worker of the default id.
+    worker = f"the worker {worker_id}" if worker_id and not worker_id.startswith("worker") else "the worker"
+    if reason and WORKER_SHUTTING_DOWN in reason:
+        what = f"{worker} was shut down by its operator while running job {job_id}"
+    else:
+        what = f"{worker} went away while running job {job_id} (it stopped or lost its connection)"
     return (
-        f"the worker stopped while running job {job_id} (it was shut down or lost its connection); "
-        "you cancelled nothing. Submit again once a worker is back"
+        f"{what}, so the job did not finish; nothing is wrong with the job. "
+        "Submit it again: another worker of the room, or this one once it is back, runs it"
     )

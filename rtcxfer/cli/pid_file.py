@@ -121,9 +121,9 @@ def signal_worker(path: Path, signal_number: int = signal.SIGUSR1) -> int:
         except (OSError, ValueError, IndexError):
             raise stale("unused") from None
         if current != expected:
-            raise stale("another process now")
+            raise stale(f"another process now: {command_name(command)}")
         if not is_worker_command(command):
-            raise stale("not an rtcxfer worker")
+            raise stale(f"not an rtcxfer worker: {command_name(command)}")
         try:
             signal.pidfd_send_signal(handle, signal_number)
         except ProcessLookupError:
@@ -139,3 +139,10 @@ def is_worker_command(arguments: list[bytes]) -> bool:
     """Whether a command line is ``rtcxfer ... worker`` (the script, or ``python -m rtcxfer``)."""
     words = [os.path.basename(word.decode(errors="replace")) for word in arguments if word]
     return any(word.startswith("rtcxfer") for word in words) and "worker" in words
+
+
+def command_name(arguments: list[bytes]) -> str:
+    """The program a command line runs, for a message (``sleep``, ``python3 -m http.server``)."""
+    words = [word.decode(errors="replace") for word in arguments if word][:3]
+    shown = "".join(c if c.isprintable() else "?" for c in " ".join(words)) or "?"
+    return shown if len(shown) <= 80 else shown[:77] + "..."

@@ -44,7 +44,14 @@ from rtcxfer.cli.running import Interrupted, run_until_interrupted
     show_default=True,
     help="Where results are placed.",
 )
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for a worker.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for a worker to take the job: for one to join the room, or for a busy or draining one "
+    "to be free again (then exit 3); 0 waits without limit.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars or job output; just the result.")
 @click.option("--worker", "worker_id", default=None, metavar="ID", help="Run on this worker of the room.")
 @click.option(
@@ -80,9 +87,10 @@ def submit(
 
     Exits 0 when the job succeeded, 1 when it failed, 2 when PACKAGE is not a job package or a
     forced transport is not installed or not usable, 3 when no worker could be reached (none
-    meets --require, the one --worker names is absent) or the token was refused, 75 when the
-    worker stopped during the job (submit again later), 130 when cancelled with Ctrl-C (the job
-    is cancelled on the worker too). When every matching worker is busy, it waits in the queue.
+    meets --require, the one --worker names is absent, none took the job within --timeout) or the
+    token was refused, 75 when the worker stopped during the job (submit again later), 130 when
+    cancelled with Ctrl-C (the job is cancelled on the worker too). When every matching worker is
+    busy or draining, it waits in the queue, up to --timeout.
     """
     from rtcxfer.cli.config import resolve_token
     from rtcxfer.cli.progress import ProgressDisplay
@@ -206,7 +214,7 @@ async def _submit(
                         signal_url,
                         room,
                         signaling_token=room_token(signal_token or token),
-                        timeout=timeout,
+                        timeout=timeout or None,
                         worker_id=outcome.worker_id,
                         require=outcome.requirements,
                         signaling_ssl=network.signaling_ssl,
@@ -239,7 +247,7 @@ async def _submit(
         outcome.say(f"results: {result.results_dir}")
         return EXIT_OK
     if result.worker_stopped:
-        click.echo(f"error: {messages.worker_stopped(result.job_id)} ({result.failure})", err=True)
+        click.echo(f"error: {messages.worker_stopped(result.job_id, result.worker_id, result.failure)}", err=True)
         return EXIT_WORKER_STOPPED
     # The worker's words (they name the job: "Job X failed: ..."), or the client's own.
     click.echo(f"error: {result.failure or f'job {result.job_id} failed; no reason given'}", err=True)

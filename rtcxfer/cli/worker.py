@@ -89,7 +89,7 @@ from rtcxfer.cli.running import Interrupted, run_until_interrupted
     "--drain",
     is_flag=True,
     help="Do not start a worker: tell the one whose pid is in --pid-file to finish its running jobs and take "
-    "no new ones (the same as sending it SIGUSR1).",
+    "no new ones (the same as sending it SIGUSR1); it keeps running and says when it is safe to stop.",
 )
 def worker(
     signal_url, room, token, token_file, signal_token, shared_root, ca_file, ice_servers, ice_username,
@@ -100,6 +100,12 @@ def worker(
 
     Needs a token (--token or RTCXFER_TOKEN): every client must prove it knows it, and the
     worker proves it back, without the token ever crossing the network.
+
+    Stopping: Ctrl-C drains (running jobs finish, no new ones are taken) and stops once they
+    are done, at once when none runs; a second Ctrl-C stops now. SIGTERM (docker stop,
+    Kubernetes) stops now. A job cut short is reported to its client as the worker shutting
+    down (its submit exits 75). --drain, or SIGUSR1, drains and keeps the worker running: it
+    says when no job runs any more and stopping it is safe.
     """
     from rtcxfer.cli.config import resolve_token
     from rtcxfer.protocol.errors import SignalingError, describe
@@ -192,25 +198,70 @@ def worker(
             f"worker {peer_id} waiting for jobs in room {room!r} on {signal_url} ({slots} job slot{plural})", err=True
         )
 
-    def drain_now() -> None:
-        click.echo(f"worker {peer_id}: draining: running jobs finish, no new ones are taken", err=True)
-        runner.drain()
+    shutdown = _Shutdown()
 
-    async def serve() -> None:
-        install_drain_signal(drain_now)
-        await runner.serve(
-            signal_url,
-            room,
-            peer_id=peer_id,
-            signaling_token=room_token(signal_token or token),
-            peer_options=options,
-            signaling_ssl=tls,
-            on_ready=ready,
-            on_notice=lambda text: click.echo(f"worker {peer_id}: {text}", err=True),
+    def jobs_running() -> str:
+        running = runner.job_slots.running
+        return "1 job running" if running == 1 else f"{running} jobs running"
+
+    def drain_signal() -> None:
+        if runner.job_slots.draining:
+            click.echo(f"worker {peer_id}: already draining ({jobs_running()})", err=True)
+            return
+        runner.drain()
+        click.echo(
+            f"worker {peer_id}: draining: running jobs finish, no new ones are taken ({jobs_running()}); "
+            "it says when it is safe to stop",
+            err=True,
         )
 
+    def first_ctrl_c() -> bool:
+        """Drain and stop once drained, unless nothing runs: then stop at once."""
+        if runner.job_slots.running == 0:
+            return False
+        shutdown.once_drained = True
+        runner.drain()
+        click.echo(
+            f"worker {peer_id}: Ctrl-C: draining: running jobs finish, no new ones are taken ({jobs_running()}); "
+            "the worker stops when they are done. Ctrl-C again stops now (their clients are told to submit again)",
+            err=True,
+        )
+        return True
+
+    async def serve() -> None:
+        install_drain_signal(drain_signal)
+        serving = asyncio.ensure_future(
+            runner.serve(
+                signal_url,
+                room,
+                peer_id=peer_id,
+                signaling_token=room_token(signal_token or token),
+                peer_options=options,
+                signaling_ssl=tls,
+                on_ready=ready,
+                on_notice=lambda text: click.echo(f"worker {peer_id}: {text}", err=True),
+            )
+        )
+        drained = asyncio.ensure_future(runner.wait_drained())
+        try:
+            await asyncio.wait({serving, drained}, return_when=asyncio.FIRST_COMPLETED)
+            if drained.done() and not serving.done():
+                if shutdown.once_drained:
+                    click.echo(f"worker {peer_id}: drained: no job is running; stopping", err=True)
+                    return
+                click.echo(
+                    f"worker {peer_id}: drained: no job is running; safe to stop now (Ctrl-C stops it at once)",
+                    err=True,
+                )
+            await serving
+        finally:
+            serving.cancel()
+            drained.cancel()
+            await asyncio.gather(serving, drained, return_exceptions=True)
+
     try:
-        run_until_interrupted(serve())
+        run_until_interrupted(serve(), first_ctrl_c=first_ctrl_c)
+        click.echo("worker stopped", err=True)
     except Interrupted:
         click.echo("worker stopped", err=True)
     except SignalingError as error:
@@ -223,6 +274,12 @@ def worker(
         runner.close()
         if pid_file is not None:
             remove_pid_file(pid_file)
+
+
+class _Shutdown:
+    """How the worker stops: ``once_drained`` after a first Ctrl-C found jobs running."""
+
+    once_drained = False
 
 
 def direct_options(port: int | None, advertise: str | None) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from rtcxfer.client.worker_choice import (
     Requirement,
@@ -41,10 +42,11 @@ from rtcxfer.protocol.errors import (
     TokenRefusedError,
     UnprovenWorkerError,
     WorkerBusyError,
+    WorkerWaitTimeoutError,
     describe,
 )
 
-__all__ = ["list_workers", "open_session_in_room"]
+__all__ = ["RoomWait", "list_workers", "open_session_in_room"]
 
 
 async def list_workers(
@@ -65,40 +67,47 @@ async def open_session_in_room(
     worker_id: str | None = None,
     requirements: Iterable[Requirement] = (),
     own_fingerprint: str | None = None,
-    timeout: float = 30.0,
+    timeout: float | None = 30.0,
     notice: Callable[[str], None] = lambda text: None,
+    rejoin: Callable[[], Awaitable[Any]] | None = None,
 ) -> str:
     """Open a session with the best worker of the room for this job and return its id.
 
     ``open_session(worker_id)`` connects and authenticates, raising :class:`WorkerBusyError`
     when that worker is full and :class:`AuthenticationError` when it fails authentication
     (then the next worker is tried). Raises :class:`NoWorkerError` at once when ``worker_id`` is
-    not in the room or no worker meets ``requirements``; waits up to ``timeout`` s for a first
-    worker; raises an :class:`AuthenticationError` naming them when every matching worker failed
-    authentication.
+    not in the room or no worker meets ``requirements``; raises an :class:`AuthenticationError`
+    naming them when every matching worker failed authentication.
+
+    ``timeout`` bounds the whole wait (None: no limit): for a first worker to join the room
+    (then :class:`SignalingTimeoutError`) and for a busy or draining one to take the job (then
+    :class:`WorkerWaitTimeoutError`, saying what it waited for). ``rejoin()`` registers this
+    client again and returns its new signaling connection: a long wait uses it to keep its place
+    in the room (see :class:`RoomWait`); without it a wait ends with the connection.
     """
     needed = list(requirements)
     earlier_clients = {peer for peer, role in signaling.peers.items() if role == "client"}
+    wait = RoomWait(signaling, timeout, rejoin)
     refused: set[str] = set()
     #: Workers that failed authentication: not tried again in this search.
     failed: dict[str, AuthenticationError] = {}
     tried = False
     last_notice = ""
     while True:
-        if not signaling.workers:
-            await signaling.wait_for_peer("worker", timeout)
-        workers = [WorkerInfo(peer, description) for peer, description in signaling.workers.items()]
+        while not wait.signaling.workers:
+            await wait.for_change(SignalingTimeoutError(f"no worker joined room {signaling.room!r} {within(timeout)}"))
+        workers = [WorkerInfo(peer, description) for peer, description in wait.signaling.workers.items()]
         if worker_id is not None:
             candidates = [w for w in workers if w.peer_id == worker_id]
             if not candidates:
-                raise NoWorkerError(f"no worker {worker_id!r} in room {signaling.room!r}; "
+                raise NoWorkerError(f"no worker {worker_id!r} in room {wait.signaling.room!r}; "
                                     f"the room has: {describe_room(workers)}")
         else:
             candidates = workers
         candidates = matching(candidates, needed)
         if not candidates:
             wanted = ", ".join(str(r) for r in needed)
-            raise NoWorkerError(f"no worker in room {signaling.room!r} meets {wanted}; "
+            raise NoWorkerError(f"no worker in room {wait.signaling.room!r} meets {wanted}; "
                                 f"the room has: {describe_room(workers)}")
         candidates = [w for w in candidates if w.peer_id not in failed]
         if not candidates:
@@ -110,6 +119,7 @@ async def open_session_in_room(
             ready = [w for w in ordered if w.peer_id not in refused][:1]
         for candidate in ready:
             tried = True
+            wait.relayed()
             try:
                 await open_session(candidate.peer_id)
             except WorkerBusyError as busy:
@@ -123,17 +133,40 @@ async def open_session_in_room(
             return candidate.peer_id
         if all(w.peer_id in failed for w in candidates):
             raise authentication_failure(failed)
-        clients = {peer for peer, role in signaling.peers.items() if role == "client"}
-        busy_slots = sum(w.running for w in candidates)
-        position = queue_position(len(earlier_clients & clients), busy_slots)
-        names = ", ".join(w.peer_id for w in candidates)
-        text = (f"every matching worker is busy ({names}); waiting in the queue, about position {position}"
-                if ordered else f"every matching worker is draining ({names}); waiting for another to join")
+        text = waiting_text(candidates, ordered, worker_id, earlier_clients, wait.signaling.peers)
         if text != last_notice:
             notice(text)
             last_notice = text
-        await _wait_for_room_change(signaling)
+        what = waited_for(candidates, ordered, worker_id)
+        await wait.for_change(WorkerWaitTimeoutError(f"no worker took the job {within(timeout)}: {what}"))
         refused.clear()
+
+
+def waiting_text(candidates: list[WorkerInfo], ordered: list[WorkerInfo], worker_id: str | None,
+                 earlier_clients: set[str], peers: dict[str, str]) -> str:
+    """What a client waiting for a worker tells its user."""
+    names = ", ".join(w.peer_id for w in candidates)
+    if ordered:
+        clients = {peer for peer, role in peers.items() if role == "client"}
+        position = queue_position(len(earlier_clients & clients), sum(w.running for w in candidates))
+        return f"every matching worker is busy ({names}); waiting in the queue, about position {position}"
+    if worker_id is not None:
+        return (f"worker {worker_id} is draining (it finishes its running jobs and takes no new ones); "
+                "waiting for it to take jobs again (restarted with the same --peer-id)")
+    return f"every matching worker is draining ({names}); waiting for another to join"
+
+
+def within(timeout: float | None) -> str:
+    return f"within {timeout:g} s" if timeout is not None else "without a time limit"
+
+
+def waited_for(candidates: list[WorkerInfo], ordered: list[WorkerInfo], worker_id: str | None) -> str:
+    """What a wait that timed out waited for, for its error."""
+    if ordered:
+        return f"every matching worker stayed busy ({', '.join(w.peer_id for w in candidates)})"
+    if worker_id is not None:
+        return f"worker {worker_id} stayed draining (it finishes its running jobs and takes no new ones)"
+    return f"every matching worker stayed draining ({', '.join(w.peer_id for w in candidates)})"
 
 
 def authentication_failure(failed: dict[str, AuthenticationError]) -> AuthenticationError:
@@ -153,17 +186,82 @@ def authentication_failure(failed: dict[str, AuthenticationError]) -> Authentica
     return TokenRefusedError(f"{', '.join(refusing)} refused this client's token{also}")
 
 
-async def _wait_for_room_change(signaling) -> None:
-    """Read signaling events until a peer joins, leaves or changes (the reader updates the room)."""
-    while True:
+class RoomWait:
+    """A client's wait in the room: one deadline for the whole search, and its place kept.
+
+    The signaling server closes a client that has relayed nothing within its idle limit of
+    registering (``rtcxfer signal --idle-timeout``, 120 s by default: a place in a room is for a
+    handshake). A client that waits for a worker to join, free a slot or finish draining has
+    relayed nothing yet, so before that limit it registers again, under the same peer id
+    (``rejoin``): after :data:`REJOIN_AFTER` seconds, and at once when the server closed it
+    anyway (a server with a shorter limit; the next rejoin then comes sooner, at three quarters
+    of the time that connection lasted). Once it has relayed (an offer to a worker), the server's
+    idle limit no longer applies to that connection.
+    """
+
+    def __init__(self, signaling, timeout: float | None, rejoin: Callable[[], Awaitable[Any]] | None) -> None:
+        self.signaling = signaling
+        self._rejoin = rejoin
+        loop = asyncio.get_running_loop()
+        self._deadline = None if timeout is None else loop.time() + timeout
+        self._joined_at = loop.time()
+        self._rejoin_after = REJOIN_AFTER
+        self._relayed = False
+
+    def relayed(self) -> None:
+        """This connection relayed an offer: the server's idle limit is behind it."""
+        self._relayed = True
+
+    async def for_change(self, expired: BaseException) -> None:
+        """Return once the room changed (a peer joined, left or described itself anew), after a
+        rejoin (the room is seen afresh), or after :data:`LOOK_AGAIN` seconds (a refusal may have
+        been a moment's); raise ``expired`` at the deadline."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._deadline is not None and now >= self._deadline:
+            raise expired
+        limit = LOOK_AGAIN
+        if self._deadline is not None:
+            limit = min(limit, self._deadline - now)
+        keep_place = self._rejoin is not None and not self._relayed
+        if keep_place:
+            due = self._joined_at + self._rejoin_after - now
+            if due <= 0:
+                await self._register_again("its place in the room kept")
+                return
+            limit = min(limit, due)
         try:
-            event = await signaling.receive(timeout=30.0)
+            event = await self.signaling.receive(timeout=limit)
         except SignalingTimeoutError:
-            return  # look again anyway: a refusal may have been a moment's
-        except SignalingServerError as error:
-            logger.debug("signaling while queued: {}", describe(error))
-            continue
-        except SignalingError:
-            raise
-        if isinstance(event, (PeerJoined, PeerLeft, PeerUpdated)):
             return
+        except SignalingServerError as error:
+            logger.debug("signaling while waiting for a worker: {}", describe(error))
+            return
+        except SignalingError as error:
+            lasted = loop.time() - self._joined_at
+            if self._rejoin is None or lasted < MIN_CONNECTION_LIFE:
+                raise
+            if not self._relayed:
+                # Closed for idling, most likely: this server's limit is shorter than ours.
+                self._rejoin_after = max(MIN_CONNECTION_LIFE, min(self._rejoin_after, lasted * 3 / 4))
+            await self._register_again(f"the signaling connection ended ({describe(error)})")
+            return
+        if not isinstance(event, (PeerJoined, PeerLeft, PeerUpdated)):
+            logger.debug("signaling while waiting for a worker: {}", event)
+
+    async def _register_again(self, why: str) -> None:
+        assert self._rejoin is not None
+        logger.info("waiting for a worker: registering again in room {} ({})", self.signaling.room, why)
+        self.signaling = await self._rejoin()
+        self._joined_at = asyncio.get_running_loop().time()
+        self._relayed = False
+
+
+#: Seconds a waiting client stays registered before it registers again (below the signaling
+#: server's default idle limit, 120 s).
+REJOIN_AFTER = 90.0
+#: A connection that ends sooner than this after registering is not registered again (a server
+#: that closes every new client would otherwise be hammered).
+MIN_CONNECTION_LIFE = 1.0
+#: Seconds after which a waiting client looks at the room again even if nothing changed.
+LOOK_AGAIN = 30.0

@@ -88,6 +88,11 @@ WORKER_WENT_AWAY = "the worker went away"
 LOG_TAIL = 20
 #: Seconds to wait for the worker's report on a cancelled job (its processes get a grace period).
 CANCEL_REPORT_TIMEOUT = 20.0
+#: Seconds an attempt to connect to a worker may take when the wait for one has no limit.
+SESSION_SETUP_TIMEOUT = 60.0
+#: Attempts (a tenth of a second apart) to register again under the same peer id while the
+#: server has not yet seen this client's previous connection go (``duplicate-peer``).
+REGISTER_AGAIN_ATTEMPTS = 50
 
 
 @attrs.frozen
@@ -212,7 +217,7 @@ class RTCClient:
         *,
         signaling_token: str | None = None,
         worker_id: str | None = None,
-        timeout: float = 30.0,
+        timeout: float | None = 30.0,
         require: Iterable[str] = (),
         signaling_ssl=None,
     ) -> None:
@@ -227,6 +232,13 @@ class RTCClient:
         (see :mod:`rtcxfer.client.worker_choice`). Among the rest the best is tried first, a full one is
         skipped, and when every one is busy this waits in the room's queue (saying so through
         ``notice`` events). :class:`~rtcxfer.protocol.errors.NoWorkerError` when none can ever fit.
+
+        ``timeout`` bounds the whole wait for a worker (None: no limit): for one to join, and for
+        a busy or draining one to take the job
+        (:class:`~rtcxfer.protocol.errors.WorkerWaitTimeoutError`); it also bounds each attempt to
+        connect (:data:`SESSION_SETUP_TIMEOUT` without a limit). A long wait keeps this client's
+        place in the room by registering again before the signaling server's idle limit
+        (:class:`rtcxfer.client.room.RoomWait`).
         """
         from rtcxfer.client.room import open_session_in_room
         from rtcxfer.client.worker_choice import parse_requirement
@@ -237,20 +249,31 @@ class RTCClient:
         if signaling_token is None and self.token:
             # What `rtcxfer signal --token` expects when given the same token: an HMAC of it.
             signaling_token = auth.signaling_token(self.token)
-        self._signaling = SignalingClient(
-            signaling_url, room, "client", f"client-{secrets.token_hex(4)}", signaling_token, ssl=signaling_ssl
-        )
+        peer_id = f"client-{secrets.token_hex(4)}"
+
+        def signaling_client() -> SignalingClient:
+            return SignalingClient(signaling_url, room, "client", peer_id, signaling_token, ssl=signaling_ssl)
+
+        async def rejoin() -> SignalingClient:
+            assert self._signaling is not None
+            await self._signaling.close()
+            self._signaling = await register_again(signaling_client)
+            return self._signaling
+
+        self._signaling = signaling_client()
         await self._signaling.connect()
+        setup_timeout = timeout if timeout is not None else SESSION_SETUP_TIMEOUT
         try:
             own = await asyncio.to_thread(shared_root_fingerprint, self.shared_storage_root)
             self.worker_id = await open_session_in_room(
                 self._signaling,
-                lambda candidate: self._open_session(candidate, timeout),
+                lambda candidate: self._open_session(candidate, setup_timeout),
                 worker_id=worker_id,
                 requirements=requirements,
                 own_fingerprint=own,
                 timeout=timeout,
                 notice=lambda text: self._emit("notice", None, message=text),
+                rejoin=rejoin,
             )
         except BaseException:
             await self._detach()
@@ -689,3 +712,21 @@ def _reason(frame: Frame) -> str:
             return getattr(frame, field)
     return frame.encode()
 
+
+
+async def register_again(make_client: Callable[[], Any]):
+    """A fresh signaling connection under the peer id the closed one had (a client keeping its
+    place in the room); the server may take a moment to see the old connection go."""
+    from rtcxfer.net.signaling import SignalingServerError
+
+    attempts = REGISTER_AGAIN_ATTEMPTS
+    while True:
+        client = make_client()
+        try:
+            await client.connect()
+            return client
+        except SignalingServerError as error:
+            attempts -= 1
+            if error.code != "duplicate-peer" or attempts <= 0:
+                raise
+        await asyncio.sleep(0.1)

@@ -171,6 +171,11 @@ class NoWorkerError(SignalingError):
     is not there. The message lists what the room has."""
 
 
+class WorkerWaitTimeoutError(NoWorkerError):
+    """Every matching worker stayed busy or draining for the whole wait the client allowed; the
+    message says what it waited for."""
+
+
 class WorkerBusyError(RtcxferError):
     """A worker refused the session (``WORKER_BUSY``): every job slot is taken, or it drains."""
 

@@ -165,7 +165,8 @@ class RTCWorkerClient:
         self._payload_replies = TokenBucket(1.0, 5)
         self._background: set[asyncio.Task] = set()
         #: Job slots and draining; every change is published to the room (see :meth:`description`).
-        self.job_slots = JobSlots(slots, on_change=self._publish_description)
+        self.job_slots = JobSlots(slots, on_change=self._slots_changed)
+        self._drained: asyncio.Event | None = None
         self.labels = validate_description({"labels": dict(labels or {})})["labels"]  # DescriptionError now, not later
         self.started_at = time.time()
         self._hardware: dict | None = None
@@ -187,9 +188,27 @@ class RTCWorkerClient:
         )
 
     def drain(self) -> None:
-        """Finish the running jobs and accept no new ones (``--drain``, SIGUSR1)."""
-        logger.warning("worker draining: {} running job(s) finish, no new ones are accepted", self.job_slots.running)
+        """Finish the running jobs and accept no new ones (``--drain``, SIGUSR1, a first Ctrl-C);
+        :meth:`wait_drained` returns once none runs. Whoever asked tells the operator (the
+        command does, once)."""
+        logger.debug("worker draining: {} running job(s) finish, no new ones are accepted", self.job_slots.running)
         self.job_slots.drain()
+
+    async def wait_drained(self) -> None:
+        """Return once the worker drains and no job runs any more: stopping it then cuts nothing short."""
+        if self._drained is None:
+            self._drained = asyncio.Event()
+            self._check_drained()
+        await self._drained.wait()
+
+    def _slots_changed(self) -> None:
+        self._check_drained()
+        self._publish_description()
+
+    def _check_drained(self) -> None:
+        slots = self.job_slots
+        if self._drained is not None and slots.draining and slots.running == 0:
+            self._drained.set()
 
     def _publish_description(self) -> None:
         signaling = self._signaling

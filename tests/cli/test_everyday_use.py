@@ -177,14 +177,15 @@ def test_worker_stopped_during_a_job_is_reported_as_a_shutdown_not_a_cancel(lab,
     )
     try:
         wait_until(lambda: "| started" in stderr.read_text(), "job output")
-        worker.process.send_signal(signal.SIGINT)
+        worker.process.send_signal(signal.SIGTERM)  # stops now (docker stop); Ctrl-C would drain first
         assert client.wait(GUARD) == EXIT_WORKER_STOPPED, stderr.read_text()
     finally:
         if client.poll() is None:
             client.kill()
         client.wait(GUARD)
     text = stderr.read_text()
-    assert "the worker stopped while running job" in text and "you cancelled nothing" in text
+    assert "the worker was shut down by its operator while running job" in text, text
+    assert "nothing is wrong with the job. Submit it again" in text and "cancelled nothing" not in text
     assert "was cancelled" not in text
     assert worker.process.wait(GUARD) == 0
     log = worker.text()

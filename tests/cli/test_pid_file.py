@@ -113,6 +113,35 @@ def test_the_worker_that_wrote_the_file_is_drained_and_removes_the_file_when_it_
     assert not pid_file.exists()
 
 
+@pytest.mark.slow
+def test_the_pid_file_of_a_killed_worker_whose_pid_is_now_a_sleep_is_refused_and_the_sleep_lives(cluster, tmp_path):
+    """The issue's case: a worker that could not remove its file (killed), and its pid taken by a
+    ``sleep`` started since: ``--drain`` refuses, says why, and signals nothing."""
+    pid_file = tmp_path / "gpu.pid"
+    worker = cluster.start_worker("killed", "--pid-file", str(pid_file), name="worker-killed")
+    worker.kill()  # SIGKILL: no chance to remove the file
+    left = pid_file.read_text()
+    assert left.startswith(f"{worker.process.pid}\n"), left
+
+    gone = drain(pid_file)
+    assert gone.returncode == 1, gone.stderr
+    assert f"the worker that wrote {pid_file} is no longer running (pid {worker.process.pid} is unused)" in gone.stderr
+
+    sleep = subprocess.Popen(["sleep", "300"])  # started after the worker, as a process reusing its pid is
+    try:
+        # The kernel hands the number on: the file is as the worker left it, but its pid is the sleep's now.
+        pid_file.write_text(left.replace(str(worker.process.pid), str(sleep.pid), 1))
+        refused = drain(pid_file)
+
+        assert refused.returncode == 1, refused.stderr
+        assert f"(pid {sleep.pid} is another process now: sleep 300); nothing signalled" in refused.stderr
+        assert "Remove the stale file" in refused.stderr and "asked worker" not in refused.stderr
+        assert still_running(sleep)
+    finally:
+        sleep.kill()
+        sleep.wait()
+
+
 @given(st.text(max_size=200))
 def test_any_pid_file_text_is_read_or_refused_with_a_pid_file_error(tmp_path_factory, text):
     pid_file = tmp_path_factory.mktemp("garbage") / "worker.pid"
