@@ -190,6 +190,9 @@ class TransportContext:
     shared_filesystem: Any = None
     #: Called with every :class:`ReceivedFile` once it is complete and verified.
     on_file: Callable[[ReceivedFile], Awaitable[None] | None] | None = None
+    #: Worker: called with the reason when a transport refuses the input the peer named (a
+    #: ``PATH_ERROR``), before the refusal is sent: the job that waited for that input ends.
+    on_input_refused: Callable[[str], None] | None = None
     #: Called with frames a transport received but did not expect (e.g. a PATH_ERROR about a
     #: package the worker already accepted), so the application can react.
     on_notice: Callable[[Frame], None] | None = None
@@ -215,6 +218,12 @@ class TransportContext:
         if shared is None:
             return None
         return lambda name, done, total: shared(transport, name, done, total)
+
+    def input_refused(self, reason: str) -> None:
+        """Tell the application (:attr:`on_input_refused`) that the peer's input was refused;
+        call it before sending the refusal, which the peer may answer at once."""
+        if self.on_input_refused is not None:
+            self.on_input_refused(reason)
 
     async def deliver(self, received: ReceivedFile) -> None:
         """Hand a complete, verified file to :attr:`on_file` (a plain or a coroutine function)."""

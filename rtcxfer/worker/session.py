@@ -91,6 +91,7 @@ class WorkerSession:
         self.directory: Path | None = None
         self.context = worker.transport_context()
         self.context.on_file = self._on_file
+        self.context.on_input_refused = self._on_input_refused
         self.transports: dict[str, Transport] = {
             info.name: info.transport(self.link, self.context) for info in host.transports()
         }
@@ -306,6 +307,21 @@ class WorkerSession:
         if self.job is job:
             self.job = None
 
+    def _on_input_refused(self, reason: str) -> None:
+        """A transport refused the input the client named for the job waiting for one (a
+        ``PATH_ERROR`` about to leave): that ends the job, so the client's next ``JOB_SUBMIT``
+        (the same job by another transport, or a new one) is a fresh start."""
+        job = self.job
+        if job is None or job.task is not None:
+            return  # no job waits for its input (an implicit job starts only with a valid one)
+        logger.info("{}: job {} ends: its input was refused ({})", self.name, job.job_id, quote_for_log(reason))
+        self.end_job(job)
+        self.worker.stats["failed"] += 1
+        self.worker.tell_operator(f"job {job.job_id} failed: {quote_for_log(reason)}")
+        dropping = asyncio.create_task(self._drop_input(job))
+        self._job_tasks.add(dropping)
+        dropping.add_done_callback(self._job_tasks.discard)
+
     # --- running a job ----------------------------------------------------------------
 
     async def _on_file(self, received: ReceivedFile) -> None:
@@ -365,11 +381,16 @@ class NativeJobDialect:
 
     def _results_via(self) -> str:
         """The transport named in ``JOB_SUBMIT``; for an implicit job, the one the client asked
-        results of (a ``SHARED_OUTPUT_PATH``), else the fallback."""
+        results of (a ``SHARED_OUTPUT_PATH``), else the one its input came by (a client that
+        speaks only the specification's messages reads its results on the shared storage, where
+        it cannot read ``FILE_META``), else the fallback."""
         if self.job.results_via is not None:
             return self.job.results_via
         transports = self.session.transports
         requested = next((name for name, transport in transports.items() if transport.results_requested), None)
+        came_by = self.received.transport if self.received is not None else None
+        if requested is None and came_by in transports:
+            requested = came_by
         fallback = requested or self.session.worker.plugins.fallback_transport(transports)
         if fallback is None:
             raise TransferError("no transport can carry the results")
@@ -391,6 +412,10 @@ class NativeJobDialect:
             in_place = self._input_transport()
             reply = in_place.unusable_input_reply(self.received) if in_place and self.received else None
             frame = reply or frames.JobFailed(f"Job {job_id}: {outcome.detail}")
+        elif kind is Outcome.NOT_RUNNABLE:
+            # A missing or invalid manifest refuses the package as a broken ZIP does: one
+            # documented reason, the detail after it (docs/protocol.md 6.4).
+            frame = frames.JobFailed(f"Job {job_id}: {texts.PACKAGE_REFUSED}: {outcome.detail}")
         elif kind is Outcome.DISK_FULL:
             frame = frames.JobFailed(texts.DISK_FULL)  # the specification's words exactly
         elif kind is Outcome.CANCELLED:
