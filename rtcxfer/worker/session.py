@@ -9,8 +9,14 @@ the worker's job slots (``WORKER_BUSY`` when none is free), held until the sessi
 Then one job at a time: ``JOB_SUBMIT`` announces it, its input arrives by any transport
 (``SHARED_INPUT_PATH``, ``FILE_META``, ...), it runs through the job pipeline
 (:mod:`rtcxfer.worker.pipeline`) once the input is complete, and its results go back by the
-transport the client named before ``JOB_COMPLETE``. A client that speaks only the
-specification's messages (no ``JOB_SUBMIT``) gets an implicit job for each input it sends.
+transport the client named before ``JOB_COMPLETE``. A job ends with exactly one of
+``JOB_COMPLETE``, ``JOB_FAILED`` or ``PATH_ERROR``: a transport that refuses the input the
+client named (``PATH_ERROR``) ends the job waiting for it, so the next ``JOB_SUBMIT`` is a fresh
+start. A client that speaks only the specification's messages (no ``JOB_SUBMIT``) gets an
+implicit job for each input it sends, whose results go back the way its input came (on the
+shared storage for a ``SHARED_INPUT_PATH``: a client of the specification reads no
+``FILE_META``). docs/protocol.md section 6 is this module's contract, held to it by
+tests/docs/test_doc_and_worker_agree.py.
 """
 
 from __future__ import annotations
