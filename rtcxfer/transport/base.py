@@ -17,7 +17,8 @@ worker ask the transport, so a third party's transport can take any role a built
   :meth:`~Transport.collect_results` and :meth:`~Transport.discard_results`.
 * Inputs read in place: :meth:`Transport.unusable_input_reply` says what the peer is told when
   an input the transport delivered is not a usable package (shared-fs answers with the
-  specification's ``PATH_ERROR``, which asks the client to retry with bytes).
+  specification's ``PATH_ERROR``, which asks the client to retry with bytes), and
+  :meth:`Transport.unreadable_input_reply` when it could not be read at all.
 
 This module imports no asyncio, aiortc, fsspec or loguru.
 """
@@ -141,6 +142,12 @@ class Transport:
     def unusable_input_reply(self, received: ReceivedFile) -> Frame | None:
         """Worker: the frame that tells the client an input this transport delivered is not a
         usable package, or ``None`` for the usual ``JOB_FAILED``."""
+        return None
+
+    def unreadable_input_reply(self, received: ReceivedFile, error: BaseException) -> Frame | None:
+        """Worker: the frame that tells the client an input this transport delivered could not
+        be read (``error``, e.g. a file on shared storage that vanished after it was validated),
+        or ``None`` for the usual ``JOB_FAILED``."""
         return None
 
 

@@ -337,6 +337,11 @@ class SharedFsTransport(Transport):
         # The specification's reply, which also asks the client to retry with the bytes.
         return PathErrorFrame(f"{texts.CORRUPTED}: {received.name}")
 
+    def unreadable_input_reply(self, received: ReceivedFile, error: BaseException) -> Frame | None:
+        # Validated, then gone (or swapped for a link, or unreadable) when the job read it: the
+        # specification's words for a file it cannot find or may not read.
+        return PathErrorFrame(path_error_text(error)) if isinstance(error, PathError) else None
+
     def _stage(self, path: Path, name: str) -> str:
         assert self.root is not None
         relative = STAGING_DIR / secrets.token_hex(8) / PurePosixPath(name).name

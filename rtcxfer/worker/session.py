@@ -414,10 +414,8 @@ class NativeJobDialect:
             frame: Frame = frames.JobComplete(
                 job_id, outcome.results_path, outcome.file_count, round(outcome.total_bytes / MIB, 2)
             )
-        elif kind is Outcome.UNUSABLE_PACKAGE and isinstance(outcome.error, ArchiveError):
-            in_place = self._input_transport()
-            reply = in_place.unusable_input_reply(self.received) if in_place and self.received else None
-            frame = reply or frames.JobFailed(f"Job {job_id}: {outcome.detail}")
+        elif kind is Outcome.UNUSABLE_PACKAGE:
+            frame = self._input_refusal(outcome) or frames.JobFailed(f"Job {job_id}: {outcome.detail}")
         elif kind is Outcome.NOT_RUNNABLE:
             # A missing or invalid manifest refuses the package as a broken ZIP does: one
             # documented reason, the detail after it (docs/protocol.md 6.4).
@@ -438,6 +436,18 @@ class NativeJobDialect:
         logger.info("{}: {}", self.label, frame.encode())
         self.session.end_job(self.job)
         await self._send_quietly(frame)
+
+    def _input_refusal(self, outcome: JobOutcome) -> Frame | None:
+        """The input transport's own words for an input it delivered that is corrupted or could
+        not be read (shared-fs: the specification's ``PATH_ERROR``), if it has any."""
+        in_place = self._input_transport()
+        if in_place is None or self.received is None:
+            return None
+        if isinstance(outcome.error, ArchiveError):
+            return in_place.unusable_input_reply(self.received)
+        if isinstance(outcome.error, PathError):
+            return in_place.unreadable_input_reply(self.received, outcome.error)
+        return None
 
     def _input_transport(self) -> Transport | None:
         return self.session.transports.get(self.received.transport) if self.received is not None else None

@@ -336,6 +336,45 @@ def test_a_path_error_ends_the_job_so_the_next_submit_is_accepted(shared, tmp_pa
         assert after == f"JOB_ACCEPTED::next-{number}", (refusal, after)
 
 
+def test_a_package_that_vanishes_once_validated_is_the_specifications_file_not_found(shared, tmp_path, monkeypatch):
+    """6.3 and 7: the package on the shared storage was validated, then is gone when the job
+    reads it: the specification's ``PATH_ERROR::File not found: <path>`` after ``extracting``,
+    and that ends the job."""
+    from rtcxfer.files import paths
+
+    build_sample_package(shared / "jobs" / "vanishing.zip")
+    real_open = paths.open_peer_path
+    opened: list[str] = []
+
+    def open_then_remove(relative, root, *args, **kwargs):
+        handle = real_open(relative, root, *args, **kwargs)
+        if relative == "jobs/vanishing.zip" and not opened:
+            opened.append(relative)
+            (Path(root) / relative).unlink()  # validated, then deleted before the job reads it
+        return handle
+
+    monkeypatch.setattr(paths, "open_peer_path", open_then_remove)
+    assert "`File not found` | a path that vanished while being read (after `PATH_VALIDATED::input`" in doc_text()
+    worker = make_worker(shared, tmp_path / "work")
+
+    async def scenario() -> list[str]:
+        async with worker_session(worker) as peer:
+            await peer.send("JOB_SUBMIT::job-v::shared-fs")
+            assert await peer.next_text() == "JOB_ACCEPTED::job-v"
+            await peer.send("SHARED_INPUT_PATH::jobs/vanishing.zip")
+            replies = [await peer.next_text() for _ in range(3)]
+            await peer.send("JOB_SUBMIT::job-w::rtc-chunked")
+            replies.append(await peer.next_text())
+            return replies
+
+    assert run_async(scenario(), 60) == [
+        "PATH_VALIDATED::input",
+        "JOB_STATUS::job-v::extracting",
+        f"PATH_ERROR::{texts.NOT_FOUND}: jobs/vanishing.zip",
+        "JOB_ACCEPTED::job-w",
+    ]
+
+
 # --- point 14: FILE_ERROR reasons and the partial, the direct ACK, the examples' fingerprints --
 
 
