@@ -164,8 +164,7 @@ def test_the_worked_examples_of_9_4_are_what_a_worker_answers(shared, tmp_path):
     assert len(examples) == 3, "9.4 should hold three exchanges"
     package = build_sample_package(shared / "jobs" / "sample-package.zip")
     data = package.read_bytes()
-    good = data
-    (shared / "jobs" / "corrupted.zip").write_bytes(good[: len(good) // 2])
+    (shared / "jobs" / "corrupted.zip").write_bytes(data[: len(data) // 2])
     worker = make_worker(shared, tmp_path / "work")
 
     async def scenario() -> str | None:
