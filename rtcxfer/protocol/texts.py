@@ -20,6 +20,21 @@ NOT_SHARED = "Shared storage is not available on this worker"
 #: ``JOB_FAILED::`` when results do not fit on the shared storage (the specification's words).
 DISK_FULL = "Disk space exhausted on shared storage"
 
+# JOB_FAILED reasons of rtcxfer's own, each after ``Job <id>: `` (docs/protocol.md 6.4).
+#: The package was refused: not a usable ZIP, or its manifest (``rtcxfer.json``) is missing or
+#: invalid; the detail follows after ``: ``.
+PACKAGE_REFUSED = "package is corrupted or invalid"
+#: The worker could not read the package it received (an I/O error); the detail follows.
+PACKAGE_UNREADABLE = "cannot read the package"
+
 #: How a job stopped by the worker's own shutdown is reported (``JOB_FAILED::Job X stopped:
 #: ...``).
 WORKER_SHUTTING_DOWN = "the worker is shutting down"
+
+#: A loopback-only worker's ``{"kind": "error"}`` answer to an offer with no ICE candidate on
+#: 127.0.0.1, which it could never connect to (docs/protocol.md 1.4).
+NO_LOOPBACK_CANDIDATE = (
+    "this worker is loopback-only: it uses only ICE candidates on 127.0.0.1, and the offer has none; "
+    "gather a host candidate on 127.0.0.1 (stock aioice skips loopback addresses: see docs/protocol.md 1.4), "
+    "or start the worker with --any-interface"
+)

@@ -17,7 +17,8 @@ worker ask the transport, so a third party's transport can take any role a built
   :meth:`~Transport.collect_results` and :meth:`~Transport.discard_results`.
 * Inputs read in place: :meth:`Transport.unusable_input_reply` says what the peer is told when
   an input the transport delivered is not a usable package (shared-fs answers with the
-  specification's ``PATH_ERROR``, which asks the client to retry with bytes).
+  specification's ``PATH_ERROR``, which asks the client to retry with bytes), and
+  :meth:`Transport.unreadable_input_reply` when it could not be read at all.
 
 This module imports no asyncio, aiortc, fsspec or loguru.
 """
@@ -143,6 +144,12 @@ class Transport:
         usable package, or ``None`` for the usual ``JOB_FAILED``."""
         return None
 
+    def unreadable_input_reply(self, received: ReceivedFile, error: BaseException) -> Frame | None:
+        """Worker: the frame that tells the client an input this transport delivered could not
+        be read (``error``, e.g. a file on shared storage that vanished after it was validated),
+        or ``None`` for the usual ``JOB_FAILED``."""
+        return None
+
 
 @attrs.frozen
 class ReceivedFile:
@@ -190,6 +197,9 @@ class TransportContext:
     shared_filesystem: Any = None
     #: Called with every :class:`ReceivedFile` once it is complete and verified.
     on_file: Callable[[ReceivedFile], Awaitable[None] | None] | None = None
+    #: Worker: called with the reason when a transport refuses the input the peer named (a
+    #: ``PATH_ERROR``), before the refusal is sent: the job that waited for that input ends.
+    on_input_refused: Callable[[str], None] | None = None
     #: Called with frames a transport received but did not expect (e.g. a PATH_ERROR about a
     #: package the worker already accepted), so the application can react.
     on_notice: Callable[[Frame], None] | None = None
@@ -215,6 +225,12 @@ class TransportContext:
         if shared is None:
             return None
         return lambda name, done, total: shared(transport, name, done, total)
+
+    def input_refused(self, reason: str) -> None:
+        """Tell the application (:attr:`on_input_refused`) that the peer's input was refused;
+        call it before sending the refusal, which the peer may answer at once."""
+        if self.on_input_refused is not None:
+            self.on_input_refused(reason)
 
     async def deliver(self, received: ReceivedFile) -> None:
         """Hand a complete, verified file to :attr:`on_file` (a plain or a coroutine function)."""

@@ -132,14 +132,19 @@ class SharedFsTransport(Transport):
         elif isinstance(frame, SharedProbe):
             await self.link.send(SharedProbeResult(await asyncio.to_thread(check_probe, self.root, frame)))
 
+    async def _refuse(self, message: str) -> None:
+        """``PATH_ERROR::<message>``, which ends the job that waited for this path."""
+        self.context.input_refused(message)
+        await self.link.send(PathErrorFrame(message))
+
     async def _receive_input(self, relative: str) -> None:
         if self.root is None:
-            await self.link.send(PathErrorFrame(f"{texts.NOT_SHARED}: {relative}"))
+            await self._refuse(f"{texts.NOT_SHARED}: {quote_for_reply(relative)}")
             return
         try:
             path, size = await asyncio.to_thread(self.validate_input, relative)
         except PathError as error:
-            await self.link.send(PathErrorFrame(self._refusal(error, relative)))
+            await self._refuse(self._refusal(error, relative))
             return
         await self.link.send(PathValidated("input"))
         root = self.root
@@ -201,12 +206,12 @@ class SharedFsTransport(Transport):
 
     async def _receive_output(self, relative: str) -> None:
         if self.root is None:
-            await self.link.send(PathErrorFrame(f"{texts.NOT_SHARED}: {relative}"))
+            await self._refuse(f"{texts.NOT_SHARED}: {quote_for_reply(relative)}")
             return
         try:
             path = await asyncio.to_thread(self._make_output_dir, relative)
         except PathError as error:
-            await self.link.send(PathErrorFrame(self._refusal(error, relative)))
+            await self._refuse(self._refusal(error, relative))
             return
         self.output = (relative, path)
         await self.link.send(PathValidated("output"))
@@ -301,10 +306,15 @@ class SharedFsTransport(Transport):
         return self.output is not None
 
     async def send_results(self, job_id: str, output_dir: Path, files: Sequence[tuple[str, int]]) -> str:
-        """Write the results under the output directory the client asked for; its relative path."""
-        if self.output is None or self.root is None:
-            raise TransferError("no SHARED_OUTPUT_PATH was given for the results")
-        relative, _ = self.output
+        """Write the results under the output directory the client asked for (without a
+        ``SHARED_OUTPUT_PATH``, under ``rtcxfer-results/<job id>``); its relative path."""
+        if self.root is None:
+            raise TransferError("shared-fs has no shared root on this side")
+        if self.output is None:
+            relative = results_path(job_id)
+            await asyncio.to_thread(self._make_output_dir, relative)
+        else:
+            relative, _ = self.output
         label = f"shared-fs ({self.context.role})"
         await asyncio.to_thread(results.publish_beneath, self.root, output_dir, files, relative, label)
         return relative
@@ -326,6 +336,11 @@ class SharedFsTransport(Transport):
     def unusable_input_reply(self, received: ReceivedFile) -> Frame | None:
         # The specification's reply, which also asks the client to retry with the bytes.
         return PathErrorFrame(f"{texts.CORRUPTED}: {received.name}")
+
+    def unreadable_input_reply(self, received: ReceivedFile, error: BaseException) -> Frame | None:
+        # Validated, then gone (or swapped for a link, or unreadable) when the job read it: the
+        # specification's words for a file it cannot find or may not read.
+        return PathErrorFrame(path_error_text(error)) if isinstance(error, PathError) else None
 
     def _stage(self, path: Path, name: str) -> str:
         assert self.root is not None

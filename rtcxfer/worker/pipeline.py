@@ -260,10 +260,10 @@ async def _steps(
         package = await asyncio.to_thread(_extract, worker, job, received, dialect)
     except ArchiveError as error:
         logger.error("{}: package {} is unusable: {}", dialect.label, quote_for_log(received.name), describe(error))
-        return JobOutcome(Outcome.UNUSABLE_PACKAGE, f"package is corrupted or invalid: {error}", error=error)
+        return JobOutcome(Outcome.UNUSABLE_PACKAGE, f"{texts.PACKAGE_REFUSED}: {error}", error=error)
     except (PathError, StorageFullError, OSError) as error:
         logger.error("{}: package {} is unreadable: {}", dialect.label, quote_for_log(received.name), describe(error))
-        return JobOutcome(Outcome.UNUSABLE_PACKAGE, f"cannot read the package: {error}", error=error)
+        return JobOutcome(Outcome.UNUSABLE_PACKAGE, f"{texts.PACKAGE_UNREADABLE}: {error}", error=error)
     default_executor = worker.executor is run_manifest_command
     try:
         output_dir = await asyncio.to_thread(dialect.output_dir, package)

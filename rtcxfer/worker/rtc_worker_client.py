@@ -33,7 +33,7 @@ from rtcxfer.log import logger
 from rtcxfer.net.rate_limits import LogThrottle, TokenBucket
 from rtcxfer.net.signaling import PeerLeft, Relay, SignalingServerError
 from rtcxfer.net.signaling.handshake import HandshakeRefusal, SdpAnswer, SdpOffer, decode_handshake
-from rtcxfer.protocol import auth
+from rtcxfer.protocol import auth, texts
 from rtcxfer.protocol.errors import (
     IceFailedError,
     RtcxferError,
@@ -512,7 +512,7 @@ class RTCWorkerClient:
         An offer of relay candidates only (a client's second attempt after ICE found no pair)
         is answered with relay candidates only, where this worker has a TURN server."""
         from rtcxfer.net.ice_paths import offered_candidates
-        from rtcxfer.net.peer import PeerConnection
+        from rtcxfer.net.peer import PeerConnection, strip_non_loopback_candidates
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.auth_timeout
@@ -520,6 +520,13 @@ class RTCWorkerClient:
         peer = None
         try:
             options = options.with_signaled_ice_servers(signaling.ice_servers)
+            if options.loopback_only and "a=candidate:" not in strip_non_loopback_candidates(offer.sdp):
+                # ICE could only fail, 15 s from now and unheard by the client: say why at once.
+                logger.warning("client {} offered no ICE candidate on 127.0.0.1: told it this worker is "
+                               "loopback-only", client_id)
+                refusal = HandshakeRefusal(texts.NO_LOOPBACK_CANDIDATE).to_payload()
+                await self._send_quietly(signaling, client_id, refusal)
+                return
             offered = offered_candidates(offer.sdp)
             if offered.relay and not offered.host and not offered.srflx:
                 relay_only = options.relay_only_retry()

@@ -9,8 +9,14 @@ the worker's job slots (``WORKER_BUSY`` when none is free), held until the sessi
 Then one job at a time: ``JOB_SUBMIT`` announces it, its input arrives by any transport
 (``SHARED_INPUT_PATH``, ``FILE_META``, ...), it runs through the job pipeline
 (:mod:`rtcxfer.worker.pipeline`) once the input is complete, and its results go back by the
-transport the client named before ``JOB_COMPLETE``. A client that speaks only the
-specification's messages (no ``JOB_SUBMIT``) gets an implicit job for each input it sends.
+transport the client named before ``JOB_COMPLETE``. A job ends with exactly one of
+``JOB_COMPLETE``, ``JOB_FAILED`` or ``PATH_ERROR``: a transport that refuses the input the
+client named (``PATH_ERROR``) ends the job waiting for it, so the next ``JOB_SUBMIT`` is a fresh
+start. A client that speaks only the specification's messages (no ``JOB_SUBMIT``) gets an
+implicit job for each input it sends, whose results go back the way its input came (on the
+shared storage for a ``SHARED_INPUT_PATH``: a client of the specification reads no
+``FILE_META``). docs/protocol.md section 6 is this module's contract, held to it by
+tests/docs/test_doc_and_worker_agree.py.
 """
 
 from __future__ import annotations
@@ -91,6 +97,7 @@ class WorkerSession:
         self.directory: Path | None = None
         self.context = worker.transport_context()
         self.context.on_file = self._on_file
+        self.context.on_input_refused = self._on_input_refused
         self.transports: dict[str, Transport] = {
             info.name: info.transport(self.link, self.context) for info in host.transports()
         }
@@ -306,6 +313,21 @@ class WorkerSession:
         if self.job is job:
             self.job = None
 
+    def _on_input_refused(self, reason: str) -> None:
+        """A transport refused the input the client named for the job waiting for one (a
+        ``PATH_ERROR`` about to leave): that ends the job, so the client's next ``JOB_SUBMIT``
+        (the same job by another transport, or a new one) is a fresh start."""
+        job = self.job
+        if job is None or job.task is not None:
+            return  # no job waits for its input (an implicit job starts only with a valid one)
+        logger.info("{}: job {} ends: its input was refused ({})", self.name, job.job_id, quote_for_log(reason))
+        self.end_job(job)
+        self.worker.stats["failed"] += 1
+        self.worker.tell_operator(f"job {job.job_id} failed: {quote_for_log(reason)}")
+        dropping = asyncio.create_task(self._drop_input(job))
+        self._job_tasks.add(dropping)
+        dropping.add_done_callback(self._job_tasks.discard)
+
     # --- running a job ----------------------------------------------------------------
 
     async def _on_file(self, received: ReceivedFile) -> None:
@@ -365,11 +387,16 @@ class NativeJobDialect:
 
     def _results_via(self) -> str:
         """The transport named in ``JOB_SUBMIT``; for an implicit job, the one the client asked
-        results of (a ``SHARED_OUTPUT_PATH``), else the fallback."""
+        results of (a ``SHARED_OUTPUT_PATH``), else the one its input came by (a client that
+        speaks only the specification's messages reads its results on the shared storage, where
+        it cannot read ``FILE_META``), else the fallback."""
         if self.job.results_via is not None:
             return self.job.results_via
         transports = self.session.transports
         requested = next((name for name, transport in transports.items() if transport.results_requested), None)
+        came_by = self.received.transport if self.received is not None else None
+        if requested is None and came_by in transports:
+            requested = came_by
         fallback = requested or self.session.worker.plugins.fallback_transport(transports)
         if fallback is None:
             raise TransferError("no transport can carry the results")
@@ -387,10 +414,12 @@ class NativeJobDialect:
             frame: Frame = frames.JobComplete(
                 job_id, outcome.results_path, outcome.file_count, round(outcome.total_bytes / MIB, 2)
             )
-        elif kind is Outcome.UNUSABLE_PACKAGE and isinstance(outcome.error, ArchiveError):
-            in_place = self._input_transport()
-            reply = in_place.unusable_input_reply(self.received) if in_place and self.received else None
-            frame = reply or frames.JobFailed(f"Job {job_id}: {outcome.detail}")
+        elif kind is Outcome.UNUSABLE_PACKAGE:
+            frame = self._input_refusal(outcome) or frames.JobFailed(f"Job {job_id}: {outcome.detail}")
+        elif kind is Outcome.NOT_RUNNABLE:
+            # A missing or invalid manifest refuses the package as a broken ZIP does: one
+            # documented reason, the detail after it (docs/protocol.md 6.4).
+            frame = frames.JobFailed(f"Job {job_id}: {texts.PACKAGE_REFUSED}: {outcome.detail}")
         elif kind is Outcome.DISK_FULL:
             frame = frames.JobFailed(texts.DISK_FULL)  # the specification's words exactly
         elif kind is Outcome.CANCELLED:
@@ -407,6 +436,18 @@ class NativeJobDialect:
         logger.info("{}: {}", self.label, frame.encode())
         self.session.end_job(self.job)
         await self._send_quietly(frame)
+
+    def _input_refusal(self, outcome: JobOutcome) -> Frame | None:
+        """The input transport's own words for an input it delivered that is corrupted or could
+        not be read (shared-fs: the specification's ``PATH_ERROR``), if it has any."""
+        in_place = self._input_transport()
+        if in_place is None or self.received is None:
+            return None
+        if isinstance(outcome.error, ArchiveError):
+            return in_place.unusable_input_reply(self.received)
+        if isinstance(outcome.error, PathError):
+            return in_place.unreadable_input_reply(self.received, outcome.error)
+        return None
 
     def _input_transport(self) -> Transport | None:
         return self.session.transports.get(self.received.transport) if self.received is not None else None

@@ -387,6 +387,35 @@ class DocClient:
         await self._expect_path_validated("input")
         return await self._finish_job(job_id, None)
 
+    async def run_spec_only_job(self, relative_package: str) -> JobResult:
+        """Section 6.1's implicit job: only the specification's ``SHARED_INPUT_PATH``, no
+        ``JOB_SUBMIT`` and no ``SHARED_OUTPUT_PATH``; the worker chooses the job id (its first
+        ``JOB_STATUS`` says which) and names the results' directory in ``JOB_COMPLETE``."""
+        if "shared-fs" not in self.usable_transports:
+            raise ProtocolViolation("shared-fs is not usable in this session (no verified probe?)")
+        await self.send_text(encode("SHARED_INPUT_PATH", relative_package))
+        await self._expect_path_validated("input")
+        first = await self.next_frame()
+        frame_type, fields = decode(first)
+        if frame_type != "JOB_STATUS":
+            raise WorkerRefused(first)
+        result = await self._finish_job(fields[0], None)
+        result.reports.insert(0, first)
+        return result
+
+    async def run_job_shared_fs_else_bytes(
+        self, relative_package: str, package: Path, relative_output: str, results_root: Path
+    ) -> tuple[JobResult, str | None]:
+        """A shared-fs job; if the worker finds the package corrupted where it lies, the bytes
+        over rtc-chunked instead (section 3.2). The job's result, and the refusal if there was one."""
+        try:
+            return await self.run_job_shared_fs(relative_package, relative_output), None
+        except WorkerRefused as refused:
+            if not refused.frame.startswith("PATH_ERROR::File corrupted or invalid format: "):
+                raise
+            # That PATH_ERROR ended the job (6.3): a new JOB_SUBMIT, the package as bytes.
+            return await self.run_job_rtc_chunked(package, results_root), refused.frame
+
     async def _submit(self, job_id: str, results_via: str) -> None:
         await self.send_text(encode("JOB_SUBMIT", job_id, results_via))
         reply = await self.next_frame()

@@ -118,3 +118,43 @@ def test_wrong_worker_token_gets_auth_failed(servers):
     assert frame == "AUTH_FAILED::invalid token"
     assert closed is None
     assert welcome.startswith("WELCOME::2::")
+
+
+@pytest.mark.slow
+def test_spec_only_jobs_refused_paths_and_a_corrupted_package_as_the_document_says(servers):
+    """Issue 24's stranger, again: an implicit job's results are read on the shared storage, a
+    refused path ends its job so the next JOB_SUBMIT is accepted, and a package corrupted on the
+    shared storage goes again as bytes (sections 3.2, 6.1, 6.3, 7)."""
+    url, shared_root, base = servers
+    package = build_sample_package(base / "client" / "again-package.zip", data=DATA)
+    shared_package = build_sample_package(shared_root / "jobs" / "spec-only.zip", data=DATA)
+    corrupted = shared_root / "jobs" / "corrupted.zip"
+    corrupted.write_bytes(shared_package.read_bytes()[:1000])
+    expected = expected_sample_results(DATA)
+
+    async def scenario():
+        client = DocClient(transports=("shared-fs", "rtc-chunked"))
+        try:
+            await client.connect(url, ROOM, ROOM_SECRET)
+            await client.authenticate(WORKER_TOKEN)
+            assert await client.probe_shared_storage(shared_root) == "verified"
+            implicit = await client.run_spec_only_job("jobs/spec-only.zip")
+            with pytest.raises(WorkerRefused) as refused:
+                await client.run_job_shared_fs("jobs/absent.zip", "rtcxfer-results/absent")
+            after_refusal = await client.run_job_rtc_chunked(package, base / "results-2")
+            resent, corrupted_reply = await client.run_job_shared_fs_else_bytes(
+                "jobs/corrupted.zip", package, "rtcxfer-results/corrupted", base / "results-3"
+            )
+            return client, implicit, refused.value.frame, after_refusal, resent, corrupted_reply
+        finally:
+            await client.close()
+
+    client, implicit, refused, after_refusal, resent, corrupted_reply = run_async(scenario())
+    assert implicit.relative_path == f"rtcxfer-results/{implicit.job_id}", client.log
+    assert re.fullmatch(r"job-[0-9a-f]{8}", implicit.job_id)
+    output = shared_root / implicit.relative_path
+    assert {str(p.relative_to(output)): p.read_bytes() for p in output.rglob("*") if p.is_file()} == expected
+    assert refused == "PATH_ERROR::Input path does not exist: jobs/absent.zip"
+    assert {name: path.read_bytes() for name, path in after_refusal.files.items()} == expected
+    assert corrupted_reply == "PATH_ERROR::File corrupted or invalid format: jobs/corrupted.zip", client.log
+    assert {name: path.read_bytes() for name, path in resent.files.items()} == expected

@@ -84,12 +84,16 @@ def test_receive_shared_input_path(worker, package, shared):
             await peer.send("SHARED_INPUT_PATH::jobs/1/package.zip")
             assert await peer.next_text() == "PATH_VALIDATED::input"
             # The job ran from the file in place; with no SHARED_OUTPUT_PATH its results
-            # come back as bytes, announced by FILE_META.
+            # are written on the shared storage too, where the worker chose (never as FILE_META,
+            # which a client of the specification's messages cannot read).
             assert (await peer.expect("JOB_STATUS::")).endswith("::extracting")
             assert (await peer.expect("JOB_STATUS::")).endswith("::running")
-            assert (await peer.expect("FILE_META::", "JOB_FAILED::")).startswith("FILE_META::")
+            return await peer.expect("FILE_META::", "JOB_COMPLETE::", "JOB_FAILED::")
 
-    run_async(scenario())
+    done = run_async(scenario())
+    _, job_id, relative, count, _ = done.split("::")
+    assert relative == f"rtcxfer-results/{job_id}" and count == "2", done
+    assert (shared / relative / "copy" / "data.txt").read_bytes() == sample_text()
 
 
 def test_receive_shared_output_path(worker, shared):
