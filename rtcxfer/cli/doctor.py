@@ -9,7 +9,14 @@ from pathlib import Path
 import click
 
 from rtcxfer import __version__
-from rtcxfer.cli.options import apply_options, room_token, signaling_tls, tls_options, token_file_option
+from rtcxfer.cli.options import (
+    apply_options,
+    convert_signal_urls,
+    room_token,
+    signaling_tls,
+    tls_options,
+    token_file_option,
+)
 
 
 @click.command()
@@ -25,6 +32,7 @@ from rtcxfer.cli.options import apply_options, room_token, signaling_tls, tls_op
     envvar="RTCXFER_SIGNAL_URL",
     default=None,
     metavar="URL",
+    callback=convert_signal_urls,
     help="Also check the network against this signaling server, as a client of --room: TCP and TLS, admission, "
     "the STUN and TURN servers it hands out, the ICE candidates gathered with them, TURN over UDP and TCP, "
     "whether this network's NAT keeps ports, and what that means for reaching a worker "

@@ -23,3 +23,7 @@ DISK_FULL = "Disk space exhausted on shared storage"
 #: How a job stopped by the worker's own shutdown is reported (``JOB_FAILED::Job X stopped:
 #: ...``).
 WORKER_SHUTTING_DOWN = "the worker is shutting down"
+
+#: How a job whose command ran and exited non-zero is reported (``JOB_FAILED::Job X failed: job
+#: exited with code 4; last output: ...``); a client reads the job's exit status from it.
+JOB_EXITED = "job exited with code {code}"

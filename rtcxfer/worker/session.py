@@ -28,7 +28,14 @@ from rtcxfer.log import logger
 from rtcxfer.net.link import Link
 from rtcxfer.protocol import auth, frames, texts
 from rtcxfer.protocol.engine import APPLICATION, Engine
-from rtcxfer.protocol.errors import ArchiveError, PathError, RtcxferError, TransferError, describe
+from rtcxfer.protocol.errors import (
+    ArchiveError,
+    ConnectionClosedError,
+    PathError,
+    RtcxferError,
+    TransferError,
+    describe,
+)
 from rtcxfer.protocol.frames import PROTOCOL_VERSION, Frame, JobState, quote_for_log
 from rtcxfer.protocol.manifest import Manifest
 from rtcxfer.transport.base import ReceivedFile, Transport
@@ -414,5 +421,8 @@ class NativeJobDialect:
     async def _send_quietly(self, frame: Frame) -> None:
         try:
             await self.session.link.send(frame)
+        except ConnectionClosedError as error:
+            # The client left (Ctrl-C, a lost connection): nothing is wrong here.
+            logger.info("{}: the client left before hearing {} ({})", self.label, frame.TYPE, error)
         except RtcxferError as error:
             logger.warning("{}: could not report {}: {}", self.label, frame.TYPE, describe(error))
