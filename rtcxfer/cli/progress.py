@@ -62,8 +62,8 @@ def format_eta(seconds: float) -> str:
 
 class SizeBar(tqdm):
     """A bar counting bytes, with the fields its ``bar_format`` needs in binary units:
-    ``{sizes}`` (``12.3 MiB/100.0 MiB``), ``{speed}`` (``10.3 MiB/s``) and ``{eta}`` (``ETA 0:07``,
-    blank when unknown). Bytes there at the start (``initial``: a resumed transfer) are not
+    ``{sizes}`` (``12.3 MiB/100.0 MiB``), ``{speed}`` (``10.3 MiB/s``) and ``{eta}`` (``ETA 0:07``);
+    the last two blank until known. Bytes there at the start (``initial``: a resumed transfer) are not
     counted in the speed. (Extending ``format_dict`` is how tqdm lets a bar format add fields.)"""
 
     BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {sizes} {speed} {eta}"
@@ -75,7 +75,7 @@ class SizeBar(tqdm):
         moved = done - self.initial
         rate = moved / elapsed if elapsed > 0 and moved > 0 else 0.0
         fields["sizes"] = f"{format_size(done)}/{format_size(total)}"
-        fields["speed"] = f"{format_size(rate)}/s" if rate else "-"
+        fields["speed"] = f"{format_size(rate)}/s" if rate else ""
         fields["eta"] = format_eta((total - done) / rate) if rate and done < total else ""
         return fields
 
