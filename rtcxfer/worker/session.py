@@ -178,7 +178,8 @@ class WorkerSession:
         if self.job is not None and self.job.task is not None:
             if self.worker.stopping:
                 return  # the shutdown stops the job and reports it
-            logger.warning("{}: client disconnected; stopping job {}", self.name, self.job.job_id)
+            # A client that left (Ctrl-C, or its connection lost) is nothing for the operator to fix.
+            logger.info("{}: the client left; stopping job {}", self.name, self.job.job_id)
             self.job.task.cancel()
 
     async def _hello(self, frame: frames.Hello) -> None:

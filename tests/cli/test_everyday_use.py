@@ -189,7 +189,7 @@ def test_worker_stopped_during_a_job_is_reported_as_a_shutdown_not_a_cancel(lab,
     assert worker.process.wait(GUARD) == 0
     log = worker.text()
     assert "stopped: the worker is shutting down" in log
-    assert "client disconnected; stopping job" not in log
+    assert "the client left; stopping job" not in log
     assert_clean(text + log)
 
 
