@@ -122,7 +122,7 @@ def print_network_check(url: str, room: str, token: str | None, tls) -> bool:
         click.echo(f"  {step.name}: {'PROBLEM: ' if step.status == PROBLEM else ''}{step.text}")
     error = report.signaling_error
     code = getattr(error, "code", None)
-    advice = (signaling_refusal(code, url, room, role="client") if code else None) or (
+    advice = (signaling_refusal(code, url, room, role="client", token_given=token is not None) if code else None) or (
         tls_failure(error) if error is not None else None
     )
     if advice:

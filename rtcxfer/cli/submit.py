@@ -55,7 +55,16 @@ from rtcxfer.cli.running import Interrupted, run_until_interrupted
     metavar="EXPR",
     help="Only a worker that meets EXPR (repeatable), e.g. gpu_memory_mb>=16000, label.site=hpc, transport=direct.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the outcome on stdout.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="At the end, print one JSON object on stdout (human lines go to stderr), with the keys "
+    "ok, exit_status (the job's command's; null if it did not run to an exit), submit_exit_code (this "
+    "command's), job_id, worker_id, path, input_transport, results_transport (null for one that carried "
+    "nothing), bytes_sent, bytes_received, seconds (total, packing, waiting for a worker, transfer, run), "
+    "results_dir, failure.",
+)
 @click.option(
     "--pack-cache",
     type=click.Path(file_okay=False, path_type=Path),

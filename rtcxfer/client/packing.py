@@ -50,7 +50,16 @@ def check_package(path: Path) -> Manifest:
     except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise PackageError(f"{path}: {MANIFEST_NAME} is not valid JSON: {error}") from None
     except ManifestError as error:
-        raise PackageError(f"{path}: {MANIFEST_NAME}: {error}") from None
+        raise PackageError(manifest_problem(f"{path}: {MANIFEST_NAME}", error)) from None
+
+
+def manifest_problem(manifest: str, error: ManifestError) -> str:
+    """``error`` about the manifest called ``manifest`` (``DIR/rtcxfer.json``, ``pkg.zip:
+    rtcxfer.json``), naming it once: ``DIR/rtcxfer.json has unknown keys: ...``."""
+    message = str(error)
+    if message.startswith(f"{MANIFEST_NAME} "):
+        return f"{manifest}{message[len(MANIFEST_NAME):]}"
+    return f"{manifest}: {message}"
 
 
 #: The version of what :func:`pack_directory` writes: a change to the ZIP's layout (member
@@ -80,7 +89,7 @@ def check_directory_manifest(directory: Path) -> Manifest:
     except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise PackageError(f"{path} is not valid JSON: {error}") from None
     except ManifestError as error:
-        raise PackageError(f"{path}: {error}") from None
+        raise PackageError(manifest_problem(str(path), error)) from None
 
 
 def directory_members(directory: Path) -> list[Member]:

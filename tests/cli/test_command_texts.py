@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from rtcxfer.cli.main import main
 from rtcxfer.cli.options import websocket_url
+from rtcxfer.cli.submit import submit_json
 from rtcxfer.client.packing import PackageError, check_directory_manifest, directory_members
 from rtcxfer.protocol.manifest import MANIFEST_KEYS, Manifest, ManifestError
 from rtcxfer.transport.host import BUILTIN_PLUGINS
@@ -107,8 +108,22 @@ def test_a_directorys_manifest_is_refused_naming_the_directorys_own_file(tmp_pat
     for check in (check_directory_manifest, directory_members):
         with pytest.raises(PackageError) as refused:
             check(job)
-        assert str(refused.value).startswith(f"{job / 'rtcxfer.json'}: "), refused.value
+        assert str(refused.value).startswith(f"{job / 'rtcxfer.json'} has unknown keys: 'comand'"), refused.value
         assert "did you mean 'command'?" in str(refused.value)
     (job / "rtcxfer.json").write_text("{not json")
     with pytest.raises(PackageError, match=re.escape(f"{job / 'rtcxfer.json'} is not valid JSON")):
         check_directory_manifest(job)
+    (job / "rtcxfer.json").write_text(json.dumps({"command": []}))
+    with pytest.raises(PackageError, match=re.escape(f"{job / 'rtcxfer.json'}: command must be a non-empty list")):
+        check_directory_manifest(job)
+
+
+def test_the_json_help_and_the_readme_name_every_key_submit_json_prints():
+    printed = json.loads(submit_json(None, 3, "no worker"))
+    assert printed["submit_exit_code"] == 3 and printed["exit_status"] is None
+    shown = one_line(invoke("submit", "--help").output)
+    readme = one_line((REPO / "README.md").read_text())
+    documented = readme[readme.index("`--json` prints one object at the end") :][:1500]
+    for key in [*printed, *printed["seconds"]]:
+        assert key in shown, (key, shown)
+        assert f"`{key}`" in documented, (key, documented)
