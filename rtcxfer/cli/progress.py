@@ -54,15 +54,13 @@ def transfer_record(direction: str, name: str, transport: str, size: int, second
 
 
 def format_eta(seconds: float) -> str:
-    """``ETA 0:07`` / ``ETA 1:02:03`` for ``seconds`` still to go."""
-    minutes, secs = divmod(int(seconds + 0.5), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"ETA {hours}:{minutes:02d}:{secs:02d}" if hours else f"ETA {minutes}:{secs:02d}"
+    """``ETA 00:07`` / ``ETA 1:02:03`` for ``seconds`` still to go (as the job's bar shows it)."""
+    return f"ETA {tqdm.format_interval(seconds)}"
 
 
 class SizeBar(tqdm):
     """A bar counting bytes, with the fields its ``bar_format`` needs in binary units:
-    ``{sizes}`` (``12.3 MiB/100.0 MiB``), ``{speed}`` (``10.3 MiB/s``) and ``{eta}`` (``ETA 0:07``);
+    ``{sizes}`` (``12.3 MiB/100.0 MiB``), ``{speed}`` (``10.3 MiB/s``) and ``{eta}`` (``ETA 00:07``);
     the last two blank until known. Bytes there at the start (``initial``: a resumed transfer) are not
     counted in the speed. (Extending ``format_dict`` is how tqdm lets a bar format add fields.)"""
 
@@ -177,7 +175,7 @@ class ProgressDisplay:
                 file=self.stream,
                 leave=False,
                 dynamic_ncols=True,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} [{elapsed}]",
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} [{elapsed}, ETA {remaining}]",
             )
         bar.total = total
         bar.n = done
