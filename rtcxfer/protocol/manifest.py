@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
@@ -93,11 +94,17 @@ class Manifest:
         return cls(tuple(command), name, float(timeout) if timeout is not None else None, dict(env))
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 def unknown_keys_message(unknown: set[str]) -> str:
-    """What is wrong with a manifest holding the keys ``unknown``: each one, the closest known
-    key where one is close (a typo), and the keys that are known."""
+    """What is wrong with a manifest holding the keys ``unknown``: each one (quoted unless it is
+    a plain word: it is the sender's text), the closest known key where one is close (a typo),
+    and the keys that are known: ``rtcxfer.json has unknown keys: comand (did you mean command?);
+    known keys: command, name, timeout_seconds, env``."""
     named = []
-    for key in sorted(unknown, key=str):
+    for key in sorted(unknown):
+        shown = key if _PLAIN_KEY.fullmatch(key) else repr(key)
         close = difflib.get_close_matches(key, MANIFEST_KEYS, n=1)
-        named.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+        named.append(f"{shown} (did you mean {close[0]}?)" if close else shown)
     return f"{MANIFEST_NAME} has unknown keys: {', '.join(named)}; known keys: {', '.join(MANIFEST_KEYS)}"

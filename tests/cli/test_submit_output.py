@@ -103,7 +103,7 @@ def test_packing_a_directory_is_shown_and_a_manifest_typo_is_named_against_the_d
     typo = rtcxfer(lab, "submit", str(job), "--pack-cache", str(cache), cwd=tmp_path)
     assert typo.returncode == EXIT_USAGE, describe(typo)
     expected = (
-        f"error: {job / 'rtcxfer.json'} has unknown keys: 'comand' (did you mean 'command'?); "
+        f"error: {job / 'rtcxfer.json'} has unknown keys: comand (did you mean command?); "
         f"known keys: {', '.join(MANIFEST_KEYS)}"
     )
     assert expected in typo.stderr, typo.stderr
