@@ -9,7 +9,14 @@ from pathlib import Path
 import click
 
 from rtcxfer import __version__
-from rtcxfer.cli.options import apply_options, room_token, signaling_tls, tls_options, token_file_option
+from rtcxfer.cli.options import (
+    apply_options,
+    convert_signal_urls,
+    room_token,
+    signaling_tls,
+    tls_options,
+    token_file_option,
+)
 
 
 @click.command()
@@ -25,6 +32,7 @@ from rtcxfer.cli.options import apply_options, room_token, signaling_tls, tls_op
     envvar="RTCXFER_SIGNAL_URL",
     default=None,
     metavar="URL",
+    callback=convert_signal_urls,
     help="Also check the network against this signaling server, as a client of --room: TCP and TLS, admission, "
     "the STUN and TURN servers it hands out, the ICE candidates gathered with them, TURN over UDP and TCP, "
     "whether this network's NAT keeps ports, and what that means for reaching a worker "
@@ -114,7 +122,7 @@ def print_network_check(url: str, room: str, token: str | None, tls) -> bool:
         click.echo(f"  {step.name}: {'PROBLEM: ' if step.status == PROBLEM else ''}{step.text}")
     error = report.signaling_error
     code = getattr(error, "code", None)
-    advice = (signaling_refusal(code, url, room, role="client") if code else None) or (
+    advice = (signaling_refusal(code, url, room, role="client", token_given=token is not None) if code else None) or (
         tls_failure(error) if error is not None else None
     )
     if advice:

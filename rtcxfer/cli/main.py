@@ -40,8 +40,10 @@ from rtcxfer.cli.workers import workers
 def main(ctx: click.Context, config_file: Path | None, log_level: str) -> None:
     """Send a job to a remote worker over WebRTC and get its results back.
 
-    Files travel by the best transport both peers offer: a shared filesystem, chunks over
-    the data channel, or any transport plugin you install. Start with `rtcxfer demo`.
+    Files travel by the best transport both peers offer: a shared filesystem (shared-fs), a
+    TLS connection straight between the two machines (direct), chunks over the data channel
+    (rtc-chunked), or any transport plugin you install (`rtcxfer plugins` lists them). Start
+    with `rtcxfer demo`.
     """
     log.enable(log_level)
     ctx.default_map = _config_defaults(ctx, config_file)
@@ -64,9 +66,31 @@ def _config_defaults(ctx: click.Context, config_file: Path | None) -> dict | Non
             ]
             for name, command in ctx.command.commands.items()
         }
-        return config.default_map(config.load_config(path), commands, path)
+        defaults = config.default_map(config.load_config(path), commands, path)
+        invoked = ctx.command.commands.get(ctx.invoked_subcommand or "")
+        if invoked is not None:
+            _check_values(ctx, invoked, defaults.get(invoked.name, {}), path)
+        return defaults
     except config.ConfigError as error:
         raise click.UsageError(str(error)) from None
+
+
+def _check_values(ctx: click.Context, command: click.Command, values: dict, path: Path) -> None:
+    """Each of ``values`` (the configuration's defaults for ``command``) converted as its option
+    would convert it, so that a bad one is reported naming the file and the key, not as if it
+    had been typed on the command line."""
+    from rtcxfer.cli import config
+
+    for option in command.params:
+        if option.name not in values or not isinstance(option, click.Option):
+            continue
+        try:
+            option.type_cast_value(ctx, values[option.name])
+        except click.BadParameter as error:
+            key = option.opts[-1].lstrip("-")
+            raise config.ConfigError(
+                f"{path}: bad value for {key!r}: {error.message}"
+            ) from None
 
 
 for command in (signal_server, worker, submit, workers, plugins, doctor, demo):

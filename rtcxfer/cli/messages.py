@@ -25,14 +25,28 @@ EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_CONNECTION, EXIT_CANCELLED = 0, 1, 2,
 EXIT_WORKER_STOPPED = 75
 
 
-def signaling_refusal(code: str, url: str, room: str, *, role: str, peer_id: str | None = None) -> str | None:
+#: Where a peer's token comes from, in the words of every message that asks for one.
+TOKEN_SOURCES = "--token, --token-file or RTCXFER_TOKEN"
+
+
+def signaling_refusal(
+    code: str, url: str, room: str, *, role: str, peer_id: str | None = None, token_given: bool = True
+) -> str | None:
     """The message for a refusal by the signaling server with ``code``, or ``None`` if it has
-    no advice of its own."""
+    no advice of its own. ``role`` is ``client`` or ``worker``; ``token_given``: whether the
+    peer had a token at all (none is a missing token, not a wrong one)."""
     if code == "bad-token":
+        consequence = "so no worker was tried" if role == "client" else "so this worker did not join the room"
+        if not token_given:
+            return (
+                f"the signaling server at {url} needs a room token and none was given, {consequence}. "
+                f"Give the token the server was started with (`rtcxfer signal --token`): {TOKEN_SOURCES}, "
+                "or --signal-token when the server has a token of its own"
+            )
         return (
-            f"the signaling server at {url} refused the room token (bad-token), so no worker was tried. "
-            "Use the token the server was started with (`rtcxfer signal --token`): --token, --token-file or "
-            "RTCXFER_TOKEN, or --signal-token when the server has a token of its own"
+            f"the signaling server at {url} refused the room token (bad-token), {consequence}. "
+            f"Use the token the server was started with (`rtcxfer signal --token`): {TOKEN_SOURCES}, "
+            "or --signal-token when the server has a token of its own"
         )
     if code == "duplicate-peer":
         who = f"the id {peer_id!r}" if peer_id else "this peer's id"
@@ -56,8 +70,9 @@ def tls_failure(error: BaseException) -> str | None:
     )
 
 
-def connect_failure(error: BaseException, url: str, room: str, timeout: float) -> str:
-    """The message for a ``submit`` that could not reach a worker (exit 3)."""
+def connect_failure(error: BaseException, url: str, room: str, timeout: float, *, token_given: bool = True) -> str:
+    """The message for a ``submit`` that could not reach a worker (exit 3); ``token_given``:
+    whether ``submit`` had a token at all."""
     from rtcxfer.net.signaling import SignalingServerError, SignalingTimeoutError
 
     tls = tls_failure(error)
@@ -69,6 +84,8 @@ def connect_failure(error: BaseException, url: str, room: str, timeout: float) -
             "Ask whoever runs the room which worker is real (rtcxfer workers lists them; --worker ID picks one)"
         )
     if isinstance(error, AuthenticationError):
+        if not token_given:
+            return f"no token was given, and the worker needs its token: {TOKEN_SOURCES} ({error})"
         return f"{error}. Check that --token (or --token-file, RTCXFER_TOKEN) is the worker's token"
     if isinstance(error, WorkerWaitTimeoutError):
         return f"{error}. --timeout SECONDS waits longer, --timeout 0 without limit"
@@ -77,7 +94,7 @@ def connect_failure(error: BaseException, url: str, room: str, timeout: float) -
     if isinstance(error, IceFailedError):
         return ice_failure(error)
     if isinstance(error, SignalingServerError):
-        advice = signaling_refusal(error.code, url, room, role="client")
+        advice = signaling_refusal(error.code, url, room, role="client", token_given=token_given)
         if advice is not None:
             return advice
     if isinstance(error, SignalingTimeoutError) and "joined room" in str(error):
@@ -113,4 +130,13 @@ def worker_stopped(job_id: str, worker_id: str | None, reason: str | None) -> st
     return (
         f"{what}, so the job did not finish; nothing is wrong with the job. "
         "Submit it again: another worker of the room, or this one once it is back, runs it"
+    )
+
+
+def worker_needs_a_token() -> str:
+    """Why ``rtcxfer worker`` will not start without a token, and how to give one."""
+    return (
+        f"a worker needs a token ({TOKEN_SOURCES}); without one anyone in the room could run jobs here. "
+        "Make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > token; chmod 600 token "
+        "(then --token-file token). To really serve anyone, pass --insecure-no-token."
     )

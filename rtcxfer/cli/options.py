@@ -144,6 +144,36 @@ token_file_option = click.option(
     help="A file whose first line is the token: unlike --token, not visible in `ps` [env RTCXFER_TOKEN_FILE].",
 )
 
+def websocket_url(url: str) -> str:
+    """``url`` as the signaling server's WebSocket address: the address of the web page that
+    ``rtcxfer signal`` serves, ``http://HOST:PORT/`` (``https://``), is the same server, so
+    it becomes ``ws://HOST:PORT/`` (``wss://``); any other URL is returned as it is."""
+    scheme, separator, rest = url.partition("://")
+    websocket = {"http": "ws", "https": "wss"}.get(scheme.lower()) if separator else None
+    if websocket is None:
+        return url
+    return f"{websocket}://{rest.partition('#')[0]}"
+
+
+def convert_signal_urls(ctx: click.Context, param: click.Parameter, value):
+    """A click callback for ``--signal`` (one URL, or several): each web page address turned
+    into its WebSocket address by :func:`websocket_url`, saying so at INFO."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return _converted_signal_url(value)
+    return type(value)(_converted_signal_url(url) for url in value)
+
+
+def _converted_signal_url(url: str) -> str:
+    converted = websocket_url(url)
+    if converted != url:
+        from rtcxfer.log import logger
+
+        logger.info("--signal {}: that is the web page's address; connecting to the server at {}", url, converted)
+    return converted
+
+
 connection_options = [
     click.option(
         "--signal",
@@ -151,7 +181,9 @@ connection_options = [
         envvar="RTCXFER_SIGNAL_URL",
         default="ws://127.0.0.1:8765",
         show_default=True,
-        help="Signaling server URL [env RTCXFER_SIGNAL_URL].",
+        callback=convert_signal_urls,
+        help="Signaling server URL: ws://HOST:PORT, wss:// with TLS (the web page's http:// or https:// "
+        "address works too) [env RTCXFER_SIGNAL_URL].",
     ),
     click.option(
         "--room",

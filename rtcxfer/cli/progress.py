@@ -36,12 +36,58 @@ def format_rate(size: int, seconds: float) -> str:
     return f"{format_size(size / seconds)}/s" if seconds > 0 else "-"
 
 
-def transfer_record(direction: str, name: str, transport: str, size: int, seconds: float) -> str:
+def format_seconds(seconds: float) -> str:
+    return f"{seconds:.2f}" if seconds < 10 else f"{seconds:.0f}"
+
+
+def transfer_record(direction: str, name: str, transport: str, size: int, seconds: float, resumed: int = 0) -> str:
     """The line a finished transfer leaves: ``sent pkg.zip via rtc-chunked: 12.3 MiB in 1.2 s
-    (10.3 MiB/s)``."""
+    (10.3 MiB/s)``. ``size`` is the whole file; ``resumed`` bytes of it were there already (an
+    interrupted transfer taken up again), which the line says and the rate leaves out:
+    ``sent pkg.zip via rtc-chunked: 100.0 MiB (83.4 MiB resumed, 16.6 MiB sent) in ...``."""
     verb = "sent" if direction == "up" else "received"
-    elapsed = f"{seconds:.2f}" if seconds < 10 else f"{seconds:.0f}"
-    return f"{verb} {name} via {transport}: {format_size(size)} in {elapsed} s ({format_rate(size, seconds)})"
+    moved = size - resumed
+    amount = format_size(size)
+    if resumed:
+        amount += f" ({format_size(resumed)} resumed, {format_size(moved)} {verb})"
+    return f"{verb} {name} via {transport}: {amount} in {format_seconds(seconds)} s ({format_rate(moved, seconds)})"
+
+
+def format_eta(seconds: float) -> str:
+    """``ETA 00:07`` / ``ETA 1:02:03`` for ``seconds`` still to go (as the job's bar shows it)."""
+    return f"ETA {tqdm.format_interval(seconds)}"
+
+
+class SizeBar(tqdm):
+    """A bar counting bytes, with the fields its ``bar_format`` needs in binary units:
+    ``{sizes}`` (``12.3 MiB/100.0 MiB``), ``{speed}`` (``10.3 MiB/s``) and ``{eta}`` (``ETA 00:07``);
+    the last two blank until known. Bytes there at the start (``initial``: a resumed transfer) are not
+    counted in the speed. (Extending ``format_dict`` is how tqdm lets a bar format add fields.)"""
+
+    BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {sizes} {speed} {eta}"
+
+    @property
+    def format_dict(self):
+        fields = super().format_dict
+        done, total, elapsed = fields["n"], fields["total"] or 0, fields["elapsed"]
+        moved = done - self.initial
+        rate = moved / elapsed if elapsed > 0 and moved > 0 else 0.0
+        fields["sizes"] = f"{format_size(done)}/{format_size(total)}"
+        fields["speed"] = f"{format_size(rate)}/s" if rate else ""
+        fields["eta"] = format_eta((total - done) / rate) if rate and done < total else ""
+        return fields
+
+
+def size_bar(label: str, total: int, initial: int, stream) -> SizeBar:
+    return SizeBar(
+        total=total,
+        initial=initial,
+        desc=label,
+        file=stream,
+        leave=False,
+        dynamic_ncols=True,
+        bar_format=SizeBar.BAR_FORMAT,
+    )
 
 
 class _Transfer:
@@ -70,6 +116,7 @@ class ProgressDisplay:
         self._transfers: dict[str, _Transfer] = {}
         self._job_bars: dict[str, tqdm] = {}
         self._spinning = False
+        self._packing_bar: tqdm | None = None
 
     def handle(self, event: ClientEvent) -> None:
         if not self.enabled:
@@ -95,34 +142,25 @@ class ProgressDisplay:
             bar = None
             arrow = "->" if direction == "up" else "<-"
             label = f"{arrow} {data['name']} via {data['transport']}"
+            # A first report that is already the last one (a small file) started at zero; one
+            # part way is a transfer taken up where an interrupted one stopped.
+            start_done = done if done < total else 0
+            resuming = f", resuming at {format_size(start_done)}" if start_done else ""
             if self.interactive:
-                bar = tqdm(
-                    total=total,
-                    desc=label,
-                    file=self.stream,
-                    leave=False,
-                    dynamic_ncols=True,
-                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
-                )
+                bar = size_bar(f"{label}{resuming}", total, start_done, self.stream)
             elif done < total:
-                resumed = f", resuming at {format_size(done)}" if done else ""
-                self._write(f"{label}: {format_size(total)}{resumed}")
-            # A first report that is already the last one (a small file) started at zero.
-            transfer = self._transfers[key] = _Transfer(bar, total, done if done < total else 0)
+                self._write(f"{label}: {format_size(total)}{resuming}")
+            transfer = self._transfers[key] = _Transfer(bar, total, start_done)
         if transfer.bar is not None:
-            elapsed = time.monotonic() - transfer.started
             transfer.bar.n = done
-            transfer.bar.set_postfix_str(
-                f"{format_size(done)}/{format_size(total)} {format_rate(done - transfer.start_done, elapsed)}",
-                refresh=True,
-            )
+            transfer.bar.refresh()
         if done >= total:
             del self._transfers[key]
             seconds = time.monotonic() - transfer.started
             if transfer.bar is not None:
                 transfer.bar.close()
             self._write(
-                transfer_record(direction, data["name"], data["transport"], total - transfer.start_done, seconds)
+                transfer_record(direction, data["name"], data["transport"], total, seconds, transfer.start_done)
             )
 
     def _job_progress(self, job_id: str, done: int, total: int) -> None:
@@ -137,7 +175,7 @@ class ProgressDisplay:
                 file=self.stream,
                 leave=False,
                 dynamic_ncols=True,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} [{elapsed}]",
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} [{elapsed}, ETA {remaining}]",
             )
         bar.total = total
         bar.n = done
@@ -146,6 +184,36 @@ class ProgressDisplay:
             bar.close()
             del self._job_bars[job_id]
             self._write(f"[{job_id}] progress {done}/{total}")
+
+    def packing(self, name: str):
+        """A ``progress(done, total)`` callback for packing the directory ``name``
+        (:data:`rtcxfer.client.packing.PackProgress`): a bar on a terminal, else a line when it
+        starts and one when it ends."""
+        state: dict = {}
+
+        def progress(done: int, total: int) -> None:
+            if not self.enabled:
+                return
+            if not state:
+                state["started"] = time.monotonic()
+                if self.interactive:
+                    state["bar"] = self._packing_bar = size_bar(f"packing {name}", total, 0, self.stream)
+                else:
+                    self._write(f"rtcxfer: packing {name} ({format_size(total)})")
+            bar = state.get("bar")
+            if bar is not None:
+                bar.n = done
+                bar.refresh()
+            if done >= total and not state.get("finished"):
+                state["finished"] = True
+                if bar is not None:
+                    bar.close()
+                    self._packing_bar = None
+                seconds = time.monotonic() - state["started"]
+                rate = format_rate(total, seconds)
+                self._write(f"packed {name}: {format_size(total)} in {format_seconds(seconds)} s ({rate})")
+
+        return progress
 
     @contextlib.asynccontextmanager
     async def waiting(self, text: str) -> AsyncIterator[None]:
@@ -189,6 +257,9 @@ class ProgressDisplay:
             self.stream.flush()
 
     def close(self) -> None:
+        if self._packing_bar is not None:
+            self._packing_bar.close()
+            self._packing_bar = None
         for transfer in self._transfers.values():
             if transfer.bar is not None:
                 transfer.bar.close()

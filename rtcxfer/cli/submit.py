@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -61,7 +62,16 @@ from rtcxfer.cli.running import Interrupted, run_until_interrupted
     metavar="EXPR",
     help="Only a worker that meets EXPR (repeatable), e.g. gpu_memory_mb>=16000, label.site=hpc, transport=direct.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the outcome on stdout.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="At the end, print one JSON object on stdout (human lines go to stderr), with the keys "
+    "ok, exit_status (the job's command's; null if it did not run to an exit), submit_exit_code (this "
+    "command's), job_id, worker_id, path, input_transport, results_transport (null for one that carried "
+    "nothing), bytes_sent, bytes_received, seconds (total, packing, waiting for a worker, transfer, run), "
+    "results_dir, failure.",
+)
 @click.option(
     "--pack-cache",
     type=click.Path(file_okay=False, path_type=Path),
@@ -107,21 +117,29 @@ def submit(
     network = _Network(peer_options(ice_servers, any_interface, ice_username, ice_credential_file),
                        signaling_tls(ca_file))
     display = ProgressDisplay(enabled=not quiet)
-    outcome = _SubmitOutcome(as_json, worker_id, requirements)
+    outcome = _SubmitOutcome(as_json, worker_id, requirements, token_given=bool(token))
     with contextlib.ExitStack() as packed:
         pack = None
         try:
             if package.is_dir():
-                pack = packed.enter_context(_pack(package, pack_cache, no_pack_cache))
+                packing_started = time.monotonic()
+                progress = display.packing(package.resolve().name or str(package))
+                pack = packed.enter_context(_pack(package, pack_cache, no_pack_cache, progress))
+                outcome.seconds["packing"] = round(time.monotonic() - packing_started, 3)
                 if pack.reused and not quiet:
                     click.echo(f"rtcxfer: {package.name} is unchanged: sending its earlier pack {pack.shown}", err=True)
                 package = pack.path
             else:
                 check_package(package)
         except (PackageError, PackCacheError) as error:
+            display.close()
             outcome.failure = str(error)
             click.echo(f"error: {error}", err=True)
             code = EXIT_USAGE
+        except KeyboardInterrupt:  # Ctrl-C while packing: nothing was sent yet
+            display.close()
+            click.echo("cancelled", err=True)
+            code = EXIT_CANCELLED
         else:
             try:
                 code = run_until_interrupted(
@@ -147,32 +165,40 @@ def submit(
             if pack is not None:
                 pack.succeeded = code == EXIT_OK
     if as_json:
-        click.echo(submit_json(outcome.result, code, outcome.failure))
+        outcome.seconds["total"] = round(time.monotonic() - outcome.started, 3)
+        click.echo(submit_json(outcome.result, code, outcome.failure, outcome.seconds))
     sys.exit(code)
 
 
-def _pack(directory: Path, cache_dir: Path | None, no_cache: bool):
+def _pack(directory: Path, cache_dir: Path | None, no_cache: bool, progress=None):
     """The pack of ``directory`` for ``submit``: from the pack cache, or for this run only
-    (``--no-pack-cache``, or a cache that cannot be used safely, which is said)."""
+    (``--no-pack-cache``, or a cache that cannot be used safely, which is said); ``progress``
+    hears how the packing goes."""
     from rtcxfer.client import pack_cache
 
     if not no_cache:
         try:
-            return pack_cache.PackCache.open(cache_dir).pack(directory)
+            return pack_cache.PackCache.open(cache_dir).pack(directory, progress)
         except pack_cache.PackCacheError as error:
             click.echo(f"rtcxfer: {error}; packing for this run only (--pack-cache DIR chooses another)", err=True)
-    return pack_cache.one_off(directory)
+    return pack_cache.one_off(directory, progress)
 
 
 class _SubmitOutcome:
     """What ``submit`` learned, for its ``--json`` line; human lines go to stderr with --json."""
 
-    def __init__(self, as_json: bool, worker_id: str | None, requirements: tuple[str, ...]) -> None:
+    def __init__(
+        self, as_json: bool, worker_id: str | None, requirements: tuple[str, ...], *, token_given: bool
+    ) -> None:
         self.as_json = as_json
         self.worker_id = worker_id
         self.requirements = requirements
+        self.token_given = token_given
         self.result = None
         self.failure: str | None = None
+        #: When the command began, and where its time went (see :func:`submit_json`).
+        self.started = time.monotonic()
+        self.seconds: dict[str, float] = {}
 
     def say(self, line: str) -> None:
         click.echo(line, err=self.as_json)
@@ -204,10 +230,12 @@ async def _submit(
             peer_options=network.peer_options,
         )
     except PluginError as error:
+        outcome.failure = str(error)
         click.echo(f"error: {error}", err=True)
         return EXIT_USAGE
     try:
         async with client:
+            waiting_started = time.monotonic()
             try:
                 async with display.waiting(f"waiting for a worker in room {room!r} (signaling {signal_url})"):
                     await client.connect(
@@ -220,18 +248,24 @@ async def _submit(
                         signaling_ssl=network.signaling_ssl,
                     )
             except (RtcxferError, asyncio.TimeoutError, OSError) as error:
-                outcome.failure = messages.connect_failure(error, signal_url, room, timeout)
+                outcome.failure = messages.connect_failure(
+                    error, signal_url, room, timeout, token_given=outcome.token_given
+                )
                 click.echo(f"error: {outcome.failure}", err=True)
                 return EXIT_CONNECTION
+            finally:
+                outcome.seconds["waiting"] = round(time.monotonic() - waiting_started, 3)
             result = await client.submit(package)
             outcome.result = result
     except PluginError as error:
         display.close()
+        outcome.failure = str(error)
         click.echo(f"error: {error}", err=True)
         return EXIT_USAGE
     except RtcxferError as error:
         display.close()
-        click.echo(f"error: {describe(error)}", err=True)
+        outcome.failure = describe(error)
+        click.echo(f"error: {outcome.failure}", err=True)
         return EXIT_JOB_FAILED
     display.close()
     if result.ok:
@@ -254,27 +288,40 @@ async def _submit(
     return EXIT_JOB_FAILED
 
 
+#: The keys of ``seconds`` in ``submit --json`` (each a number, or null where that phase did not happen).
+JSON_SECONDS = ("total", "packing", "waiting", "transfer", "run")
 
 
-def submit_json(result, exit_code: int, failure: str | None = None) -> str:
-    """The one line ``rtcxfer submit --json`` prints at the end."""
-    if result is None:
-        return json.dumps({"ok": False, "exit_status": exit_code, "failure": failure, "path": None})
-    seconds = dict(result.seconds)
+def submit_json(result, exit_code: int, failure: str | None = None, seconds: dict | None = None) -> str:
+    """The one line ``rtcxfer submit --json`` prints at the end (the README's "Many workers"
+    section lists its keys).
+
+    ``exit_status`` is the job's: its command's exit status (0 for a job that completed), null
+    when the command did not run to an exit of its own; ``submit_exit_code`` is what ``submit``
+    itself exits with. ``seconds``: ``total`` from the command's start to its end, ``packing``
+    a directory, ``waiting`` for a worker (the room's queue included), and of the job
+    ``transfer`` (input and results moving) and ``run`` (its command). A transport that carried
+    nothing (a package not delivered, results of a failed job) is null.
+    """
+    measured = dict(seconds or {})
+    if result is not None:
+        measured.update({key: value for key, value in result.seconds.items() if key != "total"})
     return json.dumps(
         {
-            "ok": result.ok,
-            "exit_status": exit_code,
-            "job_id": result.job_id,
-            "worker_id": result.worker_id,
-            "path": result.path,
-            "input_transport": result.input_transport,
-            "results_transport": result.results_transport,
-            "bytes_sent": result.bytes_sent,
-            "bytes_received": result.bytes_received,
-            "seconds": {key: seconds.get(key) for key in ("total", "transfer", "run")},
-            "results_dir": str(Path(result.results_dir).resolve()) if result.results_dir else None,
-            "failure": result.failure if not result.ok else failure,
+            "ok": bool(result is not None and result.ok),
+            "exit_status": result.exit_status if result is not None else None,
+            "submit_exit_code": exit_code,
+            "job_id": result.job_id if result is not None else None,
+            "worker_id": result.worker_id if result is not None else None,
+            "path": result.path if result is not None else None,
+            "input_transport": result.input_transport if result is not None else None,
+            "results_transport": result.results_transport if result is not None else None,
+            "bytes_sent": result.bytes_sent if result is not None else 0,
+            "bytes_received": result.bytes_received if result is not None else 0,
+            "seconds": {key: measured.get(key) for key in JSON_SECONDS},
+            "results_dir": str(Path(result.results_dir).resolve()) if result is not None and result.results_dir
+            else None,
+            "failure": result.failure if result is not None and not result.ok else failure,
         },
         sort_keys=False,
     )

@@ -21,13 +21,17 @@ from rtcxfer.cli.options import (
     tls_options,
 )
 from rtcxfer.cli.running import Interrupted, run_until_interrupted
+from rtcxfer.worker.jobs import DEFAULT_JOB_ENV, NEVER_JOB_ENV
+
+#: The peer id of a worker started without --peer-id.
+DEFAULT_PEER_ID = "worker"
 
 
 @click.command()
 @apply_options(connection_options)
 @apply_options(tls_options)
 @apply_options(network_options)
-@click.option("--peer-id", default="worker", show_default=True, help="This worker's id in the room.")
+@click.option("--peer-id", default=DEFAULT_PEER_ID, show_default=True, help="This worker's id in the room.")
 @click.option(
     "--work-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -41,7 +45,7 @@ from rtcxfer.cli.running import Interrupted, run_until_interrupted
     multiple=True,
     metavar="NAME",
     help="Pass this variable of the worker's environment to jobs (repeatable; NAME* for a prefix). "
-    "Only PATH, HOME, locale and GPU selection variables are passed by default.",
+    f"By default only {', '.join(DEFAULT_JOB_ENV)} are passed; {', '.join(sorted(NEVER_JOB_ENV))} never.",
 )
 @limit_option(
     "--max-unauthenticated", click.IntRange(1), 8,
@@ -98,7 +102,7 @@ def worker(
 ) -> None:
     """Serve jobs: run each package's command and send its results back.
 
-    Needs a token (--token or RTCXFER_TOKEN): every client must prove it knows it, and the
+    Needs a token (--token, --token-file or RTCXFER_TOKEN): every client must prove it knows it, and the
     worker proves it back, without the token ever crossing the network.
 
     Stopping: Ctrl-C drains (running jobs finish, no new ones are taken) and stops once they
@@ -134,11 +138,9 @@ def worker(
     tls = signaling_tls(ca_file)
 
     if not token and not insecure_no_token:
-        raise click.UsageError(
-            "a worker needs a token (--token or RTCXFER_TOKEN); without one anyone in the room could run jobs "
-            "here. Make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'. "
-            "To really serve anyone, pass --insecure-no-token."
-        )
+        from rtcxfer.cli.messages import worker_needs_a_token
+
+        raise click.UsageError(worker_needs_a_token())
     if insecure_no_token and not token:
         click.echo(
             "WARNING: --insecure-no-token: this worker runs ANY job from ANY peer that reaches the room, "
@@ -177,17 +179,18 @@ def worker(
             message = f"cannot write {pid_file}: {error.strerror or error}"
             raise click.BadParameter(message, param_hint="--pid-file") from None
     shared = runner.shared_storage_root or "none"
+    name = worker_name(peer_id)
     click.echo(
-        f"worker {peer_id}: shared storage {shared}; transports {', '.join(runner.offered_transports())}; "
+        f"{name}: shared storage {shared}; transports {', '.join(runner.offered_transports())}; "
         f"work directory {runner.work_dir}",
         err=True,
     )
     if direct_port is not None:
         also = f", offered as {direct_advertise}" if direct_advertise else ""
-        click.echo(f"worker {peer_id}: direct connections on TCP port {direct_port}{also}", err=True)
+        click.echo(f"{name}: direct connections on TCP port {direct_port}{also}", err=True)
     if legacy:
         click.echo(
-            f"worker {peer_id}: also serving sleap-rtc's legacy protocol; legacy sessions are authenticated "
+            f"{name}: also serving sleap-rtc's legacy protocol; legacy sessions are authenticated "
             "only by the signaling server's token",
             err=True,
         )
@@ -195,7 +198,7 @@ def worker(
     def ready() -> None:
         plural = "s" if slots != 1 else ""
         click.echo(
-            f"worker {peer_id} waiting for jobs in room {room!r} on {signal_url} ({slots} job slot{plural})", err=True
+            f"{name} waiting for jobs in room {room!r} on {signal_url} ({slots} job slot{plural})", err=True
         )
 
     shutdown = _Shutdown()
@@ -206,11 +209,11 @@ def worker(
 
     def drain_signal() -> None:
         if runner.job_slots.draining:
-            click.echo(f"worker {peer_id}: already draining ({jobs_running()})", err=True)
+            click.echo(f"{name}: already draining ({jobs_running()})", err=True)
             return
         runner.drain()
         click.echo(
-            f"worker {peer_id}: draining: running jobs finish, no new ones are taken ({jobs_running()}); "
+            f"{name}: draining: running jobs finish, no new ones are taken ({jobs_running()}); "
             "it says when it is safe to stop",
             err=True,
         )
@@ -222,7 +225,7 @@ def worker(
         shutdown.once_drained = True
         runner.drain()
         click.echo(
-            f"worker {peer_id}: Ctrl-C: draining: running jobs finish, no new ones are taken ({jobs_running()}); "
+            f"{name}: Ctrl-C: draining: running jobs finish, no new ones are taken ({jobs_running()}); "
             "the worker stops when they are done. Ctrl-C again stops now (their clients are told to submit again)",
             err=True,
         )
@@ -239,7 +242,7 @@ def worker(
                 peer_options=options,
                 signaling_ssl=tls,
                 on_ready=ready,
-                on_notice=lambda text: click.echo(f"worker {peer_id}: {text}", err=True),
+                on_notice=lambda text: click.echo(f"{name}: {text}", err=True),
             )
         )
         drained = asyncio.ensure_future(runner.wait_drained())
@@ -247,10 +250,10 @@ def worker(
             await asyncio.wait({serving, drained}, return_when=asyncio.FIRST_COMPLETED)
             if drained.done() and not serving.done():
                 if shutdown.once_drained:
-                    click.echo(f"worker {peer_id}: drained: no job is running; stopping", err=True)
+                    click.echo(f"{name}: drained: no job is running; stopping", err=True)
                     return
                 click.echo(
-                    f"worker {peer_id}: drained: no job is running; safe to stop now (Ctrl-C stops it at once)",
+                    f"{name}: drained: no job is running; safe to stop now (Ctrl-C stops it at once)",
                     err=True,
                 )
             await serving
@@ -268,12 +271,22 @@ def worker(
         from rtcxfer.cli.messages import signaling_refusal, tls_failure
 
         code = getattr(error, "code", None)
-        advice = signaling_refusal(code, signal_url, room, role="worker", peer_id=peer_id) if code else None
+        advice = (
+            signaling_refusal(code, signal_url, room, role="worker", peer_id=peer_id, token_given=bool(token))
+            if code
+            else None
+        )
         raise click.ClickException(advice or tls_failure(error) or f"signaling: {describe(error)}") from None
     finally:
         runner.close()
         if pid_file is not None:
             remove_pid_file(pid_file)
+
+
+def worker_name(peer_id: str) -> str:
+    """How the worker's own lines name it: ``worker gpu1``, or just ``worker`` for the default
+    id (not ``worker worker``)."""
+    return "worker" if peer_id == DEFAULT_PEER_ID else f"worker {peer_id}"
 
 
 class _Shutdown:

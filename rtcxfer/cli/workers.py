@@ -40,12 +40,18 @@ def workers(signal_url, room, token, token_file, signal_token, ca_file, as_json)
         why = tls_failure(error) or describe(error)
         click.echo(f"error: cannot list the workers of room {room!r} via {signal_url}: {why}", err=True)
         sys.exit(EXIT_CONNECTION)
+    found = sorted_workers(found)
     if as_json:
         click.echo(workers_json(found))
     elif not found:
         click.echo(f"no workers in room {room!r}", err=True)
     else:
         click.echo(render_table(WORKER_COLUMNS, worker_rows(found)))
+
+
+def sorted_workers(workers: Iterable[WorkerInfo]) -> list[WorkerInfo]:
+    """The workers by id, as ``ls`` sorts names: a listing that reads the same every time."""
+    return sorted(workers, key=lambda worker: (worker.peer_id.casefold(), worker.peer_id))
 
 
 #: A table cell of peer text is cut here.

@@ -137,11 +137,14 @@ def pack_name(source: Path) -> str:
 
 
 @contextlib.contextmanager
-def one_off(directory: Path) -> Iterator[Pack]:
-    """A pack of ``directory`` for this run only, in a temporary directory removed after it."""
+def one_off(directory: Path, progress: packing.PackProgress | None = None) -> Iterator[Pack]:
+    """A pack of ``directory`` for this run only, in a temporary directory removed after it;
+    ``progress`` hears how the packing goes."""
     with tempfile.TemporaryDirectory(prefix="rtcxfer-pack-") as scratch:
         try:
-            path = packing.pack_directory(directory, Path(scratch) / pack_name(directory.resolve()))
+            path = packing.pack_directory(
+                directory, Path(scratch) / pack_name(directory.resolve()), progress=progress
+            )
         except OSError as error:
             raise packing.PackageError(f"cannot pack {directory}: {error}") from None
         yield Pack(path, reused=False, cached=False)
@@ -193,9 +196,10 @@ class PackCache:
     # --- one run's pack -------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def pack(self, directory: Path) -> Iterator[Pack]:
+    def pack(self, directory: Path, progress: packing.PackProgress | None = None) -> Iterator[Pack]:
         """The pack of ``directory`` for one run: the cached one if the directory is unchanged,
         else a new one (kept for the next run). It is not removed while the ``with`` lasts.
+        ``progress`` hears how the packing goes, if there is any to do.
 
         Raises :class:`~rtcxfer.client.packing.PackageError` for a directory that is not a package,
         :class:`PackCacheError` when the cache cannot be read or written.
@@ -210,10 +214,12 @@ class PackCache:
             with contextlib.ExitStack() as held:
                 try:
                     held.enter_context(self._use(entry))
-                    pack = self._cached(entry, name, source, members)
+                    pack = self._cached(entry, name, source, members, progress)
                     if pack is None:
                         with self._locked(entry / BUILD_LOCK, fcntl.LOCK_EX):
-                            pack = self._cached(entry, name, source, members) or self._build(entry, name, source, key)
+                            pack = self._cached(entry, name, source, members, progress) or self._build(
+                                entry, name, source, key, progress
+                            )
                 except OSError as error:
                     raise PackCacheError(f"cannot pack {source} into the pack cache {self.root}: {error}") from None
                 if not pack.cached:
@@ -224,7 +230,9 @@ class PackCache:
             # The pack of an upload that may be unfinished stays, whatever its size: the next run resumes it.
             self.trim(keep=(key,) if pack is not None and pack.cached and not pack.succeeded else ())
 
-    def _cached(self, entry: Path, name: str, source: Path, members: list[packing.Member]) -> Pack | None:
+    def _cached(
+        self, entry: Path, name: str, source: Path, members: list[packing.Member], progress=None
+    ) -> Pack | None:
         """The entry's pack if it is there and still matches the directory, else ``None``; a
         pack that no longer matches is marked stale and this run packs for itself."""
         path = entry / name
@@ -233,7 +241,7 @@ class PackCache:
         if (entry / STALE_MARK).exists() or not self._matches(entry, path, members):
             (entry / STALE_MARK).touch()
             logger.info("pack cache: {} no longer matches its directory; packing for this run only", path)
-            return _for_this_run(self._temporary(entry, name, source, members))
+            return _for_this_run(self._temporary(entry, name, source, members, progress))
         return Pack(path, reused=True, cached=True)
 
     def _matches(self, entry: Path, path: Path, members: list[packing.Member]) -> bool:
@@ -251,14 +259,14 @@ class PackCache:
             logger.info("pack cache: {} unusable: {}", path, error)
             return False
 
-    def _build(self, entry: Path, name: str, source: Path, key: str) -> Pack:
+    def _build(self, entry: Path, name: str, source: Path, key: str, progress=None) -> Pack:
         """Pack ``source`` into ``entry`` (the caller holds the build lock); a directory that
         changed since it was fingerprinted is packed for this run only."""
         for leftover in [*entry.glob(".*.tmp"), entry / STALE_MARK]:  # of a run killed while packing
             _remove(leftover)
         packed_ns = time.time_ns()
         members = packing.directory_members(source)
-        temporary = self._temporary(entry, name, source, members)
+        temporary = self._temporary(entry, name, source, members, progress)
         try:
             if not fingerprint(source, members) == key == fingerprint(source, packing.directory_members(source)):
                 logger.info("pack cache: {} changed while it was packed; not kept", source)
@@ -273,11 +281,11 @@ class PackCache:
         return Pack(entry / name, reused=False, cached=True)
 
     @staticmethod
-    def _temporary(entry: Path, name: str, source: Path, members: list[packing.Member]) -> Path:
+    def _temporary(entry: Path, name: str, source: Path, members: list[packing.Member], progress=None) -> Path:
         """A complete, fsynced pack under a hidden temporary name in ``entry``."""
         temporary = entry / f".{name}.{secrets.token_hex(8)}.tmp"
         try:
-            packing.pack_directory(source, temporary, members)
+            packing.pack_directory(source, temporary, members, progress)
             descriptor = os.open(temporary, os.O_RDONLY | _CLOEXEC)
             try:
                 os.fsync(descriptor)

@@ -14,6 +14,7 @@ import json
 import os
 import stat
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from rtcxfer.protocol.errors import JobError
@@ -49,7 +50,16 @@ def check_package(path: Path) -> Manifest:
     except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise PackageError(f"{path}: {MANIFEST_NAME} is not valid JSON: {error}") from None
     except ManifestError as error:
-        raise PackageError(f"{path}: {MANIFEST_NAME}: {error}") from None
+        raise PackageError(manifest_problem(f"{path}: {MANIFEST_NAME}", error)) from None
+
+
+def manifest_problem(manifest: str, error: ManifestError) -> str:
+    """``error`` about the manifest called ``manifest`` (``DIR/rtcxfer.json``, ``pkg.zip:
+    rtcxfer.json``), naming it once: ``DIR/rtcxfer.json has unknown keys: ...``."""
+    message = str(error)
+    if message.startswith(f"{MANIFEST_NAME} "):
+        return f"{manifest}{message[len(MANIFEST_NAME):]}"
+    return f"{manifest}: {message}"
 
 
 #: The version of what :func:`pack_directory` writes: a change to the ZIP's layout (member
@@ -59,6 +69,27 @@ FORMAT_VERSION = 1
 
 #: One file of a directory to pack: its name in the ZIP, its path, its ``lstat``.
 Member = tuple[str, Path, os.stat_result]
+#: Told while a directory is packed: bytes of its files read so far, and in all.
+PackProgress = Callable[[int, int], None]
+
+
+def check_directory_manifest(directory: Path) -> Manifest:
+    """The manifest of the directory ``directory``, or :class:`PackageError` naming the
+    directory's own ``rtcxfer.json`` (the file the user edits, not the pack made of it)."""
+    path = directory / MANIFEST_NAME
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as error:
+        raise PackageError(f"cannot read {path}: {error.strerror or error}") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise PackageError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        return Manifest.from_dict(json.loads(raw))
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise PackageError(f"{path} is not valid JSON: {error}") from None
+    except ManifestError as error:
+        raise PackageError(manifest_problem(str(path), error)) from None
 
 
 def directory_members(directory: Path) -> list[Member]:
@@ -72,6 +103,7 @@ def directory_members(directory: Path) -> list[Member]:
             f"{directory} is a directory without {MANIFEST_NAME}; put one there "
             f'(e.g. {{"command": ["python", "main.py"]}}) to send it as a job'
         )
+    check_directory_manifest(directory)
     members: list[Member] = []
     try:
         # onerror: a subdirectory that cannot be read is an error, not a package without it.
@@ -93,11 +125,18 @@ def _raise(error: OSError) -> None:
     raise error
 
 
-def pack_directory(directory: Path, destination: Path, members: list[Member] | None = None) -> Path:
+def pack_directory(
+    directory: Path, destination: Path, members: list[Member] | None = None, progress: PackProgress | None = None
+) -> Path:
     """Write the files under ``directory`` (its :func:`directory_members`, unless the caller
-    listed them already) into the ZIP ``destination``, deterministically."""
+    listed them already) into the ZIP ``destination``, deterministically; ``progress`` hears
+    the bytes read so far after every block, and once at the end."""
     if members is None:
         members = directory_members(directory)
+    total = sum(info.st_size for _, _, info in members)
+    done = 0
+    if progress is not None:
+        progress(done, total)
     destination.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(destination, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, path, _ in members:
@@ -111,5 +150,10 @@ def pack_directory(directory: Path, destination: Path, members: list[Member] | N
             ):
                 while block := source.read(1 << 20):
                     target.write(block)
+                    done += len(block)
+                    if progress is not None:
+                        progress(min(done, total), total)
+    if progress is not None and done < total:  # a member shrank since it was listed
+        progress(total, total)
     check_package(destination)
     return destination

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import shutil
 import time
@@ -28,7 +29,7 @@ import attrs
 from rtcxfer.files.shared_storage import detect_shared_root
 from rtcxfer.log import logger
 from rtcxfer.net.link import Link
-from rtcxfer.protocol import auth
+from rtcxfer.protocol import auth, texts
 from rtcxfer.protocol.engine import APPLICATION, Engine
 from rtcxfer.protocol.errors import (
     AuthenticationError,
@@ -114,6 +115,8 @@ class JobResult:
     results_dir: Path | None
     file_count: int = 0
     total_mb: float = 0.0
+    #: The transports that carried the package and the results: None for one that carried
+    #: nothing (the package was not delivered, or the job failed and no results came back).
     input_transport: str | None = None
     results_transport: str | None = None
     failure: str | None = None
@@ -131,6 +134,10 @@ class JobResult:
     #: Which way the data channel went: ``peer-to-peer (host)``, ``through NAT (server-reflexive)``,
     #: ``via TURN relay ADDRESS over udp|tcp`` (None for a session made with :meth:`RTCClient.attach`).
     path: str | None = None
+    #: The job's command's exit status: 0 for a job that completed, the worker's figure for a
+    #: command that ran and exited non-zero, None when the command did not run to an exit of its
+    #: own (the package was refused, the job was cancelled, timed out or its worker stopped).
+    exit_status: int | None = None
 
 
 @attrs.frozen
@@ -583,7 +590,7 @@ class RTCClient:
                 return outcome
             fallback = self.plugins.fallback_transport(self.session_transports)
             if forced or fallback is None or fallback in attempted:
-                return self._failed(job_id, input_via, results_via, f"Job {job_id} did not complete: {outcome}")
+                return self._failed(job_id, None, f"Job {job_id} did not complete: {outcome}")
             self._emit("notice", job_id, message=f"{input_via} failed ({outcome}); retrying over {fallback}")
             input_via = results_via = fallback
 
@@ -594,7 +601,7 @@ class RTCClient:
         self._log_tail = []
         reply = await self._ask(JobSubmit(job_id, results_via), (JobAccepted, JobFailed, ProtocolErrorFrame))
         if not isinstance(reply, JobAccepted):
-            return self._failed(job_id, input_via, results_via, _reason(reply))
+            return self._failed(job_id, None, _reason(reply))
         staging = self.results_dir / f".{job_id}.partial"
         await asyncio.to_thread(shutil.rmtree, staging, True)
         self.results_dir.mkdir(parents=True, exist_ok=True)  # an unusable one fails before the job runs
@@ -608,6 +615,7 @@ class RTCClient:
                 await self.transports[input_via].send_file(package, package.name)
             finally:
                 self._uploading = False
+            delivered = input_via
             report = await self._reports.get()
             if isinstance(report, JobComplete):
                 final = await self._collect(report, staging, results_transport)
@@ -621,14 +629,15 @@ class RTCClient:
                     results_via,
                     None,
                     tuple(self._log_tail),
+                    exit_status=0,
                 )
             if isinstance(report, PathErrorFrame):
                 return report.message  # e.g. a corrupted package read in place: retry with bytes
             if isinstance(report, SessionEnded):
                 reason = report.reason if report.worker_went_away else f"Job {job_id} did not complete: {report.reason}"
-                return self._failed(job_id, input_via, results_via, reason, report.worker_went_away)
+                return self._failed(job_id, delivered, reason, report.worker_went_away)
             stopped = JobState.WORKER_STOPPING in self._status_times
-            return self._failed(job_id, input_via, results_via, _reason(report), stopped)
+            return self._failed(job_id, delivered, _reason(report), stopped)
         except (TransferError, PathError) as error:
             return f"{describe(error)}"
         finally:
@@ -636,12 +645,12 @@ class RTCClient:
             await asyncio.to_thread(shutil.rmtree, staging, True)
             await results_transport.discard_results(job_id)
 
-    def _failed(
-        self, job_id: str, input_via: str, results_via: str, reason: str, worker_stopped: bool = False
-    ) -> JobResult:
+    def _failed(self, job_id: str, delivered_via: str | None, reason: str, worker_stopped: bool = False) -> JobResult:
+        """A failed job's result; ``delivered_via`` is the transport that delivered its package, if
+        one did. No results came back, so it names no results transport."""
         return JobResult(
-            job_id, False, None, 0, 0.0, input_via, results_via, reason, tuple(self._log_tail),
-            worker_stopped=worker_stopped,
+            job_id, False, None, 0, 0.0, delivered_via, None, reason, tuple(self._log_tail),
+            worker_stopped=worker_stopped, exit_status=None if worker_stopped else exit_status_in(reason),
         )
 
     def _drain_reports(self) -> None:
@@ -704,6 +713,19 @@ def _phase_seconds(started: float, ended: float, states: dict[str, float]) -> di
     if extracting in states and sending in states:
         seconds["transfer"] = round((states[extracting] - started) + (ended - states[sending]), 3)
     return seconds
+
+
+# At the start of the reason only: the job's own output, quoted after it, cannot pose as it.
+_JOB_EXITED = re.compile(
+    r"Job \S+ failed: " + re.escape(texts.JOB_EXITED).replace(re.escape("{code}"), r"(-?\d{1,10})") + r"(?:;|$)"
+)
+
+
+def exit_status_in(reason: str) -> int | None:
+    """The exit status a ``JOB_FAILED`` reason gives for a command that ran and exited non-zero
+    (``Job X failed:`` and :data:`rtcxfer.protocol.texts.JOB_EXITED`), else None."""
+    found = _JOB_EXITED.match(reason)
+    return int(found.group(1)) if found else None
 
 
 def _reason(frame: Frame) -> str:

@@ -15,8 +15,10 @@ This module imports no asyncio, aiortc, fsspec or loguru.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+import re
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +30,8 @@ from rtcxfer.protocol.errors import JobError
 
 MANIFEST_NAME = "rtcxfer.json"
 MAX_MANIFEST_BYTES = 64 * 1024
+#: The keys ``rtcxfer.json`` may hold.
+MANIFEST_KEYS = ("command", "name", "timeout_seconds", "env")
 
 
 class ManifestError(JobError):
@@ -64,9 +68,9 @@ class Manifest:
     def from_dict(cls, data: Any) -> Manifest:
         if not isinstance(data, dict):
             raise ManifestError(f"{MANIFEST_NAME} must hold a JSON object")
-        unknown = set(data) - {"name", "command", "timeout_seconds", "env"}
+        unknown = set(data) - set(MANIFEST_KEYS)
         if unknown:
-            raise ManifestError(f"{MANIFEST_NAME} has unknown keys: {', '.join(sorted(unknown))}")
+            raise ManifestError(unknown_keys_message(unknown))
         command = data.get("command")
         if isinstance(command, str):
             try:
@@ -88,3 +92,19 @@ class Manifest:
         if any(not k or "=" in k or "\0" in k + v for k, v in env.items()):
             raise ManifestError("env has an invalid variable name or value")
         return cls(tuple(command), name, float(timeout) if timeout is not None else None, dict(env))
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def unknown_keys_message(unknown: set[str]) -> str:
+    """What is wrong with a manifest holding the keys ``unknown``: each one (quoted unless it is
+    a plain word: it is the sender's text), the closest known key where one is close (a typo),
+    and the keys that are known: ``rtcxfer.json has unknown keys: comand (did you mean command?);
+    known keys: command, name, timeout_seconds, env``."""
+    named = []
+    for key in sorted(unknown):
+        shown = key if _PLAIN_KEY.fullmatch(key) else repr(key)
+        close = difflib.get_close_matches(key, MANIFEST_KEYS, n=1)
+        named.append(f"{shown} (did you mean {close[0]}?)" if close else shown)
+    return f"{MANIFEST_NAME} has unknown keys: {', '.join(named)}; known keys: {', '.join(MANIFEST_KEYS)}"

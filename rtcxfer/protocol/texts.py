@@ -31,6 +31,10 @@ PACKAGE_UNREADABLE = "cannot read the package"
 #: ...``).
 WORKER_SHUTTING_DOWN = "the worker is shutting down"
 
+#: How a job whose command ran and exited non-zero is reported (``JOB_FAILED::Job X failed: job
+#: exited with code 4; last output: ...``); a client reads the job's exit status from it.
+JOB_EXITED = "job exited with code {code}"
+
 #: A loopback-only worker's ``{"kind": "error"}`` answer to an offer with no ICE candidate on
 #: 127.0.0.1, which it could never connect to (docs/protocol.md 1.4).
 NO_LOOPBACK_CANDIDATE = (

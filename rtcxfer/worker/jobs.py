@@ -31,6 +31,7 @@ from typing import Protocol
 import attrs
 
 from rtcxfer.log import logger
+from rtcxfer.protocol import texts
 from rtcxfer.protocol.errors import JobError
 from rtcxfer.protocol.manifest import MANIFEST_NAME, Manifest, ManifestError
 
@@ -181,7 +182,7 @@ async def run_manifest_command(context: JobContext) -> None:
     _signal_group(process.pid, signal.SIGKILL)
     if exit_code != 0:
         raise JobFailedError(
-            f"job exited with code {exit_code}; last output: {_quote_tail(tail)}", exit_code, tuple(tail)
+            f"{texts.JOB_EXITED.format(code=exit_code)}; last output: {_quote_tail(tail)}", exit_code, tuple(tail)
         )
 
 

@@ -392,7 +392,7 @@ class RTCWorkerClient:
             ) as signaling,
             self._sessions_stopped_before_leaving(tasks),
         ):
-            logger.info("worker {} ready in room {} at {}", peer_id, room, signaling_url)
+            logger.info("worker {!r} ready in room {!r} at {}", peer_id, room, signaling_url)
             self._signaling = signaling
             registered()
             while True:

@@ -34,7 +34,14 @@ from rtcxfer.log import logger
 from rtcxfer.net.link import Link
 from rtcxfer.protocol import auth, frames, texts
 from rtcxfer.protocol.engine import APPLICATION, Engine
-from rtcxfer.protocol.errors import ArchiveError, PathError, RtcxferError, TransferError, describe
+from rtcxfer.protocol.errors import (
+    ArchiveError,
+    ConnectionClosedError,
+    PathError,
+    RtcxferError,
+    TransferError,
+    describe,
+)
 from rtcxfer.protocol.frames import PROTOCOL_VERSION, Frame, JobState, quote_for_log
 from rtcxfer.protocol.manifest import Manifest
 from rtcxfer.transport.base import ReceivedFile, Transport
@@ -178,7 +185,8 @@ class WorkerSession:
         if self.job is not None and self.job.task is not None:
             if self.worker.stopping:
                 return  # the shutdown stops the job and reports it
-            logger.warning("{}: client disconnected; stopping job {}", self.name, self.job.job_id)
+            # A client that left (Ctrl-C, or its connection lost) is nothing for the operator to fix.
+            logger.info("{}: the client left; stopping job {}", self.name, self.job.job_id)
             self.job.task.cancel()
 
     async def _hello(self, frame: frames.Hello) -> None:
@@ -455,5 +463,8 @@ class NativeJobDialect:
     async def _send_quietly(self, frame: Frame) -> None:
         try:
             await self.session.link.send(frame)
+        except ConnectionClosedError as error:
+            # The client left (Ctrl-C, a lost connection): nothing is wrong here.
+            logger.info("{}: the client left before hearing {} ({})", self.label, frame.TYPE, error)
         except RtcxferError as error:
             logger.warning("{}: could not report {}: {}", self.label, frame.TYPE, describe(error))

@@ -125,10 +125,13 @@ def test_eight_jobs_spread_over_three_workers_within_their_slots_and_a_drain(roo
         lines = stdout.strip().splitlines()
         assert len(lines) == 1, stdout  # one JSON object, nothing else on stdout
         report = json.loads(lines[0])
-        assert report["ok"] and report["exit_status"] == 0
+        assert report["ok"] and report["exit_status"] == 0 and report["submit_exit_code"] == 0
         assert report["worker_id"] in room.workers
         assert report["bytes_sent"] == package.stat().st_size and report["bytes_received"] > 0
-        assert set(report["seconds"]) == {"total", "transfer", "run"} and report["seconds"]["run"] >= 1.5
+        assert set(report["seconds"]) == {"total", "packing", "waiting", "transfer", "run"}
+        assert report["seconds"]["run"] >= 1.5 and report["seconds"]["packing"] is None
+        # The whole run, the wait for a worker (the queue) included.
+        assert report["seconds"]["total"] >= report["seconds"]["waiting"] + report["seconds"]["run"]
         assert f"complete on worker {report['worker_id']}" in stderr
         reports.append((report, stderr))
 
@@ -167,7 +170,8 @@ def test_a_requirement_nobody_meets_fails_at_once_listing_the_room(room: Room) -
     assert "no worker in room 'lab' meets gpu_memory_mb>=16000" in run.stderr
     for worker_id in ("gpu-a", "gpu-b", "gpu-c"):
         assert worker_id in run.stderr
-    assert json.loads(run.stdout)["exit_status"] == EXIT_CONNECTION
+    report = json.loads(run.stdout)
+    assert report["submit_exit_code"] == EXIT_CONNECTION and report["exit_status"] is None
 
 
 def test_a_label_requirement_and_a_named_worker(room: Room) -> None:
