@@ -57,11 +57,12 @@ async def run_sample_job(url: str, room: str, tmp_path: Path, tag: str, **connec
 
 # Slow: it waits out the attackers' authentication deadline.
 @pytest.mark.slow
-def test_worker_survives_rate_limits_unknown_peers_and_being_kicked(tmp_path, logs):
+def test_worker_survives_rate_limits_peers_that_leave_and_being_kicked(tmp_path, logs):
     """Offers flooded at the worker, with a server strict enough that the worker's own answers trip its
-    rate limit and then its persistent-flooding rule: the worker is told ``rate-limited`` and
-    ``unknown-peer`` (a peer that offered and left), and finally has its socket closed; it keeps
-    serving and registers again."""
+    rate limit and then its persistent-flooding rule: the worker is told ``rate-limited`` and finally
+    has its socket closed; it keeps serving and registers again. (A peer that offered and left is
+    forgotten by its ``peer-left``; whether an answer still reaches the server after it, and comes
+    back as ``unknown-peer``, is a race this test does not rely on.)"""
 
     async def scenario():
         async with SignalingServer(
@@ -97,7 +98,7 @@ def test_worker_survives_rate_limits_unknown_peers_and_being_kicked(tmp_path, lo
     messages = [message for _, message in logs]
     worker_heard = [m for m in messages if m.startswith("signaling server reports:")]
     assert any("rate-limited" in m for m in worker_heard), messages
-    assert any("unknown-peer" in m for m in messages if "worker" in m or "reports" in m), messages
+    assert any("client hit-and-run left the room; ending its session" in m for m in messages), messages
     assert any("registering again" in m for m in messages), messages
 
 
