@@ -144,14 +144,36 @@ token_file_option = click.option(
     help="A file whose first line is the token: unlike --token, not visible in `ps` [env RTCXFER_TOKEN_FILE].",
 )
 
+class SignalUrlsOption(click.Option):
+    """``--signal``: repeatable, each value one URL or a comma-separated list, also as one string
+    from the configuration file; the command gets them as one comma-separated string."""
+
+    def type_cast_value(self, ctx: click.Context, value):
+        return super().type_cast_value(ctx, (value,) if isinstance(value, str) else value)
+
+
+def join_signal_urls(ctx: click.Context, param: click.Parameter, values) -> str:
+    """A click callback: the ``--signal`` values as one comma-separated list, repeats left out."""
+    from rtcxfer.net.signaling.client import split_signal_urls
+
+    try:
+        return ",".join(split_signal_urls(values or ()))
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 connection_options = [
     click.option(
         "--signal",
         "signal_url",
+        cls=SignalUrlsOption,
+        multiple=True,
         envvar="RTCXFER_SIGNAL_URL",
-        default="ws://127.0.0.1:8765",
+        default=("ws://127.0.0.1:8765",),
         show_default=True,
-        help="Signaling server URL [env RTCXFER_SIGNAL_URL].",
+        callback=join_signal_urls,
+        help="Signaling server URL; several (repeated, or comma-separated) for replicas that share their rooms "
+        "(rtcxfer signal --redis): the first that answers is used [env RTCXFER_SIGNAL_URL].",
     ),
     click.option(
         "--room",
