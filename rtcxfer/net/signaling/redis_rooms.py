@@ -10,10 +10,11 @@ What each replica keeps where:
   replica (``conns:REPLICA``, ``unreg:REPLICA``);
 * that it is alive in a key with a short expiry (``alive:REPLICA``, ``membership_ttl`` seconds)
   that it renews three times per expiry. A replica that dies stops renewing: within the expiry
-  its members are no longer listed, found or counted by anyone, and the first replica to notice
-  (each looks every half expiry) takes them out of their rooms and tells the rooms' other peers
-  they left (``peer-left``); a worker whose replica died registers again on another one, under
-  the same id, as soon as the dead replica's key has expired.
+  its members are no longer listed, found or counted by anyone, and a worker whose replica died
+  registers again on another one, under the same id (its sessions, on their data channels, go
+  on). ``rejoin_grace`` seconds later the first replica to look (each does every half expiry)
+  takes the members that did not come back out of their rooms and tells the rooms' other peers
+  they left (``peer-left``): a client is not told that its worker left while it re-registers.
 
 Every change to the shared state is one Lua script, so it is atomic across replicas as
 :class:`~rtcxfer.net.signaling.rooms.Rooms` asks. A text for a member on another replica (a
@@ -53,10 +54,14 @@ from rtcxfer.net.signaling.messages import (
 from rtcxfer.net.signaling.rooms import Deliver, DropAll, Member, RoomChange, RoomLimits, Rooms
 from rtcxfer.protocol.errors import LocalProtocolError, SharedRoomsError
 
-__all__ = ["DEFAULT_MEMBERSHIP_TTL", "DEFAULT_PREFIX", "RedisRooms", "encode_member", "redacted_url"]
+__all__ = [
+    "DEFAULT_MEMBERSHIP_TTL", "DEFAULT_PREFIX", "DEFAULT_REJOIN_GRACE", "RedisRooms", "encode_member", "redacted_url",
+]
 
 #: Seconds a replica's members outlive it (its ``alive`` key's expiry).
 DEFAULT_MEMBERSHIP_TTL = 3.0
+#: Seconds after that before the rooms of its members that did not register again are told they left.
+DEFAULT_REJOIN_GRACE = 5.0
 #: The prefix of every key and channel rtcxfer uses in Redis.
 DEFAULT_PREFIX = "rtcxfer:"
 #: Texts waiting to be published to other replicas; beyond this they are dropped (Redis lags).
@@ -178,15 +183,35 @@ if rid and alive(rid) then return value end
 return false
 """
 
-# ARGV: prefix, then the replicas to clear (none: every replica whose alive key has expired).
-# Each member taken out of its room comes back as {member, live others of its room...}.
+# ARGV: prefix, replica, expiry (ms). 1 if renewed (or announced), 0 if Redis no longer knew it.
+_HEARTBEAT = _LUA_COMMON + """
+local rid, ttl, announce = ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if announce then
+  redis.call('SADD', P .. 'replicas', rid)
+  redis.call('SET', P .. 'alive:' .. rid, '1', 'PX', ttl)
+elseif not redis.call('SET', P .. 'alive:' .. rid, '1', 'PX', ttl, 'XX') then
+  return 0
+end
+redis.call('HSET', P .. 'seen', rid, now_ms)
+return 1
+"""
+
+# ARGV: prefix, grace (ms), then the replicas to clear (none: every replica whose alive key
+# expired more than the grace ago). Each member taken out of its room comes back as
+# {member, live others of its room...}.
 _REAP = _LUA_COMMON + """
+local grace = tonumber(ARGV[2])
 local targets = {}
-if #ARGV > 1 then
-  for i = 2, #ARGV do targets[#targets + 1] = ARGV[i] end
+if #ARGV > 2 then
+  for i = 3, #ARGV do targets[#targets + 1] = ARGV[i] end
 else
+  local now = redis.call('TIME')
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
   for _, rid in ipairs(redis.call('SMEMBERS', P .. 'replicas')) do
-    if not alive(rid) then targets[#targets + 1] = rid end
+    local seen = tonumber(redis.call('HGET', P .. 'seen', rid) or 0)
+    if not alive(rid) and now_ms - seen > grace then targets[#targets + 1] = rid end
   end
 end
 local result = {}
@@ -203,7 +228,10 @@ for _, rid in ipairs(targets) do
     end
   end
   redis.call('DEL', P .. 'members:' .. rid, P .. 'conns:' .. rid, P .. 'unreg:' .. rid)
-  if not alive(rid) then redis.call('SREM', P .. 'replicas', rid) end
+  if not alive(rid) then
+    redis.call('SREM', P .. 'replicas', rid)
+    redis.call('HDEL', P .. 'seen', rid)
+  end
 end
 return result
 """
@@ -270,7 +298,7 @@ def _limit(value: int | None) -> int:
 class RedisRooms(Rooms):
     """The book of rooms in the Redis at ``url``, shared with every replica using the same Redis
     and ``prefix`` (see the module docstring). ``membership_ttl``: seconds a dead replica's
-    members outlive it."""
+    members outlive it; ``rejoin_grace``: seconds more before their rooms hear they left."""
 
     def __init__(
         self,
@@ -279,10 +307,12 @@ class RedisRooms(Rooms):
         *,
         prefix: str = DEFAULT_PREFIX,
         membership_ttl: float = DEFAULT_MEMBERSHIP_TTL,
+        rejoin_grace: float = DEFAULT_REJOIN_GRACE,
         replica_id: str | None = None,
     ) -> None:
-        if membership_ttl <= 0:
-            raise ValueError("membership_ttl must be positive")
+        if membership_ttl <= 0 or rejoin_grace < 0:
+            raise ValueError("membership_ttl must be positive, rejoin_grace not negative")
+        self.rejoin_grace = rejoin_grace
         self.url = url
         self.limits = limits if limits is not None else RoomLimits()
         self.prefix = prefix
@@ -324,6 +354,7 @@ class RedisRooms(Rooms):
             for name, source in (
                 ("connect", _CONNECT), ("disconnect", _DISCONNECT), ("register", _REGISTER),
                 ("update", _UPDATE), ("find", _FIND), ("reap", _REAP),
+                ("heartbeat", _HEARTBEAT),
             )
         }
         try:
@@ -364,10 +395,13 @@ class RedisRooms(Rooms):
         await _close_client(client)
 
     async def _announce(self) -> None:
-        client = self._require_client()
-        await client.sadd(self._key("replicas"), self.replica_id)
-        await client.set(self._key("alive", self.replica_id), "1", px=self._ttl_ms)
+        await self._heartbeat(announce=True)
         self.healthy = True
+
+    async def _heartbeat(self, announce: bool = False) -> bool:
+        return bool(await self._scripts["heartbeat"](
+            args=[self.prefix, self.replica_id, self._ttl_ms, "1" if announce else "0"], client=self._require_client()
+        ))
 
     @property
     def _ttl_ms(self) -> int:
@@ -388,7 +422,7 @@ class RedisRooms(Rooms):
         while True:
             await asyncio.sleep(self.membership_ttl / 3)
             try:
-                renewed = await client.set(self._key("alive", self.replica_id), "1", px=self._ttl_ms, xx=True)
+                renewed = await self._heartbeat()
                 if not renewed:
                     # Redis restarted, or this replica was silent so long that others took it
                     # for dead and took its members out: its sockets are nobody's now.
@@ -420,7 +454,8 @@ class RedisRooms(Rooms):
         self._drop_all()
 
     async def _reap(self, client: aioredis.Redis, replicas: list[str]) -> None:
-        removed = await self._scripts["reap"](args=[self.prefix, *replicas], client=client)
+        grace_ms = int(self.rejoin_grace * 1000)
+        removed = await self._scripts["reap"](args=[self.prefix, grace_ms, *replicas], client=client)
         for item in removed or ():
             _, member = _decode_member(item[0])
             left = encode(PeerLeft(member.peer_id, member.role))

@@ -234,7 +234,8 @@ class SignalingServer:
 
     ``redis_url`` (``redis://HOST:PORT/DB``): keep the rooms in that Redis, shared with every
     server given the same one (:mod:`~rtcxfer.net.signaling.redis_rooms`; ``membership_ttl``
-    seconds for the members of a replica that died to disappear); :meth:`start` raises
+    seconds for the members of a replica that died to disappear, ``rejoin_grace`` more before
+    their rooms are told they left); :meth:`start` raises
     :class:`~rtcxfer.protocol.errors.SharedRoomsError` if it cannot be used. Without it the rooms
     live in this process (:class:`~rtcxfer.net.signaling.rooms.InMemoryRooms`).
     """
@@ -265,6 +266,7 @@ class SignalingServer:
         allowed_origins: Iterable[str] = (),
         redis_url: str | None = None,
         membership_ttl: float | None = None,
+        rejoin_grace: float | None = None,
     ) -> None:
         for room, token in dict(tokens or {}).items():
             if not is_id(room):
@@ -317,10 +319,13 @@ class SignalingServer:
             self._rooms = InMemoryRooms(room_limits)
         else:
             # Imported here: the redis library is needed only by servers that share rooms.
-            from rtcxfer.net.signaling.redis_rooms import DEFAULT_MEMBERSHIP_TTL, RedisRooms
+            from rtcxfer.net.signaling.redis_rooms import DEFAULT_MEMBERSHIP_TTL, DEFAULT_REJOIN_GRACE, RedisRooms
 
-            ttl = membership_ttl if membership_ttl is not None else DEFAULT_MEMBERSHIP_TTL
-            self._rooms = RedisRooms(redis_url, room_limits, membership_ttl=ttl)
+            self._rooms = RedisRooms(
+                redis_url, room_limits,
+                membership_ttl=membership_ttl if membership_ttl is not None else DEFAULT_MEMBERSHIP_TTL,
+                rejoin_grace=rejoin_grace if rejoin_grace is not None else DEFAULT_REJOIN_GRACE,
+            )
         #: The open sockets, by their key in the book of rooms.
         self._connections: dict[str, _Connection] = {}
         self._serial = 0
