@@ -55,7 +55,8 @@ from rtcxfer.net.signaling.rooms import Deliver, DropAll, Member, RoomChange, Ro
 from rtcxfer.protocol.errors import LocalProtocolError, SharedRoomsError
 
 __all__ = [
-    "DEFAULT_MEMBERSHIP_TTL", "DEFAULT_PREFIX", "DEFAULT_REJOIN_GRACE", "RedisRooms", "encode_member", "redacted_url",
+    "DEFAULT_MEMBERSHIP_TTL", "DEFAULT_PREFIX", "DEFAULT_REJOIN_GRACE", "RedisRooms", "decode_member", "encode_member",
+    "redacted_url",
 ]
 
 #: Seconds a replica's members outlive it (its ``alive`` key's expiry).
@@ -198,8 +199,8 @@ redis.call('HSET', P .. 'seen', rid, now_ms)
 return 1
 """
 
-# ARGV: prefix, grace (ms), then the replicas to clear (none: every replica whose alive key
-# expired more than the grace ago). Each member taken out of its room comes back as
+# ARGV: prefix, grace (ms), then the replicas to clear (none: every replica whose alive key is
+# gone and was last renewed more than the grace ago). Each member taken out of its room comes back as
 # {member, live others of its room...}.
 _REAP = _LUA_COMMON + """
 local grace = tonumber(ARGV[2])
@@ -276,7 +277,7 @@ def encode_member(member: Member) -> str:
     )
 
 
-def _decode_member(value: str) -> tuple[int, Member]:
+def decode_member(value: str) -> tuple[int, Member]:
     """A room hash's value: (its join sequence number, the member)."""
     head, _, body = value.partition("\n")
     seq = int(head.split("\t")[1])
@@ -288,7 +289,7 @@ def _decode_member(value: str) -> tuple[int, Member]:
 
 
 def _in_join_order(values: Sequence[str]) -> tuple[Member, ...]:
-    return tuple(member for _, member in sorted(_decode_member(value) for value in values))
+    return tuple(member for _, member in sorted(decode_member(value) for value in values))
 
 
 def _limit(value: int | None) -> int:
@@ -394,6 +395,17 @@ class RedisRooms(Rooms):
             logger.debug("signaling: could not tidy Redis on stopping: {}", error)
         await _close_client(client)
 
+    async def abandon(self) -> None:
+        """Stop at once without a word to Redis, as a replica that died would (for tests: what
+        the others do about a dead replica)."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        client, self._client = self._client, None
+        if client is not None:
+            await _close_client(client)
+
     async def _announce(self) -> None:
         await self._heartbeat(announce=True)
         self.healthy = True
@@ -454,10 +466,11 @@ class RedisRooms(Rooms):
         self._drop_all()
 
     async def _reap(self, client: aioredis.Redis, replicas: list[str]) -> None:
-        grace_ms = int(self.rejoin_grace * 1000)
+        # From its last renewal: the expiry, then the grace.
+        grace_ms = int((self.membership_ttl + self.rejoin_grace) * 1000)
         removed = await self._scripts["reap"](args=[self.prefix, grace_ms, *replicas], client=client)
         for item in removed or ():
-            _, member = _decode_member(item[0])
+            _, member = decode_member(item[0])
             left = encode(PeerLeft(member.peer_id, member.role))
             others = _in_join_order(item[1:])
             if not replicas or replicas != [self.replica_id]:
@@ -622,7 +635,7 @@ class RedisRooms(Rooms):
 
     async def find(self, room: str, peer_id: str) -> Member | None:
         value = await self._run("find", room, peer_id)
-        return _decode_member(value)[1] if value else None
+        return decode_member(value)[1] if value else None
 
     def snapshot(self) -> dict[str, list[str]]:
         """This replica's own members only (the rest would need Redis)."""
