@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick      # 1 round, smaller files, no 1 GiB rtc-chunked
     python benchmarks/run.py --rounds 5   # more rounds
     python benchmarks/run.py --two-host   # instead: two network namespaces (root; two_host.py)
+    python benchmarks/run.py --signaling  # instead: signaling relay rate and latency (signaling.py)
 
 Every case runs in child processes (this script with ``--child ROLE``, see ``_children.py``)
 that connect through a signaling server this process runs on 127.0.0.1: two processes per
@@ -536,6 +537,9 @@ def main() -> None:
     parser.add_argument(
         "--direct-only", action="store_true", help="--two-host: only the direct part (not rtc-chunked and stock)"
     )
+    from signaling import add_arguments as add_signaling_arguments
+
+    add_signaling_arguments(parser)
     args = parser.parse_args()
     if not args.two_host:
         args.rounds = args.rounds or (1 if args.quick else 5)
@@ -551,7 +555,11 @@ def main() -> None:
     started = time.perf_counter()
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        if args.two_host:
+        if args.signaling:
+            from signaling import signaling_main
+
+            signaling_main(args, workdir)
+        elif args.two_host:
             from two_host import two_host_main
 
             args.rounds = args.rounds or 3

@@ -65,6 +65,10 @@ DEFAULT_MEMBERSHIP_TTL = 3.0
 DEFAULT_REJOIN_GRACE = 5.0
 #: The prefix of every key and channel rtcxfer uses in Redis.
 DEFAULT_PREFIX = "rtcxfer:"
+#: Connections to Redis a replica holds at most (one of them for its subscription).
+MAX_REDIS_CONNECTIONS = 32
+#: Relay targets remembered at most (then forgotten all at once).
+MAX_REMEMBERED_TARGETS = 100_000
 #: Texts waiting to be published to other replicas; beyond this they are dropped (Redis lags).
 MAX_PUBLISH_BACKLOG = 100_000
 
@@ -322,11 +326,17 @@ class RedisRooms(Rooms):
         self.replica_id = replica_id or secrets.token_hex(6)
         self._sockets: dict[str, _Socket] = {}
         self._client: aioredis.Redis | None = None
+        self._subscriber: aioredis.Redis | None = None
         self._drop_all: DropAll = lambda: None
         self._deliver: Deliver = lambda connection, text: None
         self._outgoing: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._scripts: dict[str, Any] = {}
+        #: Relay targets looked up lately: (room, peer id) -> (member, until when), forgotten when
+        #: the room says the peer joined, changed or left, or its replica is no longer alive.
+        self._found: dict[tuple[str, str], tuple[Member, float]] = {}
+        #: The replicas alive at the last heartbeat.
+        self._live_replicas: set[str] = set()
         #: False while Redis does not answer or after it lost this replica's state.
         self.healthy = False
 
@@ -339,9 +349,12 @@ class RedisRooms(Rooms):
         self._deliver, self._drop_all = deliver, drop_all
         shown = redacted_url(self.url)
         try:
-            client = aioredis.from_url(
-                self.url, decode_responses=True, socket_connect_timeout=3.0, socket_timeout=5.0
+            # Blocking: a burst of registrations waits for a connection instead of failing.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url, max_connections=MAX_REDIS_CONNECTIONS, timeout=5.0, decode_responses=True,
+                socket_connect_timeout=3.0, socket_timeout=5.0,
             )
+            client = aioredis.Redis(connection_pool=pool)
         except ValueError as error:
             raise SharedRoomsError(f"not a Redis URL: {shown} ({error})") from None
         try:
@@ -350,6 +363,10 @@ class RedisRooms(Rooms):
             await _close_client(client)
             raise SharedRoomsError(f"cannot use Redis at {shown}: {error}") from None
         self._client = client
+        # Its own connection, without the commands' read timeout: a subscription waits for
+        # messages as long as there are none.
+        self._subscriber = aioredis.from_url(self.url, decode_responses=True, socket_connect_timeout=3.0,
+                                             socket_keepalive=True)
         self._scripts = {
             name: client.register_script(source)
             for name, source in (
@@ -360,6 +377,7 @@ class RedisRooms(Rooms):
         }
         try:
             await self._announce()
+            await self._follow_replicas(client)
         except (RedisError, OSError) as error:
             await _close_client(client)
             raise SharedRoomsError(f"cannot use Redis at {shown}: {error}") from None
@@ -382,6 +400,9 @@ class RedisRooms(Rooms):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        subscriber, self._subscriber = self._subscriber, None
+        if subscriber is not None:
+            await _close_client(subscriber)
         client, self._client = self._client, None
         if client is None:
             return
@@ -402,9 +423,10 @@ class RedisRooms(Rooms):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        client, self._client = self._client, None
-        if client is not None:
-            await _close_client(client)
+        for client in (self._subscriber, self._client):
+            if client is not None:
+                await _close_client(client)
+        self._subscriber = self._client = None
 
     async def _announce(self) -> None:
         await self._heartbeat(announce=True)
@@ -446,6 +468,7 @@ class RedisRooms(Rooms):
                     self.healthy = True
                     logger.warning("signaling: Redis answers again")
                 last_renewal = loop.time()
+                await self._follow_replicas(client)
                 if loop.time() >= next_reap:
                     next_reap = loop.time() + reap_every
                     await self._reap(client, [])
@@ -455,6 +478,29 @@ class RedisRooms(Rooms):
                     self.healthy = False
                 if loop.time() - last_renewal > self.membership_ttl and self._sockets:
                     await self._forget_everyone("Redis has not answered for longer than the membership expiry")
+
+    async def _follow_replicas(self, client: aioredis.Redis) -> None:
+        replicas = sorted(await client.smembers(self._key("replicas")))
+        async with client.pipeline(transaction=False) as pipe:
+            for replica in replicas:
+                pipe.exists(self._key("alive", replica))
+            alive = await pipe.execute()
+        self._live_replicas = {replica for replica, exists in zip(replicas, alive) if exists}
+
+    def _forget_found(self, room: str, peer_id: str) -> None:
+        self._found.pop((room, peer_id), None)
+
+    def _notice_room_event(self, connection: str, text: str) -> None:
+        """A peer of the room of ``connection`` joined, changed or left: look it up afresh."""
+        socket = self._sockets.get(connection)
+        if socket is None or socket.member is None:
+            return
+        try:
+            peer_id = json.loads(text).get("peer_id")
+        except ValueError:
+            return
+        if isinstance(peer_id, str):
+            self._forget_found(socket.member.room, peer_id)
 
     async def _forget_everyone(self, why: str) -> None:
         if not self._sockets:
@@ -471,6 +517,7 @@ class RedisRooms(Rooms):
         removed = await self._scripts["reap"](args=[self.prefix, grace_ms, *replicas], client=client)
         for item in removed or ():
             _, member = decode_member(item[0])
+            self._forget_found(member.room, member.peer_id)
             left = encode(PeerLeft(member.peer_id, member.role))
             others = _in_join_order(item[1:])
             if not replicas or replicas != [self.replica_id]:
@@ -483,7 +530,9 @@ class RedisRooms(Rooms):
         """Texts other replicas publish for this replica's sockets."""
         channel = self._key("to", self.replica_id)
         while True:
-            pubsub = self._require_client().pubsub(ignore_subscribe_messages=True)
+            if self._subscriber is None:
+                return
+            pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(channel)
                 subscribed.set()
@@ -492,9 +541,13 @@ class RedisRooms(Rooms):
                     if message is None or message.get("type") != "message":
                         continue
                     connection, _, text = str(message["data"]).partition("\n")
+                    if text.startswith('{"type":"peer-'):
+                        self._notice_room_event(connection, text)
                     self._deliver(connection, text)
             except (RedisError, OSError) as error:
-                logger.debug("signaling: Redis subscription lost ({}); subscribing again", error)
+                if subscribed.is_set():
+                    logger.warning("signaling: this replica's Redis subscription was lost ({}); subscribing again",
+                                   error)
                 await asyncio.sleep(0.5)
             finally:
                 await _close_pubsub(pubsub)
@@ -507,7 +560,11 @@ class RedisRooms(Rooms):
             while not outgoing.empty() and len(batch) < 1000:
                 batch.append(outgoing.get_nowait())
             try:
-                async with self._require_client().pipeline(transaction=False) as pipe:
+                client = self._require_client()
+                if len(batch) == 1:
+                    await client.publish(*batch[0])
+                    continue
+                async with client.pipeline(transaction=False) as pipe:
                     for channel, data in batch:
                         pipe.publish(channel, data)
                     await pipe.execute()
@@ -598,6 +655,7 @@ class RedisRooms(Rooms):
         if verdict == "address":
             raise Refusal(ROOM_FULL, f"room {room!r} has {reply[1]} peers from your address already")
         socket.member, socket.registered = member, True
+        self._forget_found(room, peer_id)
         return RoomChange(member, _in_join_order(reply[2:]))
 
     async def describe(self, connection: str, description: dict[str, Any]) -> RoomChange | None:
@@ -613,6 +671,7 @@ class RedisRooms(Rooms):
         if reply[0] != "ok":
             return None
         socket.member = member
+        self._forget_found(member.room, member.peer_id)
         return RoomChange(member, _in_join_order(reply[2:]))
 
     async def leave(self, connection: str) -> RoomChange | None:
@@ -620,6 +679,7 @@ class RedisRooms(Rooms):
         if socket is None or socket.member is None:
             return None
         member, socket.member = socket.member, None
+        self._forget_found(member.room, member.peer_id)
         try:
             reply = await self._scripts["update"](
                 args=[self.prefix, self.replica_id, member.room, member.peer_id, connection, ""],
@@ -634,8 +694,24 @@ class RedisRooms(Rooms):
         return RoomChange(member, _in_join_order(reply[2:]))
 
     async def find(self, room: str, peer_id: str) -> Member | None:
+        # A relay's target, once looked up, is remembered: a round trip to Redis per relay would
+        # be most of its cost. Every change of a room reaches the replicas of its other members
+        # (as room events), which forget what they remembered of that peer.
+        loop = asyncio.get_running_loop()
+        found = self._found.get((room, peer_id))
+        if found is not None:
+            member, until = found
+            if until > loop.time() and member.connection.partition("/")[0] in self._live_replicas:
+                return member
+            del self._found[(room, peer_id)]
         value = await self._run("find", room, peer_id)
-        return decode_member(value)[1] if value else None
+        if not value:
+            return None
+        member = decode_member(value)[1]
+        if len(self._found) >= MAX_REMEMBERED_TARGETS:
+            self._found.clear()
+        self._found[(room, peer_id)] = (member, loop.time() + self.membership_ttl * 3)
+        return member
 
     def snapshot(self) -> dict[str, list[str]]:
         """This replica's own members only (the rest would need Redis)."""
@@ -647,9 +723,8 @@ class RedisRooms(Rooms):
 
 
 async def _close_client(client: aioredis.Redis) -> None:
-    close = getattr(client, "aclose", None) or client.close
     try:
-        await close()
+        await client.aclose(close_connection_pool=True)
     except (RedisError, OSError):
         pass
 
