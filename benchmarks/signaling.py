@@ -159,61 +159,96 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def measure(worker_url: str, client_url: str, rooms: int, samples: int, seconds: float, window: int) -> dict:
-    started = time.perf_counter()
-    workers = await gather_bounded(register(worker_url, f"room-{n}", "worker", f"w{n}") for n in range(rooms))
-    client_sockets = await gather_bounded(
-        register(client_url, f"room-{n}", "client", f"c{n}") for n in range(rooms)
-    )
-    registered = time.perf_counter() - started
-    echoes = [asyncio.create_task(echo(ws)) for ws in workers]
-    clients = [Client(ws, f"w{n}") for n, ws in enumerate(client_sockets)]
-    loop = asyncio.get_running_loop()
-    for client in clients:
-        client.reader = asyncio.create_task(client.read())
-    try:
-        # Idle latency: one round trip at a time (after a warm-up of one per room in turn).
-        for client in clients[: min(rooms, 200)]:
-            client.waiter = loop.create_future()
-            await client.send()
-            await asyncio.wait_for(client.waiter, 30)
+class Setup:
+    """One setup's 1,000 rooms: workers registered through ``worker_url``, clients through ``client_url``."""
+
+    def __init__(self, label: str, worker_url: str, client_url: str) -> None:
+        self.label = label
+        #: Rooms of different setups must differ: two of them share one Redis.
+        self.tag = f"s{id(self):x}"
+        self.worker_url, self.client_url = worker_url, client_url
+        self.workers: list = []
+        self.clients: list[Client] = []
+        self.tasks: list[asyncio.Task] = []
+        self.result: dict[str, float] = {}
+        self.idle: list[float] = []
+
+    async def register(self, rooms: int) -> None:
+        started = time.perf_counter()
+        self.workers = await gather_bounded(
+            register(self.worker_url, f"{self.tag}-room-{n}", "worker", f"w{n}") for n in range(rooms)
+        )
+        sockets = await gather_bounded(
+            register(self.client_url, f"{self.tag}-room-{n}", "client", f"c{n}") for n in range(rooms)
+        )
+        self.result["register_s"] = time.perf_counter() - started
+        self.clients = [Client(ws, f"w{n}") for n, ws in enumerate(sockets)]
+        self.tasks = [asyncio.create_task(echo(ws)) for ws in self.workers]
+        for client in self.clients:
+            client.reader = asyncio.create_task(client.read())
+            self.tasks.append(client.reader)
+        # Warm up: one round trip in each room.
+        await asyncio.gather(*(self.round_trip(client) for client in self.clients))
+        self.idle.clear()
+
+    async def round_trip(self, client: Client) -> float:
+        client.waiter = asyncio.get_running_loop().create_future()
+        await client.send()
+        await asyncio.wait_for(client.waiter, 30)
+        client.waiter = None
+        return client.rtts[-1]
+
+    async def idle_round_trips(self, count: int, offset: int) -> None:
+        """``count`` round trips one at a time, in rooms taken in turn from ``offset``."""
+        for n in range(count):
+            self.idle.append(await self.round_trip(self.clients[(offset + n) % len(self.clients)]))
+
+    async def load(self, seconds: float, window: int) -> None:
+        clients = self.clients
         for client in clients:
             client.rtts.clear()
-        idle = []
-        for n in range(samples):
-            client = clients[n % rooms]
-            client.waiter = loop.create_future()
-            await client.send()
-            await asyncio.wait_for(client.waiter, 30)
-            idle.append(client.rtts[-1])
-        for client in clients:
-            client.rtts.clear()
-            client.waiter = None
-        # Load: every client keeps `window` relays in flight.
-        for client in clients:
             client.running = True
-        load_started = time.perf_counter()
+        started = time.perf_counter()
         await asyncio.gather(*(client.send() for client in clients for _ in range(window)))
         await asyncio.sleep(seconds)
         counted = sum(len(client.rtts) for client in clients)
-        elapsed = time.perf_counter() - load_started
+        elapsed = time.perf_counter() - started
         loaded = [rtt for client in clients for rtt in client.rtts]
         for client in clients:
             client.running = False
-        await asyncio.sleep(1.0)
-    finally:
-        for task in [*echoes, *(client.reader for client in clients if client.reader)]:
+        await asyncio.sleep(1.0)  # what is in flight drains
+        self.result.update(
+            idle_p50_ms=statistics.median(self.idle) * 1000,
+            idle_p99_ms=percentile(self.idle, 0.99) * 1000,
+            relays_per_s=2 * counted / elapsed,
+            load_p50_ms=statistics.median(loaded) * 1000,
+            load_p99_ms=percentile(loaded, 0.99) * 1000,
+        )
+
+    async def close(self) -> None:
+        for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*echoes, *(c.reader for c in clients if c.reader), return_exceptions=True)
-        await asyncio.gather(*(ws.close() for ws in [*workers, *client_sockets]), return_exceptions=True)
-    return {
-        "register_s": registered,
-        "idle_p50_ms": statistics.median(idle) * 1000,
-        "idle_p99_ms": percentile(idle, 0.99) * 1000,
-        "relays_per_s": 2 * counted / elapsed,
-        "load_p50_ms": statistics.median(loaded) * 1000,
-        "load_p99_ms": percentile(loaded, 0.99) * 1000,
-    }
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*(ws.close() for ws in [*self.workers, *(c.ws for c in self.clients)]),
+                             return_exceptions=True)
+
+
+async def measure(setups: list[Setup], rooms: int, samples: int, rounds: int, seconds: float, window: int) -> None:
+    try:
+        for setup in setups:
+            print(f"{setup.label}: registering {2 * rooms} peers ...", flush=True)
+            await setup.register(rooms)
+        # Idle latency, the setups interleaved round by round (the machine's load drifts).
+        per_round = max(1, samples // rounds)
+        for round_number in range(rounds):
+            for setup in setups:
+                await setup.idle_round_trips(per_round, round_number * per_round)
+        for setup in setups:
+            print(f"{setup.label}: {seconds:g} s under load ...", flush=True)
+            await setup.load(seconds, window)
+    finally:
+        for setup in setups:
+            await setup.close()
 
 
 def signaling_main(args: argparse.Namespace, workdir: Path) -> None:
@@ -228,40 +263,45 @@ def signaling_main(args: argparse.Namespace, workdir: Path) -> None:
     except ImportError:
         raise SystemExit("--signaling needs the redis library: pip install -e '.[redis]'") from None
     install_uvloop_if_available()
-    rooms, samples, seconds, window = args.signaling_rooms, args.signaling_samples, args.signaling_seconds, \
-        args.signaling_window
-    results: dict[str, dict] = {}
+    rooms, samples, seconds, window = (
+        args.signaling_rooms, args.signaling_samples, args.signaling_seconds, args.signaling_window
+    )
+    rounds = args.signaling_rounds
+    servers: list[ServerProcess] = []
     with running_redis(workdir / "redis") as redis_server:
-        setups = [
-            ("one server, rooms in memory", [None]),
-            ("one server, rooms in Redis", [redis_server.url]),
-            ("two replicas (worker on A, client on B)", [redis_server.url, redis_server.url]),
-        ]
-        for label, redis_urls in setups:
-            servers = [ServerProcess(workdir, f"signal-{len(results)}-{n}", url) for n, url in enumerate(redis_urls)]
-            try:
-                cpu_before = [server.cpu_seconds() for server in servers]
-                worker_url, client_url = servers[0].url, servers[-1].url
-                print(f"{label}: {rooms} rooms ...", flush=True)
-                result = asyncio.run(measure(worker_url, client_url, rooms, samples, seconds, window))
-                result["server_cpu_s"] = sum(s.cpu_seconds() - b for s, b in zip(servers, cpu_before))
-                results[label] = result
-                print(f"  {json.dumps({k: round(v, 2) for k, v in result.items()})}", flush=True)
-            finally:
-                for server in servers:
-                    server.stop()
-    base = results["one server, rooms in memory"]
+        try:
+            memory = ServerProcess(workdir, "signal-memory", None)
+            servers.append(memory)
+            shared = ServerProcess(workdir, "signal-redis", redis_server.url)
+            servers.append(shared)
+            replica_a = ServerProcess(workdir, "signal-replica-a", redis_server.url)
+            servers.append(replica_a)
+            replica_b = ServerProcess(workdir, "signal-replica-b", redis_server.url)
+            servers.append(replica_b)
+            setups = [
+                Setup("one server, rooms in memory", memory.url, memory.url),
+                Setup("one server, rooms in Redis", shared.url, shared.url),
+                Setup("two replicas (worker on A, client on B)", replica_a.url, replica_b.url),
+            ]
+            asyncio.run(measure(setups, rooms, samples, rounds, seconds, window))
+        finally:
+            for server in servers:
+                server.stop()
+    base = setups[0].result
     print()
-    print(f"{rooms} rooms (a worker and a client each), {samples} idle round trips, then {window} relays in "
-          f"flight per client for {seconds:g} s; {os.cpu_count()} cores shared by everything")
+    print(f"{rooms} rooms per setup (a worker and a client each, all three setups registered at once); "
+          f"{samples} idle round trips per setup, one at a time, in {rounds} interleaved rounds; then "
+          f"{window} relays in flight per client for {seconds:g} s, one setup at a time; "
+          f"{os.cpu_count()} cores shared by the load generator, four servers and Redis")
     print()
-    print("| setup | register 2,000 peers | round trip, idle (p50 / p99) | relays/s under load | "
-          "round trip under load (p50 / p99) | idle p50 vs. in memory |")
+    print("| setup | register 2,000 peers | round trip, idle (p50 / p99) | idle p50 vs. in memory | "
+          "relays/s under load | round trip under load (p50 / p99) |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for label, r in results.items():
-        print(f"| {label} | {r['register_s']:.1f} s | {r['idle_p50_ms']:.2f} / {r['idle_p99_ms']:.2f} ms | "
-              f"{r['relays_per_s']:,.0f} | {r['load_p50_ms']:.0f} / {r['load_p99_ms']:.0f} ms | "
-              f"{r['idle_p50_ms'] / base['idle_p50_ms']:.1f}x |")
+    for setup in setups:
+        r = setup.result
+        print(f"| {setup.label} | {r['register_s']:.1f} s | {r['idle_p50_ms']:.2f} / {r['idle_p99_ms']:.2f} ms | "
+              f"{r['idle_p50_ms'] / base['idle_p50_ms']:.1f}x | {r['relays_per_s']:,.0f} | "
+              f"{r['load_p50_ms']:.0f} / {r['load_p99_ms']:.0f} ms |")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -273,6 +313,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--signaling-samples", type=int, default=2000, help="--signaling: idle round trips timed")
     parser.add_argument("--signaling-seconds", type=float, default=10.0, help="--signaling: seconds under load")
     parser.add_argument("--signaling-window", type=int, default=2, help="--signaling: relays in flight per client")
+    parser.add_argument("--signaling-rounds", type=int, default=10,
+                        help="--signaling: interleaved rounds of the idle round trips")
 
 
 if __name__ == "__main__":

@@ -257,12 +257,14 @@ def redacted_url(url: str) -> str:
 
 
 class _Socket:
-    __slots__ = ("address", "registered", "member")
+    __slots__ = ("address", "registered", "member", "counted")
 
     def __init__(self, address: str) -> None:
         self.address = address
         self.registered = False
         self.member: Member | None = None
+        #: Whether Redis counts it (not after this replica's state there was cleared).
+        self.counted = True
 
 
 def encode_member(member: Member) -> str:
@@ -327,6 +329,7 @@ class RedisRooms(Rooms):
         self._sockets: dict[str, _Socket] = {}
         self._client: aioredis.Redis | None = None
         self._subscriber: aioredis.Redis | None = None
+        self._publisher: aioredis.Redis | None = None
         self._drop_all: DropAll = lambda: None
         self._deliver: Deliver = lambda connection, text: None
         self._outgoing: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
@@ -367,6 +370,9 @@ class RedisRooms(Rooms):
         # messages as long as there are none.
         self._subscriber = aioredis.from_url(self.url, decode_responses=True, socket_connect_timeout=3.0,
                                              socket_keepalive=True)
+        # And one for publishing, taken from no pool: it is the path of every relay to another replica.
+        self._publisher = aioredis.from_url(self.url, decode_responses=True, socket_connect_timeout=3.0,
+                                            socket_timeout=5.0, single_connection_client=True)
         self._scripts = {
             name: client.register_script(source)
             for name, source in (
@@ -400,9 +406,10 @@ class RedisRooms(Rooms):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        subscriber, self._subscriber = self._subscriber, None
-        if subscriber is not None:
-            await _close_client(subscriber)
+        for extra in (self._subscriber, self._publisher):
+            if extra is not None:
+                await _close_client(extra)
+        self._subscriber = self._publisher = None
         client, self._client = self._client, None
         if client is None:
             return
@@ -423,10 +430,10 @@ class RedisRooms(Rooms):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for client in (self._subscriber, self._client):
+        for client in (self._subscriber, self._publisher, self._client):
             if client is not None:
                 await _close_client(client)
-        self._subscriber = self._client = None
+        self._subscriber = self._publisher = self._client = None
 
     async def _announce(self) -> None:
         await self._heartbeat(announce=True)
@@ -508,7 +515,7 @@ class RedisRooms(Rooms):
         logger.warning("signaling: closing this replica's {} socket(s): {}; their peers register again",
                        len(self._sockets), why)
         for socket in self._sockets.values():
-            socket.member = None
+            socket.member, socket.counted = None, False
         self._drop_all()
 
     async def _reap(self, client: aioredis.Redis, replicas: list[str]) -> None:
@@ -560,7 +567,9 @@ class RedisRooms(Rooms):
             while not outgoing.empty() and len(batch) < 1000:
                 batch.append(outgoing.get_nowait())
             try:
-                client = self._require_client()
+                client = self._publisher
+                if client is None:
+                    return
                 if len(batch) == 1:
                     await client.publish(*batch[0])
                     continue
@@ -616,7 +625,7 @@ class RedisRooms(Rooms):
     async def disconnect(self, connection: str) -> RoomChange | None:
         change = await self.leave(connection)
         socket = self._sockets.pop(connection, None)
-        if socket is not None and self.healthy:
+        if socket is not None and socket.counted and self.healthy:
             try:
                 await self._scripts["disconnect"](
                     args=[self.prefix, self.replica_id, socket.address, "0" if socket.registered else "1"],
