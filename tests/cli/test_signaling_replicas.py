@@ -138,8 +138,9 @@ def test_a_client_given_several_urls_uses_the_first_that_answers(
     assert "complete on worker gpu1" in run.stdout + run.stderr
 
 
-def test_a_killed_replica_its_worker_is_back_on_another_a_job_in_flight_completes_no_ghosts(
-    cluster: Cluster, redis: RedisServer, tmp_path: Path
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
+def test_a_replica_gone_its_worker_is_back_on_another_a_job_in_flight_completes_no_ghosts(
+    cluster: Cluster, redis: RedisServer, tmp_path: Path, how: signal.Signals
 ) -> None:
     replica_a = cluster.services[0]
     _, url_b = start_replica(cluster, redis, "signal-b")
@@ -157,13 +158,13 @@ def test_a_killed_replica_its_worker_is_back_on_another_a_job_in_flight_complete
     )
     try:
         worker.wait_for(r"job \S+ accepted", timeout=GUARD)
-        replica_a.process.send_signal(signal.SIGKILL)
+        replica_a.process.send_signal(how)
         replica_a.process.wait(GUARD)
         killed = time.monotonic()
         back = wait_until(lambda: "connected again: back in room" in worker.text(), BACK_WITHIN + MARGIN,
                           "gpu1 registered again")
         wait_until(lambda: "gpu2" not in workers_via(cluster, url_c), EXPIRY + MARGIN, "gpu2 gone")
-        print(f"SIGKILL of replica A: gpu1 registered on B after {back:.1f} s; gpu2 unlisted on C after "
+        print(f"{how.name} to replica A: gpu1 registered on B after {back:.1f} s; gpu2 unlisted on C after "
               f"{time.monotonic() - killed:.1f} s (expiry {EXPIRY} s)")
         _, stderr = submit.communicate(timeout=GUARD)
     finally:

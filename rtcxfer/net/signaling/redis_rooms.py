@@ -16,6 +16,10 @@ What each replica keeps where:
   takes the members that did not come back out of their rooms and tells the rooms' other peers
   they left (``peer-left``): a client is not told that its worker left while it re-registers.
 
+A replica that stops (SIGTERM, Ctrl-C) ends its ``alive`` key at once and closes its sockets
+without taking their peers out of their rooms one by one: for the other replicas it is a replica
+that died, minus the wait for the expiry.
+
 Every change to the shared state is one Lua script, so it is atomic across replicas as
 :class:`~rtcxfer.net.signaling.rooms.Rooms` asks. A text for a member on another replica (a
 relay, a room event) is published on that replica's channel (``to:REPLICA``), by one publisher
@@ -342,6 +346,9 @@ class RedisRooms(Rooms):
         self._live_replicas: set[str] = set()
         #: False while Redis does not answer or after it lost this replica's state.
         self.healthy = False
+        #: The server is closing its sockets to stop (see :meth:`shutting_down`).
+        self.stopping = False
+        self._heartbeat_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -388,10 +395,11 @@ class RedisRooms(Rooms):
             await _close_client(client)
             raise SharedRoomsError(f"cannot use Redis at {shown}: {error}") from None
         subscribed = asyncio.Event()
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
         self._tasks = [
             asyncio.create_task(self._receive_loop(subscribed)),
             asyncio.create_task(self._publish_loop()),
-            asyncio.create_task(self._heartbeat_loop()),
+            self._heartbeat_task,
         ]
         try:
             await asyncio.wait_for(subscribed.wait(), 10.0)
@@ -400,6 +408,22 @@ class RedisRooms(Rooms):
             raise SharedRoomsError(f"cannot subscribe to this replica's channel in Redis at {shown}") from None
         logger.info("signaling: rooms shared through Redis at {} as replica {} (members expire {} s after it)",
                     shown, self.replica_id, self.membership_ttl)
+
+    async def shutting_down(self) -> None:
+        """The server stops: its sockets close, and their peers register again elsewhere. They
+        are not taken out of their rooms one by one (their rooms would hear they left, and a
+        client would give up its session with a worker that is only moving): this replica stops
+        being alive at once, so nobody lists them any more, and whoever did not register again
+        within the rejoin grace is announced as gone by the other replicas."""
+        self.stopping = True
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+        if self._client is not None:
+            try:
+                await self._client.delete(self._key("alive", self.replica_id))
+            except (RedisError, OSError) as error:
+                logger.debug("signaling: could not end this replica's membership: {}", error)
 
     async def close(self) -> None:
         tasks, self._tasks = self._tasks, []
@@ -412,6 +436,10 @@ class RedisRooms(Rooms):
         self._subscriber = self._publisher = None
         client, self._client = self._client, None
         if client is None:
+            return
+        if self.stopping:
+            # What is left of this replica is the others' to clear, after the rejoin grace.
+            await _close_client(client)
             return
         try:
             # What this replica's sockets left behind (none, unless Redis failed meanwhile), and
@@ -625,7 +653,7 @@ class RedisRooms(Rooms):
     async def disconnect(self, connection: str) -> RoomChange | None:
         change = await self.leave(connection)
         socket = self._sockets.pop(connection, None)
-        if socket is not None and socket.counted and self.healthy:
+        if socket is not None and socket.counted and self.healthy and not self.stopping:
             try:
                 await self._scripts["disconnect"](
                     args=[self.prefix, self.replica_id, socket.address, "0" if socket.registered else "1"],
@@ -689,6 +717,8 @@ class RedisRooms(Rooms):
             return None
         member, socket.member = socket.member, None
         self._forget_found(member.room, member.peer_id)
+        if self.stopping:
+            return None
         try:
             reply = await self._scripts["update"](
                 args=[self.prefix, self.replica_id, member.room, member.peer_id, connection, ""],

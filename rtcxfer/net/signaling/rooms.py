@@ -99,6 +99,9 @@ class Rooms(abc.ABC):
         cannot be used."""
         self._deliver = deliver
 
+    async def shutting_down(self) -> None:  # noqa: B027 - one server's book goes with it
+        """The server is about to close every socket because it stops."""
+
     async def close(self) -> None:  # noqa: B027 - a book in memory has nothing to let go of
         """The server has stopped (its sockets are closed and disconnected)."""
 

@@ -409,6 +409,7 @@ class SignalingServer:
         server, self._server = self._server, None
         if server is None:
             return
+        await self._rooms.shutting_down()
         server.close()
         await server.wait_closed()
         await self._rooms.close()
