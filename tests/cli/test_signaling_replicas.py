@@ -50,6 +50,8 @@ import os, pathlib, time
 time.sleep(4)
 pathlib.Path(os.environ["RTCXFER_OUTPUT_DIR"], "done.txt").write_text("done")
 """
+#: One that outlasts the expiry and the rejoin grace (5 s): the room would have said its client left.
+SLOWER_PROGRAM = SLOW_PROGRAM.replace("time.sleep(4)", f"time.sleep({EXPIRY + 5 + 2})")
 
 
 @pytest.fixture
@@ -148,7 +150,9 @@ def test_a_replica_gone_its_worker_is_back_on_another_a_job_in_flight_completes_
     # gpu1 knows A and B; gpu2 knows only A, so that it cannot come back: a dead peer to look for.
     worker = cluster.start_worker(ROOM, "--peer-id", "gpu1", "--signal", url_b, name="worker-gpu1")
     cluster.start_worker(ROOM, "--peer-id", "gpu2", name="worker-gpu2")
-    assert sorted(workers_via(cluster, url_c)) == ["gpu1", "gpu2"]
+    # gpu3 is on B, its client on A (then C): the client's replica is the one that goes.
+    gpu3 = cluster.start_worker(ROOM, "--peer-id", "gpu3", "--signal", url_b, name="worker-gpu3")
+    assert sorted(workers_via(cluster, url_c)) == ["gpu1", "gpu2", "gpu3"]
 
     package = build_sample_package(tmp_path / "slow.zip", program=SLOW_PROGRAM)
     # The client is on C; only the worker's replica dies.
@@ -156,8 +160,14 @@ def test_a_replica_gone_its_worker_is_back_on_another_a_job_in_flight_completes_
         "submit", str(package), "--signal", url_c, "--room", ROOM, "--token", TOKEN, "--worker", "gpu1",
         "--results", str(tmp_path / "results"), "--timeout", "60", env=cluster.env, cwd=cluster.root,
     )
+    moving_client = start_cli(
+        "submit", str(build_sample_package(tmp_path / "slower.zip", program=SLOWER_PROGRAM)), "--signal", f"{cluster.url},{url_c}", "--room", ROOM, "--token", TOKEN,
+        "--worker", "gpu3", "--results", str(tmp_path / "results-3"), "--timeout", "60", env=cluster.env,
+        cwd=cluster.root,
+    )
     try:
         worker.wait_for(r"job \S+ accepted", timeout=GUARD)
+        gpu3.wait_for(r"job \S+ accepted", timeout=GUARD)
         replica_a.process.send_signal(how)
         replica_a.process.wait(GUARD)
         killed = time.monotonic()
@@ -167,12 +177,17 @@ def test_a_replica_gone_its_worker_is_back_on_another_a_job_in_flight_completes_
         print(f"{how.name} to replica A: gpu1 registered on B after {back:.1f} s; gpu2 unlisted on C after "
               f"{time.monotonic() - killed:.1f} s (expiry {EXPIRY} s)")
         _, stderr = submit.communicate(timeout=GUARD)
+        _, moved_stderr = moving_client.communicate(timeout=GUARD)
     finally:
-        if submit.poll() is None:
-            submit.kill()
-            submit.wait()
+        for process in (submit, moving_client):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     assert submit.returncode == 0, stderr[-3000:]
     assert any((tmp_path / "results").rglob("done.txt")), stderr[-3000:]
+    # The client whose replica went registered again on C: gpu3 never heard it left mid-job.
+    assert moving_client.returncode == 0, moved_stderr[-3000:]
+    assert any((tmp_path / "results-3").rglob("done.txt")), moved_stderr[-3000:]
     assert "gpu1" in workers_via(cluster, url_c)
     log = worker.text()
     assert "lost the signaling server" in log or "signaling connection ended" in log, log[-3000:]

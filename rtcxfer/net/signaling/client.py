@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from rtcxfer.log import logger
 from rtcxfer.net.signaling.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    DUPLICATE_PEER,
     ROLES,
     SERVER_FULL,
     Describe,
@@ -54,6 +55,7 @@ __all__ = [
     "SignalingTimeoutError",
     "SignalingTlsError",
     "connect_directly",
+    "register_again",
     "split_signal_urls",
 ]
 
@@ -211,6 +213,17 @@ class SignalingClient:
         self._peers_changed = asyncio.Event()
         self._closed = False
         self._close_note = ""
+        self._inbox_size = inbox_size
+
+    def successor(self) -> SignalingClient:
+        """A new client to register again as this one (room, role, id, token, description, TLS,
+        limits), trying its URLs from the one after :attr:`url`: the server that went away."""
+        start = (self.urls.index(self.url) + 1) % len(self.urls) if self.url in self.urls else 0
+        return SignalingClient(
+            self.urls[start:] + self.urls[:start], self.room, self.role, self.peer_id, self._token,
+            open_timeout=self.open_timeout, close_timeout=self.close_timeout, max_message_bytes=self.max_message_bytes,
+            inbox_size=self._inbox_size, description=self._description, ssl=self._ssl,
+        )
 
     def __repr__(self) -> str:
         return f"<SignalingClient {self.role} {self.peer_id!r} room {self.room!r} {self.url}>"
@@ -502,3 +515,31 @@ class SignalingClient:
             # A full inbox means nobody waits in receive(); it checks _closed once drained.
             if not self._inbox.full():
                 self._inbox.put_nowait(_CLOSED)
+
+
+async def register_again(lost: SignalingClient, within: float = 30.0) -> SignalingClient | None:
+    """``lost``'s connection ended (its server, a replica, went away): register again as the same
+    peer through its URLs (:meth:`SignalingClient.successor`), retrying for ``within`` seconds
+    while no server answers or the room still holds the old registration (``duplicate-peer``,
+    until the dead replica's membership expires). The new client, or None if that failed or the
+    configuration is refused (a token, a certificate)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    delay = 0.25
+    while True:
+        successor = lost.successor()
+        try:
+            await successor.connect()
+            logger.info("signaling: {} registered again after its server went away", successor)
+            return successor
+        except SignalingTlsError:
+            return None
+        except SignalingServerError as error:
+            if error.code not in (DUPLICATE_PEER, SERVER_FULL):
+                return None
+        except SignalingError as error:
+            logger.debug("signaling: {} not registered again yet: {}", lost, describe(error))
+        if loop.time() + delay > deadline:
+            return None
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
