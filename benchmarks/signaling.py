@@ -56,7 +56,7 @@ def serve_main(argv: list[str]) -> None:
 
     try:
         run_until_interrupted(run_signaling_server(
-            "127.0.0.1", port, on_ready=ready, max_connections=3 * ROOMS, max_connections_per_address=3 * ROOMS,
+            "127.0.0.1", port, on_ready=ready, max_connections=3 * ROOMS, max_connections_per_address=10 * ROOMS,
             max_unregistered_per_address=ROOMS, max_peers_per_address_in_room=None, **options,
         ))
     except Interrupted:
