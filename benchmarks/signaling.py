@@ -162,8 +162,10 @@ def percentile(values: list[float], fraction: float) -> float:
 class Setup:
     """One setup's 1,000 rooms: workers registered through ``worker_url``, clients through ``client_url``."""
 
-    def __init__(self, label: str, worker_url: str, client_url: str) -> None:
+    def __init__(self, label: str, servers: list[ServerProcess]) -> None:
         self.label = label
+        self.servers = servers
+        worker_url, client_url = servers[0].url, servers[-1].url
         #: Rooms of different setups must differ: two of them share one Redis.
         self.tag = f"s{id(self):x}"
         self.worker_url, self.client_url = worker_url, client_url
@@ -209,10 +211,13 @@ class Setup:
             client.rtts.clear()
             client.running = True
         started = time.perf_counter()
+        cpu_before = [server.cpu_seconds() for server in self.servers], time.process_time()
         await asyncio.gather(*(client.send() for client in clients for _ in range(window)))
         await asyncio.sleep(seconds)
         counted = sum(len(client.rtts) for client in clients)
         elapsed = time.perf_counter() - started
+        servers_cpu = sum(s.cpu_seconds() - b for s, b in zip(self.servers, cpu_before[0]))
+        generator_cpu = time.process_time() - cpu_before[1]
         loaded = [rtt for client in clients for rtt in client.rtts]
         for client in clients:
             client.running = False
@@ -223,6 +228,8 @@ class Setup:
             relays_per_s=2 * counted / elapsed,
             load_p50_ms=statistics.median(loaded) * 1000,
             load_p99_ms=percentile(loaded, 0.99) * 1000,
+            servers_cpu=servers_cpu / elapsed,
+            generator_cpu=generator_cpu / elapsed,
         )
 
     async def close(self) -> None:
@@ -279,9 +286,9 @@ def signaling_main(args: argparse.Namespace, workdir: Path) -> None:
             replica_b = ServerProcess(workdir, "signal-replica-b", redis_server.url)
             servers.append(replica_b)
             setups = [
-                Setup("one server, rooms in memory", memory.url, memory.url),
-                Setup("one server, rooms in Redis", shared.url, shared.url),
-                Setup("two replicas (worker on A, client on B)", replica_a.url, replica_b.url),
+                Setup("one server, rooms in memory", [memory]),
+                Setup("one server, rooms in Redis", [shared]),
+                Setup("two replicas (worker on A, client on B)", [replica_a, replica_b]),
             ]
             asyncio.run(measure(setups, rooms, samples, rounds, seconds, window))
         finally:
@@ -295,13 +302,14 @@ def signaling_main(args: argparse.Namespace, workdir: Path) -> None:
           f"{os.cpu_count()} cores shared by the load generator, four servers and Redis")
     print()
     print("| setup | register 2,000 peers | round trip, idle (p50 / p99) | idle p50 vs. in memory | "
-          "relays/s under load | round trip under load (p50 / p99) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          "relays/s under load | round trip under load (p50 / p99) | cores busy under load: servers / peers |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for setup in setups:
         r = setup.result
         print(f"| {setup.label} | {r['register_s']:.1f} s | {r['idle_p50_ms']:.2f} / {r['idle_p99_ms']:.2f} ms | "
               f"{r['idle_p50_ms'] / base['idle_p50_ms']:.1f}x | {r['relays_per_s']:,.0f} | "
-              f"{r['load_p50_ms']:.0f} / {r['load_p99_ms']:.0f} ms |")
+              f"{r['load_p50_ms']:.0f} / {r['load_p99_ms']:.0f} ms | "
+              f"{r['servers_cpu']:.2f} / {r['generator_cpu']:.2f} |")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
