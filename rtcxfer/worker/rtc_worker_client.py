@@ -402,7 +402,17 @@ class RTCWorkerClient:
                 except SignalingServerError as error:
                     if error.code in FATAL_SIGNALING_CODES:
                         raise
-                    if error.code == "duplicate-peer":
+                    if error.code == "duplicate-peer" and reconnect.registrations:
+                        # Most likely its own registration through a server that went away,
+                        # which the room forgets within seconds (a replica's membership expiry).
+                        logger.warning(
+                            "room {!r} still holds a peer {!r}: this worker's previous registration, until the "
+                            "signaling server notices it is gone (or another peer with this id); retrying in {:g} s",
+                            room,
+                            peer_id,
+                            reconnect.next_delay(short=True),
+                        )
+                    elif error.code == "duplicate-peer":
                         logger.error(
                             "another peer is registered as {!r} in room {!r}: another worker (give each worker its own "
                             "id with --peer-id NAME), this worker's previous connection not gone yet, or an impostor "
