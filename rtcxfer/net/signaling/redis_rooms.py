@@ -392,7 +392,7 @@ class RedisRooms(Rooms):
             await self._announce()
             await self._follow_replicas(client)
         except (RedisError, OSError) as error:
-            await _close_client(client)
+            await self.abandon()
             raise SharedRoomsError(f"cannot use Redis at {shown}: {error}") from None
         subscribed = asyncio.Event()
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
@@ -555,7 +555,7 @@ class RedisRooms(Rooms):
             self._forget_found(member.room, member.peer_id)
             left = encode(PeerLeft(member.peer_id, member.role))
             others = _in_join_order(item[1:])
-            if not replicas or replicas != [self.replica_id]:
+            if replicas != [self.replica_id]:
                 logger.info("signaling: {} {!r} of room {!r} went with its replica", member.role, member.peer_id,
                             member.room)
             for other in others:
