@@ -160,8 +160,9 @@ def test_a_replica_gone_its_worker_is_back_on_another_a_job_in_flight_completes_
         "submit", str(package), "--signal", url_c, "--room", ROOM, "--token", TOKEN, "--worker", "gpu1",
         "--results", str(tmp_path / "results"), "--timeout", "60", env=cluster.env, cwd=cluster.root,
     )
+    slower = build_sample_package(tmp_path / "slower.zip", program=SLOWER_PROGRAM)
     moving_client = start_cli(
-        "submit", str(build_sample_package(tmp_path / "slower.zip", program=SLOWER_PROGRAM)), "--signal", f"{cluster.url},{url_c}", "--room", ROOM, "--token", TOKEN,
+        "submit", str(slower), "--signal", f"{cluster.url},{url_c}", "--room", ROOM, "--token", TOKEN,
         "--worker", "gpu3", "--results", str(tmp_path / "results-3"), "--timeout", "60", env=cluster.env,
         cwd=cluster.root,
     )
