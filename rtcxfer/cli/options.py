@@ -144,6 +144,7 @@ token_file_option = click.option(
     help="A file whose first line is the token: unlike --token, not visible in `ps` [env RTCXFER_TOKEN_FILE].",
 )
 
+
 class SignalUrlsOption(click.Option):
     """``--signal``: repeatable, each value one URL or a comma-separated list, also as one string
     from the configuration file; the command gets them as one comma-separated string."""
