@@ -231,6 +231,14 @@ def test_a_bad_or_unreachable_redis_url_is_a_clear_error_at_start(tmp_path: Path
     )
     assert malformed.returncode == 2, describe(malformed)
     assert "is not a Redis URL" in malformed.stderr
+    # The same from the configuration file: `redis` in rtcxfer.toml.
+    (tmp_path / "rtcxfer.toml").write_text(f'[signal]\nredis = "redis://127.0.0.1:{port}/0"\n')
+    configured = subprocess.run(
+        [sys.executable, "-m", "rtcxfer.cli", "signal", "--port", "0"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=GUARD,
+    )
+    assert configured.returncode == 1, describe(configured)
+    assert f"cannot use Redis at redis://127.0.0.1:{port}/0" in configured.stderr
 
 
 def test_a_worker_started_before_its_signaling_server_waits_for_it_and_says_when_it_is_back(
