@@ -564,6 +564,7 @@ class RedisRooms(Rooms):
     async def _receive_loop(self, subscribed: asyncio.Event) -> None:
         """Texts other replicas publish for this replica's sockets."""
         channel = self._key("to", self.replica_id)
+        lost = False
         while True:
             if self._subscriber is None:
                 return
@@ -571,6 +572,9 @@ class RedisRooms(Rooms):
             try:
                 await pubsub.subscribe(channel)
                 subscribed.set()
+                if lost:
+                    logger.warning("signaling: this replica is subscribed to its Redis channel again")
+                    lost = False
                 while True:
                     message = await pubsub.get_message(timeout=None)
                     if message is None or message.get("type") != "message":
@@ -580,9 +584,11 @@ class RedisRooms(Rooms):
                         self._notice_room_event(connection, text)
                     self._deliver(connection, text)
             except (RedisError, OSError) as error:
-                if subscribed.is_set():
+                if subscribed.is_set() and not lost:
+                    # Once per outage: it tries again every half second meanwhile.
                     logger.warning("signaling: this replica's Redis subscription was lost ({}); subscribing again",
                                    error)
+                lost = True
                 await asyncio.sleep(0.5)
             finally:
                 await _close_pubsub(pubsub)
