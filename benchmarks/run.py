@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick      # 1 round, smaller files, no 1 GiB rtc-chunked
     python benchmarks/run.py --rounds 5   # more rounds
     python benchmarks/run.py --two-host   # instead: two network namespaces (root; two_host.py)
+    python benchmarks/run.py --signaling  # instead: signaling relay rate and latency (signaling.py)
 
 Every case runs in child processes (this script with ``--child ROLE``, see ``_children.py``)
 that connect through a signaling server this process runs on 127.0.0.1: two processes per
@@ -542,6 +543,9 @@ def main() -> None:
         help="instead: rtc-chunked through NATs, TURN over UDP and over TCP against two hosts (root; nat.py)",
     )
     parser.add_argument("--nat-size", type=int, default=256, help="--nat: MiB of the package each submit sends")
+    from signaling import add_arguments as add_signaling_arguments
+
+    add_signaling_arguments(parser)
     args = parser.parse_args()
     if not (args.two_host or args.nat):
         args.rounds = args.rounds or (1 if args.quick else 5)
@@ -557,7 +561,11 @@ def main() -> None:
     started = time.perf_counter()
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        if args.nat:
+        if args.signaling:
+            from signaling import signaling_main
+
+            signaling_main(args, workdir)
+        elif args.nat:
             from nat import nat_main
 
             args.rounds = args.rounds or 3

@@ -99,10 +99,13 @@ def doctor(
         click.echo("event loop: asyncio (install rtcxfer[fast] for uvloop)")
     if signal_url:
         from rtcxfer.cli.config import resolve_token
+        from rtcxfer.net.signaling.client import split_signal_urls
 
         secret = resolve_token(click.get_current_context(), token, token_file)
-        reachable = print_network_check(signal_url, room, room_token(signal_token or secret), signaling_tls(ca_file))
-        healthy = healthy and reachable
+        # Several URLs (replicas, RTCXFER_SIGNAL_URL="ws://a,ws://b"): each is checked.
+        for url in split_signal_urls(signal_url):
+            reachable = print_network_check(url, room, room_token(signal_token or secret), signaling_tls(ca_file))
+            healthy = healthy and reachable
     sys.exit(0 if healthy else 1)
 
 

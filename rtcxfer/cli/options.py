@@ -156,12 +156,12 @@ def websocket_url(url: str) -> str:
 
 
 def convert_signal_urls(ctx: click.Context, param: click.Parameter, value):
-    """A click callback for ``--signal`` (one URL, or several): each web page address turned
+    """A click callback for ``--signal`` (one URL, a comma list, or several): each web page address turned
     into its WebSocket address by :func:`websocket_url`, saying so at INFO."""
     if value is None:
         return None
     if isinstance(value, str):
-        return _converted_signal_url(value)
+        return ",".join(_converted_signal_url(url.strip()) for url in value.split(","))
     return type(value)(_converted_signal_url(url) for url in value)
 
 
@@ -173,17 +173,38 @@ def _converted_signal_url(url: str) -> str:
         logger.info("--signal {}: that is the web page's address; connecting to the server at {}", url, converted)
     return converted
 
+class SignalUrlsOption(click.Option):
+    """``--signal``: repeatable, each value one URL or a comma-separated list, also as one string
+    from the configuration file; the command gets them as one comma-separated string."""
+
+    def type_cast_value(self, ctx: click.Context, value):
+        return super().type_cast_value(ctx, (value,) if isinstance(value, str) else value)
+
+
+def join_signal_urls(ctx: click.Context, param: click.Parameter, values) -> str:
+    """A click callback: the ``--signal`` values as one comma-separated list, repeats left out,
+    each web page address turned into its WebSocket address (:func:`websocket_url`)."""
+    from rtcxfer.net.signaling.client import split_signal_urls
+
+    try:
+        return ",".join(_converted_signal_url(url) for url in split_signal_urls(values or ()))
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
 
 connection_options = [
     click.option(
         "--signal",
         "signal_url",
+        cls=SignalUrlsOption,
+        multiple=True,
         envvar="RTCXFER_SIGNAL_URL",
-        default="ws://127.0.0.1:8765",
+        default=("ws://127.0.0.1:8765",),
         show_default=True,
-        callback=convert_signal_urls,
+        callback=join_signal_urls,
         help="Signaling server URL: ws://HOST:PORT, wss:// with TLS (the web page's http:// or https:// "
-        "address works too) [env RTCXFER_SIGNAL_URL].",
+        "address works too); several (repeated, or comma-separated) for replicas that share their rooms "
+        "(rtcxfer signal --redis): the first that answers is used [env RTCXFER_SIGNAL_URL].",
     ),
     click.option(
         "--room",

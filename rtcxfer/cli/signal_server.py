@@ -71,11 +71,21 @@ from rtcxfer.protocol.ice import DEFAULT_TURN_TTL
     "--keyfile", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
     help="The private key (PEM) of --certfile.",
 )
+@click.option(
+    "--redis", "redis_url", envvar="RTCXFER_REDIS", default=None, metavar="URL",
+    help="Share rooms with every `rtcxfer signal` given the same Redis (redis://HOST:PORT/DB, rediss:// for "
+    "TLS): replicas behind one name, a peer on one reachable from all. Needs `pip install rtcxfer[redis]` "
+    "[env RTCXFER_REDIS].",
+)
+@limit_option(
+    "--redis-expiry", click.FloatRange(0.5, 300), 3.0,
+    "With --redis: seconds the peers of a replica that died stay listed (its heartbeat's expiry).",
+)
 def signal_server(
     host: str, port: int, token: str | None, token_file: Path | None, max_per_address: int,
     max_room_peers_per_address: int, idle_timeout: float, no_web: bool, stun: tuple[str, ...],
     turn: tuple[str, ...], turn_secret_file: Path | None, turn_ttl: int, certfile: Path | None,
-    keyfile: Path | None, allowed_origins: tuple[str, ...],
+    keyfile: Path | None, allowed_origins: tuple[str, ...], redis_url: str | None, redis_expiry: float,
 ) -> None:
     """Run the signaling server that lets workers and clients find each other.
 
@@ -85,11 +95,17 @@ def signal_server(
     TURN ones with a credential made for that peer alone from --turn-secret-file (the TURN REST API
     that coturn's use-auth-secret checks); peers then need no ICE flags. With --certfile and
     --keyfile it speaks wss://, which keeps the room token and those credentials off the wire.
+
+    With --redis several of them (on one host or many, behind a load balancer or one DNS name) share
+    their rooms: give each the same --redis, --token and ICE options. A peer whose replica dies
+    registers again on another.
     """
     from rtcxfer.cli.config import resolve_token
     from rtcxfer.net.signaling import run_signaling_server
+    from rtcxfer.protocol.errors import SharedRoomsError
 
     token = resolve_token(click.get_current_context(), token, token_file)
+    shared = _shared_rooms(redis_url, redis_expiry)
     ice_servers = _ice_config(stun, turn, turn_secret_file, turn_ttl)
     tls = _tls_context(certfile, keyfile)
 
@@ -101,6 +117,10 @@ def signal_server(
             urls = ", ".join(str(url) for url in (*ice_servers.stun, *ice_servers.turn))
             lifetime = f" (TURN credentials valid {ice_servers.turn_ttl} s)" if ice_servers.turn else ""
             click.echo(f"peers are told to use {urls}{lifetime}", err=True)
+        if redis_url:
+            from rtcxfer.net.signaling.redis_rooms import redacted_url
+
+            click.echo(f"rooms shared through Redis at {redacted_url(redis_url)}", err=True)
 
     limits = {
         "max_connections_per_address": max_per_address,
@@ -112,15 +132,31 @@ def signal_server(
         run_until_interrupted(
             run_signaling_server(
                 host, port, default_token=room_token(token), on_ready=ready, web=not no_web,
-                ice_servers=ice_servers, ssl=tls, allowed_origins=allowed_origins, **limits
+                ice_servers=ice_servers, ssl=tls, allowed_origins=allowed_origins, **limits, **shared
             )
         )
     except Interrupted:
         click.echo("signaling server stopped", err=True)
+    except SharedRoomsError as error:
+        raise click.ClickException(str(error)) from None
     except OSError as error:
         raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
 
 
+def _shared_rooms(redis_url: str | None, expiry: float) -> dict:
+    """The server's options for --redis (checked as far as can be without connecting)."""
+    if not redis_url:
+        return {}
+    try:
+        from rtcxfer.net.signaling.redis_rooms import redacted_url
+    except ImportError:
+        raise click.UsageError("--redis needs the redis library: pip install 'rtcxfer[redis]'") from None
+
+    scheme = redis_url.partition("://")[0].lower()
+    if scheme not in ("redis", "rediss", "unix"):
+        raise click.BadParameter(f"{redacted_url(redis_url)!r} is not a Redis URL (redis://HOST:PORT/DB, rediss://, unix://)",
+                                 param_hint="--redis")
+    return {"redis_url": redis_url, "membership_ttl": expiry}
 
 
 def _ice_config(stun: tuple[str, ...], turn: tuple[str, ...], secret_file: Path | None, ttl: int):

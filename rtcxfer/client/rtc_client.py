@@ -365,6 +365,7 @@ class RTCClient:
         consent expires, half a minute later, while the signaling server sees its socket close.
         """
         from rtcxfer.net.signaling import PeerLeft, SignalingServerError
+        from rtcxfer.net.signaling.client import register_again
         from rtcxfer.protocol.errors import SignalingError
 
         assert self._signaling is not None
@@ -375,7 +376,13 @@ class RTCClient:
                 logger.debug("signaling: {}", describe(error))
                 continue
             except SignalingError:
-                return  # signaling is gone, not necessarily the worker: the channel tells
+                # Its server went away (a replica that died, one restarted): register again, so
+                # that the room does not announce this client as gone to its worker mid-job.
+                again = await register_again(self._signaling)
+                if again is None:
+                    return  # signaling is gone, not necessarily the worker: the channel tells
+                self._signaling = again
+                continue
             if isinstance(event, PeerLeft) and event.peer_id == worker_id:
                 logger.warning("worker {} left the room", worker_id)
                 self._closed_reason = f"{WORKER_WENT_AWAY} ({worker_id}): it stopped or lost its connection"

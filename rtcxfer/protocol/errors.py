@@ -146,6 +146,12 @@ class SignalingError(RtcxferError):
     """The signaling server refused a request or the connection to it failed."""
 
 
+class SharedRoomsError(SignalingError):
+    """A signaling server cannot use the shared store of its rooms (``rtcxfer signal --redis``):
+    a malformed URL, a store that does not answer or refuses. The message says which (never a
+    password in the URL)."""
+
+
 class IceServerError(RtcxferError, ValueError):
     """An ICE server (STUN or TURN) that cannot be used: a malformed or unsupported URL, or
     credentials that cannot be made. The message names the URL (never a credential) and what is

@@ -169,12 +169,13 @@ def start_signaling(
     prefix: Sequence[str] = (),
     port: int = 0,
     options: Sequence[str] = (),
+    name: str = "signal",
 ) -> tuple[CliProcess, str]:
     """``rtcxfer signal`` on ``host`` and ``port`` (0: an ephemeral one; a fixed one where a
     firewall rule must name it), admitting ``token`` (None: anyone), with further command-line
-    ``options``; returns the process and its URL once it listens."""
+    ``options``; returns the process (logging to ``log_dir/NAME.log``) and its URL once it listens."""
     args = ["signal", "--host", host, "--port", str(port), *(["--token", token] if token is not None else []), *options]
-    process = CliProcess("signal", args, log_dir, env=env, python=python, prefix=prefix)
+    process = CliProcess(name, args, log_dir, env=env, python=python, prefix=prefix)
     try:
         url = process.wait_for(rf"signaling server listening on (wss?://{re.escape(host)}:\d+)").group(1)
     except AssertionError:

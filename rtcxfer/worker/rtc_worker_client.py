@@ -31,7 +31,8 @@ from rtcxfer.files.safezip import ZipLimits
 from rtcxfer.files.shared_storage import detect_shared_root
 from rtcxfer.log import logger
 from rtcxfer.net.rate_limits import LogThrottle, TokenBucket
-from rtcxfer.net.signaling import PeerLeft, Relay, SignalingServerError
+from rtcxfer.net.signaling import PeerLeft, Relay, SignalingServerError, SignalingTlsError
+from rtcxfer.net.signaling.client import split_signal_urls
 from rtcxfer.net.signaling.handshake import HandshakeRefusal, SdpAnswer, SdpOffer, decode_handshake
 from rtcxfer.protocol import auth, texts
 from rtcxfer.protocol.errors import (
@@ -58,6 +59,61 @@ from rtcxfer.worker.slots import JobSlots
 FATAL_SIGNALING_CODES = frozenset({"bad-token", "bad-message"})
 #: Seconds between attempts to get back onto the signaling server (doubling up to the maximum).
 RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY = 0.5, 30.0
+#: The longest pause after ``duplicate-peer``: this worker's own registration on a replica that
+#: died stays in the room only until its membership expires (seconds).
+DUPLICATE_PEER_MAX_DELAY = 1.0
+
+
+class _Reconnection:
+    """When and where the worker registers again: a pause that doubles from
+    :data:`RECONNECT_FIRST_DELAY` to :data:`RECONNECT_MAX_DELAY` and starts over once registered;
+    the URLs in order, from the one after the server that just went away."""
+
+    def __init__(self, urls: tuple[str, ...]) -> None:
+        self.urls = urls
+        self.registrations = 0
+        self._start = 0
+        self._delay = RECONNECT_FIRST_DELAY
+        self._pause = RECONNECT_FIRST_DELAY
+        self._attempts = 0
+        self._since: float | None = None
+
+    def urls_to_try(self) -> tuple[str, ...]:
+        return self.urls[self._start:] + self.urls[: self._start]
+
+    def registered(self, url: str) -> str:
+        """Count a registration through ``url``; how long it took to get there, if it did not
+        succeed at once (for the operator), else ''."""
+        self.registrations += 1
+        self._start = self.urls.index(url) if url in self.urls else 0
+        attempts, since = self._attempts, self._since
+        self._delay, self._attempts, self._since = RECONNECT_FIRST_DELAY, 0, None
+        if not attempts or since is None:
+            return ""
+        return f"after {attempts} attempt{'s' if attempts != 1 else ''} in {time.monotonic() - since:.0f} s"
+
+    def lost(self) -> None:
+        """The connection ended: the next attempt starts with the next URL, at once."""
+        self._start = (self._start + 1) % len(self.urls)
+        self._delay = RECONNECT_FIRST_DELAY
+
+    def next_delay(self, short: bool = False) -> float:
+        """The pause before the next attempt (a failed one is counted)."""
+        if self._since is None:
+            self._since = time.monotonic()
+        self._attempts += 1
+        self._pause = min(self._delay, DUPLICATE_PEER_MAX_DELAY) if short else self._delay
+        return self._pause
+
+    async def pause(self) -> None:
+        if self._attempts:
+            await asyncio.sleep(self._pause)
+            self._delay = min(self._delay * 2, RECONNECT_MAX_DELAY)
+        else:
+            # The connection ended without a failed attempt: try again at once, a little later
+            # than at once (the server may be closing all its sockets).
+            await asyncio.sleep(RECONNECT_FIRST_DELAY)
+            self._attempts, self._since = 1, time.monotonic()
 
 
 class RTCWorkerClient:
@@ -313,11 +369,17 @@ class RTCWorkerClient:
         (:meth:`~rtcxfer.net.peer.PeerOptions.with_signaled_ice_servers`). ``signaling_ssl`` is the
         ``ssl.SSLContext`` for a ``wss://`` server (None: the system's trusted CAs).
 
+        ``signaling_url`` may name several servers (comma-separated, or a sequence): replicas that
+        share their rooms (``rtcxfer signal --redis``). The worker registers through the first
+        that answers; when its server goes away it registers again, starting with the next one.
+
         Nothing a peer or the server does ends this: errors the server sends are logged, and a
-        lost connection (the server restarted, or closed this socket) or a peer squatting this
-        worker's id is met by registering again after a growing pause. Only a failure of the
-        first connection or a refusal of the worker's own configuration (a wrong signaling
-        token) raises :class:`~rtcxfer.protocol.errors.SignalingError`.
+        server that cannot be reached (not yet started, restarting, gone), a lost connection or
+        a peer squatting this worker's id is met by registering again after a growing pause
+        (a warning says when it tries again; a notice says when it is back). Sessions already set
+        up go on meanwhile: their data channels need no signaling. Only a refusal of the worker's
+        own configuration (a wrong signaling token) or a signaling server whose TLS certificate
+        does not verify raises :class:`~rtcxfer.protocol.errors.SignalingError`.
         """
         from rtcxfer.net.peer import PeerOptions
 
@@ -333,41 +395,63 @@ class RTCWorkerClient:
 
         options = peer_options or PeerOptions()
         tasks: dict[asyncio.Task, str] = {}  # each session's task -> its client's peer id
-        delay = RECONNECT_FIRST_DELAY
-        registrations = 0
+        reconnect = _Reconnection(split_signal_urls(signaling_url))
 
-        def registered() -> None:
-            nonlocal delay, registrations
-            registrations += 1
-            delay = RECONNECT_FIRST_DELAY
-            if registrations == 1 and on_ready is not None:
-                on_ready()
+        def registered(url: str) -> None:
+            back = reconnect.registered(url)
+            if reconnect.registrations == 1:
+                if on_ready is not None:
+                    on_ready()
+                if back:
+                    logger.info("worker {} registered in room {} at {} {}", peer_id, room, url, back)
+            elif back:
+                self.tell_operator(f"connected again: back in room {room!r} on {url} {back}")
 
         try:
             while True:
                 try:
-                    await self._serve_registration(signaling_url, room, peer_id, signaling_token, options, tasks,
-                                                   registered, signaling_ssl)
+                    await self._serve_registration(reconnect.urls_to_try(), room, peer_id, signaling_token, options,
+                                                   tasks, registered, signaling_ssl)
+                    reconnect.lost()
+                except SignalingTlsError:
+                    if not reconnect.registrations:
+                        raise  # a certificate that does not verify now will not later
+                    logger.warning("the signaling server's certificate does not verify any more; retrying in {:g} s",
+                                   reconnect.next_delay())
                 except SignalingServerError as error:
-                    if error.code in FATAL_SIGNALING_CODES or (not registrations and error.code != "duplicate-peer"):
+                    if error.code in FATAL_SIGNALING_CODES:
                         raise
-                    if error.code == "duplicate-peer":
+                    if error.code == "duplicate-peer" and reconnect.registrations:
+                        # Most likely its own registration through a server that went away,
+                        # which the room forgets within seconds (a replica's membership expiry).
+                        logger.warning(
+                            "room {!r} still holds a peer {!r}: this worker's previous registration, until the "
+                            "signaling server notices it is gone (or another peer with this id); retrying in {:g} s",
+                            room,
+                            peer_id,
+                            reconnect.next_delay(short=True),
+                        )
+                    elif error.code == "duplicate-peer":
                         logger.error(
                             "another peer is registered as {!r} in room {!r}: another worker (give each worker its own "
                             "id with --peer-id NAME), this worker's previous connection not gone yet, or an impostor "
                             "if the signaling server has no token (clients authenticate this worker and refuse "
-                            "impostors); retrying",
+                            "impostors); retrying in {:g} s",
                             peer_id,
                             room,
+                            reconnect.next_delay(short=True),
                         )
                     else:
-                        logger.warning("the signaling server refused the worker: {}; retrying", describe(error))
+                        logger.warning("the signaling server refused the worker: {}; retrying in {:g} s",
+                                       describe(error), reconnect.next_delay())
                 except SignalingError as error:
-                    if not registrations:
-                        raise
-                    logger.warning("cannot reach the signaling server ({}); retrying", describe(error))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                    if reconnect.registrations:
+                        logger.warning("lost the signaling server ({}); retrying in {:g} s", error,
+                                       reconnect.next_delay())
+                    else:
+                        logger.warning("waiting for the signaling server ({}); trying again in {:g} s", error,
+                                       reconnect.next_delay())
+                await reconnect.pause()
         finally:
             await self._stop_sessions(tasks)
 
@@ -377,7 +461,7 @@ class RTCWorkerClient:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _serve_registration(self, signaling_url, room, peer_id, signaling_token, options, tasks, registered,
+    async def _serve_registration(self, signaling_urls, room, peer_id, signaling_token, options, tasks, registered,
                                   signaling_ssl=None):
         """One registration on the signaling server: answer offers until the connection ends
         (returns normally) or registration is refused (raises)."""
@@ -387,14 +471,14 @@ class RTCWorkerClient:
             self._hardware = await asyncio.to_thread(gather_hardware, self.work_dir, self.shared_storage_root)
         async with (
             SignalingClient(
-                signaling_url, room, "worker", peer_id, signaling_token, description=self.description(),
+                signaling_urls, room, "worker", peer_id, signaling_token, description=self.description(),
                 ssl=signaling_ssl,
             ) as signaling,
             self._sessions_stopped_before_leaving(tasks),
         ):
-            logger.info("worker {!r} ready in room {!r} at {}", peer_id, room, signaling_url)
+            logger.info("worker {!r} ready in room {!r} at {}", peer_id, room, signaling.url)
             self._signaling = signaling
-            registered()
+            registered(signaling.url)
             while True:
                 try:
                     event = await signaling.receive()

@@ -9,10 +9,13 @@ server; after that the WebRTC data channel carries everything. One concern per m
 * :mod:`~rtcxfer.net.signaling.handshake`: rtcxfer's own relayed payloads (SDP offer, answer,
   error), sans-IO;
 * :mod:`~rtcxfer.net.signaling.rooms`: the server's book of rooms, registrations, worker
-  descriptions and per-address counts, behind an interface a shared store could implement;
+  descriptions and per-address counts, behind an interface a shared store implements;
+* :mod:`~rtcxfer.net.signaling.redis_rooms`: that book in Redis, shared by replicas of the
+  server (``rtcxfer signal --redis``); the only module that imports ``redis``;
 * :mod:`~rtcxfer.net.signaling.server`: :class:`SignalingServer` (sockets, limits, relay);
 * :mod:`~rtcxfer.net.signaling.client`: :class:`SignalingClient`, whose ``receive()`` returns
-  :data:`RoomEvent` objects;
+  :data:`RoomEvent` objects, through the first of several server URLs that answers;
+* :mod:`~rtcxfer.net.signaling.sockets`: close codes and a bounded close, for both sides;
 * :mod:`~rtcxfer.net.signaling.tls`: TLS contexts for ``wss://`` (the server's certificate, a
   client's private CA).
 

@@ -2,7 +2,10 @@
 about the room as typed events (:mod:`rtcxfer.net.signaling.messages`), and learn the ICE
 servers (STUN, TURN with credentials) the server hands out. ``wss://`` is verified: against the
 system's certificate store, or the ``ssl`` context given (:func:`rtcxfer.net.signaling.tls.client_context`
-for a private CA)."""
+for a private CA).
+
+A peer may be given several signaling URLs (replicas sharing their rooms, ``rtcxfer signal
+--redis``): it registers through the first that answers (:func:`split_signal_urls`)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import asyncio
 import inspect
 import secrets
 import ssl as ssl_module
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -20,7 +23,9 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from rtcxfer.log import logger
 from rtcxfer.net.signaling.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    DUPLICATE_PEER,
     ROLES,
+    SERVER_FULL,
     Describe,
     ErrorReply,
     IceServersUpdate,
@@ -50,6 +55,8 @@ __all__ = [
     "SignalingTimeoutError",
     "SignalingTlsError",
     "connect_directly",
+    "register_again",
+    "split_signal_urls",
 ]
 
 # asyncio.TimeoutError, not the builtin, throughout: they differ on Python 3.10, which
@@ -65,6 +72,21 @@ def connect_directly(url: str, **options: Any) -> connect:
     """websockets' ``connect`` (await it or use it with ``async with``) to ``url`` itself,
     never through a proxy from the environment, on every websockets rtcxfer supports."""
     return connect(url, **_DIRECT, **options)
+
+
+def split_signal_urls(urls: str | Sequence[str]) -> tuple[str, ...]:
+    """The signaling URLs of ``--signal`` values: each may be a comma-separated list; blanks
+    and repeats are left out, the order kept. ValueError if none is left."""
+    texts = [urls] if isinstance(urls, str) else list(urls)
+    found: list[str] = []
+    for text in texts:
+        for url in str(text).split(","):
+            url = url.strip()
+            if url and url not in found:
+                found.append(url)
+    if not found:
+        raise ValueError("no signaling URL given")
+    return tuple(found)
 
 
 class SignalingServerError(SignalingError):
@@ -138,6 +160,10 @@ class SignalingClient:
     ``ssl``: an ``ssl.SSLContext`` for a ``wss://`` URL (None: the system's trusted CAs); a
     certificate that does not verify raises :class:`SignalingTlsError` from :meth:`connect`.
 
+    ``url`` may name several servers (a comma-separated list, or a sequence): replicas that share
+    their rooms. :meth:`connect` tries them in order and registers through the first that answers
+    (one that cannot be reached, or says it is full, is passed over); :attr:`url` is then that one.
+
     At most ``inbox_size`` events wait for :meth:`receive`; beyond that the client stops
     reading from the server (which will eventually drop it), so a peer that only ever calls
     :meth:`wait_for_peer` should not stay connected forever.
@@ -145,7 +171,7 @@ class SignalingClient:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         room: str,
         role: str,
         peer_id: str | None = None,
@@ -165,7 +191,10 @@ class SignalingClient:
         for name, value in (("room", room), ("peer_id", peer_id)):
             if not is_id(value):
                 raise ValueError(f"{name} must match [A-Za-z0-9._:@+=-]{{1,128}}: {value!r}")
-        self.url = url
+        #: Every URL this client may register through, in the order tried.
+        self.urls = split_signal_urls(url)
+        #: The URL it registered through (before :meth:`connect`: the first).
+        self.url = self.urls[0]
         self.room = room
         self.role = role
         self.peer_id = peer_id
@@ -184,6 +213,17 @@ class SignalingClient:
         self._peers_changed = asyncio.Event()
         self._closed = False
         self._close_note = ""
+        self._inbox_size = inbox_size
+
+    def successor(self) -> SignalingClient:
+        """A new client to register again as this one (room, role, id, token, description, TLS,
+        limits), trying its URLs from the one after :attr:`url`: the server that went away."""
+        start = (self.urls.index(self.url) + 1) % len(self.urls) if self.url in self.urls else 0
+        return SignalingClient(
+            self.urls[start:] + self.urls[:start], self.room, self.role, self.peer_id, self._token,
+            open_timeout=self.open_timeout, close_timeout=self.close_timeout, max_message_bytes=self.max_message_bytes,
+            inbox_size=self._inbox_size, description=self._description, ssl=self._ssl,
+        )
 
     def __repr__(self) -> str:
         return f"<SignalingClient {self.role} {self.peer_id!r} room {self.room!r} {self.url}>"
@@ -226,9 +266,34 @@ class SignalingClient:
         await self.close()
 
     async def connect(self) -> None:
-        """Open the connection and register; :class:`SignalingServerError` if refused."""
+        """Open the connection and register (through the first of :attr:`urls` that answers);
+        :class:`SignalingServerError` if refused, :class:`SignalingError` if none answers."""
         if self._ws is not None or self._closed:
             raise SignalingError(f"{self!r} was already connected once; make a new client")
+        failures: list[SignalingError] = []
+        for url in self.urls:
+            try:
+                await self._connect_to(url)
+                return
+            except SignalingTlsError:
+                raise
+            except SignalingServerError as error:
+                # Another replica may have room; any other refusal would be the same everywhere.
+                if error.code != SERVER_FULL or url == self.urls[-1]:
+                    raise
+                failures.append(error)
+            except SignalingError as error:
+                failures.append(error)
+                if len(self.urls) > 1:
+                    logger.info("signaling: {} passed over: {}", url, describe(error))
+        if len(failures) == 1:
+            raise failures[0]
+        raise SignalingError(
+            f"no signaling server answered ({len(failures)} tried): " + "; ".join(str(f) for f in failures)
+        ) from failures[-1]
+
+    async def _connect_to(self, url: str) -> None:
+        self.url = url
         # websockets refuses an ssl context for ws://; for wss:// without one it verifies
         # against the system's store.
         tls = {"ssl": self._ssl} if self._ssl is not None and self.url.lower().startswith("wss:") else {}
@@ -450,3 +515,31 @@ class SignalingClient:
             # A full inbox means nobody waits in receive(); it checks _closed once drained.
             if not self._inbox.full():
                 self._inbox.put_nowait(_CLOSED)
+
+
+async def register_again(lost: SignalingClient, within: float = 30.0) -> SignalingClient | None:
+    """``lost``'s connection ended (its server, a replica, went away): register again as the same
+    peer through its URLs (:meth:`SignalingClient.successor`), retrying for ``within`` seconds
+    while no server answers or the room still holds the old registration (``duplicate-peer``,
+    until the dead replica's membership expires). The new client, or None if that failed or the
+    configuration is refused (a token, a certificate)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    delay = 0.25
+    while True:
+        successor = lost.successor()
+        try:
+            await successor.connect()
+            logger.info("signaling: {} registered again after its server went away", successor)
+            return successor
+        except SignalingTlsError:
+            return None
+        except SignalingServerError as error:
+            if error.code not in (DUPLICATE_PEER, SERVER_FULL):
+                return None
+        except SignalingError as error:
+            logger.debug("signaling: {} not registered again yet: {}", lost, describe(error))
+        if loop.time() + delay > deadline:
+            return None
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)

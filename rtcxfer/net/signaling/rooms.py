@@ -10,7 +10,9 @@ that decides what a socket may do, behind the small interface :class:`Rooms`:
   (refused with ``duplicate-peer`` or ``room-full``), a worker replaces its description, a
   socket is put out of its room; each returns a :class:`RoomChange` (the member and the other
   members of its room, whom the server tells);
-* :meth:`Rooms.find`: the member a relay goes to.
+* :meth:`Rooms.find`: the member a relay goes to;
+* :meth:`Rooms.send`: a text for a member's socket, on whichever server holds it;
+* :meth:`Rooms.open` / :meth:`Rooms.close`: the server starts and stops using the book.
 
 Per address (in the spirit of nginx's ``limit_conn``, :class:`RoomLimits`): one remote address
 may hold at most ``max_connections_per_address`` sockets, of which at most
@@ -23,15 +25,18 @@ may fill its room up to ``max_peers_per_room``.
 :class:`InMemoryRooms` keeps the book in this process, which is all one server needs. The
 interface is asynchronous, and each method is one atomic step on the state, so that a
 replacement keeping the same book in a shared store (several server replicas behind one
-address) can implement it with one transaction or script per method. Sockets are named by a
-``connection`` key the server chooses (unique across replicas, for such a store); the server
-maps a :class:`Member`'s key back to its socket.
+address) can implement it with one transaction or script per method:
+:class:`~rtcxfer.net.signaling.redis_rooms.RedisRooms` does, in Redis. Sockets are named by a
+``connection`` key the book makes (:meth:`Rooms.connection_key`, unique across replicas); a text
+for a member (:meth:`Rooms.send`) comes back to the server that holds its socket through the
+``deliver`` function the server gave :meth:`Rooms.open`.
 """
 
 from __future__ import annotations
 
 import abc
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -39,7 +44,13 @@ import attrs
 from rtcxfer.net.signaling.messages import DUPLICATE_PEER, ROOM_FULL, SERVER_FULL, PeerEntry, Refusal
 from rtcxfer.protocol.errors import LocalProtocolError
 
-__all__ = ["InMemoryRooms", "Member", "RoomChange", "RoomLimits", "Rooms"]
+__all__ = ["Deliver", "DropAll", "InMemoryRooms", "Member", "RoomChange", "RoomLimits", "Rooms"]
+
+#: ``deliver(connection, text)``: queue ``text`` on this server's socket ``connection`` (nothing if
+#: it is gone).
+Deliver = Callable[[str, str], object]
+#: Close every socket of this server: the book lost what it knew of them (its store restarted).
+DropAll = Callable[[], object]
 
 
 @attrs.frozen
@@ -81,6 +92,26 @@ class RoomChange:
 
 class Rooms(abc.ABC):
     """The interface the server calls; see the module docstring."""
+
+    async def open(self, deliver: Deliver, drop_all: DropAll) -> None:
+        """The server starts: texts for its sockets go to ``deliver``; ``drop_all`` when the book
+        forgot them. Raises :class:`~rtcxfer.protocol.errors.SharedRoomsError` if the book's store
+        cannot be used."""
+        self._deliver = deliver
+
+    async def shutting_down(self) -> None:  # noqa: B027 - one server's book goes with it
+        """The server is about to close every socket because it stops."""
+
+    async def close(self) -> None:  # noqa: B027 - a book in memory has nothing to let go of
+        """The server has stopped (its sockets are closed and disconnected)."""
+
+    def connection_key(self, serial: int) -> str:
+        """The key of this server's ``serial``-th socket (unique wherever the book is shared)."""
+        return str(serial)
+
+    def send(self, member: Member, text: str) -> None:
+        """Queue ``text`` on ``member``'s socket; texts from one server to one socket keep their order."""
+        self._deliver(member.connection, text)
 
     @abc.abstractmethod
     async def connect(self, connection: str, address: str) -> None:
@@ -138,6 +169,7 @@ class InMemoryRooms(Rooms):
 
     def __init__(self, limits: RoomLimits | None = None) -> None:
         self.limits = limits if limits is not None else RoomLimits()
+        self._deliver: Deliver = lambda connection, text: None
         self._sockets: dict[str, _Socket] = {}
         self._rooms: dict[str, dict[str, Member]] = {}
         self._sockets_from: Counter[str] = Counter()

@@ -87,7 +87,7 @@ from rtcxfer.net.signaling.messages import (
     encode,
     is_id,
 )
-from rtcxfer.net.signaling.rooms import InMemoryRooms, Member, RoomChange, RoomLimits
+from rtcxfer.net.signaling.rooms import InMemoryRooms, Member, RoomChange, RoomLimits, Rooms
 from rtcxfer.net.signaling.sockets import CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, close_bounded
 from rtcxfer.protocol.errors import IceServerError
 from rtcxfer.protocol.ice import IceServer, IceServerConfig
@@ -231,6 +231,13 @@ class SignalingServer:
 
     ``ice_servers`` are the STUN and TURN servers handed to every admitted peer (see the module's
     docstring); ``ssl`` an ``ssl.SSLContext`` with the server's certificate, for ``wss://``.
+
+    ``redis_url`` (``redis://HOST:PORT/DB``): keep the rooms in that Redis, shared with every
+    server given the same one (:mod:`~rtcxfer.net.signaling.redis_rooms`; ``membership_ttl``
+    seconds for the members of a replica that died to disappear, ``rejoin_grace`` more before
+    their rooms are told they left); :meth:`start` raises
+    :class:`~rtcxfer.protocol.errors.SharedRoomsError` if it cannot be used. Without it the rooms
+    live in this process (:class:`~rtcxfer.net.signaling.rooms.InMemoryRooms`).
     """
 
     def __init__(
@@ -257,6 +264,9 @@ class SignalingServer:
         web: bool = False,
         ice_servers: IceServerConfig | None = None,
         allowed_origins: Iterable[str] = (),
+        redis_url: str | None = None,
+        membership_ttl: float | None = None,
+        rejoin_grace: float | None = None,
     ) -> None:
         for room, token in dict(tokens or {}).items():
             if not is_id(room):
@@ -298,12 +308,24 @@ class SignalingServer:
         #: this server's own (see :func:`cross_origin_refusal`).
         self.allowed_origins = frozenset(_origin_key(origin) for origin in allowed_origins)
         self._server: Server | None = None
-        self._rooms = InMemoryRooms(RoomLimits(
+        room_limits = RoomLimits(
             max_peers_per_room=max_peers_per_room,
             max_connections_per_address=max_connections_per_address,
             max_unregistered_per_address=max_unregistered_per_address,
             max_peers_per_address_in_room=max_peers_per_address_in_room,
-        ))
+        )
+        self._rooms: Rooms
+        if redis_url is None:
+            self._rooms = InMemoryRooms(room_limits)
+        else:
+            # Imported here: the redis library is needed only by servers that share rooms.
+            from rtcxfer.net.signaling.redis_rooms import DEFAULT_MEMBERSHIP_TTL, DEFAULT_REJOIN_GRACE, RedisRooms
+
+            self._rooms = RedisRooms(
+                redis_url, room_limits,
+                membership_ttl=membership_ttl if membership_ttl is not None else DEFAULT_MEMBERSHIP_TTL,
+                rejoin_grace=rejoin_grace if rejoin_grace is not None else DEFAULT_REJOIN_GRACE,
+            )
         #: The open sockets, by their key in the book of rooms.
         self._connections: dict[str, _Connection] = {}
         self._serial = 0
@@ -352,20 +374,25 @@ class SignalingServer:
             return web_handler(connection, request) if web_handler is not None else None
 
         extra["process_request"] = process_request
-        self._server = await serve(
-            self._handle,
-            self.host,
-            self.port,
-            # Frames up to twice the application limit are read and answered with
-            # bad-message; beyond that websockets closes (1009) without buffering them.
-            max_size=2 * self.max_message_bytes,
-            max_queue=4,
-            # Signaling payloads are small; per-connection zlib state would cost more than
-            # it saves and invites decompression-bomb games.
-            compression=None,
-            close_timeout=self.close_timeout,
-            **extra,
-        )
+        await self._rooms.open(self._deliver, self._drop_everyone)
+        try:
+            self._server = await serve(
+                self._handle,
+                self.host,
+                self.port,
+                # Frames up to twice the application limit are read and answered with
+                # bad-message; beyond that websockets closes (1009) without buffering them.
+                max_size=2 * self.max_message_bytes,
+                max_queue=4,
+                # Signaling payloads are small; per-connection zlib state would cost more than
+                # it saves and invites decompression-bomb games.
+                compression=None,
+                close_timeout=self.close_timeout,
+                **extra,
+            )
+        except BaseException:
+            await self._rooms.close()
+            raise
         self.port = self._server.sockets[0].getsockname()[1]
         if not self.tokens and self.default_token is None:
             logger.warning("signaling server {}: no tokens configured, every room is open",
@@ -382,8 +409,10 @@ class SignalingServer:
         server, self._server = self._server, None
         if server is None:
             return
+        await self._rooms.shutting_down()
         server.close()
         await server.wait_closed()
+        await self._rooms.close()
         for task in list(self._background):
             task.cancel()
         if self._background:
@@ -402,6 +431,7 @@ class SignalingServer:
     async def _handle(self, ws: ServerConnection) -> None:
         self._serial += 1
         conn = _Connection(ws, self._serial, self.max_outbox_bytes, self._drop_lagging)
+        conn.key = self._rooms.connection_key(self._serial)
         writer = asyncio.create_task(conn.write_loop())
         close_code, close_reason = CLOSE_NORMAL, ""
         try:
@@ -530,10 +560,21 @@ class SignalingServer:
     # -- rooms -------------------------------------------------------------------------------
 
     def _send_to(self, member: Member, message: Message) -> None:
-        """Queue ``message`` for ``member`` (on this server: the book names only its sockets)."""
-        conn = self._connections.get(member.connection)
+        """Queue ``message`` for ``member``, on whichever server (replica) holds its socket."""
+        self._rooms.send(member, encode(message))
+
+    def _deliver(self, connection: str, text: str) -> None:
+        """A text for a socket of this server (from this server or, through the book, another)."""
+        conn = self._connections.get(connection)
         if conn is not None:
-            conn.send_message(message)
+            conn.send(text)
+
+    def _drop_everyone(self) -> None:
+        """The book forgot this server's sockets (its shared store restarted): close them all, so
+        that their peers register again."""
+        for conn in list(self._connections.values()):
+            self._in_background(close_bounded(conn.ws, CLOSE_TRY_AGAIN_LATER, "signaling state lost",
+                                              self.close_timeout))
 
     async def _register(self, conn: _Connection, request: Register) -> None:
         if conn.peer_id is not None:
@@ -618,9 +659,7 @@ class SignalingServer:
         except (ValueError, RecursionError):
             raise Refusal(BAD_MESSAGE, "payload cannot be re-encoded as JSON") from None
         conn.relayed = True
-        target_conn = self._connections.get(target.connection)
-        if target_conn is not None:
-            target_conn.send(text)
+        self._rooms.send(target, text)
 
     def _drop_lagging(self, conn: _Connection) -> None:
         """``conn`` does not read what is sent to it: close it rather than queue without end."""
