@@ -536,6 +536,13 @@ def main() -> None:
     parser.add_argument(
         "--direct-only", action="store_true", help="--two-host: only the direct part (not rtc-chunked and stock)"
     )
+    parser.add_argument(
+        "--vs-scp",
+        action="store_true",
+        help="--two-host: instead, the scp workflow against rtcxfer submit end to end (two_host_scp.py)",
+    )
+    parser.add_argument("--scp-sizes", default="256,1024", help="--vs-scp: package sizes in MiB (default 256,1024)")
+    parser.add_argument("--baseline", metavar="REV", help="--two-host: also run rtc-chunked from commit REV's tree")
     args = parser.parse_args()
     if not args.two_host:
         args.rounds = args.rounds or (1 if args.quick else 5)
@@ -551,7 +558,11 @@ def main() -> None:
     started = time.perf_counter()
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        if args.two_host:
+        if args.two_host and args.vs_scp:
+            from two_host_scp import scp_main
+
+            asyncio.run(scp_main(args, workdir))
+        elif args.two_host:
             from two_host import two_host_main
 
             args.rounds = args.rounds or 3

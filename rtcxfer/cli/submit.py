@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -139,7 +141,7 @@ def submit(
             if pack is not None:
                 pack.succeeded = code == EXIT_OK
     if as_json:
-        click.echo(submit_json(outcome.result, code, outcome.failure))
+        click.echo(submit_json(outcome.result, code, outcome.failure, connect_seconds=outcome.connect_seconds))
     sys.exit(code)
 
 
@@ -165,9 +167,39 @@ class _SubmitOutcome:
         self.requirements = requirements
         self.result = None
         self.failure: str | None = None
+        #: When this command started and when the package's first byte left (monotonic clock).
+        self.started = _command_started()
+        self.first_byte: float | None = None
 
     def say(self, line: str) -> None:
         click.echo(line, err=self.as_json)
+
+    def watching(self, handle):
+        """``handle`` (the client's event callback), noting when the first byte goes up."""
+
+        def on_event(event) -> None:
+            if self.first_byte is None and event.kind == "transfer" and event.data.get("direction") == "up":
+                self.first_byte = time.monotonic()
+            handle(event)
+
+        return on_event
+
+    @property
+    def connect_seconds(self) -> float | None:
+        """Seconds from the command's start (the process's, imports included) to the first byte."""
+        return None if self.first_byte is None else round(self.first_byte - self.started, 3)
+
+
+def _command_started() -> float:
+    """When this process started, on the monotonic clock (Linux: from /proc; elsewhere: now)."""
+    try:
+        with open("/proc/self/stat") as stat:
+            # The fields after the command's name, which may contain spaces; starttime is field 22.
+            fields = stat.read().rpartition(")")[2].split()
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.monotonic()
+    return time.monotonic() - max(0.0, age)
 
 
 class _Network:
@@ -192,7 +224,7 @@ async def _submit(
             shared_storage_root=shared_root,
             results_dir=results_dir,
             transport=transport,
-            on_event=display.handle,
+            on_event=outcome.watching(display.handle),
             peer_options=network.peer_options,
         )
     except PluginError as error:
@@ -248,11 +280,12 @@ async def _submit(
 
 
 
-def submit_json(result, exit_code: int, failure: str | None = None) -> str:
-    """The one line ``rtcxfer submit --json`` prints at the end."""
+def submit_json(result, exit_code: int, failure: str | None = None, *, connect_seconds: float | None = None) -> str:
+    """The one line ``rtcxfer submit --json`` prints at the end; ``seconds.connect`` is from the
+    command's start to the package's first byte."""
     if result is None:
         return json.dumps({"ok": False, "exit_status": exit_code, "failure": failure, "path": None})
-    seconds = dict(result.seconds)
+    seconds = dict(result.seconds, connect=connect_seconds)
     return json.dumps(
         {
             "ok": result.ok,
@@ -264,7 +297,7 @@ def submit_json(result, exit_code: int, failure: str | None = None) -> str:
             "results_transport": result.results_transport,
             "bytes_sent": result.bytes_sent,
             "bytes_received": result.bytes_received,
-            "seconds": {key: seconds.get(key) for key in ("total", "transfer", "run")},
+            "seconds": {key: seconds.get(key) for key in ("total", "connect", "transfer", "run")},
             "results_dir": str(Path(result.results_dir).resolve()) if result.results_dir else None,
             "failure": result.failure if not result.ok else failure,
         },

@@ -128,7 +128,8 @@ def test_eight_jobs_spread_over_three_workers_within_their_slots_and_a_drain(roo
         assert report["ok"] and report["exit_status"] == 0
         assert report["worker_id"] in room.workers
         assert report["bytes_sent"] == package.stat().st_size and report["bytes_received"] > 0
-        assert set(report["seconds"]) == {"total", "transfer", "run"} and report["seconds"]["run"] >= 1.5
+        assert set(report["seconds"]) == {"total", "connect", "transfer", "run"} and report["seconds"]["run"] >= 1.5
+        assert report["seconds"]["connect"] > 0  # from the command's start to the package's first byte
         assert f"complete on worker {report['worker_id']}" in stderr
         reports.append((report, stderr))
 
