@@ -106,14 +106,18 @@ async def quiet() -> None:
     await settle()
 
 
-async def spawn(role: str, *args: str, stdin: bool = False, prefix: list[str] = ()) -> asyncio.subprocess.Process:
-    """A child ``run.py --child ROLE``; ``prefix`` runs it elsewhere (``ip netns exec NS``)."""
-    command = [*prefix, sys.executable, str(HERE / "run.py"), "--child", role, *args]
+async def spawn(
+    role: str, *args: str, stdin: bool = False, prefix: list[str] = (), root: Path | None = None
+) -> asyncio.subprocess.Process:
+    """A child ``run.py --child ROLE``; ``prefix`` runs it elsewhere (``ip netns exec NS``);
+    ``root``: another source tree's benchmarks and rtcxfer (an older commit's, say)."""
+    root = root or HERE.parent
+    command = [*prefix, sys.executable, str(root / "benchmarks" / "run.py"), "--child", role, *args]
     return await asyncio.create_subprocess_exec(
         *command,
         stdout=subprocess.PIPE,
         stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])},
     )
 
 
@@ -542,7 +546,11 @@ def main() -> None:
         help="--two-host: instead, the scp workflow against rtcxfer submit end to end (two_host_scp.py)",
     )
     parser.add_argument("--scp-sizes", default="256,1024", help="--vs-scp: package sizes in MiB (default 256,1024)")
-    parser.add_argument("--baseline", metavar="REV", help="--two-host: also run rtc-chunked from commit REV's tree")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="--two-host: rtc-chunked of this tree against commit REV's (with --vs-scp: also end to end)",
+    )
     args = parser.parse_args()
     if not args.two_host:
         args.rounds = args.rounds or (1 if args.quick else 5)
@@ -562,6 +570,10 @@ def main() -> None:
             from two_host_scp import scp_main
 
             asyncio.run(scp_main(args, workdir))
+        elif args.two_host and args.baseline:
+            from two_host_chunked import chunked_main
+
+            asyncio.run(chunked_main(args, workdir))
         elif args.two_host:
             from two_host import two_host_main
 

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import attrs
 from run import MiB, Table, quiet
+from two_host_chunked import baseline_tree
 
 from rtcxfer.testing.cluster import Cluster, start_cluster
 from rtcxfer.testing.processes import cli_command, cli_environment
@@ -252,16 +253,6 @@ def submit_case(cluster: Cluster, worker_pid: int, bed, package: Path, workdir: 
         report["seconds"],
         f"{report['input_transport']}/{report['results_transport']}",
     )
-
-
-def baseline_tree(rev: str, workdir: Path) -> Path:
-    """The source tree of commit ``rev`` of this repository, extracted under ``workdir``."""
-    root = Path(__file__).resolve().parent.parent
-    target = workdir / f"baseline-{rev}"
-    target.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "-C", str(root), "archive", rev], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-    return target
 
 
 async def scp_main(args, workdir: Path) -> None:
