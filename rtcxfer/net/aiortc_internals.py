@@ -548,14 +548,23 @@ def tuning_unsupported_reason() -> str | None:
         function = getattr(sctp_class, name, None)
         if function is None or "USERDATA_MAX_LENGTH" not in function.__code__.co_names:
             return f"RTCSctpTransport.{name} does not size packets by USERDATA_MAX_LENGTH"
-    for name in ("_handle_data", "_send_chunk", "_receive_chunk"):
+    for name in ("_handle_data", "_send_chunk", "_receive_chunk", "_send_sack"):
         if not callable(getattr(sctp_class, name, None)):
             return f"RTCSctpTransport has no {name}"
+    if not {"_sack_needed", "_sack_misordered", "_sack_duplicates"} <= set(sctp_class._send_sack.__code__.co_names):
+        return "RTCSctpTransport._send_sack does not read _sack_needed, _sack_misordered and _sack_duplicates"
     for name in _DTLS_METHODS:
         function = getattr(dtls_class, name, None)
         if function is None or function.__code__.co_consts.count(_AIORTC_DTLS_BUFFER) != 1:
             return f"RTCDtlsTransport.{name} does not read {_AIORTC_DTLS_BUFFER}-byte buffers"
     return None
+
+
+#: Between two rtcxfer peers, a SACK for every this many packets received (RFC 9260 section 6.2:
+#: "SHOULD generate a SACK for at least every second packet"; aiortc sends one for every packet),
+#: at once when a gap or a duplicate shows, and at most :data:`SACK_DELAY` seconds late.
+SACKS_EVERY = 2
+SACK_DELAY = 0.02
 
 
 def tuning_supported() -> bool:
@@ -721,6 +730,12 @@ class PacketSizer:
         self._probes: dict[bytes, tuple[int, asyncio.Future]] = {}
         self._piece_numbers = itertools.count()
         self._joining: OrderedDict[int, list[bytes | None]] = OrderedDict()
+        #: Packets received that called for a SACK, and SACKs sent (with large packets on).
+        self.packets_to_acknowledge = 0
+        self.sacks_sent = 0
+        #: Packets received since our last SACK, and the timer or task that sends a late one.
+        self._unacknowledged = 0
+        self._late_sack: asyncio.TimerHandle | asyncio.Task | None = None
 
     # -- state
 
@@ -829,6 +844,49 @@ class PacketSizer:
         sctp._send_chunk = _send_chunk
         sctp._receive_chunk = _receive_chunk
         sctp._t3_expired = _t3
+        sctp._send_sack = self._delayed_sack(sctp._send_sack)
+
+    # -- acknowledgements: one SACK for every second packet, as RFC 9260 allows
+
+    def _delayed_sack(self, send_sack: Callable[[], Any]) -> Callable[[], Any]:
+        """aiortc's ``_send_sack`` (called after every packet that needs one) made to send at
+        once only every :data:`SACKS_EVERY` packets, or when a gap or a duplicate shows; the
+        others within :data:`SACK_DELAY` seconds. Each SACK costs both sides a DTLS record and
+        a datagram: half as many SACKs are a large share of the per-packet work."""
+        sctp = self._sctp
+
+        async def delayed() -> None:
+            self.packets_to_acknowledge += 1
+            self._unacknowledged += 1
+            if self._unacknowledged >= SACKS_EVERY or sctp._sack_misordered or sctp._sack_duplicates:
+                await acknowledge()
+            elif self._late_sack is None:
+                self._late_sack = asyncio.get_running_loop().call_later(SACK_DELAY, late)
+
+        async def acknowledge() -> None:
+            self._unacknowledged = 0
+            if isinstance(self._late_sack, asyncio.TimerHandle):
+                self._late_sack.cancel()
+                self._late_sack = None
+            self.sacks_sent += 1
+            await send_sack()
+
+        def late() -> None:
+            self._late_sack = asyncio.get_running_loop().create_task(late_sack())
+
+        async def late_sack() -> None:
+            try:
+                if sctp._sack_needed and self._established():
+                    self._unacknowledged = 0
+                    self.sacks_sent += 1
+                    await send_sack()
+            except ConnectionError as error:  # DTLS closed under it: the connection is ending
+                logger.debug("late SACK not sent: {}", error)
+            finally:
+                if self._late_sack is asyncio.current_task():
+                    self._late_sack = None
+
+        return delayed
 
     # -- pieces: packets larger than the datagrams the path is known to carry
 
@@ -874,7 +932,7 @@ class PacketSizer:
         self._task = asyncio.get_running_loop().create_task(self._probe_loop())
 
     def close(self) -> None:
-        for task in (self._task, self._check):
+        for task in (self._task, self._check, self._late_sack):
             if task is not None:
                 task.cancel()
         for _, future in self._probes.values():
