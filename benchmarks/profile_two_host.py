@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import secrets
 import shutil
 import sys
@@ -68,6 +69,8 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> None:
             common = ["--url", url, "--room", room, "--loop", args.loop, "--any-interface"]
 
             def sampled(side: str) -> list[str]:
+                if args.cprofile:
+                    return []  # the children write cProfile files (RTCXFER_BENCH_PROFILE)
                 flags = ["--native"] if args.native else []
                 return [pyspy, "record", "--format", "raw", "--rate", "250", *flags, "-o", str(out / f"{side}.txt"),
                         "--", ]  # fmt: skip
@@ -91,6 +94,13 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> None:
         f"rtc-chunked {args.size} MiB ({bed.describe()}): {mbps(sent):.1f} MB/s; CPU seconds sender "
         f"{sent['cpu_seconds']:.2f}, receiver {received['cpu_seconds']:.2f}"
     )
+    if args.cprofile:
+        import pstats
+
+        for path in sorted(out.glob("chunked-*.prof")):
+            print(f"{path.name}:")
+            pstats.Stats(str(path)).sort_stats("tottime").print_stats(args.top)
+        return
     for side in ("sender", "receiver"):
         print(f"{side}:")
         print("\n".join(summarize(out / f"{side}.txt", args.top)))
@@ -102,9 +112,13 @@ def main() -> None:
     parser.add_argument("--rate", default=None, help="tc tbf rate on both veth ends (e.g. 1gbit)")
     parser.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
     parser.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
+    parser.add_argument("--cprofile", action="store_true", help="cProfile in the children instead of py-spy")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", default="/tmp/rtcxfer-profile")
     args = parser.parse_args()
+    if args.cprofile:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        os.environ["RTCXFER_BENCH_PROFILE"] = str(Path(args.out).resolve())
     workdir = Path(tempfile.mkdtemp(prefix="rtcxfer-profile-"))
     try:
         asyncio.run(main_async(args, workdir))
