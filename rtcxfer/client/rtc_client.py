@@ -382,6 +382,11 @@ class RTCClient:
             if name not in theirs:
                 self.unusable_transports[name] = "the worker does not offer it (not installed or not configured there)"
                 continue
+            if self.forced_transport is not None and name != self.forced_transport:
+                # Nothing is connected for a transport this session will not use (direct's
+                # negotiation opens a TLS connection).
+                self.unusable_transports[name] = f"not negotiated: this client forces {self.forced_transport}"
+                continue
             why = ""
             try:
                 usable = await self.transports[name].negotiate()
