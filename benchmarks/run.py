@@ -4,6 +4,8 @@
     python benchmarks/run.py --quick      # 1 round, smaller files, no 1 GiB rtc-chunked
     python benchmarks/run.py --rounds 5   # more rounds
     python benchmarks/run.py --two-host   # instead: two network namespaces (root; two_host.py)
+    python benchmarks/run.py --two-host --vs-scp [--quick]   # scp up, ssh run, scp back vs submit (two_host_scp.py)
+    python benchmarks/run.py --two-host --baseline REV       # rtc-chunked against commit REV's (two_host_chunked.py)
 
 Every case runs in child processes (this script with ``--child ROLE``, see ``_children.py``)
 that connect through a signaling server this process runs on 127.0.0.1: two processes per
