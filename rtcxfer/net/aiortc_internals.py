@@ -489,10 +489,17 @@ STOCK_PACKET_SIZE = getattr(
 """aiortc's own SCTP packet size, which every path carries: 1189 bytes from aiortc 1.16 on (it
 fits the minimum IPv6 MTU), 1228 before (1200 bytes of user data)."""
 
-MAX_PACKET_SIZE = 16384
-"""DTLS carries at most 2**14 plaintext bytes in one record: the most one datagram can hold."""
+RECORD_SIZE = 16384
+"""DTLS carries at most 2**14 plaintext bytes in one record."""
 
-PROBE_SIZES = (16384, 8192, 4096, 1400)
+MAX_PACKET_SIZE = 65024
+"""The largest SCTP packet two rtcxfer peers send: four DTLS records in one UDP datagram (DTLS
+allows several records in a datagram, RFC 6347 section 4.1.1), whose plaintexts the receiver
+joins into the packet. 65024 bytes and four records' overhead (at most 65 bytes each) stay
+under UDP's 65507. A peer that advertises 16384 (rtcxfer before this) gets one record per
+datagram, as before."""
+
+PROBE_SIZES = (MAX_PACKET_SIZE, 16384, 8192, 4096, 1400)
 """Sizes probed, largest first. 1400 still fits a 1500-byte MTU with IPv4 or IPv6, UDP and DTLS
 overhead (37 bytes for AES-GCM) around it: on a path that drops fragments, the most it carries."""
 
@@ -528,9 +535,9 @@ _PROBE_OVERHEAD = 20
 _PIECE_MAGIC = b"\x00\x00rx"
 _PIECE_HEADER = struct.Struct("!4sIBB")
 _PIECES_KEPT = 32  # packets being joined at once; older ones are given up (SCTP resends)
-# Pieces of one packet: a 16 KiB packet cut to the stock size needs 15. With these limits a
-# peer can make us hold at most 32 * 16 * 16 KiB = 8 MiB of pieces.
-_MAX_PIECES = 16
+# Pieces of one packet: a 65024-byte packet cut to 1400-byte datagrams needs 47, to the stock
+# size 57. With these limits a peer can make us hold at most 32 * 64 * 16 KiB = 32 MiB of pieces.
+_MAX_PIECES = 64
 
 
 def tuning_unsupported_reason() -> str | None:
@@ -557,6 +564,9 @@ def tuning_unsupported_reason() -> str | None:
         function = getattr(dtls_class, name, None)
         if function is None or function.__code__.co_consts.count(_AIORTC_DTLS_BUFFER) != 1:
             return f"RTCDtlsTransport.{name} does not read {_AIORTC_DTLS_BUFFER}-byte buffers"
+    send_data = getattr(dtls_class, "_send_data", None)
+    if send_data is None or "_ssl" not in send_data.__code__.co_names or not hasattr(aiortc.rtcdtlstransport, "SSL"):
+        return "RTCDtlsTransport._send_data does not write through _ssl (pyOpenSSL)"
     return None
 
 
@@ -646,6 +656,7 @@ def widen_dtls_buffers(dtls: Any, size: int = _DTLS_BUFFER) -> None:
         for name in _DTLS_METHODS:
             function = getattr(type(dtls), name)
             setattr(dtls, name, types.MethodType(_clone(function, buffer=size), dtls))
+        _records_in_one_datagram(dtls)
         dtls._rtcxfer_buffer = size
 
     if dtls.state == "connected":
@@ -657,6 +668,72 @@ def widen_dtls_buffers(dtls: Any, size: int = _DTLS_BUFFER) -> None:
             widen()
 
     dtls.on("statechange", on_state)
+
+
+_DTLS_RECORD_HEADER = 13  # content type, version, epoch, sequence number, length (RFC 6347 4.1)
+
+
+def _split_records(datagram: bytes) -> list[bytes]:
+    """The DTLS records of one datagram, by their headers' lengths; the datagram whole when
+    they do not add up (OpenSSL then judges it, as it would have)."""
+    records = []
+    at = 0
+    while at + _DTLS_RECORD_HEADER <= len(datagram):
+        end = at + _DTLS_RECORD_HEADER + int.from_bytes(datagram[at + 11 : at + 13], "big")
+        if end > len(datagram):
+            return [datagram]
+        records.append(datagram[at:end])
+        at = end
+    return records if at == len(datagram) and records else [datagram]
+
+
+def _records_in_one_datagram(dtls: Any) -> None:
+    """One SCTP packet of up to :data:`MAX_PACKET_SIZE` bytes as several DTLS records in one
+    datagram: sent as consecutive records that one ``_write_ssl`` (widened) flushes at once; read
+    back record by record (OpenSSL reads a memory BIO in pieces of one record's buffer, which
+    would cut the second record of a datagram) and joined into the packet (aiortc reads one
+    record per datagram). Only between two rtcxfer peers: a peer gets packets above one record
+    only when it advertised that it reads them, and datagrams are read as packets of several
+    records only from a peer that advertised it sends them (:meth:`PacketSizer._install`);
+    from any other peer, every datagram is read as aiortc reads it."""
+    ssl = dtls._ssl
+    write_bio, read_record = ssl.bio_write, ssl.recv
+    send_one = dtls._send_data
+    pending: list[bytes] = []
+
+    def write_datagram(datagram: bytes) -> int:
+        if not getattr(dtls, "_rtcxfer_join_records", False):  # a peer that sends one record a datagram
+            return write_bio(datagram)
+        records = _split_records(datagram)
+        pending[:] = records[1:]
+        return write_bio(records[0])
+
+    def read_datagram(size: int) -> bytes:
+        if not pending:
+            return read_record(size)
+        try:
+            parts = [read_record(size)]
+            while pending:
+                write_bio(pending.pop(0))
+                parts.append(read_record(size))
+        finally:
+            pending.clear()
+        return b"".join(parts)
+
+    async def send_packet(data: bytes) -> None:
+        if len(data) <= RECORD_SIZE:
+            await send_one(data)
+            return
+        if dtls.state != "connected":
+            raise ConnectionError("Cannot send encrypted data, not connected")
+        view = memoryview(data)
+        for start in range(0, len(data), RECORD_SIZE):
+            ssl.send(view[start : start + RECORD_SIZE].tobytes())
+        await dtls._write_ssl()
+
+    ssl.bio_write = write_datagram
+    ssl.recv = read_datagram
+    dtls._send_data = send_packet
 
 
 def _widen_receive_buffers(sctp: Any) -> None:
@@ -807,6 +884,9 @@ class PacketSizer:
             setattr(sctp, name, types.MethodType(_clone(getattr(type(sctp), name), globals_=namespace), sctp))
         # aiortc starts the congestion window at 3 packets; the same at the larger size.
         sctp._cwnd = 3 * userdata
+        if self._limit > RECORD_SIZE:
+            # The peer sends packets of several DTLS records in one datagram (_records_in_one_datagram).
+            sctp.transport._rtcxfer_join_records = True
         self._globals = namespace
         self._sctp = sctp
         self._current = PacketSize(self._limit, STOCK_PACKET_SIZE, _UNDECIDED)
