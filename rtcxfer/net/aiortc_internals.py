@@ -39,20 +39,24 @@ and failures are diagnosed without the allocation's error).
 aiortc sizes every SCTP packet for a small path MTU (1189 bytes from aiortc 1.16, for the
 smallest IPv6 one; 1228 before), and each packet costs Python work on both sides (a DTLS
 record, SCTP parsing, a SACK, reassembly). Packets of one DTLS record (16 KiB) move about 10x
-the bytes per second. Between machines such a datagram leaves as IP fragments, and a path that
+the bytes per second; packets of four records in one datagram (:data:`MAX_PACKET_SIZE`,
+:func:`_records_in_one_datagram`) cost about 0.7x the CPU per byte of those again (fewer
+datagrams, wake-ups, SCTP packets and SACKs). Between machines such a datagram leaves as IP fragments, and a path that
 drops fragments (many NATs and firewalls) swallows every one of them: the association stalls.
 
 The mechanism (packetization-layer path MTU discovery, RFC 8899 section 4 for SCTP):
 
 1. A peer that reads large packets (its DTLS buffers widened, and it joins pieces, below) says
-   so in its SDP with ``a=x-rtcxfer-sctp-packet:16384``. Other endpoints ignore the unknown
+   so in its SDP with ``a=x-rtcxfer-sctp-packet:65024`` (16384 from rtcxfer before issue 25,
+   which reads one record per datagram: each side sends at most the smaller size). Other
+   endpoints ignore the unknown
    attribute (RFC 4566); without it from the remote nothing here happens, so a stock WebRTC
    peer sees no difference: no probe, no large packet. (A stock aiortc reads at most 1500 bytes
    of a DTLS record and writes a record larger than that in 1500-byte pieces, so it can neither
    take a large packet nor answer a large probe; tried on aiortc 1.16, probes of 4-16 KiB leave
    its DTLS out of step and the association stalls. Probing is therefore only for peers that
    advertise.)
-2. Two such peers send SCTP packets of 16 KiB, each in datagrams of the largest size the path
+2. Two such peers send SCTP packets of up to 65024 bytes, each in datagrams of the largest size the path
    is known to carry: a packet larger than that crosses in pieces, each its own DTLS record in
    its own datagram, which the peer joins before its SCTP sees the packet (:data:`_PIECE_MAGIC`:
    source port 0, which no SCTP packet carries). Losing a piece loses the packet, which SCTP
