@@ -5,6 +5,8 @@
     python benchmarks/run.py --rounds 5   # more rounds
     python benchmarks/run.py --two-host   # instead: two network namespaces (root; two_host.py)
     python benchmarks/run.py --signaling  # instead: signaling relay rate and latency (signaling.py)
+    python benchmarks/run.py --two-host --vs-scp [--quick]   # scp up, ssh run, scp back vs submit (two_host_scp.py)
+    python benchmarks/run.py --two-host --baseline REV       # rtc-chunked against commit REV's (two_host_chunked.py)
 
 Every case runs in child processes (this script with ``--child ROLE``, see ``_children.py``)
 that connect through a signaling server this process runs on 127.0.0.1: two processes per
@@ -107,14 +109,18 @@ async def quiet() -> None:
     await settle()
 
 
-async def spawn(role: str, *args: str, stdin: bool = False, prefix: list[str] = ()) -> asyncio.subprocess.Process:
-    """A child ``run.py --child ROLE``; ``prefix`` runs it elsewhere (``ip netns exec NS``)."""
-    command = [*prefix, sys.executable, str(HERE / "run.py"), "--child", role, *args]
+async def spawn(
+    role: str, *args: str, stdin: bool = False, prefix: list[str] = (), root: Path | None = None
+) -> asyncio.subprocess.Process:
+    """A child ``run.py --child ROLE``; ``prefix`` runs it elsewhere (``ip netns exec NS``);
+    ``root``: another source tree's benchmarks and rtcxfer (an older commit's, say)."""
+    root = root or HERE.parent
+    command = [*prefix, sys.executable, str(root / "benchmarks" / "run.py"), "--child", role, *args]
     return await asyncio.create_subprocess_exec(
         *command,
         stdout=subprocess.PIPE,
         stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])},
     )
 
 
@@ -546,6 +552,17 @@ def main() -> None:
     from signaling import add_arguments as add_signaling_arguments
 
     add_signaling_arguments(parser)
+    parser.add_argument(
+        "--vs-scp",
+        action="store_true",
+        help="--two-host: instead, the scp workflow against rtcxfer submit end to end (two_host_scp.py)",
+    )
+    parser.add_argument("--scp-sizes", default="256,1024", help="--vs-scp: package sizes in MiB (default 256,1024)")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="--two-host: rtc-chunked of this tree against commit REV's (with --vs-scp: also end to end)",
+    )
     args = parser.parse_args()
     if not (args.two_host or args.nat):
         args.rounds = args.rounds or (1 if args.quick else 5)
@@ -570,6 +587,14 @@ def main() -> None:
 
             args.rounds = args.rounds or 3
             asyncio.run(nat_main(args, workdir))
+        elif args.two_host and args.vs_scp:
+            from two_host_scp import scp_main
+
+            asyncio.run(scp_main(args, workdir))
+        elif args.two_host and args.baseline:
+            from two_host_chunked import chunked_main
+
+            asyncio.run(chunked_main(args, workdir))
         elif args.two_host:
             from two_host import two_host_main
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -69,7 +70,8 @@ from rtcxfer.cli.running import Interrupted, run_until_interrupted
     help="At the end, print one JSON object on stdout (human lines go to stderr), with the keys "
     "ok, exit_status (the job's command's; null if it did not run to an exit), submit_exit_code (this "
     "command's), job_id, worker_id, path, input_transport, results_transport (null for one that carried "
-    "nothing), bytes_sent, bytes_received, seconds (total, packing, waiting for a worker, transfer, run), "
+    "nothing), bytes_sent, bytes_received, seconds (total, packing, waiting for a worker, connect: to the "
+    "package's first byte, transfer, run), "
     "results_dir, failure.",
 )
 @click.option(
@@ -166,6 +168,7 @@ def submit(
                 pack.succeeded = code == EXIT_OK
     if as_json:
         outcome.seconds["total"] = round(time.monotonic() - outcome.started, 3)
+        outcome.seconds["connect"] = outcome.connect_seconds
         click.echo(submit_json(outcome.result, code, outcome.failure, outcome.seconds))
     sys.exit(code)
 
@@ -199,9 +202,39 @@ class _SubmitOutcome:
         #: When the command began, and where its time went (see :func:`submit_json`).
         self.started = time.monotonic()
         self.seconds: dict[str, float] = {}
+        #: When this process started (imports included) and when the package's first byte left.
+        self.process_started = _command_started()
+        self.first_byte: float | None = None
 
     def say(self, line: str) -> None:
         click.echo(line, err=self.as_json)
+
+    def watching(self, handle):
+        """``handle`` (the client's event callback), noting when the first byte goes up."""
+
+        def on_event(event) -> None:
+            if self.first_byte is None and event.kind == "transfer" and event.data.get("direction") == "up":
+                self.first_byte = time.monotonic()
+            handle(event)
+
+        return on_event
+
+    @property
+    def connect_seconds(self) -> float | None:
+        """Seconds from the command's start (the process's, imports included) to the first byte."""
+        return None if self.first_byte is None else round(self.first_byte - self.process_started, 3)
+
+
+def _command_started() -> float:
+    """When this process started, on the monotonic clock (Linux: from /proc; elsewhere: now)."""
+    try:
+        with open("/proc/self/stat") as stat:
+            # The fields after the command's name, which may contain spaces; starttime is field 22.
+            fields = stat.read().rpartition(")")[2].split()
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.monotonic()
+    return time.monotonic() - max(0.0, age)
 
 
 class _Network:
@@ -226,7 +259,7 @@ async def _submit(
             shared_storage_root=shared_root,
             results_dir=results_dir,
             transport=transport,
-            on_event=display.handle,
+            on_event=outcome.watching(display.handle),
             peer_options=network.peer_options,
         )
     except PluginError as error:
@@ -289,7 +322,7 @@ async def _submit(
 
 
 #: The keys of ``seconds`` in ``submit --json`` (each a number, or null where that phase did not happen).
-JSON_SECONDS = ("total", "packing", "waiting", "transfer", "run")
+JSON_SECONDS = ("total", "packing", "waiting", "connect", "transfer", "run")
 
 
 def submit_json(result, exit_code: int, failure: str | None = None, seconds: dict | None = None) -> str:
@@ -299,7 +332,8 @@ def submit_json(result, exit_code: int, failure: str | None = None, seconds: dic
     ``exit_status`` is the job's: its command's exit status (0 for a job that completed), null
     when the command did not run to an exit of its own; ``submit_exit_code`` is what ``submit``
     itself exits with. ``seconds``: ``total`` from the command's start to its end, ``packing``
-    a directory, ``waiting`` for a worker (the room's queue included), and of the job
+    a directory, ``waiting`` for a worker (the room's queue included), ``connect`` from the
+    process's start (imports included) to the package's first byte, and of the job
     ``transfer`` (input and results moving) and ``run`` (its command). A transport that carried
     nothing (a package not delivered, results of a failed job) is null.
     """

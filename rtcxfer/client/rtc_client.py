@@ -415,9 +415,16 @@ class RTCClient:
             raise
         theirs = set(reply.transports.split(","))
         self.session_transports = []
-        for name in offered:
+        forced = self.forced_transport
+        # The forced transport first: once it is usable, nothing is connected for the others,
+        # which this session will not use (direct's negotiation opens a TLS connection); when it
+        # is not, the others are still tried, so that the refusal can say what is usable.
+        for name in sorted(offered, key=lambda candidate: candidate != forced):
             if name not in theirs:
                 self.unusable_transports[name] = "the worker does not offer it (not installed or not configured there)"
+                continue
+            if forced is not None and name != forced and forced in self.session_transports:
+                self.unusable_transports[name] = f"not negotiated: this client forces {forced}"
                 continue
             why = ""
             try:

@@ -39,20 +39,24 @@ and failures are diagnosed without the allocation's error).
 aiortc sizes every SCTP packet for a small path MTU (1189 bytes from aiortc 1.16, for the
 smallest IPv6 one; 1228 before), and each packet costs Python work on both sides (a DTLS
 record, SCTP parsing, a SACK, reassembly). Packets of one DTLS record (16 KiB) move about 10x
-the bytes per second. Between machines such a datagram leaves as IP fragments, and a path that
+the bytes per second; packets of four records in one datagram (:data:`MAX_PACKET_SIZE`,
+:func:`_records_in_one_datagram`) cost about 0.7x the CPU per byte of those again (fewer
+datagrams, wake-ups, SCTP packets and SACKs). Between machines such a datagram leaves as IP fragments, and a path that
 drops fragments (many NATs and firewalls) swallows every one of them: the association stalls.
 
 The mechanism (packetization-layer path MTU discovery, RFC 8899 section 4 for SCTP):
 
 1. A peer that reads large packets (its DTLS buffers widened, and it joins pieces, below) says
-   so in its SDP with ``a=x-rtcxfer-sctp-packet:16384``. Other endpoints ignore the unknown
+   so in its SDP with ``a=x-rtcxfer-sctp-packet:65024`` (16384 from rtcxfer before issue 25,
+   which reads one record per datagram: each side sends at most the smaller size). Other
+   endpoints ignore the unknown
    attribute (RFC 4566); without it from the remote nothing here happens, so a stock WebRTC
    peer sees no difference: no probe, no large packet. (A stock aiortc reads at most 1500 bytes
    of a DTLS record and writes a record larger than that in 1500-byte pieces, so it can neither
    take a large packet nor answer a large probe; tried on aiortc 1.16, probes of 4-16 KiB leave
    its DTLS out of step and the association stalls. Probing is therefore only for peers that
    advertise.)
-2. Two such peers send SCTP packets of 16 KiB, each in datagrams of the largest size the path
+2. Two such peers send SCTP packets of up to 65024 bytes, each in datagrams of the largest size the path
    is known to carry: a packet larger than that crosses in pieces, each its own DTLS record in
    its own datagram, which the peer joins before its SCTP sees the packet (:data:`_PIECE_MAGIC`:
    source port 0, which no SCTP packet carries). Losing a piece loses the packet, which SCTP
@@ -489,10 +493,17 @@ STOCK_PACKET_SIZE = getattr(
 """aiortc's own SCTP packet size, which every path carries: 1189 bytes from aiortc 1.16 on (it
 fits the minimum IPv6 MTU), 1228 before (1200 bytes of user data)."""
 
-MAX_PACKET_SIZE = 16384
-"""DTLS carries at most 2**14 plaintext bytes in one record: the most one datagram can hold."""
+RECORD_SIZE = 16384
+"""DTLS carries at most 2**14 plaintext bytes in one record."""
 
-PROBE_SIZES = (16384, 8192, 4096, 1400)
+MAX_PACKET_SIZE = 65024
+"""The largest SCTP packet two rtcxfer peers send: four DTLS records in one UDP datagram (DTLS
+allows several records in a datagram, RFC 6347 section 4.1.1), whose plaintexts the receiver
+joins into the packet. 65024 bytes and four records' overhead (at most 65 bytes each) stay
+under UDP's 65507. A peer that advertises 16384 (rtcxfer before this) gets one record per
+datagram, as before."""
+
+PROBE_SIZES = (MAX_PACKET_SIZE, 16384, 8192, 4096, 1400)
 """Sizes probed, largest first. 1400 still fits a 1500-byte MTU with IPv4 or IPv6, UDP and DTLS
 overhead (37 bytes for AES-GCM) around it: on a path that drops fragments, the most it carries."""
 
@@ -528,9 +539,9 @@ _PROBE_OVERHEAD = 20
 _PIECE_MAGIC = b"\x00\x00rx"
 _PIECE_HEADER = struct.Struct("!4sIBB")
 _PIECES_KEPT = 32  # packets being joined at once; older ones are given up (SCTP resends)
-# Pieces of one packet: a 16 KiB packet cut to the stock size needs 15. With these limits a
-# peer can make us hold at most 32 * 16 * 16 KiB = 8 MiB of pieces.
-_MAX_PIECES = 16
+# Pieces of one packet: a 65024-byte packet cut to 1400-byte datagrams needs 47, to the stock
+# size 57. With these limits a peer can make us hold at most 32 * 64 * 16 KiB = 32 MiB of pieces.
+_MAX_PIECES = 64
 
 
 def tuning_unsupported_reason() -> str | None:
@@ -548,14 +559,26 @@ def tuning_unsupported_reason() -> str | None:
         function = getattr(sctp_class, name, None)
         if function is None or "USERDATA_MAX_LENGTH" not in function.__code__.co_names:
             return f"RTCSctpTransport.{name} does not size packets by USERDATA_MAX_LENGTH"
-    for name in ("_handle_data", "_send_chunk", "_receive_chunk"):
+    for name in ("_handle_data", "_send_chunk", "_receive_chunk", "_send_sack"):
         if not callable(getattr(sctp_class, name, None)):
             return f"RTCSctpTransport has no {name}"
+    if not {"_sack_needed", "_sack_misordered", "_sack_duplicates"} <= set(sctp_class._send_sack.__code__.co_names):
+        return "RTCSctpTransport._send_sack does not read _sack_needed, _sack_misordered and _sack_duplicates"
     for name in _DTLS_METHODS:
         function = getattr(dtls_class, name, None)
         if function is None or function.__code__.co_consts.count(_AIORTC_DTLS_BUFFER) != 1:
             return f"RTCDtlsTransport.{name} does not read {_AIORTC_DTLS_BUFFER}-byte buffers"
+    send_data = getattr(dtls_class, "_send_data", None)
+    if send_data is None or "_ssl" not in send_data.__code__.co_names or not hasattr(aiortc.rtcdtlstransport, "SSL"):
+        return "RTCDtlsTransport._send_data does not write through _ssl (pyOpenSSL)"
     return None
+
+
+#: Between two rtcxfer peers, a SACK for every this many packets received (RFC 9260 section 6.2:
+#: "SHOULD generate a SACK for at least every second packet"; aiortc sends one for every packet),
+#: at once when a gap or a duplicate shows, and at most :data:`SACK_DELAY` seconds late.
+SACKS_EVERY = 2
+SACK_DELAY = 0.02
 
 
 def tuning_supported() -> bool:
@@ -637,6 +660,7 @@ def widen_dtls_buffers(dtls: Any, size: int = _DTLS_BUFFER) -> None:
         for name in _DTLS_METHODS:
             function = getattr(type(dtls), name)
             setattr(dtls, name, types.MethodType(_clone(function, buffer=size), dtls))
+        _records_in_one_datagram(dtls)
         dtls._rtcxfer_buffer = size
 
     if dtls.state == "connected":
@@ -648,6 +672,72 @@ def widen_dtls_buffers(dtls: Any, size: int = _DTLS_BUFFER) -> None:
             widen()
 
     dtls.on("statechange", on_state)
+
+
+_DTLS_RECORD_HEADER = 13  # content type, version, epoch, sequence number, length (RFC 6347 4.1)
+
+
+def _split_records(datagram: bytes) -> list[bytes]:
+    """The DTLS records of one datagram, by their headers' lengths; the datagram whole when
+    they do not add up (OpenSSL then judges it, as it would have)."""
+    records = []
+    at = 0
+    while at + _DTLS_RECORD_HEADER <= len(datagram):
+        end = at + _DTLS_RECORD_HEADER + int.from_bytes(datagram[at + 11 : at + 13], "big")
+        if end > len(datagram):
+            return [datagram]
+        records.append(datagram[at:end])
+        at = end
+    return records if at == len(datagram) and records else [datagram]
+
+
+def _records_in_one_datagram(dtls: Any) -> None:
+    """One SCTP packet of up to :data:`MAX_PACKET_SIZE` bytes as several DTLS records in one
+    datagram: sent as consecutive records that one ``_write_ssl`` (widened) flushes at once; read
+    back record by record (OpenSSL reads a memory BIO in pieces of one record's buffer, which
+    would cut the second record of a datagram) and joined into the packet (aiortc reads one
+    record per datagram). Only between two rtcxfer peers: a peer gets packets above one record
+    only when it advertised that it reads them, and datagrams are read as packets of several
+    records only from a peer that advertised it sends them (:meth:`PacketSizer._install`);
+    from any other peer, every datagram is read as aiortc reads it."""
+    ssl = dtls._ssl
+    write_bio, read_record = ssl.bio_write, ssl.recv
+    send_one = dtls._send_data
+    pending: list[bytes] = []
+
+    def write_datagram(datagram: bytes) -> int:
+        if not getattr(dtls, "_rtcxfer_join_records", False):  # a peer that sends one record a datagram
+            return write_bio(datagram)
+        records = _split_records(datagram)
+        pending[:] = records[1:]
+        return write_bio(records[0])
+
+    def read_datagram(size: int) -> bytes:
+        if not pending:
+            return read_record(size)
+        try:
+            parts = [read_record(size)]
+            while pending:
+                write_bio(pending.pop(0))
+                parts.append(read_record(size))
+        finally:
+            pending.clear()
+        return b"".join(parts)
+
+    async def send_packet(data: bytes) -> None:
+        if len(data) <= RECORD_SIZE:
+            await send_one(data)
+            return
+        if dtls.state != "connected":
+            raise ConnectionError("Cannot send encrypted data, not connected")
+        view = memoryview(data)
+        for start in range(0, len(data), RECORD_SIZE):
+            ssl.send(view[start : start + RECORD_SIZE].tobytes())
+        await dtls._write_ssl()
+
+    ssl.bio_write = write_datagram
+    ssl.recv = read_datagram
+    dtls._send_data = send_packet
 
 
 def _widen_receive_buffers(sctp: Any) -> None:
@@ -721,6 +811,12 @@ class PacketSizer:
         self._probes: dict[bytes, tuple[int, asyncio.Future]] = {}
         self._piece_numbers = itertools.count()
         self._joining: OrderedDict[int, list[bytes | None]] = OrderedDict()
+        #: Packets received that called for a SACK, and SACKs sent (with large packets on).
+        self.packets_to_acknowledge = 0
+        self.sacks_sent = 0
+        #: Packets received since our last SACK, and the timer or task that sends a late one.
+        self._unacknowledged = 0
+        self._late_sack: asyncio.TimerHandle | asyncio.Task | None = None
 
     # -- state
 
@@ -792,6 +888,9 @@ class PacketSizer:
             setattr(sctp, name, types.MethodType(_clone(getattr(type(sctp), name), globals_=namespace), sctp))
         # aiortc starts the congestion window at 3 packets; the same at the larger size.
         sctp._cwnd = 3 * userdata
+        if self._limit > RECORD_SIZE:
+            # The peer sends packets of several DTLS records in one datagram (_records_in_one_datagram).
+            sctp.transport._rtcxfer_join_records = True
         self._globals = namespace
         self._sctp = sctp
         self._current = PacketSize(self._limit, STOCK_PACKET_SIZE, _UNDECIDED)
@@ -829,6 +928,49 @@ class PacketSizer:
         sctp._send_chunk = _send_chunk
         sctp._receive_chunk = _receive_chunk
         sctp._t3_expired = _t3
+        sctp._send_sack = self._delayed_sack(sctp._send_sack)
+
+    # -- acknowledgements: one SACK for every second packet, as RFC 9260 allows
+
+    def _delayed_sack(self, send_sack: Callable[[], Any]) -> Callable[[], Any]:
+        """aiortc's ``_send_sack`` (called after every packet that needs one) made to send at
+        once only every :data:`SACKS_EVERY` packets, or when a gap or a duplicate shows; the
+        others within :data:`SACK_DELAY` seconds. Each SACK costs both sides a DTLS record and
+        a datagram: half as many SACKs are a large share of the per-packet work."""
+        sctp = self._sctp
+
+        async def delayed() -> None:
+            self.packets_to_acknowledge += 1
+            self._unacknowledged += 1
+            if self._unacknowledged >= SACKS_EVERY or sctp._sack_misordered or sctp._sack_duplicates:
+                await acknowledge()
+            elif self._late_sack is None:
+                self._late_sack = asyncio.get_running_loop().call_later(SACK_DELAY, late)
+
+        async def acknowledge() -> None:
+            self._unacknowledged = 0
+            if isinstance(self._late_sack, asyncio.TimerHandle):
+                self._late_sack.cancel()
+                self._late_sack = None
+            self.sacks_sent += 1
+            await send_sack()
+
+        def late() -> None:
+            self._late_sack = asyncio.get_running_loop().create_task(late_sack())
+
+        async def late_sack() -> None:
+            try:
+                if sctp._sack_needed and self._established():
+                    self._unacknowledged = 0
+                    self.sacks_sent += 1
+                    await send_sack()
+            except ConnectionError as error:  # DTLS closed under it: the connection is ending
+                logger.debug("late SACK not sent: {}", error)
+            finally:
+                if self._late_sack is asyncio.current_task():
+                    self._late_sack = None
+
+        return delayed
 
     # -- pieces: packets larger than the datagrams the path is known to carry
 
@@ -874,7 +1016,7 @@ class PacketSizer:
         self._task = asyncio.get_running_loop().create_task(self._probe_loop())
 
     def close(self) -> None:
-        for task in (self._task, self._check):
+        for task in (self._task, self._check, self._late_sack):
             if task is not None:
                 task.cancel()
         for _, future in self._probes.values():

@@ -128,10 +128,11 @@ def test_eight_jobs_spread_over_three_workers_within_their_slots_and_a_drain(roo
         assert report["ok"] and report["exit_status"] == 0 and report["submit_exit_code"] == 0
         assert report["worker_id"] in room.workers
         assert report["bytes_sent"] == package.stat().st_size and report["bytes_received"] > 0
-        assert set(report["seconds"]) == {"total", "packing", "waiting", "transfer", "run"}
+        assert set(report["seconds"]) == {"total", "packing", "waiting", "connect", "transfer", "run"}
         assert report["seconds"]["run"] >= 1.5 and report["seconds"]["packing"] is None
         # The whole run, the wait for a worker (the queue) included.
         assert report["seconds"]["total"] >= report["seconds"]["waiting"] + report["seconds"]["run"]
+        assert report["seconds"]["connect"] > 0  # from the command's start to the package's first byte
         assert f"complete on worker {report['worker_id']}" in stderr
         reports.append((report, stderr))
 

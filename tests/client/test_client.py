@@ -111,6 +111,11 @@ def test_forced_transport_is_used_and_an_unusable_one_refused(shared, tmp_path):
     result = run_job(make_worker(shared, tmp_path / "work"), client, package)
     assert (result.input_transport, result.results_transport) == ("rtc-chunked", "rtc-chunked")
     assert_sample_results(result)
+    # The others were not even negotiated: nothing connected (direct's TLS) that will not be used.
+    # (A forced transport that is not usable still lets the others be tried, so that the refusal
+    # says what is usable: plugins/rtcxfer-s3's round-trip tests.)
+    assert client.session_transports == ["rtc-chunked"]
+    assert client.unusable_transports["shared-fs"] == "not negotiated: this client forces rtc-chunked"
     with pytest.raises(PluginError, match="no transport named 'carrier-pigeon'"):
         RTCClient(transport="carrier-pigeon")
     lonely = RTCClient(token=TOKEN, shared_storage_root=None, detect_shared_storage=False, results_dir=tmp_path / "r2")

@@ -493,6 +493,7 @@ def test_the_direct_records_carry_what_3_4_says(tmp_path):
 
 def test_each_side_of_a_worked_example_offers_its_own_direct_certificate():
     text = doc_text()
+    shown = 0
     for heading in ("### 9.1", "### 9.2", "### 9.3"):
         offers = {
             direction: message.split("::")[2]
@@ -500,8 +501,12 @@ def test_each_side_of_a_worked_example_offers_its_own_direct_certificate():
             for direction, message in exchange
             if message.startswith("DIRECT_OFFER::")
         }
+        if not offers:  # a job that forces another transport negotiates only that one
+            continue
+        shown += 1
         assert set(offers) == {"C->W", "W->C"}, heading
         assert offers["C->W"] != offers["W->C"], f"{heading}: both DIRECT_OFFERs show one fingerprint"
+    assert shown, "no worked example shows direct's negotiation"
 
 
 # --- point 15: a loopback-only worker and a client without a 127.0.0.1 candidate -----------

@@ -19,9 +19,10 @@ from tests.docs.doc_client import DocClient, WorkerRefused, room_token
 ROOM = "lab"
 ROOM_SECRET = "ROOMSECRET"
 WORKER_TOKEN = "worker-token-3f9a"
-# Random hex lines: the package (about 85 KB deflated) and copy/data.txt (162,500 bytes) each
-# take several chunks, so offsets past 0 cross the wire both ways.
-DATA = "".join(f"{secrets.token_hex(32)}\n" for _ in range(2500)).encode()
+# Random hex lines: the package (about 170 KB deflated) and copy/data.txt (325,000 bytes) each
+# take several chunks (this client's 64 KiB ones up, the worker's 256 KiB ones back), so offsets
+# past 0 cross the wire both ways.
+DATA = "".join(f"{secrets.token_hex(32)}\n" for _ in range(5000)).encode()
 
 
 @pytest.fixture(scope="module")

@@ -119,7 +119,7 @@ def test_transfer_id_is_deterministic_and_depends_on_direction_and_content():
 def test_part_name_stays_within_the_file_name_limit():
     assert part_name("data.zip", TID) == f".data.zip.{TID}.part"
     assert len(part_name("é" * 127, TID).encode()) <= 255  # 254 bytes of name
-    assert DEFAULT_CHUNK_SIZE + 27 == 65536
+    assert DEFAULT_CHUNK_SIZE + 27 == 262144 == MAX_CHUNK_SIZE
 
 
 # --- whole files both ways, resumed, and corrupted ------------------------------------------------

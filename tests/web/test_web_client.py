@@ -460,7 +460,7 @@ def test_the_page_speaks_the_protocol_table_it_is_served(site: Site) -> None:
     assert sorted(loaded["errorReports"]) == PROTOCOL_TABLE["error_reports"]
     assert bytes.fromhex(loaded["header"]) == pack_chunk_header("ab" * 16, 65536)
     assert loaded["parsed"] == {"transferId": "ab" * 16, "offset": 65536, "payload": [7]}
-    assert loaded["defaultChunkSize"] == 65536 - CHUNK_HEADER_SIZE
+    assert loaded["defaultChunkSize"] == 262144 - CHUNK_HEADER_SIZE
     assert page.problems == []
     page.context.close()
 

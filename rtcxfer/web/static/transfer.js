@@ -5,7 +5,7 @@ import { CHUNK_HEADER_SIZE, chunkHeader, hexToBytes, randomHex } from "./frames.
 import { Sha256, sha256OfBlob } from "./sha256.js";
 
 export const TRANSPORT = "rtc-chunked";
-export const DEFAULT_CHUNK_SIZE = 65536 - CHUNK_HEADER_SIZE;
+export const DEFAULT_CHUNK_SIZE = 262144 - CHUNK_HEADER_SIZE;  // one 256 KiB message (as rtcxfer sends)
 export const MAX_CHUNK_SIZE = 256 * 1024;
 export const MAX_OPEN_TRANSFERS = 16;
 const READ_BYTES = 1024 * 1024;
