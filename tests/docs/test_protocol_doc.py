@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +15,9 @@ from rtcxfer.testing import run_async
 from rtcxfer.testing.transcript import Transcript, record_job
 from rtcxfer.transport.host import PluginHost
 from rtcxfer.web.protocol_table import PROTOCOL_TABLE_PATH
+from tests.docs.protocol_doc import doc_text, fenced_blocks
+from tests.docs.protocol_doc import section as doc_section
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 #: The frames of the core protocol and of the built-in transports (not of installed plugins).
 BUILTIN = PluginHost(autoload=False).catalogue
 #: The machine-readable protocol table the document must agree with.
@@ -29,35 +29,8 @@ DOCUMENTED_FIELD = re.compile(r"`([a-z][a-z0-9_]*)` (token|text|int|float|hex\((
 FRAME_ROW = re.compile(r"^\| `([A-Z][A-Z0-9_]*)` \| ([^|]*) \|", re.MULTILINE)
 
 
-def _doc() -> str:
-    return DOC.read_text(encoding="utf-8")
-
-
-def _fenced_blocks(text: str) -> list[tuple[str, list[str]]]:
-    """(language, lines) of every fenced code block."""
-    blocks, language, lines = [], None, []
-    for line in text.splitlines():
-        if line.startswith("```"):
-            if language is None:
-                language, lines = line[3:].strip(), []
-            else:
-                blocks.append((language, lines))
-                language = None
-        elif language is not None:
-            lines.append(line)
-    return blocks
-
-
-def _section(text: str, heading: str) -> str:
-    """From ``heading`` to the next heading of the same or a higher level."""
-    start = text.index(heading)
-    level = len(heading) - len(heading.lstrip("#"))
-    following = re.search(rf"^#{{1,{level}}} ", text[start + len(heading):], re.MULTILINE)
-    return text[start: start + len(heading) + following.start()] if following else text[start:]
-
-
 def _documented_frame_types(text: str) -> set[str]:
-    return set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", _section(text, "### 4.2"), re.MULTILINE))
+    return set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", doc_section(text, "### 4.2"), re.MULTILINE))
 
 
 def _documented_fields(frame: str, cell: str) -> list[dict[str, object]]:
@@ -89,7 +62,7 @@ def _example_frames(text: str) -> list[str]:
     """Every concrete frame in the document's untagged code blocks (templates and diagrams,
     which hold ``<placeholders>`` or arrows, are not frames)."""
     frames = []
-    for language, lines in _fenced_blocks(text):
+    for language, lines in fenced_blocks(text):
         if language:
             continue
         for line in lines:
@@ -102,7 +75,7 @@ def _example_frames(text: str) -> list[str]:
 def _example_sequence(text: str, heading: str) -> list[tuple[str, str]]:
     """(direction, frame type or 'chunk') of the data-channel lines of one worked example."""
     sequence = []
-    for _, lines in _fenced_blocks(_section(text, heading)):
+    for _, lines in fenced_blocks(doc_section(text, heading)):
         for line in lines:
             direction, _, rest = line.partition(" ")
             if direction in ("C->W", "W->C"):
@@ -130,7 +103,7 @@ def _without_timing(sequence: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def test_the_frame_table_is_the_protocol_table() -> None:
-    rows = FRAME_ROW.findall(_section(_doc(), "### 4.2"))
+    rows = FRAME_ROW.findall(doc_section(doc_text(), "### 4.2"))
     documented = [frame for frame, _ in rows]
     assert len(documented) == len(set(documented)), "a frame type has two rows in docs/protocol.md 4.2"
     table = TABLE["frame_types"]
@@ -144,21 +117,21 @@ def test_the_frame_table_is_the_protocol_table() -> None:
 
 
 def test_the_syntax_section_gives_the_tables_kinds_and_limits() -> None:
-    section = _section(_doc(), "### 4.1")
+    section = doc_section(doc_text(), "### 4.1")
     kinds = {re.sub(r"\(N\)$", "", row[0].strip("`")): row[1] for row in _table_rows(section)}
     assert set(kinds) == set(TABLE["field_kinds"])
     assert kinds["token"] == f"`{TABLE['field_kinds']['token']['pattern']}`"
     assert f"`TYPE` matches `{TABLE['type_name_pattern']}`" in section
     assert f"the separator is exactly `{TABLE['separator']}`" in section
     assert f"A frame is at most {TABLE['max_frame_chars']} characters." in section
-    errors = " ".join(_section(_doc(), "### 4.4").split())
+    errors = " ".join(doc_section(doc_text(), "### 4.4").split())
     sentence = errors[errors.index("Error reports ("): errors.index("are never answered")]
     assert sorted(re.findall(r"`([A-Z_]+)`", sentence)) == TABLE["error_reports"]
     assert f"cut to {TABLE['max_echo_chars']} characters" in errors
 
 
 def test_the_chunk_header_section_is_the_tables_layout() -> None:
-    section = _section(_doc(), "### 5.1")
+    section = doc_section(doc_text(), "### 5.1")
     header = TABLE["chunk_header"]
     assert f"a {header['size']}-byte header" in section
     rows = _table_rows(section)
@@ -172,7 +145,7 @@ def test_the_chunk_header_section_is_the_tables_layout() -> None:
 
 
 def test_every_example_frame_decodes_and_reencodes_exactly() -> None:
-    examples = _example_frames(_doc())
+    examples = _example_frames(doc_text())
     assert len(examples) >= 40, "the examples were not found"
     for text in examples:
         assert BUILTIN.decode(text).encode() == text, text
@@ -181,10 +154,10 @@ def test_every_example_frame_decodes_and_reencodes_exactly() -> None:
 
 
 def test_every_json_example_parses_and_names_a_documented_message() -> None:
-    text = _doc()
-    signaling = _section(text, "## 1. Signaling")
+    text = doc_text()
+    signaling = doc_section(text, "## 1. Signaling")
     documented = set(re.findall(r'"type": "([a-z-]+)"', signaling))
-    examples = [line for language, lines in _fenced_blocks(text) if language == "json" for line in lines]
+    examples = [line for language, lines in fenced_blocks(text) if language == "json" for line in lines]
     assert examples
     for line in examples:
         message = json.loads(line)
@@ -207,13 +180,13 @@ def transcripts(tmp_path_factory) -> dict[str, Transcript]:
 def test_what_a_real_job_sends_is_described(transcripts, transport) -> None:
     transcript = transcripts[transport]
     assert transcript.result is not None and transcript.result.ok, transcript.result
-    text = _doc()
+    text = doc_text()
     frame_types = _documented_frame_types(text)
     for frame in transcript.frames():
         assert frame.split("::")[0] in frame_types, frame
     for chunk in transcript.chunks():
         unpack_chunk(chunk)  # the documented header, or FrameDecodeError
-    signaling = _section(text, "## 1. Signaling")
+    signaling = doc_section(text, "## 1. Signaling")
     for message in transcript.signaling():
         assert f'"type": "{message["type"]}"' in signaling, message
         payload = message.get("payload")
@@ -225,7 +198,7 @@ def test_what_a_real_job_sends_is_described(transcripts, transport) -> None:
     ("transport", "heading"), [("rtc-chunked", "### 9.1"), ("shared-fs", "### 9.2"), ("direct", "### 9.3")]
 )
 def test_worked_example_is_the_sequence_of_a_real_run(transcripts, transport, heading) -> None:
-    documented = _example_sequence(_doc(), heading)
+    documented = _example_sequence(doc_text(), heading)
     assert documented, f"no worked example under {heading}"
     recorded = _recorded_sequence(transcripts[transport])
     assert _without_timing(documented) == _without_timing(recorded)
@@ -234,7 +207,7 @@ def test_worked_example_is_the_sequence_of_a_real_run(transcripts, transport, he
 def test_the_authentication_test_vector_is_what_rtcxfer_computes() -> None:
     from rtcxfer.protocol import auth
 
-    section = _section(_doc(), "### 3.1")
+    section = doc_section(doc_text(), "### 3.1")
     transcript = auth.Transcript("11" * 32, "22" * 32, ":".join(["AA"] * 32), ":".join(["BB"] * 32),
                                  "shared-fs,direct,rtc-chunked")
     assert f"client proof: {auth.client_proof('s3cret', transcript)}" in section
@@ -250,7 +223,7 @@ def test_the_documented_turn_credentials_are_those_of_the_documented_secret() ->
     import hashlib
     import hmac
 
-    doc = _doc()
+    doc = doc_text()
     assert "the credentials in the examples above are those of the secret `north-wind`" in doc
     credentials = []
     for line in re.findall(r'^\{"type": "(?:registered|ice-servers)".*"ice_servers".*$', doc, re.M):
