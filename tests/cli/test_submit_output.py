@@ -141,7 +141,7 @@ def test_json_of_a_failed_job_gives_its_exit_status_and_names_no_results_transpo
     assert report["input_transport"] == "rtc-chunked", "the package was delivered over it"
     assert report["results_transport"] is None and report["results_dir"] is None, "no results came back"
     assert "job exited with code 4" in report["failure"]
-    assert set(report["seconds"]) == {"total", "packing", "waiting", "transfer", "run"}
+    assert set(report["seconds"]) == {"total", "connect", "packing", "waiting", "transfer", "run"}
     assert report["seconds"]["packing"] is None and report["seconds"]["waiting"] > 0
 
     ok = rtcxfer(lab, "submit", str(build_sample_package(tmp_path / "ok.zip")), "--json", cwd=tmp_path)
