@@ -42,6 +42,27 @@ def replica(redis: RedisServer, **options) -> SignalingServer:
     return SignalingServer("127.0.0.1", 0, redis_url=redis.url, **options)
 
 
+async def counted(redis: RedisServer, kind: str, expected: int) -> None:
+    """Wait until the replicas' ``kind`` counts (``conns``, ``unreg``) of 127.0.0.1 add up to
+    ``expected``: a replica counts a socket once its WebSocket is open, so a test's next socket
+    may reach another replica before the count does."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(redis.url)
+    try:
+        total = None
+        for _ in range(int(STEP / 0.02)):
+            total = 0
+            async for key in client.scan_iter(f"rtcxfer:{kind}:*"):
+                total += int(await client.hget(key, "127.0.0.1") or 0)
+            if total == expected:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{kind} of 127.0.0.1: {total}, not {expected}")
+    finally:
+        await client.aclose()
+
+
 @needs_redis
 def test_a_peer_on_one_replica_is_seen_reached_and_followed_from_another(redis: RedisServer) -> None:
     @async_test(30.0)
@@ -107,13 +128,16 @@ def test_ids_room_places_and_per_address_caps_hold_across_replicas(redis: RedisS
                     assert full.value.code == "room-full"
                     # Three sockets from 127.0.0.1 on A and B; a fourth is the last one allowed.
                     fourth = await raw(b)
+                    await counted(redis, "conns", 4)
                     fifth = await raw(a)
                     reply = await fifth.recv()
                     assert '"server-full"' in reply
                     await assert_closed(fifth, 1013)
                     await fourth.close()
                 # Unregistered sockets: two at most from one address, counted across replicas.
+                await counted(redis, "conns", 1)
                 idle = [await raw(a), await raw(b)]
+                await counted(redis, "unreg", 2)
                 third = await raw(b)
                 assert '"server-full"' in await third.recv()
                 for ws in idle:
