@@ -124,6 +124,7 @@ __all__ = [
     "ATTRIBUTE",
     "MAX_PACKET_SIZE",
     "PROBE_SIZES",
+    "RECORD_SIZE",
     "STOCK_PACKET_SIZE",
     "PacketSize",
     "PacketSizer",
@@ -839,9 +840,22 @@ class PacketSizer:
         await asyncio.wait_for(self._settled.wait(), timeout)
         return self._current
 
+    def _packet_for(self, datagram: int) -> int:
+        """The SCTP packet size to send where the path carries datagrams of ``datagram`` bytes:
+        the largest the peer reads when one datagram carries it; else at most one DTLS record's.
+        A packet that crosses in pieces is lost whole with any one of them, and its resend is as
+        many pieces again: through a TURN relay under load, eight pieces a packet stalled
+        transfers on retransmission timeouts where two did not."""
+        return self._limit if datagram >= self._limit else min(self._limit, RECORD_SIZE)
+
     def _decide(self, datagram: int, reason: str, *, settle: bool = True) -> None:
         """Use datagrams of up to ``datagram`` bytes (the path carries them) from now on."""
-        packet = self._limit if self._globals is not None else STOCK_PACKET_SIZE
+        if self._globals is not None:
+            packet = self._packet_for(datagram)
+            # New messages are cut into chunks of this size; those queued already go in pieces.
+            self._globals["USERDATA_MAX_LENGTH"] = userdata_max_length(packet)
+        else:
+            packet = STOCK_PACKET_SIZE
         decision = PacketSize(packet, min(datagram, packet), reason)
         changed = decision != self._current
         self._current = decision
@@ -882,7 +896,7 @@ class PacketSizer:
         self.prepare(sctp)
         module = aiortc.rtcsctptransport
         namespace = dict(vars(module))
-        userdata = userdata_max_length(self._limit)
+        userdata = userdata_max_length(self._packet_for(STOCK_PACKET_SIZE))
         namespace["USERDATA_MAX_LENGTH"] = userdata
         for name in _SCTP_METHODS:
             setattr(sctp, name, types.MethodType(_clone(getattr(type(sctp), name), globals_=namespace), sctp))
@@ -893,7 +907,7 @@ class PacketSizer:
             sctp.transport._rtcxfer_join_records = True
         self._globals = namespace
         self._sctp = sctp
-        self._current = PacketSize(self._limit, STOCK_PACKET_SIZE, _UNDECIDED)
+        self._current = PacketSize(self._packet_for(STOCK_PACKET_SIZE), STOCK_PACKET_SIZE, _UNDECIDED)
         sizer = self
         handle_data = sctp._handle_data
         send_chunk = sctp._send_chunk

@@ -77,11 +77,11 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import attrs
 
 from rtcxfer.testing import two_hosts
+from rtcxfer.testing.namespace_host import InNamespace, end_process
 
 __all__ = [
     "NAME_PREFIX",
@@ -218,18 +218,8 @@ def remove_stale_beds() -> list[str]:
     return removed
 
 
-def _end(process: subprocess.Popen, grace: float) -> None:
-    if process.poll() is None:
-        process.terminate()
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(grace)
-
-
 @attrs.define
-class Host:
+class Host(InNamespace):
     """One namespace of a bed: ``name`` is its role (``client``, ``worker``, ``public``,
     ``client-router``, ``worker-router``), ``address`` the one its services listen on (a
     router's: its public one)."""
@@ -238,41 +228,6 @@ class Host:
     namespace: str
     address: str
     _processes: list[subprocess.Popen] = attrs.field(factory=list, repr=False)
-
-    @property
-    def prefix(self) -> list[str]:
-        """The command prefix that runs a program in this namespace (``ip netns exec NS``)."""
-        return ["ip", "netns", "exec", self.namespace]
-
-    def command(self, command: Sequence[str]) -> list[str]:
-        return [*self.prefix, *command]
-
-    def run(self, command: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess:
-        """``subprocess.run`` of ``command`` inside this namespace (same keyword arguments)."""
-        return subprocess.run(self.command(command), **kwargs)
-
-    def wrapper(self, directory: str | os.PathLike[str], name: str, program: str | os.PathLike[str]) -> Path:
-        """An executable ``directory/name`` that runs ``program`` with its arguments inside this
-        namespace (``exec`` all the way down), for wherever a program path is expected: a
-        browser's for playwright's ``executable_path``, a python for ``CliProcess``."""
-        path = Path(directory) / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f'#!/bin/sh\nexec ip netns exec {self.namespace} {os.fspath(program)} "$@"\n')
-        path.chmod(0o755)
-        return path
-
-    def spawn(self, command: Sequence[str], **kwargs: Any) -> subprocess.Popen:
-        """``subprocess.Popen`` of ``command`` inside this namespace; ended when the bed closes."""
-        process = subprocess.Popen(self.command(command), **kwargs)
-        self._processes.append(process)
-        return process
-
-    def _end_processes(self, grace: float = 5.0) -> None:
-        for process in self._processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in self._processes:
-            _end(process, grace)
 
 
 @attrs.define
@@ -390,7 +345,7 @@ class TurnServer:
         return self.process.poll() is None
 
     def stop(self, grace: float = 5.0) -> None:
-        _end(self.process, grace)
+        end_process(self.process, grace)
 
     def __enter__(self) -> TurnServer:
         return self
@@ -523,7 +478,7 @@ class NatBed:
         for turn in self.turn_servers:
             turn.stop(grace)
         for host in self.hosts:
-            host._end_processes(grace)
+            host.end_processes(grace)
         # Whatever still runs inside was started there by the test that owns the bed.
         for name in made:
             for pid in _pids_inside(name):

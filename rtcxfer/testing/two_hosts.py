@@ -42,9 +42,10 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import attrs
+
+from rtcxfer.testing.namespace_host import InNamespace
 
 __all__ = ["NAME_PREFIX", "Host", "TwoHosts", "missing_requirements", "remove_stale_beds", "two_hosts"]
 
@@ -120,42 +121,13 @@ def remove_stale_beds() -> list[str]:
 
 
 @attrs.define
-class Host:
+class Host(InNamespace):
     """One side of a bed: a namespace, its address and its peer's."""
 
     namespace: str
     address: str
     peer_address: str
     _processes: list[subprocess.Popen] = attrs.field(factory=list, repr=False)
-
-    @property
-    def prefix(self) -> list[str]:
-        """The command prefix that runs a program in this namespace."""
-        return ["ip", "netns", "exec", self.namespace]
-
-    def command(self, command: Sequence[str]) -> list[str]:
-        return [*self.prefix, *command]
-
-    def run(self, command: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess:
-        """``subprocess.run`` of ``command`` inside this namespace (same keyword arguments)."""
-        return subprocess.run(self.command(command), **kwargs)
-
-    def spawn(self, command: Sequence[str], **kwargs: Any) -> subprocess.Popen:
-        """``subprocess.Popen`` of ``command`` inside this namespace; ended when the bed closes."""
-        process = subprocess.Popen(self.command(command), **kwargs)
-        self._processes.append(process)
-        return process
-
-    def _end_processes(self, grace: float = 5.0) -> None:
-        for process in self._processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in self._processes:
-            try:
-                process.wait(grace)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(grace)
 
 
 @attrs.define
@@ -280,6 +252,6 @@ def two_hosts(
         yield bed
     finally:
         for host in (a, b):
-            host._end_processes()
+            host.end_processes()
         for name in made:
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=_COMMAND_GUARD, check=False)

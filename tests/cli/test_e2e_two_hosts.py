@@ -14,7 +14,7 @@ import secrets
 import pytest
 
 from rtcxfer.client.sample import build_sample_package, sample_text
-from rtcxfer.net.aiortc_internals import MAX_PACKET_SIZE, STOCK_PACKET_SIZE, tuning_supported
+from rtcxfer.net.aiortc_internals import MAX_PACKET_SIZE, RECORD_SIZE, STOCK_PACKET_SIZE, tuning_supported
 from rtcxfer.testing.job_files import expected_sample_results, files_under, results_dir_of
 from rtcxfer.testing.processes import describe
 from tests.support.two_host_cluster import cluster_across, submit_from_a
@@ -45,8 +45,8 @@ def test_submit_over_rtc_chunked_between_two_hosts(two_host_bed, tmp_path, drop)
         if not tuning_supported():  # an older aiortc: stock packets, and it still works
             assert said[-1][0] == str(STOCK_PACKET_SIZE), said
         elif drop:
-            # Large packets in datagrams of one MTU at most (the verdict on the larger probes
-            # may come after this short job).
-            assert said[-1][0] == str(MAX_PACKET_SIZE) and int(said[-1][1]) <= 1400, said
+            # Packets of one DTLS record in datagrams of one MTU at most (the verdict on the
+            # larger probes may come after this short job).
+            assert said[-1][0] == str(RECORD_SIZE) and int(said[-1][1]) <= 1400, said
         else:
             assert said[-1] == (str(MAX_PACKET_SIZE), "", "path probe confirmed"), said

@@ -19,7 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from rtcxfer.net.aiortc_internals import MAX_PACKET_SIZE, STOCK_PACKET_SIZE, tuning_supported, tuning_unsupported_reason
+from rtcxfer.net.aiortc_internals import (
+    MAX_PACKET_SIZE,
+    RECORD_SIZE,
+    STOCK_PACKET_SIZE,
+    tuning_supported,
+    tuning_unsupported_reason,
+)
 from tests.support.cli import REPO
 
 PEER = Path(__file__).resolve().parent / "two_host_peer.py"
@@ -92,13 +98,13 @@ def test_packet_size_follows_the_path(two_host_bed, drop):
     sent, received = finish(sender, receiver)
     assert received["bytes"] == 4 * 1024 * 1024
     first = sent["changes"][0]
-    assert sent["settled"]["size"] == MAX_PACKET_SIZE
     if not drop:
-        assert sent["settled"]["datagram"] == MAX_PACKET_SIZE
+        assert sent["settled"]["size"] == sent["settled"]["datagram"] == MAX_PACKET_SIZE
         assert "path probe confirmed" in sent["changes"][-1]["reason"]
     else:
         # The largest probe that fits one MTU; the larger ones vanish with their fragments.
-        # Packets stay 16 KiB and cross in pieces of that size.
+        # Packets of one DTLS record (16 KiB) cross in pieces of that size.
+        assert sent["settled"]["size"] == RECORD_SIZE
         assert STOCK_PACKET_SIZE <= sent["settled"]["datagram"] <= 1400
         assert "unanswered" in sent["changes"][-1]["reason"]
     # Every verdict of the first round comes within the probe timeout, far inside 2 s.
