@@ -6,12 +6,63 @@ processes that end with the bed, and hand out a wrapper script for a program pat
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["InNamespace", "end_process"]
+__all__ = ["InNamespace", "delete_namespace", "end_process", "pids_inside", "remove_stale_namespaces"]
+
+_COMMAND_GUARD = 30.0  # seconds; ip answers in milliseconds
+
+
+def namespaces() -> list[str]:
+    """The names of every network namespace ``ip netns`` knows."""
+    listing = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, timeout=_COMMAND_GUARD, check=True
+    ).stdout
+    return [line.split()[0] for line in listing.splitlines() if line.strip()]
+
+
+def pids_inside(namespace: str) -> list[int]:
+    """The processes running in ``namespace``."""
+    listing = subprocess.run(
+        ["ip", "netns", "pids", namespace], capture_output=True, text=True, timeout=_COMMAND_GUARD, check=False
+    )
+    return [int(word) for word in listing.stdout.split() if word.isdigit()]
+
+
+def delete_namespace(name: str) -> None:
+    subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=_COMMAND_GUARD, check=False)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_namespaces(stale_name: re.Pattern[str]) -> list[str]:
+    """Delete the namespaces named by ``stale_name`` (its group 1: the pid of the process that
+    made them) whose maker no longer runs and in which nothing runs any more; their names."""
+    removed = []
+    for name in namespaces():
+        match = stale_name.match(name)
+        # Also nothing running inside: a maker in another pid namespace only looks dead.
+        if (
+            match
+            and int(match.group(1)) != os.getpid()
+            and not _pid_alive(int(match.group(1)))
+            and not pids_inside(name)
+        ):
+            delete_namespace(name)
+            removed.append(name)
+    return removed
 
 
 def end_process(process: subprocess.Popen, grace: float) -> None:

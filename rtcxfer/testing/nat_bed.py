@@ -81,7 +81,13 @@ from types import TracebackType
 import attrs
 
 from rtcxfer.testing import two_hosts
-from rtcxfer.testing.namespace_host import InNamespace, end_process
+from rtcxfer.testing.namespace_host import (
+    InNamespace,
+    delete_namespace,
+    end_process,
+    pids_inside,
+    remove_stale_namespaces,
+)
 
 __all__ = [
     "NAME_PREFIX",
@@ -175,47 +181,10 @@ def _run(command: Sequence[str], *, stdin: str | None = None) -> str:
     return result.stdout
 
 
-def _namespaces() -> list[str]:
-    return [line.split()[0] for line in _run(["ip", "netns", "list"]).splitlines() if line.strip()]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _pids_inside(namespace: str) -> list[int]:
-    listing = subprocess.run(
-        ["ip", "netns", "pids", namespace], capture_output=True, text=True, timeout=_COMMAND_GUARD, check=False
-    )
-    return [int(word) for word in listing.stdout.split() if word.isdigit()]
-
-
-def _delete_namespace(name: str) -> None:
-    subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=_COMMAND_GUARD, check=False)
-
-
 def remove_stale_beds() -> list[str]:
     """Delete the namespaces of NAT beds whose making process no longer runs and in which
     nothing runs any more; return their names."""
-    removed = []
-    for name in _namespaces():
-        match = _STALE_NAME.match(name)
-        # Also nothing running inside: a maker in another pid namespace only looks dead.
-        if (
-            match
-            and int(match.group(1)) != os.getpid()
-            and not _pid_alive(int(match.group(1)))
-            and not _pids_inside(name)
-        ):
-            _delete_namespace(name)
-            removed.append(name)
-    return removed
+    return remove_stale_namespaces(_STALE_NAME)
 
 
 @attrs.define
@@ -481,11 +450,11 @@ class NatBed:
             host.end_processes(grace)
         # Whatever still runs inside was started there by the test that owns the bed.
         for name in made:
-            for pid in _pids_inside(name):
+            for pid in pids_inside(name):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         for name in made:
-            _delete_namespace(name)
+            delete_namespace(name)
 
 
 def _sysctl(host: Host, *settings: str) -> None:

@@ -45,7 +45,7 @@ from collections.abc import Iterator, Sequence
 
 import attrs
 
-from rtcxfer.testing.namespace_host import InNamespace
+from rtcxfer.testing.namespace_host import InNamespace, delete_namespace, remove_stale_namespaces
 
 __all__ = ["NAME_PREFIX", "Host", "TwoHosts", "missing_requirements", "remove_stale_beds", "two_hosts"]
 
@@ -78,46 +78,10 @@ def _run(command: Sequence[str], *, stdin: str | None = None) -> None:
         raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}")
 
 
-def _namespaces() -> list[str]:
-    listing = subprocess.run(
-        ["ip", "netns", "list"], capture_output=True, text=True, timeout=_COMMAND_GUARD, check=True
-    ).stdout
-    return [line.split()[0] for line in listing.splitlines() if line.strip()]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _processes_inside(namespace: str) -> bool:
-    listing = subprocess.run(
-        ["ip", "netns", "pids", namespace], capture_output=True, text=True, timeout=_COMMAND_GUARD, check=False
-    )
-    return bool(listing.stdout.strip())
-
-
 def remove_stale_beds() -> list[str]:
     """Delete the namespaces of beds whose making process no longer runs and in which nothing
     runs any more; return their names."""
-    removed = []
-    for name in _namespaces():
-        match = _STALE_NAME.match(name)
-        # Also nothing running inside: a maker in another pid namespace only looks dead.
-        if (
-            match
-            and int(match.group(1)) != os.getpid()
-            and not _pid_alive(int(match.group(1)))
-            and not _processes_inside(name)
-        ):
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=_COMMAND_GUARD, check=False)
-            removed.append(name)
-    return removed
+    return remove_stale_namespaces(_STALE_NAME)
 
 
 @attrs.define
@@ -254,4 +218,4 @@ def two_hosts(
         for host in (a, b):
             host.end_processes()
         for name in made:
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=_COMMAND_GUARD, check=False)
+            delete_namespace(name)

@@ -84,8 +84,8 @@ def descriptions(draw: st.DrawFn) -> dict[str, Any]:
 
 WORKER_DESCRIPTION = st.none() | descriptions()
 ICE_SERVERS = st.lists(
-    st.builds(IceServer, st.sampled_from(["stun:a", ["stun:b:19302", "stun:[::1]"]]))
-    | st.builds(IceServer, st.sampled_from(["turn:t", ["turn:t?transport=tcp", "turns:[2001:db8::7]"]]),
+    st.builds(IceServer, st.sampled_from(["stun:host-a", ["stun:host-b:19302", "stun:[::1]"]]))
+    | st.builds(IceServer, st.sampled_from(["turn:host-t", ["turn:host-t?transport=tcp", "turns:[2001:db8::7]"]]),
                 PRINTABLE, PRINTABLE),
     max_size=3,
 )
@@ -131,9 +131,11 @@ MESSAGE_LIKE = JSON | st.fixed_dictionaries(
         "description": JSON | descriptions(),
         "code": JSON,
         "message": JSON,
-        "ice_servers": JSON | st.lists(st.fixed_dictionaries({"urls": JSON | st.sampled_from(["stun:a", ["turn:b"]])},
-                                                             optional={"username": JSON, "credential": JSON}),
-                                       max_size=2),
+        "ice_servers": JSON | st.lists(
+            st.fixed_dictionaries({"urls": JSON | st.sampled_from(["stun:host-a", ["turn:host-b"]])},
+                                  optional={"username": JSON, "credential": JSON}),
+            max_size=2,
+        ),
     },
 )
 #: Any text a socket might deliver: arbitrary strings, bytes, JSON, and message-like JSON.
