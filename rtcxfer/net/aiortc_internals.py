@@ -508,9 +508,10 @@ datagram, as before."""
 
 RELAY_PACKET_SIZE = 16320
 """The largest SCTP packet a TURN relay is known to pass in one datagram: coturn 4.6.1 relays
-ChannelData of at most 16380 bytes (measured on the NAT bed: 16380 crosses, 16384 is dropped
-without a word, both directions, over UDP and TCP), and 16320 bytes with DTLS's 37 (AES-GCM)
-stay under it. 16384-byte packets would cross there only in two 8 KiB pieces."""
+ChannelData of at most 16380 bytes (measured on the NAT bed, ``tests/net/test_relayed_sends.py``:
+16380 crosses; a larger datagram is dropped without a word, or cut to 16380 bytes on its way to a
+client over TCP), and 16320 bytes with DTLS's 37 (AES-GCM) stay under it. 16384-byte packets
+would cross there only in two 8 KiB pieces."""
 
 PROBE_SIZES = (MAX_PACKET_SIZE, RECORD_SIZE, RELAY_PACKET_SIZE, 8192, 4096, 1400)
 """Sizes probed, largest first. 1400 still fits a 1500-byte MTU with IPv4 or IPv6, UDP and DTLS
@@ -1166,7 +1167,10 @@ class PacketSizer:
             larger = tuple(size for size in PROBE_SIZES if size > self._current.datagram)
             best = await self.probe(larger) if larger else None
             unanswered = [size for size in larger if best is None or size > best]
-            lost = f"probes of {min(unanswered, default=0)} bytes and more unanswered: the path drops IP fragments?"
+            lost = (
+                f"probes of {min(unanswered, default=0)} bytes and more unanswered: "
+                "a path that drops IP fragments, or a TURN relay's limit"
+            )
             if best is not None and best >= self._current.datagram:
                 self._decide(best, "path probe confirmed" + (f"; {lost}" if unanswered else ""))
             elif not self._settled.is_set():

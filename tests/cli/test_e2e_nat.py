@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from rtcxfer.client.sample import build_sample_package, sample_text
+from rtcxfer.net.aiortc_internals import RELAY_PACKET_SIZE, tuning_supported
 from rtcxfer.protocol.ice import turn_rest_credential
 from rtcxfer.testing.job_files import expected_sample_results, files_under
 from rtcxfer.testing.nat_bed import NatKind
@@ -47,6 +48,13 @@ def assert_job_done(submitted, data: bytes) -> None:
     assert submitted.run.returncode == 0, submitted.describe()
     assert submitted.report["ok"], submitted.describe()
     assert files_under(Path(submitted.report["results_dir"])) == expected_sample_results(data)
+
+
+def assert_relay_packets(submitted) -> None:
+    """Through coturn (16380 bytes a datagram at most) packets of RELAY_PACKET_SIZE, whole."""
+    if tuning_supported():
+        expected = f"rtcxfer: SCTP packets {RELAY_PACKET_SIZE} bytes (path probe confirmed"
+        assert expected in submitted.run.stderr, submitted.describe()
 
 
 def worker_said(cluster, pattern: str, timeout: float = 20.0) -> str:
@@ -93,6 +101,7 @@ def test_a_turn_relay_gets_through_two_symmetric_nats(nat_bed, tmp_path):
         assert re.fullmatch(r"via TURN relay 198\.51\.100\.1:\d+ (over udp|\(the worker's\))", path), path
         assert f"rtcxfer: data channel {path}" in submitted.run.stderr
         worker_said(cluster, r"client client-\w+: data channel via TURN relay 198\.51\.100\.1:\d+")
+        assert_relay_packets(submitted)
     # The allocations lived through the job: coturn closed none of them for a failed relayed send.
     assert "udp send" not in (turn.directory / "turnserver.stderr").read_text()
 
@@ -128,6 +137,7 @@ def test_a_client_network_that_blocks_udp_gets_through_over_turn_tcp(nat_bed, tm
         assert "Trying again through the TURN relay only" in submitted.run.stderr, submitted.describe()
         worker_said(cluster, r"client client-\w+: data channel via TURN relay")
         worker_said(cluster, r"offered relay candidates only: answering with relay candidates only")
+        assert_relay_packets(submitted)
 
 
 def test_forged_and_expired_turn_credentials_are_refused_and_said_to_be(nat_bed, tmp_path):
