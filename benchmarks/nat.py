@@ -182,8 +182,8 @@ class Setup:
         }
 
 
-def _two_host_setup(stack: contextlib.ExitStack, root: Path) -> Setup:
-    bed = stack.enter_context(two_hosts())
+def _two_host_setup(stack: contextlib.ExitStack, root: Path, rate: str | None) -> Setup:
+    bed = stack.enter_context(two_hosts(rate=rate))
     cluster = stack.enter_context(
         start_cluster(
             root, token=TOKEN, env=environment(), service_env=environment("INFO"),
@@ -215,8 +215,9 @@ def _nat_setup(
     signal: Callable[[TurnServer], list[str]],
     path: str,
     floor: float,
+    rate: str | None,
 ) -> Setup:
-    bed = stack.enter_context(beds.nat_bed(client_nat=client, worker_nat=worker))
+    bed = stack.enter_context(beds.nat_bed(client_nat=client, worker_nat=worker, rate=rate))
     turn = stack.enter_context(bed.start_turn(verbose=False, relay_ports=RELAY_PORTS))
     cluster = stack.enter_context(nat_cluster(bed, root, token=TOKEN, room=ROOM, signal_options=signal(turn)))
     return Setup(name, f"{label} ({bed.describe()})", path, floor, cluster, bed.client.prefix, (), turn)
@@ -229,30 +230,31 @@ def _turn_secret(turn: TurnServer) -> list[str]:
 RELAY = r"via TURN relay 198\.51\.100\.1:\d+"
 
 
-def make_setups(stack: contextlib.ExitStack, workdir: Path) -> list[Setup]:
+def make_setups(stack: contextlib.ExitStack, workdir: Path, rate: str | None = None) -> list[Setup]:
+    """The four setups; with ``rate``, the two-host link and each NAT bed's access links shaped."""
     roots = [workdir / name for name in ("two-host", "nat", "turn-udp", "turn-tcp")]
     for root in roots:
         root.mkdir(parents=True, exist_ok=True)
     return [
-        _two_host_setup(stack, roots[0]),
+        _two_host_setup(stack, roots[0], rate),
         _nat_setup(
             stack, roots[1], "NAT", "endpoint-independent NATs, STUN",
             client=NatKind.ENDPOINT_INDEPENDENT, worker=NatKind.ENDPOINT_INDEPENDENT,
             signal=lambda turn: ["--stun", turn.stun_url],
-            path=r"through NAT \((server|peer)-reflexive\)", floor=0.9,
+            path=r"through NAT \((server|peer)-reflexive\)", floor=0.9, rate=rate,
         ),
         _nat_setup(
             stack, roots[2], "TURN udp", "symmetric NATs, TURN over UDP",
             client=NatKind.SYMMETRIC, worker=NatKind.SYMMETRIC,
             signal=lambda turn: ["--stun", turn.stun_url, "--turn", turn.turn_udp_url, *_turn_secret(turn)],
-            path=rf"{RELAY} (over udp|\(the worker's\))", floor=0.5,
+            path=rf"{RELAY} (over udp|\(the worker's\))", floor=0.5, rate=rate,
         ),
         _nat_setup(
             stack, roots[3], "TURN tcp", "client's UDP blocked, TURN over TCP",
             client=NatKind.UDP_BLOCKED, worker=NatKind.ENDPOINT_INDEPENDENT,
             signal=lambda turn: ["--stun", turn.stun_url, "--turn", turn.turn_udp_url, "--turn", turn.turn_tcp_url,
                                  *_turn_secret(turn)],
-            path=rf"{RELAY} over tcp", floor=0.3,
+            path=rf"{RELAY} over tcp", floor=0.3, rate=rate,
         ),
     ]  # fmt: skip
 
@@ -267,7 +269,7 @@ async def nat_main(args, workdir: Path) -> None:
     sha256 = make_package(package, size * MiB)
     with contextlib.ExitStack() as stack:
         print("making the beds (two hosts, three NAT beds with coturn) ...", flush=True)
-        setups = make_setups(stack, workdir)
+        setups = make_setups(stack, workdir, args.nat_rate)
         for round_no in range(1, args.rounds + 1):
             started = time.perf_counter()
             for setup in setups:  # interleaved: A B C D, A B C D, ...
@@ -299,7 +301,8 @@ def report(args, setups: list[Setup], size: int) -> None:
 
     print()
     print(
-        f"{time.strftime('%Y-%m-%d %H:%M')}, NAT benchmark: {args.rounds} round(s), {size} MiB, aiortc "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, NAT benchmark: {args.rounds} round(s), {size} MiB, "
+        f"{'links shaped by tc tbf ' + args.nat_rate if args.nat_rate else 'unshaped'}, aiortc "
         f"{aiortc.__version__}, `rtcxfer submit --transport rtc-chunked` (uvloop where installed)"
     )
     table.print("rtc-chunked through NATs and TURN relays against two hosts joined directly (MTU 1500)")

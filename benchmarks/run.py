@@ -549,6 +549,10 @@ def main() -> None:
         help="instead: rtc-chunked through NATs, TURN over UDP and over TCP against two hosts (root; nat.py)",
     )
     parser.add_argument("--nat-size", type=int, default=256, help="--nat: MiB of the package each submit sends")
+    parser.add_argument(
+        "--nat-rate",
+        help="--nat: shape the two-host link and the NAT beds' access links with tc tbf (e.g. 1gbit)",
+    )
     from signaling import add_arguments as add_signaling_arguments
 
     add_signaling_arguments(parser)

@@ -341,6 +341,8 @@ class NatBed:
     client: Host
     worker: Host
     work_dir: Path
+    #: The access links' rate (tc syntax), or None: unshaped.
+    rate: str | None = None
     turn_servers: list[TurnServer] = attrs.field(factory=list, repr=False)
 
     @property
@@ -441,6 +443,7 @@ class NatBed:
             f"({self.client_router.address}), worker {self.worker.address} behind {self.worker_router.nat.value} NAT "
             f"({self.worker_router.address}), public server {self.public.address}"
             + (f", published {published}" if published else "")
+            + (f", access links {self.rate}" if self.rate else "")
         )
 
     def _tear_down(self, made: Sequence[str], grace: float = 5.0) -> None:
@@ -484,10 +487,15 @@ def nat_bed(
     worker_nat: NatKind = NatKind.ENDPOINT_INDEPENDENT,
     mtu: int = 1500,
     work_dir: str | os.PathLike[str] | None = None,
+    rate: str | None = None,
+    burst: str = "512kb",
 ) -> Iterator[NatBed]:
     """Make a bed (see the module docstring), yield it, and always remove it. TURN servers keep
-    their files and logs in ``work_dir`` (a temporary directory removed with the bed if None)."""
-    reason = missing_requirements(turn=False)
+    their files and logs in ``work_dir`` (a temporary directory removed with the bed if None).
+    ``rate`` (tc syntax, e.g. ``"1gbit"``): a token bucket filter on both ends of the client's
+    and of the worker's link to its router, as :func:`~rtcxfer.testing.two_hosts.two_hosts`
+    shapes its one link; the public segment stays unshaped."""
+    reason = missing_requirements(turn=False) or (two_hosts.missing_requirements(tc=True) if rate else None)
     if reason is not None:
         raise RuntimeError(f"cannot make a NAT bed: {reason}")
     remove_stale_beds()
@@ -506,7 +514,7 @@ def nat_bed(
     )  # fmt: skip
     client = Host("client", f"{base}-client", "10.1.0.2")
     worker = Host("worker", f"{base}-worker", "10.2.0.2")
-    bed = NatBed(public, client_router, worker_router, client, worker, directory)
+    bed = NatBed(public, client_router, worker_router, client, worker, directory, rate)
     made: list[str] = []
     try:
         for host in bed.hosts:
@@ -527,6 +535,10 @@ def nat_bed(
             _run(["ip", "-n", private.namespace, "route", "add", "default", "via", router.lan_address])
             _sysctl(router, "net.ipv4.ip_forward=1")
             router._apply()
+            if rate is not None:
+                for host, interface in ((private, HOST_INTERFACE), (router, LAN_INTERFACE)):
+                    _run(["tc", "-n", host.namespace, "qdisc", "add", "dev", interface, "root", "tbf",
+                          "rate", rate, "burst", burst, "latency", "50ms"])  # fmt: skip
         yield bed
     finally:
         bed._tear_down(made)

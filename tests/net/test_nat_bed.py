@@ -480,3 +480,16 @@ def test_a_bed_left_by_a_dead_process_is_removed():
         assert stale not in listing.split()
     finally:
         subprocess.run(["ip", "netns", "delete", stale], capture_output=True, check=False)
+
+
+def test_the_access_links_can_be_shaped_and_the_public_segment_is_not(nat_bed):
+    bed = nat_bed(rate="1gbit")
+    shaped = {
+        bed.client.name: ["eth0"], bed.client_router.name: ["lan0"],
+        bed.worker.name: ["eth0"], bed.worker_router.name: ["lan0"], bed.public.name: [],
+    }  # fmt: skip
+    for host in bed.hosts:
+        qdiscs = json.loads(host.run(["tc", "-j", "qdisc", "show"], capture_output=True, text=True, check=True).stdout)
+        tbf = [q["dev"] for q in qdiscs if q["kind"] == "tbf" and q["options"]["rate"] == 125_000_000]
+        assert tbf == shaped[host.name], (host.name, qdiscs)
+    assert bed.describe().endswith(", access links 1gbit")
