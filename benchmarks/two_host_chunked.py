@@ -7,7 +7,10 @@ sides. Links: unshaped and tc tbf 1 Gbit/s on both veth ends, each a fresh bed. 
 interleaved: this tree, REV, this tree, REV... each moving the same ``--size`` MiB file (default
 256) with ``RtcChunkedTransport.send_file`` end to end (SHA-256 verified, uvloop where installed,
 packet size by probing), sender in host A, receiver in host B. The table gives MB/s and the CPU
-seconds per GiB of both processes after they were connected, and the ratios per round.
+seconds per GiB of both processes after they were connected (user and system apart where the
+children report them: at 1 Gbit/s the sender's system time is mostly tbf's, see
+benchmarks/README.md), and the ratios per round; after each link's rounds, the sending qdisc's
+counters (packets, drops, overlimits) and the senders' SCTP retransmission timeouts.
 """
 
 from __future__ import annotations
