@@ -7,7 +7,10 @@ sides. Links: unshaped and tc tbf 1 Gbit/s on both veth ends, each a fresh bed. 
 interleaved: this tree, REV, this tree, REV... each moving the same ``--size`` MiB file (default
 256) with ``RtcChunkedTransport.send_file`` end to end (SHA-256 verified, uvloop where installed,
 packet size by probing), sender in host A, receiver in host B. The table gives MB/s and the CPU
-seconds per GiB of both processes after they were connected, and the ratios per round.
+seconds per GiB of both processes after they were connected (user and system apart where the
+children report them: at 1 Gbit/s the sender's system time is mostly tbf's, see
+benchmarks/README.md), and the ratios per round; after each link's rounds, the sending qdisc's
+counters (packets, drops, overlimits) and the senders' SCTP retransmission timeouts.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 from run import MiB, Table, finish, make_file, mbps, quiet, spawn
 from two_host import _start_signaling
 
-from rtcxfer.testing.two_hosts import two_hosts
+from rtcxfer.testing.two_hosts import INTERFACE, two_hosts
 
 LINKS = (("unshaped", None), ("tbf 1 Gbit/s", "1gbit"))
 
@@ -49,6 +52,30 @@ async def pair(bed, url: str, workdir: Path, file: Path, loop: str, root: Path |
     )
     sent, received = await asyncio.gather(finish(sender, "chunked-send"), finish(receiver, "chunked-recv"))
     return sent, received
+
+
+def link_counters(bed) -> str:
+    """What the sending host's qdisc did (tc -s): packets (IP fragments) sent, dropped, and how
+    often tbf had to hold the queue (overlimits: each time a timer on the sending CPU)."""
+    shown = subprocess.run(
+        ["tc", "-s", "-n", bed.a.namespace, "qdisc", "show", "dev", INTERFACE], capture_output=True, text=True
+    )
+    words = shown.stdout.split()
+    try:
+        at = words.index("Sent")
+        return f"{words[at + 3]} packets sent, {words[at + 6].rstrip(',')} dropped, {words[at + 8]} overlimits"
+    except (ValueError, IndexError):
+        return "qdisc counters not read"
+
+
+def cpu_rows(table: Table, case: str, results: list[tuple[dict, dict]], size: int) -> None:
+    """User and system CPU per GiB of each side, where the children report them apart (commits
+    before this one report only their sum)."""
+    for index, side in ((0, "sender"), (1, "receiver")):
+        if all("cpu_user_seconds" in r[index] for r in results):
+            for key, part in (("cpu_user_seconds", "user"), ("cpu_system_seconds", "system")):
+                table.row(f"{case}: CPU per GiB, {side}, {part}", "s/GiB",
+                          [r[index][key] * 1024 / size for r in results], "{:.2f}")  # fmt: skip
 
 
 def per_gib(result: tuple[dict, dict], size: int) -> float:
@@ -79,6 +106,9 @@ async def chunked_main(args, workdir: Path) -> None:
                         for name in data
                     )
                     print(f"  {link}: round {round_no}/{rounds}: {figures}", flush=True)
+                timeouts = sum(r[0].get("sctp_timeouts", 0) for name in data for r in data[name])
+                print(f"  {link}: all rounds: {link_counters(bed)}; SCTP retransmission timeouts (senders): "
+                      f"{timeouts}", flush=True)  # fmt: skip
             finally:
                 signaling.terminate()  # our own child, by its handle
                 await signaling.wait()
@@ -92,6 +122,7 @@ async def chunked_main(args, workdir: Path) -> None:
                       [r[1]["cpu_seconds"] * 1024 / size for r in results], "{:.2f}")  # fmt: skip
             table.row(f"{link}: rtc-chunked, {label}: CPU per GiB, both", "s/GiB",
                       [per_gib(r, size) for r in results], "{:.2f}")  # fmt: skip
+            cpu_rows(table, f"{link}: rtc-chunked, {label}", results, size)
         table.ratio(f"{link}: CPU per GiB, this tree / {args.baseline}",
                     [per_gib(n, size) / per_gib(o, size) for n, o in zip(new, old)], "<= 0.6")  # fmt: skip
         table.ratio(f"{link}: MB/s, this tree / {args.baseline}",

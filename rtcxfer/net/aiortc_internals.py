@@ -148,6 +148,7 @@ __all__ = [
     "restrict_host_candidates",
     "selected_ice_path",
     "selected_remote_candidate",
+    "sctp_user_data_per_packet",
     "stun_bindings",
     "tuning_supported",
     "tuning_unsupported_reason",
@@ -595,6 +596,24 @@ SACK_DELAY = 0.02
 def tuning_supported() -> bool:
     """Whether this aiortc has the methods and constants the tuning rewrites."""
     return tuning_unsupported_reason() is None
+
+
+def sctp_user_data_per_packet(channel: RTCDataChannel) -> int | None:
+    """The user data one SCTP packet of ``channel``'s connection carries now: aiortc cuts every
+    message into DATA chunks of this many bytes, one chunk per packet, so a message of ``n``
+    times it fills ``n`` packets and one byte more costs a whole packet more. None where it
+    cannot be told (no SCTP transport yet, an aiortc whose ``_send`` does not size by it).
+
+    aiortc's ``RTCSctpTransport._send`` reads the module constant ``USERDATA_MAX_LENGTH``
+    (aiortc 1.9 to 1.16); between two rtcxfer peers it reads the copy in its own globals that
+    :class:`PacketSizer` keeps at the size in use.
+    """
+    send = getattr(getattr(channel, "transport", None), "_send", None)
+    function = getattr(send, "__func__", send)
+    if function is None or "USERDATA_MAX_LENGTH" not in getattr(getattr(function, "__code__", None), "co_names", ()):
+        return None
+    size = function.__globals__.get("USERDATA_MAX_LENGTH")
+    return size if isinstance(size, int) and size > 0 else None
 
 
 def userdata_max_length(packet_size: int) -> int:

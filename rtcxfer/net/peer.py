@@ -426,6 +426,13 @@ class DataChannel:
         """
         return aiortc_internals.remote_max_message_size(self._channel, self._sdp_max_message_size) or None
 
+    @property
+    def sctp_user_data_per_packet(self) -> int | None:
+        """Bytes of a message one SCTP packet carries now (aiortc cuts messages into packets of
+        this much); None before SCTP is up. A message of a whole number of them wastes no packet
+        on a short last piece."""
+        return aiortc_internals.sctp_user_data_per_packet(self._channel)
+
     # -- the connection under the channel
 
     @property

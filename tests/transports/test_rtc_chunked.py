@@ -16,11 +16,15 @@ from pathlib import Path
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rtcxfer.files.receiving import part_name, transfer_id_for
+from rtcxfer.net.aiortc_internals import MAX_PACKET_SIZE, tuning_supported, userdata_max_length
 from rtcxfer.net.signaling import SignalingServer
 from rtcxfer.protocol.errors import ConnectionClosedError, IntegrityError, LocalProtocolError, TransferError
 from rtcxfer.protocol.frames import (
+    CHUNK_HEADER_SIZE,
     FileAccept,
     FileAck,
     FileEnd,
@@ -31,7 +35,12 @@ from rtcxfer.protocol.frames import (
 )
 from rtcxfer.testing import LinkedPeers, linked_peers, run_async
 from rtcxfer.transport.base import ReceivedFile, TransportContext
-from rtcxfer.transports.rtc_chunked import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, RtcChunkedTransport
+from rtcxfer.transports.rtc_chunked import (
+    DEFAULT_CHUNK_SIZE,
+    MAX_CHUNK_SIZE,
+    RtcChunkedTransport,
+    packet_filling_chunk_size,
+)
 
 STEP = 20.0  # seconds any single wait may take
 MiB = 1024 * 1024
@@ -120,6 +129,48 @@ def test_part_name_stays_within_the_file_name_limit():
     assert part_name("data.zip", TID) == f".data.zip.{TID}.part"
     assert len(part_name("é" * 127, TID).encode()) <= 255  # 254 bytes of name
     assert DEFAULT_CHUNK_SIZE + 27 == 262144 == MAX_CHUNK_SIZE
+
+
+@given(chunk_size=st.integers(1, MAX_CHUNK_SIZE), per_packet=st.integers(1, 70_000))
+def test_a_packet_filling_chunk_is_at_most_the_announced_one_and_fills_whole_packets(chunk_size, per_packet):
+    piece = packet_filling_chunk_size(chunk_size, per_packet)
+    assert 1 <= piece <= chunk_size
+    if chunk_size + CHUNK_HEADER_SIZE >= per_packet:
+        assert (piece + CHUNK_HEADER_SIZE) % per_packet == 0 or piece == 1
+        assert piece > chunk_size - per_packet  # never a whole packet less than it could be
+    else:  # smaller than one packet: as it was
+        assert piece == chunk_size
+
+
+def test_without_a_packet_size_chunks_stay_as_announced():
+    assert packet_filling_chunk_size(DEFAULT_CHUNK_SIZE, None) == DEFAULT_CHUNK_SIZE
+    # Two rtcxfer peers' 65024-byte packets: four full packets a chunk, not four and 2160 bytes.
+    assert packet_filling_chunk_size(DEFAULT_CHUNK_SIZE, userdata_max_length(MAX_PACKET_SIZE)) == 259957
+
+
+@pytest.mark.skipif(not tuning_supported(), reason="no large SCTP packets on this aiortc")
+def test_each_chunk_fills_whole_sctp_packets_between_two_rtcxfer_peers(tmp_path):
+    """aiortc sends each message in packets of its own: a chunk of 256 KiB would cost four full
+    packets and a fifth of 2160 bytes. The receiver counts the packets that reach it."""
+    chunks = 8
+    per_packet = userdata_max_length(MAX_PACKET_SIZE)
+    piece = packet_filling_chunk_size(DEFAULT_CHUNK_SIZE, per_packet)
+    source = tmp_path / "eight.bin"
+    digest = make_file(source, chunks * piece)
+
+    async def main():
+        async with rig(tmp_path) as r:
+            await asyncio.gather(*(side.peer.packet_size_settled(STEP) for side in r.peers.sides))
+            receiving = r.peers.worker.peer._sizer
+            before = receiving.packets_to_acknowledge
+            delivery = await r.transports["client"].send_file(source, "eight.bin")
+            return r, delivery, receiving.packets_to_acknowledge - before
+
+    r, delivery, packets = run_async(main(), timeout=60)
+    assert (delivery.size, delivery.sha256) == (chunks * piece, digest)
+    assert sha256_of(r.incoming["worker"] / "eight.bin") == digest
+    # Four packets a chunk, and one each for FILE_META and FILE_END (256 KiB chunks: 5 a chunk).
+    assert packets <= chunks * (piece + CHUNK_HEADER_SIZE) // per_packet + 2, packets
 
 
 # --- whole files both ways, resumed, and corrupted ------------------------------------------------
