@@ -14,6 +14,9 @@ streamed, entry by entry:
   there (only the central directory holds their mode bits);
 * members follow each other with nothing unaccounted in between (so none overlap), and the end
   records (ZIP64 ones included) agree with the directory and end the stream;
+* a central directory or end record that disagrees with the stream is handed back (below), so
+  that the archive gets exactly the verdict it got before (zipfile believes the directory:
+  it may find overlapping members, a bad CRC, or a smaller archive that is fine);
 * a deflate bomb is refused as soon as the sizes declared so far cannot fit the ratio limit
   whatever follows (the archive's remaining bytes are known), and exactly at the end.
 
@@ -420,7 +423,8 @@ class StreamingUnzip:
         self._member_written += len(data)
         self.written += len(data)
         if self._member_written > info.file_size:
-            raise ArchiveLimitError(f"Archive member larger than its header says: {shown(info.orig_filename)}")
+            # zipfile reads no further than the size and then finds the CRC wrong: corrupt.
+            raise _corrupt(member, f"more than the {info.file_size} bytes its header says")
         if self._member_written > self.limits.max_member_bytes:
             raise ArchiveLimitError(f"Archive member too large: {shown(info.orig_filename)}")
         if self.written > self.limits.max_total_bytes:
@@ -465,13 +469,13 @@ class StreamingUnzip:
         index = self._directory_entries
         member = self._members[index] if index < len(self._members) else None
         if member is None:
-            raise _corrupt(None, f"central directory entry {index} names no streamed member")
+            raise CannotUnpack(f"central directory entry {index} names no streamed member")
         raw_name = record[_CENTRAL.size : _CENTRAL.size + name_length]
         extra = record[_CENTRAL.size + name_length : _CENTRAL.size + name_length + extra_length]
         try:
             zip64 = _zip64_fields(extra)
         except ValueError as exc:
-            raise _corrupt(member, str(exc)) from None
+            raise CannotUnpack(str(exc)) from None
         if zip64 is not None:
             # As zipfile reads it: only the fields whose 32-bit value is saturated, in order.
             values = iter(struct.unpack_from(f"<{len(zip64) // 8}Q", zip64))
@@ -482,7 +486,7 @@ class StreamingUnzip:
         name = _decode_name(raw_name, flags)
         streamed = (info.orig_filename, info.compress_type, info.CRC, info.compress_size, info.file_size)
         if (name, method, crc, compressed, size) != streamed or header_offset != info.header_offset or disk:
-            raise _corrupt(member, "the central directory disagrees with the local header")
+            raise CannotUnpack(f"the central directory disagrees with the local header at {info.header_offset}")
         listed = zipfile.ZipInfo(info.orig_filename)
         listed.flag_bits = flags
         listed.external_attr = external_attr
@@ -507,7 +511,7 @@ class StreamingUnzip:
         _, disk, directory_disk, on_disk, entries, size, start, comment = _END.unpack_from(record)
         streamed = len(self._members)
         if self._directory_entries != streamed:
-            raise _corrupt(None, f"the central directory lists {self._directory_entries} of {streamed} members")
+            raise CannotUnpack(f"the central directory lists {self._directory_entries} of {streamed} members")
         directory_size = (self._end64[0] if self._end64 is not None else self.offset) - self._directory_start
         if self._end64 is not None:
             _, entries64, size64, start64 = self._end64
