@@ -337,7 +337,7 @@ def _extract(worker: RTCWorkerClient, job: Job, received: ReceivedFile, dialect:
     if isinstance(received.unpacked, ExtractResult):
         result = received.unpacked
         logger.info(
-            "{}: {} ({} bytes, via {}) was extracted while received: {} files",
+            "{}: received {} ({} bytes, via {}) and extracted {} files while it arrived",
             dialect.label, received.name, received.size, received.transport, result.files,
         )
         return dialect.package_dir(result.root)

@@ -25,8 +25,8 @@ JOB = (
     "data = pathlib.Path('blob.bin').read_bytes()\n"
     "pathlib.Path(os.environ['RTCXFER_OUTPUT_DIR'], 'sha.txt').write_text(hashlib.sha256(data).hexdigest())\n"
 )
-STREAMED = "was extracted while received"
-EXTRACTED_AFTER = "and extracted"
+STREAMED = "files while it arrived"
+EXTRACTED_AFTER = "files in "
 
 
 def stored_package(path: Path, blob: bytes, method: int = zipfile.ZIP_STORED) -> Path:
