@@ -622,7 +622,11 @@ class IncomingFile:
         except CannotUnpack:
             self._unpacker = None
             end = self.received + length
-            self._restore(unpacker, end)
+            try:
+                self._restore(unpacker, end)
+            except TransferError as error:
+                self._unpack_error = error  # the partial has holes: never kept
+                raise
             handle = self._handle
             assert handle is not None and self._write_behind is not None
             handle.seek(end)
@@ -892,6 +896,12 @@ class IncomingFile:
                 await self.run_in_thread(unpacker.discard)
             else:
                 self._unpacker = None  # handed over: the application's now
+            if self._stopping or self._closed:
+                # Abandoned while the unpacker checked the whole (the session ended): what it
+                # unpacked goes with the abandoned file, once written back if it is kept.
+                if not self._restoring:
+                    await asyncio.to_thread(unpacker.discard)
+                raise TransferError("transfer abandoned on this side")
         self._close_handle()
         self._unlink_partial()
         self._published = True

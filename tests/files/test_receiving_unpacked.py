@@ -8,6 +8,8 @@ import asyncio
 import hashlib
 import io
 import os
+import tempfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -17,7 +19,14 @@ from rtcxfer.files import kept_partials
 from rtcxfer.files.receiving import IncomingFile, is_restoring_into, part_name
 from rtcxfer.files.safezip import ExtractResult, ZipLimits, extract_zip
 from rtcxfer.files.stream_unzip import StreamingUnzip
-from rtcxfer.protocol.errors import ArchiveLimitError, CorruptArchiveError, IntegrityError, UnsafeArchiveError
+from rtcxfer.files.unpacking import UnpackerFactory
+from rtcxfer.protocol.errors import (
+    ArchiveLimitError,
+    CorruptArchiveError,
+    IntegrityError,
+    TransferError,
+    UnsafeArchiveError,
+)
 from rtcxfer.testing.contract import run_async
 from tests.files.test_stream_unzip import _late_descriptor_archive, _unseekable_archive, tree
 from tests.support.zips import Member, build
@@ -54,7 +63,7 @@ class Staging:
         return unzip
 
 
-def opened(incoming_dir: Path, data: bytes, staging: Staging | None, **overrides) -> IncomingFile:
+def opened(incoming_dir: Path, data: bytes, staging: UnpackerFactory | None, **overrides) -> IncomingFile:
     fields = {"transfer_id": TID, "name": "pkg.zip", "size": len(data), "sha256": sha256(data), "transport": "test"}
     fields.update(overrides)
     return IncomingFile.open(incoming_dir, unpack=staging, **fields)
@@ -252,3 +261,36 @@ def test_writes_from_a_thread_unpack_too(dirs):
         if received.unpacked is None:
             assert received.path.read_bytes() == data
             received.path.unlink()
+
+
+def test_abandoned_while_the_whole_is_checked_the_file_is_kept_whole(dirs):
+    """The session ends while the unpacker checks the central directory: nothing is handed over
+    and the partial kept holds the whole archive (for a re-run to resume)."""
+    incoming_dir, job_dir = dirs
+    data = package(MiB)
+    checking, release = threading.Event(), threading.Event()
+
+    class SlowFinish(StreamingUnzip):
+        def finish(self):  # type: ignore[no-untyped-def]
+            checking.set()
+            release.wait(10)
+            return super().finish()
+
+    def slow(name: str, size: int) -> StreamingUnzip:
+        return SlowFinish(Path(tempfile.mkdtemp(dir=job_dir, prefix="pkg-")), size)
+
+    async def scenario():
+        incoming = await opened(incoming_dir, data, slow)
+        write_in_pieces(incoming, data)
+        completing = asyncio.ensure_future(incoming.complete(deliver=pytest.fail))
+        await asyncio.to_thread(checking.wait, 10)
+        incoming.abandon(keep=True)
+        release.set()
+        with pytest.raises(TransferError, match="abandoned"):
+            await completing
+        while not incoming.finished:
+            await asyncio.sleep(0.01)
+
+    run_async(scenario())
+    assert (incoming_dir / part_name("pkg.zip", TID)).read_bytes() == data
+    assert os.listdir(job_dir) == []
