@@ -17,7 +17,9 @@ from rtcxfer.client.rtc_client import JobResult, RTCClient
 from rtcxfer.protocol import texts
 from rtcxfer.testing import run_async
 from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
-from tests.support.worker_harness import TOKEN, attached_client
+from tests.support.legacy_client import expected_results, legacy_package, sample_data, unzip
+from tests.support.worker_harness import TOKEN, attached_client, make_worker
+from tests.worker.test_legacy_worker import NAME, legacy_session
 
 MiB = 1024 * 1024
 JOB = (
@@ -128,3 +130,16 @@ def test_a_hostile_package_is_refused_in_the_same_words_and_leaves_nothing(tmp_p
         left = [path for path in work.rglob("*") if path.is_file()]
         assert left == [], left
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path.parent / "escaped.txt").exists()
+
+
+def test_a_legacy_upload_is_extracted_while_it_arrives(tmp_path, logs):
+    worker = make_worker(None, tmp_path / "work", legacy=True)
+    data = sample_data("streamed", 2000)
+
+    async def scenario():
+        async with legacy_session(worker) as client:
+            return await client.run_rtc_job(legacy_package(NAME, data), NAME)
+
+    _, name, result = run_async(scenario())
+    assert name == f"trained_{NAME}" and unzip(result) == expected_results(data)
+    assert re.search(r"via legacy-upload\) and extracted \d+ files while it arrived", messages(logs))
