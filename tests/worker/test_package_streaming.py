@@ -3,6 +3,7 @@ sees the same job and the same refusals as when the worker extracted it afterwar
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -143,3 +144,42 @@ def test_a_legacy_upload_is_extracted_while_it_arrives(tmp_path, logs):
     _, name, result = run_async(scenario())
     assert name == f"trained_{NAME}" and unzip(result) == expected_results(data)
     assert re.search(r"via legacy-upload\) and extracted \d+ files while it arrived", messages(logs))
+
+
+@pytest.mark.parametrize("transport", ["rtc-chunked", "direct"])
+def test_an_upload_stopped_while_extracted_is_kept_whole_and_the_rerun_resumes(tmp_path, logs, transport):
+    """The client stops mid-upload (its Ctrl-C: the job cancelled, the session closed): the
+    worker writes what it extracted back into the partial and keeps it; the re-run resumes from
+    there and the job reads its data byte for byte."""
+    blob = os.urandom(48 * MiB)
+    package = stored_package(tmp_path / "pkg.zip", blob)
+    worker = RTCWorkerClient(token=TOKEN, work_dir=tmp_path / "work")
+    kept = tmp_path / "work" / "partial-uploads"
+
+    def staged_bytes() -> int:
+        return sum(path.stat().st_size for path in (tmp_path / "work").glob("session-*/job-*/pkg-*/blob.bin"))
+
+    async def scenario():
+        client = RTCClient(token=TOKEN, detect_shared_storage=False, results_dir=tmp_path / "results")
+        async with attached_client(worker, client):
+            submitting = asyncio.ensure_future(client.submit(package, transport=transport))
+            while staged_bytes() < 4 * MiB:
+                assert not submitting.done(), submitting
+                await asyncio.sleep(0.002)
+            submitting.cancel()
+            await asyncio.gather(submitting, return_exceptions=True)
+        while not (kept.is_dir() and any(kept.iterdir())):
+            await asyncio.sleep(0.02)
+        (partial,) = kept.iterdir()
+        prefix = partial.read_bytes()
+        second = RTCClient(token=TOKEN, detect_shared_storage=False, results_dir=tmp_path / "results")
+        async with attached_client(worker, second):
+            return prefix, await second.submit(package, transport=transport)
+
+    prefix, result = run_async(scenario())
+    whole = package.read_bytes()
+    assert 4 * MiB < len(prefix) < len(whole) and prefix == whole[: len(prefix)]
+    assert result.ok, result.failure
+    assert f"received pkg.zip ({len(whole)} bytes), resumed from {len(prefix)}, verified" in messages(logs)
+    assert (result.results_dir / "sha.txt").read_text() == hashlib.sha256(blob).hexdigest()
+    assert not any(kept.iterdir())
