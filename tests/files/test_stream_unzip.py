@@ -159,9 +159,35 @@ def _late_descriptor_archive() -> bytes:
     return data[:local] + bytes(header) + data[data_start : entries[0]] + descriptor + bytes(central)
 
 
+def _zip64_end_records_archive() -> bytes:
+    """ZIP64 end records, as zipfile writes them beyond 65,535 members (the limit lowered here)."""
+    buffer = io.BytesIO()
+    limit = zipfile.ZIP_FILECOUNT_LIMIT
+    zipfile.ZIP_FILECOUNT_LIMIT = 2
+    try:
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for index in range(5):
+                archive.writestr(f"f{index}.txt", f"file {index}\n" * 100)
+    finally:
+        zipfile.ZIP_FILECOUNT_LIMIT = limit
+    data = buffer.getvalue()
+    assert b"PK\x06\x06" in data and b"PK\x06\x07" in data
+    return data
+
+
+def _commented_archive() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("a.txt", b"a")
+        archive.comment = b"an archive comment"
+    return buffer.getvalue()
+
+
 GOOD = {
     "sample": SAMPLE,
     "zip64": _zip64_archive(),
+    "zip64 end records": _zip64_end_records_archive(),
+    "comment": _commented_archive(),
     "empty archive": build([]),
     "only dirs": build([Member("a/"), Member("a/b/"), Member("./")]),
     "many small": build([Member(f"d{i % 7}/f{i}", bytes([i % 256]) * (i % 50)) for i in range(300)]),
