@@ -52,7 +52,8 @@ Steps, one method each (:class:`IncomingFile`):
   :meth:`~IncomingFile.complete` verifies the SHA-256 first, then lets the unpacker check the
   whole, removes the partial and hands over a :class:`~rtcxfer.transport.base.ReceivedFile`
   whose ``unpacked`` (or ``unpack_error``) says what came of it. What the unpacker cannot
-  handle (:class:`~rtcxfer.files.unpacking.CannotUnpack`) is written back into the partial and
+  handle (:class:`~rtcxfer.files.unpacking.CannotUnpack`) is written back into the partial (in
+  a thread while the rest is written as usual; :meth:`~IncomingFile.complete` waits for it) and
   the file goes on as usual; so does an interrupted transfer kept for a resume (written back in
   a thread before the partial is let go). A partial being unpacked is never taken over.
 
@@ -351,6 +352,10 @@ class IncomingFile:
         #: Why the unpacker refused the bytes: the rest are only hashed.
         self._unpack_error: Exception | None = None
         self._restoring = False
+        #: A thread writing back what the unpacker held, while the rest is written as usual.
+        self._written_back: asyncio.Future | None = None
+        #: The partial lacks bytes the unpacker held (writing them back failed): never kept.
+        self._partial_broken = False
 
     def __repr__(self) -> str:
         return f"<IncomingFile {self.transport} {quote_for_log(self.name)} {self.received}/{self.size}>"
@@ -596,6 +601,8 @@ class IncomingFile:
         handle = self._handle
         if self._stopping or self._closed or handle is None:
             raise TransferError("transfer abandoned on this side")
+        if self._partial_broken:
+            raise TransferError("cannot write the file")
         length = len(data)
         if self.received + length > self.size:
             raise TransferError(f"data beyond the announced size of {self.size} bytes")
@@ -622,17 +629,12 @@ class IncomingFile:
         except CannotUnpack:
             self._unpacker = None
             end = self.received + length
-            try:
-                self._restore(unpacker, end)
-            except TransferError as error:
-                self._unpack_error = error  # the partial has holes: never kept
-                raise
             handle = self._handle
             assert handle is not None and self._write_behind is not None
-            handle.seek(end)
+            handle.seek(end)  # the rest is appended as usual; what the unpacker held lies before
             self._write_behind.close()
-            self._write_behind = WriteBehind(handle.fileno(), 0)
-            self._write_behind.written(end)  # the bytes given back go to the disk too
+            self._write_behind = WriteBehind(handle.fileno(), end)
+            self._write_back(unpacker, end)
         except (ArchiveError, StorageFullError, OSError) as error:
             # The peer's bytes, unusable: hashed to their end (the verdict waits for the
             # SHA-256), never written; the error goes with the file to the application.
@@ -652,16 +654,52 @@ class IncomingFile:
             logger.warning("{}: writing {} failed: {}", self.transport, self.partial_path, error)
             raise TransferError("cannot write the file") from None
 
-    def _restore(self, unpacker: Unpacker, length: int) -> None:
+    def _write_back(self, unpacker: Unpacker, end: int) -> None:
+        """What ``unpacker`` held of the file's first ``end`` bytes, back into the partial: in a
+        thread when this runs on the event loop (the writes that follow go on meanwhile, after
+        ``end``; :meth:`complete` waits for it), else right here (a lent thread)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            try:
+                self._restore(unpacker, end, truncate=False)
+            except TransferError:
+                self._partial_broken = True
+                raise
+            return
+
+        def restore() -> bool:
+            try:
+                self._restore(unpacker, end, truncate=False)
+            except TransferError:
+                return False
+            return True
+
+        def restored(done: asyncio.Future) -> None:
+            self._restoring = False
+            if done.cancelled() or done.exception() is not None or not done.result():
+                self._partial_broken = True
+            self._thread_returned()
+
+        self._threads += 1
+        self._restoring = True
+        self._written_back = loop.run_in_executor(None, restore)
+        self._written_back.add_done_callback(restored)
+
+    def _restore(self, unpacker: Unpacker, length: int, *, truncate: bool = True) -> None:
         """Write what ``unpacker`` held back into the partial, which then holds the file's first
-        ``length`` bytes; drop what it unpacked. Blocking: :class:`TransferError` on failure."""
+        ``length`` bytes (and, unless ``truncate`` is false, no more); drop what it unpacked.
+        Blocking: :class:`TransferError` on failure."""
         handle = self._handle
         try:
             if handle is None:
                 raise OSError("the partial file is closed")
             fd = handle.fileno()
             unpacker.restore(lambda offset, data: _write_at(fd, offset, data))
-            os.ftruncate(fd, length)
+            if truncate:
+                os.ftruncate(fd, length)
         except (OSError, PathError) as error:
             logger.warning("{}: giving {} back to its partial failed: {}", self.transport, self.name, describe(error))
             raise TransferError("cannot write the file") from None
@@ -697,7 +735,9 @@ class IncomingFile:
             restored(restore())
             return
         future = loop.run_in_executor(None, restore)
-        future.add_done_callback(lambda done: restored(not done.cancelled() and done.result()))
+        future.add_done_callback(
+            lambda done: restored(not done.cancelled() and done.exception() is None and done.result())
+        )
 
     @property
     def prefix_sha256(self) -> str | None:
@@ -854,6 +894,7 @@ class IncomingFile:
         self.verify(sha256)
         received = await self._hand_over_unpacked() if self.unpacking else None
         if received is None:
+            await self._written_back_whole()
             received = await self.publish()
         logger.info(
             "{}: received {} ({} bytes){}, verified",
@@ -873,6 +914,15 @@ class IncomingFile:
             except Exception:  # the application's callback: logged, never the peer's business
                 logger.exception("{}: on_file failed for {}", self.transport, received.name)
         return received
+
+    async def _written_back_whole(self) -> None:
+        """Wait for a thread still writing back what an unpacker held; the partial must be whole."""
+        if self._written_back is not None:
+            await asyncio.shield(self._written_back)
+            await asyncio.sleep(0)  # its done callback runs first
+        if self._partial_broken:
+            self.abandon(keep=False)
+            raise TransferError("cannot store the file")
 
     async def _hand_over_unpacked(self) -> ReceivedFile | None:
         """The verified file as its unpacker made it (its partial removed); ``None`` when the
@@ -941,8 +991,8 @@ class IncomingFile:
                 return
             unpacker.discard()
             keep = False  # its partial has holes
-        elif self._unpack_error is not None:
-            keep = False  # nothing was kept of a refused file
+        elif self._unpack_error is not None or self._partial_broken:
+            keep = False  # nothing was kept of a refused file, or what was kept has holes
         self._closed = True
         if self._directory is not None and _RECEIVING.get(self._key) is self:
             del _RECEIVING[self._key]

@@ -294,3 +294,32 @@ def test_abandoned_while_the_whole_is_checked_the_file_is_kept_whole(dirs):
     run_async(scenario())
     assert (incoming_dir / part_name("pkg.zip", TID)).read_bytes() == data
     assert os.listdir(job_dir) == []
+
+
+def test_a_late_fallback_on_the_loop_writes_back_in_a_thread_while_the_rest_arrives(dirs):
+    """rtc-chunked writes on the event loop: handing back an archive whose stored members
+    already arrived must not stall it. The rest is written meanwhile; complete() waits."""
+    incoming_dir, job_dir = dirs
+    data = _late_descriptor_archive()
+    writing_back, release = threading.Event(), threading.Event()
+
+    class SlowRestore(StreamingUnzip):
+        def restore(self, write_at):  # type: ignore[no-untyped-def]
+            writing_back.set()
+            release.wait(10)
+            super().restore(write_at)
+
+    def slow(name: str, size: int) -> StreamingUnzip:
+        return SlowRestore(Path(tempfile.mkdtemp(dir=job_dir, prefix="pkg-")), size)
+
+    async def scenario():
+        incoming = await opened(incoming_dir, data, slow)
+        write_in_pieces(incoming, data, 1000)  # on the loop, as rtc-chunked does
+        assert incoming.received == len(data) and not incoming.unpacking
+        assert await asyncio.to_thread(writing_back.wait, 10) and incoming.busy  # still writing back
+        release.set()
+        return await incoming.complete()
+
+    received = run_async(scenario())
+    assert received.path.read_bytes() == data and received.unpacked is None
+    assert os.listdir(job_dir) == []
