@@ -26,7 +26,7 @@ import stat
 import time
 from pathlib import Path
 
-from rtcxfer.files.receiving import PART_NAME, is_being_received, is_receiving_into
+from rtcxfer.files.receiving import PART_NAME, is_being_received, is_receiving_into, is_restoring_into
 from rtcxfer.log import logger
 
 DIRECTORY_NAME = "partial-uploads"
@@ -41,6 +41,12 @@ MAX_SHARE = 0.1
 def receiving_into(directory: Path) -> bool:
     """Whether a transfer of this process is still writing a partial at the top of ``directory``."""
     return is_receiving_into(directory)
+
+
+def restoring_into(directory: Path) -> bool:
+    """Whether a transfer of this process that stopped is still writing the bytes its unpacker
+    held back into a partial at the top of ``directory`` (so that it can be kept)."""
+    return is_restoring_into(directory)
 
 
 def keep_partials(directory: Path, kept: Path) -> int:

@@ -44,6 +44,18 @@ Steps, one method each (:class:`IncomingFile`):
   hand-over to the application, in that order.
 * **clean up** (:meth:`IncomingFile.abandon`): keep the partial for a resume, or remove it. A
   failed :meth:`~IncomingFile.verify` or :meth:`~IncomingFile.publish` removes it by itself.
+* **unpack while receiving** (``unpack``, the application's
+  :data:`~rtcxfer.files.unpacking.UnpackerFactory`, e.g. ``TransportContext.unpack``): a file
+  that starts arriving from its first byte may go to an :class:`~rtcxfer.files.unpacking.Unpacker`
+  instead of being written whole (the worker extracts its job's package as it arrives). The
+  partial then holds only the bytes the unpacker gave back (sparse, at their offsets);
+  :meth:`~IncomingFile.complete` verifies the SHA-256 first, then lets the unpacker check the
+  whole, removes the partial and hands over a :class:`~rtcxfer.transport.base.ReceivedFile`
+  whose ``unpacked`` (or ``unpack_error``) says what came of it. What the unpacker cannot
+  handle (:class:`~rtcxfer.files.unpacking.CannotUnpack`) is written back into the partial (in
+  a thread while the rest is written as usual; :meth:`~IncomingFile.complete` waits for it) and
+  the file goes on as usual; so does an interrupted transfer kept for a resume (written back in
+  a thread before the partial is let go). A partial being unpacked is never taken over.
 
 Threads and the event loop: every method runs on the event loop's thread except
 :meth:`~IncomingFile.write`. The steps that scale with the file (hashing a resumed prefix,
@@ -86,9 +98,11 @@ from rtcxfer.files.paths import (
     open_directory_beneath,
     open_for_update_at,
 )
+from rtcxfer.files.unpacking import CannotUnpack, Unpacker, UnpackerFactory
 from rtcxfer.files.write_behind import WriteBehind
 from rtcxfer.log import logger
 from rtcxfer.protocol.errors import (
+    ArchiveError,
     ConnectionClosedError,
     IntegrityError,
     LocalProtocolError,
@@ -114,6 +128,7 @@ __all__ = [
     "hash_prefix",
     "is_being_received",
     "is_receiving_into",
+    "is_restoring_into",
     "new_transfer_id",
     "part_name",
     "transfer_id_for",
@@ -259,6 +274,13 @@ def is_receiving_into(directory: str | os.PathLike[str]) -> bool:
     return any(folder in names and not incoming.detached for (folder, _), incoming in list(_RECEIVING.items()))
 
 
+def is_restoring_into(directory: str | os.PathLike[str]) -> bool:
+    """Whether a file of this process at the top of ``directory`` is writing the bytes its
+    unpacker held back into its partial (a transfer stopped part-way, kept for a resume)."""
+    names = {str(directory), str(Path(directory).resolve())}
+    return any(folder in names and incoming.restoring for (folder, _), incoming in list(_RECEIVING.items()))
+
+
 def is_being_received(directory: str | os.PathLike[str], partial: str) -> bool:
     """Whether the partial file named ``partial`` in ``directory`` belongs to a file this
     process is receiving."""
@@ -325,6 +347,15 @@ class IncomingFile:
         self._published = False
         self._verified: str | None = None
         self._last_activity = time.monotonic()
+        #: Takes the bytes instead of the partial while the file is unpacked as it arrives.
+        self._unpacker: Unpacker | None = None
+        #: Why the unpacker refused the bytes: the rest are only hashed.
+        self._unpack_error: Exception | None = None
+        self._restoring = False
+        #: A thread writing back what the unpacker held, while the rest is written as usual.
+        self._written_back: asyncio.Future | None = None
+        #: The partial lacks bytes the unpacker held (writing them back failed): never kept.
+        self._partial_broken = False
 
     def __repr__(self) -> str:
         return f"<IncomingFile {self.transport} {quote_for_log(self.name)} {self.received}/{self.size}>"
@@ -363,8 +394,19 @@ class IncomingFile:
 
     @property
     def published(self) -> bool:
-        """The file has its final name."""
+        """The file has its final name (or, unpacked as it arrived, was handed over)."""
         return self._published
+
+    @property
+    def unpacking(self) -> bool:
+        """The file is unpacked as it arrives (or was refused by its unpacker): its partial
+        holds only what the unpacker gave back."""
+        return self._unpacker is not None or self._unpack_error is not None
+
+    @property
+    def restoring(self) -> bool:
+        """A thread writes what the unpacker held back into the partial, to keep it."""
+        return self._restoring
 
     @property
     def finished(self) -> bool:
@@ -386,6 +428,7 @@ class IncomingFile:
         kept_partials_dir: str | os.PathLike[str] | None = None,
         max_size: int | None = None,
         resume: bool = True,
+        unpack: UnpackerFactory | None = None,
     ) -> IncomingFile:
         """Start receiving the file a peer announced as ``name`` (``size`` bytes).
 
@@ -394,7 +437,8 @@ class IncomingFile:
         with ``resume``, a partial of the same ``transfer_id`` beside the final name, or one
         kept in ``kept_partials_dir``, is adopted and its prefix hashed (in a thread);
         :attr:`offset` is then its length. Without ``resume`` any such partial is replaced.
-        ``sha256`` is the announced hash, if the sender gives it before the bytes.
+        ``sha256`` is the announced hash, if the sender gives it before the bytes. A file that
+        starts from its first byte is offered to ``unpack`` (see the module's docstring).
 
         Raises :class:`TransferError` with a reason fit for the peer
         (:class:`NotEnoughSpaceError` for free space). Cancelling it leaves nothing open.
@@ -417,6 +461,8 @@ class IncomingFile:
         )
         try:
             await incoming._open(Path(kept_partials_dir) if kept_partials_dir is not None and resume else None, resume)
+            if unpack is not None and incoming.offset == 0:
+                incoming._start_unpacking(unpack)
         except BaseException:
             incoming.abandon(keep=True)
             raise
@@ -438,6 +484,14 @@ class IncomingFile:
             raise TransferError("cannot create the partial file") from None
         self._reserve()
 
+    def _start_unpacking(self, unpack: UnpackerFactory) -> None:
+        try:
+            self._unpacker = unpack(self.name, self.size)
+        except (ArchiveError, StorageFullError, OSError) as error:
+            logger.warning("{}: {} is written whole: {}", self.transport, quote_for_log(self.name), describe(error))
+        if self._unpacker is not None:
+            logger.debug("{}: {} is unpacked as it arrives", self.transport, quote_for_log(self.name))
+
     def _open_directory(self) -> None:
         """Create and open the destination directory beneath the root. Blocking."""
         self._root.mkdir(parents=True, exist_ok=True)
@@ -454,7 +508,8 @@ class IncomingFile:
         """Become the writer of the partial, taking it over from an idle older session."""
         holder = _RECEIVING.get(self._key)
         if holder is not None:
-            if holder.busy:
+            # An unpacking holder's partial has holes until it is given back: never adopted.
+            if holder.busy or holder.unpacking:
                 raise TransferError("transfer busy in another session; retry later")
             logger.info("{}: taking {} over from an older session", self.transport, self.partial_path)
             holder._detach()
@@ -546,19 +601,143 @@ class IncomingFile:
         handle = self._handle
         if self._stopping or self._closed or handle is None:
             raise TransferError("transfer abandoned on this side")
+        if self._partial_broken:
+            raise TransferError("cannot write the file")
         length = len(data)
         if self.received + length > self.size:
             raise TransferError(f"data beyond the announced size of {self.size} bytes")
+        if self._unpacker is not None:
+            self._feed(self._unpacker, data, length)
+        elif self._unpack_error is None:
+            try:
+                handle.write(data)
+            except OSError as error:
+                logger.warning("{}: writing {} failed: {}", self.transport, self.partial_path, error)
+                raise TransferError("cannot write the file") from None
+            assert self._write_behind is not None
+            self._write_behind.written(length)
+        self._digest.update(data)
+        self.received += length
+        self._last_activity = time.monotonic()
+
+    # --- unpacking while receiving --------------------------------------------------------
+
+    def _feed(self, unpacker: Unpacker, data: bytes | bytearray | memoryview, length: int) -> None:
+        """``data`` to the unpacker; what it cannot take, written as usual from now on."""
         try:
-            handle.write(data)
+            unpacker.feed(memoryview(data), self._keep)
+        except CannotUnpack:
+            self._unpacker = None
+            end = self.received + length
+            handle = self._handle
+            assert handle is not None and self._write_behind is not None
+            handle.seek(end)  # the rest is appended as usual; what the unpacker held lies before
+            self._write_behind.close()
+            self._write_behind = WriteBehind(handle.fileno(), end)
+            self._write_back(unpacker, end)
+        except (ArchiveError, StorageFullError, OSError) as error:
+            # The peer's bytes, unusable: hashed to their end (the verdict waits for the
+            # SHA-256), never written; the error goes with the file to the application.
+            logger.warning("{}: {} cannot be unpacked: {}", self.transport, quote_for_log(self.name), describe(error))
+            self._unpacker = None
+            self._unpack_error = error
+            unpacker.discard()
+
+    def _keep(self, offset: int, data: memoryview) -> None:
+        """The unpacker's ``keep``: bytes it does not store go to the partial at ``offset``."""
+        handle = self._handle
+        if handle is None:
+            raise TransferError("transfer abandoned on this side")
+        try:
+            _write_at(handle.fileno(), offset, data)
         except OSError as error:
             logger.warning("{}: writing {} failed: {}", self.transport, self.partial_path, error)
             raise TransferError("cannot write the file") from None
-        self._digest.update(data)
-        self.received += length
-        assert self._write_behind is not None
-        self._write_behind.written(length)
-        self._last_activity = time.monotonic()
+
+    def _write_back(self, unpacker: Unpacker, end: int) -> None:
+        """What ``unpacker`` held of the file's first ``end`` bytes, back into the partial: in a
+        thread when this runs on the event loop (the writes that follow go on meanwhile, after
+        ``end``; :meth:`complete` waits for it), else right here (a lent thread)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            try:
+                self._restore(unpacker, end, truncate=False)
+            except TransferError:
+                self._partial_broken = True
+                raise
+            return
+
+        def restore() -> bool:
+            try:
+                self._restore(unpacker, end, truncate=False)
+            except TransferError:
+                return False
+            return True
+
+        def restored(done: asyncio.Future) -> None:
+            self._restoring = False
+            if done.cancelled() or done.exception() is not None or not done.result():
+                self._partial_broken = True
+            self._thread_returned()
+
+        self._threads += 1
+        self._restoring = True
+        self._written_back = loop.run_in_executor(None, restore)
+        self._written_back.add_done_callback(restored)
+
+    def _restore(self, unpacker: Unpacker, length: int, *, truncate: bool = True) -> None:
+        """Write what ``unpacker`` held back into the partial, which then holds the file's first
+        ``length`` bytes (and, unless ``truncate`` is false, no more); drop what it unpacked.
+        Blocking: :class:`TransferError` on failure."""
+        handle = self._handle
+        try:
+            if handle is None:
+                raise OSError("the partial file is closed")
+            fd = handle.fileno()
+            unpacker.restore(lambda offset, data: _write_at(fd, offset, data))
+            if truncate:
+                os.ftruncate(fd, length)
+        except (OSError, PathError) as error:
+            logger.warning("{}: giving {} back to its partial failed: {}", self.transport, self.name, describe(error))
+            raise TransferError("cannot write the file") from None
+        finally:
+            unpacker.discard()
+
+    def _restore_then_abandon(self, unpacker: Unpacker) -> None:
+        """abandon(keep=True) of a file being unpacked: its partial is kept once the bytes the
+        unpacker held back are in it (in a thread when a loop runs: it may take seconds)."""
+        self._stopping = True
+        self._pending_keep = True
+        self._restoring = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+
+        def restore() -> bool:
+            try:
+                self._restore(unpacker, self.received)
+            except TransferError:
+                return False
+            return True
+
+        def restored(kept: bool) -> None:
+            self._restoring = False
+            if not kept:
+                self._pending_keep = False
+            self._thread_returned()
+
+        self._threads += 1
+        if loop is None:
+            restored(restore())
+            return
+        future = loop.run_in_executor(None, restore)
+        future.add_done_callback(
+            lambda done: restored(not done.cancelled() and done.exception() is None and done.result())
+        )
 
     @property
     def prefix_sha256(self) -> str | None:
@@ -663,6 +842,8 @@ class IncomingFile:
         digest = self._verified
         if digest is None:
             raise LocalProtocolError(f"publish() of {self.name!r} before a successful verify()")
+        if self.unpacking:
+            raise LocalProtocolError(f"publish() of {self.name!r}, which is unpacked: complete() hands it over")
         try:
             await self.run_in_thread(self._place)
         except OSError as error:
@@ -711,7 +892,10 @@ class IncomingFile:
         application's bug must not end the session with the peer.
         """
         self.verify(sha256)
-        received = await self.publish()
+        received = await self._hand_over_unpacked() if self.unpacking else None
+        if received is None:
+            await self._written_back_whole()
+            received = await self.publish()
         logger.info(
             "{}: received {} ({} bytes){}, verified",
             self.transport,
@@ -731,6 +915,58 @@ class IncomingFile:
                 logger.exception("{}: on_file failed for {}", self.transport, received.name)
         return received
 
+    async def _written_back_whole(self) -> None:
+        """Wait for a thread still writing back what an unpacker held; the partial must be whole."""
+        if self._written_back is not None:
+            await asyncio.shield(self._written_back)
+            await asyncio.sleep(0)  # its done callback runs first
+        if self._partial_broken:
+            self.abandon(keep=False)
+            raise TransferError("cannot store the file")
+
+    async def _hand_over_unpacked(self) -> ReceivedFile | None:
+        """The verified file as its unpacker made it (its partial removed); ``None`` when the
+        unpacker could not take it after all: it was written back, to be published as usual."""
+        unpacker, unpacked = self._unpacker, None
+        if unpacker is not None:
+            try:
+                unpacked = await self.run_in_thread(unpacker.finish)
+            except CannotUnpack:
+                self._unpacker = None
+                try:
+                    await self.run_in_thread(self._restore, unpacker, self.received)
+                except TransferError:
+                    self.abandon(keep=False)
+                    raise TransferError("cannot store the file") from None
+                return None
+            except (ArchiveError, StorageFullError, OSError) as error:
+                logger.warning("{}: {} is unusable: {}", self.transport, quote_for_log(self.name), describe(error))
+                self._unpacker = None
+                self._unpack_error = error
+                await self.run_in_thread(unpacker.discard)
+            else:
+                self._unpacker = None  # handed over: the application's now
+            if self._stopping or self._closed:
+                # Abandoned while the unpacker checked the whole (the session ended): what it
+                # unpacked goes with the abandoned file, once written back if it is kept.
+                if not self._restoring:
+                    await asyncio.to_thread(unpacker.discard)
+                raise TransferError("transfer abandoned on this side")
+        self._close_handle()
+        self._unlink_partial()
+        self._published = True
+        self.abandon(keep=True)
+        return ReceivedFile(
+            name=self.name,
+            path=self.path,
+            size=self.size,
+            transport=self.transport,
+            sha256=self._verified,
+            transfer_id=self.transfer_id,
+            unpacked=unpacked,
+            unpack_error=self._unpack_error,
+        )
+
     # --- clean up -------------------------------------------------------------------------
 
     def abandon(self, *, keep: bool) -> None:
@@ -748,6 +984,15 @@ class IncomingFile:
             self._stopping = True
             self._pending_keep = keep if self._pending_keep is None else self._pending_keep and keep
             return
+        unpacker, self._unpacker = self._unpacker, None
+        if unpacker is not None:
+            if keep and self.received and not self._detached and self._handle is not None:
+                self._restore_then_abandon(unpacker)
+                return
+            unpacker.discard()
+            keep = False  # its partial has holes
+        elif self._unpack_error is not None or self._partial_broken:
+            keep = False  # nothing was kept of a refused file, or what was kept has holes
         self._closed = True
         if self._directory is not None and _RECEIVING.get(self._key) is self:
             del _RECEIVING[self._key]
@@ -776,6 +1021,15 @@ class IncomingFile:
             pass
         except OSError as error:
             logger.warning("{}: could not remove partial {}: {}", self.transport, self.partial_path, error)
+
+
+def _write_at(fd: int, offset: int, data: memoryview) -> None:
+    """All of ``data`` at ``offset`` of ``fd`` (the file position does not move). Blocking."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
 
 
 def _retrieve(future: asyncio.Future) -> None:

@@ -42,7 +42,16 @@ from rtcxfer.protocol.errors import (
     UnsafePathError,
 )
 
-__all__ = ["ExtractResult", "ZipLimits", "extract_zip"]
+__all__ = [
+    "ExtractResult",
+    "ZipLimits",
+    "check_member_kind",
+    "check_member_name",
+    "check_member_sizes",
+    "extract_zip",
+    "shown",
+    "storage_error",
+]
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -109,55 +118,55 @@ class _Member:
     is_dir: bool
 
 
-def _shown(name: str, limit: int = 80) -> str:
+def shown(name: str, limit: int = 80) -> str:
     shown = ascii(name[:limit])
     return shown + ("..." if len(name) > limit else "")
 
 
-def _check_name(info: zipfile.ZipInfo, limits: ZipLimits) -> PurePosixPath | None:
+def check_member_name(info: zipfile.ZipInfo, limits: ZipLimits) -> PurePosixPath | None:
     """The normalised relative path of a member, or ``None`` for a harmless ``./`` entry."""
     raw = info.orig_filename
     if "\x00" in raw or raw != info.filename:
         # zipfile silently cuts names at NUL; a name that needed changing is not a plain name.
-        raise UnsafeArchiveError(f"Archive member name is not a plain path: {_shown(raw)}")
+        raise UnsafeArchiveError(f"Archive member name is not a plain path: {shown(raw)}")
     if len(raw.encode("utf-8", "surrogatepass")) > limits.max_name_bytes:
-        raise ArchiveLimitError(f"Archive member name too long: {_shown(raw)}")
+        raise ArchiveLimitError(f"Archive member name too long: {shown(raw)}")
     if raw.startswith("/") or "\\" in raw or (len(raw) >= 2 and raw[1] == ":"):
-        raise UnsafeArchiveError(f"Archive member escapes the package: {_shown(raw)}")
+        raise UnsafeArchiveError(f"Archive member escapes the package: {shown(raw)}")
     text = raw.removesuffix("/")
     if raw.endswith("/") and all(part in ("", ".") for part in text.split("/")):
         return None
     try:
         path = check_relative_text(text)
     except UnsafePathError as exc:
-        raise UnsafeArchiveError(f"Unsafe archive member name ({exc}): {_shown(raw)}") from None
+        raise UnsafeArchiveError(f"Unsafe archive member name ({exc}): {shown(raw)}") from None
     if len(path.parts) > limits.max_depth:
-        raise ArchiveLimitError(f"Archive member nested too deep: {_shown(raw)}")
+        raise ArchiveLimitError(f"Archive member nested too deep: {shown(raw)}")
     return path
 
 
-def _check_kind(info: zipfile.ZipInfo) -> bool:
+def check_member_kind(info: zipfile.ZipInfo) -> bool:
     """Whether the member is a directory; links, devices, FIFOs and encrypted members raise."""
     name = info.orig_filename
     if info.flag_bits & (_FLAG_ENCRYPTED | _FLAG_STRONG_ENCRYPTION):
-        raise UnsafeArchiveError(f"Archive member is encrypted: {_shown(name)}")
+        raise UnsafeArchiveError(f"Archive member is encrypted: {shown(name)}")
     is_dir = name.endswith("/")
     kind = stat.S_IFMT(info.external_attr >> 16)
     if kind == stat.S_IFLNK:
-        raise UnsafeArchiveError(f"Archive member is a symlink: {_shown(name)}")
+        raise UnsafeArchiveError(f"Archive member is a symlink: {shown(name)}")
     if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
-        raise UnsafeArchiveError(f"Archive member is not a regular file: {_shown(name)}")
+        raise UnsafeArchiveError(f"Archive member is not a regular file: {shown(name)}")
     if kind and (kind == stat.S_IFDIR) != is_dir:
-        raise UnsafeArchiveError(f"Archive member mode contradicts its name: {_shown(name)}")
+        raise UnsafeArchiveError(f"Archive member mode contradicts its name: {shown(name)}")
     return is_dir
 
 
-def _check_sizes(info: zipfile.ZipInfo, limits: ZipLimits) -> None:
+def check_member_sizes(info: zipfile.ZipInfo, limits: ZipLimits) -> None:
     name = info.orig_filename
     if info.file_size > limits.max_member_bytes:
-        raise ArchiveLimitError(f"Archive member too large: {_shown(name)}")
+        raise ArchiveLimitError(f"Archive member too large: {shown(name)}")
     if info.file_size > limits.ratio_min_bytes and info.file_size > limits.max_ratio * info.compress_size:
-        raise ArchiveLimitError(f"Archive member compression ratio too high: {_shown(name)}")
+        raise ArchiveLimitError(f"Archive member compression ratio too high: {shown(name)}")
 
 
 def _check_layout(members: list[_Member]) -> None:
@@ -167,12 +176,12 @@ def _check_layout(members: list[_Member]) -> None:
     implied: set[PurePosixPath] = set()
     for member in members:
         if member.path in files or member.path in dirs:
-            raise UnsafeArchiveError(f"Duplicate archive member: {_shown(member.info.orig_filename)}")
+            raise UnsafeArchiveError(f"Duplicate archive member: {shown(member.info.orig_filename)}")
         (dirs if member.is_dir else files).add(member.path)
         implied.update(member.path.parents)
     clash = files & implied
     if clash:
-        raise UnsafeArchiveError(f"Archive member is both a file and a directory: {_shown(str(min(clash)))}")
+        raise UnsafeArchiveError(f"Archive member is both a file and a directory: {shown(str(min(clash)))}")
     # Members sharing data (the "non-recursive zip bomb") or a header inside another's data.
     ordered = sorted(members, key=lambda m: m.info.header_offset)
     for current, following in itertools.pairwise(ordered):
@@ -180,7 +189,7 @@ def _check_layout(members: list[_Member]) -> None:
         # len() in characters is a lower bound of the encoded name length in any encoding.
         data_end = info.header_offset + _LOCAL_HEADER_SIZE + len(info.orig_filename)
         if data_end + info.compress_size > following.info.header_offset:
-            raise UnsafeArchiveError(f"Archive members overlap: {_shown(info.orig_filename)}")
+            raise UnsafeArchiveError(f"Archive members overlap: {shown(info.orig_filename)}")
 
 
 def _scan(archive: zipfile.ZipFile, limits: ZipLimits) -> list[_Member]:
@@ -191,9 +200,9 @@ def _scan(archive: zipfile.ZipFile, limits: ZipLimits) -> list[_Member]:
     members: list[_Member] = []
     total = compressed = 0
     for info in infos:
-        is_dir = _check_kind(info)
-        path = _check_name(info, limits)
-        _check_sizes(info, limits)
+        is_dir = check_member_kind(info)
+        path = check_member_name(info, limits)
+        check_member_sizes(info, limits)
         total += info.file_size
         compressed += info.compress_size
         if path is not None:
@@ -238,11 +247,11 @@ class _Writer:
         except OSError as exc:
             # Read errors became CorruptArchiveError inside _copy: this is a write or the
             # flush on close, where a full disk often shows up first.
-            raise _storage_error(exc) from exc
+            raise storage_error(exc) from exc
         except PathError as exc:
             # In a fresh directory only a clash (case-insensitive storage) or a concurrent
             # writer can get here.
-            raise UnsafeArchiveError(f"Archive member cannot be written ({exc}): {_shown(target)}") from None
+            raise UnsafeArchiveError(f"Archive member cannot be written ({exc}): {shown(target)}") from None
         self.files += 1
 
     def _copy(self, info: zipfile.ZipInfo, out: BinaryIO) -> None:
@@ -270,7 +279,7 @@ class _Writer:
             raise _corrupt(info, EOFError(f"{member_written} bytes, header says {info.file_size}"))
 
     def _check_counts(self, info: zipfile.ZipInfo, member_written: int) -> None:
-        name = _shown(info.orig_filename)
+        name = shown(info.orig_filename)
         if member_written > info.file_size:
             raise ArchiveLimitError(f"Archive member larger than its header says: {name}")
         if member_written > self.limits.max_member_bytes:
@@ -280,12 +289,12 @@ class _Writer:
 
 
 def _corrupt(info: zipfile.ZipInfo | None, exc: BaseException) -> CorruptArchiveError:
-    where = f" (member {_shown(info.orig_filename)})" if info is not None else ""
+    where = f" (member {shown(info.orig_filename)})" if info is not None else ""
     logger.info("Corrupt archive{}: {!r}", where, exc)
     return CorruptArchiveError(f"{texts.CORRUPTED}{where}")
 
 
-def _storage_error(exc: OSError) -> Exception:
+def storage_error(exc: OSError) -> Exception:
     """``StorageFullError`` for a full disk or quota; any other local OS error as it is."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageFullError(texts.DISK_FULL)
@@ -327,7 +336,7 @@ def extract_zip(
         try:
             root = Path(tempfile.mkdtemp(dir=Path(dest_parent).resolve(), prefix="pkg-"))
         except OSError as exc:
-            raise _storage_error(exc) from exc
+            raise storage_error(exc) from exc
         done = False
         try:
             writer = _Writer(zf, root, limits, total, progress)

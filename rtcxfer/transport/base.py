@@ -163,6 +163,12 @@ class ReceivedFile:
     transfer_id: str | None = None
     #: How to open it for reading; by default a plain open of ``path``.
     opener: Callable[[], BinaryIO] | None = attrs.field(default=None, eq=False, repr=False)
+    #: What the application's unpacker made of the bytes while they arrived
+    #: (:attr:`TransportContext.unpack`; the worker: the extracted package). The file itself
+    #: was not kept: nothing is at ``path``.
+    unpacked: Any = attrs.field(default=None, eq=False)
+    #: Why the unpacker refused the bytes (the file was verified but not kept either).
+    unpack_error: Exception | None = attrs.field(default=None, eq=False)
 
     def open(self) -> BinaryIO:
         """Open the file for reading (binary)."""
@@ -208,6 +214,12 @@ class TransportContext:
     kept_partials_dir: Path | None = None
     #: Largest file a peer may announce.
     max_file_bytes: int = 1 << 40
+    #: Worker: ``unpack(name, size)`` is asked, when a file starts arriving from its first
+    #: byte, for an unpacker that takes the bytes as they arrive instead of the file being
+    #: written whole (the worker extracts a job's package while it is received; see
+    #: :mod:`rtcxfer.files.unpacking`). A transport passes it on to the receiving side and
+    #: knows nothing more of it. ``None``, or ``None`` returned: the file is written as usual.
+    unpack: Callable[[str, int], Any] | None = None
     #: Transport-specific settings, by transport name.
     options: dict[str, Any] = attrs.field(factory=dict)
     #: Called as ``progress(transport, name, bytes_done, total)`` by every transport that moves

@@ -712,6 +712,7 @@ class DirectTransport(Transport):
                 transport=self.name,
                 kept_partials_dir=self.context.kept_partials_dir,
                 max_size=self.context.max_file_bytes,
+                unpack=self.context.unpack,
             )
         except TransferError as error:
             logger.warning("direct: refused a file: {}", error)

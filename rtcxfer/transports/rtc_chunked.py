@@ -273,6 +273,7 @@ class RtcChunkedTransport(Transport):
                 transport=self.name,
                 kept_partials_dir=self.context.kept_partials_dir,
                 max_size=self.context.max_file_bytes,
+                unpack=self.context.unpack,
             )
         except TransferError as error:
             raise _file_error(tid, str(error)) from None

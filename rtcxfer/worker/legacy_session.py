@@ -55,7 +55,7 @@ from rtcxfer.protocol.manifest import MANIFEST_NAME, Manifest, ManifestError
 from rtcxfer.transport.base import ReceivedFile
 from rtcxfer.transports.shared_fs import SharedFsTransport
 from rtcxfer.worker.jobs import JobFailedError, run_manifest_command
-from rtcxfer.worker.pipeline import Job, JobOutcome, Outcome, remove_quietly, run_job
+from rtcxfer.worker.pipeline import Job, JobOutcome, Outcome, package_unpacker, remove_quietly, run_job
 
 if TYPE_CHECKING:  # pragma: no cover
     from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
@@ -316,6 +316,7 @@ class LegacySession:
             transport=LEGACY_UPLOAD,
             max_size=self.worker.max_file_bytes,
             resume=False,
+            unpack=package_unpacker(self.worker, self._upload_dir),
         )
 
     def _drop_upload(self) -> None:

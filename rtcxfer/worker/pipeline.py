@@ -7,7 +7,10 @@ Both dialects a worker speaks drive this module: rtcxfer's own protocol
 package has none, where the job writes its results and how they travel, and every word said to
 the client. The pipeline owns the rest, once:
 
-1. the package is extracted safely (:mod:`rtcxfer.files.safezip`) off the event loop;
+1. the package is extracted safely: while it arrives (:func:`package_unpacker`, the
+   transports' ``TransportContext.unpack``; it is handed over checked, SHA-256 and central
+   directory included), else from the received ZIP (:mod:`rtcxfer.files.safezip`) off the
+   event loop;
 2. its manifest is read (a package without one runs only under an application's executor);
 3. the executor runs it with the worker's limits; its output goes to the client through an
    :class:`OutputQueue` that never blocks the job;
@@ -27,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
@@ -35,7 +38,8 @@ import attrs
 
 from rtcxfer.files import paths
 from rtcxfer.files.results import result_files
-from rtcxfer.files.safezip import extract_zip
+from rtcxfer.files.safezip import ExtractResult, extract_zip
+from rtcxfer.files.stream_unzip import StreamingUnzip
 from rtcxfer.log import logger
 from rtcxfer.protocol import texts
 from rtcxfer.protocol.errors import (
@@ -311,14 +315,36 @@ async def _steps(
     return JobOutcome(Outcome.COMPLETE, results_path=results_path, file_count=len(files), total_bytes=total)
 
 
+def package_unpacker(worker: RTCWorkerClient, directory: Path) -> Callable[[str, int], StreamingUnzip | None]:
+    """The ``TransportContext.unpack`` of a job whose files live in ``directory``: its package
+    is extracted beneath it as it arrives (unless the worker's
+    ``extract_while_receiving`` is off), and handed to :func:`run_job` already checked."""
+
+    def start(name: str, size: int) -> StreamingUnzip | None:
+        if not worker.extract_while_receiving:
+            return None
+        return StreamingUnzip.start(directory, size, worker.zip_limits)
+
+    return start
+
+
 def _extract(worker: RTCWorkerClient, job: Job, received: ReceivedFile, dialect: JobDialect) -> Path:
+    worker.tell_operator(
+        f"job {job.job_id} input {quote_for_log(received.name)} ({received.size} bytes) via {received.transport}"
+    )
+    if received.unpack_error is not None:
+        raise received.unpack_error  # found while it arrived: the verdict extract_zip would give
+    if isinstance(received.unpacked, ExtractResult):
+        result = received.unpacked
+        logger.info(
+            "{}: received {} ({} bytes, via {}) and extracted {} files while it arrived",
+            dialect.label, received.name, received.size, received.transport, result.files,
+        )
+        return dialect.package_dir(result.root)
     started = time.perf_counter()
     with received.open() as archive:
         result = extract_zip(archive, job.directory, worker.zip_limits)
     elapsed = time.perf_counter() - started
-    worker.tell_operator(
-        f"job {job.job_id} input {quote_for_log(received.name)} ({received.size} bytes) via {received.transport}"
-    )
     logger.info(
         "{}: read {} ({} bytes, via {}) and extracted {} files in {:.3f} s",
         dialect.label, received.name, received.size, received.transport, result.files, elapsed,

@@ -202,6 +202,9 @@ class RTCWorkerClient:
         self.executor: Executor = executor or run_manifest_command
         self.job_timeout = job_timeout
         self.zip_limits = zip_limits
+        #: A job's package is extracted while it arrives, by every transport that moves bytes
+        #: (:mod:`rtcxfer.files.stream_unzip`); ``False``: written whole, then extracted.
+        self.extract_while_receiving = True
         self.max_file_bytes = max_file_bytes
         self.kill_grace_seconds = kill_grace_seconds
         self.transport_options = dict(transport_options or {})

@@ -46,7 +46,15 @@ from rtcxfer.protocol.frames import PROTOCOL_VERSION, Frame, JobState, quote_for
 from rtcxfer.protocol.manifest import Manifest
 from rtcxfer.transport.base import ReceivedFile, Transport
 from rtcxfer.worker.jobs import SUPERVISOR_MARGIN
-from rtcxfer.worker.pipeline import Job, JobOutcome, Outcome, complete_despite_cancellation, remove_quietly, run_job
+from rtcxfer.worker.pipeline import (
+    Job,
+    JobOutcome,
+    Outcome,
+    complete_despite_cancellation,
+    package_unpacker,
+    remove_quietly,
+    run_job,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
@@ -64,6 +72,8 @@ UNAUTHENTICATED = "unauthenticated"
 MIB = 1024 * 1024
 #: How long a stopped job's input may take to stop arriving before its partial is kept (seconds).
 INPUT_SETTLE_SECONDS = 3.0
+#: How long an input extracted while it arrived may take to be written back into its partial.
+INPUT_RESTORE_SECONDS = 120.0
 
 
 class UnauthenticatedRefuser:
@@ -273,6 +283,7 @@ class WorkerSession:
         job.incoming_dir.mkdir()
         job.output_dir.mkdir()
         self.context.incoming_dir = job.incoming_dir
+        self.context.unpack = package_unpacker(self.worker, job.directory)
         logger.info("{}: job {} accepted (results via {})", self.name, job_id, results_via or "whatever fits")
         self.worker.tell_operator(f"job {job_id} accepted ({self.name})")
         return job
@@ -307,8 +318,14 @@ class WorkerSession:
         """An upload that stopped part-way is kept for the client's re-run to resume."""
         # The cancel comes over the data channel, the bytes may come over a connection of their
         # own (direct): let the receiver see the sender stop and let go of the partial first.
-        deadline = time.monotonic() + INPUT_SETTLE_SECONDS
-        while kept_partials.receiving_into(job.incoming_dir) and time.monotonic() < deadline:
+        # An input extracted while it arrived is first written back into its partial (a
+        # thread copies the staged members): worth waiting for, it is the resume.
+        started = time.monotonic()
+        while kept_partials.receiving_into(job.incoming_dir):
+            waited = time.monotonic() - started
+            restoring = kept_partials.restoring_into(job.incoming_dir)
+            if waited > (INPUT_RESTORE_SECONDS if restoring else INPUT_SETTLE_SECONDS):
+                break
             await asyncio.sleep(0.02)
         kept = self.worker.kept_partials_dir
         if await asyncio.to_thread(kept_partials.keep_partials, job.incoming_dir, kept):
@@ -318,6 +335,7 @@ class WorkerSession:
         """The job reported (or never started): the session takes its next one (called before
         the report leaves: the client may submit the next job as soon as it reads it)."""
         self.context.incoming_dir = self.directory
+        self.context.unpack = None
         if self.job is job:
             self.job = None
 

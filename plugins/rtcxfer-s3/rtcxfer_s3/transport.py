@@ -416,6 +416,7 @@ class S3Transport(Transport):
                 sha256=frame.sha256,
                 transport=self.name,
                 kept_partials_dir=self.context.kept_partials_dir,
+                unpack=self.context.unpack,
             )
         except NotEnoughSpaceError:
             error = S3NoSpaceError(f"not enough free space on this side for {name!r} ({frame.size} bytes)")
