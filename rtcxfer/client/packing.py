@@ -14,6 +14,7 @@ import json
 import os
 import stat
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,7 +66,14 @@ def manifest_problem(manifest: str, error: ManifestError) -> str:
 #: The version of what :func:`pack_directory` writes: a change to the ZIP's layout (member
 #: order, timestamps, modes, compression) must change it, so packs kept by
 #: :mod:`rtcxfer.client.pack_cache` under the old layout are not taken for the new one.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+#: A file whose first :data:`COMPRESSION_SAMPLE` bytes deflate (at level 1) to more than this
+#: share of themselves is stored, not deflated: data compressed already (images, video, model
+#: weights, archives) gains nothing from deflate and costs its CPU on the client, and a stored
+#: member is the one a worker extracts as it arrives without writing it twice.
+STORE_ABOVE_RATIO = 0.9
+COMPRESSION_SAMPLE = 1 << 20
 
 #: One file of a directory to pack: its name in the ZIP, its path, its ``lstat``.
 Member = tuple[str, Path, os.stat_result]
@@ -125,6 +133,15 @@ def _raise(error: OSError) -> None:
     raise error
 
 
+def compression_for(sample: bytes) -> int:
+    """``zipfile.ZIP_STORED`` for a file that begins with ``sample`` when that does not
+    compress (see :data:`STORE_ABOVE_RATIO`; an empty or a tiny file does not either), else
+    ``zipfile.ZIP_DEFLATED``."""
+    if not sample or len(zlib.compress(sample, 1)) > STORE_ABOVE_RATIO * len(sample):
+        return zipfile.ZIP_STORED
+    return zipfile.ZIP_DEFLATED
+
+
 def pack_directory(
     directory: Path, destination: Path, members: list[Member] | None = None, progress: PackProgress | None = None
 ) -> Path:
@@ -141,18 +158,17 @@ def pack_directory(
     with zipfile.ZipFile(destination, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, path, _ in members:
             info = zipfile.ZipInfo(name, FIXED_DATE_TIME)
-            info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = (stat.S_IFREG | 0o644) << 16
             # O_NOFOLLOW: a file swapped for a link since it was listed is refused, not followed.
-            with (
-                os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as source,
-                archive.open(info, "w", force_zip64=os.fstat(source.fileno()).st_size >= 1 << 31) as target,
-            ):
-                while block := source.read(1 << 20):
-                    target.write(block)
-                    done += len(block)
-                    if progress is not None:
-                        progress(min(done, total), total)
+            with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as source:
+                info.compress_type = compression_for(source.read(COMPRESSION_SAMPLE))
+                source.seek(0)
+                with archive.open(info, "w", force_zip64=os.fstat(source.fileno()).st_size >= 1 << 31) as target:
+                    while block := source.read(1 << 20):
+                        target.write(block)
+                        done += len(block)
+                        if progress is not None:
+                            progress(min(done, total), total)
     if progress is not None and done < total:  # a member shrank since it was listed
         progress(total, total)
     check_package(destination)
