@@ -28,8 +28,7 @@ from rtcxfer.protocol.errors import (
     UnsafeArchiveError,
 )
 from rtcxfer.testing.contract import run_async
-from tests.files.test_stream_unzip import _late_descriptor_archive, _unseekable_archive, tree
-from tests.support.zips import Member, build
+from tests.support.zips import Member, build, late_descriptor_archive, piped_archive, tree
 
 TID = "cd" * 16
 MiB = 1024 * 1024
@@ -128,7 +127,7 @@ def test_nothing_is_handed_over_before_the_sha256_matched(dirs):
 
 @pytest.mark.parametrize(
     "data",
-    [_unseekable_archive(zipfile.ZIP_DEFLATED), _late_descriptor_archive(), b"not a zip at all" * 1000],
+    [piped_archive(), late_descriptor_archive(), b"not a zip at all" * 1000],
     ids=["data descriptors", "a data descriptor after a stored member", "not a zip"],
 )
 @pytest.mark.parametrize("piece", [1000, 65536])
@@ -249,7 +248,7 @@ def test_a_resumed_file_is_not_unpacked(dirs):
 def test_writes_from_a_thread_unpack_too(dirs):
     """direct and s3 write from a thread lent the file: a fallback there writes back in place."""
     incoming_dir, job_dir = dirs
-    for data, streams in ((package(MiB), True), (_late_descriptor_archive(), False)):
+    for data, streams in ((package(MiB), True), (late_descriptor_archive(), False)):
 
         async def scenario(data=data):
             incoming = await opened(incoming_dir, data, Staging(job_dir))
@@ -300,7 +299,7 @@ def test_a_late_fallback_on_the_loop_writes_back_in_a_thread_while_the_rest_arri
     """rtc-chunked writes on the event loop: handing back an archive whose stored members
     already arrived must not stall it. The rest is written meanwhile; complete() waits."""
     incoming_dir, job_dir = dirs
-    data = _late_descriptor_archive()
+    data = late_descriptor_archive()
     writing_back, release = threading.Event(), threading.Event()
 
     class SlowRestore(StreamingUnzip):

@@ -20,7 +20,17 @@ from rtcxfer.files.stream_unzip import StreamingUnzip
 from rtcxfer.files.unpacking import CannotUnpack
 from rtcxfer.protocol.errors import ArchiveError, ArchiveLimitError, CorruptArchiveError, UnsafeArchiveError
 from tests.files.test_safezip import CORRUPTIONS, HOSTILE
-from tests.support.zips import Member, build, central_entries, set_flag_bits, set_header_offset, set_sizes
+from tests.support.zips import (
+    Member,
+    build,
+    central_entries,
+    late_descriptor_archive,
+    piped_archive,
+    set_flag_bits,
+    set_header_offset,
+    set_sizes,
+    tree,
+)
 
 MiB = 1024 * 1024
 
@@ -34,17 +44,6 @@ class Sink:
     def keep(self, offset: int, data: memoryview) -> None:
         assert offset + len(data) <= len(self.data)
         self.data[offset : offset + len(data)] = data
-
-
-def tree(root: Path) -> dict[str, bytes | None]:
-    found: dict[str, bytes | None] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            mode = path.lstat().st_mode
-            assert stat.S_ISREG(mode) or stat.S_ISDIR(mode), path
-            found[path.relative_to(root).as_posix()] = path.read_bytes() if stat.S_ISREG(mode) else None
-    return found
 
 
 def cuts(size: int, pieces: list[int]) -> list[tuple[int, int]]:
@@ -117,48 +116,6 @@ def _zip64_archive() -> bytes:
     return buffer.getvalue()
 
 
-def _unseekable_archive(method: int) -> bytes:
-    """What zipfile writes to a pipe (as ``zip -`` does): sizes in data descriptors."""
-
-    class Pipe(io.RawIOBase):
-        def __init__(self) -> None:
-            self.data = bytearray()
-
-        def writable(self) -> bool:
-            return True
-
-        def write(self, data) -> int:  # type: ignore[no-untyped-def, override]
-            self.data += data
-            return len(data)
-
-    pipe = Pipe()
-    with zipfile.ZipFile(pipe, "w", method) as archive:
-        archive.writestr("rtcxfer.json", b"{}")
-        archive.writestr("data.bin", os.urandom(20_000))
-    return bytes(pipe.data)
-
-
-def _late_descriptor_archive() -> bytes:
-    """A stored member that streams, then a deflated one whose sizes follow its data."""
-    data = build([Member("first.bin", os.urandom(50_000), compress=zipfile.ZIP_STORED), Member("b.txt", b"w " * 5000)])
-    entries = central_entries(data)
-    local = struct.unpack_from("<I", data, entries[1] + 42)[0]
-    crc, compressed, size = struct.unpack_from("<III", data, local + 14)
-    name_length, extra_length = struct.unpack_from("<HH", data, local + 26)
-    data_start = local + 30 + name_length + extra_length
-    assert data_start + compressed == entries[0]
-    header = bytearray(data[local:data_start])
-    struct.pack_into("<H", header, 6, struct.unpack_from("<H", header, 6)[0] | 0x8)
-    struct.pack_into("<III", header, 14, 0, 0, 0)
-    descriptor = struct.pack("<4sIII", b"PK\x07\x08", crc, compressed, size)
-    central = bytearray(data[entries[0] :])
-    flags_at = entries[1] - entries[0] + 8
-    struct.pack_into("<H", central, flags_at, struct.unpack_from("<H", central, flags_at)[0] | 0x8)
-    end = central.rfind(b"PK\x05\x06")
-    struct.pack_into("<I", central, end + 16, struct.unpack_from("<I", central, end + 16)[0] + len(descriptor))
-    return data[:local] + bytes(header) + data[data_start : entries[0]] + descriptor + bytes(central)
-
-
 def _zip64_end_records_archive() -> bytes:
     """ZIP64 end records, as zipfile writes them beyond 65,535 members (the limit lowered here)."""
     buffer = io.BytesIO()
@@ -221,7 +178,7 @@ def test_the_archive_is_given_back_byte_for_byte_at_any_point(tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     "data",
-    [_unseekable_archive(zipfile.ZIP_DEFLATED), _unseekable_archive(zipfile.ZIP_STORED), _late_descriptor_archive()],
+    [piped_archive(method=zipfile.ZIP_DEFLATED), piped_archive(method=zipfile.ZIP_STORED), late_descriptor_archive()],
     ids=["data descriptors, deflated", "data descriptors, stored", "a data descriptor after a stored member"],
 )
 def test_data_descriptors_are_handed_back_and_extracted_whole(tmp_path: Path, data: bytes) -> None:
@@ -371,7 +328,7 @@ def test_a_truncated_stream_is_corrupt(tmp_path: Path) -> None:
 
 # --- hypothesis ------------------------------------------------------------------------------------
 
-ARCHIVES = {**GOOD, "late descriptor": _late_descriptor_archive(), "pipe": _unseekable_archive(zipfile.ZIP_DEFLATED)}
+ARCHIVES = {**GOOD, "late descriptor": late_descriptor_archive(), "pipe": piped_archive(method=zipfile.ZIP_DEFLATED)}
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

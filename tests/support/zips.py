@@ -4,12 +4,14 @@ modes and flags, lying size fields, overlapping or renamed members."""
 from __future__ import annotations
 
 import io
+import os
 import stat
 import struct
 import warnings
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 CENTRAL_SIG = b"PK\x01\x02"
 
@@ -93,3 +95,63 @@ def rename(data: bytes, old: bytes, new: bytes) -> bytes:
     """Replace a member name everywhere (same length), e.g. to plant a NUL byte."""
     assert len(old) == len(new)
     return data.replace(old, new)
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and directory (None) under ``root``, by relative name; links or
+    special files fail the test."""
+    found: dict[str, bytes | None] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            mode = path.lstat().st_mode
+            assert stat.S_ISREG(mode) or stat.S_ISDIR(mode), path
+            found[path.relative_to(root).as_posix()] = path.read_bytes() if stat.S_ISREG(mode) else None
+    return found
+
+
+class _Pipe(io.RawIOBase):
+    """A write-only stream that cannot seek: zipfile then puts sizes after each member's data."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[no-untyped-def, override]
+        self.data += data
+        return len(data)
+
+
+def piped_archive(files: dict[str, bytes] | None = None, method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """What zipfile writes to a pipe (as ``zip -`` does): sizes in data descriptors. By default
+    a manifest and 20,000 random bytes."""
+    if files is None:
+        files = {"rtcxfer.json": b"{}", "data.bin": os.urandom(20_000)}
+    pipe = _Pipe()
+    with zipfile.ZipFile(pipe, "w", method) as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return bytes(pipe.data)
+
+
+def late_descriptor_archive() -> bytes:
+    """A stored member that streams, then a deflated one whose sizes follow its data."""
+    data = build([Member("first.bin", os.urandom(50_000), compress=zipfile.ZIP_STORED), Member("b.txt", b"w " * 5000)])
+    entries = central_entries(data)
+    local = struct.unpack_from("<I", data, entries[1] + 42)[0]
+    crc, compressed, size = struct.unpack_from("<III", data, local + 14)
+    name_length, extra_length = struct.unpack_from("<HH", data, local + 26)
+    data_start = local + 30 + name_length + extra_length
+    assert data_start + compressed == entries[0]
+    header = bytearray(data[local:data_start])
+    struct.pack_into("<H", header, 6, struct.unpack_from("<H", header, 6)[0] | 0x8)
+    struct.pack_into("<III", header, 14, 0, 0, 0)
+    descriptor = struct.pack("<4sIII", b"PK\x07\x08", crc, compressed, size)
+    central = bytearray(data[entries[0] :])
+    flags_at = entries[1] - entries[0] + 8
+    struct.pack_into("<H", central, flags_at, struct.unpack_from("<H", central, flags_at)[0] | 0x8)
+    end = central.rfind(b"PK\x05\x06")
+    struct.pack_into("<I", central, end + 16, struct.unpack_from("<I", central, end + 16)[0] + len(descriptor))
+    return data[:local] + bytes(header) + data[data_start : entries[0]] + descriptor + bytes(central)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import json
 import os
 import re
@@ -20,6 +19,7 @@ from rtcxfer.testing import run_async
 from rtcxfer.worker.rtc_worker_client import RTCWorkerClient
 from tests.support.legacy_client import expected_results, legacy_package, sample_data, unzip
 from tests.support.worker_harness import TOKEN, attached_client, make_worker
+from tests.support.zips import piped_archive
 from tests.worker.test_legacy_worker import NAME, legacy_session
 
 MiB = 1024 * 1024
@@ -72,30 +72,11 @@ def test_a_package_written_through_a_pipe_runs_as_before(tmp_path, logs):
     blob = os.urandom(MiB)
     files = {"rtcxfer.json": json.dumps({"command": ["python", "job.py"]}).encode(), "job.py": JOB.encode()}
     package = tmp_path / "piped.zip"
-    package.write_bytes(_piped({**files, "blob.bin": blob}))
+    package.write_bytes(piped_archive({**files, "blob.bin": blob}))
     result = submit(tmp_path, package, "rtc-chunked")
     assert result.ok, result.failure
     assert (result.results_dir / "sha.txt").read_text() == hashlib.sha256(blob).hexdigest()
     assert "not extracted while received" in messages(logs) and EXTRACTED_AFTER in messages(logs)
-
-
-def _piped(files: dict[str, bytes]) -> bytes:
-    class Pipe(io.RawIOBase):
-        def __init__(self) -> None:
-            self.data = bytearray()
-
-        def writable(self) -> bool:
-            return True
-
-        def write(self, data) -> int:  # type: ignore[no-untyped-def, override]
-            self.data += data
-            return len(data)
-
-    pipe = Pipe()
-    with zipfile.ZipFile(pipe, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, content in files.items():
-            archive.writestr(name, content)
-    return bytes(pipe.data)
 
 
 def _corrupted_blob(path: Path) -> Path:
