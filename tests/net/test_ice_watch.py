@@ -102,6 +102,56 @@ def test_relay_candidates_do_not_check_the_peers_private_addresses():
         "10.2.0.2", "198.51.100.3", "198.51.100.1", "8.8.4.4", "127.0.0.1"}
 
 
+class HostProtocol(RelayProtocol):
+    """Stands for aioice's protocol of a host candidate."""
+
+    def __init__(self, address: str) -> None:
+        self.local_candidate = aioice.Candidate(
+            foundation="host1", component=1, transport="udp", priority=2, host=address, port=50000, type="host"
+        )
+
+
+@pytest.mark.parametrize("order", ["own relay first", "own relay last"])
+def test_of_the_nominated_pairs_the_one_through_this_sides_own_relay_carries_the_data(order):
+    """Behind symmetric NATs a pair through this side's relay and one straight into the peer's
+    relayed address both succeed, aggressively nominated, within a millisecond; whichever comes
+    last, the data goes through this side's own relay (coturn reads a relayed address through a
+    64 KiB buffer and drops bursts there). A pair with no relay at all beats both."""
+
+    async def scenario():
+        pc, _ = await gathered([])
+        connection = pc.sctp.transport.transport.iceGatherer._connection
+        relay, host = RelayProtocol("198.51.100.1"), HostProtocol("10.1.0.2")
+        peers_relay = remote("198.51.100.1", "relay", 49999)
+        connection._remote_candidates.append(peers_relay)
+        # The peer's check through its relay made our pair to it peer-reflexive; ours through
+        # our relay reached its NAT's mapping.
+        into_peers_relay = aioice.ice.CandidatePair(host, remote("198.51.100.1", "prflx", 49999))
+        through_own_relay = aioice.ice.CandidatePair(relay, remote("198.51.100.3", "prflx", 61000))
+        pairs = [through_own_relay, into_peers_relay]
+        if order == "own relay last":
+            pairs.reverse()
+        chosen = []
+        for pair in pairs:
+            connection._check_list.append(pair)
+            pair.nominated = True
+            connection.check_state(pair, aioice.ice.CandidatePair.State.SUCCEEDED)
+            connection.check_complete(pair)
+            chosen.append(connection._nominated[1])
+        # Then a direct pair succeeds as well: no relay at all is better still.
+        direct = aioice.ice.CandidatePair(host, remote("198.51.100.3", "srflx", 62000))
+        connection._check_list.append(direct)
+        direct.nominated = True
+        connection.check_state(direct, aioice.ice.CandidatePair.State.SUCCEEDED)
+        connection.check_complete(direct)
+        chosen.append(connection._nominated[1])
+        await pc.close()
+        return pairs, chosen, through_own_relay, direct
+
+    pairs, chosen, through_own_relay, direct = run_async(scenario())
+    assert chosen == [pairs[0], through_own_relay, direct]
+
+
 @pytest.mark.slow
 @needs_coturn
 def test_a_turn_server_that_refuses_the_credentials_is_said_to(tmp_path):
