@@ -29,8 +29,11 @@ loopback-only) makes aioice keep why a TURN allocation or a STUN query failed (a
 TURN server, no answer), which it otherwise drops, and keeps it from pairing its relay candidates
 with the peer's private host addresses: coturn 4.6.1 closes a whole allocation when a relayed
 send to an address it has no route to fails, which took every relayed pair down with it.
-:func:`local_gathering` reads what was gathered (:class:`~rtcxfer.net.ice_paths.Gathering`) and
-:func:`selected_ice_path` the pair ICE nominated (:class:`~rtcxfer.net.ice_paths.IcePath`);
+It also makes the connection send on the nominated pair that uses TURN relays least
+(:func:`prefer_own_relay`: aioice sends on whichever check succeeded last, and coturn drops
+bursts sent straight into a relayed address). :func:`local_gathering` reads what was gathered
+(:class:`~rtcxfer.net.ice_paths.Gathering`) and :func:`selected_ice_path` the pair ICE
+nominated (:class:`~rtcxfer.net.ice_paths.IcePath`);
 :func:`ice_watch_unsupported_reason` is the probe (where it fails, ICE runs as aioice does it,
 and failures are diagnosed without the allocation's error).
 
@@ -79,7 +82,11 @@ The mechanism (packetization-layer path MTU discovery, RFC 8899 section 4 for SC
    the datagram size is below the packet size.
 
 On loopback the first probe round confirms 16 KiB within a millisecond or two: the special case
-earlier versions had for loopback is this mechanism's easy case.
+earlier versions had for loopback is this mechanism's easy case. Through a TURN relay (coturn
+relays at most 16380 bytes a datagram) the probe of :data:`RELAY_PACKET_SIZE` is the largest
+answered, and packets of that size cross whole; the relay's own socket gets the wide receive
+buffer, and :func:`speed_up_relayed_sends` sends through a bound TURN channel without aioice's
+task per datagram.
 
 aiortc has no setting for any of this: the size is the module constant ``USERDATA_MAX_LENGTH``
 and the DTLS buffer sizes are literals (1500) in two methods. Instead of patching the modules,
@@ -147,8 +154,8 @@ __all__ = [
     "remote_max_message_size",
     "remote_packet_size",
     "restrict_host_candidates",
-    "selected_ice_path",
     "sctp_user_data_per_packet",
+    "selected_ice_path",
     "selected_remote_candidate",
     "speed_up_relayed_sends",
     "stun_bindings",
