@@ -28,6 +28,7 @@ from tests.support.zips import (
     set_flag_bits,
     set_header_offset,
     set_sizes,
+    tree,
 )
 
 MiB = 1024 * 1024
@@ -38,17 +39,6 @@ def parent(tmp_path: Path) -> Path:
     dest = tmp_path / "dest"
     dest.mkdir()
     return dest
-
-
-def _tree(root: Path) -> dict[str, bytes | None]:
-    found: dict[str, bytes | None] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            mode = path.lstat().st_mode
-            assert stat.S_ISREG(mode) or stat.S_ISDIR(mode), path
-            found[path.relative_to(root).as_posix()] = path.read_bytes() if stat.S_ISREG(mode) else None
-    return found
 
 
 def test_good_archive_extracts(parent: Path) -> None:
@@ -72,11 +62,11 @@ def test_good_archive_extracts(parent: Path) -> None:
     assert result.files == 6
     expected_bytes = 13 + len(payload) + 1000 + 2 + 30
     assert result.bytes_written == expected_bytes
-    tree = _tree(result.root)
-    assert tree["data/train/part-0.bin"] == payload
-    assert tree["notes/readme.md"] == b"hi"
-    assert tree["data/empty.txt"] == b""
-    assert tree["data"] is None
+    extracted = tree(result.root)
+    assert extracted["data/train/part-0.bin"] == payload
+    assert extracted["notes/readme.md"] == b"hi"
+    assert extracted["data/empty.txt"] == b""
+    assert extracted["data"] is None
     assert calls[-1] == (expected_bytes, expected_bytes)
     assert os.listdir(parent) == [result.root.name]
 

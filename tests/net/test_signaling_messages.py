@@ -255,10 +255,13 @@ def test_an_unknown_server_message_type_is_kept_apart() -> None:
         (Registered("r", "c", [PeerEntry("w", "worker", {"slots": 1}), PeerEntry("d", "client")]),
          '{"type":"registered","room":"r","peer_id":"c","peers":[{"peer_id":"w","role":"worker",'
          '"description":{"slots":1}},{"peer_id":"d","role":"client"}]}'),
-        (Registered("r", "c", [], [IceServer("stun:s"), IceServer("turn:t", "1800000000:c", "cHc=")]),
-         '{"type":"registered","room":"r","peer_id":"c","peers":[],"ice_servers":[{"urls":["stun:s:3478"]},'
-         '{"urls":["turn:t:3478?transport=udp"],"username":"1800000000:c","credential":"cHc="}]}'),
-        (IceServersUpdate([IceServer("stun:s")]), '{"type":"ice-servers","ice_servers":[{"urls":["stun:s:3478"]}]}'),
+        (Registered("r", "c", [], [IceServer("stun:host"), IceServer("turn:host", "1800000000:c", "cHc=")]),
+         '{"type":"registered","room":"r","peer_id":"c","peers":[],'
+         '"ice_servers":[{"urls":["stun:host:3478"]},'
+         '{"urls":["turn:host:3478?transport=udp"],'
+         '"username":"1800000000:c","credential":"cHc="}]}'),
+        (IceServersUpdate([IceServer("stun:host")]),
+         '{"type":"ice-servers","ice_servers":[{"urls":["stun:host:3478"]}]}'),
         (PeerJoined("c", "client"), '{"type":"peer-joined","peer_id":"c","role":"client"}'),
         (PeerUpdated("w", "worker", {"state": "busy"}),
          '{"type":"peer-updated","peer_id":"w","role":"worker","description":{"state":"busy"}}'),
@@ -490,10 +493,11 @@ def test_ice_servers_a_peer_cannot_use_cost_those_servers_not_the_registration()
     told: list[str] = []
     message = decode_server_message(
         json.dumps({"type": "registered", "room": "r", "peer_id": "c", "peers": [],
-                    "ice_servers": [{"urls": ["stun:s", "stuns:x"]}, {"urls": "turn:t", "credential": "SECRET"}, 7]}),
+                    "ice_servers": [{"urls": ["stun:host", "stuns:example"]},
+                                    {"urls": "turn:host", "credential": "SECRET"}, 7]}),
         on_invalid_ice_server=told.append,
     )
-    assert message == Registered("r", "c", [], [IceServer("stun:s")])
+    assert message == Registered("r", "c", [], [IceServer("stun:host")])
     assert len(told) == 3 and not any("SECRET" in text for text in told)
     assert decode_server_message('{"type":"registered","room":"r","peer_id":"c","peers":[]}') == Registered("r", "c")
     assert decode_server_message('{"type":"ice-servers","ice_servers":"none"}') == IceServersUpdate()
