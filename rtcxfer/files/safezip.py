@@ -48,6 +48,7 @@ __all__ = [
     "check_member_kind",
     "check_member_name",
     "check_member_sizes",
+    "create_member_beneath",
     "extract_zip",
     "shown",
     "storage_error",
@@ -215,6 +216,19 @@ def _scan(archive: zipfile.ZipFile, limits: ZipLimits) -> list[_Member]:
     return members
 
 
+def create_member_beneath(root: Path, path: PurePosixPath, *, is_dir: bool) -> BinaryIO | None:
+    """Make the member ``path``'s directory beneath ``root`` (None), or its parent directories
+    and a fresh file open for writing (``xb``), no symlink followed. Raises ``OSError`` or
+    :class:`~rtcxfer.protocol.errors.PathError`; the caller says what either means."""
+    target = path.as_posix()
+    if is_dir:
+        makedirs_beneath(root, target)
+        return None
+    if len(path.parts) > 1:
+        makedirs_beneath(root, path.parent.as_posix())
+    return open_beneath(root, target, "xb")
+
+
 class _Writer:
     """Streams members into the fresh root and counts what is really written."""
 
@@ -237,12 +251,10 @@ class _Writer:
     def extract(self, member: _Member) -> None:
         target = member.path.as_posix()
         try:
-            if member.is_dir:
-                makedirs_beneath(self.root, target)
+            out = create_member_beneath(self.root, member.path, is_dir=member.is_dir)
+            if out is None:
                 return
-            if len(member.path.parts) > 1:
-                makedirs_beneath(self.root, member.path.parent.as_posix())
-            with open_beneath(self.root, target, "xb") as out:
+            with out:
                 self._copy(member.info, out)
         except OSError as exc:
             # Read errors became CorruptArchiveError inside _copy: this is a write or the

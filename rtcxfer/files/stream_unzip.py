@@ -40,13 +40,14 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from rtcxfer.files.paths import makedirs_beneath, open_beneath, remove_tree
+from rtcxfer.files.paths import open_beneath, remove_tree
 from rtcxfer.files.safezip import (
     ExtractResult,
     ZipLimits,
     check_member_kind,
     check_member_name,
     check_member_sizes,
+    create_member_beneath,
     shown,
     storage_error,
 )
@@ -379,12 +380,7 @@ class StreamingUnzip:
             return
         target = member.path.as_posix()
         try:
-            if member.is_dir:
-                makedirs_beneath(self.root, target)
-                return
-            if len(member.path.parts) > 1:
-                makedirs_beneath(self.root, member.path.parent.as_posix())
-            self._out = open_beneath(self.root, target, "xb")
+            self._out = create_member_beneath(self.root, member.path, is_dir=member.is_dir)
         except OSError as exc:
             raise storage_error(exc) from exc
         except PathError as exc:

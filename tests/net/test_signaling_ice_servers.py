@@ -236,7 +236,7 @@ async def test_the_worker_answers_each_offer_with_the_servers_it_was_handed(monk
     StubPeerConnection.made.clear()
     async with SignalingServer(LOOPBACK, 0, ice_servers=ice_config()) as server:
         runner = RTCWorkerClient(insecure_no_token=True, work_dir=tmp_path / "work")
-        own = PeerOptions(loopback_only=False, ice_servers=["stun:stun.example.org"])
+        own = PeerOptions(loopback_only=False, ice_servers=["stun:example.org"])
         serving = asyncio.create_task(runner.serve(server.url, "lab", peer_id="worker", peer_options=own))
         client = await raw(server)
         await register(client, "lab", "client", "client-1")
@@ -252,7 +252,7 @@ async def test_the_worker_answers_each_offer_with_the_servers_it_was_handed(monk
     runner.close()
     assert options.loopback_only is False
     (own_urls, _, _), (stun_urls, _, _), (turn_urls, username, credential) = rtc_servers(options)
-    assert own_urls == ["stun:stun.example.org:3478"]  # the worker's own first: aiortc uses the first STUN
+    assert own_urls == ["stun:example.org:3478"]  # the worker's own first: aiortc uses the first STUN
     assert stun_urls == [STUN] and turn_urls == [TURN_UDP, TURN_TCP]
     assert username.endswith(":worker") and credential == expected_password(username)
 
@@ -290,19 +290,20 @@ def test_peers_stay_on_loopback_when_no_server_is_handed_out_or_they_decline() -
 
 def test_peer_options_take_urls_ice_servers_and_aiortcs_objects_and_hide_credentials(logs) -> None:
     options = PeerOptions(loopback_only=False, ice_servers=[
-        "stun:[2001:db8::3]", RTCIceServer(urls=["turn:t", "turn:[2001:db8::3]"], username="u", credential="pa55word"),
+        "stun:[2001:db8::3]",
+        RTCIceServer(urls=["turn:host", "turn:[2001:db8::3]"], username="u", credential="pa55word"),
     ])
     assert options.ice_servers == (IceServer("stun:[2001:db8::3]"),
-                                   IceServer(["turn:t", "turn:[2001:db8::3]"], "u", "pa55word"))
+                                   IceServer(["turn:host", "turn:[2001:db8::3]"], "u", "pa55word"))
     assert "pa55word" not in repr(options)
     # aiortc cannot read an IPv6 address in a URL: left out, once, saying so.
-    assert rtc_servers(options) == [(["turn:t:3478?transport=udp"], "u", "pa55word")]
+    assert rtc_servers(options) == [(["turn:host:3478?transport=udp"], "u", "pa55word")]
     rtc_servers(options)
     warned = [message for _, message in logs if "aiortc cannot use an IPv6 address" in message]
     assert len(warned) == 2 and "pa55word" not in "".join(warned)
     with pytest.raises(IceServerError, match="credentials do not belong"):
-        PeerOptions(loopback_only=False, ice_servers=["turn:u:pa55word@t"])
+        PeerOptions(loopback_only=False, ice_servers=["turn:u:pa55word@host"])
     with pytest.raises(IceServerError, match="needs a username and a credential"):
-        PeerOptions(loopback_only=False, ice_servers=[RTCIceServer(urls="turn:t")])
+        PeerOptions(loopback_only=False, ice_servers=[RTCIceServer(urls="turn:host")])
     with pytest.raises(ValueError, match="loopback_only"):
         PeerOptions(ice_servers=[STUN])
